@@ -1,0 +1,1 @@
+"""ticketctl: the command line for every role."""

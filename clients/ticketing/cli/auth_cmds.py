@@ -1,0 +1,153 @@
+"""ticketctl login / logout / whoami / register / users ..."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+
+from rich.table import Table
+
+from ticketing.cli.common import (
+    CliError,
+    add_target_args,
+    console,
+    open_client,
+    parse_role,
+    resolve_target,
+    role_name,
+)
+from ticketing.cli.config import SavedSession, clear_session, save_session
+from ticketing.client import connect
+from ticketing.v1 import auth_pb2, common_pb2
+
+
+def _password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
+    if args.password_stdin:
+        import sys
+
+        return sys.stdin.readline().rstrip("\n")
+    env = os.environ.get("TICKETING_PASSWORD")
+    if env:
+        return env
+    return getpass.getpass(prompt)
+
+
+def _print_user(user: common_pb2.User) -> None:
+    roles = ", ".join(role_name(r) for r in user.roles)
+    console.print(f"[bold]{user.display_name}[/] <{user.email}>  id={user.id}  roles={roles}")
+
+
+async def cmd_login(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    async with connect(target, tls=args.tls) as client:
+        await client.login(args.email, _password(args))
+        me = await client.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest())
+    assert client.token is not None
+    path = save_session(SavedSession(target=target, token=client.token, email=me.user.email))
+    console.print(f"signed in to {target}; token saved in {path}")
+    _print_user(me.user)
+    return 0
+
+
+async def cmd_logout(args: argparse.Namespace) -> int:
+    clear_session()
+    console.print("signed out")
+    return 0
+
+
+async def cmd_whoami(args: argparse.Namespace) -> int:
+    async with open_client(args) as client:
+        me = await client.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest())
+    _print_user(me.user)
+    return 0
+
+
+async def cmd_register(args: argparse.Namespace) -> int:
+    async with connect(resolve_target(args), tls=args.tls) as client:
+        resp = await client.auth.Register(
+            auth_pb2.RegisterRequest(
+                email=args.email, password=_password(args), display_name=args.name
+            )
+        )
+    console.print("registered:")
+    _print_user(resp.user)
+    return 0
+
+
+async def cmd_users_list(args: argparse.Namespace) -> int:
+    table = Table("email", "name", "roles", "id", "created")
+    shown = 0
+    async with open_client(args) as client:
+        token = ""
+        while True:
+            resp = await client.auth.ListUsers(
+                auth_pb2.ListUsersRequest(
+                    page_size=min(args.limit - shown, 500),
+                    page_token=token,
+                    email_prefix=args.prefix or "",
+                )
+            )
+            for u in resp.users:
+                table.add_row(
+                    u.email,
+                    u.display_name,
+                    ",".join(role_name(r) for r in u.roles),
+                    u.id,
+                    u.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
+                )
+                shown += 1
+            token = resp.next_page_token
+            if not token or shown >= args.limit:
+                break
+    console.print(table)
+    if token:
+        console.print(f"(first {shown} shown; raise --limit for more)")
+    return 0
+
+
+async def cmd_users_set_roles(args: argparse.Namespace) -> int:
+    roles = [parse_role(r) for part in args.roles for r in part.split(",") if r.strip()]
+    if not roles:
+        raise CliError("give at least one role")
+    async with open_client(args) as client:
+        resp = await client.auth.SetUserRoles(
+            auth_pb2.SetUserRolesRequest(user_id=args.user_id, roles=roles)
+        )
+    _print_user(resp.user)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("login", help="sign in and save the token (0600)")
+    p.add_argument("email")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_login)
+
+    p = sub.add_parser("logout", help="forget the saved token")
+    p.set_defaults(handler=cmd_logout)
+
+    p = sub.add_parser("whoami", help="show the signed-in user")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_whoami)
+
+    p = sub.add_parser("register", help="create a customer account")
+    p.add_argument("email")
+    p.add_argument("--name", required=True, help="display name")
+    p.add_argument("--password-stdin", action="store_true")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_register)
+
+    users = sub.add_parser("users", help="manage users (ADMIN, SUPPORT)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    p = users_sub.add_parser("list", help="list users")
+    p.add_argument("--prefix", help="only emails starting with this")
+    p.add_argument("--limit", type=int, default=100)
+    add_target_args(p)
+    p.set_defaults(handler=cmd_users_list)
+    p = users_sub.add_parser("set-roles", help="replace a user's roles (ADMIN)")
+    p.add_argument("user_id")
+    p.add_argument("roles", nargs="+", help="e.g. organizer customer (or ORGANIZER,CUSTOMER)")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_users_set_roles)

@@ -1,0 +1,1 @@
+"""ticketd: the ticketing gRPC server."""

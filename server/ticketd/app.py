@@ -1,0 +1,180 @@
+"""Builds the grpc.aio server: interceptor, servicers, health, reflection, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from ticketing.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
+    venue_pb2,
+    venue_pb2_grpc,
+)
+
+from ticketd.accounts import repository as accounts_repo
+from ticketd.accounts.servicer import AuthServicer
+from ticketd.auth.interceptor import AuthInterceptor
+from ticketd.auth.passwords import PasswordHasher
+from ticketd.auth.principal import Principal
+from ticketd.auth.tokens import TokenService
+from ticketd.config import Settings
+from ticketd.db.engine import Database
+from ticketd.events.servicer import EventServicer
+from ticketd.pagination import PageTokens
+from ticketd.venues.servicer import VenueServicer
+
+log = logging.getLogger("ticketd")
+
+SERVICE_NAMES = (
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    venue_pb2.DESCRIPTOR.services_by_name["VenueService"].full_name,
+    event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+)
+
+
+@dataclass
+class Components:
+    """Everything the servicers share; built once per process."""
+
+    settings: Settings
+    db: Database
+    tokens: TokenService
+    hasher: PasswordHasher
+    pages: PageTokens
+
+
+def build_components(settings: Settings, db: Database, jwt_secret: str) -> Components:
+    return Components(
+        settings=settings,
+        db=db,
+        tokens=TokenService(
+            jwt_secret,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl_seconds=settings.token_ttl_seconds,
+        ),
+        hasher=PasswordHasher(settings.bcrypt_rounds),
+        pages=PageTokens(jwt_secret),
+    )
+
+
+class TicketServer:
+    """A running (or ready to run) ticketd gRPC server."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        settings = components.settings
+        db = components.db
+
+        async def load_principal(user_id: uuid.UUID) -> Principal | None:
+            async with db.session() as session:
+                return await accounts_repo.load_principal(session, user_id)
+
+        self.server = aio.server(
+            interceptors=[AuthInterceptor(components.tokens, load_principal)],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                # A fixed port must not be bound twice silently; scale-out opts in explicitly.
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.http2.max_pings_without_data", 0),
+            ],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthServicer(db, components.hasher, components.tokens, components.pages), self.server
+        )
+        venue_pb2_grpc.add_VenueServiceServicer_to_server(
+            VenueServicer(db, components.pages), self.server
+        )
+        event_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(db, components.pages), self.server
+        )
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server
+        )
+        self.port = 0
+
+    async def start(self, listen: str | None = None) -> int:
+        """Bind and start serving; returns the bound port."""
+        settings = self.components.settings
+        address = listen or settings.listen
+        if settings.tls_enabled:
+            assert settings.tls_cert is not None and settings.tls_key is not None
+            creds = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await self.server.start()
+        await self.set_serving(True)
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING first (balancers drain), then let in-flight calls finish."""
+        await self.set_serving(False)
+        await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def ensure_bootstrap_admin(components: Components) -> None:
+    """Create (or promote) TICKETING_ADMIN_EMAIL; idempotent, runs on every start."""
+    settings = components.settings
+    if not settings.admin_email or not settings.admin_password:
+        return
+    from ticketd.accounts.rules import email_violation, normalize_email
+    from ticketd.auth.passwords import password_violation
+
+    problem = email_violation(settings.admin_email) or password_violation(settings.admin_password)
+    if problem is not None:
+        raise ValueError(f"TICKETING_ADMIN_{problem.field.upper()} {problem.description}")
+    password_hash = await components.hasher.hash(settings.admin_password)
+    async with components.db.session() as session, session.begin():
+        user, created = await accounts_repo.ensure_admin(
+            session, email=normalize_email(settings.admin_email), password_hash=password_hash
+        )
+    log.info("bootstrap admin %s %s", user.email, "created" if created else "present")
+
+
+async def wait_for_database(db: Database, *, attempts: int = 60, max_delay: float = 5.0) -> None:
+    """Retry with backoff until PostgreSQL answers, logging clearly; then give up."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        if await db.ping():
+            return
+        log.warning(
+            "database %s not answering (attempt %d/%d); retrying in %.1fs",
+            db.url.render_as_string(hide_password=True),
+            attempt,
+            attempts,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
+    raise ConnectionError("database did not answer; giving up")

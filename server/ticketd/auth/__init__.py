@@ -1,0 +1,1 @@
+"""Authentication and authorization: tokens, passwords, the role policy table, the interceptor."""

@@ -1,0 +1,164 @@
+"""The server interceptor: authenticates, applies the policy table, and maps errors.
+
+It wraps each method handler rather than only inspecting metadata, so that the principal is
+bound in the same task that runs the servicer, and so that every domain or database error,
+whichever service raised it, is turned into a status in one place (`ticketd.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeAlias
+
+import grpc
+from grpc import aio
+
+from ticketd import errors
+from ticketd.auth.policy import Access, access_for
+from ticketd.auth.principal import Principal, bind_principal, unbind_principal
+from ticketd.auth.tokens import TokenService
+
+log = logging.getLogger("ticketd.rpc")
+
+_BEARER = "bearer "
+
+# grpc's runtime class is not generic; only its stubs are.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class PrincipalLoader(Protocol):
+    """Reads the current roles of a user id; None if the user no longer exists."""
+
+    async def __call__(self, user_id: uuid.UUID) -> Principal | None: ...
+
+
+def _bearer_token(metadata: Any) -> str | None:
+    """The token in `authorization: Bearer ...`; raises UNAUTHENTICATED if malformed."""
+    values = [v for k, v in (metadata or ()) if k == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise errors.Unauthenticated("send exactly one authorization header")
+    value: str | bytes = values[0]
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not value.lower().startswith(_BEARER) or len(value) > 8192:
+        raise errors.Unauthenticated("authorization must be 'Bearer <token>'")
+    token = value[len(_BEARER) :].strip()
+    if not token:
+        raise errors.Unauthenticated("authorization must be 'Bearer <token>'")
+    return token
+
+
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Default-deny role checks plus error mapping for every RPC."""
+
+    def __init__(self, tokens: TokenService, load_principal: PrincipalLoader) -> None:
+        self._tokens = tokens
+        self._load_principal = load_principal
+
+    async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
+        token = _bearer_token(metadata)
+        if token is None:
+            if rule.public:
+                return None
+            raise errors.Unauthenticated("this call needs 'authorization: Bearer <token>'")
+        user_id = self._tokens.verify(token)
+        principal = await self._load_principal(user_id)
+        if principal is None:
+            raise errors.Unauthenticated("invalid or expired access token", reason="INVALID_TOKEN")
+        if not rule.allows(principal.roles):
+            raise errors.PermissionDenied(
+                f"your roles do not allow {method.rsplit('/', 1)[-1]}",
+                reason="ROLE_NOT_ALLOWED",
+                metadata={"method": method},
+            )
+        return principal
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        rule = access_for(method)
+        if rule is None:
+            return _deny_handler(handler, method)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, rule, handler.unary_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if rule.public:
+            # Streaming infrastructure (health Watch, reflection): nothing to bind.
+            return handler
+        return _deny_handler(handler, method)
+
+    def _wrap_unary(
+        self,
+        method: str,
+        rule: Access,
+        behavior: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]],
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            bound: object | None = None
+            try:
+                principal = await self._authorize(method, rule, context.invocation_metadata())
+                bound = bind_principal(principal)
+                return await behavior(request, context)
+            except (asyncio.CancelledError, aio.AbortError):
+                raise
+            except Exception as exc:
+                mapped = errors.from_exception(exc)
+                status = (
+                    errors.to_grpc_status(mapped)
+                    if mapped is not None
+                    else errors.internal_status(exc, method)
+                )
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                if bound is not None:
+                    unbind_principal(bound)
+
+        return wrapped
+
+
+def _deny_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that refuses the call: used for methods with no policy entry."""
+    status = errors.to_grpc_status(
+        errors.PermissionDenied(
+            "this method has no access policy", reason="NO_POLICY", metadata={"method": method}
+        )
+    )
+
+    async def deny_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def deny_stream(
+        request: Any, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        yield None  # pragma: no cover - abort raises
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(deny_unary, **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(deny_unary, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)

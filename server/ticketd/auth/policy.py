@@ -1,0 +1,74 @@
+"""The role policy: one table mapping every full RPC method name to who may call it.
+
+Default deny: a method missing from this table is refused for everyone, and a test walks every
+RPC in the descriptor pool so that a new RPC cannot ship without an entry. Object-level rules
+(an organizer's own events, a customer's own orders) live in each domain's rules module; this
+table only says which roles may reach a method at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ticketd.auth.principal import Role
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call one method: `public` needs no token; else any of `roles` (None = any user)."""
+
+    public: bool = False
+    roles: frozenset[Role] | None = None
+
+    def allows(self, roles: frozenset[Role]) -> bool:
+        return self.public or self.roles is None or not self.roles.isdisjoint(roles)
+
+
+PUBLIC = Access(public=True)
+SIGNED_IN = Access()
+
+
+def roles(*allowed: Role) -> Access:
+    return Access(roles=frozenset(allowed))
+
+
+ADMIN = Role.ADMIN
+ORGANIZER = Role.ORGANIZER
+CUSTOMER = Role.CUSTOMER
+SUPPORT = Role.SUPPORT
+ENTRY_MANAGER = Role.ENTRY_MANAGER
+
+_AUTH = "/ticketing.v1.AuthService/"
+_VENUE = "/ticketing.v1.VenueService/"
+_EVENT = "/ticketing.v1.EventService/"
+
+POLICY: dict[str, Access] = {
+    # Infrastructure: load balancers and tools must reach these without a token.
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.health.v1.Health/List": PUBLIC,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
+    # AuthService
+    _AUTH + "Register": PUBLIC,
+    _AUTH + "Login": PUBLIC,
+    _AUTH + "GetCurrentUser": SIGNED_IN,
+    _AUTH + "SetUserRoles": roles(ADMIN),
+    _AUTH + "ListUsers": roles(ADMIN, SUPPORT),
+    # VenueService: ADMIN edits, anyone signed in reads.
+    _VENUE + "CreateVenue": roles(ADMIN),
+    _VENUE + "UpdateVenue": roles(ADMIN),
+    _VENUE + "GetVenue": SIGNED_IN,
+    _VENUE + "ListVenues": SIGNED_IN,
+    # EventService: reading is public; ownership is checked in ticketd.events.rules.
+    _EVENT + "CreateEvent": roles(ADMIN, ORGANIZER),
+    _EVENT + "CancelEvent": roles(ADMIN, ORGANIZER),
+    _EVENT + "GetEvent": PUBLIC,
+    _EVENT + "ListEvents": PUBLIC,
+    _EVENT + "ListSeats": PUBLIC,
+}
+
+
+def access_for(method: str) -> Access | None:
+    """The rule for a full method name, or None: the caller is refused (default deny)."""
+    return POLICY.get(method)

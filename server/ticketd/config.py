@@ -1,0 +1,114 @@
+"""Server settings, read from the environment once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is malformed; the message names it."""
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def default_data_dir() -> Path:
+    """Where the server keeps its generated JWT secret and embedded database."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ticketing"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment. See README's configuration table."""
+
+    database_url: str | None
+    """`DATABASE_URL`; None means: start a private embedded PostgreSQL."""
+    listen: str = "127.0.0.1:50051"
+    """`TICKETING_LISTEN`: host:port to bind; port 0 picks a free one."""
+    data_dir: Path = field(default_factory=default_data_dir)
+    """`TICKETING_DATA_DIR`: generated secret and embedded database live here."""
+    jwt_secret: str | None = None
+    """`TICKETING_JWT_SECRET`; None means: generate once and keep it in data_dir (0600)."""
+    jwt_issuer: str = "ticketd"
+    jwt_audience: str = "ticketing.v1"
+    token_ttl_seconds: int = 3600
+    """`TICKETING_TOKEN_TTL`: lifetime of access tokens."""
+    bcrypt_rounds: int = 12
+    """`TICKETING_BCRYPT_ROUNDS`: 12 costs ~0.25 s of CPU per hash here, by design."""
+    admin_email: str | None = None
+    """`TICKETING_ADMIN_EMAIL`: bootstrap admin made sure of on every start."""
+    admin_password: str | None = None
+    """`TICKETING_ADMIN_PASSWORD`: the bootstrap admin's password (set on first creation)."""
+    tls_cert: Path | None = None
+    """`TICKETING_TLS_CERT`: PEM certificate chain; with TICKETING_TLS_KEY enables TLS."""
+    tls_key: Path | None = None
+    """`TICKETING_TLS_KEY`: PEM private key."""
+    db_pool_size: int = 20
+    """`TICKETING_DB_POOL_SIZE`: connections kept open to PostgreSQL."""
+    db_pool_timeout_seconds: int = 5
+    """`TICKETING_DB_POOL_TIMEOUT`: wait for a free connection before UNAVAILABLE."""
+    statement_timeout_ms: int = 10_000
+    """`TICKETING_STATEMENT_TIMEOUT_MS`: no single statement runs longer."""
+    lock_timeout_ms: int = 2_000
+    """`TICKETING_LOCK_TIMEOUT_MS`: bounded wait for a row lock; then ABORTED."""
+    max_concurrent_rpcs: int = 1000
+    """`TICKETING_MAX_CONCURRENT_RPCS`: above this, calls fail fast with RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """`TICKETING_MAX_MESSAGE_BYTES`: transport limit for one request or response."""
+    grace_seconds: int = 10
+    """`TICKETING_SHUTDOWN_GRACE`: in-flight calls get this long on SIGTERM."""
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read settings; raise ConfigError naming the bad variable."""
+        env = dict(os.environ if environ is None else environ)
+        cert = env.get("TICKETING_TLS_CERT") or None
+        key = env.get("TICKETING_TLS_KEY") or None
+        if bool(cert) != bool(key):
+            raise ConfigError("TICKETING_TLS_CERT and TICKETING_TLS_KEY must be set together")
+        admin_email = env.get("TICKETING_ADMIN_EMAIL") or None
+        admin_password = env.get("TICKETING_ADMIN_PASSWORD") or None
+        if bool(admin_email) != bool(admin_password):
+            raise ConfigError("TICKETING_ADMIN_EMAIL and TICKETING_ADMIN_PASSWORD go together")
+        secret = env.get("TICKETING_JWT_SECRET") or None
+        if secret is not None and len(secret.encode()) < 32:
+            raise ConfigError("TICKETING_JWT_SECRET must be at least 32 bytes")
+        data_dir = env.get("TICKETING_DATA_DIR")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            listen=env.get("TICKETING_LISTEN") or "127.0.0.1:50051",
+            data_dir=Path(data_dir) if data_dir else default_data_dir(),
+            jwt_secret=secret,
+            token_ttl_seconds=_int(env, "TICKETING_TOKEN_TTL", 3600, 60, 7 * 86400),
+            bcrypt_rounds=_int(env, "TICKETING_BCRYPT_ROUNDS", 12, 4, 16),
+            admin_email=admin_email,
+            admin_password=admin_password,
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
+            db_pool_size=_int(env, "TICKETING_DB_POOL_SIZE", 20, 1, 500),
+            db_pool_timeout_seconds=_int(env, "TICKETING_DB_POOL_TIMEOUT", 5, 1, 120),
+            statement_timeout_ms=_int(env, "TICKETING_STATEMENT_TIMEOUT_MS", 10_000, 100, 600_000),
+            lock_timeout_ms=_int(env, "TICKETING_LOCK_TIMEOUT_MS", 2_000, 10, 60_000),
+            max_concurrent_rpcs=_int(env, "TICKETING_MAX_CONCURRENT_RPCS", 1000, 1, 100_000),
+            max_message_bytes=_int(
+                env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024
+            ),
+            grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
+        )

@@ -1,0 +1,49 @@
+"""Shared protobuf <-> domain conversions used by several servicers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from ticketing.v1 import common_pb2
+
+from ticketd.auth.principal import Role
+from ticketd.errors import InvalidArgument
+
+ROLE_TO_PROTO: dict[Role, common_pb2.Role.ValueType] = {
+    Role.ADMIN: common_pb2.ROLE_ADMIN,
+    Role.ORGANIZER: common_pb2.ROLE_ORGANIZER,
+    Role.CUSTOMER: common_pb2.ROLE_CUSTOMER,
+    Role.SUPPORT: common_pb2.ROLE_SUPPORT,
+    Role.ENTRY_MANAGER: common_pb2.ROLE_ENTRY_MANAGER,
+}
+PROTO_TO_ROLE = {v: k for k, v in ROLE_TO_PROTO.items()}
+
+
+def timestamp(value: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(dt.UTC))
+    return ts
+
+
+def parse_uuid(value: str, field: str) -> uuid.UUID:
+    """A UUID from request text; INVALID_ARGUMENT naming `field` otherwise."""
+    if not value:
+        raise InvalidArgument.one(field, "is required")
+    try:
+        if len(value) > 64:
+            raise ValueError
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument.one(field, "must be a UUID") from None
+
+
+def roles_from_proto(values: list[int], field: str = "roles") -> set[Role]:
+    roles: set[Role] = set()
+    for i, value in enumerate(values):
+        role = PROTO_TO_ROLE.get(value)  # type: ignore[call-overload]
+        if role is None:
+            raise InvalidArgument.one(f"{field}[{i}]", f"{value} is not a valid role")
+        roles.add(role)
+    return roles

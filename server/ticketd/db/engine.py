@@ -1,0 +1,79 @@
+"""The async engine and per-RPC sessions (SQLAlchemy 2 asyncio on asyncpg)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+
+def async_url(url: str) -> URL:
+    """Accept the standard `postgresql://user:pass@host:port/db` form and pick asyncpg."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {parsed.drivername!r}")
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """Bounds that keep a rush from piling up inside the server."""
+
+    pool_size: int = 20
+    pool_timeout_seconds: int = 5
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 2_000
+
+
+class Database:
+    """One engine per process; `session()` gives each RPC its own short-lived session."""
+
+    def __init__(self, url: str, options: PoolOptions | None = None) -> None:
+        opts = options or PoolOptions()
+        self.options = opts
+        self.url = async_url(url)
+        self.engine: AsyncEngine = create_async_engine(
+            self.url,
+            pool_size=opts.pool_size,
+            # No overflow: the pool is the bound; callers past it wait pool_timeout, then
+            # get UNAVAILABLE instead of opening connections until PostgreSQL refuses.
+            max_overflow=0,
+            pool_timeout=opts.pool_timeout_seconds,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "timeout": 5,
+                "server_settings": {
+                    "application_name": "ticketd",
+                    # Every lock wait and statement is bounded below typical RPC deadlines,
+                    # so no transaction outlives its caller by much.
+                    "statement_timeout": str(opts.statement_timeout_ms),
+                    "lock_timeout": str(opts.lock_timeout_ms),
+                    "idle_in_transaction_session_timeout": "60000",
+                },
+            },
+        )
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> AsyncSession:
+        """A new session; use as `async with db.session() as s, s.begin(): ...`."""
+        return self.sessionmaker()
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers a trivial query."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,174 @@
+"""Pure event rules: the event model, input validation, who may manage an event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ticketd.auth.principal import Principal, Role
+from ticketd.errors import FieldViolation, InvalidArgument, PermissionDenied
+from ticketd.venues.rules import SectionKind
+
+MAX_EVENT_NAME = 200
+MAX_DESCRIPTION = 5_000
+MAX_PRICE_MINOR = 100_000_000
+MAX_TICKETS_PER_ORDER = 100
+MAX_TICKETS_PER_CUSTOMER = 10_000
+MAX_CANCEL_REASON = 1_000
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class EventStatus(StrEnum):
+    ON_SALE = "ON_SALE"
+    STARTED = "STARTED"
+    CANCELLED = "CANCELLED"
+
+
+class SeatStatus(StrEnum):
+    AVAILABLE = "AVAILABLE"
+    SOLD = "SOLD"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    venue_id: uuid.UUID
+    name: str
+    description: str
+    start_time: dt.datetime
+    end_time: dt.datetime | None
+    currency_code: str
+    section_prices: dict[str, int]
+    max_tickets_per_order: int
+    max_tickets_per_customer: int | None
+
+
+@dataclass(frozen=True)
+class EventSectionRecord:
+    section_id: uuid.UUID
+    name: str
+    kind: SectionKind
+    price_minor: int
+    capacity: int
+    available_count: int = 0
+    sold_count: int = 0
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: uuid.UUID
+    venue_id: uuid.UUID
+    venue_name: str
+    time_zone: str
+    organizer_id: uuid.UUID
+    name: str
+    description: str
+    start_time: dt.datetime
+    end_time: dt.datetime | None
+    currency_code: str
+    max_tickets_per_order: int
+    max_tickets_per_customer: int | None
+    capacity: int
+    status: EventStatus
+    cancel_reason: str | None
+    cancel_time: dt.datetime | None
+    create_time: dt.datetime
+    sections: tuple[EventSectionRecord, ...] = field(default=())
+
+    @property
+    def available_count(self) -> int:
+        return sum(s.available_count for s in self.sections)
+
+    @property
+    def sold_count(self) -> int:
+        return sum(s.sold_count for s in self.sections)
+
+
+@dataclass(frozen=True)
+class SeatRecord:
+    id: int
+    section_id: uuid.UUID
+    section_name: str
+    row_label: str | None
+    seat_number: int | None
+    seat_label: str | None
+    price_minor: int
+    status: SeatStatus
+
+
+def _control_free(value: str) -> bool:
+    return not any((ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 for ch in value)
+
+
+def validate_event_fields(spec: EventSpec) -> None:
+    """Checks that need no database; raises INVALID_ARGUMENT with every bad field."""
+    out: list[FieldViolation] = []
+    name = spec.name.strip()
+    if not name:
+        out.append(FieldViolation("name", "is required"))
+    elif len(name) > MAX_EVENT_NAME or not _control_free(name) or "\n" in name:
+        out.append(FieldViolation("name", f"1..{MAX_EVENT_NAME} characters, one line"))
+    if len(spec.description) > MAX_DESCRIPTION or not _control_free(spec.description):
+        out.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
+    if spec.end_time is not None and spec.end_time <= spec.start_time:
+        out.append(FieldViolation("end_time", "must be after start_time"))
+    if not _CURRENCY.match(spec.currency_code):
+        out.append(FieldViolation("currency_code", "must be an ISO 4217 code such as EUR"))
+    if not 1 <= spec.max_tickets_per_order <= MAX_TICKETS_PER_ORDER:
+        out.append(
+            FieldViolation(
+                "max_tickets_per_order", f"must be between 1 and {MAX_TICKETS_PER_ORDER}"
+            )
+        )
+    cap = spec.max_tickets_per_customer
+    if cap is not None and not 1 <= cap <= MAX_TICKETS_PER_CUSTOMER:
+        out.append(
+            FieldViolation(
+                "max_tickets_per_customer", f"must be between 1 and {MAX_TICKETS_PER_CUSTOMER}"
+            )
+        )
+    for key, price in sorted(spec.section_prices.items()):
+        if not 0 <= price <= MAX_PRICE_MINOR:
+            out.append(
+                FieldViolation(
+                    f"section_prices[{key[:40]}]", f"must be between 0 and {MAX_PRICE_MINOR}"
+                )
+            )
+    if out:
+        raise InvalidArgument(out)
+
+
+def check_prices_cover_sections(
+    prices: dict[str, int], section_ids: list[uuid.UUID], now: dt.datetime, start: dt.datetime
+) -> None:
+    """Every venue section priced, nothing else, and the start in the future (db clock)."""
+    out: list[FieldViolation] = []
+    if start <= now:
+        out.append(FieldViolation("start_time", "must be in the future"))
+    known = {str(s) for s in section_ids}
+    for sid in sorted(known - prices.keys()):
+        out.append(FieldViolation(f"section_prices[{sid}]", "every section needs a price"))
+    for key in sorted(prices.keys() - known):
+        out.append(FieldViolation(f"section_prices[{key[:40]}]", "not a section of this venue"))
+    if out:
+        raise InvalidArgument(out)
+
+
+def ensure_can_manage(principal: Principal, organizer_id: uuid.UUID) -> None:
+    """Only the owning organizer or an ADMIN may change or cancel an event."""
+    if principal.has(Role.ADMIN):
+        return
+    if principal.has(Role.ORGANIZER) and principal.user_id == organizer_id:
+        return
+    raise PermissionDenied(
+        "only the event's organizer or an admin may do this", reason="NOT_EVENT_OWNER"
+    )
+
+
+def validate_cancel_reason(reason: str) -> str:
+    cleaned = reason.strip()
+    if not cleaned or len(cleaned) > MAX_CANCEL_REASON:
+        raise InvalidArgument.one("reason", f"1..{MAX_CANCEL_REASON} characters")
+    return cleaned

@@ -1,0 +1,151 @@
+"""Test fixtures: a throwaway PostgreSQL database and a real in-process grpc.aio server.
+
+Each run creates its own database (named with a random suffix) on the PostgreSQL given by
+TEST_DATABASE_URL / DATABASE_URL, else 127.0.0.1:5432 as postgres, else an ephemeral embedded
+cluster; and drops it afterwards, so two runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from grpc import aio
+from sqlalchemy.engine import make_url
+from ticketd.app import Components, TicketServer, build_components, ensure_bootstrap_admin
+from ticketd.config import Settings
+from ticketd.db import migrate
+from ticketd.db.engine import Database, PoolOptions
+
+from tests.support import Account, Stubs
+
+ADMIN_EMAIL = "root-admin@example.test"
+ADMIN_PASSWORD = "admin-password-123"
+
+
+def _plain(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _reachable(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(_plain(url), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+async def pg_admin_url() -> AsyncIterator[str]:
+    """A superuser URL of a PostgreSQL server the tests may create databases on."""
+    given = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    candidates = [given] if given else ["postgresql://postgres@127.0.0.1:5432/postgres"]
+    for url in candidates:
+        if await _reachable(url):
+            yield url
+            return
+    from ticketd.db.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="ticketing-test-pg-") as tmp:
+        os.chmod(tmp, 0o755)
+        embedded = EmbeddedPostgres(Path(tmp), database="postgres")
+        url = embedded.start()
+        try:
+            yield url
+        finally:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database for this test run, dropped at the end."""
+    name = f"ticketing_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(_plain(pg_admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(_plain(pg_admin_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def test_settings(database_url: str, **overrides: object) -> Settings:
+    base = Settings(
+        database_url=database_url,
+        listen="127.0.0.1:0",
+        data_dir=Path(tempfile.gettempdir()) / "ticketing-tests-unused",
+        jwt_secret=secrets.token_urlsafe(48),
+        bcrypt_rounds=4,
+        admin_email=ADMIN_EMAIL,
+        admin_password=ADMIN_PASSWORD,
+        grace_seconds=2,
+    )
+    from dataclasses import replace
+
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunningServer:
+    server: TicketServer
+    components: Components
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+async def running(database_url: str) -> AsyncIterator[RunningServer]:
+    settings = test_settings(database_url)
+    db = Database(database_url, PoolOptions(pool_size=30, lock_timeout_ms=2000))
+    await migrate.upgrade(db.engine)
+    components = build_components(settings, db, settings.jwt_secret or "")
+    await ensure_bootstrap_admin(components)
+    server = TicketServer(components)
+    port = await server.start("127.0.0.1:0")
+    try:
+        yield RunningServer(server, components, port)
+    finally:
+        await server.stop(0)
+        await db.dispose()
+
+
+@pytest.fixture(scope="session")
+async def channel(running: RunningServer) -> AsyncIterator[aio.Channel]:
+    ch = aio.insecure_channel(running.target)
+    try:
+        yield ch
+    finally:
+        await ch.close()
+
+
+@pytest.fixture(scope="session")
+def stubs(channel: aio.Channel) -> Stubs:
+    return Stubs(channel)
+
+
+@pytest.fixture(scope="session")
+async def admin(stubs: Stubs) -> Account:
+    from ticketing.v1 import auth_pb2
+
+    login = await stubs.auth.Login(
+        auth_pb2.LoginRequest(email=ADMIN_EMAIL, password=ADMIN_PASSWORD)
+    )
+    return Account(login.user, login.access_token, ADMIN_EMAIL, ADMIN_PASSWORD)
