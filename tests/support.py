@@ -9,7 +9,15 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
-from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from ticketing.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    common_pb2,
+    event_pb2,
+    event_pb2_grpc,
+    venue_pb2,
+    venue_pb2_grpc,
+)
 
 PASSWORD = "correct horse battery"
 
@@ -77,6 +85,8 @@ class Stubs:
     def __init__(self, channel: aio.Channel) -> None:
         self.channel = channel
         self.auth: auth_pb2_grpc.AuthServiceAsyncStub = auth_pb2_grpc.AuthServiceStub(channel)
+        self.venues: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(channel)
+        self.events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(channel)
 
     async def register(self, tag: str = "user", password: str = PASSWORD) -> Account:
         email = unique_email(tag)
@@ -86,6 +96,49 @@ class Stubs:
         login = await self.auth.Login(auth_pb2.LoginRequest(email=email, password=password))
         return Account(reg.user, login.access_token, email, password)
 
+    async def create_venue(self, admin: Account, venue: Any = None) -> venue_pb2.Venue:
+        resp = await self.venues.CreateVenue(
+            venue_pb2.CreateVenueRequest(venue=venue or small_layout()), metadata=admin.md
+        )
+        return resp.venue
+
+    async def create_event(
+        self,
+        owner: Account,
+        venue: venue_pb2.Venue,
+        *,
+        price: int = 2500,
+        max_per_order: int = 10,
+        max_per_customer: int | None = None,
+        days: float = 30,
+        name: str = "Show",
+    ) -> event_pb2.Event:
+        request = event_pb2.CreateEventRequest(
+            venue_id=venue.id,
+            name=name,
+            start_time=future(days),
+            currency_code="EUR",
+            section_prices={s.id: price for s in venue.sections},
+            max_tickets_per_order=max_per_order,
+        )
+        if max_per_customer is not None:
+            request.max_tickets_per_customer = max_per_customer
+        return (await self.events.CreateEvent(request, metadata=owner.md)).event
+
+    async def all_seats(self, event_id: str, **filters: Any) -> list[event_pb2.Seat]:
+        seats: list[event_pb2.Seat] = []
+        token = ""
+        while True:
+            resp = await self.events.ListSeats(
+                event_pb2.ListSeatsRequest(
+                    event_id=event_id, page_size=10_000, page_token=token, **filters
+                )
+            )
+            seats += resp.seats
+            token = resp.next_page_token
+            if not token:
+                return seats
+
     async def account_with_roles(self, admin: Account, *roles: Any, tag: str = "user") -> Account:
         acct = await self.register(tag)
         resp = await self.auth.SetUserRoles(
@@ -94,3 +147,36 @@ class Stubs:
         )
         acct.user = resp.user
         return acct
+
+
+def future(days: float = 30) -> Any:
+    """A protobuf Timestamp `days` from now."""
+    import datetime as dt
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=days))
+    return ts
+
+
+def small_layout(name: str = "Hall", rows: int = 3, seats: int = 4, ga: int = 5) -> Any:
+    """A venue with one reserved section (rows x seats) and one general-admission section."""
+    from ticketing.v1 import venue_pb2
+
+    sections = [
+        venue_pb2.Section(
+            name="Stalls",
+            kind=venue_pb2.SECTION_KIND_RESERVED,
+            rows=[venue_pb2.Row(label=chr(ord("A") + i), seat_count=seats) for i in range(rows)],
+        )
+    ]
+    if ga:
+        sections.append(
+            venue_pb2.Section(
+                name="Standing", kind=venue_pb2.SECTION_KIND_GENERAL_ADMISSION, capacity=ga
+            )
+        )
+    return venue_pb2.Venue(
+        name=name, address="1 Main St", time_zone="Europe/Berlin", sections=sections
+    )
