@@ -12,6 +12,8 @@ from grpc import aio
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    booking_pb2,
+    booking_pb2_grpc,
     common_pb2,
     event_pb2,
     event_pb2_grpc,
@@ -87,6 +89,9 @@ class Stubs:
         self.auth: auth_pb2_grpc.AuthServiceAsyncStub = auth_pb2_grpc.AuthServiceStub(channel)
         self.venues: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(channel)
         self.events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(channel)
+        self.booking: booking_pb2_grpc.BookingServiceAsyncStub = (
+            booking_pb2_grpc.BookingServiceStub(channel)
+        )
 
     async def register(self, tag: str = "user", password: str = PASSWORD) -> Account:
         email = unique_email(tag)
@@ -180,3 +185,58 @@ def small_layout(name: str = "Hall", rows: int = 3, seats: int = 4, ga: int = 5)
     return venue_pb2.Venue(
         name=name, address="1 Main St", time_zone="Europe/Berlin", sections=sections
     )
+
+
+def book_request(event_id: str, seat_ids: list[int], request_id: str | None = None) -> Any:
+    return booking_pb2.BookSeatsRequest(
+        event_id=event_id,
+        request_id=request_id or str(uuid.uuid4()),
+        seat_ids=booking_pb2.SeatIds(ids=seat_ids),
+    )
+
+
+def best_request(event_id: str, section_id: str, quantity: int) -> Any:
+    return booking_pb2.BookSeatsRequest(
+        event_id=event_id,
+        request_id=str(uuid.uuid4()),
+        best_available=booking_pb2.BestAvailable(section_id=section_id, quantity=quantity),
+    )
+
+
+AUDIT_QUERIES = {
+    "seat held by two live tickets": """
+        SELECT seat_id FROM tickets WHERE status <> 'VOID' AND event_id = :e
+        GROUP BY seat_id HAVING count(*) > 1""",
+    "seat SOLD without a live ticket": """
+        SELECT s.id FROM seats s WHERE s.event_id = :e AND s.status = 'SOLD'
+        AND NOT EXISTS (SELECT 1 FROM tickets t WHERE t.seat_id = s.id AND t.status <> 'VOID')""",
+    "live ticket on a seat that is not SOLD": """
+        SELECT t.id FROM tickets t JOIN seats s ON s.id = t.seat_id
+        WHERE t.event_id = :e AND t.status <> 'VOID' AND s.status <> 'SOLD'""",
+    "order whose ticket count or total is wrong": """
+        SELECT o.id FROM orders o LEFT JOIN tickets t ON t.order_id = o.id
+        WHERE o.event_id = :e GROUP BY o.id, o.ticket_count, o.total_minor
+        HAVING count(t.id) <> o.ticket_count OR coalesce(sum(t.price_minor), 0) <> o.total_minor""",
+    "confirmed order with a void ticket": """
+        SELECT o.id FROM orders o JOIN tickets t ON t.order_id = o.id
+        WHERE o.event_id = :e AND o.status = 'CONFIRMED' AND t.status = 'VOID'""",
+    "refunded order with a live ticket": """
+        SELECT o.id FROM orders o JOIN tickets t ON t.order_id = o.id
+        WHERE o.event_id = :e AND o.status = 'REFUNDED' AND t.status <> 'VOID'""",
+    "ticket of another event's seat": """
+        SELECT t.id FROM tickets t JOIN seats s ON s.id = t.seat_id
+        WHERE t.event_id = :e AND s.event_id <> t.event_id""",
+}
+
+
+async def audit(engine: Any, event_id: str) -> dict[str, int]:
+    """Invariant violations for one event, read straight from PostgreSQL (empty = healthy)."""
+    from sqlalchemy import text
+
+    problems: dict[str, int] = {}
+    async with engine.connect() as conn:
+        for name, sql in AUDIT_QUERIES.items():
+            rows = (await conn.execute(text(sql), {"e": uuid.UUID(event_id)})).all()
+            if rows:
+                problems[name] = len(rows)
+    return problems

@@ -143,7 +143,7 @@ async def test_bad_tokens_are_unauthenticated(
             await stubs.auth.GetCurrentUser(me, metadata=bearer(token))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
         assert "Traceback" not in (err.value.details() or "")
-    for header in ["", "Bearer", "Basic abc", "Bearer " + "x" * 9000, "bearer  "]:
+    for header in ["", "Bearer", "Basic abc", "Bearer " + "x" * 5000, "bearer  "]:
         with pytest.raises(aio.AioRpcError) as err:
             await stubs.auth.GetCurrentUser(me, metadata=(("authorization", header),))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, header

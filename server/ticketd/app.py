@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    booking_pb2,
+    booking_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     venue_pb2,
@@ -26,6 +28,8 @@ from ticketd.auth.interceptor import AuthInterceptor
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.principal import Principal
 from ticketd.auth.tokens import TokenService
+from ticketd.booking.service import BookingService, BookingTimeouts
+from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.engine import Database
 from ticketd.events.servicer import EventServicer
@@ -38,6 +42,7 @@ SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     venue_pb2.DESCRIPTOR.services_by_name["VenueService"].full_name,
     event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name,
 )
 
 
@@ -50,6 +55,7 @@ class Components:
     tokens: TokenService
     hasher: PasswordHasher
     pages: PageTokens
+    booking: BookingService
 
 
 def build_components(settings: Settings, db: Database, jwt_secret: str) -> Components:
@@ -64,6 +70,7 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         ),
         hasher=PasswordHasher(settings.bcrypt_rounds),
         pages=PageTokens(jwt_secret),
+        booking=BookingService(db, BookingTimeouts(lock_timeout_ms=db.options.lock_timeout_ms)),
     )
 
 
@@ -76,8 +83,8 @@ class TicketServer:
         db = components.db
 
         async def load_principal(user_id: uuid.UUID) -> Principal | None:
-            async with db.session() as session:
-                return await accounts_repo.load_principal(session, user_id)
+            async with db.raw_connection() as conn:
+                return await accounts_repo.load_principal(conn, user_id)
 
         self.server = aio.server(
             interceptors=[AuthInterceptor(components.tokens, load_principal)],
@@ -99,6 +106,9 @@ class TicketServer:
         )
         event_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(db, components.pages), self.server
+        )
+        booking_pb2_grpc.add_BookingServiceServicer_to_server(
+            BookingServicer(components.booking, components.pages), self.server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

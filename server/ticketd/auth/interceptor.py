@@ -45,7 +45,7 @@ def _bearer_token(metadata: Any) -> str | None:
     value: str | bytes = values[0]
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    if not value.lower().startswith(_BEARER) or len(value) > 8192:
+    if not value.lower().startswith(_BEARER) or len(value) > 4096:
         raise errors.Unauthenticated("authorization must be 'Bearer <token>'")
     token = value[len(_BEARER) :].strip()
     if not token:

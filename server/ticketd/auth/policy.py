@@ -41,6 +41,7 @@ ENTRY_MANAGER = Role.ENTRY_MANAGER
 _AUTH = "/ticketing.v1.AuthService/"
 _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
+_BOOKING = "/ticketing.v1.BookingService/"
 
 POLICY: dict[str, Access] = {
     # Infrastructure: load balancers and tools must reach these without a token.
@@ -66,6 +67,11 @@ POLICY: dict[str, Access] = {
     _EVENT + "GetEvent": PUBLIC,
     _EVENT + "ListEvents": PUBLIC,
     _EVENT + "ListSeats": PUBLIC,
+    # BookingService: ownership of orders is checked in ticketd.booking.rules.
+    _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN),
+    _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
+    _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN),
+    _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN),
 }
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
@@ -65,6 +68,30 @@ class Database:
     def session(self) -> AsyncSession:
         """A new session; use as `async with db.session() as s, s.begin(): ...`."""
         return self.sessionmaker()
+
+    @contextlib.asynccontextmanager
+    async def raw_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """The pooled asyncpg connection itself, for hot paths where SQLAlchemy's per-row
+        Python work would cost too much (booking, gate scans, the per-call role lookup).
+        Statements run in autocommit unless wrapped in `raw_transaction`."""
+        async with self.engine.connect() as conn:
+            fairy = await conn.get_raw_connection()
+            driver: asyncpg.Connection = fairy.driver_connection
+            try:
+                yield driver
+            except BaseException:
+                # A cancelled or failed call may leave the connection mid-transaction or
+                # broken: never hand it to the next caller in that state.
+                if driver.is_closed() or driver.is_in_transaction():
+                    await conn.invalidate()
+                raise
+
+    @contextlib.asynccontextmanager
+    async def raw_transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One READ COMMITTED transaction on a pooled asyncpg connection: commits when the
+        block ends normally, rolls back on any exception (including cancellation)."""
+        async with self.raw_connection() as driver, driver.transaction():
+            yield driver
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query."""

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ticketing.v1 import event_pb2, event_pb2_grpc
 
 from ticketd.auth.principal import current_principal
+from ticketd.booking import repository as booking_repo
 from ticketd.convert import parse_uuid, timestamp
 from ticketd.db.engine import Database
 from ticketd.errors import FailedPrecondition, InvalidArgument
@@ -255,5 +256,13 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             if event.status is EventStatus.CANCELLED:
                 raise FailedPrecondition("the event is already cancelled", reason="EVENT_CANCELLED")
             await repo.mark_cancelled(session, event_id, reason)
+            # Same transaction, same connection: the event and all of its refunds
+            # commit together. Bookings hold the event row KEY SHARE, so none is in
+            # flight now and none can start until we commit.
+            conn = await session.connection()
+            raw = (await conn.get_raw_connection()).driver_connection
+            await booking_repo.refund_event_orders(
+                raw, event_id, refunded_by=principal.user_id, reason=f"event cancelled: {reason}"
+            )
             event = await repo.get_event(session, event_id)
         return event_pb2.CancelEventResponse(event=event_to_proto(event))

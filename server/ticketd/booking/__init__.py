@@ -1,0 +1,1 @@
+"""Booking: orders, tickets and refunds under pessimistic seat locks."""

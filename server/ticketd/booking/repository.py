@@ -1,0 +1,450 @@
+"""All SQL for orders, tickets and refunds, and all seat locking for sales.
+
+The booking transaction runs on the raw asyncpg connection (prepared statements, no ORM
+work per row): lock, check and write take four round trips whatever the order size.
+Lock order everywhere: event (KEY SHARE; CancelEvent takes it FOR UPDATE), then seats
+(one statement, ORDER BY id), then orders/tickets. Specific seats never deadlock because
+every buyer locks in id order; best available never queues because it SKIPs LOCKED rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from ticketd.booking.rules import OrderRecord, OrderStatus, TicketRecord, TicketStatus
+from ticketd.errors import Aborted
+
+Conn = Any  # asyncpg.Connection (untyped library)
+
+
+def _seat_locked() -> Aborted:
+    return Aborted(
+        "a requested seat is being booked by someone else right now; retry",
+        reason="SEAT_LOCKED",
+    )
+
+
+async def bound_waits(conn: Conn, remaining_seconds: float | None, lock_timeout_ms: int) -> None:
+    """Keep lock waits and statements inside the caller's deadline.
+
+    The connection already carries the configured lock_timeout; a caller with less time
+    left gets a tighter bound so that no transaction outlives the RPC that started it.
+    """
+    if remaining_seconds is None:
+        return
+    budget_ms = int(remaining_seconds * 1000)
+    if budget_ms >= lock_timeout_ms * 2:
+        return
+    lock_ms = max(20, min(lock_timeout_ms, budget_ms // 2))
+    stmt_ms = max(50, budget_ms)
+    await conn.execute(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+        f"{lock_ms}ms",
+        f"{stmt_ms}ms",
+    )
+
+
+@dataclass(frozen=True)
+class EventForSale:
+    currency_code: str
+    max_tickets_per_order: int
+    max_tickets_per_customer: int | None
+    cancelled: bool
+    started: bool
+    section_names: dict[uuid.UUID, str]
+    existing_order_id: uuid.UUID | None
+    existing_hash: str | None
+
+
+async def event_for_sale(
+    conn: Conn, event_id: uuid.UUID, customer_id: uuid.UUID, request_id: uuid.UUID
+) -> EventForSale | None:
+    """The event's sale terms under KEY SHARE (so a cancel waits for us, and we for it),
+    plus any order this caller already made with this request_id."""
+    row = await conn.fetchrow(
+        """
+        SELECT e.currency_code, e.max_tickets_per_order, e.max_tickets_per_customer,
+               e.cancel_time IS NOT NULL AS cancelled, e.start_time <= now() AS started,
+               (SELECT array_agg(es.section_id ORDER BY es.position)
+                  FROM event_sections es WHERE es.event_id = e.id) AS section_ids,
+               (SELECT array_agg(es.name ORDER BY es.position)
+                  FROM event_sections es WHERE es.event_id = e.id) AS section_names,
+               o.id AS existing_id, o.request_hash AS existing_hash
+        FROM events e
+        LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
+        WHERE e.id = $1
+        FOR KEY SHARE OF e
+        """,
+        event_id,
+        customer_id,
+        request_id,
+    )
+    if row is None:
+        return None
+    return EventForSale(
+        currency_code=row["currency_code"],
+        max_tickets_per_order=row["max_tickets_per_order"],
+        max_tickets_per_customer=row["max_tickets_per_customer"],
+        cancelled=row["cancelled"],
+        started=row["started"],
+        section_names=dict(zip(row["section_ids"] or [], row["section_names"] or [], strict=True)),
+        existing_order_id=row["existing_id"],
+        existing_hash=row["existing_hash"],
+    )
+
+
+async def existing_request(
+    conn: Conn, customer_id: uuid.UUID, request_id: uuid.UUID
+) -> tuple[uuid.UUID, str] | None:
+    """(order id, request fingerprint) of an order this caller made with request_id."""
+    row = await conn.fetchrow(
+        "SELECT id, request_hash FROM orders WHERE customer_id = $1 AND request_id = $2",
+        customer_id,
+        request_id,
+    )
+    return None if row is None else (row["id"], row["request_hash"])
+
+
+async def serialize_customer(conn: Conn, event_id: uuid.UUID, customer_id: uuid.UUID) -> int:
+    """Take this customer's per-event lock, then count the tickets they hold live.
+
+    The per-customer cap must hold even when one customer books from many connections at
+    once: their bookings for one event take turns on a transaction-scoped advisory lock
+    (hash collisions only serialize a little more, never allow more). The count runs in a
+    separate statement so its snapshot is taken after the lock is ours.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1::text), hashtext($2::text))",
+        str(event_id),
+        str(customer_id),
+    )
+    held: int = await conn.fetchval(
+        "SELECT coalesce(sum(ticket_count), 0) FROM orders "
+        "WHERE customer_id = $1 AND event_id = $2 AND status = 'CONFIRMED'",
+        customer_id,
+        event_id,
+    )
+    return held
+
+
+_SEAT_COLUMNS = (
+    "s.id, s.status, s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
+)
+
+
+async def lock_seats(conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int]) -> list[Any]:
+    """Lock the requested places of this event in one statement, in id order (so two
+    buyers with overlapping selections queue instead of deadlocking), waiting at most
+    lock_timeout. Seats of other events are simply not returned."""
+    try:
+        return list(
+            await conn.fetch(
+                f"SELECT {_SEAT_COLUMNS} FROM seats s "
+                "WHERE s.id = ANY($2::bigint[]) AND s.event_id = $1 "
+                "ORDER BY s.id FOR UPDATE",
+                event_id,
+                list(seat_ids),
+            )
+        )
+    except asyncpg.LockNotAvailableError:
+        raise _seat_locked() from None
+
+
+async def claim_best_available(
+    conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID, quantity: int
+) -> list[Any]:
+    """The lowest free places of a section (row by row, seat by seat), skipping places
+    other buyers have locked right now, so concurrent buyers never queue behind each
+    other. Served by the partial index on AVAILABLE places."""
+    rows = await conn.fetch(
+        f"SELECT {_SEAT_COLUMNS} FROM seats s "
+        "WHERE s.event_id = $1 AND s.section_id = $2 AND s.status = 'AVAILABLE' "
+        "ORDER BY s.ordinal LIMIT $3 FOR UPDATE SKIP LOCKED",
+        event_id,
+        section_id,
+        quantity,
+    )
+    return sorted(rows, key=lambda r: r["id"])
+
+
+async def count_available(conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID) -> int:
+    """Free places including those locked by in-flight buyers (who may still roll back)."""
+    value: int = await conn.fetchval(
+        "SELECT count(*) FROM seats WHERE event_id = $1 AND section_id = $2 "
+        "AND status = 'AVAILABLE'",
+        event_id,
+        section_id,
+    )
+    return value
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    id: uuid.UUID
+    seat_id: int
+    code: str
+    price_minor: int
+
+
+async def insert_order(
+    conn: Conn,
+    *,
+    order_id: uuid.UUID,
+    event_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    request_id: uuid.UUID,
+    request_hash: str,
+    currency_code: str,
+    tickets: Sequence[NewTicket],
+) -> dt.datetime | None:
+    """Write the order, mark its seats SOLD and insert its tickets in ONE statement.
+
+    Returns the order's create_time, or None when the same caller's request_id was
+    committed by a concurrent call first (ON CONFLICT waits for it): then nothing else
+    was written and the caller should return that order instead.
+    """
+    row = await conn.fetchrow(
+        """
+        WITH o AS (
+            INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
+                                total_minor, currency_code, ticket_count)
+            VALUES ($1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8)
+            ON CONFLICT (customer_id, request_id) DO NOTHING
+            RETURNING id, create_time
+        ), s AS (
+            UPDATE seats SET status = 'SOLD'
+            WHERE id = ANY($10::bigint[]) AND EXISTS (SELECT 1 FROM o)
+            RETURNING id
+        ), t AS (
+            INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
+            SELECT u.tid, o.id, $2, u.sid, u.code, 'VALID', u.price
+            FROM o, unnest($9::uuid[], $10::bigint[], $11::text[], $12::bigint[])
+                 AS u(tid, sid, code, price)
+            RETURNING 1
+        )
+        SELECT (SELECT create_time FROM o) AS create_time,
+               (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued
+        """,
+        order_id,
+        event_id,
+        customer_id,
+        request_id,
+        request_hash,
+        sum(t.price_minor for t in tickets),
+        currency_code,
+        len(tickets),
+        [t.id for t in tickets],
+        [t.seat_id for t in tickets],
+        [t.code for t in tickets],
+        [t.price_minor for t in tickets],
+    )
+    if row["create_time"] is None:
+        return None
+    if row["sold"] != len(tickets) or row["issued"] != len(tickets):
+        # Unreachable while the seats are locked by us; refuse rather than half-write.
+        raise RuntimeError(f"order {order_id}: sold {row['sold']}, issued {row['issued']}")
+    created: dt.datetime = row["create_time"]
+    return created
+
+
+_ORDER_COLUMNS = (
+    "o.id, o.event_id, o.customer_id, o.request_id, o.status, o.total_minor, "
+    "o.currency_code, o.create_time, o.refund_time, o.refund_reason"
+)
+
+
+def _order(row: Any, tickets: tuple[TicketRecord, ...]) -> OrderRecord:
+    return OrderRecord(
+        id=row["id"],
+        event_id=row["event_id"],
+        customer_id=row["customer_id"],
+        request_id=row["request_id"],
+        status=OrderStatus(row["status"]),
+        total_minor=row["total_minor"],
+        currency_code=row["currency_code"],
+        create_time=row["create_time"],
+        refund_time=row["refund_time"],
+        refund_reason=row["refund_reason"],
+        tickets=tickets,
+    )
+
+
+async def _tickets_of(
+    conn: Conn, order_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[TicketRecord]]:
+    rows = await conn.fetch(
+        """
+        SELECT t.order_id, t.id, t.seat_id, t.code, t.status, t.price_minor,
+               s.section_id, es.name AS section_name, s.row_label, s.seat_number, s.seat_label
+        FROM tickets t
+        JOIN seats s ON s.id = t.seat_id
+        JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
+        WHERE t.order_id = ANY($1::uuid[])
+        ORDER BY t.order_id, t.seat_id
+        """,
+        order_ids,
+    )
+    out: dict[uuid.UUID, list[TicketRecord]] = {}
+    for r in rows:
+        out.setdefault(r["order_id"], []).append(
+            TicketRecord(
+                id=r["id"],
+                seat_id=r["seat_id"],
+                section_id=r["section_id"],
+                section_name=r["section_name"],
+                row_label=r["row_label"],
+                seat_number=r["seat_number"],
+                seat_label=r["seat_label"],
+                code=r["code"],
+                status=TicketStatus(r["status"]),
+                price_minor=r["price_minor"],
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class OrderWithEvent:
+    order: OrderRecord
+    organizer_id: uuid.UUID
+    event_started: bool
+    event_cancelled: bool
+    request_hash: str
+
+
+async def get_order(
+    conn: Conn, order_id: uuid.UUID, *, lock: bool = False
+) -> OrderWithEvent | None:
+    """The order with its tickets and its event's owner. With `lock`, the order row is
+    locked FOR UPDATE (two refunds of one order take turns) after the event row is
+    KEY SHARE locked (a cancel of the event waits, and the order of locks matches booking)."""
+    suffix = " FOR KEY SHARE OF e FOR UPDATE OF o" if lock else ""
+    row = await conn.fetchrow(
+        f"SELECT {_ORDER_COLUMNS}, o.request_hash, e.organizer_id, "
+        "e.start_time <= now() AS started, e.cancel_time IS NOT NULL AS cancelled "
+        "FROM orders o JOIN events e ON e.id = o.event_id WHERE o.id = $1" + suffix,
+        order_id,
+    )
+    if row is None:
+        return None
+    tickets = await _tickets_of(conn, [order_id])
+    return OrderWithEvent(
+        order=_order(row, tuple(tickets.get(order_id, ()))),
+        organizer_id=row["organizer_id"],
+        event_started=row["started"],
+        event_cancelled=row["cancelled"],
+        request_hash=row["request_hash"],
+    )
+
+
+async def lock_tickets(conn: Conn, order_id: uuid.UUID) -> list[str]:
+    """Lock the order's tickets (a gate scan of one of them waits, then sees VOID)."""
+    rows = await conn.fetch(
+        "SELECT status FROM tickets WHERE order_id = $1 ORDER BY seat_id FOR UPDATE", order_id
+    )
+    return [r["status"] for r in rows]
+
+
+async def refund_request_of(conn: Conn, order_id: uuid.UUID) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval(
+        "SELECT request_id FROM refunds WHERE order_id = $1", order_id
+    )
+    return value
+
+
+_REFUND = """
+    WITH o AS (
+        UPDATE orders SET status = 'REFUNDED', refund_time = now(), refund_reason = $3
+        WHERE {where} AND status = 'CONFIRMED'
+        RETURNING id, total_minor
+    ), t AS (
+        UPDATE tickets SET status = 'VOID'
+        WHERE order_id IN (SELECT id FROM o) AND status <> 'VOID'
+        RETURNING seat_id
+    ), s AS (
+        UPDATE seats SET status = 'AVAILABLE'
+        WHERE id IN (SELECT seat_id FROM t)
+        RETURNING id
+    ), r AS (
+        INSERT INTO refunds (order_id, request_id, refunded_by, reason, amount_minor)
+        SELECT id, $4, $2, $3, total_minor FROM o
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM t) AS tickets,
+           (SELECT count(*) FROM s) AS seats
+"""
+
+
+async def refund_order(
+    conn: Conn,
+    order_id: uuid.UUID,
+    *,
+    refunded_by: uuid.UUID,
+    reason: str,
+    request_id: uuid.UUID | None,
+) -> int:
+    """Order REFUNDED, tickets VOID, seats AVAILABLE, refund record: one statement.
+    Returns the number of seats released."""
+    row = await conn.fetchrow(
+        _REFUND.format(where="id = $1"), order_id, refunded_by, reason, request_id
+    )
+    seats: int = row["seats"]
+    return seats
+
+
+async def refund_event_orders(
+    conn: Conn, event_id: uuid.UUID, *, refunded_by: uuid.UUID, reason: str
+) -> int:
+    """Refund every live order of a cancelled event (caller holds the event FOR UPDATE).
+    Returns the number of orders refunded."""
+    row = await conn.fetchrow(
+        _REFUND.format(where="event_id = $1"), event_id, refunded_by, reason, None
+    )
+    orders: int = row["orders"]
+    return orders
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    customer_id: uuid.UUID | None
+    event_id: uuid.UUID | None
+
+
+async def list_orders(
+    conn: Conn,
+    filters: OrderFilter,
+    *,
+    before: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[OrderRecord]:
+    """Orders newest first, keyset on (create_time, id), with their tickets."""
+    clauses = ["TRUE"]
+    args: list[Any] = []
+    if filters.customer_id is not None:
+        args.append(filters.customer_id)
+        clauses.append(f"o.customer_id = ${len(args)}")
+    if filters.event_id is not None:
+        args.append(filters.event_id)
+        clauses.append(f"o.event_id = ${len(args)}")
+    if before is not None:
+        args += [before[0], before[1]]
+        clauses.append(f"(o.create_time, o.id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    rows = await conn.fetch(
+        f"SELECT {_ORDER_COLUMNS} FROM orders o WHERE {' AND '.join(clauses)} "
+        f"ORDER BY o.create_time DESC, o.id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    tickets = await _tickets_of(conn, [r["id"] for r in rows]) if rows else {}
+    return [_order(r, tuple(tickets.get(r["id"], ()))) for r in rows]
+
+
+async def user_id_by_email(conn: Conn, email: str) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval("SELECT id FROM users WHERE email = $1", email)
+    return value

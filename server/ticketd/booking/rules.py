@@ -1,0 +1,176 @@
+"""Pure booking rules: selections, limits, who may see or refund an order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ticketd.auth.principal import Principal, Role
+from ticketd.errors import FailedPrecondition, FieldViolation, InvalidArgument, PermissionDenied
+
+# Ticket codes: 24 random bytes = 192 bits, 32 URL-safe characters, never derived from ids.
+TICKET_CODE_BYTES = 24
+MAX_SELECTION = 100  # the contract's upper bound for max_tickets_per_order
+MAX_REFUND_REASON = 1_000
+
+
+class OrderStatus(StrEnum):
+    CONFIRMED = "CONFIRMED"
+    REFUNDED = "REFUNDED"
+
+
+class TicketStatus(StrEnum):
+    VALID = "VALID"
+    USED = "USED"
+    VOID = "VOID"
+
+
+@dataclass(frozen=True)
+class SpecificSeats:
+    seat_ids: tuple[int, ...]
+
+    @property
+    def quantity(self) -> int:
+        return len(self.seat_ids)
+
+
+@dataclass(frozen=True)
+class BestAvailable:
+    section_id: uuid.UUID
+    quantity: int
+
+
+Selection = SpecificSeats | BestAvailable
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    id: uuid.UUID
+    seat_id: int
+    section_id: uuid.UUID
+    section_name: str
+    row_label: str | None
+    seat_number: int | None
+    seat_label: str | None
+    code: str
+    status: TicketStatus
+    price_minor: int
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    customer_id: uuid.UUID
+    request_id: uuid.UUID
+    status: OrderStatus
+    total_minor: int
+    currency_code: str
+    create_time: dt.datetime
+    refund_time: dt.datetime | None
+    refund_reason: str | None
+    tickets: tuple[TicketRecord, ...] = field(default=())
+
+
+def new_ticket_code() -> str:
+    return secrets.token_urlsafe(TICKET_CODE_BYTES)
+
+
+def validate_selection(seat_ids: list[int] | None, best: BestAvailable | None) -> Selection:
+    """Exactly one selection, 1..100 places, no duplicate seat ids."""
+    if seat_ids is None and best is None:
+        raise InvalidArgument.one("selection", "give seat_ids or best_available")
+    if seat_ids is not None:
+        if not seat_ids:
+            raise InvalidArgument.one("seat_ids.ids", "at least one seat is required")
+        if len(seat_ids) > MAX_SELECTION:
+            raise InvalidArgument.one("seat_ids.ids", f"at most {MAX_SELECTION} seats per order")
+        seen: set[int] = set()
+        bad: list[FieldViolation] = []
+        for i, sid in enumerate(seat_ids):
+            if sid <= 0:
+                bad.append(FieldViolation(f"seat_ids.ids[{i}]", "must be a positive seat id"))
+            elif sid in seen:
+                bad.append(FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is listed twice"))
+            seen.add(sid)
+        if bad:
+            raise InvalidArgument(bad)
+        return SpecificSeats(tuple(sorted(seat_ids)))
+    assert best is not None
+    if not 1 <= best.quantity <= MAX_SELECTION:
+        raise InvalidArgument.one(
+            "best_available.quantity", f"must be between 1 and {MAX_SELECTION}"
+        )
+    return best
+
+
+def request_fingerprint(event_id: uuid.UUID, selection: Selection) -> str:
+    """What a request_id was first used for; a replay must match it exactly."""
+    if isinstance(selection, SpecificSeats):
+        what = "seats:" + ",".join(map(str, selection.seat_ids))
+    else:
+        what = f"best:{selection.section_id}:{selection.quantity}"
+    return hashlib.sha256(f"{event_id}|{what}".encode()).hexdigest()[:32]
+
+
+def not_on_sale(event_id: uuid.UUID, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the event is not on sale: {why}",
+        reason="EVENT_NOT_ON_SALE",
+        metadata={"event_id": str(event_id)},
+    )
+
+
+def check_order_limit(quantity: int, max_per_order: int) -> None:
+    if quantity > max_per_order:
+        raise FailedPrecondition(
+            f"at most {max_per_order} tickets per order",
+            reason="LIMIT_EXCEEDED",
+            metadata={"limit": "max_tickets_per_order", "max": str(max_per_order)},
+        )
+
+
+def check_customer_limit(held: int, quantity: int, max_per_customer: int | None) -> None:
+    if max_per_customer is not None and held + quantity > max_per_customer:
+        raise FailedPrecondition(
+            f"at most {max_per_customer} tickets per customer for this event (you hold {held})",
+            reason="LIMIT_EXCEEDED",
+            metadata={
+                "limit": "max_tickets_per_customer",
+                "max": str(max_per_customer),
+                "held": str(held),
+            },
+        )
+
+
+def can_read_order(
+    principal: Principal, customer_id: uuid.UUID, event_organizer_id: uuid.UUID
+) -> bool:
+    if principal.has(Role.ADMIN, Role.SUPPORT) or principal.user_id == customer_id:
+        return True
+    return principal.has(Role.ORGANIZER) and principal.user_id == event_organizer_id
+
+
+def ensure_can_refund(principal: Principal, customer_id: uuid.UUID) -> None:
+    if principal.has(Role.ADMIN, Role.SUPPORT):
+        return
+    if principal.user_id == customer_id and principal.has(Role.CUSTOMER):
+        return
+    raise PermissionDenied("you may not refund this order", reason="NOT_ORDER_OWNER")
+
+
+def order_not_found(order_id: uuid.UUID) -> Exception:
+    from ticketd.errors import NotFound
+
+    return NotFound("no such order", reason="ORDER_NOT_FOUND", metadata={"order_id": str(order_id)})
+
+
+def validate_refund_reason(reason: str) -> str:
+    cleaned = reason.strip()
+    if not cleaned or len(cleaned) > MAX_REFUND_REASON:
+        raise InvalidArgument.one("reason", f"1..{MAX_REFUND_REASON} characters")
+    return cleaned

@@ -1,0 +1,304 @@
+"""The booking and refund flows: one transaction each, rules checked between the locks.
+
+No grpc and no SQL here: the servicer translates protobuf, the repository talks to
+PostgreSQL, and this module decides, step by step, what a sale or a refund may do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from ticketd.auth.principal import Principal, Role
+from ticketd.booking import repository as repo
+from ticketd.booking.rules import (
+    BestAvailable,
+    OrderRecord,
+    OrderStatus,
+    Selection,
+    SpecificSeats,
+    TicketRecord,
+    TicketStatus,
+    can_read_order,
+    check_customer_limit,
+    check_order_limit,
+    ensure_can_refund,
+    new_ticket_code,
+    not_on_sale,
+    order_not_found,
+    request_fingerprint,
+)
+from ticketd.db.engine import Database
+from ticketd.errors import (
+    Aborted,
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Precondition,
+)
+from ticketd.events.repository import event_not_found
+
+# Outcomes a concurrent twin of the same request_id can cause; on these we look again for
+# the twin's order before answering.
+_TWIN_REASONS = frozenset({"SEAT_UNAVAILABLE", "SOLD_OUT", "SEAT_LOCKED", "LIMIT_EXCEEDED"})
+
+
+class _TwinCommittedFirst(Exception):
+    """The same caller's request_id was committed by a concurrent call."""
+
+
+def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
+    return FailedPrecondition(
+        "this request_id was already used for a different booking",
+        reason="REQUEST_ID_MISMATCH",
+        metadata={"request_id": str(request_id)},
+    )
+
+
+@dataclass(frozen=True)
+class BookingTimeouts:
+    lock_timeout_ms: int
+
+
+class BookingService:
+    """Sells seats and refunds orders; every method is one database transaction."""
+
+    def __init__(self, db: Database, timeouts: BookingTimeouts) -> None:
+        self._db = db
+        self._timeouts = timeouts
+
+    async def book(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        remaining_seconds: float | None = None,
+    ) -> OrderRecord:
+        fingerprint = request_fingerprint(event_id, selection)
+        try:
+            return await self._book_once(
+                principal, event_id, request_id, selection, fingerprint, remaining_seconds
+            )
+        except (_TwinCommittedFirst, DomainError) as exc:
+            if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
+                raise
+            # A retry that raced its own original: answer with the original order.
+            twin = await self._order_for_request(principal.user_id, request_id, fingerprint)
+            if twin is not None:
+                return twin
+            if isinstance(exc, _TwinCommittedFirst):
+                # The twin's row conflicted yet cannot be read: only possible if it was
+                # removed meanwhile. Let the client retry rather than guess.
+                raise Aborted("concurrent duplicate request; retry", reason="RETRY") from None
+            raise
+
+    async def _order_for_request(
+        self, customer_id: uuid.UUID, request_id: uuid.UUID, fingerprint: str
+    ) -> OrderRecord | None:
+        async with self._db.raw_connection() as conn:
+            found = await repo.existing_request(conn, customer_id, request_id)
+            if found is None:
+                return None
+            if found[1] != fingerprint:
+                raise _mismatch(request_id)
+            got = await repo.get_order(conn, found[0])
+        return got.order if got else None
+
+    async def _book_once(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        fingerprint: str,
+        remaining_seconds: float | None,
+    ) -> OrderRecord:
+        customer_id = principal.user_id
+        async with self._db.raw_transaction() as conn:
+            await repo.bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
+            event = await repo.event_for_sale(conn, event_id, customer_id, request_id)
+            if event is None:
+                raise event_not_found(event_id)
+            if event.existing_order_id is not None:
+                if event.existing_hash != fingerprint:
+                    raise _mismatch(request_id)
+                existing = await repo.get_order(conn, event.existing_order_id)
+                assert existing is not None
+                return existing.order
+            if event.cancelled:
+                raise not_on_sale(event_id, "it was cancelled")
+            if event.started:
+                raise not_on_sale(event_id, "it has started")
+            check_order_limit(selection.quantity, event.max_tickets_per_order)
+            if event.max_tickets_per_customer is not None:
+                held = await repo.serialize_customer(conn, event_id, customer_id)
+                check_customer_limit(held, selection.quantity, event.max_tickets_per_customer)
+
+            if isinstance(selection, SpecificSeats):
+                seats = await repo.lock_seats(conn, event_id, selection.seat_ids)
+                found = {s["id"] for s in seats}
+                missing = [
+                    FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
+                    for i, sid in enumerate(selection.seat_ids)
+                    if sid not in found
+                ]
+                if missing:
+                    raise InvalidArgument(missing)
+                taken = [s["id"] for s in seats if s["status"] != "AVAILABLE"]
+                if taken:
+                    raise FailedPrecondition(
+                        f"{len(taken)} of the requested seats are no longer available",
+                        reason="SEAT_UNAVAILABLE",
+                        metadata={"seat_ids": ",".join(map(str, taken))},
+                        violations=[
+                            Precondition("SEAT", str(sid), "already sold") for sid in taken
+                        ],
+                    )
+            else:
+                assert isinstance(selection, BestAvailable)
+                if selection.section_id not in event.section_names:
+                    raise InvalidArgument.one(
+                        "best_available.section_id", "not a section of this event"
+                    )
+                seats = await repo.claim_best_available(
+                    conn, event_id, selection.section_id, selection.quantity
+                )
+                if len(seats) < selection.quantity:
+                    free = await repo.count_available(conn, event_id, selection.section_id)
+                    if free >= selection.quantity:
+                        raise Aborted(
+                            "the remaining places are being booked right now; retry",
+                            reason="SEAT_LOCKED",
+                        )
+                    raise FailedPrecondition(
+                        f"only {free} places left in this section",
+                        reason="SOLD_OUT",
+                        metadata={"available": str(free), "section_id": str(selection.section_id)},
+                    )
+
+            order_id = uuid.uuid4()
+            new = [
+                repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), s["price_minor"])
+                for s in seats
+            ]
+            created = await repo.insert_order(
+                conn,
+                order_id=order_id,
+                event_id=event_id,
+                customer_id=customer_id,
+                request_id=request_id,
+                request_hash=fingerprint,
+                currency_code=event.currency_code,
+                tickets=new,
+            )
+            if created is None:
+                raise _TwinCommittedFirst()
+            return OrderRecord(
+                id=order_id,
+                event_id=event_id,
+                customer_id=customer_id,
+                request_id=request_id,
+                status=OrderStatus.CONFIRMED,
+                total_minor=sum(t.price_minor for t in new),
+                currency_code=event.currency_code,
+                create_time=created,
+                refund_time=None,
+                refund_reason=None,
+                tickets=tuple(
+                    TicketRecord(
+                        id=t.id,
+                        seat_id=t.seat_id,
+                        section_id=s["section_id"],
+                        section_name=event.section_names[s["section_id"]],
+                        row_label=s["row_label"],
+                        seat_number=s["seat_number"],
+                        seat_label=s["seat_label"],
+                        code=t.code,
+                        status=TicketStatus.VALID,
+                        price_minor=t.price_minor,
+                    )
+                    for t, s in zip(new, seats, strict=True)
+                ),
+            )
+
+    async def get_order(
+        self, principal: Principal, order_id: uuid.UUID
+    ) -> tuple[OrderRecord, bool]:
+        """The order and whether the caller may see its ticket codes."""
+        async with self._db.raw_connection() as conn:
+            got = await repo.get_order(conn, order_id)
+        if got is None:
+            raise order_not_found(order_id)
+        if not can_read_order(principal, got.order.customer_id, got.organizer_id):
+            raise PermissionDenied("you may not read this order", reason="NOT_ORDER_OWNER")
+        show_codes = principal.user_id == got.order.customer_id or principal.has(
+            Role.ADMIN, Role.SUPPORT
+        )
+        return got.order, show_codes
+
+    async def list_orders(
+        self,
+        principal: Principal,
+        *,
+        event_id: uuid.UUID | None,
+        customer_email: str | None,
+        before: tuple[object, uuid.UUID] | None,
+        limit: int,
+    ) -> list[OrderRecord]:
+        staff = principal.has(Role.ADMIN, Role.SUPPORT)
+        async with self._db.raw_connection() as conn:
+            if not staff:
+                if customer_email and customer_email != principal.email:
+                    raise PermissionDenied(
+                        "customers may list only their own orders", reason="NOT_ORDER_OWNER"
+                    )
+                customer_id: uuid.UUID | None = principal.user_id
+            elif customer_email:
+                customer_id = await repo.user_id_by_email(conn, customer_email)
+                if customer_id is None:
+                    return []
+            else:
+                customer_id = None
+            return await repo.list_orders(
+                conn,
+                repo.OrderFilter(customer_id=customer_id, event_id=event_id),
+                before=before,  # type: ignore[arg-type]
+                limit=limit,
+            )
+
+    async def refund(
+        self,
+        principal: Principal,
+        order_id: uuid.UUID,
+        request_id: uuid.UUID,
+        reason: str,
+        remaining_seconds: float | None = None,
+    ) -> OrderRecord:
+        async with self._db.raw_transaction() as conn:
+            await repo.bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
+            got = await repo.get_order(conn, order_id, lock=True)
+            if got is None:
+                raise order_not_found(order_id)
+            ensure_can_refund(principal, got.order.customer_id)
+            if got.order.status is OrderStatus.REFUNDED:
+                if await repo.refund_request_of(conn, order_id) == request_id:
+                    return got.order  # a retry of the refund that already happened
+                raise FailedPrecondition("the order is already refunded", reason="ALREADY_REFUNDED")
+            if got.event_started:
+                raise FailedPrecondition(
+                    "refunds close when the event starts", reason="EVENT_STARTED"
+                )
+            statuses = await repo.lock_tickets(conn, order_id)
+            if TicketStatus.USED.value in statuses:
+                raise FailedPrecondition(
+                    "a ticket of this order was already used at a gate", reason="TICKET_USED"
+                )
+            await repo.refund_order(
+                conn, order_id, refunded_by=principal.user_id, reason=reason, request_id=request_id
+            )
+            after = await repo.get_order(conn, order_id)
+        assert after is not None
+        return after.order

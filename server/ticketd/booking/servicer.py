@@ -1,0 +1,157 @@
+"""BookingService: protobuf <-> booking domain; no SQL here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from ticketing.v1 import booking_pb2, booking_pb2_grpc
+
+from ticketd.auth.principal import current_principal
+from ticketd.booking.rules import (
+    BestAvailable,
+    OrderRecord,
+    OrderStatus,
+    TicketStatus,
+    validate_refund_reason,
+    validate_selection,
+)
+from ticketd.booking.service import BookingService
+from ticketd.convert import parse_uuid, timestamp
+from ticketd.errors import InvalidArgument
+from ticketd.pagination import PageTokens, resolve_page_size
+
+ORDER_STATUS = {
+    OrderStatus.CONFIRMED: booking_pb2.ORDER_STATUS_CONFIRMED,
+    OrderStatus.REFUNDED: booking_pb2.ORDER_STATUS_REFUNDED,
+}
+TICKET_STATUS = {
+    TicketStatus.VALID: booking_pb2.TICKET_STATUS_VALID,
+    TicketStatus.USED: booking_pb2.TICKET_STATUS_USED,
+    TicketStatus.VOID: booking_pb2.TICKET_STATUS_VOID,
+}
+
+
+def order_to_proto(order: OrderRecord, *, show_codes: bool = True) -> booking_pb2.Order:
+    msg = booking_pb2.Order(
+        id=str(order.id),
+        event_id=str(order.event_id),
+        customer_id=str(order.customer_id),
+        request_id=str(order.request_id),
+        status=ORDER_STATUS[order.status],
+        total_minor=order.total_minor,
+        currency_code=order.currency_code,
+        create_time=timestamp(order.create_time),
+        refund_reason=order.refund_reason or "",
+        tickets=[
+            booking_pb2.Ticket(
+                id=str(t.id),
+                seat_id=t.seat_id,
+                section_id=str(t.section_id),
+                section_name=t.section_name,
+                row_label=t.row_label or "",
+                seat_number=t.seat_number or 0,
+                seat_label=t.seat_label or "",
+                code=t.code if show_codes else "",
+                status=TICKET_STATUS[t.status],
+                price_minor=t.price_minor,
+            )
+            for t in order.tickets
+        ],
+    )
+    if order.refund_time is not None:
+        msg.refund_time.CopyFrom(timestamp(order.refund_time))
+    return msg
+
+
+def _remaining(context: Any) -> float | None:
+    try:
+        value = context.time_remaining()
+    except (AttributeError, RuntimeError):
+        return None
+    return float(value) if value is not None else None
+
+
+class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
+    """Implements ticketing.v1.BookingService; access rules are in ticketd.auth.policy."""
+
+    def __init__(self, service: BookingService, pages: PageTokens) -> None:
+        self._service = service
+        self._pages = pages
+
+    async def BookSeats(
+        self, request: booking_pb2.BookSeatsRequest, context: Any
+    ) -> booking_pb2.BookSeatsResponse:
+        principal = current_principal()
+        event_id = parse_uuid(request.event_id, "event_id")
+        request_id = parse_uuid(request.request_id, "request_id")
+        which = request.WhichOneof("selection")
+        selection = validate_selection(
+            list(request.seat_ids.ids) if which == "seat_ids" else None,
+            BestAvailable(
+                parse_uuid(request.best_available.section_id, "best_available.section_id"),
+                request.best_available.quantity,
+            )
+            if which == "best_available"
+            else None,
+        )
+        order = await self._service.book(
+            principal, event_id, request_id, selection, _remaining(context)
+        )
+        return booking_pb2.BookSeatsResponse(order=order_to_proto(order))
+
+    async def GetOrder(
+        self, request: booking_pb2.GetOrderRequest, context: Any
+    ) -> booking_pb2.GetOrderResponse:
+        order, show_codes = await self._service.get_order(
+            current_principal(), parse_uuid(request.order_id, "order_id")
+        )
+        return booking_pb2.GetOrderResponse(order=order_to_proto(order, show_codes=show_codes))
+
+    async def ListOrders(
+        self, request: booking_pb2.ListOrdersRequest, context: Any
+    ) -> booking_pb2.ListOrdersResponse:
+        principal = current_principal()
+        size = resolve_page_size(request.page_size)
+        event_id = parse_uuid(request.event_id, "event_id") if request.event_id else None
+        email = request.customer_email.strip().lower()
+        if len(email) > 254:
+            raise InvalidArgument.one("customer_email", "must be at most 254 characters")
+        query = {"event": str(event_id), "email": email, "caller": str(principal.user_id)}
+        position = self._pages.decode("orders", query, request.page_token)
+        before: tuple[dt.datetime, uuid.UUID] | None = None
+        if position is not None:
+            try:
+                before = (dt.datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise InvalidArgument.one("page_token", "is not a valid page token") from None
+        orders = await self._service.list_orders(
+            principal,
+            event_id=event_id,
+            customer_email=email or None,
+            before=before,
+            limit=size + 1,
+        )
+        token = ""
+        if len(orders) > size:
+            orders = orders[:size]
+            last = orders[-1]
+            token = self._pages.encode(
+                "orders", query, [last.create_time.isoformat(), str(last.id)]
+            )
+        return booking_pb2.ListOrdersResponse(
+            orders=[order_to_proto(o) for o in orders], next_page_token=token
+        )
+
+    async def RefundOrder(
+        self, request: booking_pb2.RefundOrderRequest, context: Any
+    ) -> booking_pb2.RefundOrderResponse:
+        principal = current_principal()
+        order_id = parse_uuid(request.order_id, "order_id")
+        request_id = parse_uuid(request.request_id, "request_id")
+        reason = validate_refund_reason(request.reason)
+        order = await self._service.refund(
+            principal, order_id, request_id, reason, _remaining(context)
+        )
+        return booking_pb2.RefundOrderResponse(order=order_to_proto(order))
