@@ -19,12 +19,12 @@ import asyncpg
 import pytest
 from grpc import aio
 from sqlalchemy.engine import make_url
+
+from tests.support import Account, Stubs
 from ticketd.app import Components, TicketServer, build_components, ensure_bootstrap_admin
 from ticketd.config import Settings
 from ticketd.db import migrate
 from ticketd.db.engine import Database, PoolOptions
-
-from tests.support import Account, Stubs
 
 ADMIN_EMAIL = "root-admin@example.test"
 ADMIN_PASSWORD = "admin-password-123"

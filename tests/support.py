@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
+
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -17,6 +18,8 @@ from ticketing.v1 import (
     common_pb2,
     event_pb2,
     event_pb2_grpc,
+    gate_pb2,
+    gate_pb2_grpc,
     venue_pb2,
     venue_pb2_grpc,
 )
@@ -92,6 +95,7 @@ class Stubs:
         self.booking: booking_pb2_grpc.BookingServiceAsyncStub = (
             booking_pb2_grpc.BookingServiceStub(channel)
         )
+        self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
 
     async def register(self, tag: str = "user", password: str = PASSWORD) -> Account:
         email = unique_email(tag)
@@ -240,3 +244,11 @@ async def audit(engine: Any, event_id: str) -> dict[str, int]:
             if rows:
                 problems[name] = len(rows)
     return problems
+
+
+def scan_request(
+    code: str, event_id: str, gate: str = "north-1", scan_id: str | None = None
+) -> Any:
+    return gate_pb2.ValidateTicketRequest(
+        code=code, event_id=event_id, gate_id=gate, scan_id=scan_id or str(uuid.uuid4())
+    )

@@ -10,10 +10,10 @@ import grpc
 import jwt
 import pytest
 from grpc import aio
-from ticketing.v1 import auth_pb2, common_pb2
 
 from tests.conftest import ADMIN_EMAIL, RunningServer
 from tests.support import PASSWORD, Account, Stubs, bearer, error_details, unique_email
+from ticketing.v1 import auth_pb2, common_pb2
 
 
 async def test_register_login_whoami(stubs: Stubs) -> None:

@@ -12,7 +12,6 @@ import grpc
 import pytest
 from grpc import aio
 from sqlalchemy import text
-from ticketing.v1 import booking_pb2, common_pb2, event_pb2, venue_pb2
 
 from tests.conftest import RunningServer
 from tests.support import (
@@ -24,6 +23,7 @@ from tests.support import (
     error_details,
     small_layout,
 )
+from ticketing.v1 import booking_pb2, common_pb2, event_pb2, venue_pb2
 
 CONTENTION = {"SEAT_UNAVAILABLE", "SEAT_LOCKED"}
 
@@ -427,7 +427,7 @@ async def test_refunds(
     ).order
     async with engine.begin() as conn:
         await conn.execute(
-            text("UPDATE tickets SET status = 'USED' WHERE id = :t"),
+            text("UPDATE tickets SET status = 'USED', used_time = now() WHERE id = :t"),
             {"t": uuid.UUID(used.tickets[0].id)},
         )
     with pytest.raises(aio.AioRpcError) as err:

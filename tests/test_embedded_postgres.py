@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from ticketd.db.embedded import (
     FALLBACK_ROOT,
     EmbeddedPostgres,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import ticketing.v1  # noqa: F401
 from google.protobuf import descriptor_pool
 from grpc import aio
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
+
+import ticketing.v1  # noqa: F401
+from tests.support import Stubs
 from ticketd.app import SERVICE_NAMES
 from ticketd.auth.policy import POLICY
 from ticketing.v1 import auth_pb2
-
-from tests.support import Stubs
 
 
 def _all_methods() -> set[str]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ticketd.db.embedded import fallback_cluster_dir
-from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 from tests.support import PASSWORD, unique_email
+from ticketd.db.embedded import fallback_cluster_dir
+from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 
 def _free_port() -> int:

@@ -11,10 +11,10 @@ from grpc import aio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from ticketing.v1 import common_pb2, event_pb2, venue_pb2
 
 from tests.conftest import RunningServer
 from tests.support import Account, Stubs, error_details, future, small_layout
+from ticketing.v1 import common_pb2, event_pb2, venue_pb2
 
 
 @pytest.fixture(scope="module")

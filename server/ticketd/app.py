@@ -11,16 +11,6 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from ticketing.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
-    booking_pb2,
-    booking_pb2_grpc,
-    event_pb2,
-    event_pb2_grpc,
-    venue_pb2,
-    venue_pb2_grpc,
-)
 
 from ticketd.accounts import repository as accounts_repo
 from ticketd.accounts.servicer import AuthServicer
@@ -33,8 +23,22 @@ from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.engine import Database
 from ticketd.events.servicer import EventServicer
+from ticketd.gate.service import GateService
+from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
 from ticketd.venues.servicer import VenueServicer
+from ticketing.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    booking_pb2,
+    booking_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
+    gate_pb2,
+    gate_pb2_grpc,
+    venue_pb2,
+    venue_pb2_grpc,
+)
 
 log = logging.getLogger("ticketd")
 
@@ -43,6 +47,7 @@ SERVICE_NAMES = (
     venue_pb2.DESCRIPTOR.services_by_name["VenueService"].full_name,
     event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name,
+    gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name,
 )
 
 
@@ -56,6 +61,7 @@ class Components:
     hasher: PasswordHasher
     pages: PageTokens
     booking: BookingService
+    gate: GateService
 
 
 def build_components(settings: Settings, db: Database, jwt_secret: str) -> Components:
@@ -71,6 +77,12 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         hasher=PasswordHasher(settings.bcrypt_rounds),
         pages=PageTokens(jwt_secret),
         booking=BookingService(db, BookingTimeouts(lock_timeout_ms=db.options.lock_timeout_ms)),
+        gate=GateService(
+            db,
+            lock_timeout_ms=db.options.lock_timeout_ms,
+            gate_rate=settings.gate_scan_rate,
+            gate_burst=settings.gate_scan_burst,
+        ),
     )
 
 
@@ -109,6 +121,9 @@ class TicketServer:
         )
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
             BookingServicer(components.booking, components.pages), self.server
+        )
+        gate_pb2_grpc.add_GateServiceServicer_to_server(
+            GateServicer(components.gate, components.pages), self.server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

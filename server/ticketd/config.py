@@ -70,6 +70,10 @@ class Settings:
     """`TICKETING_MAX_MESSAGE_BYTES`: transport limit for one request or response."""
     grace_seconds: int = 10
     """`TICKETING_SHUTDOWN_GRACE`: in-flight calls get this long on SIGTERM."""
+    gate_scan_rate: int = 100
+    """`TICKETING_GATE_SCAN_RATE`: sustained scans per second per gate (per process)."""
+    gate_scan_burst: int = 200
+    """`TICKETING_GATE_SCAN_BURST`: scans a gate may make at once above the rate."""
 
     @property
     def tls_enabled(self) -> bool:
@@ -111,4 +115,6 @@ class Settings:
                 env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024
             ),
             grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
+            gate_scan_rate=_int(env, "TICKETING_GATE_SCAN_RATE", 100, 1, 1_000_000),
+            gate_scan_burst=_int(env, "TICKETING_GATE_SCAN_BURST", 200, 1, 1_000_000),
         )

@@ -6,10 +6,10 @@ import datetime as dt
 import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from ticketing.v1 import common_pb2
 
 from ticketd.auth.principal import Role
 from ticketd.errors import InvalidArgument
+from ticketing.v1 import common_pb2
 
 ROLE_TO_PROTO: dict[Role, common_pb2.Role.ValueType] = {
     Role.ADMIN: common_pb2.ROLE_ADMIN,

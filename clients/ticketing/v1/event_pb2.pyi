@@ -145,6 +145,7 @@ class Event(_message.Message):
     SOLD_COUNT_FIELD_NUMBER: _builtins.int
     VENUE_NAME_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DOORS_OPEN_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only: server-assigned id (UUID)."""
     venue_id: _builtins.str
@@ -195,6 +196,10 @@ class Event(_message.Message):
     def cancel_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when it was cancelled, if it was."""
 
+    @_builtins.property
+    def doors_open_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional: gates admit from this instant on (before it, scans are NOT_OPEN)."""
+
     def __init__(
         self,
         *,
@@ -218,10 +223,11 @@ class Event(_message.Message):
         sold_count: _builtins.int = ...,
         venue_name: _builtins.str = ...,
         time_zone: _builtins.str = ...,
+        doors_open_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "cancel_time", b"cancel_time", "create_time", b"create_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "cancel_time", b"cancel_time", "create_time", b"create_time", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "available_count", b"available_count", "cancel_reason", b"cancel_reason", "cancel_time", b"cancel_time", "capacity", b"capacity", "create_time", b"create_time", "currency_code", b"currency_code", "description", b"description", "end_time", b"end_time", "id", b"id", "max_tickets_per_customer", b"max_tickets_per_customer", "max_tickets_per_order", b"max_tickets_per_order", "name", b"name", "organizer_id", b"organizer_id", "sections", b"sections", "sold_count", b"sold_count", "start_time", b"start_time", "status", b"status", "time_zone", b"time_zone", "venue_id", b"venue_id", "venue_name", b"venue_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "available_count", b"available_count", "cancel_reason", b"cancel_reason", "cancel_time", b"cancel_time", "capacity", b"capacity", "create_time", b"create_time", "currency_code", b"currency_code", "description", b"description", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "id", b"id", "max_tickets_per_customer", b"max_tickets_per_customer", "max_tickets_per_order", b"max_tickets_per_order", "name", b"name", "organizer_id", b"organizer_id", "sections", b"sections", "sold_count", b"sold_count", "start_time", b"start_time", "status", b"status", "time_zone", b"time_zone", "venue_id", b"venue_id", "venue_name", b"venue_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tickets_per_customer: _TypeAlias = _typing.Literal["max_tickets_per_customer"]  # noqa: Y015
     _WhichOneofArgType__max_tickets_per_customer: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer"]  # noqa: Y015
@@ -314,6 +320,7 @@ class CreateEventRequest(_message.Message):
     SECTION_PRICES_FIELD_NUMBER: _builtins.int
     MAX_TICKETS_PER_ORDER_FIELD_NUMBER: _builtins.int
     MAX_TICKETS_PER_CUSTOMER_FIELD_NUMBER: _builtins.int
+    DOORS_OPEN_TIME_FIELD_NUMBER: _builtins.int
     venue_id: _builtins.str
     """The venue (must exist)."""
     name: _builtins.str
@@ -340,6 +347,10 @@ class CreateEventRequest(_message.Message):
         Every section of the venue needs a price, and only those sections.
         """
 
+    @_builtins.property
+    def doors_open_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional: gates admit from this instant on; before start_time when set."""
+
     def __init__(
         self,
         *,
@@ -352,10 +363,11 @@ class CreateEventRequest(_message.Message):
         section_prices: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         max_tickets_per_order: _builtins.int = ...,
         max_tickets_per_customer: _builtins.int | None = ...,
+        doors_open_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "currency_code", b"currency_code", "description", b"description", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "max_tickets_per_order", b"max_tickets_per_order", "name", b"name", "section_prices", b"section_prices", "start_time", b"start_time", "venue_id", b"venue_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "currency_code", b"currency_code", "description", b"description", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "max_tickets_per_order", b"max_tickets_per_order", "name", b"name", "section_prices", b"section_prices", "start_time", b"start_time", "venue_id", b"venue_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tickets_per_customer: _TypeAlias = _typing.Literal["max_tickets_per_customer"]  # noqa: Y015
     _WhichOneofArgType__max_tickets_per_customer: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer"]  # noqa: Y015

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
-
 from ticketd.accounts import repository as repo
 from ticketd.accounts.repository import UserRecord
 from ticketd.accounts.rules import (
@@ -21,6 +19,7 @@ from ticketd.convert import ROLE_TO_PROTO, parse_uuid, roles_from_proto, timesta
 from ticketd.db.engine import Database
 from ticketd.errors import InvalidArgument, Unauthenticated
 from ticketd.pagination import PageTokens, resolve_page_size
+from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 _BAD_CREDENTIALS = "email or password is wrong"
 

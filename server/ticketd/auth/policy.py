@@ -42,6 +42,7 @@ _AUTH = "/ticketing.v1.AuthService/"
 _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
+_GATE = "/ticketing.v1.GateService/"
 
 POLICY: dict[str, Access] = {
     # Infrastructure: load balancers and tools must reach these without a token.
@@ -72,6 +73,10 @@ POLICY: dict[str, Access] = {
     _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
     _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN),
     _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN),
+    # GateService: only gate staff burn tickets; supervisors read the log.
+    _GATE + "ValidateTicket": roles(ENTRY_MANAGER, ADMIN),
+    _GATE + "ListScans": roles(ADMIN, SUPPORT, ENTRY_MANAGER),
+    _GATE + "GetGateStats": roles(ADMIN, SUPPORT, ENTRY_MANAGER),
 }
 
 

@@ -29,6 +29,7 @@ from ticketd.booking.rules import (
     request_fingerprint,
 )
 from ticketd.db.engine import Database
+from ticketd.db.timeouts import bound_waits
 from ticketd.errors import (
     Aborted,
     DomainError,
@@ -118,7 +119,7 @@ class BookingService:
     ) -> OrderRecord:
         customer_id = principal.user_id
         async with self._db.raw_transaction() as conn:
-            await repo.bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
+            await bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
             event = await repo.event_for_sale(conn, event_id, customer_id, request_id)
             if event is None:
                 raise event_not_found(event_id)
@@ -278,7 +279,7 @@ class BookingService:
         remaining_seconds: float | None = None,
     ) -> OrderRecord:
         async with self._db.raw_transaction() as conn:
-            await repo.bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
+            await bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
             got = await repo.get_order(conn, order_id, lock=True)
             if got is None:
                 raise order_not_found(order_id)

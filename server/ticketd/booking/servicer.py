@@ -6,8 +6,6 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from ticketing.v1 import booking_pb2, booking_pb2_grpc
-
 from ticketd.auth.principal import current_principal
 from ticketd.booking.rules import (
     BestAvailable,
@@ -21,6 +19,7 @@ from ticketd.booking.service import BookingService
 from ticketd.convert import parse_uuid, timestamp
 from ticketd.errors import InvalidArgument
 from ticketd.pagination import PageTokens, resolve_page_size
+from ticketing.v1 import booking_pb2, booking_pb2_grpc
 
 ORDER_STATUS = {
     OrderStatus.CONFIRMED: booking_pb2.ORDER_STATUS_CONFIRMED,

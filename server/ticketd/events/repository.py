@@ -72,9 +72,9 @@ async def create_event(
             """
             INSERT INTO events (id, venue_id, organizer_id, name, description, start_time,
                                 end_time, currency_code, max_tickets_per_order,
-                                max_tickets_per_customer, capacity)
+                                max_tickets_per_customer, capacity, doors_open_time)
             VALUES (:id, :venue_id, :organizer_id, :name, :description, :start_time,
-                    :end_time, :currency, :per_order, :per_customer, :capacity)
+                    :end_time, :currency, :per_order, :per_customer, :capacity, :doors)
             """
         ),
         {
@@ -89,6 +89,7 @@ async def create_event(
             "per_order": spec.max_tickets_per_order,
             "per_customer": spec.max_tickets_per_customer,
             "capacity": venue.capacity,
+            "doors": spec.doors_open_time,
         },
     )
     await session.execute(
@@ -118,7 +119,7 @@ _EVENT_SELECT = """
     SELECT e.id, e.venue_id, v.name AS venue_name, v.time_zone, e.organizer_id, e.name,
            e.description, e.start_time, e.end_time, e.currency_code, e.max_tickets_per_order,
            e.max_tickets_per_customer, e.capacity, e.cancel_reason, e.cancel_time,
-           e.create_time,
+           e.create_time, e.doors_open_time,
            CASE WHEN e.cancel_time IS NOT NULL THEN 'CANCELLED'
                 WHEN e.start_time <= now() THEN 'STARTED'
                 ELSE 'ON_SALE' END AS status
@@ -145,6 +146,7 @@ def _event(row: Any, sections: tuple[EventSectionRecord, ...] = ()) -> EventReco
         cancel_reason=row.cancel_reason,
         cancel_time=row.cancel_time,
         create_time=row.create_time,
+        doors_open_time=row.doors_open_time,
         sections=sections,
     )
 

@@ -43,6 +43,7 @@ class EventSpec:
     section_prices: dict[str, int]
     max_tickets_per_order: int
     max_tickets_per_customer: int | None
+    doors_open_time: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class EventRecord:
     cancel_reason: str | None
     cancel_time: dt.datetime | None
     create_time: dt.datetime
+    doors_open_time: dt.datetime | None = None
     sections: tuple[EventSectionRecord, ...] = field(default=())
 
     @property
@@ -114,6 +116,8 @@ def validate_event_fields(spec: EventSpec) -> None:
         out.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
     if spec.end_time is not None and spec.end_time <= spec.start_time:
         out.append(FieldViolation("end_time", "must be after start_time"))
+    if spec.doors_open_time is not None and spec.doors_open_time >= spec.start_time:
+        out.append(FieldViolation("doors_open_time", "must be before start_time"))
     if not _CURRENCY.match(spec.currency_code):
         out.append(FieldViolation("currency_code", "must be an ISO 4217 code such as EUR"))
     if not 1 <= spec.max_tickets_per_order <= MAX_TICKETS_PER_ORDER:

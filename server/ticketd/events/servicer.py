@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from ticketing.v1 import event_pb2, event_pb2_grpc
 
 from ticketd.auth.principal import current_principal
 from ticketd.booking import repository as booking_repo
@@ -29,6 +28,7 @@ from ticketd.events.rules import (
 from ticketd.pagination import PageTokens, resolve_page_size
 from ticketd.venues import repository as venues_repo
 from ticketd.venues.servicer import KIND_TO_PROTO
+from ticketing.v1 import event_pb2, event_pb2_grpc
 
 STATUS_TO_PROTO = {
     EventStatus.ON_SALE: event_pb2.EVENT_STATUS_ON_SALE,
@@ -95,6 +95,8 @@ def event_to_proto(event: EventRecord) -> event_pb2.Event:
         msg.cancel_time.CopyFrom(timestamp(event.cancel_time))
     if event.max_tickets_per_customer is not None:
         msg.max_tickets_per_customer = event.max_tickets_per_customer
+    if event.doors_open_time is not None:
+        msg.doors_open_time.CopyFrom(timestamp(event.doors_open_time))
     return msg
 
 
@@ -128,6 +130,9 @@ def spec_from_request(request: event_pb2.CreateEventRequest) -> EventSpec:
         max_tickets_per_order=request.max_tickets_per_order,
         max_tickets_per_customer=request.max_tickets_per_customer
         if request.HasField("max_tickets_per_customer")
+        else None,
+        doors_open_time=_time(request.doors_open_time, "doors_open_time")
+        if request.HasField("doors_open_time")
         else None,
     )
     validate_event_fields(spec)

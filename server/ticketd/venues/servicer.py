@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ticketing.v1 import venue_pb2, venue_pb2_grpc
-
 from ticketd.convert import parse_uuid, timestamp
 from ticketd.db.engine import Database
 from ticketd.errors import InvalidArgument
@@ -20,6 +18,7 @@ from ticketd.venues.rules import (
     clean,
     validate_venue,
 )
+from ticketing.v1 import venue_pb2, venue_pb2_grpc
 
 KIND_FROM_PROTO = {
     venue_pb2.SECTION_KIND_RESERVED: SectionKind.RESERVED,

@@ -1,0 +1,1 @@
+"""Gate entry: exactly-once ticket burn, idempotent scans, the scan log."""

@@ -1,0 +1,124 @@
+"""Pure gate rules: scan input, results, and what a rejected code may reveal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ticketd.errors import FieldViolation, InvalidArgument
+
+MAX_CODE_CHARS = 128
+MAX_GATE_CHARS = 64
+
+
+class ScanResult(StrEnum):
+    ADMITTED = "ADMITTED"
+    ALREADY_USED = "ALREADY_USED"
+    VOID = "VOID"
+    WRONG_EVENT = "WRONG_EVENT"
+    UNKNOWN_CODE = "UNKNOWN_CODE"
+    NOT_OPEN = "NOT_OPEN"
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    code: str
+    event_id: uuid.UUID
+    gate_id: str
+    scan_id: uuid.UUID
+
+    @property
+    def code_hash(self) -> str:
+        # The log keeps a hash, never the code: a leaked log must not admit anyone.
+        return hashlib.sha256(self.code.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class TicketPlace:
+    ticket_id: uuid.UUID
+    order_id: uuid.UUID
+    section_name: str
+    row_label: str | None
+    seat_number: int | None
+    seat_label: str | None
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    result: ScanResult
+    scan_time: dt.datetime
+    place: TicketPlace | None = None
+    first_scan_time: dt.datetime | None = None
+    first_gate_id: str | None = None
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    scan_id: uuid.UUID
+    event_id: uuid.UUID
+    gate_id: str
+    entry_manager_id: uuid.UUID
+    result: ScanResult
+    ticket_id: uuid.UUID | None
+    code_hash: str
+    scan_time: dt.datetime
+    repeat_count: int
+
+
+@dataclass(frozen=True)
+class GateCounts:
+    gate_id: str
+    by_result: dict[ScanResult, int]
+    last_scan_time: dt.datetime
+
+    @property
+    def admitted(self) -> int:
+        return self.by_result.get(ScanResult.ADMITTED, 0)
+
+    @property
+    def rejected(self) -> int:
+        return sum(n for r, n in self.by_result.items() if r is not ScanResult.ADMITTED)
+
+
+def validate_scan(code: str, gate_id: str) -> tuple[str, str]:
+    """Trimmed code and gate; INVALID_ARGUMENT for empty or oversized input."""
+    out: list[FieldViolation] = []
+    code = code.strip()
+    gate = gate_id.strip()
+    if not code:
+        out.append(FieldViolation("code", "is required"))
+    elif len(code) > MAX_CODE_CHARS:
+        out.append(FieldViolation("code", f"must be at most {MAX_CODE_CHARS} characters"))
+    if not gate:
+        out.append(FieldViolation("gate_id", "is required"))
+    elif len(gate) > MAX_GATE_CHARS or not gate.isprintable():
+        out.append(FieldViolation("gate_id", f"1..{MAX_GATE_CHARS} printable characters"))
+    if out:
+        raise InvalidArgument(out)
+    return code, gate
+
+
+def classify_unburned(
+    ticket_event_id: uuid.UUID | None, status: str | None, event_id: uuid.UUID
+) -> ScanResult:
+    """Why a code that did not burn was refused (read after the burn attempt)."""
+    if ticket_event_id is None:
+        return ScanResult.UNKNOWN_CODE
+    if ticket_event_id != event_id:
+        return ScanResult.WRONG_EVENT
+    if status == "USED":
+        return ScanResult.ALREADY_USED
+    if status == "VOID":
+        return ScanResult.VOID
+    # VALID yet not burned can only mean a concurrent refund/burn raced us; the caller
+    # re-reads, so this is never the final answer.
+    return ScanResult.ALREADY_USED
+
+
+def shows_place(result: ScanResult) -> bool:
+    """Seat details only for tickets of this event; nothing about other events' tickets."""
+    return result in (ScanResult.ADMITTED, ScanResult.ALREADY_USED, ScanResult.VOID)
