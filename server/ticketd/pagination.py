@@ -64,6 +64,10 @@ class PageTokens:
         body, mac = raw[:-16], raw[-16:]
         if len(raw) <= 16 or not hmac.compare_digest(mac, self._mac(body)):
             raise bad
+        # base64 ignores unused low bits of the last character: insist on the canonical
+        # text, so that any edit of a token is refused, not just most edits.
+        if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+            raise bad
         try:
             payload = json.loads(body)
         except ValueError:

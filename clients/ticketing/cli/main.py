@@ -7,11 +7,12 @@ import asyncio
 import sys
 
 from grpc import aio
+from rich.markup import escape
 
-from ticketing.cli import auth_cmds
+from ticketing.cli import auth_cmds, event_cmds, venue_cmds
 from ticketing.cli.common import CliError, describe_rpc_error, err_console
 
-COMMAND_MODULES = [auth_cmds]
+COMMAND_MODULES = [auth_cmds, venue_cmds, event_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         code: int = asyncio.run(args.handler(args))
         return code
     except aio.AioRpcError as err:
-        err_console.print(f"[red]{describe_rpc_error(err)}[/]", highlight=False)
+        # Server text may contain brackets (field paths like section_prices[x]): never
+        # let rich read it as markup.
+        err_console.print(f"[red]{escape(describe_rpc_error(err))}[/]", highlight=False)
         return 1
     except CliError as err:
-        err_console.print(f"[red]{err}[/]", highlight=False)
+        err_console.print(f"[red]{escape(str(err))}[/]", highlight=False)
         return 1
     except KeyboardInterrupt:
         return 130

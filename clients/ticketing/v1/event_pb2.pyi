@@ -169,9 +169,11 @@ class Event(_message.Message):
     capacity: _builtins.int
     """Output only: total places."""
     available_count: _builtins.int
-    """Output only: places that can still be booked."""
+    """Output only: places that can still be booked (GetEvent, CreateEvent and
+    CancelEvent only; ListEvents leaves it 0 to stay cheap).
+    """
     sold_count: _builtins.int
-    """Output only: places held by live tickets."""
+    """Output only: places held by live tickets (same rule as available_count)."""
     venue_name: _builtins.str
     """Output only: the venue's name (for display)."""
     time_zone: _builtins.str
@@ -507,7 +509,9 @@ class ListEventsResponse(_message.Message):
     """Empty when this is the last page."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
-        """Events ordered by start_time, then id. Section counts are not filled in here."""
+        """Events ordered by start_time, then id. Live counts (available_count,
+        sold_count and the per-section counts) are not filled in here: use GetEvent.
+        """
 
     def __init__(
         self,
