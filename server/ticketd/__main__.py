@@ -10,7 +10,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 
-from ticketd.app import TicketServer, build_components, ensure_bootstrap_admin, wait_for_database
+from ticketd.app import (
+    TicketServer,
+    build_components,
+    ensure_bootstrap_admin,
+    wait_for_database,
+    watch_database,
+)
 from ticketd.auth.tokens import load_or_create_secret
 from ticketd.config import ConfigError, Settings
 from ticketd.db import migrate
@@ -48,36 +54,43 @@ async def database_for(settings: Settings) -> AsyncIterator[Database]:
 
 
 async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with database_for(settings) as db:
-        await wait_for_database(db)
-        await migrate.upgrade(db.engine)
         secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
         components = build_components(settings, db, secret)
-        await ensure_bootstrap_admin(components)
         server = TicketServer(components)
-        port = await server.start()
+        # Bind first and say NOT_SERVING: orchestrators see a live process that is not
+        # ready, rather than a crash loop, while the database is away.
+        port = await server.start(serving=False)
         host = settings.listen.rsplit(":", 1)[0]
-        log.info(
-            "ticketd serving on %s:%d (%s)",
-            host,
-            port,
-            "TLS" if settings.tls_enabled else "plaintext",
-        )
-        print(f"ticketd listening on {host}:{port}", flush=True)
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down: health NOT_SERVING, grace %ss", settings.grace_seconds)
-        await server.stop()
-        log.info("stopped")
+        log.info("bound %s:%d; waiting for the database", host, port)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            if await wait_for_database(db, stop=stop):
+                await migrate.upgrade(db.engine)
+                await ensure_bootstrap_admin(components)
+                await server.set_serving(True)
+                mode = "TLS" if settings.tls_enabled else "plaintext"
+                log.info("ticketd serving on %s:%d (%s)", host, port, mode)
+                print(f"ticketd listening on {host}:{port}", flush=True)
+                watcher = asyncio.create_task(watch_database(server, stop))
+                await stop.wait()
+        finally:
+            stop.set()
+            if watcher is not None:
+                await watcher
+            log.info("shutting down: health NOT_SERVING, grace %ss", settings.grace_seconds)
+            await server.stop()
+            log.info("stopped")
 
 
 async def run_migrate(settings: Settings) -> None:
     async with database_for(settings) as db:
-        await wait_for_database(db, attempts=10)
+        if not await wait_for_database(db, attempts=10):
+            raise ConnectionError("database did not answer")
         await migrate.upgrade(db.engine)
         print("database schema is up to date", flush=True)
 

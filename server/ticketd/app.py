@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -132,8 +133,9 @@ class TicketServer:
         )
         self.port = 0
 
-    async def start(self, listen: str | None = None) -> int:
-        """Bind and start serving; returns the bound port."""
+    async def start(self, listen: str | None = None, *, serving: bool = True) -> int:
+        """Bind and start; returns the bound port. With `serving=False` health says
+        NOT_SERVING until `set_serving(True)` (the database is not ready yet)."""
         settings = self.components.settings
         address = listen or settings.listen
         if settings.tls_enabled:
@@ -147,7 +149,7 @@ class TicketServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self.server.start()
-        await self.set_serving(True)
+        await self.set_serving(serving)
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -187,19 +189,63 @@ async def ensure_bootstrap_admin(components: Components) -> None:
     log.info("bootstrap admin %s %s", user.email, "created" if created else "present")
 
 
-async def wait_for_database(db: Database, *, attempts: int = 60, max_delay: float = 5.0) -> None:
-    """Retry with backoff until PostgreSQL answers, logging clearly; then give up."""
+async def wait_for_database(
+    db: Database,
+    *,
+    stop: asyncio.Event | None = None,
+    attempts: int | None = None,
+    max_delay: float = 5.0,
+) -> bool:
+    """Retry with capped backoff until PostgreSQL answers, logging each miss clearly.
+
+    Without `attempts` it waits until `stop` is set: a server whose database is down keeps
+    running NOT_SERVING instead of crash-looping. Returns True once the database answers.
+    """
     delay = 0.2
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while attempts is None or attempt < attempts:
+        attempt += 1
         if await db.ping():
-            return
+            if attempt > 1:
+                log.info("database answers again after %d attempts", attempt)
+            return True
         log.warning(
-            "database %s not answering (attempt %d/%d); retrying in %.1fs",
+            "database %s not answering (attempt %d); retrying in %.1fs",
             db.url.render_as_string(hide_password=True),
             attempt,
-            attempts,
             delay,
         )
-        await asyncio.sleep(delay)
+        if stop is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return False
+        else:
+            await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
-    raise ConnectionError("database did not answer; giving up")
+    return False
+
+
+async def watch_database(
+    server: TicketServer, stop: asyncio.Event, *, interval: float = 2.0
+) -> None:
+    """Keep health in step with the database: NOT_SERVING while it does not answer.
+
+    Load balancers and kiosks watch health; a server whose database went away must say
+    so instead of failing every call while claiming to be fine.
+    """
+    db = server.components.db
+    healthy = True
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        ok = await db.ping()
+        if ok != healthy:
+            healthy = ok
+            await server.set_serving(ok)
+            if ok:
+                log.info("database answers again: health SERVING")
+            else:
+                log.error("database not answering: health NOT_SERVING until it does")

@@ -9,10 +9,10 @@ import sys
 from grpc import aio
 from rich.markup import escape
 
-from ticketing.cli import auth_cmds, event_cmds, venue_cmds
+from ticketing.cli import auth_cmds, booking_cmds, event_cmds, venue_cmds
 from ticketing.cli.common import CliError, describe_rpc_error, err_console
 
-COMMAND_MODULES = [auth_cmds, venue_cmds, event_cmds]
+COMMAND_MODULES = [auth_cmds, venue_cmds, event_cmds, booking_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:

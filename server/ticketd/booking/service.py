@@ -151,7 +151,7 @@ class BookingService:
                 taken = [s["id"] for s in seats if s["status"] != "AVAILABLE"]
                 if taken:
                     raise FailedPrecondition(
-                        f"{len(taken)} of the requested seats are no longer available",
+                        f"{len(taken)} of {len(seats)} requested seats already sold",
                         reason="SEAT_UNAVAILABLE",
                         metadata={"seat_ids": ",".join(map(str, taken))},
                         violations=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -95,11 +96,15 @@ class Database:
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query."""
-        try:
+
+        async def probe() -> None:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(probe(), 3)
             return True
-        except Exception:
+        except Exception:  # any failure means "not ready"
             return False
 
     async def dispose(self) -> None:

@@ -1,0 +1,313 @@
+"""ticketctl book / orders list / orders show / orders refund.
+
+Bookings and refunds go through the SDK helpers, so each run sends one request_id and a lost
+lock race (ABORTED) is retried once with it. When the outcome of a call is unknown (deadline
+passed, server unreachable), the error names the request_id: running the same command again
+with `--request-id` returns the original order instead of booking or refunding twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import shlex
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from rich.markup import escape
+from rich.table import Table
+
+from ticketing.cli.common import (
+    CliError,
+    add_target_args,
+    console,
+    describe_rpc_error,
+    open_client,
+)
+from ticketing.cli.event_cmds import show_time
+from ticketing.cli.seatmap import format_money
+from ticketing.client import Client
+from ticketing.sdk import new_request_id
+from ticketing.v1 import booking_pb2, event_pb2
+
+# The server clamps larger pages to this.
+MAX_PAGE_SIZE = 500
+
+# Failures after which the server may or may not have acted: the request_id is the way back.
+_OUTCOME_UNKNOWN = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+)
+
+
+def parse_seat_ids(text: str) -> list[int]:
+    """Seat ids from `12,13,14` (spaces allowed); each a positive whole number."""
+    ids: list[int] = []
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        if not item.isdigit() or int(item) <= 0:
+            raise CliError(escape(f"--seats: {item!r} is not a seat id; give ids like 12,13,14"))
+        ids.append(int(item))
+    if not ids:
+        raise CliError("--seats: give at least one seat id, e.g. --seats 12,13,14")
+    return ids
+
+
+def resolve_section(event: event_pb2.Event, key: str) -> event_pb2.EventSection:
+    """The event section `key` names: its id, or its name (case-insensitive)."""
+    wanted = key.strip()
+    for section in event.sections:
+        if section.section_id == wanted:
+            return section
+    named = [s for s in event.sections if s.name.casefold() == wanted.casefold()]
+    if len(named) == 1:
+        return named[0]
+    names = ", ".join(repr(s.name) for s in event.sections)
+    raise CliError(escape(f"no section {key!r} in event {event.id}; sections are {names}"))
+
+
+def _order_status(value: int) -> str:
+    return booking_pb2.OrderStatus.Name(value).removeprefix("ORDER_STATUS_")  # type: ignore[arg-type]
+
+
+def _ticket_status(value: int) -> str:
+    return booking_pb2.TicketStatus.Name(value).removeprefix("TICKET_STATUS_")  # type: ignore[arg-type]
+
+
+def _when(ts: Timestamp, event: event_pb2.Event | None) -> str:
+    if event is not None and event.time_zone:
+        return show_time(ts, event.time_zone)
+    return ts.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def tickets_table(order: booking_pb2.Order) -> Table:
+    """One line per ticket: place (section, row, seat), price, status and the gate code."""
+    table = Table("section", "row", "seat")
+    table.add_column("seat id", justify="right")
+    table.add_column("price", justify="right", no_wrap=True)
+    table.add_column("status")
+    # Codes are what a holder shows at the gate: never cut one short with an ellipsis.
+    table.add_column("code", overflow="fold", min_width=32)
+    for t in order.tickets:
+        seat = t.seat_label or (str(t.seat_number) if t.seat_number else "")
+        status = _ticket_status(t.status)
+        table.add_row(
+            escape(t.section_name),
+            escape(t.row_label) or "-",
+            escape(seat) or "-",
+            str(t.seat_id),
+            format_money(t.price_minor, order.currency_code),
+            status if status == "VALID" else f"[yellow]{status}[/]",
+            t.code or "(hidden)",
+        )
+    return table
+
+
+def print_order(order: booking_pb2.Order, event: event_pb2.Event | None = None) -> None:
+    """Order header (status, event, total, refund) and its tickets table."""
+    status = _order_status(order.status)
+    color = "green" if order.status == booking_pb2.ORDER_STATUS_CONFIRMED else "yellow"
+    console.print(f"[bold]order {order.id}[/]  [{color}]{status}[/]")
+    if event is not None:
+        console.print(
+            f"  event: {escape(event.name)} at {escape(event.venue_name)}, "
+            f"{show_time(event.start_time, event.time_zone)}  ({order.event_id})"
+        )
+    else:
+        console.print(f"  event: {order.event_id}")
+    count = len(order.tickets)
+    console.print(
+        f"  total: {format_money(order.total_minor, order.currency_code)}"
+        f"  ({count} ticket{'s' if count != 1 else ''})"
+    )
+    console.print(f"  booked: {_when(order.create_time, event)}  request id: {order.request_id}")
+    if order.status == booking_pb2.ORDER_STATUS_REFUNDED:
+        console.print(
+            f"  refunded: {_when(order.refund_time, event)}: {escape(order.refund_reason)}"
+        )
+    console.print(tickets_table(order))
+
+
+async def _events_by_id(client: Client, event_ids: Iterable[str]) -> dict[str, event_pb2.Event]:
+    """The events for display; one that cannot be read is left out (shown by id instead)."""
+    wanted = sorted(set(event_ids))
+
+    async def one(event_id: str) -> event_pb2.Event | None:
+        try:
+            resp = await client.events.GetEvent(event_pb2.GetEventRequest(event_id=event_id))
+        except aio.AioRpcError:
+            return None
+        return resp.event
+
+    found = await asyncio.gather(*(one(i) for i in wanted))
+    return {i: e for i, e in zip(wanted, found, strict=True) if e is not None}
+
+
+def _outcome_unknown(err: aio.AioRpcError, what: str, request_id: str, again: str) -> CliError:
+    return CliError(
+        escape(
+            f"{describe_rpc_error(err)}\n"
+            f"  the {what} may or may not have happened; to find out without doing it twice, run:\n"
+            f"  {again} --request-id {request_id}"
+        )
+    )
+
+
+async def cmd_book(args: argparse.Namespace) -> int:
+    if args.seats is not None and args.quantity is not None:
+        raise CliError("--quantity goes with --best SECTION, not with --seats")
+    seat_ids = parse_seat_ids(args.seats) if args.seats is not None else []
+    request_id = args.request_id or new_request_id()
+    async with open_client(args) as client:
+        event: event_pb2.Event | None = None
+        if args.best is not None:
+            event = (
+                await client.events.GetEvent(event_pb2.GetEventRequest(event_id=args.event_id))
+            ).event
+            section_id = resolve_section(event, args.best).section_id
+            quantity = 1 if args.quantity is None else args.quantity
+            booking = client.book_best_available(
+                args.event_id, section_id, quantity, request_id=request_id
+            )
+            again = f"--best {section_id} --quantity {quantity}"
+        else:
+            booking = client.book_seats(args.event_id, seat_ids, request_id=request_id)
+            again = f"--seats {','.join(map(str, seat_ids))}"
+        try:
+            order = await booking
+        except aio.AioRpcError as err:
+            if err.code() in _OUTCOME_UNKNOWN:
+                command = f"ticketctl book {shlex.quote(args.event_id)} {again}"
+                raise _outcome_unknown(err, "booking", request_id, command) from None
+            raise
+        if event is None:
+            event = (await _events_by_id(client, [order.event_id])).get(order.event_id)
+    print_order(order, event)
+    return 0
+
+
+async def cmd_orders_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    orders: list[booking_pb2.Order] = []
+    async with open_client(args) as client:
+        # One more than shown tells whether there are more without another round trip.
+        async for order in client.iter_orders(
+            event_id=args.event or "",
+            customer_email=args.customer or "",
+            page_size=min(args.limit + 1, MAX_PAGE_SIZE),
+        ):
+            orders.append(order)
+            if len(orders) > args.limit:
+                break
+        more = len(orders) > args.limit
+        orders = orders[: args.limit]
+        events = await _events_by_id(client, (o.event_id for o in orders))
+    if not orders:
+        console.print("no orders")
+        return 0
+    table = Table("order", "event", "status")
+    table.add_column("tickets", justify="right")
+    table.add_column("total", justify="right", no_wrap=True)
+    table.add_column("booked", no_wrap=True)
+    for o in orders:
+        event = events.get(o.event_id)
+        status = _order_status(o.status)
+        table.add_row(
+            o.id,
+            escape(event.name) if event is not None else o.event_id,
+            status if o.status == booking_pb2.ORDER_STATUS_CONFIRMED else f"[yellow]{status}[/]",
+            str(len(o.tickets)),
+            format_money(o.total_minor, o.currency_code),
+            _when(o.create_time, event),
+        )
+    console.print(table)
+    if more:
+        console.print(f"(first {len(orders)} shown; raise --limit for more)")
+    return 0
+
+
+async def cmd_orders_show(args: argparse.Namespace) -> int:
+    async with open_client(args) as client:
+        order = await client.get_order(args.order_id)
+        event = (await _events_by_id(client, [order.event_id])).get(order.event_id)
+    print_order(order, event)
+    return 0
+
+
+async def cmd_orders_refund(args: argparse.Namespace) -> int:
+    request_id = args.request_id or new_request_id()
+    async with open_client(args) as client:
+        try:
+            order = await client.refund_order(args.order_id, args.reason, request_id=request_id)
+        except aio.AioRpcError as err:
+            if err.code() in _OUTCOME_UNKNOWN:
+                command = (
+                    f"ticketctl orders refund {shlex.quote(args.order_id)}"
+                    f" --reason {shlex.quote(args.reason)}"
+                )
+                raise _outcome_unknown(err, "refund", request_id, command) from None
+            raise
+        event = (await _events_by_id(client, [order.event_id])).get(order.event_id)
+    print_order(order, event)
+    return 0
+
+
+def _add_request_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--request-id",
+        metavar="UUID",
+        help="repeat an earlier attempt whose outcome you did not see (default: a new one)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `book` and `orders list|show|refund` to the ticketctl parser."""
+    p = sub.add_parser(
+        "book",
+        help="buy seats of an event (CUSTOMER, ADMIN)",
+        description="Buy specific seats (ids from the event's seat list) or the best free "
+        "places of a section. Prints the order with its ticket codes.",
+    )
+    p.add_argument("event_id")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--seats", metavar="IDS", help="seat ids, e.g. 12,13,14")
+    what.add_argument(
+        "--best", metavar="SECTION", help="best free places of this section (name or id)"
+    )
+    p.add_argument(
+        "--quantity", type=int, metavar="N", help="how many places with --best (default 1)"
+    )
+    _add_request_id(p)
+    add_target_args(p)
+    p.set_defaults(handler=cmd_book)
+
+    orders = sub.add_parser("orders", help="orders: list, show, refund")
+    orders_sub = orders.add_subparsers(dest="orders_command", required=True)
+
+    p = orders_sub.add_parser(
+        "list", help="orders newest first (customers see their own; SUPPORT and ADMIN all)"
+    )
+    p.add_argument("--event", metavar="ID", help="only orders of this event")
+    p.add_argument("--customer", metavar="EMAIL", help="only this customer's (SUPPORT, ADMIN)")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N (default 50)")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_orders_list)
+
+    p = orders_sub.add_parser("show", help="one order with its tickets and codes")
+    p.add_argument("order_id")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_orders_show)
+
+    p = orders_sub.add_parser(
+        "refund", help="refund a whole order before the event starts (owner, SUPPORT, ADMIN)"
+    )
+    p.add_argument("order_id")
+    p.add_argument("--reason", required=True, help="why; kept in the refund record")
+    _add_request_id(p)
+    add_target_args(p)
+    p.set_defaults(handler=cmd_orders_refund)
