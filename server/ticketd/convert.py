@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -37,6 +38,15 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument.one(field, "must be a UUID") from None
+
+
+def time_remaining(context: Any) -> float | None:
+    """Seconds left before the caller's deadline, or None when it set none."""
+    try:
+        value = context.time_remaining()
+    except (AttributeError, RuntimeError):
+        return None
+    return float(value) if value is not None else None
 
 
 def roles_from_proto(values: list[int], field: str = "roles") -> set[Role]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import json
+import uuid
 from typing import Any
 
 from ticketd.errors import InvalidArgument
@@ -75,6 +77,25 @@ class PageTokens:
         if payload.get("k") != kind or payload.get("q") != _fingerprint(query):
             raise bad
         return payload.get("p")
+
+
+def decode_time_keyset(
+    pages: PageTokens, kind: str, query: Any, token: str
+) -> tuple[dt.datetime, uuid.UUID] | None:
+    """A (timestamp, id) keyset position from a token made by `encode_time_keyset`."""
+    position = pages.decode(kind, query, token)
+    if position is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(position[0]), uuid.UUID(position[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise InvalidArgument.one("page_token", "is not a valid page token") from None
+
+
+def encode_time_keyset(
+    pages: PageTokens, kind: str, query: Any, when: dt.datetime, row_id: uuid.UUID
+) -> str:
+    return pages.encode(kind, query, [when.isoformat(), str(row_id)])
 
 
 def _fingerprint(query: Any) -> str:

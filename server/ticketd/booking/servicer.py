@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from typing import Any
 
 from ticketd.auth.principal import current_principal
@@ -16,9 +14,14 @@ from ticketd.booking.rules import (
     validate_selection,
 )
 from ticketd.booking.service import BookingService
-from ticketd.convert import parse_uuid, timestamp
+from ticketd.convert import parse_uuid, time_remaining, timestamp
 from ticketd.errors import InvalidArgument
-from ticketd.pagination import PageTokens, resolve_page_size
+from ticketd.pagination import (
+    PageTokens,
+    decode_time_keyset,
+    encode_time_keyset,
+    resolve_page_size,
+)
 from ticketing.v1 import booking_pb2, booking_pb2_grpc
 
 ORDER_STATUS = {
@@ -64,14 +67,6 @@ def order_to_proto(order: OrderRecord, *, show_codes: bool = True) -> booking_pb
     return msg
 
 
-def _remaining(context: Any) -> float | None:
-    try:
-        value = context.time_remaining()
-    except (AttributeError, RuntimeError):
-        return None
-    return float(value) if value is not None else None
-
-
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     """Implements ticketing.v1.BookingService; access rules are in ticketd.auth.policy."""
 
@@ -96,7 +91,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             else None,
         )
         order = await self._service.book(
-            principal, event_id, request_id, selection, _remaining(context)
+            principal, event_id, request_id, selection, time_remaining(context)
         )
         return booking_pb2.BookSeatsResponse(order=order_to_proto(order))
 
@@ -118,13 +113,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         if len(email) > 254:
             raise InvalidArgument.one("customer_email", "must be at most 254 characters")
         query = {"event": str(event_id), "email": email, "caller": str(principal.user_id)}
-        position = self._pages.decode("orders", query, request.page_token)
-        before: tuple[dt.datetime, uuid.UUID] | None = None
-        if position is not None:
-            try:
-                before = (dt.datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (TypeError, ValueError, IndexError, KeyError):
-                raise InvalidArgument.one("page_token", "is not a valid page token") from None
+        before = decode_time_keyset(self._pages, "orders", query, request.page_token)
         orders = await self._service.list_orders(
             principal,
             event_id=event_id,
@@ -136,9 +125,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         if len(orders) > size:
             orders = orders[:size]
             last = orders[-1]
-            token = self._pages.encode(
-                "orders", query, [last.create_time.isoformat(), str(last.id)]
-            )
+            token = encode_time_keyset(self._pages, "orders", query, last.create_time, last.id)
         return booking_pb2.ListOrdersResponse(
             orders=[order_to_proto(o) for o in orders], next_page_token=token
         )
@@ -151,6 +138,6 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         request_id = parse_uuid(request.request_id, "request_id")
         reason = validate_refund_reason(request.reason)
         order = await self._service.refund(
-            principal, order_id, request_id, reason, _remaining(context)
+            principal, order_id, request_id, reason, time_remaining(context)
         )
         return booking_pb2.RefundOrderResponse(order=order_to_proto(order))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,7 +24,12 @@ from ticketd.events.rules import (
     validate_cancel_reason,
     validate_event_fields,
 )
-from ticketd.pagination import PageTokens, resolve_page_size
+from ticketd.pagination import (
+    PageTokens,
+    decode_time_keyset,
+    encode_time_keyset,
+    resolve_page_size,
+)
 from ticketd.venues import repository as venues_repo
 from ticketd.venues.servicer import KIND_TO_PROTO
 from ticketing.v1 import event_pb2, event_pb2_grpc
@@ -195,20 +199,14 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             "before": filters.start_before.isoformat() if filters.start_before else None,
             "cancelled": filters.include_cancelled,
         }
-        position = self._pages.decode("events", query, request.page_token)
-        after: tuple[dt.datetime, uuid.UUID] | None = None
-        if position is not None:
-            try:
-                after = (dt.datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (TypeError, ValueError, IndexError, KeyError):
-                raise InvalidArgument.one("page_token", "is not a valid page token") from None
+        after = decode_time_keyset(self._pages, "events", query, request.page_token)
         async with self._db.session() as session:
             events = await repo.list_events(session, filters, after=after, limit=size + 1)
         token = ""
         if len(events) > size:
             events = events[:size]
             last = events[-1]
-            token = self._pages.encode("events", query, [last.start_time.isoformat(), str(last.id)])
+            token = encode_time_keyset(self._pages, "events", query, last.start_time, last.id)
         return event_pb2.ListEventsResponse(
             events=[event_to_proto(e) for e in events], next_page_token=token
         )

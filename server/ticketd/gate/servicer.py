@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from typing import Any
 
 from ticketd.auth.principal import current_principal
-from ticketd.convert import parse_uuid, timestamp
-from ticketd.errors import InvalidArgument
+from ticketd.convert import parse_uuid, time_remaining, timestamp
 from ticketd.gate.rules import ScanInput, ScanResult, validate_scan
 from ticketd.gate.service import GateService
-from ticketd.pagination import PageTokens, resolve_page_size
+from ticketd.pagination import (
+    PageTokens,
+    decode_time_keyset,
+    encode_time_keyset,
+    resolve_page_size,
+)
 from ticketing.v1 import gate_pb2, gate_pb2_grpc
 
 RESULT_TO_PROTO = {
@@ -22,14 +24,6 @@ RESULT_TO_PROTO = {
     ScanResult.UNKNOWN_CODE: gate_pb2.VALIDATION_RESULT_UNKNOWN_CODE,
     ScanResult.NOT_OPEN: gate_pb2.VALIDATION_RESULT_NOT_OPEN,
 }
-
-
-def _remaining(context: Any) -> float | None:
-    try:
-        value = context.time_remaining()
-    except (AttributeError, RuntimeError):
-        return None
-    return float(value) if value is not None else None
 
 
 class GateServicer(gate_pb2_grpc.GateServiceServicer):
@@ -51,7 +45,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             scan_id=parse_uuid(request.scan_id, "scan_id"),
         )
         self._service.admit_rate(scan.event_id, scan.gate_id)
-        outcome = await self._service.validate(principal, scan, _remaining(context))
+        outcome = await self._service.validate(principal, scan, time_remaining(context))
         response = gate_pb2.ValidateTicketResponse(
             result=RESULT_TO_PROTO[outcome.result],
             scan_time=timestamp(outcome.scan_time),
@@ -81,21 +75,13 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         gate = request.gate_id.strip() or None
         size = resolve_page_size(request.page_size, 100, 1_000)
         query = {"event": str(event_id), "gate": gate}
-        position = self._pages.decode("scans", query, request.page_token)
-        before: tuple[dt.datetime, uuid.UUID] | None = None
-        if position is not None:
-            try:
-                before = (dt.datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
-            except (TypeError, ValueError, IndexError, KeyError):
-                raise InvalidArgument.one("page_token", "is not a valid page token") from None
+        before = decode_time_keyset(self._pages, "scans", query, request.page_token)
         scans = await self._service.list_scans(event_id, gate, before, size + 1)
         token = ""
         if len(scans) > size:
             scans = scans[:size]
             last = scans[-1]
-            token = self._pages.encode(
-                "scans", query, [last.scan_time.isoformat(), str(last.scan_id)]
-            )
+            token = encode_time_keyset(self._pages, "scans", query, last.scan_time, last.scan_id)
         return gate_pb2.ListScansResponse(
             scans=[
                 gate_pb2.Scan(
