@@ -1,0 +1,75 @@
+"""TLS: the server serves over TLS when given a cert and key; the SDK sends the token as
+call credentials there (gRPC refuses call credentials on plaintext channels)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from tests.conftest import RunningServer
+from tests.support import PASSWORD, unique_email
+from ticketd.app import TicketServer
+from ticketing import connect
+from ticketing.v1 import auth_pb2, auth_pb2_grpc
+
+
+@pytest.fixture
+async def tls_server(running: RunningServer, tmp_path: Path) -> AsyncIterator[tuple[int, bytes]]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    settings = dataclasses.replace(running.components.settings, tls_cert=cert, tls_key=key)
+    server = TicketServer(dataclasses.replace(running.components, settings=settings))
+    port = await server.start("127.0.0.1:0")
+    try:
+        yield port, cert.read_bytes()
+    finally:
+        await server.stop(0)
+
+
+async def test_tls_round_trip_with_call_credentials(tls_server: tuple[int, bytes]) -> None:
+    port, root = tls_server
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    email = unique_email("tls")
+    async with connect(f"localhost:{port}", tls=creds) as client:
+        await client.auth.Register(
+            auth_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="T")
+        )
+        await client.login(email, PASSWORD)
+        me = await client.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest())
+        assert me.user.email == email
+    # A plaintext client cannot talk to the TLS port.
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with pytest.raises(aio.AioRpcError) as err:
+            await auth_pb2_grpc.AuthServiceStub(ch).Login(
+                auth_pb2.LoginRequest(email=email, password=PASSWORD), timeout=3
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
