@@ -315,6 +315,22 @@ async def cmd_events_seats(args: argparse.Namespace) -> int:
         f"{escape(event.venue_name)}  {status}"
     )
     console.print()
+    if args.ids:
+        # The map has no room for ids; `book --seats` needs them, so list free ones.
+        table = Table("seat id", "section", "row", "seat", "price")
+        names = {s.section_id: s.name for s in event.sections}
+        free = [s for s in seats if s.status == event_pb2.SEAT_STATUS_AVAILABLE]
+        for seat in free[: args.ids]:
+            table.add_row(
+                str(seat.id),
+                escape(names.get(seat.section_id, seat.section_id)),
+                escape(seat.row_label) or "-",
+                escape(seat.label) or "-",
+                format_money(seat.price_minor, event.currency_code),
+            )
+        console.print(table)
+        console.print(f"{min(len(free), args.ids)} of {len(free)} available seats listed")
+        return 0
     glyphs = ASCII_GLYPHS if console.options.ascii_only else UNICODE_GLYPHS
     console.print(
         render_seat_map(
@@ -394,5 +410,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = events_sub.add_parser("seats", help="draw the seat map: available and sold places")
     p.add_argument("event_id")
     p.add_argument("--section", metavar="NAME|ID", help="only this section")
+    p.add_argument(
+        "--ids",
+        type=int,
+        nargs="?",
+        const=50,
+        default=0,
+        metavar="N",
+        help="instead of the map, list the first N available seats with their ids (for book)",
+    )
     add_target_args(p)
     p.set_defaults(handler=cmd_events_seats)
