@@ -114,7 +114,7 @@ class RunningServer:
 @pytest.fixture(scope="session")
 async def running(database_url: str) -> AsyncIterator[RunningServer]:
     settings = test_settings(database_url)
-    db = Database(database_url, PoolOptions(pool_size=30, lock_timeout_ms=2000))
+    db = Database(database_url, PoolOptions(pool_size=20, lock_timeout_ms=5000))
     await migrate.upgrade(db.engine)
     components = build_components(settings, db, settings.jwt_secret or "")
     await ensure_bootstrap_admin(components)

@@ -69,10 +69,14 @@ async def _world(
 
 
 def _outcome(r: Any) -> str:
+    """OK, or code:reason; every UNAVAILABLE is one outcome (retry later, whatever the cause:
+    server gone, connection killed, connection slots exhausted)."""
     if isinstance(r, booking_pb2.BookSeatsResponse):
         return "OK"
     assert isinstance(r, aio.AioRpcError), repr(r)
     assert r.code() not in NEVER, (r.code(), r.details())
+    if r.code() == grpc.StatusCode.UNAVAILABLE:
+        return "UNAVAILABLE"
     return f"{r.code().name}:{error_details(r).reason}"
 
 
@@ -139,8 +143,7 @@ async def test_server_killed_mid_rush_loses_nothing(
         "OK",
         "FAILED_PRECONDITION:SEAT_UNAVAILABLE",
         "ABORTED:SEAT_LOCKED",
-        "UNAVAILABLE:None",
-        "UNAVAILABLE:",
+        "UNAVAILABLE",
     }, outcomes
     await server.start()
     assert await _confirmed_exist(stubs, admin, results) == outcomes["OK"]
@@ -172,7 +175,7 @@ async def test_killed_database_connections_mid_rush(
         "OK",
         "FAILED_PRECONDITION:SEAT_UNAVAILABLE",
         "ABORTED:SEAT_LOCKED",
-        "UNAVAILABLE:DB_UNAVAILABLE",
+        "UNAVAILABLE",
         "ABORTED:CONCURRENCY_CONFLICT",
     }, outcomes
     # The pool recovers by itself: the next calls succeed.
@@ -202,8 +205,7 @@ async def test_graceful_shutdown_under_load(
         "OK",
         "FAILED_PRECONDITION:SEAT_UNAVAILABLE",
         "ABORTED:SEAT_LOCKED",
-        "UNAVAILABLE:None",
-        "UNAVAILABLE:",
+        "UNAVAILABLE",
     }, outcomes
     assert await _confirmed_exist(stubs, admin, results) == outcomes["OK"]
     assert await audit(running.components.db.engine, event_id) == {}

@@ -246,6 +246,7 @@ async def watch_database(
             healthy = ok
             await server.set_serving(ok)
             if ok:
+                await db.refresh_raw_connections()
                 log.info("database answers again: health SERVING")
             else:
                 log.error("database not answering: health NOT_SERVING until it does")
