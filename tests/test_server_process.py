@@ -143,3 +143,58 @@ async def test_bad_configuration_is_a_clear_error(data_dir: Path) -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"TICKETING_BCRYPT_ROUNDS must be an integer" in out
+
+
+async def test_migrate_command_brings_a_fresh_database_to_head(pg_admin_url: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    name = f"ticketing_migrate_{os.urandom(4).hex()}"
+    plain = make_url(pg_admin_url).set(drivername="postgresql")
+    admin = await asyncpg.connect(plain.render_as_string(hide_password=False))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = plain.set(database=name).render_as_string(hide_password=False)
+        env = {**os.environ, "DATABASE_URL": url}
+        for _ in range(2):  # the second run finds nothing to do
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "ticketd",
+                "migrate",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, out.decode()
+            assert b"database schema is up to date" in out
+        conn = await asyncpg.connect(url)
+        try:
+            version = await conn.fetchval("SELECT version_num FROM alembic_version")
+            tables = {
+                r["tablename"]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )
+            }
+        finally:
+            await conn.close()
+        from alembic.script import ScriptDirectory
+
+        from ticketd.db.migrate import alembic_config
+
+        assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+        assert {
+            "users",
+            "venues",
+            "events",
+            "seats",
+            "orders",
+            "tickets",
+            "refunds",
+            "scans",
+        } <= tables
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
