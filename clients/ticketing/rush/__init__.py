@@ -1,0 +1,74 @@
+"""ticketing-rush: the ticket-rush load harness.
+
+Usage::
+
+    ticketing-rush SCENARIO --target HOST:PORT[,HOST:PORT] --admin-email E --admin-password P
+        --seats N --buyers N [--concurrency N | --rate R] [--duration S] [--requests N]
+        [--connections N] [--warmup S] [--seed N] [--skew zipf:1.1|uniform] [--dup-share 0.1]
+        [--event ID] --json PATH [--csv PATH] [--chart PATH] [--quiet]
+
+Set-up: the admin signs in, creates a venue and an event of ``--seats`` places (or reuses
+``--event``); ``--buyers`` customers register themselves (AuthService.Register) and sign in;
+gate scenarios add entry managers (SetUserRoles). Tokens are cached per target and email in
+``~/.cache/ticketing/rush-tokens.json`` (``--token-cache``, ``--no-token-cache``), so a second
+run skips the bcrypt work. Several comma-separated targets spread the connections over several
+server processes.
+
+Scenarios (every booking goes through the public BookSeats RPC, as a signed-in customer):
+
+- ``specific``: buyers pick 1-4 adjacent seats around a Zipf-ranked anchor from the ListSeats
+  map (front-centre seats are the most wanted), so many fight over the best seats.
+- ``best-available``: buyers ask for 1-4 places of a Zipf-ranked section.
+- ``mixed``: both (``--best-share``, default half).
+- ``gate``: sell the event first (untimed), then kiosks at ``--gates`` gates validate every
+  ticket, with ``--dup-share`` of scans re-showing an already scanned ticket at another gate.
+- ``sale``: bookings, refunds (by the owner) and scans together (``--mix``).
+- ``audit``: no load; only the invariant audit of ``--event``.
+
+The server bounds scans per gate (``TICKETING_GATE_SCAN_RATE``, 100/s with a burst of 200, per
+server process). In an open loop the harness spreads scans over enough gates to stay at 80% of
+that; in a closed loop it uses 16 gates. Scans above the bound are refused with
+RESOURCE_EXHAUSTED/SCAN_RATE_EXCEEDED and counted as errors.
+
+Exit status: 0 when every invariant holds, 1 when the audit found a violation, 2 bad usage,
+3 when the run could not be carried out (server unreachable, admin refused).
+
+JSON report (``--json``). Durations are integers in nanoseconds, as in ghz; counts and
+latencies exclude the warm-up (requests whose send was due before ``--warmup`` seconds):
+
+- ``count``: measured requests; ``total``: measured wall time (first measured send to last
+  answer); ``average``/``fastest``/``slowest``: latency; ``rps``: count / total;
+  ``okRps``: successful requests per second; ``ticketsPerSecond``: places sold per second;
+  ``ok``, ``errors`` (non-OK status), ``unexpectedErrors`` (errors other than the contention
+  outcomes SEAT_UNAVAILABLE, SEAT_LOCKED, SOLD_OUT), ``tickets`` (places bought).
+- ``latencyDistribution``: ``[{"percentage": 50, "latency": ns}, ...]`` for 10, 25, 50, 75, 90,
+  95, 99 and 99.9, from an HDR histogram (3 significant digits). In an open loop latency runs
+  from the request's due time, so queueing is not hidden (coordinated omission).
+- ``histogram``: ten equal-width latency bins ``{"mark": upper bound in s, "count",
+  "frequency"}``.
+- ``statusCodeDistribution``: gRPC status name -> count (``OK``, ``FAILED_PRECONDITION``...),
+  plus two client-side ones: ``CLIENT_BACKLOG`` (open loop: arrivals still unsent a whole call
+  deadline after the end, recorded with the time they waited instead of being dropped) and
+  ``CLIENT_ERROR`` (an exception in the harness itself).
+- ``errorDistribution``: ``CODE/REASON`` (or ``CODE`` when no ErrorInfo) -> count.
+- ``reasons``: ErrorInfo.reason -> count (SEAT_UNAVAILABLE, SEAT_LOCKED, SOLD_OUT, ...).
+- ``scanResults``: ValidationResult of answered scans -> count (ADMITTED, ALREADY_USED, ...).
+  A rejected scan is a normal answer (status OK), not an error.
+- ``actions``: per kind of request (``book_specific``, ``book_best``, ``refund``, ``scan``,
+  ``scan_duplicate``): count, ok, tickets, rps, outcomes, average and p50/p90/p99.
+- ``warmup``: ``{"seconds", "count"}`` (requests left out of the figures above).
+- ``timeSeries``: one entry per second since the start, by completion time, warm-up included
+  and flagged: ``{"second", "warmup", "requests", "ok", "errors", "tickets", "p50", "p99",
+  "max"}`` (latencies in ns). The same rows go to ``--csv`` (latencies in ms).
+- ``sold``/``capacity``: places of the event sold after the run, and its size;
+  ``soldBefore``: sold when the run started.
+- ``audit``: ``{"passed", "failed": [names], "checks": [{"name", "passed", "description",
+  "violations", "examples"}], "counts": {...}}``, the invariants read back through the API
+  (see ``ticketing.rush.audit``).
+- Run description: ``name``, ``scenario``, ``date``, ``target``, ``loadModel`` (closed/open),
+  ``concurrency``, ``rate``, ``connections``, ``seed``, ``skew``, ``gates``, ``sent`` (requests
+  sent, warm-up included), ``stopReason`` (duration, requests, exhausted = sold out or all
+  tickets scanned), ``event`` (id, created, ...), ``setup`` (accounts from the token cache or
+  registered, seconds; ``sellPhase`` of a gate run), ``options``, ``exitCode``,
+  ``wallSeconds``.
+"""

@@ -1,0 +1,384 @@
+"""What the simulated crowd sends: bookings, refunds and gate scans, chosen request by request.
+
+`Workload.next_call()` makes every random choice synchronously, at send time, from one seeded
+generator (so a seed reproduces the sequence of choices given the same answers), and returns
+a coroutine function that performs exactly one RPC and turns its answer into an `Outcome`.
+Answers feed back into the shared seat view (sold seats leave it, refunds return seats) and
+into `Observed`, the record of everything the server acknowledged, which the audit later
+checks against what the server reports.
+
+Request ids (AIP-155) and scan ids are fresh UUIDs, never derived from the seed: a rerun
+with the same seed must be new purchases, not retries of the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from grpc import aio
+
+from ticketing.rush.inventory import EventView
+from ticketing.rush.provision import Account
+from ticketing.rush.stats import Outcome
+from ticketing.rush.stubs import Metadata, Stubs, decode_failure
+from ticketing.v1 import booking_pb2, gate_pb2
+
+SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale")
+
+Call = Callable[[], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class TicketRef:
+    """A ticket a kiosk can scan."""
+
+    id: str
+    code: str
+    order_id: str
+
+
+@dataclass(frozen=True)
+class OrderRef:
+    """An order the run booked, with the buyer who owns it."""
+
+    id: str
+    buyer: int
+    seat_ids: tuple[int, ...]
+    tickets: tuple[TicketRef, ...]
+
+
+@dataclass
+class Observed:
+    """Everything the server acknowledged to this run (the audit checks it is all there)."""
+
+    orders: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    refunded: set[str] = field(default_factory=set)
+    admitted: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def booked(self, order: booking_pb2.Order) -> None:
+        """A confirmed order came back."""
+        self.orders[order.id] = tuple(sorted(t.seat_id for t in order.tickets))
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of bookings, refunds and scans in the `sale` scenario."""
+
+    book: float = 0.7
+    refund: float = 0.15
+    scan: float = 0.15
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        """`book=0.7,refund=0.15,scan=0.15` (any subset; weights need not sum to 1)."""
+        values = {"book": 0.0, "refund": 0.0, "scan": 0.0}
+        for part in text.split(","):
+            name, sep, weight = part.partition("=")
+            name = name.strip()
+            if not sep or name not in values:
+                raise ValueError(f"bad --mix entry {part!r}: use book=W,refund=W,scan=W")
+            values[name] = float(weight)
+        if any(v < 0 for v in values.values()) or sum(values.values()) <= 0:
+            raise ValueError("--mix weights must be >= 0 and not all 0")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class WorkloadOptions:
+    """The knobs of the crowd's behaviour (see `ticketing-rush --help`)."""
+
+    scenario: str
+    order_size: tuple[int, int] = (1, 4)
+    best_share: float = 0.5
+    dup_share: float = 0.1
+    mix: Mix = Mix()
+    gates: int = 16
+    timeout_s: float = 10.0
+
+
+def gate_name(g: int) -> str:
+    """The gate id kiosk number g scans at."""
+    return f"gate-{g:02d}"
+
+
+class Workload:
+    """Chooses and performs the next request of a scenario."""
+
+    def __init__(
+        self,
+        options: WorkloadOptions,
+        stubs: Sequence[Stubs],
+        buyers: Sequence[Account],
+        gate_staff: Sequence[Account],
+        view: EventView,
+        rng: random.Random,
+        observed: Observed,
+    ) -> None:
+        if options.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {options.scenario!r}")
+        self.options = options
+        self.stubs = list(stubs)
+        self.buyers = list(buyers)
+        self.gate_staff = list(gate_staff)
+        self.view = view
+        self.rng = rng
+        self.observed = observed
+        self._next_stub = 0
+        self._next_gate = 0
+        self.unscanned: collections.deque[TicketRef] = collections.deque()
+        self.scanned: list[tuple[TicketRef, int]] = []
+        self.refundable: list[OrderRef] = []
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def next_call(self) -> Call | None:
+        """The next request to send, or None when the scenario has nothing left to do
+        (sold out, every ticket scanned)."""
+        scenario = self.options.scenario
+        if scenario == "specific":
+            return self._specific()
+        if scenario == "best-available":
+            return self._best()
+        if scenario == "mixed":
+            return self._booking()
+        if scenario == "gate":
+            return self._scan()
+        return self._sale()
+
+    def _stub(self) -> Stubs:
+        stub = self.stubs[self._next_stub % len(self.stubs)]
+        self._next_stub += 1
+        return stub
+
+    def _quantity(self) -> int:
+        low, high = self.options.order_size
+        return self.rng.randint(low, high)
+
+    def _booking(self) -> Call | None:
+        if self.rng.random() < self.options.best_share:
+            return self._best() or self._specific()
+        return self._specific() or self._best()
+
+    def _sale(self) -> Call | None:
+        mix = self.options.mix
+        kind = self.rng.choices(
+            ("book", "refund", "scan"), weights=(mix.book, mix.refund, mix.scan), k=1
+        )[0]
+        first = {"book": self._booking, "refund": self._refund, "scan": self._scan}[kind]
+        # Nothing to refund or scan yet (or nothing left to book): do something else
+        # rather than idle, as a real sale keeps every kind of traffic going.
+        return first() or self._booking() or self._refund() or self._scan()
+
+    def _specific(self) -> Call | None:
+        seats = self.view.pick_seats(self.rng, self._quantity())
+        if not seats:
+            return None
+        buyer = self.rng.randrange(len(self.buyers))
+        request = booking_pb2.BookSeatsRequest(
+            event_id=self.view.event_id,
+            request_id=str(uuid.uuid4()),
+            seat_ids=booking_pb2.SeatIds(ids=seats),
+        )
+        return functools.partial(self._book, self._stub(), "book_specific", request, buyer, "")
+
+    def _best(self) -> Call | None:
+        picked = self.view.pick_section(self.rng, self._quantity())
+        if picked is None:
+            return None
+        section, quantity = picked
+        buyer = self.rng.randrange(len(self.buyers))
+        request = booking_pb2.BookSeatsRequest(
+            event_id=self.view.event_id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=section, quantity=quantity),
+        )
+        return functools.partial(self._book, self._stub(), "book_best", request, buyer, section)
+
+    def _refund(self) -> Call | None:
+        if not self.refundable:
+            return None
+        i = self.rng.randrange(len(self.refundable))
+        self.refundable[i], self.refundable[-1] = self.refundable[-1], self.refundable[i]
+        order = self.refundable.pop()
+        request = booking_pb2.RefundOrderRequest(
+            order_id=order.id, request_id=str(uuid.uuid4()), reason="ticket rush harness"
+        )
+        return functools.partial(self._refund_call, self._stub(), request, order)
+
+    def _scan(self) -> Call | None:
+        gates = max(1, self.options.gates)
+        duplicate = bool(self.scanned) and self.rng.random() < self.options.dup_share
+        if duplicate:
+            ticket, first_gate = self.scanned[self.rng.randrange(len(self.scanned))]
+            # The same ticket shown at another gate: the copied-ticket attack the gates
+            # must refuse, possibly while the first scan is still in flight.
+            gate = (first_gate + 1 + self.rng.randrange(gates - 1)) % gates if gates > 1 else 0
+        elif self.unscanned:
+            ticket = self.unscanned.popleft()
+            gate = self._next_gate % gates
+            self._next_gate += 1
+            self.scanned.append((ticket, gate))
+        else:
+            return None
+        staff = self.gate_staff[gate % len(self.gate_staff)]
+        # Not pinned to a connection: a busy gate has several kiosks, and behind a load
+        # balancer their scans land on different server processes.
+        stub = self._stub()
+        request = gate_pb2.ValidateTicketRequest(
+            code=ticket.code,
+            event_id=self.view.event_id,
+            gate_id=gate_name(gate),
+            scan_id=str(uuid.uuid4()),
+        )
+        return functools.partial(self._scan_call, stub, request, staff.md, ticket, duplicate)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _book(
+        self,
+        stub: Stubs,
+        action: str,
+        request: booking_pb2.BookSeatsRequest,
+        buyer: int,
+        section: str,
+    ) -> Outcome:
+        try:
+            response = await stub.booking.BookSeats(
+                request, metadata=self.buyers[buyer].md, timeout=self.options.timeout_s
+            )
+        except aio.AioRpcError as err:
+            failure = decode_failure(err)
+            if failure.reason == "SEAT_UNAVAILABLE":
+                self.view.taken(failure.seat_ids)
+            elif failure.reason == "SOLD_OUT" and section:
+                available = failure.metadata.get("available", "0")
+                self.view.section_available(section, int(available) if available.isdigit() else 0)
+            return Outcome(action, failure.code, failure.reason)
+        order = response.order
+        self.view.taken(t.seat_id for t in order.tickets)
+        self.observed.booked(order)
+        if self.options.scenario == "sale":
+            self._keep_for_later(order, buyer)
+        return Outcome(action, "OK", tickets=len(order.tickets))
+
+    def _keep_for_later(self, order: booking_pb2.Order, buyer: int) -> None:
+        tickets = tuple(TicketRef(t.id, t.code, order.id) for t in order.tickets)
+        # An order is either refunded or scanned, never both: a refund of an order with a
+        # used ticket is refused by design (TICKET_USED) and would only add noise.
+        if self.rng.random() < 0.5:
+            seats = tuple(t.seat_id for t in order.tickets)
+            self.refundable.append(OrderRef(order.id, buyer, seats, tickets))
+        else:
+            self.unscanned.extend(tickets)
+
+    async def _refund_call(
+        self, stub: Stubs, request: booking_pb2.RefundOrderRequest, order: OrderRef
+    ) -> Outcome:
+        try:
+            await stub.booking.RefundOrder(
+                request, metadata=self.buyers[order.buyer].md, timeout=self.options.timeout_s
+            )
+        except aio.AioRpcError as err:
+            failure = decode_failure(err)
+            return Outcome("refund", failure.code, failure.reason)
+        self.observed.refunded.add(order.id)
+        self.view.released(order.seat_ids)
+        return Outcome("refund", "OK")
+
+    async def _scan_call(
+        self,
+        stub: Stubs,
+        request: gate_pb2.ValidateTicketRequest,
+        md: Metadata,
+        ticket: TicketRef,
+        duplicate: bool,
+    ) -> Outcome:
+        action = "scan_duplicate" if duplicate else "scan"
+        try:
+            response = await stub.gate.ValidateTicket(
+                request, metadata=md, timeout=self.options.timeout_s
+            )
+        except aio.AioRpcError as err:
+            failure = decode_failure(err)
+            if not duplicate:
+                # Not burned (rate limit, deadline...): the person is still in the queue.
+                self.unscanned.append(ticket)
+            return Outcome(action, failure.code, failure.reason)
+        result = gate_pb2.ValidationResult.Name(response.result).removeprefix("VALIDATION_RESULT_")
+        if response.result == gate_pb2.VALIDATION_RESULT_ADMITTED and not response.repeat:
+            self.observed.admitted[ticket.id] += 1
+        return Outcome(action, "OK", scan_result=result)
+
+
+@dataclass
+class SellStats:
+    """The untimed sell phase before a gate storm."""
+
+    orders: int = 0
+    tickets: int = 0
+    refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+
+async def sell_out(
+    view: EventView,
+    stubs: Sequence[Stubs],
+    buyers: Sequence[Account],
+    observed: Observed,
+    *,
+    per_order: int,
+    target_tickets: int,
+    workers: int,
+    rng: random.Random,
+    timeout_s: float,
+) -> SellStats:
+    """Sell (best available, `per_order` places an order) until `target_tickets` more are
+    sold or no section has places: the tickets a gate storm then scans. Not measured."""
+    stats = SellStats()
+    started = time.perf_counter()
+    # Bounded even if every call fails. Near the end of each section many workers race for
+    # its last places (SEAT_LOCKED, SOLD_OUT), so allow a few refusals per worker on top of
+    # the orders needed.
+    budget = 3 * (target_tickets // max(1, per_order) + 1) + 10 * workers
+
+    async def worker(w: int) -> None:
+        nonlocal budget
+        while stats.tickets < target_tickets and view.sections_open and budget > 0:
+            budget -= 1
+            wanted = min(per_order, target_tickets - stats.tickets)
+            picked = view.pick_section(rng, wanted)
+            if picked is None:
+                return
+            section, quantity = picked
+            request = booking_pb2.BookSeatsRequest(
+                event_id=view.event_id,
+                request_id=str(uuid.uuid4()),
+                best_available=booking_pb2.BestAvailable(section_id=section, quantity=quantity),
+            )
+            buyer = buyers[rng.randrange(len(buyers))]
+            try:
+                response = await stubs[w % len(stubs)].booking.BookSeats(
+                    request, metadata=buyer.md, timeout=timeout_s
+                )
+            except aio.AioRpcError as err:
+                failure = decode_failure(err)
+                stats.refusals[f"{failure.code}/{failure.reason}"] += 1
+                if failure.reason == "SOLD_OUT":
+                    available = failure.metadata.get("available", "0")
+                    view.section_available(section, int(available) if available.isdigit() else 0)
+                continue
+            view.taken(t.seat_id for t in response.order.tickets)
+            observed.booked(response.order)
+            stats.orders += 1
+            stats.tickets += len(response.order.tickets)
+
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    stats.seconds = time.perf_counter() - started
+    return stats
