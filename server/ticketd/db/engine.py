@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from ticketd.errors import Unavailable
 
 
 def async_url(url: str) -> URL:
@@ -60,6 +61,8 @@ class Database:
         }
         self._raw_pool: asyncpg.Pool | None = None
         self._raw_pool_lock = asyncio.Lock()
+        self._ping_conn: asyncpg.Connection | None = None
+        self._ping_lock = asyncio.Lock()
         self.engine: AsyncEngine = create_async_engine(
             self.url,
             # The colder half: accounts, venues, events. The hot paths have the raw pool.
@@ -84,7 +87,7 @@ class Database:
             async with self._raw_pool_lock:
                 if self._raw_pool is None:
                     self._raw_pool = await asyncpg.create_pool(
-                        self.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                        self._plain_url(),
                         min_size=0,
                         max_size=self.options.pool_size,
                         max_inactive_connection_lifetime=300,
@@ -101,8 +104,19 @@ class Database:
         Statements run in autocommit unless wrapped in `raw_transaction`. On release an
         open transaction is rolled back and a broken connection is replaced."""
         pool = await self.raw_pool()
-        async with pool.acquire(timeout=self.options.pool_timeout_seconds) as conn:
+        try:
+            conn = await pool.acquire(timeout=self.options.pool_timeout_seconds)
+        except TimeoutError:
+            # Every connection busy for pool_timeout: the server is overloaded, the
+            # database may be fine. Say so, so operators do not chase a database outage.
+            raise Unavailable(
+                "the server is overloaded (no database connection free); retry with backoff",
+                reason="DB_POOL_EXHAUSTED",
+            ) from None
+        try:
             yield conn
+        finally:
+            await pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def raw_transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -112,17 +126,32 @@ class Database:
             yield driver
 
     async def ping(self) -> bool:
-        """True when PostgreSQL answers a trivial query."""
+        """True when PostgreSQL answers a trivial query.
+
+        Uses a connection of its own, outside both pools: under overload every pooled
+        connection is busy, and a health check that queued behind them would report the
+        database down and drain every busy server at once.
+        """
 
         async def probe() -> None:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            if self._ping_conn is None or self._ping_conn.is_closed():
+                self._ping_conn = await asyncpg.connect(
+                    self._plain_url(), timeout=3, server_settings={"application_name": "ticketd"}
+                )
+            await self._ping_conn.fetchval("SELECT 1")
 
-        try:
-            await asyncio.wait_for(probe(), 3)
-            return True
-        except Exception:  # any failure means "not ready"
-            return False
+        async with self._ping_lock:
+            try:
+                await asyncio.wait_for(probe(), 3)
+                return True
+            except Exception:  # any failure means "not ready"
+                if self._ping_conn is not None:
+                    self._ping_conn.terminate()
+                    self._ping_conn = None
+                return False
+
+    def _plain_url(self) -> str:
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     async def refresh_raw_connections(self) -> None:
         """Replace pooled raw connections on next use (after the database came back)."""
@@ -130,6 +159,9 @@ class Database:
             await self._raw_pool.expire_connections()
 
     async def dispose(self) -> None:
+        if self._ping_conn is not None:
+            self._ping_conn.terminate()
+            self._ping_conn = None
         if self._raw_pool is not None:
             await self._raw_pool.close()
             self._raw_pool = None
