@@ -147,6 +147,8 @@ _LOCK_NOT_AVAILABLE = "55P03"
 _SERIALIZATION_FAILURE = "40001"
 _DEADLOCK_DETECTED = "40P01"
 _QUERY_CANCELED = "57014"
+# Text PostgreSQL cannot store (a NUL byte, or bytes invalid in the database encoding).
+_BAD_TEXT = frozenset({"22021", "22P05"})
 _UNAVAILABLE_SQLSTATES = frozenset(
     {
         "57P01",  # admin_shutdown (pg_terminate_backend, server stop)
@@ -212,6 +214,10 @@ def from_exception(exc: BaseException) -> DomainError | None:
     if isinstance(exc, DomainError):
         return exc
     state = sqlstate_of(exc)
+    if state in _BAD_TEXT:
+        return InvalidArgument(
+            [FieldViolation("request", "text fields must not contain NUL characters")]
+        )
     if state == _LOCK_NOT_AVAILABLE:
         return Aborted("a row needed by this call is locked by another; retry", reason="LOCKED")
     if state in (_SERIALIZATION_FAILURE, _DEADLOCK_DETECTED):

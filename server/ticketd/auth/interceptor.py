@@ -20,6 +20,7 @@ from ticketd import errors
 from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import Principal, bind_principal, unbind_principal
 from ticketd.auth.tokens import TokenService
+from ticketd.textcheck import nul_field
 
 log = logging.getLogger("ticketd.rpc")
 
@@ -113,6 +114,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             bound: object | None = None
             try:
                 principal = await self._authorize(method, rule, context.invocation_metadata())
+                bad = nul_field(request)
+                if bad is not None:
+                    raise errors.InvalidArgument.one(bad, "must not contain NUL characters")
                 bound = bind_principal(principal)
                 return await behavior(request, context)
             except (asyncio.CancelledError, aio.AbortError):

@@ -171,13 +171,15 @@ class StoredScan:
     place: TicketPlace | None
 
 
-async def stored_scan(conn: Conn, scan_id: uuid.UUID, *, count_repeat: bool) -> StoredScan | None:
-    """The first answer to a scan_id, with the ticket as it is now; optionally counts the
-    retry in the log (one entry per physical scan, never duplicated)."""
-    if count_repeat:
-        await conn.execute(
-            "UPDATE scans SET repeat_count = repeat_count + 1 WHERE scan_id = $1", scan_id
-        )
+async def count_repeat(conn: Conn, scan_id: uuid.UUID) -> None:
+    """Count a kiosk's retry on the scan's one log entry (never a second entry)."""
+    await conn.execute(
+        "UPDATE scans SET repeat_count = repeat_count + 1 WHERE scan_id = $1", scan_id
+    )
+
+
+async def stored_scan(conn: Conn, scan_id: uuid.UUID) -> StoredScan | None:
+    """The first answer to a scan_id, with the ticket as it is now."""
     row = await conn.fetchrow(
         f"""
         SELECT sc.event_id, sc.gate_id, sc.code_hash, sc.result, sc.scan_time,

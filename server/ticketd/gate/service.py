@@ -60,19 +60,21 @@ class GateService:
 
     async def _repeat(self, scan: ScanInput) -> ScanOutcome:
         async with self._db.raw_transaction() as conn:
-            stored = await repo.stored_scan(conn, scan.scan_id, count_repeat=True)
-        if stored is None:  # pragma: no cover - the twin's row exists by construction
-            raise NotFound("scan vanished", reason="SCAN_NOT_FOUND")
-        if (stored.event_id, stored.gate_id, stored.code_hash) != (
-            scan.event_id,
-            scan.gate_id,
-            scan.code_hash,
-        ):
-            raise FailedPrecondition(
-                "this scan_id was already used for a different scan",
-                reason="SCAN_ID_MISMATCH",
-                metadata={"scan_id": str(scan.scan_id)},
-            )
+            stored = await repo.stored_scan(conn, scan.scan_id)
+            if stored is None:  # pragma: no cover - the twin's row exists by construction
+                raise NotFound("scan vanished", reason="SCAN_NOT_FOUND")
+            if (stored.event_id, stored.gate_id, stored.code_hash) != (
+                scan.event_id,
+                scan.gate_id,
+                scan.code_hash,
+            ):
+                # Refused before anything is written: a mismatch is not a retry of that scan.
+                raise FailedPrecondition(
+                    "this scan_id was already used for a different scan",
+                    reason="SCAN_ID_MISMATCH",
+                    metadata={"scan_id": str(scan.scan_id)},
+                )
+            await repo.count_repeat(conn, scan.scan_id)
         admitted_at = stored.used_time if stored.result in _USED_INFO else None
         return ScanOutcome(
             result=stored.result,
