@@ -1,0 +1,321 @@
+"""`ticketing-kiosk`: a turnstile's scanner loop (see the `ticketing.kiosk` docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import re
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from grpc import aio
+from grpc_health.v1 import health_pb2_grpc
+from rich.console import Console
+
+from ticketing.client import Client, connect
+from ticketing.kiosk.journal import Journal, JournalError
+from ticketing.kiosk.lines import LineReader
+from ticketing.kiosk.render import PlainRenderer, RichRenderer, StartInfo
+from ticketing.kiosk.signin import (
+    EXIT_JOURNAL,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Credentials,
+    StartupError,
+    credentials_from_env,
+    load_event,
+    resolve_target,
+    sign_in,
+)
+from ticketing.kiosk.validation import Kiosk, RetryPolicy
+from ticketing.v1 import common_pb2, event_pb2, gate_pb2_grpc
+
+Renderer = PlainRenderer | RichRenderer
+
+# When the server comes back, the kiosk should notice within a second or two, not after
+# gRPC's default reconnect backoff (which grows to two minutes).
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+# After Ctrl-C, a scan in flight gets this long to finish so the person at the gate gets an
+# answer; past it, it stays pending in the journal and the next start re-submits it.
+STOP_GRACE_SECONDS = 3.0
+
+EPILOG = """\
+credentials (first found): TICKETING_TOKEN; TICKETING_KIOSK_EMAIL + TICKETING_KIOSK_PASSWORD
+(also used to sign in again when the token expires); the `ticketctl login` session.
+
+exit codes: 0 closed normally (end of input, Ctrl-C, SIGTERM); 1 refused at start (bad
+credentials, not an entry manager, unknown event, journal in use); 2 usage; 3 server
+unreachable at start; 4 journal could not be written (no scan is sent unjournaled).
+"""
+
+
+def _gate_id(text: str) -> str:
+    gate = text.strip()
+    if not gate or len(gate) > 64 or not gate.isprintable():
+        raise argparse.ArgumentTypeError("a gate is 1..64 printable characters, e.g. north-1")
+    return gate
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (public for --help tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="ticketing-kiosk",
+        description="Validate scanned ticket codes at a gate: one code per line on stdin "
+        "(a barcode scanner types like a keyboard) or from --input.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--target",
+        help="server host:port (default: $TICKETING_TARGET, "
+        "the ticketctl session's, 127.0.0.1:50051)",
+    )
+    parser.add_argument("--event", required=True, help="id of the event this gate admits to")
+    parser.add_argument("--gate", required=True, type=_gate_id, help="this gate's name")
+    parser.add_argument("--input", metavar="FILE", help="read codes from FILE, not stdin")
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="append-only scan journal (default ./kiosk-journal-<event>-<gate>.jsonl)",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    parser.add_argument("--plain", action="store_true", help="one text line per scan")
+    parser.add_argument(
+        "--attempt-timeout", type=_positive, default=3.0, help="deadline per call, s (3)"
+    )
+    parser.add_argument(
+        "--retry-budget",
+        type=_positive,
+        default=30.0,
+        help="give up on one scan after this long and record it UNRESOLVED, s (30)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive,
+        default=30.0,
+        help="wait this long for the server at start, then exit 3, s (30)",
+    )
+    parser.add_argument(
+        "--health-interval", type=_positive, default=1.0, help="health poll period, s (1)"
+    )
+    return parser
+
+
+def default_journal_path(event_id: str, gate_id: str) -> Path:
+    """./kiosk-journal-<event>-<gate>.jsonl, with the names made safe for a file name."""
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80]
+
+    return Path.cwd() / f"kiosk-journal-{safe(event_id)}-{safe(gate_id)}.jsonl"
+
+
+T = TypeVar("T")
+
+
+async def until_stopped(
+    coro: Coroutine[Any, Any, T], stop: asyncio.Event, grace: float = STOP_GRACE_SECONDS
+) -> T | None:
+    """Run `coro`; if `stop` is set first, give it `grace` seconds more, then cancel it.
+
+    Returns None when it was cancelled (a cancelled scan stays pending in the journal).
+    """
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and grace > 0:
+            await asyncio.wait({task}, timeout=grace)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+        return task.result()
+    finally:
+        stopper.cancel()
+
+
+async def scan_loop(
+    kiosk: Kiosk, renderer: Renderer, stream: BinaryIO, stop: asyncio.Event
+) -> None:
+    """Re-submit what a crash left pending, then validate line after line until EOF or stop."""
+    for pending in kiosk.journal.pending():
+        if stop.is_set():
+            return
+        view = await until_stopped(kiosk.resubmit(pending), stop)
+        if view is None:
+            return
+        renderer.show(view, kiosk.counts)
+    reader = LineReader(stream.fileno())
+    reader.start()
+    while not stop.is_set():
+        line = await until_stopped(reader.next_line(), stop, grace=0)
+        if line is None:  # end of input, or stopped while waiting for it
+            return
+        code = line.strip()
+        if not code:
+            # A stray Enter on the scanner: not a scan, nothing to send or journal.
+            kiosk.counts.empty_lines += 1
+            continue
+        view = await until_stopped(kiosk.scan(code), stop)
+        if view is None:
+            return
+        renderer.show(view, kiosk.counts)
+
+
+async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) -> int:
+    """Start up (failing fast), then serve the gate until EOF or SIGINT/SIGTERM."""
+    target = resolve_target(args.target, os.environ)
+    credentials = credentials_from_env()
+    client = connect(
+        target,
+        credentials.token,
+        tls=bool(args.tls),
+        timeout=args.attempt_timeout,
+        options=CHANNEL_OPTIONS,
+    )
+    try:
+        user = await sign_in(
+            client,
+            credentials,
+            budget=args.connect_timeout,
+            target=target,
+            on_wait=renderer.warning,
+        )
+        event = await load_event(
+            client, args.event, budget=args.connect_timeout, target=target, on_wait=renderer.warning
+        )
+        path = Path(args.journal) if args.journal else default_journal_path(event.id, args.gate)
+        try:
+            journal = Journal.open(path)
+        except JournalError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            return await _serve(
+                args, renderer, stream, client, credentials, user, event, journal, target
+            )
+        finally:
+            journal.close()
+    finally:
+        await client.close()
+
+
+async def _serve(
+    args: argparse.Namespace,
+    renderer: Renderer,
+    stream: BinaryIO,
+    client: Client,
+    credentials: Credentials,
+    user: common_pb2.User,
+    event: event_pb2.Event,
+    journal: Journal,
+    target: str,
+) -> int:
+    async def reauthenticate() -> bool:
+        assert credentials.email and credentials.password
+        try:
+            await client.login(credentials.email, credentials.password)
+        except aio.AioRpcError:
+            return False
+        return True
+
+    doors = (
+        event.doors_open_time.ToDatetime(tzinfo=dt.UTC)
+        if event.HasField("doors_open_time")
+        else None
+    )
+    kiosk = Kiosk(
+        gate_pb2_grpc.GateServiceStub(client.channel),
+        journal,
+        event_id=event.id,
+        gate_id=args.gate,
+        observer=renderer,
+        policy=RetryPolicy(attempt_timeout=args.attempt_timeout, budget=args.retry_budget),
+        reauthenticate=reauthenticate if credentials.can_login else None,
+        doors_open_time=doors,
+        health=health_pb2_grpc.HealthStub(client.channel),
+    )
+    renderer.started(
+        StartInfo(
+            target=target,
+            event_id=event.id,
+            event_name=event.name,
+            gate_id=args.gate,
+            user=user.email,
+            journal=journal.path,
+            pending=len(journal.pending()),
+            doors_open_time=doors,
+        )
+    )
+    if journal.damaged_lines:
+        renderer.warning(f"journal has {journal.damaged_lines} unreadable line(s); skipped")
+    if event.cancel_time.seconds:
+        renderer.warning("this event is CANCELLED: every ticket scans VOID")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    health = asyncio.create_task(kiosk.watch_health(args.health_interval, check_timeout=1.0))
+    exit_code = 0
+    try:
+        await scan_loop(kiosk, renderer, stream, stop)
+    except JournalError as exc:
+        # Never validate a scan that could be lost in a crash: stop and say so.
+        renderer.warning(f"stopping: {exc}")
+        exit_code = EXIT_JOURNAL
+    finally:
+        health.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    renderer.summary(kiosk.counts, len(journal.pending()))
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ticketing-kiosk` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    renderer: Renderer = PlainRenderer() if args.plain else RichRenderer(Console())
+    try:
+        stream: BinaryIO = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
+    except OSError as exc:
+        print(f"ticketing-kiosk: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(run(args, renderer, stream))
+    except StartupError as exc:
+        print(f"ticketing-kiosk: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # Ctrl-C during start-up, before the scan loop took over the signal.
+        print("ticketing-kiosk: interrupted during start-up", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        if args.input:
+            stream.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
