@@ -236,12 +236,16 @@ async def watch_database(
     """
     db = server.components.db
     healthy = True
+    misses = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
         if stop.is_set():
             return
-        ok = await db.ping()
+        # Two misses in a row before NOT_SERVING: one slow ping on a saturated machine
+        # must not drain a busy server.
+        misses = 0 if await db.ping() else misses + 1
+        ok = misses < 2
         if ok != healthy:
             healthy = ok
             await server.set_serving(ok)

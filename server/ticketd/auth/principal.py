@@ -43,11 +43,6 @@ def current_principal() -> Principal:
     return principal
 
 
-def optional_principal() -> Principal | None:
-    """The caller if a valid token came with this (public) call, else None."""
-    return _current.get()
-
-
 def bind_principal(principal: Principal | None) -> object:
     """Set the caller for the current task; returns a token for `unbind_principal`."""
     return _current.set(principal)
