@@ -1,0 +1,460 @@
+"""The role matrix, generated from the policy table: every ticketing.v1 RPC x every role.
+
+For each RPC in `ticketd.auth.policy.POLICY` (cross-checked against the descriptor pool) and
+each caller (one account per role, holding only that role, plus no token at all) a real call
+goes through a generic unary-unary callable whose request and response classes come from the
+method descriptor. The outcome must be what the table says:
+
+- refused with a token -> PERMISSION_DENIED with ErrorInfo.reason ROLE_NOT_ALLOWED;
+- refused without a token -> UNAUTHENTICATED;
+- allowed -> anything but UNAUTHENTICATED and ROLE_NOT_ALLOWED (object-level refusals,
+  INVALID_ARGUMENT and NOT_FOUND are the domain's business, not the policy's);
+- never INTERNAL or UNKNOWN.
+
+Each pair runs twice: with a realistic request built from a small fixture world (so that an
+allowed call runs the real code path and, here, must succeed) and with an empty request (so
+that the policy is seen to be applied before any input validation).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+from grpc import aio
+
+from tests.support import (
+    PASSWORD,
+    Account,
+    Stubs,
+    best_request,
+    error_details,
+    future,
+    scan_request,
+    small_layout,
+    unique_email,
+)
+from ticketd.app import SERVICE_NAMES
+from ticketd.auth.policy import POLICY
+from ticketd.auth.principal import Role
+from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, gate_pb2, venue_pb2
+
+ANONYMOUS = "ANONYMOUS"
+CALLERS: tuple[str, ...] = (*(role.value for role in Role), ANONYMOUS)
+ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
+    "ADMIN": common_pb2.ROLE_ADMIN,
+    "ORGANIZER": common_pb2.ROLE_ORGANIZER,
+    "CUSTOMER": common_pb2.ROLE_CUSTOMER,
+    "SUPPORT": common_pb2.ROLE_SUPPORT,
+    "ENTRY_MANAGER": common_pb2.ROLE_ENTRY_MANAGER,
+}
+NEVER = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+# Login answers wrong credentials with UNAUTHENTICATED by contract: that is the method's own
+# result, not the interceptor refusing the caller.
+DOMAIN_UNAUTHENTICATED = {"/ticketing.v1.AuthService/Login": "BAD_CREDENTIALS"}
+
+# Every ticketing.v1 entry of the table; the descriptor pool must agree (checked below).
+TICKETING_METHODS: tuple[str, ...] = tuple(sorted(m for m in POLICY if m.startswith("/ticketing.")))
+
+
+def descriptor_methods() -> set[str]:
+    """Every RPC of the services the server registers, from the descriptor pool."""
+    pool = descriptor_pool.Default()
+    return {
+        f"/{service.full_name}/{method.name}"
+        for service in (pool.FindServiceByName(name) for name in SERVICE_NAMES)
+        for method in service.methods
+    }
+
+
+def method_descriptor(full_method: str) -> MethodDescriptor:
+    service_name, method_name = full_method.lstrip("/").split("/")
+    service = descriptor_pool.Default().FindServiceByName(service_name)
+    return service.methods_by_name[method_name]
+
+
+def request_class(full_method: str) -> type[Message]:
+    return message_factory.GetMessageClass(method_descriptor(full_method).input_type)
+
+
+def response_class(full_method: str) -> type[Message]:
+    return message_factory.GetMessageClass(method_descriptor(full_method).output_type)
+
+
+def policy_allows(full_method: str, caller: str) -> bool:
+    """What the table says, evaluated here rather than through Access.allows."""
+    rule = POLICY[full_method]
+    if rule.public:
+        return True
+    if caller == ANONYMOUS:
+        return False
+    return rule.roles is None or Role(caller) in rule.roles
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: grpc.StatusCode
+    reason: str | None
+    message: str
+    metadata: dict[str, str]
+    response: Message | None
+
+
+async def generic_call(
+    channel: aio.Channel,
+    full_method: str,
+    request: Message,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> Outcome:
+    """One unary call with classes looked up from the method descriptor."""
+    expected_input = method_descriptor(full_method).input_type.full_name
+    assert request.DESCRIPTOR.full_name == expected_input, (full_method, expected_input)
+    rpc = channel.unary_unary(
+        full_method,
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=response_class(full_method).FromString,
+    )
+    try:
+        response = await rpc(request, metadata=metadata, timeout=30)
+    except aio.AioRpcError as err:
+        details = error_details(err)
+        return Outcome(err.code(), details.reason, details.message, details.metadata, None)
+    assert isinstance(response, Message)
+    return Outcome(grpc.StatusCode.OK, None, "", {}, response)
+
+
+@dataclass
+class World:
+    """A venue, an event owned by the ORGANIZER account, a customer's order, a ticket code."""
+
+    stubs: Stubs
+    admin: Account
+    accounts: dict[str, Account]
+    venue: venue_pb2.Venue
+    scratch_venue: venue_pb2.Venue
+    event: event_pb2.Event
+    order: booking_pb2.Order
+
+    @property
+    def ga_section_id(self) -> str:
+        return self.venue.sections[1].id
+
+    def md(self, caller: str) -> tuple[tuple[str, str], ...]:
+        return () if caller == ANONYMOUS else self.accounts[caller].md
+
+    async def fresh_order(self) -> booking_pb2.Order:
+        customer = self.accounts["CUSTOMER"]
+        request = best_request(self.event.id, self.ga_section_id, 1)
+        return (await self.stubs.booking.BookSeats(request, metadata=customer.md)).order
+
+
+@pytest.fixture(scope="module")
+async def world(stubs: Stubs, admin: Account) -> World:
+    accounts: dict[str, Account] = {}
+    for name, proto_role in ROLE_TO_PROTO.items():
+        acct = await stubs.account_with_roles(admin, proto_role, tag=f"matrix-{name.lower()}")
+        me = await stubs.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=acct.md)
+        assert list(me.user.roles) == [proto_role], name
+        accounts[name] = acct
+    venue = await stubs.create_venue(admin, small_layout(name="Matrix Hall", ga=300))
+    scratch = await stubs.create_venue(admin, small_layout(name="Matrix Scratch"))
+    event = await stubs.create_event(accounts["ORGANIZER"], venue, name="Matrix Show")
+    order = (
+        await stubs.booking.BookSeats(
+            best_request(event.id, venue.sections[1].id, 2), metadata=accounts["CUSTOMER"].md
+        )
+    ).order
+    return World(stubs, admin, accounts, venue, scratch, event, order)
+
+
+RequestBuilder = Callable[[World], Awaitable[Message]]
+
+
+async def _register(w: World) -> Message:
+    return auth_pb2.RegisterRequest(
+        email=unique_email("matrix-new"), password=PASSWORD, display_name="Matrix"
+    )
+
+
+async def _login(w: World) -> Message:
+    customer = w.accounts["CUSTOMER"]
+    return auth_pb2.LoginRequest(email=customer.email, password=customer.password)
+
+
+async def _get_current_user(w: World) -> Message:
+    return auth_pb2.GetCurrentUserRequest()
+
+
+async def _set_user_roles(w: World) -> Message:
+    target = await w.stubs.register("matrix-target")
+    return auth_pb2.SetUserRolesRequest(
+        user_id=target.user.id, roles=[common_pb2.ROLE_CUSTOMER, common_pb2.ROLE_SUPPORT]
+    )
+
+
+async def _list_users(w: World) -> Message:
+    return auth_pb2.ListUsersRequest(page_size=5, email_prefix="matrix-")
+
+
+async def _create_venue(w: World) -> Message:
+    return venue_pb2.CreateVenueRequest(venue=small_layout(name=f"Matrix {uuid.uuid4().hex[:6]}"))
+
+
+async def _update_venue(w: World) -> Message:
+    venue = small_layout(name="Matrix Scratch (renamed)")
+    venue.id = w.scratch_venue.id
+    return venue_pb2.UpdateVenueRequest(venue=venue)
+
+
+async def _get_venue(w: World) -> Message:
+    return venue_pb2.GetVenueRequest(venue_id=w.venue.id)
+
+
+async def _list_venues(w: World) -> Message:
+    return venue_pb2.ListVenuesRequest(page_size=5)
+
+
+async def _create_event(w: World) -> Message:
+    return event_pb2.CreateEventRequest(
+        venue_id=w.venue.id,
+        name="Matrix Premiere",
+        start_time=future(40),
+        currency_code="EUR",
+        section_prices={s.id: 1200 for s in w.venue.sections},
+        max_tickets_per_order=4,
+    )
+
+
+async def _cancel_event(w: World) -> Message:
+    # A fresh event of the ORGANIZER account: its owner and ADMIN may cancel it.
+    event = await w.stubs.create_event(w.accounts["ORGANIZER"], w.venue, name="Matrix Doomed")
+    return event_pb2.CancelEventRequest(event_id=event.id, reason="matrix test")
+
+
+async def _get_event(w: World) -> Message:
+    return event_pb2.GetEventRequest(event_id=w.event.id)
+
+
+async def _list_events(w: World) -> Message:
+    return event_pb2.ListEventsRequest(page_size=5, organizer_id=w.accounts["ORGANIZER"].user.id)
+
+
+async def _list_seats(w: World) -> Message:
+    return event_pb2.ListSeatsRequest(event_id=w.event.id, page_size=10)
+
+
+async def _book_seats(w: World) -> Message:
+    request: booking_pb2.BookSeatsRequest = best_request(w.event.id, w.ga_section_id, 1)
+    return request
+
+
+async def _get_order(w: World) -> Message:
+    # The CUSTOMER's order of the ORGANIZER's event: every allowed role may read it.
+    return booking_pb2.GetOrderRequest(order_id=w.order.id)
+
+
+async def _list_orders(w: World) -> Message:
+    return booking_pb2.ListOrdersRequest(page_size=5, event_id=w.event.id)
+
+
+async def _refund_order(w: World) -> Message:
+    order = await w.fresh_order()
+    return booking_pb2.RefundOrderRequest(
+        order_id=order.id, request_id=str(uuid.uuid4()), reason="matrix test"
+    )
+
+
+async def _validate_ticket(w: World) -> Message:
+    request: gate_pb2.ValidateTicketRequest = scan_request(
+        w.order.tickets[0].code, w.event.id, gate="matrix-gate"
+    )
+    return request
+
+
+async def _list_scans(w: World) -> Message:
+    return gate_pb2.ListScansRequest(event_id=w.event.id, page_size=5)
+
+
+async def _get_gate_stats(w: World) -> Message:
+    return gate_pb2.GetGateStatsRequest(event_id=w.event.id)
+
+
+_AUTH = "/ticketing.v1.AuthService/"
+_VENUE = "/ticketing.v1.VenueService/"
+_EVENT = "/ticketing.v1.EventService/"
+_BOOKING = "/ticketing.v1.BookingService/"
+_GATE = "/ticketing.v1.GateService/"
+
+REALISTIC: dict[str, RequestBuilder] = {
+    _AUTH + "Register": _register,
+    _AUTH + "Login": _login,
+    _AUTH + "GetCurrentUser": _get_current_user,
+    _AUTH + "SetUserRoles": _set_user_roles,
+    _AUTH + "ListUsers": _list_users,
+    _VENUE + "CreateVenue": _create_venue,
+    _VENUE + "UpdateVenue": _update_venue,
+    _VENUE + "GetVenue": _get_venue,
+    _VENUE + "ListVenues": _list_venues,
+    _EVENT + "CreateEvent": _create_event,
+    _EVENT + "CancelEvent": _cancel_event,
+    _EVENT + "GetEvent": _get_event,
+    _EVENT + "ListEvents": _list_events,
+    _EVENT + "ListSeats": _list_seats,
+    _BOOKING + "BookSeats": _book_seats,
+    _BOOKING + "GetOrder": _get_order,
+    _BOOKING + "ListOrders": _list_orders,
+    _BOOKING + "RefundOrder": _refund_order,
+    _GATE + "ValidateTicket": _validate_ticket,
+    _GATE + "ListScans": _list_scans,
+    _GATE + "GetGateStats": _get_gate_stats,
+}
+
+
+def _short(full_method: str) -> str:
+    return full_method.removeprefix("/ticketing.v1.").replace("/", ".")
+
+
+MATRIX = [
+    pytest.param(method, caller, id=f"{_short(method)}-{caller}")
+    for method in TICKETING_METHODS
+    for caller in CALLERS
+]
+
+
+def test_matrix_covers_every_rpc_of_every_service() -> None:
+    served = descriptor_methods()
+    assert set(TICKETING_METHODS) == served
+    assert set(REALISTIC) == served, "every RPC needs a realistic request builder"
+    assert len(MATRIX) == len(served) * len(CALLERS)
+    # The matrix must contain both branches, or it would prove nothing.
+    verdicts = {policy_allows(m, c) for m in TICKETING_METHODS for c in CALLERS}
+    assert verdicts == {True, False}
+
+
+# The access rules as the .proto comments document them, pinned here on purpose: a change to
+# the policy table must be a deliberate change to this list too, never a silent one.
+_ANY = "any signed-in user"
+_PUBLIC = "public"
+DOCUMENTED: dict[str, str | frozenset[str]] = {
+    _AUTH + "Register": _PUBLIC,
+    _AUTH + "Login": _PUBLIC,
+    _AUTH + "GetCurrentUser": _ANY,
+    _AUTH + "SetUserRoles": frozenset({"ADMIN"}),
+    _AUTH + "ListUsers": frozenset({"ADMIN", "SUPPORT"}),
+    _VENUE + "CreateVenue": frozenset({"ADMIN"}),
+    _VENUE + "UpdateVenue": frozenset({"ADMIN"}),
+    _VENUE + "GetVenue": _ANY,
+    _VENUE + "ListVenues": _ANY,
+    _EVENT + "CreateEvent": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "CancelEvent": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "GetEvent": _PUBLIC,
+    _EVENT + "ListEvents": _PUBLIC,
+    _EVENT + "ListSeats": _PUBLIC,
+    _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN"}),
+    _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
+    _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN"}),
+    _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER"}),
+    _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER"}),
+}
+
+
+def test_policy_table_matches_the_documented_contract() -> None:
+    def documented_allows(full_method: str, caller: str) -> bool:
+        rule = DOCUMENTED[full_method]
+        if rule == _PUBLIC:
+            return True
+        if caller == ANONYMOUS:
+            return False
+        return rule == _ANY or caller in rule
+
+    assert set(DOCUMENTED) == set(TICKETING_METHODS)
+    differences = [
+        (m, c)
+        for m in TICKETING_METHODS
+        for c in CALLERS
+        if documented_allows(m, c) != policy_allows(m, c)
+    ]
+    assert differences == []
+
+
+def check_against_policy(full_method: str, caller: str, outcome: Outcome) -> None:
+    """The assertions of the matrix, shared by the realistic and the empty variant."""
+    where = f"{full_method} as {caller}: {outcome.code.name} {outcome.reason} {outcome.message!r}"
+    assert outcome.code not in NEVER, where
+    if not policy_allows(full_method, caller):
+        if caller == ANONYMOUS:
+            assert outcome.code == grpc.StatusCode.UNAUTHENTICATED, where
+        else:
+            assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, where
+            assert outcome.reason == "ROLE_NOT_ALLOWED", where
+            assert outcome.metadata.get("method") == full_method, where
+        return
+    if outcome.code == grpc.StatusCode.UNAUTHENTICATED:
+        assert outcome.reason == DOMAIN_UNAUTHENTICATED.get(full_method), where
+    assert not (
+        outcome.code == grpc.StatusCode.PERMISSION_DENIED and outcome.reason == "ROLE_NOT_ALLOWED"
+    ), where
+
+
+@pytest.mark.parametrize(("full_method", "caller"), MATRIX)
+async def test_realistic_request_is_allowed_or_refused_per_policy(
+    world: World, channel: aio.Channel, full_method: str, caller: str
+) -> None:
+    builder = REALISTIC.get(full_method)
+    assert builder is not None, f"no realistic request for {full_method}"
+    request = await builder(world)
+    outcome = await generic_call(channel, full_method, request, world.md(caller))
+    check_against_policy(full_method, caller, outcome)
+    if policy_allows(full_method, caller):
+        # The world makes every allowed call legitimate (the ORGANIZER owns the event, the
+        # CUSTOMER owns the order...), so the allowed branch must reach the real code path
+        # and succeed; anything else means the request, not the policy, was tested.
+        assert outcome.code == grpc.StatusCode.OK, (full_method, caller, outcome)
+        assert isinstance(outcome.response, response_class(full_method))
+
+
+@pytest.mark.parametrize(("full_method", "caller"), MATRIX)
+async def test_empty_request_is_judged_by_policy_before_validation(
+    world: World, channel: aio.Channel, full_method: str, caller: str
+) -> None:
+    outcome = await generic_call(
+        channel, full_method, request_class(full_method)(), world.md(caller)
+    )
+    check_against_policy(full_method, caller, outcome)
+
+
+async def test_refused_mutations_leave_no_trace(world: World, channel: aio.Channel) -> None:
+    """A sample of refused mutating calls: the objects they aimed at are untouched."""
+    event = await world.stubs.create_event(world.accounts["ORGANIZER"], world.venue)
+    order = await world.fresh_order()
+    attempts: list[tuple[str, Message, str]] = [
+        (_EVENT + "CancelEvent", event_pb2.CancelEventRequest(event_id=event.id, reason="x"), c)
+        for c in ("CUSTOMER", "SUPPORT", "ENTRY_MANAGER", ANONYMOUS)
+    ] + [
+        (
+            _BOOKING + "RefundOrder",
+            booking_pb2.RefundOrderRequest(
+                order_id=order.id, request_id=str(uuid.uuid4()), reason="x"
+            ),
+            c,
+        )
+        for c in ("ORGANIZER", "ENTRY_MANAGER", ANONYMOUS)
+    ]
+    for full_method, request, caller in attempts:
+        outcome = await generic_call(channel, full_method, request, world.md(caller))
+        assert not policy_allows(full_method, caller)
+        check_against_policy(full_method, caller, outcome)
+    got_event = await world.stubs.events.GetEvent(event_pb2.GetEventRequest(event_id=event.id))
+    assert got_event.event.status == event_pb2.EVENT_STATUS_ON_SALE
+    got_order = await world.stubs.booking.GetOrder(
+        booking_pb2.GetOrderRequest(order_id=order.id), metadata=world.admin.md
+    )
+    assert got_order.order.status == booking_pb2.ORDER_STATUS_CONFIRMED
