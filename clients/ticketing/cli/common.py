@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from rich.console import Console
 
 from ticketing.cli.config import DEFAULT_TARGET, load_session
 from ticketing.client import Client, connect
+from ticketing.sdk import decode_error
 from ticketing.v1 import common_pb2
 
 console = Console()
@@ -64,25 +64,12 @@ def parse_role(text: str) -> common_pb2.Role.ValueType:
 
 def describe_rpc_error(err: aio.AioRpcError) -> str:
     """One readable paragraph: status, message, reason and per-field problems."""
+    decoded = decode_error(err)
     lines = [f"{err.code().name}: {err.details()}"]
-    trailing: Any = err.trailing_metadata() or ()
-    for key, value in trailing:
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                lines.append(f"  reason: {info.reason}")
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
-            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                pf = error_details_pb2.PreconditionFailure()
-                detail.Unpack(pf)
-                lines += [f"  {v.type} {v.subject}: {v.description}" for v in pf.violations]
+    if decoded.reason:
+        lines.append(f"  reason: {decoded.reason}")
+    lines += [f"  {v.field}: {v.description}" for v in decoded.field_violations]
+    lines += [f"  {v.type} {v.subject}: {v.description}" for v in decoded.precondition_violations]
     if err.code() == grpc.StatusCode.UNAVAILABLE:
         lines.append("  is the server running? (scripts/run starts one)")
     return "\n".join(lines)

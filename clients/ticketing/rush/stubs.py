@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
+from ticketing.sdk import decode_error
 from ticketing.v1 import (
     auth_pb2_grpc,
     booking_pb2_grpc,
@@ -25,8 +23,6 @@ from ticketing.v1 import (
 )
 
 Metadata = tuple[tuple[str, str], ...]
-
-_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def bearer(token: str) -> Metadata:
@@ -81,32 +77,7 @@ class RpcFailure:
 def decode_failure(err: aio.AioRpcError) -> RpcFailure:
     """Status code name, ErrorInfo reason and metadata, and the seat ids a
     PreconditionFailure names (sold seats). Never raises on malformed details."""
-    reason = ""
-    metadata: dict[str, str] = {}
-    seats: list[int] = []
-    # grpc-stubs types trailing metadata loosely; at runtime it is (key, str | bytes) pairs.
-    trailing: Any = err.trailing_metadata() or ()
-    for key, value in trailing:
-        if key != _DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            continue
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-                metadata.update(info.metadata)
-            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                failure = error_details_pb2.PreconditionFailure()
-                detail.Unpack(failure)
-                seats += [
-                    int(v.subject)
-                    for v in failure.violations
-                    if v.type == "SEAT" and v.subject.isdigit()
-                ]
-    code = err.code()
+    decoded = decode_error(err)
+    code = decoded.code
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-    return RpcFailure(name, reason, metadata, tuple(seats))
+    return RpcFailure(name, decoded.reason, dict(decoded.metadata), decoded.seat_ids)
