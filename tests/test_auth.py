@@ -293,3 +293,56 @@ async def test_bootstrap_admin_exists_and_is_idempotent(
     )
     assert [u.email for u in resp.users] == [ADMIN_EMAIL]
     assert resp.users[0].id == admin.user.id
+
+
+async def test_the_last_admin_cannot_be_demoted_even_by_two_admins_at_once(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    from sqlalchemy import text
+
+    other = await stubs.account_with_roles(admin, common_pb2.ROLE_ADMIN, tag="admin2")
+    engine = running.components.db.engine
+    async with engine.begin() as conn:
+        # Other tests' admins would make this pass trivially: only these two stay admins.
+        saved = (
+            await conn.execute(
+                text("SELECT id, roles FROM users WHERE 'ADMIN' = ANY(roles) AND id <> ALL(:keep)"),
+                {"keep": [uuid.UUID(admin.user.id), uuid.UUID(other.user.id)]},
+            )
+        ).all()
+        await conn.execute(
+            text("UPDATE users SET roles = ARRAY['CUSTOMER'] WHERE id = ANY(:ids)"),
+            {"ids": [r.id for r in saved]},
+        )
+    try:
+        demote = [
+            stubs.auth.SetUserRoles(
+                auth_pb2.SetUserRolesRequest(
+                    user_id=target.user.id, roles=[common_pb2.ROLE_CUSTOMER]
+                ),
+                metadata=actor.md,
+            )
+            for actor, target in ((admin, other), (other, admin))
+        ]
+        results = await asyncio.gather(*demote, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, aio.AioRpcError)]
+        # Exactly one demotion wins; the other is refused: by LAST_ADMIN, or because its
+        # caller was just demoted (ROLE_NOT_ALLOWED). Either way one admin remains.
+        assert len(refused) == 1
+        assert error_details(refused[0]).reason in ("LAST_ADMIN", "ROLE_NOT_ALLOWED")
+        async with engine.connect() as conn:
+            left = (
+                await conn.execute(text("SELECT count(*) FROM users WHERE 'ADMIN' = ANY(roles)"))
+            ).scalar_one()
+        assert left == 1
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE users SET roles = ARRAY['ADMIN'] WHERE id = ANY(:ids)"),
+                {"ids": [uuid.UUID(admin.user.id), uuid.UUID(other.user.id)]},
+            )
+            for row in saved:
+                await conn.execute(
+                    text("UPDATE users SET roles = :roles WHERE id = :id"),
+                    {"roles": list(row.roles), "id": row.id},
+                )

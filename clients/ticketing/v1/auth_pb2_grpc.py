@@ -104,6 +104,7 @@ class AuthServiceServicer:
         """SetUserRoles replaces the roles of a user. ADMIN only.
         At least one role is required; duplicates are ignored; ROLE_UNSPECIFIED
         or an unknown number is INVALID_ARGUMENT; an unknown user is NOT_FOUND.
+        Taking ADMIN from the last admin is FAILED_PRECONDITION (reason LAST_ADMIN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,6 +55,7 @@ class AuthServiceStub:
     """SetUserRoles replaces the roles of a user. ADMIN only.
     At least one role is required; duplicates are ignored; ROLE_UNSPECIFIED
     or an unknown number is INVALID_ARGUMENT; an unknown user is NOT_FOUND.
+    Taking ADMIN from the last admin is FAILED_PRECONDITION (reason LAST_ADMIN).
     """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListUsersRequest, _auth_pb2.ListUsersResponse]
     """ListUsers pages through accounts ordered by email. ADMIN and SUPPORT."""
@@ -86,6 +87,7 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """SetUserRoles replaces the roles of a user. ADMIN only.
     At least one role is required; duplicates are ignored; ROLE_UNSPECIFIED
     or an unknown number is INVALID_ARGUMENT; an unknown user is NOT_FOUND.
+    Taking ADMIN from the last admin is FAILED_PRECONDITION (reason LAST_ADMIN).
     """
     ListUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListUsersRequest, _auth_pb2.ListUsersResponse]  # type: ignore[assignment]
     """ListUsers pages through accounts ordered by email. ADMIN and SUPPORT."""
@@ -138,6 +140,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """SetUserRoles replaces the roles of a user. ADMIN only.
         At least one role is required; duplicates are ignored; ROLE_UNSPECIFIED
         or an unknown number is INVALID_ARGUMENT; an unknown user is NOT_FOUND.
+        Taking ADMIN from the last admin is FAILED_PRECONDITION (reason LAST_ADMIN).
         """
 
     @_abc_1.abstractmethod

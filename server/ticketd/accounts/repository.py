@@ -7,13 +7,13 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.db.models import User
-from ticketd.errors import AlreadyExists, NotFound
+from ticketd.errors import AlreadyExists, FailedPrecondition, NotFound
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,25 @@ async def load_principal(conn: asyncpg.Connection, user_id: uuid.UUID) -> Princi
 
 
 async def set_roles(session: AsyncSession, user_id: uuid.UUID, roles: set[Role]) -> UserRecord:
+    """Replace a user's roles; FAILED_PRECONDITION rather than leave the system without an
+    admin. The admins are locked in id order, so two admins demoting each other at once
+    take turns and the second sees the first's change."""
+    if Role.ADMIN not in roles:
+        admins = list(
+            (
+                await session.execute(
+                    select(User.id)
+                    .where(text("'ADMIN' = ANY(roles)"))
+                    .order_by(User.id)
+                    .with_for_update()
+                )
+            ).scalars()
+        )
+        if admins == [user_id]:
+            raise FailedPrecondition(
+                "this is the last admin; make someone else an admin first",
+                reason="LAST_ADMIN",
+            )
     stmt = update(User).where(User.id == user_id).values(roles=sort_roles(roles)).returning(User)
     user = (await session.execute(stmt)).scalar_one_or_none()
     if user is None:
