@@ -50,13 +50,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
+from benchlib import log, plain_url, throwaway_database
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
@@ -102,42 +103,15 @@ GOALS = {
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Database and server process
-
-
-@contextlib.asynccontextmanager
-async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
-    """A fresh `ticketing_bench_<random>` database, dropped on the way out however we leave."""
-    name = f"ticketing_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(_plain(admin_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def wait_for_slots(url: str, needed: int, max_wait: float) -> int:
     """Wait (bounded) until PostgreSQL has `needed` free connection slots; return the free
     count then. Others' test runs share this server's max_connections."""
     deadline = time.monotonic() + max_wait
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(plain_url(url))
     try:
         while True:
             free = await conn.fetchval(
@@ -779,7 +753,7 @@ async def run_pgbench(
     wanted = clients
     free = await wait_for_slots(url, clients + 2, 10)
     clients = max(1, min(clients, free - 2))
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(plain_url(url))
     try:
         await conn.execute(
             """
@@ -1029,7 +1003,7 @@ def _cpu_model() -> str:
 
 
 async def machine_info(url: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(plain_url(url))
     try:
         settings = {
             name: await conn.fetchval(f"SHOW {name}")
@@ -1151,7 +1125,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 buyers = await register_buyers(target, max(concurrencies))
                 log(f"{len(buyers)} buyers registered in {time.perf_counter() - t0:.1f} s")
-                conn = await asyncpg.connect(_plain(url))
+                conn = await asyncpg.connect(plain_url(url))
                 channels = [_channel(target) for _ in range(args.channels)]
                 try:
                     inventory.seat_ids = await load_seat_ids(conn, inventory.event_id)

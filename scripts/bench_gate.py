@@ -49,17 +49,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
+from benchlib import connect_db, log, throwaway_database
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy.engine import make_url
 
 from ticketing.v1 import (
     auth_pb2,
@@ -102,35 +102,8 @@ RESULT_NAMES = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # Database and server process
-
-
-@contextlib.asynccontextmanager
-async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
-    """A fresh `ticketing_bench_<random>` database, dropped on the way out however we leave."""
-    name = f"ticketing_bench_{uuid.uuid4().hex[:10]}"
-    conn = await connect_db(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await connect_db(admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 @dataclass
@@ -563,19 +536,6 @@ async def transport_ceiling(channels: list[aio.Channel]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Verification straight from PostgreSQL
-
-
-async def connect_db(database_url: str) -> asyncpg.Connection:
-    """One connection for the checks, opened before the run: on a shared PostgreSQL the
-    connection slots (max_connections) may all be taken by the time the run ends."""
-    for attempt in range(20):
-        try:
-            return await asyncpg.connect(_plain(database_url))
-        except asyncpg.TooManyConnectionsError:
-            if attempt == 19:
-                raise
-            await asyncio.sleep(0.5)
-    raise AssertionError("unreachable")
 
 
 async def verify(

@@ -25,14 +25,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from benchlib import plain_url, throwaway_database
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.engine import make_url
 
 from ticketd.app import TicketServer, build_components, ensure_bootstrap_admin
 from ticketd.config import Settings
@@ -50,29 +48,6 @@ GOAL_SECONDS_100K = 2.0
 BENCH_STATEMENT_TIMEOUT_MS = 300_000
 CREATE_TIMEOUT_SECONDS = 300.0
 ADMIN_EMAIL = "bench-admin@example.test"
-
-
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@asynccontextmanager
-async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
-    """A fresh `ticketing_bench_<random>` database, dropped on the way out however we leave."""
-    name = f"ticketing_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(_plain(admin_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 def arena_layout(places: int) -> venue_pb2.Venue:
@@ -203,7 +178,7 @@ async def bench(sizes: list[int], repeat: int, admin_url: str, explain: bool) ->
             finally:
                 await server.stop(0)
                 await db.dispose()
-        conn = await asyncpg.connect(_plain(url))
+        conn = await asyncpg.connect(plain_url(url))
         try:
             machine = await machine_info(conn)
         finally:
@@ -295,7 +270,7 @@ async def _run(
             )
     explained = None
     if explain and last_event:
-        conn = await asyncpg.connect(_plain(url))
+        conn = await asyncpg.connect(plain_url(url))
         try:
             explained = await explain_inventory_insert(conn, last_event)
         finally:

@@ -43,14 +43,14 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
+from benchlib import log, plain_url, throwaway_database
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,33 +67,6 @@ PGBENCH_CLIENTS = 32
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LIMITED = "RESOURCE_EXHAUSTED/SCAN_RATE_EXCEEDED"
 OPEN_LOOP_SHARE = 0.6
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.asynccontextmanager
-async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
-    """A fresh `ticketing_rush_<random>` database, dropped however we leave."""
-    name = f"ticketing_rush_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(_plain(admin_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 @dataclass
@@ -448,7 +421,7 @@ async def database_ceiling(
         return {"skipped": "pgbench or scripts/pgbench_booking.sql not found"}
     event_id = await new_event(target, admin_password, seats)
     parsed = make_url(url)
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(plain_url(url))
     try:
         # PostgreSQL is shared (other databases, our servers' pools): take at most half of
         # the connections free now. On two cores 32 clients already saturate it; more would
@@ -576,7 +549,7 @@ def _cpu_model() -> str:
 
 
 async def machine_info(url: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(plain_url(url))
     try:
         settings = {
             name: await conn.fetchval(f"SHOW {name}")
@@ -633,7 +606,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             charts=not args.no_docs,
         )
         secret = secrets.token_urlsafe(48)
-        async with throwaway_database(admin_url) as url:
+        async with throwaway_database(admin_url, "ticketing_rush") as url:
             a = ServerProcess(url, b.admin_password, secret, Path(tmp) / "a", "server-a")
             c = ServerProcess(url, b.admin_password, secret, Path(tmp) / "b", "server-b")
             try:
