@@ -84,7 +84,7 @@ async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
             await admin.close()
 
 
-def test_settings(database_url: str, **overrides: object) -> Settings:
+def make_settings(database_url: str, **overrides: object) -> Settings:
     base = Settings(
         database_url=database_url,
         listen="127.0.0.1:0",
@@ -113,7 +113,7 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 async def running(database_url: str) -> AsyncIterator[RunningServer]:
-    settings = test_settings(database_url)
+    settings = make_settings(database_url)
     db = Database(database_url, PoolOptions(pool_size=20, lock_timeout_ms=5000))
     await migrate.upgrade(db.engine)
     components = build_components(settings, db, settings.jwt_secret or "")

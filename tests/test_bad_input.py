@@ -56,7 +56,7 @@ from ticketd.auth.policy import POLICY
 from ticketd.auth.principal import Role
 from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, gate_pb2, venue_pb2
 
-# A failing (or known-bug xfailing) example with a 10,000-element list has a large repr.
+# A failing example with a 10,000-element list has a large repr.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 S = grpc.StatusCode

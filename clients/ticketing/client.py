@@ -28,6 +28,7 @@ from ticketing.v1 import (
     booking_pb2,
     booking_pb2_grpc,
     event_pb2_grpc,
+    gate_pb2_grpc,
     venue_pb2_grpc,
 )
 
@@ -40,6 +41,8 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 #   (ALREADY_EXISTS) and SetUserRoles sets the same roles again.
 # - BookingService: safe ONLY because BookSeats and RefundOrder carry a request_id (AIP-155) and
 #   the server answers a repeat with the original order. Never send them without one.
+# - GateService is absent on purpose: the kiosk retries ValidateTicket itself with the same
+#   scan_id and must see each failure at once to show that the server is unreachable.
 # - Venue and event reads. CreateVenue, UpdateVenue, CreateEvent and CancelEvent have no
 #   request_id, so they are deliberately absent: a resend after an unseen commit would create
 #   a second venue or event. (An empty `{}` name would be the default for every method,
@@ -136,6 +139,7 @@ class Client:
         self.booking: booking_pb2_grpc.BookingServiceAsyncStub = (
             booking_pb2_grpc.BookingServiceStub(channel)
         )
+        self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
 
     async def login(self, email: str, password: str) -> str:
         """Sign in and remember the token for later calls; returns it."""

@@ -14,9 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ticketd.accounts import repository as accounts_repo
+from ticketd.accounts.rules import email_violation, normalize_email
 from ticketd.accounts.servicer import AuthServicer
 from ticketd.auth.interceptor import AuthInterceptor
-from ticketd.auth.passwords import PasswordHasher
+from ticketd.auth.passwords import PasswordHasher, password_violation
 from ticketd.auth.principal import Principal
 from ticketd.auth.tokens import TokenService
 from ticketd.booking.service import BookingService, BookingTimeouts
@@ -175,9 +176,6 @@ async def ensure_bootstrap_admin(components: Components) -> None:
     settings = components.settings
     if not settings.admin_email or not settings.admin_password:
         return
-    from ticketd.accounts.rules import email_violation, normalize_email
-    from ticketd.auth.passwords import password_violation
-
     problem = email_violation(settings.admin_email) or password_violation(settings.admin_password)
     if problem is not None:
         raise ValueError(f"TICKETING_ADMIN_{problem.field.upper()} {problem.description}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import sqlalchemy.exc
@@ -136,12 +136,6 @@ class ResourceExhausted(DomainError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
-@dataclass
-class _Mapped:
-    error: DomainError
-    log_as_internal: bool = field(default=False)
-
-
 # SQLSTATEs: https://www.postgresql.org/docs/current/errcodes-appendix.html
 _LOCK_NOT_AVAILABLE = "55P03"
 _SERIALIZATION_FAILURE = "40001"
@@ -166,16 +160,11 @@ _UNAVAILABLE_SQLSTATES = frozenset(
 
 def sqlstate_of(exc: BaseException) -> str | None:
     """The PostgreSQL SQLSTATE behind a SQLAlchemy or asyncpg exception, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         for attr in ("sqlstate", "pgcode"):
             value = getattr(current, attr, None)
             if isinstance(value, str) and value:
                 return value
-        nxt = getattr(current, "orig", None)
-        current = nxt if isinstance(nxt, BaseException) else current.__cause__
     return None
 
 

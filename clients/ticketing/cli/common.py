@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from grpc import aio
@@ -80,7 +79,3 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
         "--target", help=f"server host:port (default: saved, $TICKETING_TARGET, {DEFAULT_TARGET})"
     )
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
-
-
-def bare(value: Any) -> str:
-    return "" if value is None else str(value)

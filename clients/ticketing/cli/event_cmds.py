@@ -8,7 +8,6 @@ import zoneinfo
 from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,7 +18,6 @@ from ticketing.cli.seatmap import (
     format_money,
     render_seat_map,
 )
-from ticketing.cli.venue_cmds import venue_stub
 from ticketing.v1 import auth_pb2, event_pb2, event_pb2_grpc, venue_pb2
 
 # ListSeats clamps larger pages to this; asking for the most means the fewest round trips
@@ -27,11 +25,6 @@ from ticketing.v1 import auth_pb2, event_pb2, event_pb2_grpc, venue_pb2
 SEAT_PAGE_SIZE = 10_000
 # Creating a large inventory is one big INSERT; give it more than the SDK's 10 s default.
 CREATE_EVENT_TIMEOUT_SECONDS = 60.0
-
-
-def event_stub(channel: aio.Channel) -> event_pb2_grpc.EventServiceAsyncStub:
-    """An EventService stub on a channel opened by `open_client`."""
-    return event_pb2_grpc.EventServiceStub(channel)
 
 
 def parse_time(text: str, zone: dt.tzinfo | None, option: str) -> Timestamp:
@@ -182,11 +175,7 @@ def print_event(event: event_pb2.Event) -> None:
 async def cmd_events_create(args: argparse.Namespace) -> int:
     """`events create ...`: price every section, create the event and its inventory."""
     async with open_client(args) as client:
-        venue = (
-            await venue_stub(client.channel).GetVenue(
-                venue_pb2.GetVenueRequest(venue_id=args.venue)
-            )
-        ).venue
+        venue = (await client.venues.GetVenue(venue_pb2.GetVenueRequest(venue_id=args.venue))).venue
         # A time without an offset means wall-clock time at the venue, as on a poster.
         zone = _zone(venue.time_zone)
         request = event_pb2.CreateEventRequest(
@@ -202,9 +191,7 @@ async def cmd_events_create(args: argparse.Namespace) -> int:
             request.end_time.CopyFrom(parse_time(args.end, zone, "--end"))
         if args.max_per_customer is not None:
             request.max_tickets_per_customer = args.max_per_customer
-        resp = await event_stub(client.channel).CreateEvent(
-            request, timeout=CREATE_EVENT_TIMEOUT_SECONDS
-        )
+        resp = await client.events.CreateEvent(request, timeout=CREATE_EVENT_TIMEOUT_SECONDS)
     console.print("event created:")
     print_event(resp.event)
     return 0
@@ -231,7 +218,7 @@ async def cmd_events_list(args: argparse.Namespace) -> int:
             request.start_after.CopyFrom(parse_time(args.after, None, "--after"))
         if args.before:
             request.start_before.CopyFrom(parse_time(args.before, None, "--before"))
-        stub = event_stub(client.channel)
+        stub = client.events
         while shown < args.limit:
             request.page_size = min(args.limit - shown, 500)
             request.page_token = token
@@ -259,9 +246,7 @@ async def cmd_events_list(args: argparse.Namespace) -> int:
 async def cmd_events_show(args: argparse.Namespace) -> int:
     """`events show ID`: the event with live availability per section (no token needed)."""
     async with open_client(args, need_token=False) as client:
-        resp = await event_stub(client.channel).GetEvent(
-            event_pb2.GetEventRequest(event_id=args.event_id)
-        )
+        resp = await client.events.GetEvent(event_pb2.GetEventRequest(event_id=args.event_id))
     print_event(resp.event)
     return 0
 
@@ -269,7 +254,7 @@ async def cmd_events_show(args: argparse.Namespace) -> int:
 async def cmd_events_cancel(args: argparse.Namespace) -> int:
     """`events cancel ID --reason TEXT`: take the event off sale (owner or ADMIN)."""
     async with open_client(args) as client:
-        resp = await event_stub(client.channel).CancelEvent(
+        resp = await client.events.CancelEvent(
             event_pb2.CancelEventRequest(event_id=args.event_id, reason=args.reason)
         )
     console.print("event cancelled:")
@@ -301,7 +286,7 @@ async def fetch_seats(
 async def cmd_events_seats(args: argparse.Namespace) -> int:
     """`events seats ID [--section NAME|ID]`: draw the seat map of every or one section."""
     async with open_client(args, need_token=False) as client:
-        stub = event_stub(client.channel)
+        stub = client.events
         event = (await stub.GetEvent(event_pb2.GetEventRequest(event_id=args.event_id))).event
         sections = list(event.sections)
         section_id = ""

@@ -39,7 +39,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ticketing.cli.common import CliError, add_target_args, console, describe_rpc_error, open_client
-from ticketing.v1 import venue_pb2, venue_pb2_grpc
+from ticketing.v1 import venue_pb2
 
 # Far above the server's 2,000 rows per section: it is there only so that a typo such as
 # `to: ZZZZ` fails here in a moment instead of building a huge request.
@@ -364,11 +364,6 @@ def print_venue(venue: venue_pb2.Venue) -> None:
     console.print(layout_table(venue))
 
 
-def venue_stub(channel: aio.Channel) -> venue_pb2_grpc.VenueServiceAsyncStub:
-    """A VenueService stub on a channel opened by `open_client` (token already attached)."""
-    return venue_pb2_grpc.VenueServiceStub(channel)
-
-
 async def cmd_venues_create(args: argparse.Namespace) -> int:
     """`venues create --layout FILE [--dry-run]`: read the layout, create the venue, show it."""
     venue = load_layout(Path(args.layout))
@@ -378,9 +373,7 @@ async def cmd_venues_create(args: argparse.Namespace) -> int:
         return 0
     async with open_client(args) as client:
         try:
-            resp = await venue_stub(client.channel).CreateVenue(
-                venue_pb2.CreateVenueRequest(venue=venue)
-            )
+            resp = await client.venues.CreateVenue(venue_pb2.CreateVenueRequest(venue=venue))
         except aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
@@ -401,7 +394,7 @@ async def cmd_venues_list(args: argparse.Namespace) -> int:
     shown = 0
     token = ""
     async with open_client(args) as client:
-        stub = venue_stub(client.channel)
+        stub = client.venues
         while shown < args.limit:
             resp = await stub.ListVenues(
                 venue_pb2.ListVenuesRequest(
@@ -425,9 +418,7 @@ async def cmd_venues_list(args: argparse.Namespace) -> int:
 async def cmd_venues_show(args: argparse.Namespace) -> int:
     """`venues show ID`: the venue and its layout summary."""
     async with open_client(args) as client:
-        resp = await venue_stub(client.channel).GetVenue(
-            venue_pb2.GetVenueRequest(venue_id=args.venue_id)
-        )
+        resp = await client.venues.GetVenue(venue_pb2.GetVenueRequest(venue_id=args.venue_id))
     print_venue(resp.venue)
     return 0
 

@@ -34,7 +34,7 @@ from ticketing.kiosk.signin import (
     sign_in,
 )
 from ticketing.kiosk.validation import Kiosk, RetryPolicy
-from ticketing.v1 import common_pb2, event_pb2, gate_pb2_grpc
+from ticketing.v1 import common_pb2, event_pb2
 
 Renderer = PlainRenderer | RichRenderer
 
@@ -244,7 +244,7 @@ async def _serve(
         else None
     )
     kiosk = Kiosk(
-        gate_pb2_grpc.GateServiceStub(client.channel),
+        client.gate,
         journal,
         event_id=event.id,
         gate_id=args.gate,

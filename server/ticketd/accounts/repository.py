@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -164,7 +164,3 @@ async def ensure_admin(
         user.roles = sort_roles({Role(r) for r in user.roles} | {Role.ADMIN})
         await session.flush()
     return _record(user), False
-
-
-async def count_users(session: AsyncSession) -> int:
-    return int((await session.execute(select(func.count()).select_from(User))).scalar_one())

@@ -51,12 +51,14 @@ async def event_for_sale(
         """
         SELECT e.currency_code, e.max_tickets_per_order, e.max_tickets_per_customer,
                e.cancel_time IS NOT NULL AS cancelled, e.start_time <= now() AS started,
-               (SELECT array_agg(es.section_id ORDER BY es.position)
-                  FROM event_sections es WHERE es.event_id = e.id) AS section_ids,
-               (SELECT array_agg(es.name ORDER BY es.position)
-                  FROM event_sections es WHERE es.event_id = e.id) AS section_names,
+               es.section_ids, es.section_names,
                o.id AS existing_id, o.request_hash AS existing_hash
         FROM events e
+        CROSS JOIN LATERAL (
+            SELECT array_agg(section_id ORDER BY position) AS section_ids,
+                   array_agg(name ORDER BY position) AS section_names
+            FROM event_sections WHERE event_id = e.id
+        ) es
         LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
         WHERE e.id = $1
         FOR KEY SHARE OF e

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ticketd.auth.principal import Principal, Role
-from ticketd.errors import FailedPrecondition, FieldViolation, InvalidArgument, PermissionDenied
+from ticketd.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 
 # Ticket codes: 24 random bytes = 192 bits, 32 URL-safe characters, never derived from ids.
 TICKET_CODE_BYTES = 24
@@ -163,9 +169,7 @@ def ensure_can_refund(principal: Principal, customer_id: uuid.UUID) -> None:
     raise PermissionDenied("you may not refund this order", reason="NOT_ORDER_OWNER")
 
 
-def order_not_found(order_id: uuid.UUID) -> Exception:
-    from ticketd.errors import NotFound
-
+def order_not_found(order_id: uuid.UUID) -> NotFound:
     return NotFound("no such order", reason="ORDER_NOT_FOUND", metadata={"order_id": str(order_id)})
 
 

@@ -6,6 +6,7 @@ PostgreSQL, and this module decides, step by step, what a sale or a refund may d
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 
@@ -246,7 +247,7 @@ class BookingService:
         *,
         event_id: uuid.UUID | None,
         customer_email: str | None,
-        before: tuple[object, uuid.UUID] | None,
+        before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[OrderRecord]:
         staff = principal.has(Role.ADMIN, Role.SUPPORT)
@@ -266,7 +267,7 @@ class BookingService:
             return await repo.list_orders(
                 conn,
                 repo.OrderFilter(customer_id=customer_id, event_id=event_id),
-                before=before,  # type: ignore[arg-type]
+                before=before,
                 limit=limit,
             )
 

@@ -114,8 +114,9 @@ def classify_unburned(
         return ScanResult.ALREADY_USED
     if status == "VOID":
         return ScanResult.VOID
-    # VALID yet not burned can only mean a concurrent refund/burn raced us; the caller
-    # re-reads, so this is never the final answer.
+    # A VALID ticket of this event that the conditional UPDATE did not burn cannot occur
+    # (the UPDATE waits for any lock on the row and re-checks it). Should it ever, refuse:
+    # never admit anyone without a burn.
     return ScanResult.ALREADY_USED
 
 
