@@ -19,12 +19,13 @@ import asyncpg
 import pytest
 from grpc import aio
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.support import Account, Stubs
 from ticketd.app import Components, TicketServer, build_components, ensure_bootstrap_admin
 from ticketd.config import Settings
 from ticketd.db import migrate
-from ticketd.db.engine import Database, PoolOptions
+from ticketd.db.database import Database, PoolOptions
 
 ADMIN_EMAIL = "root-admin@example.test"
 ADMIN_PASSWORD = "admin-password-123"
@@ -105,6 +106,9 @@ class RunningServer:
     server: TicketServer
     components: Components
     port: int
+    engine: AsyncEngine
+    """The tests' own SQLAlchemy engine on the server's database, to read back (and
+    sometimes arrange) rows directly; the server itself never uses SQLAlchemy."""
 
     @property
     def target(self) -> str:
@@ -115,16 +119,20 @@ class RunningServer:
 async def running(database_url: str) -> AsyncIterator[RunningServer]:
     settings = make_settings(database_url)
     db = Database(database_url, PoolOptions(pool_size=20, lock_timeout_ms=5000))
-    await migrate.upgrade(db.engine)
+    await migrate.upgrade(database_url)
     components = build_components(settings, db, settings.jwt_secret or "")
     await ensure_bootstrap_admin(components)
     server = TicketServer(components)
     port = await server.start("127.0.0.1:0")
+    engine = create_async_engine(
+        make_url(database_url).set(drivername="postgresql+asyncpg"), pool_size=5
+    )
     try:
-        yield RunningServer(server, components, port)
+        yield RunningServer(server, components, port, engine)
     finally:
         await server.stop(0)
         await db.dispose()
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -301,7 +301,7 @@ async def test_the_last_admin_cannot_be_demoted_even_by_two_admins_at_once(
     from sqlalchemy import text
 
     other = await stubs.account_with_roles(admin, common_pb2.ROLE_ADMIN, tag="admin2")
-    engine = running.components.db.engine
+    engine = running.engine
     async with engine.begin() as conn:
         # Other tests' admins would make this pass trivially: only these two stay admins.
         saved = (

@@ -691,7 +691,7 @@ SNAPSHOT_NAMES = (
 
 
 async def snapshot(running: RunningServer) -> dict[str, Any]:
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         row = (await conn.execute(SNAPSHOT_SQL)).one()
     return dict(zip(SNAPSHOT_NAMES, row, strict=True))
 
@@ -869,7 +869,7 @@ async def test_scan_id_mismatch_leaves_the_scan_log_alone(
     assert first.result == gate_pb2.VALIDATION_RESULT_UNKNOWN_CODE
 
     async def repeat_count() -> int:
-        async with running.components.db.engine.connect() as conn:
+        async with running.engine.connect() as conn:
             count = await conn.scalar(
                 text("SELECT repeat_count FROM scans WHERE scan_id = :s"),
                 {"s": uuid.UUID(scan_id)},

@@ -75,7 +75,7 @@ async def test_book_specific_seats(stubs: Stubs, admin: Account, running: Runnin
     assert (ev.sold_count, ev.available_count) == (2, 11)
     sold = await stubs.all_seats(event.id, status=event_pb2.SEAT_STATUS_SOLD)
     assert sorted(s.id for s in sold) == sorted(wanted)
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_best_available_takes_lowest_places(stubs: Stubs, admin: Account) -> None:
@@ -128,14 +128,14 @@ async def test_200_buyers_one_seat_exactly_one_wins(
     assert len(wins) == 1
     assert set(losses) <= {"FAILED_PRECONDITION:SEAT_UNAVAILABLE", "ABORTED:SEAT_LOCKED"}, losses
     assert sum(losses.values()) == 199
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         n = (
             await conn.execute(
                 text("SELECT count(*) FROM orders WHERE event_id = :e"), {"e": uuid.UUID(event.id)}
             )
         ).scalar_one()
     assert n == 1
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_rush_500_buyers_300_seats_keeps_every_invariant(
@@ -174,7 +174,7 @@ async def test_rush_500_buyers_300_seats_keeps_every_invariant(
             assert sorted(t.seat_id for t in result.order.tickets) == sorted(req.seat_ids.ids)
     sold = await stubs.all_seats(event.id, status=event_pb2.SEAT_STATUS_SOLD)
     assert sorted(s.id for s in sold) == sorted(sold_by_clients)
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_best_available_rush_never_oversells(
@@ -215,7 +215,7 @@ async def test_best_available_rush_never_oversells(
     assert sold >= 118  # 300 requests of 1-3 places: the section is (nearly) emptied
     ev = (await stubs.events.GetEvent(event_pb2.GetEventRequest(event_id=event.id))).event
     assert ev.sold_count == sold and ev.available_count == 120 - sold
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_opposite_order_overlaps_never_deadlock(
@@ -241,7 +241,7 @@ async def test_opposite_order_overlaps_never_deadlock(
     assert set(failures) <= {"FAILED_PRECONDITION:SEAT_UNAVAILABLE", "ABORTED:SEAT_LOCKED"}, (
         failures
     )
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_idempotent_retries_and_concurrent_duplicates(
@@ -281,7 +281,7 @@ async def test_idempotent_retries_and_concurrent_duplicates(
             reason_of(r) for r in results if isinstance(r, BaseException)
         ]
         assert len({r.order.id for r in results}) == 1  # type: ignore[union-attr]
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         n = (
             await conn.execute(
                 text("SELECT count(*) FROM orders WHERE customer_id = :c"),
@@ -298,7 +298,7 @@ async def test_idempotent_retries_and_concurrent_duplicates(
     other = (await customers(stubs, 1))[0]
     theirs = (await stubs.booking.BookSeats(mismatch, metadata=other.md)).order
     assert theirs.customer_id == other.user.id
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_per_customer_cap_holds_across_connections(
@@ -328,7 +328,7 @@ async def test_per_customer_cap_holds_across_connections(
             book_request(event.id, ids[25:29]), metadata=(await customers(stubs, 1))[0].md
         )
     assert reason_of(err.value) == "FAILED_PRECONDITION:LIMIT_EXCEEDED"
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_booking_refusals(stubs: Stubs, admin: Account, running: RunningServer) -> None:
@@ -362,7 +362,7 @@ async def test_booking_refusals(stubs: Stubs, admin: Account, running: RunningSe
     with pytest.raises(aio.AioRpcError) as err:
         await stubs.booking.BookSeats(book_request(other.id, [other_ids[0]]), metadata=buyer.md)
     assert reason_of(err.value) == "FAILED_PRECONDITION:EVENT_NOT_ON_SALE"
-    async with running.components.db.engine.begin() as conn:
+    async with running.engine.begin() as conn:
         await conn.execute(
             text("UPDATE events SET start_time = now() - interval '1 minute' WHERE id = :e"),
             {"e": uuid.UUID(event.id)},
@@ -379,7 +379,7 @@ async def test_booking_refusals(stubs: Stubs, admin: Account, running: RunningSe
 async def test_refunds(
     stubs: Stubs, pool: list[Stubs], admin: Account, running: RunningServer
 ) -> None:
-    engine = running.components.db.engine
+    engine = running.engine
     venue = await stubs.create_venue(admin, small_layout(rows=1, seats=6, ga=0))
     event = await stubs.create_event(admin, venue)
     ids = [s.id for s in await stubs.all_seats(event.id)]
@@ -503,7 +503,7 @@ async def test_cancel_event_refunds_every_live_order(
         ).order
         assert got.status == booking_pb2.ORDER_STATUS_REFUNDED
         assert got.refund_reason == "event cancelled: flood"
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_order_visibility(stubs: Stubs, admin: Account) -> None:
@@ -572,7 +572,7 @@ async def test_list_orders_pages_newest_first(stubs: Stubs, admin: Account) -> N
 async def test_cancelled_call_and_killed_connection_leave_nothing_behind(
     stubs: Stubs, admin: Account, running: RunningServer
 ) -> None:
-    engine = running.components.db.engine
+    engine = running.engine
     venue = await stubs.create_venue(admin, small_layout(rows=1, seats=4, ga=0))
     event = await stubs.create_event(admin, venue)
     ids = [s.id for s in await stubs.all_seats(event.id)]
@@ -633,7 +633,7 @@ async def test_cancelled_call_and_killed_connection_leave_nothing_behind(
 async def test_short_deadline_ends_the_lock_wait_too(
     stubs: Stubs, admin: Account, running: RunningServer
 ) -> None:
-    engine = running.components.db.engine
+    engine = running.engine
     venue = await stubs.create_venue(admin, small_layout(rows=1, seats=2, ga=0))
     event = await stubs.create_event(admin, venue)
     ids = [s.id for s in await stubs.all_seats(event.id)]

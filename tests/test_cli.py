@@ -196,8 +196,8 @@ def _line(output: str, prefix: str) -> str:
 async def _sell(running: RunningServer, event_id: str, section: str, where: str) -> int:
     # The seat map only reads seat status, so a sale is simulated as it ends up in the
     # inventory; going through BookingService would tie these CLI tests to booking rules.
-    async with running.components.db.session() as session, session.begin():
-        result = await session.execute(
+    async with running.engine.begin() as conn:
+        result = await conn.execute(
             text(
                 "UPDATE seats s SET status = 'SOLD' FROM event_sections es "
                 "WHERE es.event_id = s.event_id AND es.section_id = s.section_id "

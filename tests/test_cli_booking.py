@@ -326,7 +326,7 @@ async def test_request_id_makes_a_rerun_return_the_same_order(
     first = ok(await ticketctl(running, shop.buyer, shop.config, *args))
     again = ok(await ticketctl(running, shop.buyer, shop.config, *args))
     assert order_id_in(first.out) == order_id_in(again.out)
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         count = (
             await conn.execute(
                 text("SELECT count(*) FROM orders WHERE customer_id = :c AND request_id = :r"),

@@ -147,7 +147,7 @@ async def test_server_killed_mid_rush_loses_nothing(
     }, outcomes
     await server.start()
     assert await _confirmed_exist(stubs, admin, results) == outcomes["OK"]
-    assert await audit(running.components.db.engine, event_id) == {}
+    assert await audit(running.engine, event_id) == {}
 
 
 async def test_killed_database_connections_mid_rush(
@@ -185,7 +185,7 @@ async def test_killed_database_connections_mid_rush(
     ).order
     assert len(order.tickets) == 2
     await _confirmed_exist(stubs, admin, results)
-    assert await audit(running.components.db.engine, event_id) == {}
+    assert await audit(running.engine, event_id) == {}
 
 
 async def test_graceful_shutdown_under_load(
@@ -211,7 +211,7 @@ async def test_graceful_shutdown_under_load(
         "UNAVAILABLE",
     }, outcomes
     assert await _confirmed_exist(stubs, admin, results) == outcomes["OK"]
-    assert await audit(running.components.db.engine, event_id) == {}
+    assert await audit(running.engine, event_id) == {}
 
 
 async def test_overload_is_refused_fast_and_server_stays_healthy(
@@ -264,7 +264,7 @@ async def test_overload_is_refused_fast_and_server_stays_healthy(
         assert order.status == booking_pb2.ORDER_STATUS_CONFIRMED
     finally:
         await proc.kill()
-    assert await audit(running.components.db.engine, event_id) == {}
+    assert await audit(running.engine, event_id) == {}
 
 
 async def test_database_down_at_start_and_restarted_while_serving(data_dir: Path) -> None:

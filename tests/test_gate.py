@@ -90,7 +90,7 @@ async def test_100_tickets_4_gates_exactly_100_admitted(
     assert (stats.total_admitted, stats.total_rejected, stats.tickets_outstanding) == (100, 300, 0)
     assert sorted(g.gate_id for g in stats.gates) == ["gate-0", "gate-1", "gate-2", "gate-3"]
     assert all(g.admitted + g.rejected == 100 for g in stats.gates)
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         used = (
             await conn.execute(
                 text("SELECT count(*) FROM tickets WHERE event_id = :e AND status = 'USED'"),
@@ -131,7 +131,7 @@ async def test_retried_scan_id_returns_the_first_answer(
     )
     assert {r.result for r in results} == {R.VALIDATION_RESULT_ADMITTED}
     assert sum(not r.repeat for r in results) == 1
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         rows = (
             await conn.execute(
                 text("SELECT scan_id, repeat_count FROM scans WHERE scan_id IN (:a, :b)"),
@@ -145,7 +145,7 @@ async def test_retried_scan_id_returns_the_first_answer(
             scan_request(tickets[2].code, event.id, scan_id=first.scan_id), metadata=gatekeeper.md
         )
     assert error_details(err.value).reason == "SCAN_ID_MISMATCH"
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_rejections_are_results_and_reveal_nothing(

@@ -276,7 +276,7 @@ async def test_audit_fails_loudly_on_corrupted_seats_and_tickets(
     running: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     event_id = (await sold_event(running, tmp_path))["event"]["id"]
-    async with running.components.db.engine.begin() as conn:
+    async with running.engine.begin() as conn:
         live = (
             await conn.execute(
                 text(
@@ -321,7 +321,7 @@ async def test_audit_fails_loudly_on_a_seat_in_two_live_orders(
 ) -> None:
     first = await sold_event(running, tmp_path)
     event_id = uuid.UUID(first["event"]["id"])
-    engine = running.components.db.engine
+    engine = running.engine
     fake_order = uuid.uuid4()
     # The database itself forbids this (partial unique index tickets_one_live_per_seat), so
     # the only way to show the audit catches it is to lift that proof for a moment. Tests

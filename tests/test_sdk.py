@@ -43,7 +43,7 @@ async def client(running: RunningServer, buyer: Account) -> AsyncIterator[Client
 
 async def orders_of(running: RunningServer, customer_id: str) -> list[tuple[str, str]]:
     """(order id, request_id) of every order the customer has, straight from PostgreSQL."""
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         rows = (
             await conn.execute(
                 text("SELECT id, request_id FROM orders WHERE customer_id = :c ORDER BY id"),
@@ -121,7 +121,7 @@ async def test_helpers_book_and_refund(
     sold = await stubs.all_seats(event.id, status=event_pb2.SEAT_STATUS_SOLD)
     assert sorted(s.id for s in sold) == sorted([seats[0].id] + [t.seat_id for t in best.tickets])
     assert len(await orders_of(running, buyer.user.id)) == 3
-    assert await audit(running.components.db.engine, event.id) == {}
+    assert await audit(running.engine, event.id) == {}
 
 
 async def test_aborted_booking_is_retried_once_with_the_same_request_id(
@@ -129,7 +129,7 @@ async def test_aborted_booking_is_retried_once_with_the_same_request_id(
 ) -> None:
     """A seat row-locked by someone else makes the first attempt ABORTED (SEAT_LOCKED); the
     lock is released while the SDK backs off, and its retry books with the same request_id."""
-    engine = running.components.db.engine
+    engine = running.engine
     venue = await stubs.create_venue(admin, small_layout(rows=1, seats=3, ga=0))
     event = await stubs.create_event(admin, venue)
     seat = (await stubs.all_seats(event.id))[0].id

@@ -263,7 +263,7 @@ async def test_tokens_of_deleted_or_unknown_users_are_unauthenticated(
 ) -> None:
     doomed = await stubs.register("attack-deleted")
     assert (await stubs.auth.GetCurrentUser(ME, metadata=doomed.md)).user.id == doomed.user.id
-    async with running.components.db.engine.begin() as conn:
+    async with running.engine.begin() as conn:
         deleted = await conn.execute(
             text("DELETE FROM users WHERE id = :id"), {"id": uuid.UUID(doomed.user.id)}
         )
@@ -574,7 +574,7 @@ async def test_object_level_refusals(
 
 async def _scene_state(scene: Scene, running: RunningServer) -> tuple[Any, ...]:
     """What a refused call must not change: the event, the order, sales and scans."""
-    async with running.components.db.engine.connect() as conn:
+    async with running.engine.connect() as conn:
         row = (
             await conn.execute(
                 text(

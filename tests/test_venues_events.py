@@ -273,7 +273,7 @@ async def test_event_creation_is_atomic(
     layout = small_layout(rows=2, seats=5, ga=0)
     layout.sections[0].rows.append(venue_pb2.Row(label="BOOM", seat_count=3))
     venue = await stubs.create_venue(admin, layout)
-    engine = running.components.db.engine
+    engine = running.engine
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -448,7 +448,7 @@ async def test_times_use_the_database_clock(
 ) -> None:
     venue = await stubs.create_venue(admin)
     event = await stubs.create_event(admin, venue, days=1)
-    async with running.components.db.engine.begin() as conn:
+    async with running.engine.begin() as conn:
         column_type = (
             await conn.execute(
                 text(

@@ -20,7 +20,7 @@ from ticketd.app import (
 from ticketd.auth.tokens import load_or_create_secret
 from ticketd.config import ConfigError, Settings
 from ticketd.db import migrate
-from ticketd.db.engine import Database, PoolOptions
+from ticketd.db.database import Database, PoolOptions
 
 log = logging.getLogger("ticketd")
 
@@ -70,7 +70,7 @@ async def serve(settings: Settings) -> None:
         watcher: asyncio.Task[None] | None = None
         try:
             if await wait_for_database(db, stop=stop):
-                await migrate.upgrade(db.engine)
+                await migrate.upgrade(db.url)
                 await ensure_bootstrap_admin(components)
                 await server.set_serving(True)
                 mode = "TLS" if settings.tls_enabled else "plaintext"
@@ -91,7 +91,7 @@ async def run_migrate(settings: Settings) -> None:
     async with database_for(settings) as db:
         if not await wait_for_database(db, attempts=10):
             raise ConnectionError("database did not answer")
-        await migrate.upgrade(db.engine)
+        await migrate.upgrade(db.url)
         print("database schema is up to date", flush=True)
 
 

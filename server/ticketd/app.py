@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -13,21 +12,21 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ticketd.accounts import repository as accounts_repo
-from ticketd.accounts.rules import email_violation, normalize_email
+from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
-from ticketd.auth.interceptor import AuthInterceptor
-from ticketd.auth.passwords import PasswordHasher, password_violation
-from ticketd.auth.principal import Principal
+from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.tokens import TokenService
-from ticketd.booking.service import BookingService, BookingTimeouts
+from ticketd.booking.service import BookingService
 from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
-from ticketd.db.engine import Database
+from ticketd.db.database import Database
+from ticketd.edge.interceptor import AuthInterceptor
+from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
+from ticketd.venues.service import VenueService
 from ticketd.venues.servicer import VenueServicer
 from ticketing.v1 import (
     auth_pb2,
@@ -60,30 +59,36 @@ class Components:
     settings: Settings
     db: Database
     tokens: TokenService
-    hasher: PasswordHasher
     pages: PageTokens
+    accounts: AccountService
+    venues: VenueService
+    events: EventService
     booking: BookingService
     gate: GateService
 
 
 def build_components(settings: Settings, db: Database, jwt_secret: str) -> Components:
+    """The services, wired to each other: a domain reaches another only through its service."""
+    tokens = TokenService(
+        jwt_secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.token_ttl_seconds,
+    )
+    accounts = AccountService(db, PasswordHasher(settings.bcrypt_rounds), tokens)
+    venues = VenueService(db)
+    booking = BookingService(db, customers=accounts)
     return Components(
         settings=settings,
         db=db,
-        tokens=TokenService(
-            jwt_secret,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            ttl_seconds=settings.token_ttl_seconds,
-        ),
-        hasher=PasswordHasher(settings.bcrypt_rounds),
+        tokens=tokens,
         pages=PageTokens(jwt_secret),
-        booking=BookingService(db, BookingTimeouts(lock_timeout_ms=db.options.lock_timeout_ms)),
+        accounts=accounts,
+        venues=venues,
+        events=EventService(db, venues=venues, booking=booking),
+        booking=booking,
         gate=GateService(
-            db,
-            lock_timeout_ms=db.options.lock_timeout_ms,
-            gate_rate=settings.gate_scan_rate,
-            gate_burst=settings.gate_scan_burst,
+            db, gate_rate=settings.gate_scan_rate, gate_burst=settings.gate_scan_burst
         ),
     )
 
@@ -94,14 +99,9 @@ class TicketServer:
     def __init__(self, components: Components) -> None:
         self.components = components
         settings = components.settings
-        db = components.db
-
-        async def load_principal(user_id: uuid.UUID) -> Principal | None:
-            async with db.raw_connection() as conn:
-                return await accounts_repo.load_principal(conn, user_id)
-
+        pages = components.pages
         self.server = aio.server(
-            interceptors=[AuthInterceptor(components.tokens, load_principal)],
+            interceptors=[AuthInterceptor(components.tokens, components.accounts.principal_for)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -113,19 +113,19 @@ class TicketServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
-            AuthServicer(db, components.hasher, components.tokens, components.pages), self.server
+            AuthServicer(components.accounts, pages), self.server
         )
         venue_pb2_grpc.add_VenueServiceServicer_to_server(
-            VenueServicer(db, components.pages), self.server
+            VenueServicer(components.venues, pages), self.server
         )
         event_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(db, components.pages), self.server
+            EventServicer(components.events, pages), self.server
         )
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
-            BookingServicer(components.booking, components.pages), self.server
+            BookingServicer(components.booking, pages), self.server
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(
-            GateServicer(components.gate, components.pages), self.server
+            GateServicer(components.gate, pages), self.server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -176,14 +176,9 @@ async def ensure_bootstrap_admin(components: Components) -> None:
     settings = components.settings
     if not settings.admin_email or not settings.admin_password:
         return
-    problem = email_violation(settings.admin_email) or password_violation(settings.admin_password)
-    if problem is not None:
-        raise ValueError(f"TICKETING_ADMIN_{problem.field.upper()} {problem.description}")
-    password_hash = await components.hasher.hash(settings.admin_password)
-    async with components.db.session() as session, session.begin():
-        user, created = await accounts_repo.ensure_admin(
-            session, email=normalize_email(settings.admin_email), password_hash=password_hash
-        )
+    user, created = await components.accounts.ensure_admin(
+        settings.admin_email, settings.admin_password
+    )
     log.info("bootstrap admin %s %s", user.email, "created" if created else "present")
 
 
@@ -209,7 +204,7 @@ async def wait_for_database(
             return True
         log.warning(
             "database %s not answering (attempt %d); retrying in %.1fs",
-            db.url.render_as_string(hide_password=True),
+            db.display_url,
             attempt,
             delay,
         )
@@ -248,7 +243,7 @@ async def watch_database(
             healthy = ok
             await server.set_serving(ok)
             if ok:
-                await db.refresh_raw_connections()
+                await db.refresh_connections()
                 log.info("database answers again: health SERVING")
             else:
                 log.error("database not answering: health NOT_SERVING until it does")

@@ -1,27 +1,63 @@
-"""Domain errors and their one mapping to gRPC status codes with rich details (AIP-193).
+"""Domain errors: what went wrong, in the server's own terms, with no gRPC in sight.
 
-Domain code raises the exceptions defined here and never imports grpc; the interceptor turns
-them into a status with `google.rpc` details via `to_grpc_status`. Database driver errors are
-mapped here by SQLSTATE (never by message text), so every RPC answers contention and outages
-the same way.
+Domain code raises these; the edge (`ticketd.edge.status`) turns each kind into a status code
+with rich details (AIP-193), and the database layer (`ticketd.db.sqlstate`) turns driver
+errors into them. Every error carries a `Reason` from the catalogue below, which mirrors
+`enum ErrorReason` in protos/ticketing/v1/common.proto: partners switch on it, so a reason is
+never renamed (a unit test keeps the two lists equal).
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
-import grpc
-import sqlalchemy.exc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-DOMAIN = "ticketing.v1"
+class Reason(StrEnum):
+    """Stable UPPER_SNAKE reasons sent as `google.rpc.ErrorInfo.reason`."""
 
-log = logging.getLogger("ticketd.errors")
+    # Generic
+    INTERNAL = "INTERNAL"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    # Authentication and authorization
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    BAD_CREDENTIALS = "BAD_CREDENTIALS"
+    ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
+    NO_POLICY = "NO_POLICY"
+    # Accounts
+    EMAIL_TAKEN = "EMAIL_TAKEN"
+    USER_NOT_FOUND = "USER_NOT_FOUND"
+    LAST_ADMIN = "LAST_ADMIN"
+    # Venues and events
+    VENUE_NOT_FOUND = "VENUE_NOT_FOUND"
+    EVENT_NOT_FOUND = "EVENT_NOT_FOUND"
+    NOT_EVENT_OWNER = "NOT_EVENT_OWNER"
+    EVENT_CANCELLED = "EVENT_CANCELLED"
+    EVENT_STARTED = "EVENT_STARTED"
+    # Booking and refunds
+    EVENT_NOT_ON_SALE = "EVENT_NOT_ON_SALE"
+    SEAT_UNAVAILABLE = "SEAT_UNAVAILABLE"
+    SEAT_LOCKED = "SEAT_LOCKED"
+    SOLD_OUT = "SOLD_OUT"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    REQUEST_ID_MISMATCH = "REQUEST_ID_MISMATCH"
+    ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
+    NOT_ORDER_OWNER = "NOT_ORDER_OWNER"
+    ALREADY_REFUNDED = "ALREADY_REFUNDED"
+    TICKET_USED = "TICKET_USED"
+    # Gates
+    SCAN_ID_MISMATCH = "SCAN_ID_MISMATCH"
+    SCAN_NOT_FOUND = "SCAN_NOT_FOUND"
+    SCAN_RATE_EXCEEDED = "SCAN_RATE_EXCEEDED"
+    # Contention and availability
+    RETRY = "RETRY"
+    LOCKED = "LOCKED"
+    CONCURRENCY_CONFLICT = "CONCURRENCY_CONFLICT"
+    STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
+    DB_UNAVAILABLE = "DB_UNAVAILABLE"
+    DB_POOL_EXHAUSTED = "DB_POOL_EXHAUSTED"
 
 
 @dataclass(frozen=True)
@@ -42,37 +78,40 @@ class Precondition:
 
 
 class DomainError(Exception):
-    """Base of every error a client may see.
+    """Base of every error a client may see; each subclass is one kind of failure.
 
-    `reason` is stable UPPER_SNAKE: clients switch on it, so never rename one.
+    Every raise names its reason: a forgotten one must not reach clients as INTERNAL.
     """
-
-    code = grpc.StatusCode.INTERNAL
-    default_reason = "INTERNAL"
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason = reason
         self.metadata = dict(metadata or {})
 
 
 class InvalidArgument(DomainError):
     """Malformed input: one violation per bad field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
-
-    def __init__(self, violations: Iterable[FieldViolation], message: str | None = None) -> None:
+    def __init__(
+        self,
+        violations: Iterable[FieldViolation],
+        message: str | None = None,
+        *,
+        reason: Reason | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         self.violations = list(violations)
         text = message or "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(text or "invalid request")
+        super().__init__(
+            text or "invalid request", reason=reason or Reason.INVALID_ARGUMENT, metadata=metadata
+        )
 
     @classmethod
     def one(cls, field_path: str, description: str) -> InvalidArgument:
@@ -80,36 +119,32 @@ class InvalidArgument(DomainError):
 
 
 class Unauthenticated(DomainError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
+    """No, malformed, expired or revoked credentials."""
+
+    def __init__(self, message: str, *, reason: Reason = Reason.UNAUTHENTICATED) -> None:
+        super().__init__(message, reason=reason)
 
 
 class PermissionDenied(DomainError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
+    """The caller is known but its role or its relation to the object forbids the call."""
 
 
 class NotFound(DomainError):
-    code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    """The named object does not exist (or the caller may not know that it does)."""
 
 
 class AlreadyExists(DomainError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
+    """The object to create exists already."""
 
 
 class FailedPrecondition(DomainError):
     """The system is not in a state that allows this call (seat sold, event started...)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
-
     def __init__(
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason,
         metadata: Mapping[str, str] | None = None,
         violations: Iterable[Precondition] = (),
     ) -> None:
@@ -120,163 +155,26 @@ class FailedPrecondition(DomainError):
 class Aborted(DomainError):
     """Concurrency conflict (lock wait exceeded, serialization failure): retry the whole flow."""
 
-    code = grpc.StatusCode.ABORTED
-    default_reason = "ABORTED"
-
 
 class Unavailable(DomainError):
     """Database down or pool exhausted: retry with backoff."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
-
 
 class ResourceExhausted(DomainError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "RESOURCE_EXHAUSTED"
+    """A rate, budget or quota is used up; `retry_after` says when trying again makes sense."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
 
 
-# SQLSTATEs: https://www.postgresql.org/docs/current/errcodes-appendix.html
-_LOCK_NOT_AVAILABLE = "55P03"
-_SERIALIZATION_FAILURE = "40001"
-_DEADLOCK_DETECTED = "40P01"
-_QUERY_CANCELED = "57014"
-# Text PostgreSQL cannot store (a NUL byte, or bytes invalid in the database encoding).
-_BAD_TEXT = frozenset({"22021", "22P05"})
-_UNAVAILABLE_SQLSTATES = frozenset(
-    {
-        "57P01",  # admin_shutdown (pg_terminate_backend, server stop)
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (starting up)
-        "53300",  # too_many_connections
-        "08000",
-        "08003",
-        "08006",
-        "08001",
-        "08004",
-    }
-)
-
-
-def sqlstate_of(exc: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE behind a SQLAlchemy or asyncpg exception, if any."""
-    for current in _chain(exc):
-        for attr in ("sqlstate", "pgcode"):
-            value = getattr(current, attr, None)
-            if isinstance(value, str) and value:
-                return value
-    return None
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, (sqlalchemy.exc.TimeoutError, ConnectionError, OSError)):
-        return True
-    # asyncpg's connection-level failures, seen through SQLAlchemy's adaptor.
-    names = {type(e).__name__ for e in _chain(exc)}
-    return bool(
-        names
-        & {
-            "ConnectionDoesNotExistError",
-            "InterfaceError",
-            "ConnectionFailureError",
-            "InternalClientError",
-            "CannotConnectNowError",
-            "TooManyConnectionsError",
-        }
-    )
-
-
-def _chain(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        nxt = getattr(current, "orig", None)
-        current = nxt if isinstance(nxt, BaseException) else current.__cause__
-
-
-def from_exception(exc: BaseException) -> DomainError | None:
-    """Map an unexpected exception to a domain error, or None when it is a real bug (INTERNAL)."""
-    if isinstance(exc, DomainError):
-        return exc
-    state = sqlstate_of(exc)
-    if state in _BAD_TEXT:
-        return InvalidArgument(
-            [FieldViolation("request", "text fields must not contain NUL characters")]
-        )
-    if state == _LOCK_NOT_AVAILABLE:
-        return Aborted("a row needed by this call is locked by another; retry", reason="LOCKED")
-    if state in (_SERIALIZATION_FAILURE, _DEADLOCK_DETECTED):
-        return Aborted("concurrent update conflict; retry", reason="CONCURRENCY_CONFLICT")
-    if state == _QUERY_CANCELED:
-        return Aborted("the database statement took too long; retry", reason="STATEMENT_TIMEOUT")
-    if state in _UNAVAILABLE_SQLSTATES or (state is None and _is_connection_error(exc)):
-        return Unavailable(
-            "the database is unavailable; retry with backoff", reason="DB_UNAVAILABLE"
-        )
-    return None
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
-    return packed
-
-
-def to_grpc_status(error: DomainError) -> grpc.Status:
-    """Build the status a client receives, with ErrorInfo and any BadRequest/PreconditionFailure."""
-    details = [
-        _pack(
-            error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-        )
-    ]
-    if isinstance(error, InvalidArgument) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
-    if isinstance(error, FailedPrecondition) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type=v.type, subject=v.subject, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
-    code_value: int = error.code.value[0]
-    status = status_pb2.Status(code=code_value, message=error.message, details=details)
-    return rpc_status.to_status(status)
-
-
-def internal_status(exc: BaseException, method: str) -> grpc.Status:
-    """INTERNAL with a correlation id; the stack goes to the log, never to the client."""
-    correlation_id = uuid.uuid4().hex
-    log.error("internal error in %s [correlation_id=%s]", method, correlation_id, exc_info=exc)
-    status = status_pb2.Status(
-        code=code_pb2.INTERNAL,
-        message=f"internal error (correlation id {correlation_id})",
-        details=[
-            _pack(
-                error_details_pb2.ErrorInfo(
-                    reason="INTERNAL", domain=DOMAIN, metadata={"correlation_id": correlation_id}
-                )
-            )
-        ],
-    )
-    return rpc_status.to_status(status)
+def not_found(reason: Reason, what: str, **ids: object) -> NotFound:
+    """NOT_FOUND for one object, naming its ids in the error's metadata."""
+    return NotFound(f"no such {what}", reason=reason, metadata={k: str(v) for k, v in ids.items()})

@@ -14,9 +14,13 @@ import hashlib
 import hmac
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from ticketd.errors import InvalidArgument
+
+RowT = TypeVar("RowT")
+ItemT = TypeVar("ItemT")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -102,3 +106,16 @@ def _fingerprint(query: Any) -> str:
     return hashlib.sha256(
         json.dumps(query, sort_keys=True, separators=(",", ":"), default=str).encode()
     ).hexdigest()[:16]
+
+
+def next_page(
+    rows: Sequence[RowT],
+    size: int,
+    to_item: Callable[[RowT], ItemT],
+    token_after: Callable[[RowT], str],
+) -> tuple[list[ItemT], str]:
+    """One page from `rows` fetched with `limit=size + 1`: the items, and the token for the
+    page after the last one shown ("" when there is none)."""
+    shown = rows[:size]
+    token = token_after(shown[-1]) if len(rows) > size and shown else ""
+    return [to_item(r) for r in shown], token

@@ -58,6 +58,164 @@ ROLE_ENTRY_MANAGER: Role.ValueType  # 5
 """Runs the gates: validates tickets at entry."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Never sent."""
+    INTERNAL: _ErrorReason.ValueType  # 1
+    """A server bug; the message carries a correlation id for the operator's log."""
+    INVALID_ARGUMENT: _ErrorReason.ValueType  # 2
+    """Malformed input; a google.rpc.BadRequest names each bad field."""
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 3
+    """No usable credentials on a call that needs them."""
+    INVALID_TOKEN: _ErrorReason.ValueType  # 4
+    """The access token is malformed, expired, forged or no longer valid."""
+    BAD_CREDENTIALS: _ErrorReason.ValueType  # 5
+    """Login failed: unknown email or wrong password (the same answer for both)."""
+    ROLE_NOT_ALLOWED: _ErrorReason.ValueType  # 6
+    """The caller's roles do not allow this RPC."""
+    NO_POLICY: _ErrorReason.ValueType  # 7
+    """The RPC has no entry in the server's policy table (default deny)."""
+    EMAIL_TAKEN: _ErrorReason.ValueType  # 8
+    """Register: an account with this email exists."""
+    USER_NOT_FOUND: _ErrorReason.ValueType  # 9
+    """No such user."""
+    LAST_ADMIN: _ErrorReason.ValueType  # 10
+    """The change would leave the system without an admin."""
+    VENUE_NOT_FOUND: _ErrorReason.ValueType  # 11
+    """No such venue."""
+    EVENT_NOT_FOUND: _ErrorReason.ValueType  # 12
+    """No such event."""
+    NOT_EVENT_OWNER: _ErrorReason.ValueType  # 13
+    """Only the event's organizer (or an ADMIN) may do this."""
+    EVENT_CANCELLED: _ErrorReason.ValueType  # 14
+    """The event is cancelled."""
+    EVENT_STARTED: _ErrorReason.ValueType  # 15
+    """The event has started: too late for this."""
+    EVENT_NOT_ON_SALE: _ErrorReason.ValueType  # 16
+    """The event is not on sale (cancelled or started)."""
+    SEAT_UNAVAILABLE: _ErrorReason.ValueType  # 17
+    """A requested seat is sold; a PreconditionFailure names each seat."""
+    SEAT_LOCKED: _ErrorReason.ValueType  # 18
+    """A requested seat is being booked by someone else right now; retry."""
+    SOLD_OUT: _ErrorReason.ValueType  # 19
+    """Not enough places left in the section (metadata "available")."""
+    LIMIT_EXCEEDED: _ErrorReason.ValueType  # 20
+    """A per-order or per-customer ticket limit (metadata "limit", "max")."""
+    REQUEST_ID_MISMATCH: _ErrorReason.ValueType  # 21
+    """This request_id was used for a different request."""
+    ORDER_NOT_FOUND: _ErrorReason.ValueType  # 22
+    """No such order."""
+    NOT_ORDER_OWNER: _ErrorReason.ValueType  # 23
+    """The order belongs to someone else."""
+    ALREADY_REFUNDED: _ErrorReason.ValueType  # 24
+    """The order is refunded already."""
+    TICKET_USED: _ErrorReason.ValueType  # 25
+    """A ticket of the order was used at a gate."""
+    SCAN_ID_MISMATCH: _ErrorReason.ValueType  # 26
+    """This scan_id was used for a different scan."""
+    SCAN_NOT_FOUND: _ErrorReason.ValueType  # 27
+    """The scan log has no entry for this scan_id."""
+    SCAN_RATE_EXCEEDED: _ErrorReason.ValueType  # 28
+    """Too many scans at this gate; slow down."""
+    RETRY: _ErrorReason.ValueType  # 29
+    """A concurrent duplicate of this request is in flight; retry."""
+    LOCKED: _ErrorReason.ValueType  # 30
+    """A row this call needs is locked by another call; retry."""
+    CONCURRENCY_CONFLICT: _ErrorReason.ValueType  # 31
+    """A concurrent update conflicted (serialization failure, deadlock); retry."""
+    STATEMENT_TIMEOUT: _ErrorReason.ValueType  # 32
+    """A database statement took too long; retry."""
+    DB_UNAVAILABLE: _ErrorReason.ValueType  # 33
+    """The database does not answer; retry with backoff."""
+    DB_POOL_EXHAUSTED: _ErrorReason.ValueType  # 34
+    """The server is overloaded: no database connection free in time; retry with backoff."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
+    server sends (AIP-193; ErrorInfo.domain is "ticketing.v1"). The reason is
+    the value's name, e.g. "SEAT_UNAVAILABLE": switch on it, never on messages.
+    Names are stable: a reason is added, never renamed or reused. Like
+    google.api.ErrorReason, the values are not prefixed, so that name and
+    reason are the same text (buf.yaml exempts this file from ENUM_VALUE_PREFIX).
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Never sent."""
+INTERNAL: ErrorReason.ValueType  # 1
+"""A server bug; the message carries a correlation id for the operator's log."""
+INVALID_ARGUMENT: ErrorReason.ValueType  # 2
+"""Malformed input; a google.rpc.BadRequest names each bad field."""
+UNAUTHENTICATED: ErrorReason.ValueType  # 3
+"""No usable credentials on a call that needs them."""
+INVALID_TOKEN: ErrorReason.ValueType  # 4
+"""The access token is malformed, expired, forged or no longer valid."""
+BAD_CREDENTIALS: ErrorReason.ValueType  # 5
+"""Login failed: unknown email or wrong password (the same answer for both)."""
+ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 6
+"""The caller's roles do not allow this RPC."""
+NO_POLICY: ErrorReason.ValueType  # 7
+"""The RPC has no entry in the server's policy table (default deny)."""
+EMAIL_TAKEN: ErrorReason.ValueType  # 8
+"""Register: an account with this email exists."""
+USER_NOT_FOUND: ErrorReason.ValueType  # 9
+"""No such user."""
+LAST_ADMIN: ErrorReason.ValueType  # 10
+"""The change would leave the system without an admin."""
+VENUE_NOT_FOUND: ErrorReason.ValueType  # 11
+"""No such venue."""
+EVENT_NOT_FOUND: ErrorReason.ValueType  # 12
+"""No such event."""
+NOT_EVENT_OWNER: ErrorReason.ValueType  # 13
+"""Only the event's organizer (or an ADMIN) may do this."""
+EVENT_CANCELLED: ErrorReason.ValueType  # 14
+"""The event is cancelled."""
+EVENT_STARTED: ErrorReason.ValueType  # 15
+"""The event has started: too late for this."""
+EVENT_NOT_ON_SALE: ErrorReason.ValueType  # 16
+"""The event is not on sale (cancelled or started)."""
+SEAT_UNAVAILABLE: ErrorReason.ValueType  # 17
+"""A requested seat is sold; a PreconditionFailure names each seat."""
+SEAT_LOCKED: ErrorReason.ValueType  # 18
+"""A requested seat is being booked by someone else right now; retry."""
+SOLD_OUT: ErrorReason.ValueType  # 19
+"""Not enough places left in the section (metadata "available")."""
+LIMIT_EXCEEDED: ErrorReason.ValueType  # 20
+"""A per-order or per-customer ticket limit (metadata "limit", "max")."""
+REQUEST_ID_MISMATCH: ErrorReason.ValueType  # 21
+"""This request_id was used for a different request."""
+ORDER_NOT_FOUND: ErrorReason.ValueType  # 22
+"""No such order."""
+NOT_ORDER_OWNER: ErrorReason.ValueType  # 23
+"""The order belongs to someone else."""
+ALREADY_REFUNDED: ErrorReason.ValueType  # 24
+"""The order is refunded already."""
+TICKET_USED: ErrorReason.ValueType  # 25
+"""A ticket of the order was used at a gate."""
+SCAN_ID_MISMATCH: ErrorReason.ValueType  # 26
+"""This scan_id was used for a different scan."""
+SCAN_NOT_FOUND: ErrorReason.ValueType  # 27
+"""The scan log has no entry for this scan_id."""
+SCAN_RATE_EXCEEDED: ErrorReason.ValueType  # 28
+"""Too many scans at this gate; slow down."""
+RETRY: ErrorReason.ValueType  # 29
+"""A concurrent duplicate of this request is in flight; retry."""
+LOCKED: ErrorReason.ValueType  # 30
+"""A row this call needs is locked by another call; retry."""
+CONCURRENCY_CONFLICT: ErrorReason.ValueType  # 31
+"""A concurrent update conflicted (serialization failure, deadlock); retry."""
+STATEMENT_TIMEOUT: ErrorReason.ValueType  # 32
+"""A database statement took too long; retry."""
+DB_UNAVAILABLE: ErrorReason.ValueType  # 33
+"""The database does not answer; retry with backoff."""
+DB_POOL_EXHAUSTED: ErrorReason.ValueType  # 34
+"""The server is overloaded: no database connection free in time; retry with backoff."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class User(_message.Message):
     """User is an account as the API shows it. Password hashes never leave the server."""

@@ -1,12 +1,16 @@
-"""Pure validation rules for account input."""
+"""Pure account rules: the user record, input validation, who may change roles."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
+import uuid
+from dataclasses import dataclass
 
 from ticketd.auth.passwords import password_violation
-from ticketd.errors import FieldViolation, InvalidArgument
+from ticketd.auth.principal import Role
+from ticketd.errors import FailedPrecondition, FieldViolation, InvalidArgument, Reason
 
 MAX_EMAIL_CHARS = 254
 MAX_DISPLAY_NAME_CHARS = 100
@@ -58,3 +62,28 @@ def validate_registration(email: str, password: str, display_name: str) -> None:
     ]
     if violations:
         raise InvalidArgument(violations)
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: uuid.UUID
+    email: str
+    display_name: str
+    roles: tuple[Role, ...]
+    create_time: dt.datetime
+
+
+_ROLE_ORDER = [Role.ADMIN, Role.ORGANIZER, Role.CUSTOMER, Role.SUPPORT, Role.ENTRY_MANAGER]
+
+
+def sort_roles(roles: set[Role] | frozenset[Role]) -> list[str]:
+    """Roles in the contract's enum order, as stored."""
+    return [r.value for r in _ROLE_ORDER if r in roles]
+
+
+def check_keeps_an_admin(admins: list[uuid.UUID], user_id: uuid.UUID, new_roles: set[Role]) -> None:
+    """Refuse to leave the system without an admin (`admins`: every admin now, locked)."""
+    if Role.ADMIN not in new_roles and admins == [user_id]:
+        raise FailedPrecondition(
+            "this is the last admin; make someone else an admin first", reason=Reason.LAST_ADMIN
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jwt
 
-from ticketd.errors import Unauthenticated
+from ticketd.errors import Reason, Unauthenticated
 
 ALGORITHM = "HS256"
 _INVALID = "invalid or expired access token"
@@ -68,7 +68,7 @@ class TokenService:
             )
             return uuid.UUID(str(claims["sub"]))
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-            raise Unauthenticated(_INVALID, reason="INVALID_TOKEN") from None
+            raise Unauthenticated(_INVALID, reason=Reason.INVALID_TOKEN) from None
 
 
 def load_or_create_secret(data_dir: Path) -> str:

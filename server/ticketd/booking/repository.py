@@ -17,17 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from ticketd.booking.rules import OrderRecord, OrderStatus, TicketRecord, TicketStatus
-from ticketd.errors import Aborted
-
-Conn = Any  # asyncpg.Connection (untyped library)
-
-
-def _seat_locked() -> Aborted:
-    return Aborted(
-        "a requested seat is being booked by someone else right now; retry",
-        reason="SEAT_LOCKED",
-    )
+from ticketd.booking.rules import OrderRecord, OrderStatus, TicketRecord, TicketStatus, seat_locked
+from ticketd.db.database import Connection as Conn
+from ticketd.db.params import Params
 
 
 @dataclass(frozen=True)
@@ -135,7 +127,7 @@ async def lock_seats(conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int]) -
             )
         )
     except asyncpg.LockNotAvailableError:
-        raise _seat_locked() from None
+        raise seat_locked() from None
 
 
 async def claim_best_available(
@@ -407,26 +399,17 @@ async def list_orders(
 ) -> list[OrderRecord]:
     """Orders newest first, keyset on (create_time, id), with their tickets."""
     clauses = ["TRUE"]
-    args: list[Any] = []
+    arg = Params()
     if filters.customer_id is not None:
-        args.append(filters.customer_id)
-        clauses.append(f"o.customer_id = ${len(args)}")
+        clauses.append(f"o.customer_id = {arg(filters.customer_id)}")
     if filters.event_id is not None:
-        args.append(filters.event_id)
-        clauses.append(f"o.event_id = ${len(args)}")
+        clauses.append(f"o.event_id = {arg(filters.event_id)}")
     if before is not None:
-        args += [before[0], before[1]]
-        clauses.append(f"(o.create_time, o.id) < (${len(args) - 1}, ${len(args)})")
-    args.append(limit)
+        clauses.append(f"(o.create_time, o.id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
         f"SELECT {_ORDER_COLUMNS} FROM orders o WHERE {' AND '.join(clauses)} "
-        f"ORDER BY o.create_time DESC, o.id DESC LIMIT ${len(args)}",
-        *args,
+        f"ORDER BY o.create_time DESC, o.id DESC LIMIT {arg(limit)}",
+        *arg,
     )
     tickets = await _tickets_of(conn, [r["id"] for r in rows]) if rows else {}
     return [_order(r, tuple(tickets.get(r["id"], ()))) for r in rows]
-
-
-async def user_id_by_email(conn: Conn, email: str) -> uuid.UUID | None:
-    value: uuid.UUID | None = await conn.fetchval("SELECT id FROM users WHERE email = $1", email)
-    return value

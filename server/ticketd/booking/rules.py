@@ -11,11 +11,14 @@ from enum import StrEnum
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.errors import (
+    Aborted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Reason,
+    not_found,
 )
 
 # Ticket codes: 24 random bytes = 192 bits, 32 URL-safe characters, never derived from ids.
@@ -126,7 +129,7 @@ def request_fingerprint(event_id: uuid.UUID, selection: Selection) -> str:
 def not_on_sale(event_id: uuid.UUID, why: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"the event is not on sale: {why}",
-        reason="EVENT_NOT_ON_SALE",
+        reason=Reason.EVENT_NOT_ON_SALE,
         metadata={"event_id": str(event_id)},
     )
 
@@ -135,7 +138,7 @@ def check_order_limit(quantity: int, max_per_order: int) -> None:
     if quantity > max_per_order:
         raise FailedPrecondition(
             f"at most {max_per_order} tickets per order",
-            reason="LIMIT_EXCEEDED",
+            reason=Reason.LIMIT_EXCEEDED,
             metadata={"limit": "max_tickets_per_order", "max": str(max_per_order)},
         )
 
@@ -144,7 +147,7 @@ def check_customer_limit(held: int, quantity: int, max_per_customer: int | None)
     if max_per_customer is not None and held + quantity > max_per_customer:
         raise FailedPrecondition(
             f"at most {max_per_customer} tickets per customer for this event (you hold {held})",
-            reason="LIMIT_EXCEEDED",
+            reason=Reason.LIMIT_EXCEEDED,
             metadata={
                 "limit": "max_tickets_per_customer",
                 "max": str(max_per_customer),
@@ -166,11 +169,18 @@ def ensure_can_refund(principal: Principal, customer_id: uuid.UUID) -> None:
         return
     if principal.user_id == customer_id and principal.has(Role.CUSTOMER):
         return
-    raise PermissionDenied("you may not refund this order", reason="NOT_ORDER_OWNER")
+    raise PermissionDenied("you may not refund this order", reason=Reason.NOT_ORDER_OWNER)
 
 
 def order_not_found(order_id: uuid.UUID) -> NotFound:
-    return NotFound("no such order", reason="ORDER_NOT_FOUND", metadata={"order_id": str(order_id)})
+    return not_found(Reason.ORDER_NOT_FOUND, "order", order_id=order_id)
+
+
+def seat_locked() -> Aborted:
+    return Aborted(
+        "a requested seat is being booked by someone else right now; retry",
+        reason=Reason.SEAT_LOCKED,
+    )
 
 
 def validate_refund_reason(reason: str) -> str:

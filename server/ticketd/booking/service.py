@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
+from typing import Protocol
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.booking import repository as repo
@@ -29,8 +29,7 @@ from ticketd.booking.rules import (
     order_not_found,
     request_fingerprint,
 )
-from ticketd.db.engine import Database
-from ticketd.db.timeouts import bound_waits
+from ticketd.db.database import Connection, Database
 from ticketd.errors import (
     Aborted,
     DomainError,
@@ -39,12 +38,15 @@ from ticketd.errors import (
     InvalidArgument,
     PermissionDenied,
     Precondition,
+    Reason,
 )
-from ticketd.events.repository import event_not_found
+from ticketd.shared import event_not_found
 
 # Outcomes a concurrent twin of the same request_id can cause; on these we look again for
 # the twin's order before answering.
-_TWIN_REASONS = frozenset({"SEAT_UNAVAILABLE", "SOLD_OUT", "SEAT_LOCKED", "LIMIT_EXCEEDED"})
+_TWIN_REASONS = frozenset(
+    {Reason.SEAT_UNAVAILABLE, Reason.SOLD_OUT, Reason.SEAT_LOCKED, Reason.LIMIT_EXCEEDED}
+)
 
 
 class _TwinCommittedFirst(Exception):
@@ -54,22 +56,23 @@ class _TwinCommittedFirst(Exception):
 def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
     return FailedPrecondition(
         "this request_id was already used for a different booking",
-        reason="REQUEST_ID_MISMATCH",
+        reason=Reason.REQUEST_ID_MISMATCH,
         metadata={"request_id": str(request_id)},
     )
 
 
-@dataclass(frozen=True)
-class BookingTimeouts:
-    lock_timeout_ms: int
+class CustomerLookup(Protocol):
+    """How staff find a customer by email (the accounts domain answers)."""
+
+    async def user_id_by_email(self, email: str) -> uuid.UUID | None: ...
 
 
 class BookingService:
     """Sells seats and refunds orders; every method is one database transaction."""
 
-    def __init__(self, db: Database, timeouts: BookingTimeouts) -> None:
+    def __init__(self, db: Database, customers: CustomerLookup) -> None:
         self._db = db
-        self._timeouts = timeouts
+        self._customers = customers
 
     async def book(
         self,
@@ -77,13 +80,10 @@ class BookingService:
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
-        remaining_seconds: float | None = None,
     ) -> OrderRecord:
         fingerprint = request_fingerprint(event_id, selection)
         try:
-            return await self._book_once(
-                principal, event_id, request_id, selection, fingerprint, remaining_seconds
-            )
+            return await self._book_once(principal, event_id, request_id, selection, fingerprint)
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
@@ -94,13 +94,13 @@ class BookingService:
             if isinstance(exc, _TwinCommittedFirst):
                 # The twin's row conflicted yet cannot be read: only possible if it was
                 # removed meanwhile. Let the client retry rather than guess.
-                raise Aborted("concurrent duplicate request; retry", reason="RETRY") from None
+                raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
             raise
 
     async def _order_for_request(
         self, customer_id: uuid.UUID, request_id: uuid.UUID, fingerprint: str
     ) -> OrderRecord | None:
-        async with self._db.raw_connection() as conn:
+        async with self._db.connection() as conn:
             found = await repo.existing_request(conn, customer_id, request_id)
             if found is None:
                 return None
@@ -116,11 +116,9 @@ class BookingService:
         request_id: uuid.UUID,
         selection: Selection,
         fingerprint: str,
-        remaining_seconds: float | None,
     ) -> OrderRecord:
         customer_id = principal.user_id
-        async with self._db.raw_transaction() as conn:
-            await bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
+        async with self._db.transaction() as conn:
             event = await repo.event_for_sale(conn, event_id, customer_id, request_id)
             if event is None:
                 raise event_not_found(event_id)
@@ -153,7 +151,7 @@ class BookingService:
                 if taken:
                     raise FailedPrecondition(
                         f"{len(taken)} of {len(seats)} requested seats already sold",
-                        reason="SEAT_UNAVAILABLE",
+                        reason=Reason.SEAT_UNAVAILABLE,
                         metadata={"seat_ids": ",".join(map(str, taken))},
                         violations=[
                             Precondition("SEAT", str(sid), "already sold") for sid in taken
@@ -173,11 +171,11 @@ class BookingService:
                     if free >= selection.quantity:
                         raise Aborted(
                             "the remaining places are being booked right now; retry",
-                            reason="SEAT_LOCKED",
+                            reason=Reason.SEAT_LOCKED,
                         )
                     raise FailedPrecondition(
                         f"only {free} places left in this section",
-                        reason="SOLD_OUT",
+                        reason=Reason.SOLD_OUT,
                         metadata={"available": str(free), "section_id": str(selection.section_id)},
                     )
 
@@ -230,12 +228,12 @@ class BookingService:
         self, principal: Principal, order_id: uuid.UUID
     ) -> tuple[OrderRecord, bool]:
         """The order and whether the caller may see its ticket codes."""
-        async with self._db.raw_connection() as conn:
+        async with self._db.connection() as conn:
             got = await repo.get_order(conn, order_id)
         if got is None:
             raise order_not_found(order_id)
         if not can_read_order(principal, got.order.customer_id, got.organizer_id):
-            raise PermissionDenied("you may not read this order", reason="NOT_ORDER_OWNER")
+            raise PermissionDenied("you may not read this order", reason=Reason.NOT_ORDER_OWNER)
         show_codes = principal.user_id == got.order.customer_id or principal.has(
             Role.ADMIN, Role.SUPPORT
         )
@@ -251,19 +249,19 @@ class BookingService:
         limit: int,
     ) -> list[OrderRecord]:
         staff = principal.has(Role.ADMIN, Role.SUPPORT)
-        async with self._db.raw_connection() as conn:
-            if not staff:
-                if customer_email and customer_email != principal.email:
-                    raise PermissionDenied(
-                        "customers may list only their own orders", reason="NOT_ORDER_OWNER"
-                    )
-                customer_id: uuid.UUID | None = principal.user_id
-            elif customer_email:
-                customer_id = await repo.user_id_by_email(conn, customer_email)
-                if customer_id is None:
-                    return []
-            else:
-                customer_id = None
+        if not staff:
+            if customer_email and customer_email != principal.email:
+                raise PermissionDenied(
+                    "customers may list only their own orders", reason=Reason.NOT_ORDER_OWNER
+                )
+            customer_id: uuid.UUID | None = principal.user_id
+        elif customer_email:
+            customer_id = await self._customers.user_id_by_email(customer_email)
+            if customer_id is None:
+                return []
+        else:
+            customer_id = None
+        async with self._db.connection() as conn:
             return await repo.list_orders(
                 conn,
                 repo.OrderFilter(customer_id=customer_id, event_id=event_id),
@@ -277,10 +275,8 @@ class BookingService:
         order_id: uuid.UUID,
         request_id: uuid.UUID,
         reason: str,
-        remaining_seconds: float | None = None,
     ) -> OrderRecord:
-        async with self._db.raw_transaction() as conn:
-            await bound_waits(conn, remaining_seconds, self._timeouts.lock_timeout_ms)
+        async with self._db.transaction() as conn:
             got = await repo.get_order(conn, order_id, lock=True)
             if got is None:
                 raise order_not_found(order_id)
@@ -288,15 +284,17 @@ class BookingService:
             if got.order.status is OrderStatus.REFUNDED:
                 if await repo.refund_request_of(conn, order_id) == request_id:
                     return got.order  # a retry of the refund that already happened
-                raise FailedPrecondition("the order is already refunded", reason="ALREADY_REFUNDED")
+                raise FailedPrecondition(
+                    "the order is already refunded", reason=Reason.ALREADY_REFUNDED
+                )
             if got.event_started:
                 raise FailedPrecondition(
-                    "refunds close when the event starts", reason="EVENT_STARTED"
+                    "refunds close when the event starts", reason=Reason.EVENT_STARTED
                 )
             statuses = await repo.lock_tickets(conn, order_id)
             if TicketStatus.USED.value in statuses:
                 raise FailedPrecondition(
-                    "a ticket of this order was already used at a gate", reason="TICKET_USED"
+                    "a ticket of this order was already used at a gate", reason=Reason.TICKET_USED
                 )
             await repo.refund_order(
                 conn, order_id, refunded_by=principal.user_id, reason=reason, request_id=request_id
@@ -304,3 +302,12 @@ class BookingService:
             after = await repo.get_order(conn, order_id)
         assert after is not None
         return after.order
+
+    async def refund_event_orders(
+        self, conn: Connection, event_id: uuid.UUID, *, refunded_by: uuid.UUID, reason: str
+    ) -> int:
+        """Refund every live order of an event being cancelled, inside the caller's
+        transaction (which holds the event row FOR UPDATE). Returns the orders refunded."""
+        return await repo.refund_event_orders(
+            conn, event_id, refunded_by=refunded_by, reason=reason
+        )

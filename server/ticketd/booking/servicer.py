@@ -14,12 +14,13 @@ from ticketd.booking.rules import (
     validate_selection,
 )
 from ticketd.booking.service import BookingService
-from ticketd.convert import parse_uuid, time_remaining, timestamp
+from ticketd.edge.convert import optional_uuid, parse_uuid, timestamp
 from ticketd.errors import InvalidArgument
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
     encode_time_keyset,
+    next_page,
     resolve_page_size,
 )
 from ticketing.v1 import booking_pb2, booking_pb2_grpc
@@ -90,9 +91,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             if which == "best_available"
             else None,
         )
-        order = await self._service.book(
-            principal, event_id, request_id, selection, time_remaining(context)
-        )
+        order = await self._service.book(principal, event_id, request_id, selection)
         return booking_pb2.BookSeatsResponse(order=order_to_proto(order))
 
     async def GetOrder(
@@ -108,27 +107,26 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     ) -> booking_pb2.ListOrdersResponse:
         principal = current_principal()
         size = resolve_page_size(request.page_size)
-        event_id = parse_uuid(request.event_id, "event_id") if request.event_id else None
+        event_id = optional_uuid(request.event_id, "event_id")
         email = request.customer_email.strip().lower()
         if len(email) > 254:
             raise InvalidArgument.one("customer_email", "must be at most 254 characters")
         query = {"event": str(event_id), "email": email, "caller": str(principal.user_id)}
         before = decode_time_keyset(self._pages, "orders", query, request.page_token)
-        orders = await self._service.list_orders(
+        rows = await self._service.list_orders(
             principal,
             event_id=event_id,
             customer_email=email or None,
             before=before,
             limit=size + 1,
         )
-        token = ""
-        if len(orders) > size:
-            orders = orders[:size]
-            last = orders[-1]
-            token = encode_time_keyset(self._pages, "orders", query, last.create_time, last.id)
-        return booking_pb2.ListOrdersResponse(
-            orders=[order_to_proto(o) for o in orders], next_page_token=token
+        orders, token = next_page(
+            rows,
+            size,
+            order_to_proto,
+            lambda o: encode_time_keyset(self._pages, "orders", query, o.create_time, o.id),
         )
+        return booking_pb2.ListOrdersResponse(orders=orders, next_page_token=token)
 
     async def RefundOrder(
         self, request: booking_pb2.RefundOrderRequest, context: Any
@@ -137,7 +135,5 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         order_id = parse_uuid(request.order_id, "order_id")
         request_id = parse_uuid(request.request_id, "request_id")
         reason = validate_refund_reason(request.reason)
-        order = await self._service.refund(
-            principal, order_id, request_id, reason, time_remaining(context)
-        )
+        order = await self._service.refund(principal, order_id, request_id, reason)
         return booking_pb2.RefundOrderResponse(order=order_to_proto(order))

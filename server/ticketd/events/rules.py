@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ticketd.auth.principal import Principal, Role
-from ticketd.errors import FieldViolation, InvalidArgument, PermissionDenied
-from ticketd.venues.rules import SectionKind
+from ticketd.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+)
+from ticketd.shared import SectionKind
 
 MAX_EVENT_NAME = 200
 MAX_DESCRIPTION = 5_000
@@ -44,6 +50,17 @@ class EventSpec:
     max_tickets_per_order: int
     max_tickets_per_customer: int | None
     doors_open_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events ListEvents shows."""
+
+    venue_id: uuid.UUID | None
+    organizer_id: uuid.UUID | None
+    start_after: dt.datetime | None
+    start_before: dt.datetime | None
+    include_cancelled: bool
 
 
 @dataclass(frozen=True)
@@ -167,8 +184,14 @@ def ensure_can_manage(principal: Principal, organizer_id: uuid.UUID) -> None:
     if principal.has(Role.ORGANIZER) and principal.user_id == organizer_id:
         return
     raise PermissionDenied(
-        "only the event's organizer or an admin may do this", reason="NOT_EVENT_OWNER"
+        "only the event's organizer or an admin may do this", reason=Reason.NOT_EVENT_OWNER
     )
+
+
+def check_can_cancel(event: EventRecord) -> None:
+    """An event is cancelled once."""
+    if event.status is EventStatus.CANCELLED:
+        raise FailedPrecondition("the event is already cancelled", reason=Reason.EVENT_CANCELLED)
 
 
 def validate_cancel_reason(reason: str) -> str:

@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from ticketd.auth.principal import current_principal
-from ticketd.booking import repository as booking_repo
-from ticketd.convert import parse_uuid, timestamp
-from ticketd.db.engine import Database
-from ticketd.errors import FailedPrecondition, InvalidArgument
-from ticketd.events import repository as repo
+from ticketd.edge.convert import (
+    KIND_TO_PROTO,
+    optional_time,
+    optional_uuid,
+    parse_time,
+    parse_uuid,
+    timestamp,
+)
+from ticketd.errors import InvalidArgument
 from ticketd.events.rules import (
+    EventFilter,
     EventRecord,
     EventSpec,
     EventStatus,
     SeatRecord,
     SeatStatus,
-    check_prices_cover_sections,
-    ensure_can_manage,
-    validate_cancel_reason,
-    validate_event_fields,
 )
+from ticketd.events.service import EventService
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
     encode_time_keyset,
+    next_page,
     resolve_page_size,
 )
-from ticketd.venues import repository as venues_repo
-from ticketd.venues.servicer import KIND_TO_PROTO
 from ticketing.v1 import event_pb2, event_pb2_grpc
 
 STATUS_TO_PROTO = {
@@ -47,19 +45,6 @@ SEAT_STATUS_FROM_PROTO = {v: k for k, v in SEAT_STATUS_TO_PROTO.items()}
 
 DEFAULT_SEAT_PAGE = 1_000
 MAX_SEAT_PAGE = 10_000
-# Timestamps far outside any plausible event are refused rather than stored.
-_MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-_MAX_TIME = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
-
-
-def _time(ts: Timestamp, field: str) -> dt.datetime:
-    try:
-        value = ts.ToDatetime(dt.UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument.one(field, "is not a valid timestamp") from None
-    if not _MIN_TIME <= value < _MAX_TIME:
-        raise InvalidArgument.one(field, "must be between 2000 and 2200")
-    return value
 
 
 def event_to_proto(event: EventRecord) -> event_pb2.Event:
@@ -121,75 +106,50 @@ def spec_from_request(request: event_pb2.CreateEventRequest) -> EventSpec:
     venue_id = parse_uuid(request.venue_id, "venue_id")
     if not request.HasField("start_time"):
         raise InvalidArgument.one("start_time", "is required")
-    start = _time(request.start_time, "start_time")
-    end = _time(request.end_time, "end_time") if request.HasField("end_time") else None
-    spec = EventSpec(
+    return EventSpec(
         venue_id=venue_id,
         name=request.name,
         description=request.description,
-        start_time=start,
-        end_time=end,
+        start_time=parse_time(request.start_time, "start_time"),
+        end_time=optional_time(request, "end_time"),
         currency_code=request.currency_code,
         section_prices=dict(request.section_prices),
         max_tickets_per_order=request.max_tickets_per_order,
         max_tickets_per_customer=request.max_tickets_per_customer
         if request.HasField("max_tickets_per_customer")
         else None,
-        doors_open_time=_time(request.doors_open_time, "doors_open_time")
-        if request.HasField("doors_open_time")
-        else None,
+        doors_open_time=optional_time(request, "doors_open_time"),
     )
-    validate_event_fields(spec)
-    return spec
 
 
 class EventServicer(event_pb2_grpc.EventServiceServicer):
     """Implements ticketing.v1.EventService; access rules are in ticketd.auth.policy."""
 
-    def __init__(self, db: Database, pages: PageTokens) -> None:
-        self._db = db
+    def __init__(self, events: EventService, pages: PageTokens) -> None:
+        self._events = events
         self._pages = pages
 
     async def CreateEvent(
         self, request: event_pb2.CreateEventRequest, context: Any
     ) -> event_pb2.CreateEventResponse:
-        principal = current_principal()
-        spec = spec_from_request(request)
-        async with self._db.session() as session, session.begin():
-            venue = await venues_repo.get_venue(session, spec.venue_id, lock_for_share=True)
-            now = await repo.db_now(session)
-            check_prices_cover_sections(
-                spec.section_prices, [s.id for s in venue.sections], now, spec.start_time
-            )
-            event_id = await repo.create_event(
-                session, organizer_id=principal.user_id, spec=spec, venue=venue
-            )
-            event = await repo.get_event(session, event_id)
+        event = await self._events.create(current_principal(), spec_from_request(request))
         return event_pb2.CreateEventResponse(event=event_to_proto(event))
 
     async def GetEvent(
         self, request: event_pb2.GetEventRequest, context: Any
     ) -> event_pb2.GetEventResponse:
-        event_id = parse_uuid(request.event_id, "event_id")
-        async with self._db.session() as session:
-            event = await repo.get_event(session, event_id)
+        event = await self._events.get(parse_uuid(request.event_id, "event_id"))
         return event_pb2.GetEventResponse(event=event_to_proto(event))
 
     async def ListEvents(
         self, request: event_pb2.ListEventsRequest, context: Any
     ) -> event_pb2.ListEventsResponse:
         size = resolve_page_size(request.page_size)
-        filters = repo.EventFilter(
-            venue_id=parse_uuid(request.venue_id, "venue_id") if request.venue_id else None,
-            organizer_id=parse_uuid(request.organizer_id, "organizer_id")
-            if request.organizer_id
-            else None,
-            start_after=_time(request.start_after, "start_after")
-            if request.HasField("start_after")
-            else None,
-            start_before=_time(request.start_before, "start_before")
-            if request.HasField("start_before")
-            else None,
+        filters = EventFilter(
+            venue_id=optional_uuid(request.venue_id, "venue_id"),
+            organizer_id=optional_uuid(request.organizer_id, "organizer_id"),
+            start_after=optional_time(request, "start_after"),
+            start_before=optional_time(request, "start_before"),
             include_cancelled=request.include_cancelled,
         )
         query = {
@@ -200,22 +160,20 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             "cancelled": filters.include_cancelled,
         }
         after = decode_time_keyset(self._pages, "events", query, request.page_token)
-        async with self._db.session() as session:
-            events = await repo.list_events(session, filters, after=after, limit=size + 1)
-        token = ""
-        if len(events) > size:
-            events = events[:size]
-            last = events[-1]
-            token = encode_time_keyset(self._pages, "events", query, last.start_time, last.id)
-        return event_pb2.ListEventsResponse(
-            events=[event_to_proto(e) for e in events], next_page_token=token
+        rows = await self._events.list_events(filters, after=after, limit=size + 1)
+        events, token = next_page(
+            rows,
+            size,
+            event_to_proto,
+            lambda e: encode_time_keyset(self._pages, "events", query, e.start_time, e.id),
         )
+        return event_pb2.ListEventsResponse(events=events, next_page_token=token)
 
     async def ListSeats(
         self, request: event_pb2.ListSeatsRequest, context: Any
     ) -> event_pb2.ListSeatsResponse:
         event_id = parse_uuid(request.event_id, "event_id")
-        section_id = parse_uuid(request.section_id, "section_id") if request.section_id else None
+        section_id = optional_uuid(request.section_id, "section_id")
         status: SeatStatus | None = None
         if request.status != event_pb2.SEAT_STATUS_UNSPECIFIED:
             status = SEAT_STATUS_FROM_PROTO.get(request.status)
@@ -230,42 +188,18 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         position = self._pages.decode("seats", query, request.page_token)
         if position is not None and not isinstance(position, int):
             raise InvalidArgument.one("page_token", "is not a valid page token")
-        async with self._db.session() as session:
-            seats = await repo.list_seats(
-                session,
-                event_id,
-                section_id=section_id,
-                status=status,
-                after_id=position,
-                limit=size + 1,
-            )
-        token = ""
-        if len(seats) > size:
-            seats = seats[:size]
-            token = self._pages.encode("seats", query, seats[-1].id)
-        return event_pb2.ListSeatsResponse(
-            seats=[seat_to_proto(s) for s in seats], next_page_token=token
+        rows = await self._events.list_seats(
+            event_id, section_id=section_id, status=status, after_id=position, limit=size + 1
         )
+        seats, token = next_page(
+            rows, size, seat_to_proto, lambda s: self._pages.encode("seats", query, s.id)
+        )
+        return event_pb2.ListSeatsResponse(seats=seats, next_page_token=token)
 
     async def CancelEvent(
         self, request: event_pb2.CancelEventRequest, context: Any
     ) -> event_pb2.CancelEventResponse:
-        principal = current_principal()
-        event_id = parse_uuid(request.event_id, "event_id")
-        reason = validate_cancel_reason(request.reason)
-        async with self._db.session() as session, session.begin():
-            event = await repo.get_event(session, event_id, with_counts=False, lock="FOR UPDATE")
-            ensure_can_manage(principal, event.organizer_id)
-            if event.status is EventStatus.CANCELLED:
-                raise FailedPrecondition("the event is already cancelled", reason="EVENT_CANCELLED")
-            await repo.mark_cancelled(session, event_id, reason)
-            # Same transaction, same connection: the event and all of its refunds
-            # commit together. Bookings hold the event row KEY SHARE, so none is in
-            # flight now and none can start until we commit.
-            conn = await session.connection()
-            raw = (await conn.get_raw_connection()).driver_connection
-            await booking_repo.refund_event_orders(
-                raw, event_id, refunded_by=principal.user_id, reason=f"event cancelled: {reason}"
-            )
-            event = await repo.get_event(session, event_id)
+        event = await self._events.cancel(
+            current_principal(), parse_uuid(request.event_id, "event_id"), request.reason
+        )
         return event_pb2.CancelEventResponse(event=event_to_proto(event))

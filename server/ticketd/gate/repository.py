@@ -14,9 +14,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ticketd.db.database import Connection as Conn
+from ticketd.db.params import Params
 from ticketd.gate.rules import GateCounts, ScanInput, ScanRecord, ScanResult, TicketPlace
-
-Conn = Any  # asyncpg.Connection (untyped library)
 
 
 @dataclass(frozen=True)
@@ -214,20 +214,17 @@ async def list_scans(
     before: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[ScanRecord]:
-    args: list[Any] = [event_id]
-    clauses = ["event_id = $1"]
+    arg = Params()
+    clauses = [f"event_id = {arg(event_id)}"]
     if gate_id is not None:
-        args.append(gate_id)
-        clauses.append(f"gate_id = ${len(args)}")
+        clauses.append(f"gate_id = {arg(gate_id)}")
     if before is not None:
-        args += [before[0], before[1]]
-        clauses.append(f"(scan_time, scan_id) < (${len(args) - 1}, ${len(args)})")
-    args.append(limit)
+        clauses.append(f"(scan_time, scan_id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
         "SELECT scan_id, event_id, gate_id, entry_manager_id, result, ticket_id, code_hash, "
         f"scan_time, repeat_count FROM scans WHERE {' AND '.join(clauses)} "
-        f"ORDER BY scan_time DESC, scan_id DESC LIMIT ${len(args)}",
-        *args,
+        f"ORDER BY scan_time DESC, scan_id DESC LIMIT {arg(limit)}",
+        *arg,
     )
     return [
         ScanRecord(

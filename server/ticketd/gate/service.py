@@ -6,10 +6,8 @@ import datetime as dt
 import uuid
 
 from ticketd.auth.principal import Principal
-from ticketd.db.engine import Database
-from ticketd.db.timeouts import bound_waits
-from ticketd.errors import FailedPrecondition, NotFound, ResourceExhausted
-from ticketd.events.repository import event_not_found
+from ticketd.db.database import Database
+from ticketd.errors import FailedPrecondition, NotFound, Reason, ResourceExhausted
 from ticketd.gate import repository as repo
 from ticketd.gate.rules import (
     GateCounts,
@@ -21,6 +19,7 @@ from ticketd.gate.rules import (
     shows_place,
 )
 from ticketd.ratelimit import TokenBuckets
+from ticketd.shared import event_not_found
 
 
 class _TwinLoggedFirst(Exception):
@@ -34,12 +33,10 @@ class GateService:
         self,
         db: Database,
         *,
-        lock_timeout_ms: int,
         gate_rate: float,
         gate_burst: float,
     ) -> None:
         self._db = db
-        self._lock_timeout_ms = lock_timeout_ms
         # Per gate: a busy gate's scanners share it. Codes carry 192 random bits, so the
         # bound is defence in depth against a kiosk used to enumerate, not the only wall.
         self._per_gate = TokenBuckets(gate_rate, gate_burst)
@@ -47,22 +44,20 @@ class GateService:
     def admit_rate(self, event_id: uuid.UUID, gate_id: str) -> None:
         if not self._per_gate.try_take((event_id, gate_id)):
             raise ResourceExhausted(
-                "too many scans at this gate; slow down", reason="SCAN_RATE_EXCEEDED"
+                "too many scans at this gate; slow down", reason=Reason.SCAN_RATE_EXCEEDED
             )
 
-    async def validate(
-        self, principal: Principal, scan: ScanInput, remaining_seconds: float | None = None
-    ) -> ScanOutcome:
+    async def validate(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
         try:
-            return await self._validate_once(principal, scan, remaining_seconds)
+            return await self._validate_once(principal, scan)
         except _TwinLoggedFirst:
             return await self._repeat(scan)
 
     async def _repeat(self, scan: ScanInput) -> ScanOutcome:
-        async with self._db.raw_transaction() as conn:
+        async with self._db.transaction() as conn:
             stored = await repo.stored_scan(conn, scan.scan_id)
             if stored is None:  # pragma: no cover - the twin's row exists by construction
-                raise NotFound("scan vanished", reason="SCAN_NOT_FOUND")
+                raise NotFound("scan vanished", reason=Reason.SCAN_NOT_FOUND)
             if (stored.event_id, stored.gate_id, stored.code_hash) != (
                 scan.event_id,
                 scan.gate_id,
@@ -71,7 +66,7 @@ class GateService:
                 # Refused before anything is written: a mismatch is not a retry of that scan.
                 raise FailedPrecondition(
                     "this scan_id was already used for a different scan",
-                    reason="SCAN_ID_MISMATCH",
+                    reason=Reason.SCAN_ID_MISMATCH,
                     metadata={"scan_id": str(scan.scan_id)},
                 )
             await repo.count_repeat(conn, scan.scan_id)
@@ -85,11 +80,8 @@ class GateService:
             repeat=True,
         )
 
-    async def _validate_once(
-        self, principal: Principal, scan: ScanInput, remaining_seconds: float | None
-    ) -> ScanOutcome:
-        async with self._db.raw_transaction() as conn:
-            await bound_waits(conn, remaining_seconds, self._lock_timeout_ms)
+    async def _validate_once(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
+        async with self._db.transaction() as conn:
             ctx = await repo.scan_context(conn, scan.event_id, scan.scan_id)
             if ctx is None:
                 raise event_not_found(scan.event_id)
@@ -141,7 +133,7 @@ class GateService:
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[ScanRecord]:
-        async with self._db.raw_connection() as conn:
+        async with self._db.connection() as conn:
             if not await repo.event_exists(conn, event_id):
                 raise event_not_found(event_id)
             return await repo.list_scans(
@@ -149,7 +141,7 @@ class GateService:
             )
 
     async def stats(self, event_id: uuid.UUID) -> tuple[list[GateCounts], int]:
-        async with self._db.raw_connection() as conn:
+        async with self._db.connection() as conn:
             if not await repo.event_exists(conn, event_id):
                 raise event_not_found(event_id)
             return await repo.gate_counts(conn, event_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ticketd.auth.principal import current_principal
-from ticketd.convert import parse_uuid, time_remaining, timestamp
-from ticketd.gate.rules import ScanInput, ScanResult, validate_scan
+from ticketd.edge.convert import parse_uuid, timestamp
+from ticketd.gate.rules import ScanInput, ScanRecord, ScanResult, validate_scan
 from ticketd.gate.service import GateService
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
     encode_time_keyset,
+    next_page,
     resolve_page_size,
 )
 from ticketing.v1 import gate_pb2, gate_pb2_grpc
@@ -24,6 +25,20 @@ RESULT_TO_PROTO = {
     ScanResult.UNKNOWN_CODE: gate_pb2.VALIDATION_RESULT_UNKNOWN_CODE,
     ScanResult.NOT_OPEN: gate_pb2.VALIDATION_RESULT_NOT_OPEN,
 }
+
+
+def scan_to_proto(s: ScanRecord) -> gate_pb2.Scan:
+    return gate_pb2.Scan(
+        scan_id=str(s.scan_id),
+        event_id=str(s.event_id),
+        gate_id=s.gate_id,
+        entry_manager_id=str(s.entry_manager_id),
+        result=RESULT_TO_PROTO[s.result],
+        ticket_id=str(s.ticket_id) if s.ticket_id else "",
+        code_hash=s.code_hash,
+        scan_time=timestamp(s.scan_time),
+        repeat_count=s.repeat_count,
+    )
 
 
 class GateServicer(gate_pb2_grpc.GateServiceServicer):
@@ -45,7 +60,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             scan_id=parse_uuid(request.scan_id, "scan_id"),
         )
         self._service.admit_rate(scan.event_id, scan.gate_id)
-        outcome = await self._service.validate(principal, scan, time_remaining(context))
+        outcome = await self._service.validate(principal, scan)
         response = gate_pb2.ValidateTicketResponse(
             result=RESULT_TO_PROTO[outcome.result],
             scan_time=timestamp(outcome.scan_time),
@@ -76,29 +91,14 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         size = resolve_page_size(request.page_size, 100, 1_000)
         query = {"event": str(event_id), "gate": gate}
         before = decode_time_keyset(self._pages, "scans", query, request.page_token)
-        scans = await self._service.list_scans(event_id, gate, before, size + 1)
-        token = ""
-        if len(scans) > size:
-            scans = scans[:size]
-            last = scans[-1]
-            token = encode_time_keyset(self._pages, "scans", query, last.scan_time, last.scan_id)
-        return gate_pb2.ListScansResponse(
-            scans=[
-                gate_pb2.Scan(
-                    scan_id=str(s.scan_id),
-                    event_id=str(s.event_id),
-                    gate_id=s.gate_id,
-                    entry_manager_id=str(s.entry_manager_id),
-                    result=RESULT_TO_PROTO[s.result],
-                    ticket_id=str(s.ticket_id) if s.ticket_id else "",
-                    code_hash=s.code_hash,
-                    scan_time=timestamp(s.scan_time),
-                    repeat_count=s.repeat_count,
-                )
-                for s in scans
-            ],
-            next_page_token=token,
+        rows = await self._service.list_scans(event_id, gate, before, size + 1)
+        scans, token = next_page(
+            rows,
+            size,
+            scan_to_proto,
+            lambda s: encode_time_keyset(self._pages, "scans", query, s.scan_time, s.scan_id),
         )
+        return gate_pb2.ListScansResponse(scans=scans, next_page_token=token)
 
     async def GetGateStats(
         self, request: gate_pb2.GetGateStatsRequest, context: Any

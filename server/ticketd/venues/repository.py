@@ -1,40 +1,32 @@
-"""All SQL for venues and their layouts."""
+"""All SQL for venues and their layouts. Functions return records or None."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from ticketd.db.database import Connection
+from ticketd.shared import SectionKind
+from ticketd.venues.rules import RowSpec, SectionRecord, VenueRecord, VenueSpec
 
-from ticketd.errors import NotFound
-from ticketd.venues.rules import RowSpec, SectionKind, SectionRecord, VenueRecord, VenueSpec
-
-
-def _not_found(venue_id: uuid.UUID) -> NotFound:
-    return NotFound("no such venue", reason="VENUE_NOT_FOUND", metadata={"venue_id": str(venue_id)})
+_VENUE_COLUMNS = "id, name, address, time_zone, capacity, create_time, update_time"
 
 
-async def _insert_layout(session: AsyncSession, venue_id: uuid.UUID, spec: VenueSpec) -> None:
+async def _insert_layout(conn: Connection, venue_id: uuid.UUID, spec: VenueSpec) -> None:
     # One statement per table, whatever the layout size: sections, then all rows at once.
     section_ids = [uuid.uuid4() for _ in spec.sections]
-    await session.execute(
-        text(
-            """
-            INSERT INTO venue_sections (id, venue_id, position, name, kind, capacity)
-            SELECT id, :venue_id, pos, name, kind, capacity
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[]), CAST(:kinds AS text[]),
-                        CAST(:caps AS int[])) WITH ORDINALITY AS s(id, name, kind, capacity, pos)
-            """
-        ),
-        {
-            "venue_id": venue_id,
-            "ids": section_ids,
-            "names": [s.name for s in spec.sections],
-            "kinds": [s.kind.value for s in spec.sections],
-            "caps": [s.capacity for s in spec.sections],
-        },
+    await conn.execute(
+        """
+        INSERT INTO venue_sections (id, venue_id, position, name, kind, capacity)
+        SELECT id, $1, pos, name, kind, capacity
+        FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[])
+             WITH ORDINALITY AS s(id, name, kind, capacity, pos)
+        """,
+        venue_id,
+        section_ids,
+        [s.name for s in spec.sections],
+        [s.kind.value for s in spec.sections],
+        [s.capacity for s in spec.sections],
     )
     row_section: list[uuid.UUID] = []
     row_pos: list[int] = []
@@ -55,141 +47,107 @@ async def _insert_layout(session: AsyncSession, venue_id: uuid.UUID, spec: Venue
             row_labels.append("\x1f".join(row.seat_labels) if row.seat_labels else None)
             offset += row.seat_count
     if row_section:
-        await session.execute(
-            text(
-                """
-                INSERT INTO venue_rows
-                    (section_id, position, label, seat_count, seat_offset, seat_labels)
-                SELECT sid, pos, label, cnt, off,
-                       CASE WHEN labels IS NULL THEN NULL
-                            ELSE string_to_array(labels, chr(31)) END
-                FROM unnest(CAST(:sids AS uuid[]), CAST(:pos AS int[]), CAST(:labels AS text[]),
-                            CAST(:counts AS int[]), CAST(:offsets AS int[]),
-                            CAST(:seat_labels AS text[]))
-                     AS r(sid, pos, label, cnt, off, labels)
-                """
-            ),
-            {
-                "sids": row_section,
-                "pos": row_pos,
-                "labels": row_label,
-                "counts": row_count,
-                "offsets": row_offset,
-                "seat_labels": row_labels,
-            },
+        await conn.execute(
+            """
+            INSERT INTO venue_rows
+                (section_id, position, label, seat_count, seat_offset, seat_labels)
+            SELECT sid, pos, label, cnt, off,
+                   CASE WHEN labels IS NULL THEN NULL
+                        ELSE string_to_array(labels, chr(31)) END
+            FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::int[], $6::text[])
+                 AS r(sid, pos, label, cnt, off, labels)
+            """,
+            row_section,
+            row_pos,
+            row_label,
+            row_count,
+            row_offset,
+            row_labels,
         )
 
 
-async def create_venue(session: AsyncSession, spec: VenueSpec) -> uuid.UUID:
+async def insert_venue(conn: Connection, spec: VenueSpec) -> uuid.UUID:
     venue_id = uuid.uuid4()
-    await session.execute(
-        text(
-            "INSERT INTO venues (id, name, address, time_zone, capacity) "
-            "VALUES (:id, :name, :address, :tz, :cap)"
-        ),
-        {
-            "id": venue_id,
-            "name": spec.name,
-            "address": spec.address,
-            "tz": spec.time_zone,
-            "cap": spec.capacity,
-        },
+    await conn.execute(
+        "INSERT INTO venues (id, name, address, time_zone, capacity) VALUES ($1, $2, $3, $4, $5)",
+        venue_id,
+        spec.name,
+        spec.address,
+        spec.time_zone,
+        spec.capacity,
     )
-    await _insert_layout(session, venue_id, spec)
+    await _insert_layout(conn, venue_id, spec)
     return venue_id
 
 
-async def replace_venue(session: AsyncSession, venue_id: uuid.UUID, spec: VenueSpec) -> None:
-    """Replace a venue's fields and layout. Locks the venue row so that an event being
-    created from the old layout at the same moment finishes first (it holds FOR SHARE)."""
-    row = (
-        await session.execute(
-            text("SELECT id FROM venues WHERE id = :id FOR UPDATE"), {"id": venue_id}
-        )
-    ).first()
-    if row is None:
-        raise _not_found(venue_id)
-    await session.execute(text("DELETE FROM venue_sections WHERE venue_id = :id"), {"id": venue_id})
-    await session.execute(
-        text(
-            "UPDATE venues SET name = :name, address = :address, time_zone = :tz, "
-            "capacity = :cap, update_time = now() WHERE id = :id"
-        ),
-        {
-            "id": venue_id,
-            "name": spec.name,
-            "address": spec.address,
-            "tz": spec.time_zone,
-            "cap": spec.capacity,
-        },
+async def replace_venue(conn: Connection, venue_id: uuid.UUID, spec: VenueSpec) -> bool:
+    """Replace a venue's fields and layout; False when there is no such venue. Locks the
+    venue row so that an event being created from the old layout at the same moment
+    finishes first (it holds FOR SHARE)."""
+    if await conn.fetchval("SELECT id FROM venues WHERE id = $1 FOR UPDATE", venue_id) is None:
+        return False
+    await conn.execute("DELETE FROM venue_sections WHERE venue_id = $1", venue_id)
+    await conn.execute(
+        "UPDATE venues SET name = $2, address = $3, time_zone = $4, capacity = $5, "
+        "update_time = now() WHERE id = $1",
+        venue_id,
+        spec.name,
+        spec.address,
+        spec.time_zone,
+        spec.capacity,
     )
-    await _insert_layout(session, venue_id, spec)
+    await _insert_layout(conn, venue_id, spec)
+    return True
 
 
 def _venue(row: Any, sections: tuple[SectionRecord, ...] = ()) -> VenueRecord:
     return VenueRecord(
-        id=row.id,
-        name=row.name,
-        address=row.address,
-        time_zone=row.time_zone,
-        capacity=row.capacity,
-        create_time=row.create_time,
-        update_time=row.update_time,
+        id=row["id"],
+        name=row["name"],
+        address=row["address"],
+        time_zone=row["time_zone"],
+        capacity=row["capacity"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
         sections=sections,
     )
 
 
-_VENUE_COLUMNS = "id, name, address, time_zone, capacity, create_time, update_time"
-
-
-async def get_venue(
-    session: AsyncSession, venue_id: uuid.UUID, *, lock_for_share: bool = False
-) -> VenueRecord:
-    """The venue with its full layout. `lock_for_share` keeps the layout from changing
-    until the transaction ends (used while an event copies it)."""
+async def venue_with_layout(
+    conn: Connection, venue_id: uuid.UUID, *, lock_for_share: bool = False
+) -> VenueRecord | None:
+    """The venue with its full layout, or None. `lock_for_share` keeps the layout from
+    changing until the transaction ends (used while an event copies it)."""
     lock = " FOR SHARE" if lock_for_share else ""
-    row = (
-        await session.execute(
-            text(f"SELECT {_VENUE_COLUMNS} FROM venues WHERE id = :id{lock}"), {"id": venue_id}
-        )
-    ).first()
+    row = await conn.fetchrow(f"SELECT {_VENUE_COLUMNS} FROM venues WHERE id = $1{lock}", venue_id)
     if row is None:
-        raise _not_found(venue_id)
-    sections = (
-        await session.execute(
-            text(
-                "SELECT id, name, kind, capacity FROM venue_sections "
-                "WHERE venue_id = :id ORDER BY position"
-            ),
-            {"id": venue_id},
-        )
-    ).all()
-    rows = (
-        await session.execute(
-            text(
-                """
-                SELECT r.section_id, r.label, r.seat_count, r.seat_labels
-                FROM venue_rows r JOIN venue_sections s ON s.id = r.section_id
-                WHERE s.venue_id = :id ORDER BY r.section_id, r.position
-                """
-            ),
-            {"id": venue_id},
-        )
-    ).all()
+        return None
+    sections = await conn.fetch(
+        "SELECT id, name, kind, capacity FROM venue_sections WHERE venue_id = $1 ORDER BY position",
+        venue_id,
+    )
+    rows = await conn.fetch(
+        """
+        SELECT r.section_id, r.label, r.seat_count, r.seat_labels
+        FROM venue_rows r JOIN venue_sections s ON s.id = r.section_id
+        WHERE s.venue_id = $1 ORDER BY r.section_id, r.position
+        """,
+        venue_id,
+    )
     by_section: dict[uuid.UUID, list[RowSpec]] = {}
     for r in rows:
-        by_section.setdefault(r.section_id, []).append(
-            RowSpec(r.label, r.seat_count, tuple(r.seat_labels or ()))
+        by_section.setdefault(r["section_id"], []).append(
+            RowSpec(r["label"], r["seat_count"], tuple(r["seat_labels"] or ()))
         )
     return _venue(
         row,
         tuple(
             SectionRecord(
-                id=s.id,
-                name=s.name,
-                kind=SectionKind(s.kind),
-                capacity=s.capacity,
-                rows=tuple(by_section.get(s.id, ())),
+                id=s["id"],
+                name=s["name"],
+                kind=SectionKind(s["kind"]),
+                capacity=s["capacity"],
+                rows=tuple(by_section.get(s["id"], ())),
             )
             for s in sections
         ),
@@ -197,35 +155,32 @@ async def get_venue(
 
 
 async def list_venues(
-    session: AsyncSession, *, after: tuple[str, str] | None, limit: int
+    conn: Connection, *, after: tuple[str, str] | None, limit: int
 ) -> list[VenueRecord]:
     """Venues ordered by (name, id) after the keyset position `after`; without layouts,
     but with section summaries."""
-    where = ""
-    params: dict[str, Any] = {"limit": limit}
-    if after is not None:
-        where = "WHERE (name, id) > (:after_name, CAST(:after_id AS uuid))"
-        params |= {"after_name": after[0], "after_id": after[1]}
-    venues = (
-        await session.execute(
-            text(f"SELECT {_VENUE_COLUMNS} FROM venues {where} ORDER BY name, id LIMIT :limit"),
-            params,
+    if after is None:
+        venues = await conn.fetch(
+            f"SELECT {_VENUE_COLUMNS} FROM venues ORDER BY name, id LIMIT $1", limit
         )
-    ).all()
+    else:
+        venues = await conn.fetch(
+            f"SELECT {_VENUE_COLUMNS} FROM venues WHERE (name, id) > ($1, $2::uuid) "
+            "ORDER BY name, id LIMIT $3",
+            after[0],
+            after[1],
+            limit,
+        )
     if not venues:
         return []
-    sections = (
-        await session.execute(
-            text(
-                "SELECT venue_id, id, name, kind, capacity FROM venue_sections "
-                "WHERE venue_id = ANY(:ids) ORDER BY venue_id, position"
-            ),
-            {"ids": [v.id for v in venues]},
-        )
-    ).all()
+    sections = await conn.fetch(
+        "SELECT venue_id, id, name, kind, capacity FROM venue_sections "
+        "WHERE venue_id = ANY($1::uuid[]) ORDER BY venue_id, position",
+        [v["id"] for v in venues],
+    )
     by_venue: dict[uuid.UUID, list[SectionRecord]] = {}
     for s in sections:
-        by_venue.setdefault(s.venue_id, []).append(
-            SectionRecord(s.id, s.name, SectionKind(s.kind), s.capacity)
+        by_venue.setdefault(s["venue_id"], []).append(
+            SectionRecord(s["id"], s["name"], SectionKind(s["kind"]), s["capacity"])
         )
-    return [_venue(v, tuple(by_venue.get(v.id, ()))) for v in venues]
+    return [_venue(v, tuple(by_venue.get(v["id"], ()))) for v in venues]

@@ -6,9 +6,9 @@ import datetime as dt
 import uuid
 import zoneinfo
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from ticketd.errors import FieldViolation, InvalidArgument
+from ticketd.shared import SectionKind
 
 MAX_VENUE_PLACES = 200_000
 MAX_SECTIONS = 200
@@ -18,11 +18,6 @@ MAX_NAME = 200
 MAX_SECTION_NAME = 100
 MAX_ADDRESS = 500
 MAX_LABEL = 20
-
-
-class SectionKind(StrEnum):
-    RESERVED = "RESERVED"
-    GENERAL_ADMISSION = "GENERAL_ADMISSION"
 
 
 @dataclass(frozen=True)

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from ticketd.convert import parse_uuid, timestamp
-from ticketd.db.engine import Database
+from ticketd.edge.convert import KIND_FROM_PROTO, KIND_TO_PROTO, parse_uuid, timestamp
 from ticketd.errors import InvalidArgument
-from ticketd.pagination import PageTokens, resolve_page_size
-from ticketd.venues import repository as repo
-from ticketd.venues.rules import (
-    RowSpec,
-    SectionKind,
-    SectionSpec,
-    VenueRecord,
-    VenueSpec,
-    clean,
-    validate_venue,
-)
+from ticketd.pagination import PageTokens, next_page, resolve_page_size
+from ticketd.shared import SectionKind
+from ticketd.venues.rules import RowSpec, SectionSpec, VenueRecord, VenueSpec
+from ticketd.venues.service import VenueService
 from ticketing.v1 import venue_pb2, venue_pb2_grpc
-
-KIND_FROM_PROTO = {
-    venue_pb2.SECTION_KIND_RESERVED: SectionKind.RESERVED,
-    venue_pb2.SECTION_KIND_GENERAL_ADMISSION: SectionKind.GENERAL_ADMISSION,
-}
-KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
 
 
 def spec_from_proto(venue: venue_pb2.Venue) -> VenueSpec:
@@ -77,37 +64,27 @@ def venue_to_proto(venue: VenueRecord) -> venue_pb2.Venue:
 class VenueServicer(venue_pb2_grpc.VenueServiceServicer):
     """Implements ticketing.v1.VenueService; access rules are in ticketd.auth.policy."""
 
-    def __init__(self, db: Database, pages: PageTokens) -> None:
-        self._db = db
+    def __init__(self, venues: VenueService, pages: PageTokens) -> None:
+        self._venues = venues
         self._pages = pages
 
     async def CreateVenue(
         self, request: venue_pb2.CreateVenueRequest, context: Any
     ) -> venue_pb2.CreateVenueResponse:
-        spec = spec_from_proto(request.venue)
-        validate_venue(spec)
-        async with self._db.session() as session, session.begin():
-            venue_id = await repo.create_venue(session, clean(spec))
-            venue = await repo.get_venue(session, venue_id)
+        venue = await self._venues.create(spec_from_proto(request.venue))
         return venue_pb2.CreateVenueResponse(venue=venue_to_proto(venue))
 
     async def UpdateVenue(
         self, request: venue_pb2.UpdateVenueRequest, context: Any
     ) -> venue_pb2.UpdateVenueResponse:
         venue_id = parse_uuid(request.venue.id, "venue.id")
-        spec = spec_from_proto(request.venue)
-        validate_venue(spec)
-        async with self._db.session() as session, session.begin():
-            await repo.replace_venue(session, venue_id, clean(spec))
-            venue = await repo.get_venue(session, venue_id)
+        venue = await self._venues.replace(venue_id, spec_from_proto(request.venue))
         return venue_pb2.UpdateVenueResponse(venue=venue_to_proto(venue))
 
     async def GetVenue(
         self, request: venue_pb2.GetVenueRequest, context: Any
     ) -> venue_pb2.GetVenueResponse:
-        venue_id = parse_uuid(request.venue_id, "venue_id")
-        async with self._db.session() as session:
-            venue = await repo.get_venue(session, venue_id)
+        venue = await self._venues.get(parse_uuid(request.venue_id, "venue_id"))
         return venue_pb2.GetVenueResponse(venue=venue_to_proto(venue))
 
     async def ListVenues(
@@ -115,17 +92,17 @@ class VenueServicer(venue_pb2_grpc.VenueServiceServicer):
     ) -> venue_pb2.ListVenuesResponse:
         size = resolve_page_size(request.page_size)
         position = self._pages.decode("venues", {}, request.page_token)
-        after: tuple[str, str] | None = None
+        after: tuple[str, uuid.UUID] | None = None
         if position is not None:
-            if not (isinstance(position, list) and len(position) == 2):
-                raise InvalidArgument.one("page_token", "is not a valid page token")
-            after = (str(position[0]), str(position[1]))
-        async with self._db.session() as session:
-            venues = await repo.list_venues(session, after=after, limit=size + 1)
-        token = ""
-        if len(venues) > size:
-            venues = venues[:size]
-            token = self._pages.encode("venues", {}, [venues[-1].name, str(venues[-1].id)])
-        return venue_pb2.ListVenuesResponse(
-            venues=[venue_to_proto(v) for v in venues], next_page_token=token
+            try:
+                after = (str(position[0]), uuid.UUID(str(position[1])))
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise InvalidArgument.one("page_token", "is not a valid page token") from None
+        rows = await self._venues.list_venues(after=after, limit=size + 1)
+        venues, token = next_page(
+            rows,
+            size,
+            venue_to_proto,
+            lambda v: self._pages.encode("venues", {}, [v.name, str(v.id)]),
         )
+        return venue_pb2.ListVenuesResponse(venues=venues, next_page_token=token)

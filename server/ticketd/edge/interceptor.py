@@ -2,7 +2,8 @@
 
 It wraps each method handler rather than only inspecting metadata, so that the principal is
 bound in the same task that runs the servicer, and so that every domain or database error,
-whichever service raised it, is turned into a status in one place (`ticketd.errors`).
+whichever service raised it, is turned into a status in one place (`ticketd.edge.status`).
+It also records the caller's deadline for the database layer (`ticketd.deadline`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from ticketd import errors
 from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import Principal, bind_principal, unbind_principal
 from ticketd.auth.tokens import TokenService
-from ticketd.textcheck import nul_field
+from ticketd.deadline import reset_call_deadline, set_call_deadline
+from ticketd.edge.convert import time_remaining
+from ticketd.edge.status import internal_status, to_status
+from ticketd.edge.textcheck import nul_field
 
 log = logging.getLogger("ticketd.rpc")
 
@@ -74,7 +78,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if not rule.allows(principal.roles):
             raise errors.PermissionDenied(
                 f"your roles do not allow {method.rsplit('/', 1)[-1]}",
-                reason="ROLE_NOT_ALLOWED",
+                reason=errors.Reason.ROLE_NOT_ALLOWED,
                 metadata={"method": method},
             )
         return principal
@@ -83,7 +87,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         user_id = self._tokens.verify(token)
         principal = await self._load_principal(user_id)
         if principal is None:
-            raise errors.Unauthenticated("invalid or expired access token", reason="INVALID_TOKEN")
+            raise errors.Unauthenticated(
+                "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
+            )
         return principal
 
     async def intercept_service(
@@ -119,6 +125,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             bound: object | None = None
+            deadline = set_call_deadline(time_remaining(context))
             try:
                 principal = await self._authorize(method, rule, context.invocation_metadata())
                 bad = nul_field(request)
@@ -128,15 +135,14 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 return await behavior(request, context)
             except (asyncio.CancelledError, aio.AbortError):
                 raise
+            except errors.DomainError as exc:
+                status = to_status(exc)
+                await context.abort(status.code, status.details, status.trailing_metadata)
             except Exception as exc:
-                mapped = errors.from_exception(exc)
-                status = (
-                    errors.to_grpc_status(mapped)
-                    if mapped is not None
-                    else errors.internal_status(exc, method)
-                )
+                status = internal_status(exc, method)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)
 
@@ -147,9 +153,11 @@ def _deny_handler(
     handler: grpc.RpcMethodHandler[Any, Any], method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler that refuses the call: used for methods with no policy entry."""
-    status = errors.to_grpc_status(
+    status = to_status(
         errors.PermissionDenied(
-            "this method has no access policy", reason="NO_POLICY", metadata={"method": method}
+            "this method has no access policy",
+            reason=errors.Reason.NO_POLICY,
+            metadata={"method": method},
         )
     )
 

@@ -1,4 +1,4 @@
-"""Shared protobuf <-> domain conversions used by several servicers."""
+"""Protobuf <-> domain conversions shared by several servicers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ticketd.auth.principal import Role
 from ticketd.errors import InvalidArgument
-from ticketing.v1 import common_pb2
+from ticketd.shared import SectionKind
+from ticketing.v1 import common_pb2, venue_pb2
 
 ROLE_TO_PROTO: dict[Role, common_pb2.Role.ValueType] = {
     Role.ADMIN: common_pb2.ROLE_ADMIN,
@@ -21,11 +22,39 @@ ROLE_TO_PROTO: dict[Role, common_pb2.Role.ValueType] = {
 }
 PROTO_TO_ROLE = {v: k for k, v in ROLE_TO_PROTO.items()}
 
+KIND_FROM_PROTO = {
+    venue_pb2.SECTION_KIND_RESERVED: SectionKind.RESERVED,
+    venue_pb2.SECTION_KIND_GENERAL_ADMISSION: SectionKind.GENERAL_ADMISSION,
+}
+KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
+
+# Timestamps far outside any plausible event are refused rather than stored.
+_MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_MAX_TIME = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
 
 def timestamp(value: dt.datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(dt.UTC))
     return ts
+
+
+def parse_time(ts: Timestamp, field: str) -> dt.datetime:
+    """A request timestamp as an aware datetime; INVALID_ARGUMENT naming `field` otherwise."""
+    try:
+        value = ts.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.one(field, "is not a valid timestamp") from None
+    if not _MIN_TIME <= value < _MAX_TIME:
+        raise InvalidArgument.one(field, "must be between 2000 and 2200")
+    return value
+
+
+def optional_time(message: Any, name: str, field: str | None = None) -> dt.datetime | None:
+    """`message.name` parsed when it is set, else None."""
+    if not message.HasField(name):
+        return None
+    return parse_time(getattr(message, name), field or name)
 
 
 def parse_uuid(value: str, field: str) -> uuid.UUID:
@@ -38,6 +67,11 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument.one(field, "must be a UUID") from None
+
+
+def optional_uuid(value: str, field: str) -> uuid.UUID | None:
+    """A UUID filter: empty means none."""
+    return parse_uuid(value, field) if value else None
 
 
 def time_remaining(context: Any) -> float | None:

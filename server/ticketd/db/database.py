@@ -1,0 +1,205 @@
+"""The one way the server talks to PostgreSQL: a single asyncpg pool.
+
+The pool holds exactly `pool_size` connections (no overflow): a rush queues for them for at
+most `pool_timeout_seconds`, then gets UNAVAILABLE DB_POOL_EXHAUSTED, rather than opening
+connections until PostgreSQL refuses. Health pings use one more connection of their own, so
+an overloaded pool never makes a healthy database look down: `pool_size + 1` in all.
+
+Every unit of work is `async with db.transaction() as conn:` (one READ COMMITTED transaction,
+lock waits and statements kept inside the caller's deadline) or `async with db.connection()`
+for autocommit reads. Both turn driver failures into domain errors by SQLSTATE, and only
+failures raised while they hold the connection.
+
+asyncpg rather than SQLAlchemy: the hot paths are a handful of hand-written statements, and
+asyncpg prepares and caches them per connection with no per-row Python work, no checkout ping
+and no reset query on release (see docs/architecture.md). Alembic still runs the migrations,
+on a short-lived engine of its own (ticketd.db.migrate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from ticketd.db import sqlstate
+from ticketd.deadline import remaining_seconds
+from ticketd.errors import Reason, Unavailable
+
+Connection = Any
+"""An asyncpg connection (the library ships no type information)."""
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """Bounds that keep a rush from piling up inside the server."""
+
+    pool_size: int = 20
+    pool_timeout_seconds: float = 5
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 2_000
+
+
+def plain_url(url: str) -> str:
+    """`postgresql://user:pass@host:port/db`, accepting `postgres://` and `postgresql+driver://`."""
+    scheme, sep, rest = url.partition("://")
+    base = scheme.split("+", 1)[0]
+    if not sep or base not in ("postgresql", "postgres"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {scheme!r}")
+    return f"postgresql://{rest}"
+
+
+def redacted(url: str) -> str:
+    """The URL with its password replaced, for logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class Database:
+    """One pool per process, created on first use (so the server can start before PostgreSQL)."""
+
+    def __init__(self, url: str, options: PoolOptions | None = None) -> None:
+        self.options = options or PoolOptions()
+        self.url = plain_url(url)
+        self._server_settings = {
+            "application_name": "ticketd",
+            # Every lock wait and statement is bounded below typical RPC deadlines, so no
+            # transaction outlives its caller by much.
+            "statement_timeout": str(self.options.statement_timeout_ms),
+            "lock_timeout": str(self.options.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": "60000",
+        }
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._ping_conn: Connection | None = None
+        self._ping_lock = asyncio.Lock()
+
+    @property
+    def display_url(self) -> str:
+        return redacted(self.url)
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.url,
+                        min_size=0,
+                        max_size=self.options.pool_size,
+                        max_inactive_connection_lifetime=300,
+                        timeout=5,
+                        server_settings=self._server_settings,
+                        reset=_keep_session,
+                    )
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection in autocommit: for reads and single-statement writes."""
+        try:
+            pool = await self._get_pool()
+            conn = await pool.acquire(timeout=self.options.pool_timeout_seconds)
+        except TimeoutError:
+            # Every connection busy for pool_timeout: the server is overloaded, the database
+            # may be fine. Say so, so operators do not chase a database outage.
+            raise Unavailable(
+                "the server is overloaded (no database connection free); retry with backoff",
+                reason=Reason.DB_POOL_EXHAUSTED,
+            ) from None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise sqlstate.classify(exc, connection_lost=True) or sqlstate.db_unavailable() from exc
+        try:
+            yield conn
+        except Exception as exc:
+            mapped = sqlstate.classify(exc, connection_lost=_is_lost(conn))
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from exc
+        finally:
+            await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """One READ COMMITTED transaction: commits when the block ends normally, rolls back
+        on any exception (cancellation included). Lock waits and statements are kept inside
+        the current call's deadline."""
+        async with self.connection() as conn, conn.transaction():
+            await _bound_waits(conn, remaining_seconds(), self.options.lock_timeout_ms)
+            yield conn
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers a trivial query, on a connection outside the pool:
+        under overload every pooled connection is busy, and a health check queued behind them
+        would report the database down and drain every busy server at once."""
+
+        async def probe() -> None:
+            if self._ping_conn is None or self._ping_conn.is_closed():
+                self._ping_conn = await asyncpg.connect(
+                    self.url, timeout=3, server_settings={"application_name": "ticketd-health"}
+                )
+            await self._ping_conn.fetchval("SELECT 1")
+
+        async with self._ping_lock:
+            try:
+                await asyncio.wait_for(probe(), 3)
+                return True
+            except Exception:  # any failure means "not ready"
+                if self._ping_conn is not None:
+                    self._ping_conn.terminate()
+                    self._ping_conn = None
+                return False
+
+    async def refresh_connections(self) -> None:
+        """Replace pooled connections on next use (after the database came back)."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    async def dispose(self) -> None:
+        if self._ping_conn is not None:
+            self._ping_conn.terminate()
+            self._ping_conn = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _bound_waits(conn: Connection, remaining: float | None, lock_timeout_ms: int) -> None:
+    """A caller with less time left than the configured bounds gets tighter ones, so that no
+    transaction outlives the RPC that started it (the connection already carries the
+    configured lock_timeout and statement_timeout)."""
+    if remaining is None:
+        return
+    budget_ms = int(remaining * 1000)
+    if budget_ms >= lock_timeout_ms * 2:
+        return
+    lock_ms = max(20, min(lock_timeout_ms, budget_ms // 2))
+    stmt_ms = max(50, budget_ms)
+    await conn.execute(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+        f"{lock_ms}ms",
+        f"{stmt_ms}ms",
+    )
+
+
+def _is_lost(conn: Connection) -> bool:
+    """Whether a pooled connection died (asyncpg detaches a lost one from its proxy)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Release without asyncpg's default RESET ALL round trip.
+
+    No unit of work changes session state: settings are SET LOCAL and advisory locks are
+    transaction-scoped, and asyncpg itself rolls back an open transaction before this runs.
+    """

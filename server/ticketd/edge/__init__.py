@@ -1,0 +1,1 @@
+"""The gRPC edge: the interceptor, status building, protobuf conversions shared by servicers."""

@@ -1,0 +1,103 @@
+"""Events: creation with their inventory, reads, cancellation (which refunds through booking)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from ticketd.auth.principal import Principal
+from ticketd.booking.service import BookingService
+from ticketd.db.database import Database
+from ticketd.events import repository as repo
+from ticketd.events.rules import (
+    EventFilter,
+    EventRecord,
+    EventSpec,
+    SeatRecord,
+    SeatStatus,
+    check_can_cancel,
+    check_prices_cover_sections,
+    ensure_can_manage,
+    validate_cancel_reason,
+    validate_event_fields,
+)
+from ticketd.shared import event_not_found
+from ticketd.venues.service import VenueService
+
+
+class EventService:
+    """Puts events on sale and takes them off; reads events and seat maps."""
+
+    def __init__(self, db: Database, venues: VenueService, booking: BookingService) -> None:
+        self._db = db
+        self._venues = venues
+        self._booking = booking
+
+    async def create(self, principal: Principal, spec: EventSpec) -> EventRecord:
+        """The event and its whole inventory, in one transaction."""
+        validate_event_fields(spec)
+        async with self._db.transaction() as conn:
+            venue = await self._venues.layout_for_event(conn, spec.venue_id)
+            section_ids = [s.id for s in venue.sections]
+            check_prices_cover_sections(
+                spec.section_prices, section_ids, await repo.db_now(conn), spec.start_time
+            )
+            event_id = await repo.insert_event(
+                conn,
+                organizer_id=principal.user_id,
+                spec=spec,
+                capacity=venue.capacity,
+                section_ids=section_ids,
+            )
+            event = await repo.event(conn, event_id)
+        assert event is not None
+        return event
+
+    async def get(self, event_id: uuid.UUID) -> EventRecord:
+        async with self._db.connection() as conn:
+            event = await repo.event(conn, event_id)
+        if event is None:
+            raise event_not_found(event_id)
+        return event
+
+    async def list_events(
+        self, filters: EventFilter, *, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+    ) -> list[EventRecord]:
+        async with self._db.connection() as conn:
+            return await repo.list_events(conn, filters, after=after, limit=limit)
+
+    async def list_seats(
+        self,
+        event_id: uuid.UUID,
+        *,
+        section_id: uuid.UUID | None,
+        status: SeatStatus | None,
+        after_id: int | None,
+        limit: int,
+    ) -> list[SeatRecord]:
+        async with self._db.connection() as conn:
+            if not await repo.event_exists(conn, event_id):
+                raise event_not_found(event_id)
+            return await repo.list_seats(
+                conn, event_id, section_id=section_id, status=status, after_id=after_id, limit=limit
+            )
+
+    async def cancel(self, principal: Principal, event_id: uuid.UUID, reason: str) -> EventRecord:
+        """Take the event off sale and refund its orders, all in one transaction."""
+        cleaned = validate_cancel_reason(reason)
+        async with self._db.transaction() as conn:
+            event = await repo.event(conn, event_id, with_counts=False, lock="FOR UPDATE")
+            if event is None:
+                raise event_not_found(event_id)
+            ensure_can_manage(principal, event.organizer_id)
+            check_can_cancel(event)
+            await repo.mark_cancelled(conn, event_id, cleaned)
+            # Same transaction: the event and all of its refunds commit together. Bookings
+            # hold the event row KEY SHARE, so none is in flight now and none can start
+            # until we commit.
+            await self._booking.refund_event_orders(
+                conn, event_id, refunded_by=principal.user_id, reason=f"event cancelled: {cleaned}"
+            )
+            event = await repo.event(conn, event_id)
+        assert event is not None
+        return event
