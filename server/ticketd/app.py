@@ -20,6 +20,7 @@ from ticketd.booking.service import BookingService
 from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.database import Database
+from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
@@ -43,13 +44,17 @@ from ticketing.v1 import (
 
 log = logging.getLogger("ticketd")
 
-SERVICE_NAMES = (
-    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
-    venue_pb2.DESCRIPTOR.services_by_name["VenueService"].full_name,
-    event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-    booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name,
-    gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name,
+_SERVICES = tuple(
+    service
+    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
 )
+SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
+
+
+def contract_rules() -> ContractRules:
+    """The contract's declared request rules, compiled for every RPC's request type."""
+    return ContractRules(method.input_type for service in _SERVICES for method in service.methods)
 
 
 @dataclass
@@ -101,7 +106,11 @@ class TicketServer:
         settings = components.settings
         pages = components.pages
         self.server = aio.server(
-            interceptors=[AuthInterceptor(components.tokens, components.accounts.principal_for)],
+            interceptors=[
+                AuthInterceptor(
+                    components.tokens, components.accounts.principal_for, contract_rules()
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -22,37 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from ticketing.v1 import common_pb2 as ticketing_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ticketing/v1/auth.proto\x12\x0cticketing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19ticketing/v1/common.proto\"H\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"4\n\x10RegisterResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"x\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04user\x18\x03 \x01(\x0b\x32\x12.ticketing.v1.User\"\x17\n\x15GetCurrentUserRequest\":\n\x16GetCurrentUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.User\"I\n\x13SetUserRolesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x05roles\x18\x02 \x03(\x0e\x32\x12.ticketing.v1.Role\"8\n\x14SetUserRolesResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.User\"O\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0c\x65mail_prefix\x18\x03 \x01(\t\"O\n\x11ListUsersResponse\x12!\n\x05users\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x03\n\x0b\x41uthService\x12I\n\x08Register\x12\x1d.ticketing.v1.RegisterRequest\x1a\x1e.ticketing.v1.RegisterResponse\x12@\n\x05Login\x12\x1a.ticketing.v1.LoginRequest\x1a\x1b.ticketing.v1.LoginResponse\x12[\n\x0eGetCurrentUser\x12#.ticketing.v1.GetCurrentUserRequest\x1a$.ticketing.v1.GetCurrentUserResponse\x12U\n\x0cSetUserRoles\x12!.ticketing.v1.SetUserRolesRequest\x1a\".ticketing.v1.SetUserRolesResponse\x12L\n\tListUsers\x12\x1e.ticketing.v1.ListUsersRequest\x1a\x1f.ticketing.v1.ListUsersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ticketing/v1/auth.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19ticketing/v1/common.proto\"H\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"4\n\x10RegisterResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"x\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04user\x18\x03 \x01(\x0b\x32\x12.ticketing.v1.User\"\x17\n\x15GetCurrentUserRequest\":\n\x16GetCurrentUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.User\"I\n\x13SetUserRolesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x05roles\x18\x02 \x03(\x0e\x32\x12.ticketing.v1.Role\"8\n\x14SetUserRolesResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.User\"X\n\x10ListUsersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0c\x65mail_prefix\x18\x03 \x01(\t\"O\n\x11ListUsersResponse\x12!\n\x05users\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x03\n\x0b\x41uthService\x12I\n\x08Register\x12\x1d.ticketing.v1.RegisterRequest\x1a\x1e.ticketing.v1.RegisterResponse\x12@\n\x05Login\x12\x1a.ticketing.v1.LoginRequest\x1a\x1b.ticketing.v1.LoginResponse\x12[\n\x0eGetCurrentUser\x12#.ticketing.v1.GetCurrentUserRequest\x1a$.ticketing.v1.GetCurrentUserResponse\x12U\n\x0cSetUserRoles\x12!.ticketing.v1.SetUserRolesRequest\x1a\".ticketing.v1.SetUserRolesResponse\x12L\n\tListUsers\x12\x1e.ticketing.v1.ListUsersRequest\x1a\x1f.ticketing.v1.ListUsersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ticketing.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERREQUEST']._serialized_start=101
-  _globals['_REGISTERREQUEST']._serialized_end=173
-  _globals['_REGISTERRESPONSE']._serialized_start=175
-  _globals['_REGISTERRESPONSE']._serialized_end=227
-  _globals['_LOGINREQUEST']._serialized_start=229
-  _globals['_LOGINREQUEST']._serialized_end=276
-  _globals['_LOGINRESPONSE']._serialized_start=278
-  _globals['_LOGINRESPONSE']._serialized_end=398
-  _globals['_GETCURRENTUSERREQUEST']._serialized_start=400
-  _globals['_GETCURRENTUSERREQUEST']._serialized_end=423
-  _globals['_GETCURRENTUSERRESPONSE']._serialized_start=425
-  _globals['_GETCURRENTUSERRESPONSE']._serialized_end=483
-  _globals['_SETUSERROLESREQUEST']._serialized_start=485
-  _globals['_SETUSERROLESREQUEST']._serialized_end=558
-  _globals['_SETUSERROLESRESPONSE']._serialized_start=560
-  _globals['_SETUSERROLESRESPONSE']._serialized_end=616
-  _globals['_LISTUSERSREQUEST']._serialized_start=618
-  _globals['_LISTUSERSREQUEST']._serialized_end=697
-  _globals['_LISTUSERSRESPONSE']._serialized_start=699
-  _globals['_LISTUSERSRESPONSE']._serialized_end=778
-  _globals['_AUTHSERVICE']._serialized_start=781
-  _globals['_AUTHSERVICE']._serialized_end=1193
+  _globals['_LISTUSERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTUSERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_REGISTERREQUEST']._serialized_start=130
+  _globals['_REGISTERREQUEST']._serialized_end=202
+  _globals['_REGISTERRESPONSE']._serialized_start=204
+  _globals['_REGISTERRESPONSE']._serialized_end=256
+  _globals['_LOGINREQUEST']._serialized_start=258
+  _globals['_LOGINREQUEST']._serialized_end=305
+  _globals['_LOGINRESPONSE']._serialized_start=307
+  _globals['_LOGINRESPONSE']._serialized_end=427
+  _globals['_GETCURRENTUSERREQUEST']._serialized_start=429
+  _globals['_GETCURRENTUSERREQUEST']._serialized_end=452
+  _globals['_GETCURRENTUSERRESPONSE']._serialized_start=454
+  _globals['_GETCURRENTUSERRESPONSE']._serialized_end=512
+  _globals['_SETUSERROLESREQUEST']._serialized_start=514
+  _globals['_SETUSERROLESREQUEST']._serialized_end=587
+  _globals['_SETUSERROLESRESPONSE']._serialized_start=589
+  _globals['_SETUSERROLESRESPONSE']._serialized_end=645
+  _globals['_LISTUSERSREQUEST']._serialized_start=647
+  _globals['_LISTUSERSREQUEST']._serialized_end=735
+  _globals['_LISTUSERSRESPONSE']._serialized_start=737
+  _globals['_LISTUSERSRESPONSE']._serialized_end=816
+  _globals['_AUTHSERVICE']._serialized_start=819
+  _globals['_AUTHSERVICE']._serialized_end=1231
 # @@protoc_insertion_point(module_scope)

@@ -22,44 +22,53 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aticketing/v1/booking.proto\x12\x0cticketing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x07SeatIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"5\n\rBestAvailable\x12\x12\n\nsection_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"\xda\x01\n\x06Ticket\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07seat_id\x18\x02 \x01(\x03\x12\x12\n\nsection_id\x18\x03 \x01(\t\x12\x14\n\x0csection_name\x18\x04 \x01(\t\x12\x11\n\trow_label\x18\x05 \x01(\t\x12\x13\n\x0bseat_number\x18\x06 \x01(\x05\x12\x12\n\nseat_label\x18\x07 \x01(\t\x12\x0c\n\x04\x63ode\x18\x08 \x01(\t\x12*\n\x06status\x18\t \x01(\x0e\x32\x1a.ticketing.v1.TicketStatus\x12\x13\n\x0bprice_minor\x18\n \x01(\x03\"\xc5\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.ticketing.v1.OrderStatus\x12\x13\n\x0btotal_minor\x18\x05 \x01(\x03\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12%\n\x07tickets\x18\x07 \x03(\x0b\x32\x14.ticketing.v1.Ticket\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brefund_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xa7\x01\n\x10\x42ookSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x08seat_ids\x18\x03 \x01(\x0b\x32\x15.ticketing.v1.SeatIdsH\x00\x12\x35\n\x0e\x62\x65st_available\x18\x04 \x01(\x0b\x32\x1b.ticketing.v1.BestAvailableH\x00\x42\x0b\n\tselection\"7\n\x11\x42ookSeatsResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"6\n\x10GetOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"d\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x04 \x01(\t\"R\n\x12ListOrdersResponse\x12#\n\x06orders\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x12RefundOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x13RefundOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order*b\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x01\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x02*v\n\x0cTicketStatus\x12\x1d\n\x19TICKET_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TICKET_STATUS_VALID\x10\x01\x12\x16\n\x12TICKET_STATUS_USED\x10\x02\x12\x16\n\x12TICKET_STATUS_VOID\x10\x03\x32\xce\x02\n\x0e\x42ookingService\x12L\n\tBookSeats\x12\x1e.ticketing.v1.BookSeatsRequest\x1a\x1f.ticketing.v1.BookSeatsResponse\x12I\n\x08GetOrder\x12\x1d.ticketing.v1.GetOrderRequest\x1a\x1e.ticketing.v1.GetOrderResponse\x12O\n\nListOrders\x12\x1f.ticketing.v1.ListOrdersRequest\x1a .ticketing.v1.ListOrdersResponse\x12R\n\x0bRefundOrder\x12 .ticketing.v1.RefundOrderRequest\x1a!.ticketing.v1.RefundOrderResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aticketing/v1/booking.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x07SeatIds\x12\x1d\n\x03ids\x18\x01 \x03(\x03\x42\x10\xbaH\r\x92\x01\n\x08\x01\x10\x64\"\x04\"\x02 \x00\"@\n\rBestAvailable\x12\x12\n\nsection_id\x18\x01 \x01(\t\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01\"\xda\x01\n\x06Ticket\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07seat_id\x18\x02 \x01(\x03\x12\x12\n\nsection_id\x18\x03 \x01(\t\x12\x14\n\x0csection_name\x18\x04 \x01(\t\x12\x11\n\trow_label\x18\x05 \x01(\t\x12\x13\n\x0bseat_number\x18\x06 \x01(\x05\x12\x12\n\nseat_label\x18\x07 \x01(\t\x12\x0c\n\x04\x63ode\x18\x08 \x01(\t\x12*\n\x06status\x18\t \x01(\x0e\x32\x1a.ticketing.v1.TicketStatus\x12\x13\n\x0bprice_minor\x18\n \x01(\x03\"\xc5\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.ticketing.v1.OrderStatus\x12\x13\n\x0btotal_minor\x18\x05 \x01(\x03\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12%\n\x07tickets\x18\x07 \x03(\x0b\x32\x14.ticketing.v1.Ticket\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brefund_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xae\x01\n\x10\x42ookSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x08seat_ids\x18\x03 \x01(\x0b\x32\x15.ticketing.v1.SeatIdsH\x00\x12\x35\n\x0e\x62\x65st_available\x18\x04 \x01(\x0b\x32\x1b.ticketing.v1.BestAvailableH\x00\x42\x12\n\tselection\x12\x05\xbaH\x02\x08\x01\"7\n\x11\x42ookSeatsResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"6\n\x10GetOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"m\n\x11ListOrdersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x04 \x01(\t\"R\n\x12ListOrdersResponse\x12#\n\x06orders\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x12RefundOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x13RefundOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order*b\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x01\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x02*v\n\x0cTicketStatus\x12\x1d\n\x19TICKET_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TICKET_STATUS_VALID\x10\x01\x12\x16\n\x12TICKET_STATUS_USED\x10\x02\x12\x16\n\x12TICKET_STATUS_VOID\x10\x03\x32\xce\x02\n\x0e\x42ookingService\x12L\n\tBookSeats\x12\x1e.ticketing.v1.BookSeatsRequest\x1a\x1f.ticketing.v1.BookSeatsResponse\x12I\n\x08GetOrder\x12\x1d.ticketing.v1.GetOrderRequest\x1a\x1e.ticketing.v1.GetOrderResponse\x12O\n\nListOrders\x12\x1f.ticketing.v1.ListOrdersRequest\x1a .ticketing.v1.ListOrdersResponse\x12R\n\x0bRefundOrder\x12 .ticketing.v1.RefundOrderRequest\x1a!.ticketing.v1.RefundOrderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ticketing.v1.booking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=1346
-  _globals['_ORDERSTATUS']._serialized_end=1444
-  _globals['_TICKETSTATUS']._serialized_start=1446
-  _globals['_TICKETSTATUS']._serialized_end=1564
-  _globals['_SEATIDS']._serialized_start=77
-  _globals['_SEATIDS']._serialized_end=99
-  _globals['_BESTAVAILABLE']._serialized_start=101
-  _globals['_BESTAVAILABLE']._serialized_end=154
-  _globals['_TICKET']._serialized_start=157
-  _globals['_TICKET']._serialized_end=375
-  _globals['_ORDER']._serialized_start=378
-  _globals['_ORDER']._serialized_end=703
-  _globals['_BOOKSEATSREQUEST']._serialized_start=706
-  _globals['_BOOKSEATSREQUEST']._serialized_end=873
-  _globals['_BOOKSEATSRESPONSE']._serialized_start=875
-  _globals['_BOOKSEATSRESPONSE']._serialized_end=930
-  _globals['_GETORDERREQUEST']._serialized_start=932
-  _globals['_GETORDERREQUEST']._serialized_end=967
-  _globals['_GETORDERRESPONSE']._serialized_start=969
-  _globals['_GETORDERRESPONSE']._serialized_end=1023
-  _globals['_LISTORDERSREQUEST']._serialized_start=1025
-  _globals['_LISTORDERSREQUEST']._serialized_end=1125
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1127
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1209
-  _globals['_REFUNDORDERREQUEST']._serialized_start=1211
-  _globals['_REFUNDORDERREQUEST']._serialized_end=1285
-  _globals['_REFUNDORDERRESPONSE']._serialized_start=1287
-  _globals['_REFUNDORDERRESPONSE']._serialized_end=1344
-  _globals['_BOOKINGSERVICE']._serialized_start=1567
-  _globals['_BOOKINGSERVICE']._serialized_end=1901
+  _globals['_SEATIDS'].fields_by_name['ids']._loaded_options = None
+  _globals['_SEATIDS'].fields_by_name['ids']._serialized_options = b'\272H\r\222\001\n\010\001\020d\"\004\"\002 \000'
+  _globals['_BESTAVAILABLE'].fields_by_name['quantity']._loaded_options = None
+  _globals['_BESTAVAILABLE'].fields_by_name['quantity']._serialized_options = b'\272H\006\032\004\030d(\001'
+  _globals['_BOOKSEATSREQUEST'].oneofs_by_name['selection']._loaded_options = None
+  _globals['_BOOKSEATSREQUEST'].oneofs_by_name['selection']._serialized_options = b'\272H\002\010\001'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_ORDERSTATUS']._serialized_start=1420
+  _globals['_ORDERSTATUS']._serialized_end=1518
+  _globals['_TICKETSTATUS']._serialized_start=1520
+  _globals['_TICKETSTATUS']._serialized_end=1638
+  _globals['_SEATIDS']._serialized_start=106
+  _globals['_SEATIDS']._serialized_end=146
+  _globals['_BESTAVAILABLE']._serialized_start=148
+  _globals['_BESTAVAILABLE']._serialized_end=212
+  _globals['_TICKET']._serialized_start=215
+  _globals['_TICKET']._serialized_end=433
+  _globals['_ORDER']._serialized_start=436
+  _globals['_ORDER']._serialized_end=761
+  _globals['_BOOKSEATSREQUEST']._serialized_start=764
+  _globals['_BOOKSEATSREQUEST']._serialized_end=938
+  _globals['_BOOKSEATSRESPONSE']._serialized_start=940
+  _globals['_BOOKSEATSRESPONSE']._serialized_end=995
+  _globals['_GETORDERREQUEST']._serialized_start=997
+  _globals['_GETORDERREQUEST']._serialized_end=1032
+  _globals['_GETORDERRESPONSE']._serialized_start=1034
+  _globals['_GETORDERRESPONSE']._serialized_end=1088
+  _globals['_LISTORDERSREQUEST']._serialized_start=1090
+  _globals['_LISTORDERSREQUEST']._serialized_end=1199
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1201
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1283
+  _globals['_REFUNDORDERREQUEST']._serialized_start=1285
+  _globals['_REFUNDORDERREQUEST']._serialized_end=1359
+  _globals['_REFUNDORDERRESPONSE']._serialized_start=1361
+  _globals['_REFUNDORDERRESPONSE']._serialized_end=1418
+  _globals['_BOOKINGSERVICE']._serialized_start=1641
+  _globals['_BOOKINGSERVICE']._serialized_end=1975
 # @@protoc_insertion_point(module_scope)

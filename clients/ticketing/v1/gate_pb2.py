@@ -22,38 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ticketing/v1/gate.proto\x12\x0cticketing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\rScannedTicket\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0csection_name\x18\x03 \x01(\t\x12\x11\n\trow_label\x18\x04 \x01(\t\x12\x13\n\x0bseat_number\x18\x05 \x01(\x05\x12\x12\n\nseat_label\x18\x06 \x01(\t\"Y\n\x15ValidateTicketRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x0f\n\x07scan_id\x18\x04 \x01(\t\"\x80\x02\n\x16ValidateTicketResponse\x12.\n\x06result\x18\x01 \x01(\x0e\x32\x1e.ticketing.v1.ValidationResult\x12+\n\x06ticket\x18\x02 \x01(\x0b\x32\x1b.ticketing.v1.ScannedTicket\x12\x33\n\x0f\x66irst_scan_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfirst_gate_id\x18\x04 \x01(\t\x12-\n\tscan_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06repeat\x18\x06 \x01(\x08\"\xef\x01\n\x04Scan\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x18\n\x10\x65ntry_manager_id\x18\x04 \x01(\t\x12.\n\x06result\x18\x05 \x01(\x0e\x32\x1e.ticketing.v1.ValidationResult\x12\x11\n\tticket_id\x18\x06 \x01(\t\x12\x11\n\tcode_hash\x18\x07 \x01(\t\x12-\n\tscan_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crepeat_count\x18\t \x01(\x05\"\\\n\x10ListScansRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07gate_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x11ListScansResponse\x12!\n\x05scans\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.Scan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x13GetGateStatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"L\n\x0bResultCount\x12.\n\x06result\x18\x01 \x01(\x0e\x32\x1e.ticketing.v1.ValidationResult\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xa2\x01\n\tGateStats\x12\x0f\n\x07gate_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64mitted\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12,\n\tby_result\x18\x04 \x03(\x0b\x32\x19.ticketing.v1.ResultCount\x12\x32\n\x0elast_scan_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\x14GetGateStatsResponse\x12&\n\x05gates\x18\x01 \x03(\x0b\x32\x17.ticketing.v1.GateStats\x12\x16\n\x0etotal_admitted\x18\x02 \x01(\x03\x12\x16\n\x0etotal_rejected\x18\x03 \x01(\x03\x12\x1b\n\x13tickets_outstanding\x18\x04 \x01(\x03*\xfc\x01\n\x10ValidationResult\x12!\n\x1dVALIDATION_RESULT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVALIDATION_RESULT_ADMITTED\x10\x01\x12\"\n\x1eVALIDATION_RESULT_ALREADY_USED\x10\x02\x12\x1a\n\x16VALIDATION_RESULT_VOID\x10\x03\x12!\n\x1dVALIDATION_RESULT_WRONG_EVENT\x10\x04\x12\"\n\x1eVALIDATION_RESULT_UNKNOWN_CODE\x10\x05\x12\x1e\n\x1aVALIDATION_RESULT_NOT_OPEN\x10\x06\x32\x8f\x02\n\x0bGateService\x12[\n\x0eValidateTicket\x12#.ticketing.v1.ValidateTicketRequest\x1a$.ticketing.v1.ValidateTicketResponse\x12L\n\tListScans\x12\x1e.ticketing.v1.ListScansRequest\x1a\x1f.ticketing.v1.ListScansResponse\x12U\n\x0cGetGateStats\x12!.ticketing.v1.GetGateStatsRequest\x1a\".ticketing.v1.GetGateStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ticketing/v1/gate.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\rScannedTicket\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0csection_name\x18\x03 \x01(\t\x12\x11\n\trow_label\x18\x04 \x01(\t\x12\x13\n\x0bseat_number\x18\x05 \x01(\x05\x12\x12\n\nseat_label\x18\x06 \x01(\t\"Y\n\x15ValidateTicketRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x0f\n\x07scan_id\x18\x04 \x01(\t\"\x80\x02\n\x16ValidateTicketResponse\x12.\n\x06result\x18\x01 \x01(\x0e\x32\x1e.ticketing.v1.ValidationResult\x12+\n\x06ticket\x18\x02 \x01(\x0b\x32\x1b.ticketing.v1.ScannedTicket\x12\x33\n\x0f\x66irst_scan_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfirst_gate_id\x18\x04 \x01(\t\x12-\n\tscan_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06repeat\x18\x06 \x01(\x08\"\xef\x01\n\x04Scan\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x18\n\x10\x65ntry_manager_id\x18\x04 \x01(\t\x12.\n\x06result\x18\x05 \x01(\x0e\x32\x1e.ticketing.v1.ValidationResult\x12\x11\n\tticket_id\x18\x06 \x01(\t\x12\x11\n\tcode_hash\x18\x07 \x01(\t\x12-\n\tscan_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crepeat_count\x18\t \x01(\x05\"e\n\x10ListScansRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07gate_id\x18\x02 \x01(\t\x12\x1a\n\tpage_size\x18\x03 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x11ListScansResponse\x12!\n\x05scans\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.Scan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x13GetGateStatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"L\n\x0bResultCount\x12.\n\x06result\x18\x01 \x01(\x0e\x32\x1e.ticketing.v1.ValidationResult\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xa2\x01\n\tGateStats\x12\x0f\n\x07gate_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64mitted\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12,\n\tby_result\x18\x04 \x03(\x0b\x32\x19.ticketing.v1.ResultCount\x12\x32\n\x0elast_scan_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\x14GetGateStatsResponse\x12&\n\x05gates\x18\x01 \x03(\x0b\x32\x17.ticketing.v1.GateStats\x12\x16\n\x0etotal_admitted\x18\x02 \x01(\x03\x12\x16\n\x0etotal_rejected\x18\x03 \x01(\x03\x12\x1b\n\x13tickets_outstanding\x18\x04 \x01(\x03*\xfc\x01\n\x10ValidationResult\x12!\n\x1dVALIDATION_RESULT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVALIDATION_RESULT_ADMITTED\x10\x01\x12\"\n\x1eVALIDATION_RESULT_ALREADY_USED\x10\x02\x12\x1a\n\x16VALIDATION_RESULT_VOID\x10\x03\x12!\n\x1dVALIDATION_RESULT_WRONG_EVENT\x10\x04\x12\"\n\x1eVALIDATION_RESULT_UNKNOWN_CODE\x10\x05\x12\x1e\n\x1aVALIDATION_RESULT_NOT_OPEN\x10\x06\x32\x8f\x02\n\x0bGateService\x12[\n\x0eValidateTicket\x12#.ticketing.v1.ValidateTicketRequest\x1a$.ticketing.v1.ValidateTicketResponse\x12L\n\tListScans\x12\x1e.ticketing.v1.ListScansRequest\x1a\x1f.ticketing.v1.ListScansResponse\x12U\n\x0cGetGateStats\x12!.ticketing.v1.GetGateStatsRequest\x1a\".ticketing.v1.GetGateStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ticketing.v1.gate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALIDATIONRESULT']._serialized_start=1405
-  _globals['_VALIDATIONRESULT']._serialized_end=1657
-  _globals['_SCANNEDTICKET']._serialized_start=75
-  _globals['_SCANNEDTICKET']._serialized_end=209
-  _globals['_VALIDATETICKETREQUEST']._serialized_start=211
-  _globals['_VALIDATETICKETREQUEST']._serialized_end=300
-  _globals['_VALIDATETICKETRESPONSE']._serialized_start=303
-  _globals['_VALIDATETICKETRESPONSE']._serialized_end=559
-  _globals['_SCAN']._serialized_start=562
-  _globals['_SCAN']._serialized_end=801
-  _globals['_LISTSCANSREQUEST']._serialized_start=803
-  _globals['_LISTSCANSREQUEST']._serialized_end=895
-  _globals['_LISTSCANSRESPONSE']._serialized_start=897
-  _globals['_LISTSCANSRESPONSE']._serialized_end=976
-  _globals['_GETGATESTATSREQUEST']._serialized_start=978
-  _globals['_GETGATESTATSREQUEST']._serialized_end=1017
-  _globals['_RESULTCOUNT']._serialized_start=1019
-  _globals['_RESULTCOUNT']._serialized_end=1095
-  _globals['_GATESTATS']._serialized_start=1098
-  _globals['_GATESTATS']._serialized_end=1260
-  _globals['_GETGATESTATSRESPONSE']._serialized_start=1263
-  _globals['_GETGATESTATSRESPONSE']._serialized_end=1402
-  _globals['_GATESERVICE']._serialized_start=1660
-  _globals['_GATESERVICE']._serialized_end=1931
+  _globals['_LISTSCANSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTSCANSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_VALIDATIONRESULT']._serialized_start=1443
+  _globals['_VALIDATIONRESULT']._serialized_end=1695
+  _globals['_SCANNEDTICKET']._serialized_start=104
+  _globals['_SCANNEDTICKET']._serialized_end=238
+  _globals['_VALIDATETICKETREQUEST']._serialized_start=240
+  _globals['_VALIDATETICKETREQUEST']._serialized_end=329
+  _globals['_VALIDATETICKETRESPONSE']._serialized_start=332
+  _globals['_VALIDATETICKETRESPONSE']._serialized_end=588
+  _globals['_SCAN']._serialized_start=591
+  _globals['_SCAN']._serialized_end=830
+  _globals['_LISTSCANSREQUEST']._serialized_start=832
+  _globals['_LISTSCANSREQUEST']._serialized_end=933
+  _globals['_LISTSCANSRESPONSE']._serialized_start=935
+  _globals['_LISTSCANSRESPONSE']._serialized_end=1014
+  _globals['_GETGATESTATSREQUEST']._serialized_start=1016
+  _globals['_GETGATESTATSREQUEST']._serialized_end=1055
+  _globals['_RESULTCOUNT']._serialized_start=1057
+  _globals['_RESULTCOUNT']._serialized_end=1133
+  _globals['_GATESTATS']._serialized_start=1136
+  _globals['_GATESTATS']._serialized_end=1298
+  _globals['_GETGATESTATSRESPONSE']._serialized_start=1301
+  _globals['_GETGATESTATSRESPONSE']._serialized_end=1440
+  _globals['_GATESERVICE']._serialized_start=1698
+  _globals['_GATESERVICE']._serialized_end=1969
 # @@protoc_insertion_point(module_scope)

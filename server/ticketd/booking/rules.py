@@ -23,7 +23,6 @@ from ticketd.errors import (
 
 # Ticket codes: 24 random bytes = 192 bits, 32 URL-safe characters, never derived from ids.
 TICKET_CODE_BYTES = 24
-MAX_SELECTION = 100  # the contract's upper bound for max_tickets_per_order
 MAX_REFUND_REASON = 1_000
 
 
@@ -90,30 +89,22 @@ def new_ticket_code() -> str:
 
 
 def validate_selection(seat_ids: list[int] | None, best: BestAvailable | None) -> Selection:
-    """Exactly one selection, 1..100 places, no duplicate seat ids."""
-    if seat_ids is None and best is None:
-        raise InvalidArgument.one("selection", "give seat_ids or best_available")
+    """The selection as the domain sees it; no seat id listed twice.
+
+    The contract declares (and the edge enforces) the rest: exactly one selection, 1..100
+    seat ids that are positive, a quantity of 1..100.
+    """
     if seat_ids is not None:
-        if not seat_ids:
-            raise InvalidArgument.one("seat_ids.ids", "at least one seat is required")
-        if len(seat_ids) > MAX_SELECTION:
-            raise InvalidArgument.one("seat_ids.ids", f"at most {MAX_SELECTION} seats per order")
         seen: set[int] = set()
-        bad: list[FieldViolation] = []
+        twice = []
         for i, sid in enumerate(seat_ids):
-            if sid <= 0:
-                bad.append(FieldViolation(f"seat_ids.ids[{i}]", "must be a positive seat id"))
-            elif sid in seen:
-                bad.append(FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is listed twice"))
+            if sid in seen:
+                twice.append(FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is listed twice"))
             seen.add(sid)
-        if bad:
-            raise InvalidArgument(bad)
+        if twice:
+            raise InvalidArgument(twice)
         return SpecificSeats(tuple(sorted(seat_ids)))
-    assert best is not None
-    if not 1 <= best.quantity <= MAX_SELECTION:
-        raise InvalidArgument.one(
-            "best_available.quantity", f"must be between 1 and {MAX_SELECTION}"
-        )
+    assert best is not None, "the contract requires one selection"
     return best
 
 

@@ -22,6 +22,7 @@ from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import Principal, bind_principal, unbind_principal
 from ticketd.auth.tokens import TokenService
 from ticketd.deadline import reset_call_deadline, set_call_deadline
+from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.convert import time_remaining
 from ticketd.edge.status import internal_status, to_status
 from ticketd.edge.textcheck import nul_field
@@ -61,9 +62,12 @@ def _bearer_token(metadata: Any) -> str | None:
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Default-deny role checks plus error mapping for every RPC."""
 
-    def __init__(self, tokens: TokenService, load_principal: PrincipalLoader) -> None:
+    def __init__(
+        self, tokens: TokenService, load_principal: PrincipalLoader, contract: ContractRules
+    ) -> None:
         self._tokens = tokens
         self._load_principal = load_principal
+        self._contract = contract
 
     async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
         if rule.public:
@@ -131,6 +135,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 bad = nul_field(request)
                 if bad is not None:
                     raise errors.InvalidArgument.one(bad, "must not contain NUL characters")
+                declared = self._contract.violations(request)
+                if declared:
+                    raise errors.InvalidArgument([v.field_violation() for v in declared])
                 bound = bind_principal(principal)
                 return await behavior(request, context)
             except (asyncio.CancelledError, aio.AbortError):
