@@ -1,6 +1,9 @@
 # Sourced by scripts/run and scripts/test: make .venv exist and match pyproject.toml.
 # Installs only from the package index named by pip's own configuration; re-installs
 # when pyproject.toml changes (a stamp holds its hash), so repeat runs start at once.
+# $1 names the extras to install, comma-separated, as in pyproject.toml: scripts/run passes
+# "server,cli" (the server, and ticketctl for the README's first steps), scripts/test "dev"
+# (everything). Empty installs the partner SDK alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TICKETING_VENV:-$ROOT/.venv}"

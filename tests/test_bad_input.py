@@ -916,6 +916,7 @@ def test_every_rpc_is_fuzzed() -> None:
     assert {p.values[0] for p in NUL_CASES} <= set(METHODS)
 
 
+@pytest.mark.slow  # many generated requests per case
 @pytest.mark.parametrize(("full", "first_caller"), FUZZ_CASES)
 @settings(
     max_examples=60,
@@ -947,6 +948,7 @@ async def test_generated_requests_get_a_clean_answer(
     assert outcome.code in allowed, f"{where}\nrequest:\n{_describe(request)}"
 
 
+@pytest.mark.slow  # many generated requests per case
 @settings(
     max_examples=40,
     deadline=None,

@@ -130,6 +130,7 @@ async def admin_cli(
     yield cli
 
 
+@pytest.mark.slow
 async def test_register_login_whoami_logout(running: RunningServer, tmp_path: Path) -> None:
     config = tmp_path / "config"
     cli = cli_for(running.target, config)
@@ -162,6 +163,7 @@ async def test_register_login_whoami_logout(running: RunningServer, tmp_path: Pa
     assert "not signed in" in again.err
 
 
+@pytest.mark.slow
 async def test_wrong_password_login_saves_nothing(running: RunningServer, tmp_path: Path) -> None:
     cli = cli_for(running.target, tmp_path / "config")
     result = await cli("login", ADMIN_EMAIL, TICKETING_PASSWORD="not-the-password")
@@ -208,6 +210,7 @@ async def _sell(running: RunningServer, event_id: str, section: str, where: str)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_admin_creates_venue_and_event_then_draws_seats_and_cancels(
     admin_cli: Ticketctl, running: RunningServer, stubs: Stubs
 ) -> None:
@@ -361,6 +364,7 @@ async def test_admin_creates_venue_and_event_then_draws_seats_and_cancels(
     assert "reason: EVENT_CANCELLED" in twice.err
 
 
+@pytest.mark.slow
 async def test_customer_creating_a_venue_is_permission_denied(
     running: RunningServer, stubs: Stubs, admin: Account, tmp_path: Path
 ) -> None:
@@ -377,6 +381,7 @@ async def test_customer_creating_a_venue_is_permission_denied(
     assert await venue_names(stubs, admin) == before
 
 
+@pytest.mark.slow
 async def test_bad_layout_prints_every_field_violation(
     admin_cli: Ticketctl, stubs: Stubs, admin: Account, tmp_path: Path
 ) -> None:
@@ -407,6 +412,7 @@ async def test_bad_layout_prints_every_field_violation(
     assert name not in await venue_names(stubs, admin)
 
 
+@pytest.mark.slow
 async def test_layout_shape_problems_are_reported_before_any_call(tmp_path: Path) -> None:
     layout = tmp_path / "shape.yaml"
     layout.write_text(
@@ -434,6 +440,7 @@ async def test_layout_shape_problems_are_reported_before_any_call(tmp_path: Path
     ]
 
 
+@pytest.mark.slow
 async def test_json_layout_and_dry_run(running: RunningServer, tmp_path: Path) -> None:
     layout = tmp_path / "club.json"
     layout.write_text(
@@ -462,6 +469,7 @@ async def test_json_layout_and_dry_run(running: RunningServer, tmp_path: Path) -
     assert "dry run: nothing created" in result.out
 
 
+@pytest.mark.slow
 async def test_event_create_names_unpriced_and_unknown_sections(
     admin_cli: Ticketctl, stubs: Stubs
 ) -> None:

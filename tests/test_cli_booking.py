@@ -24,6 +24,9 @@ from tests.conftest import RunningServer
 from tests.support import Account, Stubs, future, small_layout
 from ticketing.v1 import booking_pb2, event_pb2, venue_pb2
 
+# Slow tier: one ticketctl process per command.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 

@@ -31,6 +31,9 @@ from ticketd.db.embedded import (
     fallback_cluster_dir,
 )
 
+# Slow tier: starts, kills and restarts PostgreSQL clusters.
+pytestmark = pytest.mark.slow
+
 IS_ROOT = os.geteuid() == 0
 URL = re.compile(r"postgresql://ticketing@127\.0\.0\.1:(\d+)/ticketing")
 

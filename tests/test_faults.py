@@ -27,6 +27,9 @@ from tests.support import Account, Stubs, audit, book_request, error_details, sm
 from ticketd.db.embedded import EmbeddedPostgres, fallback_cluster_dir
 from ticketing.v1 import auth_pb2, booking_pb2
 
+# Slow tier: kills servers and database connections, stops PostgreSQL.
+pytestmark = pytest.mark.slow
+
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 _background: set[asyncio.Future[Any]] = set()
 

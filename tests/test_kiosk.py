@@ -214,6 +214,7 @@ async def sell(stubs: Stubs, admin: Account, reserved: int = 2, ga: int = 3) -> 
     )
 
 
+@pytest.mark.slow
 async def test_piped_codes_admit_reject_and_match_the_server_scan_log(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
@@ -321,6 +322,7 @@ async def test_piped_codes_admit_reject_and_match_the_server_scan_log(
     assert (stats.total_admitted, stats.total_rejected) == (2, 4)
 
 
+@pytest.mark.slow
 async def test_rich_screen_shows_big_panels_and_a_summary(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
@@ -393,6 +395,7 @@ def test_panel_colours_and_texts() -> None:
     )
 
 
+@pytest.mark.slow
 async def test_pending_scans_from_a_crash_are_resubmitted_with_their_scan_id(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
@@ -460,6 +463,7 @@ async def test_pending_scans_from_a_crash_are_resubmitted_with_their_scan_id(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.slow
 async def test_signal_closes_the_gate_with_a_summary_and_exit_0(
     sig: signal.Signals,
     tmp_path: Path,
@@ -481,6 +485,7 @@ async def test_signal_closes_the_gate_with_a_summary_and_exit_0(
     assert run.lines[-1].startswith("SUMMARY admitted=1 rejected=0 unresolved=0")
 
 
+@pytest.mark.slow
 async def test_startup_refusals_exit_non_zero_with_a_reason(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
@@ -616,6 +621,7 @@ class TicketdProcess:
             await asyncio.wait_for(self.proc.wait(), 10)
 
 
+@pytest.mark.slow
 async def test_kiosk_reports_an_outage_and_finishes_the_scan_when_the_server_returns(
     tmp_path: Path,
     running: RunningServer,
@@ -699,6 +705,7 @@ async def test_kiosk_reports_an_outage_and_finishes_the_scan_when_the_server_ret
     assert (stats.total_admitted, stats.total_rejected, stats.tickets_outstanding) == (3, 0, 0)
 
 
+@pytest.mark.slow
 async def test_rate_limits_wait_unanswered_scans_are_unresolved_and_stops_leave_pending(
     tmp_path: Path,
     running: RunningServer,
@@ -803,6 +810,7 @@ class FakeGate:
         )
 
 
+@pytest.mark.slow
 async def test_expired_token_signs_in_again_once_and_other_refusals_are_errors(
     tmp_path: Path,
 ) -> None:

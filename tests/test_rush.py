@@ -116,6 +116,7 @@ def check_names(report: dict[str, Any]) -> dict[str, bool]:
 
 
 @pytest.mark.parametrize("scenario", ["specific", "best-available", "mixed", "gate", "sale"])
+@pytest.mark.slow
 async def test_each_scenario_runs_and_audits_clean(
     running: RunningServer, tmp_path: Path, scenario: str
 ) -> None:
@@ -160,6 +161,7 @@ async def test_each_scenario_runs_and_audits_clean(
         assert counts["usedTickets"] == report["scanResults"]["ADMITTED"] > 0
 
 
+@pytest.mark.slow
 async def test_report_fields_csv_chart_and_token_cache(
     running: RunningServer, tmp_path: Path
 ) -> None:
@@ -226,6 +228,7 @@ async def test_report_fields_csv_chart_and_token_cache(
     assert third["setup"]["accountsFromCache"] == 0 and third["setup"]["logins"] == 6
 
 
+@pytest.mark.slow
 async def test_open_loop_warmup_and_reused_event(running: RunningServer, tmp_path: Path) -> None:
     code, first = await rush(
         running, tmp_path, "specific", "--seats", "500", "--buyers", "4", "--requests", "5"
@@ -272,6 +275,7 @@ async def sold_event(running: RunningServer, tmp_path: Path) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.slow
 async def test_audit_fails_loudly_on_corrupted_seats_and_tickets(
     running: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -316,6 +320,7 @@ async def test_audit_fails_loudly_on_corrupted_seats_and_tickets(
     assert "INVARIANT AUDIT FAILED" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 async def test_audit_fails_loudly_on_a_seat_in_two_live_orders(
     running: RunningServer, tmp_path: Path
 ) -> None:

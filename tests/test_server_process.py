@@ -22,6 +22,9 @@ from tests.support import PASSWORD, unique_email
 from ticketd.db.embedded import fallback_cluster_dir
 from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
+# Slow tier: ticketd as a separate process, with its own embedded PostgreSQL.
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as s:
