@@ -121,6 +121,8 @@ def _ours(msg: Message) -> set[tuple[str, str]]:
     return {(v.path, v.rule_id) for v in RULES.violations(msg)}
 
 
+# protovalidate evaluates CEL in pure Python: ~1 min for every RPC, so not in the quick loop.
+@pytest.mark.slow
 @pytest.mark.parametrize("descriptor", [d for _, d in REQUESTS], ids=[n for n, _ in REQUESTS])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())

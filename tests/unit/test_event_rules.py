@@ -13,7 +13,7 @@ from tests.unit.people import Role, caller
 from tests.unit.rejection import fields, reason_of, rejected, violations
 from ticketd.events import rules
 from ticketd.events.rules import EventSpec
-from ticketd.venues.rules import SectionKind
+from ticketd.shared import SectionKind
 
 START = dt.datetime(2030, 5, 1, 20, 0, tzinfo=dt.UTC)
 SECTION_A, SECTION_B = uuid.uuid4(), uuid.uuid4()

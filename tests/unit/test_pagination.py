@@ -35,9 +35,12 @@ def test_page_size_default_and_maximum_are_per_listing() -> None:
 
 
 def test_negative_page_size_is_invalid_argument() -> None:
-    assert violations(lambda: pagination.resolve_page_size(-1)) == [
-        ("page_size", "must not be negative")
-    ]
+    # Declared in the contract for every listing, enforced at the edge.
+    from ticketd.app import contract_rules
+    from ticketing.v1 import event_pb2
+
+    found = contract_rules().violations(event_pb2.ListEventsRequest(page_size=-1))
+    assert [(v.path, v.description) for v in found] == [("page_size", "must not be negative")]
 
 
 def test_a_token_gives_back_its_position() -> None:

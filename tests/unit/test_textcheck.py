@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ticketd.textcheck import nul_field
+from ticketd.edge.textcheck import nul_field
 from ticketing.v1 import event_pb2, venue_pb2
 
 

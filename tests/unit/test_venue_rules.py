@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tests.unit.rejection import fields, violations
+from ticketd.shared import SectionKind
 from ticketd.venues import rules
-from ticketd.venues.rules import RowSpec, SectionKind, SectionSpec, VenueSpec
+from ticketd.venues.rules import RowSpec, SectionSpec, VenueSpec
 
 RESERVED = SectionKind.RESERVED
 GA = SectionKind.GENERAL_ADMISSION
