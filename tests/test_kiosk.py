@@ -39,6 +39,7 @@ from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.render import RichRenderer
 from ticketing.kiosk.validation import Kiosk
 from ticketing.kiosk.views import Counts, Outcome, ScanResultView, SeatView
+from ticketing.pagination import paginate
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, gate_pb2
 
 UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -171,17 +172,9 @@ def read_journal(path: Path, torn: int = 0) -> list[dict[str, Any]]:
 
 
 async def all_scans(stubs: Stubs, who: Account, event_id: str) -> dict[str, gate_pb2.Scan]:
-    scans: dict[str, gate_pb2.Scan] = {}
-    token = ""
-    while True:
-        page = await stubs.gate.ListScans(
-            gate_pb2.ListScansRequest(event_id=event_id, page_size=100, page_token=token),
-            metadata=who.md,
-        )
-        scans |= {s.scan_id: s for s in page.scans}
-        token = page.next_page_token
-        if not token:
-            return scans
+    request = gate_pb2.ListScansRequest(event_id=event_id)
+    pages = paginate(stubs.gate.ListScans, request, lambda p: p.scans, metadata=who.md)
+    return {s.scan_id: s async for s in pages}
 
 
 @pytest.fixture(scope="module")

@@ -220,17 +220,17 @@ async def test_retry_happens_once_and_only_on_aborted(offline_client: Client) ->
         _rpc_error(grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT"),
     )
     offline_client.booking = twice  # type: ignore[assignment]
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await offline_client.book_best_available("e-1", "s-1", 2)
-    assert decode_error(err.value).reason == "CONCURRENCY_CONFLICT"  # the second answer
+    assert err.value.reason == "CONCURRENCY_CONFLICT"  # the second answer
     assert len(twice.requests) == 2
     assert twice.requests[0].request_id == twice.requests[1].request_id
 
     refused = ScriptedBooking(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "SOLD_OUT"))
     offline_client.booking = refused  # type: ignore[assignment]
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await offline_client.book_best_available("e-1", "s-1", 2)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert len(refused.requests) == 1
 
     # The same rule, used directly on any call.
@@ -259,9 +259,11 @@ async def test_decode_error_names_the_sold_seats(
     async with connect(running.target, rival.token) as theirs:
         await theirs.book_seats(event.id, [ids[1], ids[2]])
 
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await client.book_seats(event.id, [ids[0], ids[1], ids[2]])
-    sold = decode_error(err.value)
+    sold = err.value
+    # The helper raised the decoded error from the call's own AioRpcError.
+    assert isinstance(sold.__cause__, aio.AioRpcError) and decode_error(sold.__cause__) == sold
     assert (sold.code, sold.reason, sold.domain) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "SEAT_UNAVAILABLE",
@@ -276,9 +278,9 @@ async def test_decode_error_names_the_sold_seats(
     assert not sold.retryable
     assert "already sold" in sold.message
 
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await client.book_seats(event.id, [ids[3], ids[3]])
-    bad = decode_error(err.value)
+    bad = err.value
     assert (bad.code, bad.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert bad.field_violations == (
         FieldViolation("seat_ids.ids[1]", f"seat {ids[3]} is listed twice"),

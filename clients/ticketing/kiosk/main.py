@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import re
 import signal
 import sys
@@ -14,11 +13,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 from rich.console import Console
 
 from ticketing.client import Client, connect
+from ticketing.errors import TicketingError
 from ticketing.kiosk.journal import Journal, JournalError
 from ticketing.kiosk.lines import LineReader
 from ticketing.kiosk.render import PlainRenderer, RichRenderer, StartInfo
@@ -30,10 +29,10 @@ from ticketing.kiosk.signin import (
     StartupError,
     credentials_from_env,
     load_event,
-    resolve_target,
     sign_in,
 )
 from ticketing.kiosk.validation import Kiosk, RetryPolicy
+from ticketing.session import resolve_target
 from ticketing.v1 import common_pb2, event_pb2
 
 Renderer = PlainRenderer | RichRenderer
@@ -184,7 +183,7 @@ async def scan_loop(
 
 async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) -> int:
     """Start up (failing fast), then serve the gate until EOF or SIGINT/SIGTERM."""
-    target = resolve_target(args.target, os.environ)
+    target = resolve_target(args.target)
     credentials = credentials_from_env()
     client = connect(
         target,
@@ -234,7 +233,7 @@ async def _serve(
         assert credentials.email and credentials.password
         try:
             await client.login(credentials.email, credentials.password)
-        except aio.AioRpcError:
+        except TicketingError:
             return False
         return True
 
@@ -275,7 +274,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    health = asyncio.create_task(kiosk.watch_health(args.health_interval, check_timeout=1.0))
+    watcher = asyncio.create_task(kiosk.watch_health(args.health_interval, check_timeout=1.0))
     exit_code = 0
     try:
         await scan_loop(kiosk, renderer, stream, stop)
@@ -284,9 +283,9 @@ async def _serve(
         renderer.warning(f"stopping: {exc}")
         exit_code = EXIT_JOURNAL
     finally:
-        health.cancel()
+        watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await health
+            await watcher
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     renderer.summary(kiosk.counts, len(journal.pending()))

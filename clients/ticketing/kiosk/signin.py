@@ -3,9 +3,10 @@
 Credentials, in order:
   1. TICKETING_TOKEN, an access token;
   2. TICKETING_KIOSK_EMAIL + TICKETING_KIOSK_PASSWORD, signed in with AuthService.Login;
-  3. the token `ticketctl login` saved (ticketing.cli.config.load_session).
+  3. the token `ticketctl login` saved (the session store, `ticketing.session`).
 With an email and password the kiosk also signs in again by itself when its token expires
 mid-shift; with a bare token an expired token turns every scan into ERROR (UNAUTHENTICATED).
+
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-from grpc import aio
 
-from ticketing.cli.config import DEFAULT_TARGET, load_session, session_path
 from ticketing.client import Client
-from ticketing.sdk import decode_error
+from ticketing.errors import TicketingError, ticketing_errors
+from ticketing.session import load_session, session_path
 from ticketing.v1 import auth_pb2, common_pb2, event_pb2
 
 # Exit codes (documented in main's --help).
@@ -53,16 +53,6 @@ class Credentials:
     @property
     def can_login(self) -> bool:
         return bool(self.email and self.password)
-
-
-def resolve_target(explicit: str | None, environ: Mapping[str, str]) -> str:
-    """--target, else TICKETING_TARGET, else the `ticketctl login` target, else the default."""
-    if explicit:
-        return explicit
-    if environ.get("TICKETING_TARGET"):
-        return environ["TICKETING_TARGET"]
-    saved = load_session()
-    return saved.target if saved else DEFAULT_TARGET
 
 
 def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credentials:
@@ -109,18 +99,19 @@ async def retry_transport(
     warned = False
     while True:
         try:
-            return await call()
-        except aio.AioRpcError as err:
-            if err.code() not in _TRANSPORT:
+            with ticketing_errors():
+                return await call()
+        except TicketingError as err:
+            if err.code not in _TRANSPORT:
                 raise
             if loop.time() + delay > deadline:
                 raise StartupError(
-                    f"server {target} unreachable for {budget:.0f} s ({err.code().name}: "
-                    f"{err.details()})",
+                    f"server {target} unreachable for {budget:.0f} s ({err.code.name}: "
+                    f"{err.message})",
                     EXIT_UNREACHABLE,
                 ) from None
             if not warned:
-                on_wait(f"waiting for server {target} ({err.code().name})")
+                on_wait(f"waiting for server {target} ({err.code.name})")
                 warned = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -149,16 +140,16 @@ async def sign_in(
             await retry_transport(login, budget=budget, target=target, on_wait=on_wait)
         try:
             user = await retry_transport(whoami, budget=budget, target=target, on_wait=on_wait)
-        except aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.UNAUTHENTICATED or not credentials.can_login:
+        except TicketingError as err:
+            if err.code != grpc.StatusCode.UNAUTHENTICATED or not credentials.can_login:
                 raise
             # The given token expired, but we have a password: sign in afresh.
             await retry_transport(login, budget=budget, target=target, on_wait=on_wait)
             user = await retry_transport(whoami, budget=budget, target=target, on_wait=on_wait)
-    except aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+    except TicketingError as err:
+        if err.code == grpc.StatusCode.UNAUTHENTICATED:
             raise StartupError(
-                f"sign-in refused ({credentials.source}): {err.details()}; check the email "
+                f"sign-in refused ({credentials.source}): {err.message}; check the email "
                 "and password, or run `ticketctl login` again"
             ) from None
         raise StartupError(f"sign-in failed: {_describe(err)}") from None
@@ -180,13 +171,12 @@ async def load_event(
 
     try:
         return await retry_transport(get, budget=budget, target=target, on_wait=on_wait)
-    except aio.AioRpcError as err:
-        if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            raise StartupError(f"unknown event {event_id!r}: {err.details()}") from None
+    except TicketingError as err:
+        if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            raise StartupError(f"unknown event {event_id!r}: {err.message}") from None
         raise StartupError(f"cannot read event {event_id!r}: {_describe(err)}") from None
 
 
-def _describe(err: aio.AioRpcError) -> str:
-    decoded = decode_error(err)
-    reason = f" ({decoded.reason})" if decoded.reason else ""
-    return f"{decoded.code.name}{reason}: {decoded.message}"
+def _describe(err: TicketingError) -> str:
+    reason = f" ({err.reason})" if err.reason else ""
+    return f"{err.code.name}{reason}: {err.message}"

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
+from ticketing.errors import TicketingError, decode_error
 from ticketing.kiosk.journal import Journal, PendingScan, code_hash
 from ticketing.kiosk.views import (
     FROM_PROTO,
@@ -29,7 +30,6 @@ from ticketing.kiosk.views import (
     SeatView,
     reason_text,
 )
-from ticketing.sdk import decode_error
 from ticketing.v1 import gate_pb2, gate_pb2_grpc
 
 # Worth another attempt with the same scan_id: the server did nothing (UNAVAILABLE,
@@ -43,6 +43,8 @@ RETRYABLE = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+
+
 # Of those, the ones that say "the server is not reachable" rather than "it said wait".
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -160,13 +162,17 @@ class Kiosk:
     async def _submit(
         self, request: gate_pb2.ValidateTicketRequest, hashed: str, resubmitted: bool
     ) -> ScanResultView:
+        # The kiosk's own resend loop, apart from the SDK's retry policy (GateService is left
+        # out of the channel's service config on purpose): a scan is re-sent with its scan_id
+        # on more statuses (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED too), for a budget of
+        # seconds rather than a few attempts, and each failure must reach the screen at once
+        # ("SERVER UNREACHABLE") and end as UNRESOLVED, a result the journal keeps.
         policy = self.policy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.budget
         backoff = policy.initial_backoff
         attempt = 0
         reauthenticated = False
-        last_error = ""
         base = {"scan_id": request.scan_id, "code_hash": hashed, "resubmitted": resubmitted}
         while True:
             attempt += 1
@@ -176,18 +182,22 @@ class Kiosk:
                     request, timeout=max(0.1, min(policy.attempt_timeout, remaining))
                 )
             except aio.AioRpcError as err:
-                status = err.code()
-                last_error = f"{status.name}: {err.details() or ''}".rstrip(": ")
-                if status in RETRYABLE:
-                    if status in UNREACHABLE:
+                error = decode_error(err)
+                if error.code in RETRYABLE:
+                    last_error = f"{error.code.name}: {error.message}".rstrip(": ")
+                    if error.code in UNREACHABLE:
                         self._set_reachable(False, last_error)
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return self._unresolved(base, attempt, last_error)
-                    self._observer.retrying(request.scan_id, attempt, status.name, remaining)
+                    self._observer.retrying(request.scan_id, attempt, error.code.name, remaining)
                     # Full jitter: kiosks that lost the server together do not come back
-                    # in lockstep and trip the per-gate rate bound all at once.
-                    await asyncio.sleep(min(random.uniform(0, backoff), remaining))
+                    # in lockstep and trip the per-gate rate bound all at once. A server
+                    # that says how long to wait (RetryInfo) is taken at its word.
+                    pause = random.uniform(0, backoff)
+                    if error.retry_delay is not None:
+                        pause = max(pause, error.retry_delay)
+                    await asyncio.sleep(min(pause, remaining))
                     backoff = min(backoff * 2, policy.max_backoff)
                     if deadline - loop.time() <= 0:
                         return self._unresolved(base, attempt, last_error)
@@ -195,14 +205,14 @@ class Kiosk:
                 # The server answered, so it is reachable, even if it said no.
                 self._set_reachable(True, "")
                 if (
-                    status == grpc.StatusCode.UNAUTHENTICATED
+                    error.code == grpc.StatusCode.UNAUTHENTICATED
                     and self._reauthenticate is not None
                     and not reauthenticated
                 ):
                     reauthenticated = True
                     if await self._reauthenticate():
                         continue
-                return self._refused(base, attempt, err)
+                return self._refused(base, attempt, error)
             self._set_reachable(True, "")
             return self._from_response(base, attempt, response)
 
@@ -238,8 +248,9 @@ class Kiosk:
             error=error,
         )
 
-    def _refused(self, base: dict[str, Any], attempt: int, err: aio.AioRpcError) -> ScanResultView:
-        decoded = decode_error(err)
+    def _refused(
+        self, base: dict[str, Any], attempt: int, decoded: TicketingError
+    ) -> ScanResultView:
         if decoded.code == grpc.StatusCode.INVALID_ARGUMENT:
             detail = "; ".join(f"{v.field} {v.description}" for v in decoded.field_violations)
             error = detail or decoded.message

@@ -27,9 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ticketing.pagination import paginate
 from ticketing.rush.provision import Account, load_seat_map
-from ticketing.rush.stubs import Stubs
 from ticketing.rush.workload import Observed
+from ticketing.stubs import Stubs
 from ticketing.v1 import booking_pb2, event_pb2, gate_pb2
 
 AUDIT_CALL_TIMEOUT_S = 60.0
@@ -71,34 +72,28 @@ class Check:
 
 async def list_orders(stubs: Stubs, admin: Account, event_id: str) -> list[booking_pb2.Order]:
     """Every order of the event (any customer), as the admin sees them, page by page."""
-    orders: list[booking_pb2.Order] = []
-    token = ""
-    while True:
-        page = await stubs.booking.ListOrders(
-            booking_pb2.ListOrdersRequest(event_id=event_id, page_size=500, page_token=token),
-            metadata=admin.md,
-            timeout=AUDIT_CALL_TIMEOUT_S,
-        )
-        orders.extend(page.orders)
-        token = page.next_page_token
-        if not token:
-            return orders
+    pages = paginate(
+        stubs.booking.ListOrders,
+        booking_pb2.ListOrdersRequest(event_id=event_id),
+        lambda page: page.orders,
+        page_size=500,
+        metadata=admin.md,
+        page_timeout=AUDIT_CALL_TIMEOUT_S,
+    )
+    return [order async for order in pages]
 
 
 async def list_scans(stubs: Stubs, admin: Account, event_id: str) -> list[gate_pb2.Scan]:
     """The whole scan log of the event, page by page."""
-    scans: list[gate_pb2.Scan] = []
-    token = ""
-    while True:
-        page = await stubs.gate.ListScans(
-            gate_pb2.ListScansRequest(event_id=event_id, page_size=1_000, page_token=token),
-            metadata=admin.md,
-            timeout=AUDIT_CALL_TIMEOUT_S,
-        )
-        scans.extend(page.scans)
-        token = page.next_page_token
-        if not token:
-            return scans
+    pages = paginate(
+        stubs.gate.ListScans,
+        gate_pb2.ListScansRequest(event_id=event_id),
+        lambda page: page.scans,
+        page_size=1_000,
+        metadata=admin.md,
+        page_timeout=AUDIT_CALL_TIMEOUT_S,
+    )
+    return [scan async for scan in pages]
 
 
 def valid_tickets(orders: Iterable[booking_pb2.Order]) -> list[tuple[str, str, str]]:
