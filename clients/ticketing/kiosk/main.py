@@ -30,6 +30,7 @@ from ticketing.kiosk.signin import (
     credentials_from_env,
     load_event,
     sign_in,
+    wait_for_server,
 )
 from ticketing.kiosk.validation import Kiosk, RetryPolicy
 from ticketing.session import resolve_target
@@ -193,16 +194,16 @@ async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) ->
         options=CHANNEL_OPTIONS,
     )
     try:
-        user = await sign_in(
-            client,
-            credentials,
+        health = health_pb2_grpc.HealthStub(client.channel)
+        await wait_for_server(
+            health,
             budget=args.connect_timeout,
+            interval=args.health_interval,
             target=target,
             on_wait=renderer.warning,
         )
-        event = await load_event(
-            client, args.event, budget=args.connect_timeout, target=target, on_wait=renderer.warning
-        )
+        user = await sign_in(client, credentials)
+        event = await load_event(client, args.event)
         path = Path(args.journal) if args.journal else default_journal_path(event.id, args.gate)
         try:
             journal = Journal.open(path)
@@ -210,7 +211,7 @@ async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) ->
             raise StartupError(str(exc)) from None
         try:
             return await _serve(
-                args, renderer, stream, client, credentials, user, event, journal, target
+                args, renderer, stream, client, health, credentials, user, event, journal, target
             )
         finally:
             journal.close()
@@ -223,6 +224,7 @@ async def _serve(
     renderer: Renderer,
     stream: BinaryIO,
     client: Client,
+    health: Any,
     credentials: Credentials,
     user: common_pb2.User,
     event: event_pb2.Event,
@@ -251,7 +253,7 @@ async def _serve(
         policy=RetryPolicy(attempt_timeout=args.attempt_timeout, budget=args.retry_budget),
         reauthenticate=reauthenticate if credentials.can_login else None,
         doors_open_time=doors,
-        health=health_pb2_grpc.HealthStub(client.channel),
+        health=health,
     )
     renderer.started(
         StartInfo(

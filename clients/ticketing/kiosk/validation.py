@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from ticketing.errors import TicketingError, decode_error
+from ticketing.kiosk.health import UNREACHABLE, check_gate_service
 from ticketing.kiosk.journal import Journal, PendingScan, code_hash
 from ticketing.kiosk.views import (
     FROM_PROTO,
@@ -42,15 +43,6 @@ RETRYABLE = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
     }
-)
-
-
-# Of those, the ones that say "the server is not reachable" rather than "it said wait".
-UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-GATE_SERVICE = "ticketing.v1.GateService"
-NOT_SERVING = (
-    "NOT_SERVING: the server is up but not serving (shutting down, or its database is away)"
 )
 
 
@@ -289,30 +281,14 @@ class Kiosk:
     async def watch_health(self, interval: float = 1.0, check_timeout: float = 1.0) -> None:
         """Poll grpc.health.v1 Health/Check for the gate service until cancelled.
 
-        A poll with a short deadline rather than Health/Watch: a stream on a frozen server
-        or a silently dropped connection just goes quiet, while a Check times out. Polling
-        also keeps the channel reconnecting while nobody scans, so the first scan after an
-        outage does not pay for the reconnect.
+        A poll with a short deadline rather than Health/Watch (see `ticketing.kiosk.health`).
+        Polling also keeps the channel reconnecting while nobody scans, so the first scan
+        after an outage does not pay for the reconnect.
         """
         if self._health is None:
             return
-        from grpc_health.v1 import health_pb2
-
-        request = health_pb2.HealthCheckRequest(service=GATE_SERVICE)
-        serving = health_pb2.HealthCheckResponse.SERVING
         while True:
             started = time.monotonic()
-            try:
-                reply = await self._health.Check(request, timeout=check_timeout)
-            except aio.AioRpcError as err:
-                if err.code() in UNREACHABLE:
-                    self._set_reachable(False, f"{err.code().name}: {err.details() or ''}")
-                else:
-                    # e.g. UNAUTHENTICATED for an expired token: the server did answer.
-                    self._set_reachable(True, "")
-            else:
-                if reply.status == serving:
-                    self._set_reachable(True, "")
-                else:
-                    self._set_reachable(False, NOT_SERVING)
+            why_not = await check_gate_service(self._health, check_timeout)
+            self._set_reachable(not why_not, why_not)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
