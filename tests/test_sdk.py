@@ -7,8 +7,13 @@ in-process server and reads the outcome back from PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import pickle
+import stat
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -25,7 +30,18 @@ from ticketing.sdk import (
     PreconditionViolation,
     TicketingError,
     decode_error,
+    paginate,
     retry_once_on_aborted,
+    ticketing_errors,
+)
+from ticketing.session import (
+    DEFAULT_TARGET,
+    SavedSession,
+    clear_session,
+    load_session,
+    resolve_target,
+    save_session,
+    session_path,
 )
 from ticketing.v1 import auth_pb2, booking_pb2, event_pb2
 
@@ -302,3 +318,160 @@ def test_decode_error_without_details() -> None:
         None,
     )
     assert decode_error(garbled).reason == "" and decode_error(garbled).retryable
+
+
+def test_ticketing_error_is_an_exception_with_the_retry_delay() -> None:
+    retry = any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=dt.timedelta(milliseconds=1500)))
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="SCAN_RATE_EXCEEDED", domain="ticketing.v1"))
+    status = status_pb2.Status(code=8, message="slow down", details=[info, retry])
+    err = aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        aio.Metadata(),
+        aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+        "slow down",
+        None,
+    )
+    decoded = decode_error(err)
+    assert (decoded.reason, decoded.retry_delay) == ("SCAN_RATE_EXCEEDED", 1.5)
+    assert decode_error(_rpc_error(grpc.StatusCode.ABORTED, "SEAT_LOCKED")).retry_delay is None
+    assert str(decoded) == "RESOURCE_EXHAUSTED (SCAN_RATE_EXCEEDED): slow down"
+    # A real exception: raised from the call's error, equal by value, and picklable whole.
+    with pytest.raises(TicketingError) as caught, ticketing_errors():
+        raise err
+    assert caught.value == decoded and caught.value.__cause__ is err
+    assert pickle.loads(pickle.dumps(decoded)) == decoded
+    assert len({decoded, decode_error(err)}) == 1
+
+
+async def test_retry_on_aborted_waits_as_long_as_the_server_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    # Nothing else runs meanwhile: no await in this test ever yields to the event loop.
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    retry = any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=dt.timedelta(seconds=2)))
+    status = status_pb2.Status(code=10, message="locked", details=[retry])
+    told = aio.AioRpcError(
+        grpc.StatusCode.ABORTED,
+        aio.Metadata(),
+        aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+        "locked",
+        None,
+    )
+    answers: list[aio.AioRpcError | None] = [told, None, _rpc_error(grpc.StatusCode.ABORTED, "X")]
+
+    async def call(request: str) -> str:
+        error = answers.pop(0)
+        if error is not None:
+            raise error
+        return request
+
+    assert await retry_once_on_aborted(call, "a", backoff_seconds=10) == "a"
+    answers[:0] = [_rpc_error(grpc.StatusCode.ABORTED, "X"), None]
+    assert await retry_once_on_aborted(call, "b", backoff_seconds=10) == "b"
+    assert pauses[0] == 2.0 and 5 <= pauses[1] <= 15  # RetryInfo, else jittered backoff
+
+
+# --- paginate -----------------------------------------------------------------------------
+
+
+class ScriptedListing:
+    """Stands in for a List method: answers with the given pages, recording each call."""
+
+    def __init__(self, *pages: tuple[list[int], str]) -> None:
+        self.pages = list(pages)
+        self.calls: list[tuple[event_pb2.ListSeatsRequest, dict[str, object]]] = []
+
+    async def __call__(
+        self, request: event_pb2.ListSeatsRequest, **options: object
+    ) -> event_pb2.ListSeatsResponse:
+        self.calls.append(
+            (event_pb2.ListSeatsRequest.FromString(request.SerializeToString()), options)
+        )
+        if not self.pages:
+            raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
+        ids, token = self.pages.pop(0)
+        return event_pb2.ListSeatsResponse(
+            seats=[event_pb2.Seat(id=i) for i in ids], next_page_token=token
+        )
+
+
+def _seats(page: event_pb2.ListSeatsResponse) -> list[event_pb2.Seat]:
+    return list(page.seats)
+
+
+async def test_paginate_follows_tokens_to_the_empty_one() -> None:
+    listing = ScriptedListing(([1, 2], "t1"), ([3], "t2"), ([], "t3"), ([4], ""))
+    request = event_pb2.ListSeatsRequest(event_id="e-1", page_size=7)
+    pages = paginate(
+        listing,  # type: ignore[arg-type]
+        request,
+        _seats,
+        page_size=2,
+        metadata=(("authorization", "Bearer x"),),
+        page_timeout=5.0,
+    )
+    assert [s.id async for s in pages] == [1, 2, 3, 4]  # an empty page is not the end
+    assert [(r.page_token, r.page_size, r.event_id) for r, _ in listing.calls] == [
+        ("", 2, "e-1"),
+        ("t1", 2, "e-1"),
+        ("t2", 2, "e-1"),
+        ("t3", 2, "e-1"),
+    ]
+    assert all(
+        o == {"metadata": (("authorization", "Bearer x"),), "timeout": 5.0}
+        for _, o in listing.calls
+    )
+    assert (request.page_token, request.page_size) == ("", 7)  # the caller's request is as it was
+
+    # Stopping early fetches no more pages; the request's own page size and token are used.
+    listing = ScriptedListing(([1, 2], "t1"), ([3], ""))
+    resumed = event_pb2.ListSeatsRequest(event_id="e-1", page_size=7, page_token="t0")
+    async for _ in paginate(listing, resumed, _seats):  # type: ignore[arg-type]
+        break
+    assert [(r.page_token, r.page_size) for r, _ in listing.calls] == [("t0", 7)]
+
+    # A page that fails raises TicketingError, after the items of the pages before it.
+    listing = ScriptedListing(([1], "t1"))
+    seen: list[int] = []
+    with pytest.raises(TicketingError) as err:
+        async for seat in paginate(listing, request, _seats):  # type: ignore[arg-type]
+            seen.append(seat.id)
+    assert seen == [1] and err.value.reason == "PAGE_TOKEN_INVALID"
+
+
+# --- the session store --------------------------------------------------------------------
+
+
+def test_session_store_is_private_and_resolve_target_prefers_what_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TICKETCTL_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("TICKETING_TARGET", raising=False)
+    assert load_session() is None and resolve_target() == DEFAULT_TARGET
+
+    path = save_session(SavedSession("saved:1", "tok-1", "a@example.test"))
+    assert path == session_path() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+    save_session(SavedSession("saved:2", "tok-2", "b@example.test"))  # replaces it whole
+    assert load_session() == SavedSession("saved:2", "tok-2", "b@example.test")
+    assert [p.name for p in path.parent.iterdir()] == ["session.json"]
+
+    assert resolve_target() == "saved:2"
+    assert resolve_target(environ={"TICKETING_TARGET": "env:3"}) == "env:3"
+    monkeypatch.setenv("TICKETING_TARGET", "env:4")
+    assert resolve_target() == "env:4"
+    assert resolve_target("given:5") == "given:5"
+
+    path.write_text("{not json")
+    assert load_session() is None
+    clear_session()
+    clear_session()  # nothing there: fine
+    assert not path.exists() and load_session() is None
