@@ -12,15 +12,13 @@ from ticketing.cli.common import (
     CliError,
     add_target_args,
     console,
-    list_page_size,
     open_client,
     parse_role,
     print_limited,
     role_name,
-    take,
+    take_listing,
 )
 from ticketing.client import connect
-from ticketing.pagination import paginate
 from ticketing.session import SavedSession, clear_session, resolve_target, save_session
 from ticketing.v1 import auth_pb2, common_pb2
 
@@ -82,14 +80,8 @@ async def cmd_users_list(args: argparse.Namespace) -> int:
     table = Table("email", "name", "roles", "id", "created")
     request = auth_pb2.ListUsersRequest(email_prefix=args.prefix or "")
     async with open_client(args) as client:
-        users, more = await take(
-            paginate(
-                client.auth.ListUsers,
-                request,
-                lambda page: page.users,
-                page_size=list_page_size(args.limit),
-            ),
-            args.limit,
+        users, more = await take_listing(
+            client.auth.ListUsers, request, lambda page: page.users, args.limit
         )
     for u in users:
         table.add_row(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
+from grpc import aio
 from rich.console import Console
 from rich.table import Table
 
 from ticketing.client import Client, connect
 from ticketing.errors import TicketingError
+from ticketing.pagination import PageRequest, PageResponse, paginate
 from ticketing.session import DEFAULT_TARGET, load_session, resolve_target
 from ticketing.v1 import common_pb2
 
@@ -30,6 +32,8 @@ class CliError(Exception):
 MAX_PAGE_SIZE = 500
 
 T = TypeVar("T")
+RequestT = TypeVar("RequestT", bound=PageRequest)
+ResponseT = TypeVar("ResponseT", bound=PageResponse)
 
 
 def open_client(args: argparse.Namespace, *, need_token: bool = True) -> Client:
@@ -89,6 +93,16 @@ async def take(items: AsyncIterator[T], limit: int) -> tuple[list[T], bool]:
         if len(taken) > limit:
             break
     return taken[:limit], len(taken) > limit
+
+
+async def take_listing(
+    method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    items: Callable[[ResponseT], Iterable[T]],
+    limit: int,
+) -> tuple[list[T], bool]:
+    """The first `limit` items of a List call (`ticketing.paginate`) and whether there are more."""
+    return await take(paginate(method, request, items, page_size=list_page_size(limit)), limit)
 
 
 def print_limited(table: Table, shown: int, more: bool) -> None:

@@ -15,10 +15,9 @@ from ticketing.cli.common import (
     CliError,
     add_target_args,
     console,
-    list_page_size,
     open_client,
     print_limited,
-    take,
+    take_listing,
 )
 from ticketing.cli.seatmap import (
     ASCII_GLYPHS,
@@ -225,14 +224,8 @@ async def cmd_events_list(args: argparse.Namespace) -> int:
             request.start_after.CopyFrom(parse_time(args.after, None, "--after"))
         if args.before:
             request.start_before.CopyFrom(parse_time(args.before, None, "--before"))
-        events, more = await take(
-            paginate(
-                client.events.ListEvents,
-                request,
-                lambda page: page.events,
-                page_size=list_page_size(args.limit),
-            ),
-            args.limit,
+        events, more = await take_listing(
+            client.events.ListEvents, request, lambda page: page.events, args.limit
         )
     for e in events:
         # ListEvents leaves live counts out, so only the capacity is shown here.

@@ -41,13 +41,11 @@ from ticketing.cli.common import (
     add_target_args,
     console,
     describe_error,
-    list_page_size,
     open_client,
     print_limited,
-    take,
+    take_listing,
 )
 from ticketing.errors import TicketingError, ticketing_errors
-from ticketing.pagination import paginate
 from ticketing.v1 import venue_pb2
 
 # Far above the server's 2,000 rows per section: it is there only so that a typo such as
@@ -388,14 +386,8 @@ async def cmd_venues_list(args: argparse.Namespace) -> int:
     table = Table("name", "places", "sections", "time zone")
     table.add_column("id", no_wrap=True, min_width=36)
     async with open_client(args) as client:
-        venues, more = await take(
-            paginate(
-                client.venues.ListVenues,
-                venue_pb2.ListVenuesRequest(),
-                lambda page: page.venues,
-                page_size=list_page_size(args.limit),
-            ),
-            args.limit,
+        venues, more = await take_listing(
+            client.venues.ListVenues, venue_pb2.ListVenuesRequest(), lambda p: p.venues, args.limit
         )
     for v in venues:
         table.add_row(escape(v.name), str(v.capacity), str(len(v.sections)), v.time_zone, v.id)

@@ -23,11 +23,13 @@ A failed check lists up to five examples; the command exits non-zero.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from ticketing.pagination import paginate
+from grpc import aio
+
+from ticketing.pagination import PageRequest, PageResponse, paginate
 from ticketing.rush.provision import Account, load_seat_map
 from ticketing.rush.workload import Observed
 from ticketing.stubs import Stubs
@@ -37,6 +39,10 @@ AUDIT_CALL_TIMEOUT_S = 60.0
 MAX_EXAMPLES = 5
 
 LIVE = (booking_pb2.TICKET_STATUS_VALID, booking_pb2.TICKET_STATUS_USED)
+
+RequestT = TypeVar("RequestT", bound=PageRequest)
+ResponseT = TypeVar("ResponseT", bound=PageResponse)
+ItemT = TypeVar("ItemT")
 
 
 @dataclass
@@ -72,28 +78,24 @@ class Check:
 
 async def list_orders(stubs: Stubs, admin: Account, event_id: str) -> list[booking_pb2.Order]:
     """Every order of the event (any customer), as the admin sees them, page by page."""
-    pages = paginate(
-        stubs.booking.ListOrders,
-        booking_pb2.ListOrdersRequest(event_id=event_id),
-        lambda page: page.orders,
-        page_size=500,
-        metadata=admin.md,
-        page_timeout=AUDIT_CALL_TIMEOUT_S,
-    )
-    return [order async for order in pages]
+    request = booking_pb2.ListOrdersRequest(event_id=event_id, page_size=500)
+    return await _read_all(stubs.booking.ListOrders, request, lambda p: p.orders, admin)
 
 
 async def list_scans(stubs: Stubs, admin: Account, event_id: str) -> list[gate_pb2.Scan]:
     """The whole scan log of the event, page by page."""
-    pages = paginate(
-        stubs.gate.ListScans,
-        gate_pb2.ListScansRequest(event_id=event_id),
-        lambda page: page.scans,
-        page_size=1_000,
-        metadata=admin.md,
-        page_timeout=AUDIT_CALL_TIMEOUT_S,
-    )
-    return [scan async for scan in pages]
+    request = gate_pb2.ListScansRequest(event_id=event_id, page_size=1_000)
+    return await _read_all(stubs.gate.ListScans, request, lambda p: p.scans, admin)
+
+
+async def _read_all(
+    method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    items: Callable[[ResponseT], Iterable[ItemT]],
+    admin: Account,
+) -> list[ItemT]:
+    pages = paginate(method, request, items, metadata=admin.md, page_timeout=AUDIT_CALL_TIMEOUT_S)
+    return [item async for item in pages]
 
 
 def valid_tickets(orders: Iterable[booking_pb2.Order]) -> list[tuple[str, str, str]]:
