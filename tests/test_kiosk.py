@@ -566,7 +566,7 @@ class ScriptedHealth:
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, grpc.StatusCode):
             raise aio.AioRpcError(answer, aio.Metadata(), aio.Metadata(), answer.name, None)
-        return health_pb2.HealthCheckResponse(status=answer)  # type: ignore[arg-type]
+        return health_pb2.HealthCheckResponse(status=answer)
 
 
 async def test_start_waits_for_the_server_to_serve_then_gives_up_with_exit_3(

@@ -11,6 +11,8 @@ import asyncio
 import datetime as dt
 import pickle
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -467,3 +469,30 @@ def test_session_store_is_private_and_resolve_target_prefers_what_is_given(
     clear_session()
     clear_session()  # nothing there: fine
     assert not path.exists() and load_session() is None
+
+
+def test_the_sdk_needs_nothing_the_tools_or_the_server_use() -> None:
+    """A partner's install has grpcio, protobuf and grpcio-status only: importing the SDK
+    must not reach for what ticketctl, the kiosk, the harness or the server use."""
+    tools_and_server = [
+        "rich",
+        "yaml",
+        "hdrh",
+        "matplotlib",
+        "grpc_health",
+        "sqlalchemy",
+        "asyncpg",
+        "alembic",
+        "bcrypt",
+        "jwt",
+        "ticketd",
+    ]
+    code = (
+        "import sys\n"
+        f"for name in {tools_and_server!r}:\n"
+        "    sys.modules[name] = None  # importing it raises ImportError\n"
+        "import ticketing, ticketing.client, ticketing.errors, ticketing.pagination\n"
+        "import ticketing.retry, ticketing.sdk, ticketing.session, ticketing.stubs\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -34,10 +34,6 @@ RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 
 
-def _orders(page: booking_pb2.ListOrdersResponse) -> Iterable[booking_pb2.Order]:
-    return page.orders
-
-
 class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     """Adds `authorization: Bearer` (plaintext only) and a default deadline to each call."""
 
@@ -191,7 +187,9 @@ class Client(Stubs):
         A failed page raises TicketingError.
         """
         request = booking_pb2.ListOrdersRequest(event_id=event_id, customer_email=customer_email)
-        return paginate(self.booking.ListOrders, request, _orders, page_size=page_size)
+        return paginate(
+            self.booking.ListOrders, request, lambda page: page.orders, page_size=page_size
+        )
 
     async def _mutate(
         self,
