@@ -7,28 +7,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
+from ticketing import stubs as sdk_stubs
+from ticketing.errors import decode_error
+from ticketing.pagination import paginate
+from ticketing.stubs import CallMetadata, bearer
 from ticketing.v1 import (
     auth_pb2,
-    auth_pb2_grpc,
     booking_pb2,
-    booking_pb2_grpc,
     common_pb2,
     event_pb2,
-    event_pb2_grpc,
     gate_pb2,
-    gate_pb2_grpc,
     venue_pb2,
-    venue_pb2_grpc,
 )
 
 PASSWORD = "correct horse battery"
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
 
 
 def unique_email(tag: str = "user") -> str:
@@ -46,30 +40,18 @@ class ErrorDetails:
 
 
 def error_details(err: aio.AioRpcError) -> ErrorDetails:
-    """Decode google.rpc.Status details from an aio call error."""
-    reason: str | None = None
-    metadata: dict[str, str] = {}
-    fields: list[tuple[str, str]] = []
-    pre: list[tuple[str, str, str]] = []
-    for key, value in err.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for any_msg in status.details:
-            if any_msg.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                any_msg.Unpack(info)
-                reason, metadata = info.reason, dict(info.metadata)
-                assert info.domain == "ticketing.v1"
-            elif any_msg.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                any_msg.Unpack(bad)
-                fields += [(v.field, v.description) for v in bad.field_violations]
-            elif any_msg.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                pf = error_details_pb2.PreconditionFailure()
-                any_msg.Unpack(pf)
-                pre += [(v.type, v.subject, v.description) for v in pf.violations]
-    return ErrorDetails(err.code(), err.details() or "", reason, metadata, fields, pre)
+    """The SDK's decode_error, in the shape the tests assert on (reason None without one)."""
+    decoded = decode_error(err)
+    if decoded.reason or decoded.domain:
+        assert decoded.domain == "ticketing.v1"
+    return ErrorDetails(
+        decoded.code,
+        decoded.message,
+        decoded.reason or None,
+        dict(decoded.metadata),
+        [(v.field, v.description) for v in decoded.field_violations],
+        [(v.type, v.subject, v.description) for v in decoded.precondition_violations],
+    )
 
 
 @dataclass
@@ -80,22 +62,12 @@ class Account:
     password: str
 
     @property
-    def md(self) -> tuple[tuple[str, str], ...]:
+    def md(self) -> CallMetadata:
         return bearer(self.token)
 
 
-class Stubs:
-    """Typed stubs over one channel."""
-
-    def __init__(self, channel: aio.Channel) -> None:
-        self.channel = channel
-        self.auth: auth_pb2_grpc.AuthServiceAsyncStub = auth_pb2_grpc.AuthServiceStub(channel)
-        self.venues: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(channel)
-        self.events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(channel)
-        self.booking: booking_pb2_grpc.BookingServiceAsyncStub = (
-            booking_pb2_grpc.BookingServiceStub(channel)
-        )
-        self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
+class Stubs(sdk_stubs.Stubs):
+    """The SDK's typed stubs over one channel, plus set-up helpers for tests."""
 
     async def register(self, tag: str = "user", password: str = PASSWORD) -> Account:
         email = unique_email(tag)
@@ -135,18 +107,9 @@ class Stubs:
         return (await self.events.CreateEvent(request, metadata=owner.md)).event
 
     async def all_seats(self, event_id: str, **filters: Any) -> list[event_pb2.Seat]:
-        seats: list[event_pb2.Seat] = []
-        token = ""
-        while True:
-            resp = await self.events.ListSeats(
-                event_pb2.ListSeatsRequest(
-                    event_id=event_id, page_size=10_000, page_token=token, **filters
-                )
-            )
-            seats += resp.seats
-            token = resp.next_page_token
-            if not token:
-                return seats
+        request = event_pb2.ListSeatsRequest(event_id=event_id, **filters)
+        pages = paginate(self.events.ListSeats, request, lambda p: p.seats, page_size=10_000)
+        return [seat async for seat in pages]
 
     async def account_with_roles(self, admin: Account, *roles: Any, tag: str = "user") -> Account:
         acct = await self.register(tag)

@@ -30,6 +30,7 @@ from tests.support import PASSWORD, Account, Stubs, unique_email
 from ticketing.cli.event_cmds import parse_time, section_prices
 from ticketing.cli.seatmap import ASCII_GLYPHS, UNICODE_GLYPHS, format_money, render_seat_map
 from ticketing.cli.venue_cmds import LayoutError, expand_row_range, venue_from_layout
+from ticketing.pagination import paginate
 from ticketing.v1 import event_pb2, event_pb2_grpc, venue_pb2, venue_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,16 +105,10 @@ def events_of(stubs: Stubs) -> event_pb2_grpc.EventServiceAsyncStub:
 
 async def venue_names(stubs: Stubs, admin: Account) -> list[str]:
     stub: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(stubs.channel)
-    names: list[str] = []
-    token = ""
-    while True:
-        page = await stub.ListVenues(
-            venue_pb2.ListVenuesRequest(page_size=500, page_token=token), metadata=admin.md
-        )
-        names += [v.name for v in page.venues]
-        token = page.next_page_token
-        if not token:
-            return names
+    pages = paginate(
+        stub.ListVenues, venue_pb2.ListVenuesRequest(), lambda p: p.venues, metadata=admin.md
+    )
+    return [v.name async for v in pages]
 
 
 def ok(result: CliResult) -> CliResult:

@@ -39,6 +39,7 @@ from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.render import RichRenderer
 from ticketing.kiosk.validation import Kiosk
 from ticketing.kiosk.views import Counts, Outcome, ScanResultView, SeatView
+from ticketing.pagination import paginate
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, gate_pb2
 
 UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -171,17 +172,9 @@ def read_journal(path: Path, torn: int = 0) -> list[dict[str, Any]]:
 
 
 async def all_scans(stubs: Stubs, who: Account, event_id: str) -> dict[str, gate_pb2.Scan]:
-    scans: dict[str, gate_pb2.Scan] = {}
-    token = ""
-    while True:
-        page = await stubs.gate.ListScans(
-            gate_pb2.ListScansRequest(event_id=event_id, page_size=100, page_token=token),
-            metadata=who.md,
-        )
-        scans |= {s.scan_id: s for s in page.scans}
-        token = page.next_page_token
-        if not token:
-            return scans
+    request = gate_pb2.ListScansRequest(event_id=event_id)
+    pages = paginate(stubs.gate.ListScans, request, lambda p: p.scans, metadata=who.md)
+    return {s.scan_id: s async for s in pages}
 
 
 @pytest.fixture(scope="module")
@@ -562,6 +555,72 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ScriptedHealth:
+    """A Health stub that answers the given statuses (or raises the given codes) in turn."""
+
+    def __init__(self, *answers: int | grpc.StatusCode) -> None:
+        self.answers = list(answers)
+        self.checks = 0
+
+    async def Check(self, request: Any, timeout: float | None = None) -> Any:
+        from grpc_health.v1 import health_pb2
+
+        self.checks += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, grpc.StatusCode):
+            raise aio.AioRpcError(answer, aio.Metadata(), aio.Metadata(), answer.name, None)
+        return health_pb2.HealthCheckResponse(status=answer)
+
+
+async def test_start_waits_for_the_server_to_serve_then_gives_up_with_exit_3(
+    tmp_path: Path, gatekeeper: Account
+) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from ticketing.kiosk.signin import EXIT_UNREACHABLE, StartupError, wait_for_server
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    warnings: list[str] = []
+    # Down, then up without its database, then serving: one notice, then on.
+    health = ScriptedHealth(grpc.StatusCode.UNAVAILABLE, not_serving, serving)
+    await wait_for_server(health, budget=10, interval=0.01, target="t:1", on_wait=warnings.append)
+    assert health.checks == 3 and warnings == ["waiting for server t:1 (UNAVAILABLE)"]
+    # A server that answers at all (here: no health service) is there.
+    await wait_for_server(
+        ScriptedHealth(grpc.StatusCode.UNIMPLEMENTED),
+        budget=10,
+        interval=0.01,
+        target="t:1",
+        on_wait=warnings.append,
+    )
+    with pytest.raises(StartupError) as err:
+        await wait_for_server(
+            ScriptedHealth(not_serving), budget=0.05, interval=0.01, target="t:1", on_wait=print
+        )
+    assert err.value.exit_code == EXIT_UNREACHABLE and "unreachable for 0 s" in str(err.value)
+
+    # The command: nothing listens on the port, so it says it waits, then exits 3.
+    code, out, stderr = await run_kiosk(
+        tmp_path,
+        f"127.0.0.1:{_free_port()}",
+        str(uuid.uuid4()),
+        [],
+        "--gate",
+        "g",
+        "--connect-timeout",
+        "2",
+        "--health-interval",
+        "0.2",
+        env=kiosk_env(tmp_path, TICKETING_TOKEN=gatekeeper.token),
+    )
+    assert code == 3, (out, stderr)
+    assert any(line.startswith("WARN waiting for server 127.0.0.1:") for line in out), out
+    assert "unreachable for 2 s (UNAVAILABLE" in stderr
 
 
 class TicketdProcess:

@@ -7,8 +7,15 @@ in-process server and reads the outcome back from PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import pickle
+import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -25,7 +32,18 @@ from ticketing.sdk import (
     PreconditionViolation,
     TicketingError,
     decode_error,
+    paginate,
     retry_once_on_aborted,
+    ticketing_errors,
+)
+from ticketing.session import (
+    DEFAULT_TARGET,
+    SavedSession,
+    clear_session,
+    load_session,
+    resolve_target,
+    save_session,
+    session_path,
 )
 from ticketing.v1 import auth_pb2, booking_pb2, event_pb2
 
@@ -159,17 +177,22 @@ async def test_aborted_booking_is_retried_once_with_the_same_request_id(
 # --- the retry rule, with a stand-in that answers ABORTED on cue --------------------------
 
 
-def _status_trailer(code: grpc.StatusCode, reason: str) -> aio.Metadata:
+def _status_trailer(
+    code: grpc.StatusCode, reason: str, retry_delay: dt.timedelta | None = None
+) -> aio.Metadata:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="ticketing.v1"))
     status = status_pb2.Status(code=code.value[0], message=reason, details=[info])
+    if retry_delay is not None:
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=retry_delay))
     return aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
 
 
-def _rpc_error(code: grpc.StatusCode, reason: str) -> aio.AioRpcError:
-    return aio.AioRpcError(
-        code, aio.Metadata(), _status_trailer(code, reason), reason, debug_error_string=None
-    )
+def _rpc_error(
+    code: grpc.StatusCode, reason: str, retry_delay: dt.timedelta | None = None
+) -> aio.AioRpcError:
+    trailer = _status_trailer(code, reason, retry_delay)
+    return aio.AioRpcError(code, aio.Metadata(), trailer, reason, debug_error_string=None)
 
 
 class ScriptedBooking:
@@ -220,17 +243,17 @@ async def test_retry_happens_once_and_only_on_aborted(offline_client: Client) ->
         _rpc_error(grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT"),
     )
     offline_client.booking = twice  # type: ignore[assignment]
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await offline_client.book_best_available("e-1", "s-1", 2)
-    assert decode_error(err.value).reason == "CONCURRENCY_CONFLICT"  # the second answer
+    assert err.value.reason == "CONCURRENCY_CONFLICT"  # the second answer
     assert len(twice.requests) == 2
     assert twice.requests[0].request_id == twice.requests[1].request_id
 
     refused = ScriptedBooking(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "SOLD_OUT"))
     offline_client.booking = refused  # type: ignore[assignment]
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await offline_client.book_best_available("e-1", "s-1", 2)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert len(refused.requests) == 1
 
     # The same rule, used directly on any call.
@@ -259,9 +282,11 @@ async def test_decode_error_names_the_sold_seats(
     async with connect(running.target, rival.token) as theirs:
         await theirs.book_seats(event.id, [ids[1], ids[2]])
 
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await client.book_seats(event.id, [ids[0], ids[1], ids[2]])
-    sold = decode_error(err.value)
+    sold = err.value
+    # The helper raised the decoded error from the call's own AioRpcError.
+    assert isinstance(sold.__cause__, aio.AioRpcError) and decode_error(sold.__cause__) == sold
     assert (sold.code, sold.reason, sold.domain) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "SEAT_UNAVAILABLE",
@@ -276,9 +301,9 @@ async def test_decode_error_names_the_sold_seats(
     assert not sold.retryable
     assert "already sold" in sold.message
 
-    with pytest.raises(aio.AioRpcError) as err:
+    with pytest.raises(TicketingError) as err:
         await client.book_seats(event.id, [ids[3], ids[3]])
-    bad = decode_error(err.value)
+    bad = err.value
     assert (bad.code, bad.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert bad.field_violations == (
         FieldViolation("seat_ids.ids[1]", f"seat {ids[3]} is listed twice"),
@@ -300,3 +325,174 @@ def test_decode_error_without_details() -> None:
         None,
     )
     assert decode_error(garbled).reason == "" and decode_error(garbled).retryable
+
+
+def test_ticketing_error_is_an_exception_with_the_retry_delay() -> None:
+    err = _rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "SCAN_RATE_EXCEEDED", dt.timedelta(milliseconds=1500)
+    )
+    decoded = decode_error(err)
+    assert (decoded.reason, decoded.retry_delay) == ("SCAN_RATE_EXCEEDED", 1.5)
+    assert decode_error(_rpc_error(grpc.StatusCode.ABORTED, "SEAT_LOCKED")).retry_delay is None
+    assert str(decoded) == "RESOURCE_EXHAUSTED (SCAN_RATE_EXCEEDED): SCAN_RATE_EXCEEDED"
+    # A real exception: raised from the call's error, equal by value, and picklable whole.
+    with pytest.raises(TicketingError) as caught, ticketing_errors():
+        raise err
+    assert caught.value == decoded and caught.value.__cause__ is err
+    assert pickle.loads(pickle.dumps(decoded)) == decoded
+    assert len({decoded, decode_error(err)}) == 1
+
+
+async def test_retry_on_aborted_waits_as_long_as_the_server_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    # Nothing else runs meanwhile: no await in this test ever yields to the event loop.
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    told = _rpc_error(grpc.StatusCode.ABORTED, "SEAT_LOCKED", dt.timedelta(seconds=2))
+    answers: list[aio.AioRpcError | None] = [
+        told,
+        None,
+        _rpc_error(grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT"),
+        None,
+    ]
+
+    async def call(request: str) -> str:
+        error = answers.pop(0)
+        if error is not None:
+            raise error
+        return request
+
+    assert await retry_once_on_aborted(call, "a", backoff_seconds=10) == "a"
+    assert await retry_once_on_aborted(call, "b", backoff_seconds=10) == "b"
+    assert answers == []
+    assert pauses[0] == 2.0 and 5 <= pauses[1] <= 15  # RetryInfo, else jittered backoff
+
+
+# --- paginate -----------------------------------------------------------------------------
+
+
+class ScriptedListing:
+    """Stands in for a List method: answers with the given pages, recording each call."""
+
+    def __init__(self, *pages: tuple[list[int], str]) -> None:
+        self.pages = list(pages)
+        self.calls: list[tuple[event_pb2.ListSeatsRequest, dict[str, object]]] = []
+
+    async def __call__(
+        self, request: event_pb2.ListSeatsRequest, **options: object
+    ) -> event_pb2.ListSeatsResponse:
+        self.calls.append(
+            (event_pb2.ListSeatsRequest.FromString(request.SerializeToString()), options)
+        )
+        if not self.pages:
+            raise _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
+        ids, token = self.pages.pop(0)
+        return event_pb2.ListSeatsResponse(
+            seats=[event_pb2.Seat(id=i) for i in ids], next_page_token=token
+        )
+
+
+def _seats(page: event_pb2.ListSeatsResponse) -> list[event_pb2.Seat]:
+    return list(page.seats)
+
+
+async def test_paginate_follows_tokens_to_the_empty_one() -> None:
+    listing = ScriptedListing(([1, 2], "t1"), ([3], "t2"), ([], "t3"), ([4], ""))
+    request = event_pb2.ListSeatsRequest(event_id="e-1", page_size=7)
+    pages = paginate(
+        listing,  # type: ignore[arg-type]
+        request,
+        _seats,
+        page_size=2,
+        metadata=(("authorization", "Bearer x"),),
+        page_timeout=5.0,
+    )
+    assert [s.id async for s in pages] == [1, 2, 3, 4]  # an empty page is not the end
+    assert [(r.page_token, r.page_size, r.event_id) for r, _ in listing.calls] == [
+        ("", 2, "e-1"),
+        ("t1", 2, "e-1"),
+        ("t2", 2, "e-1"),
+        ("t3", 2, "e-1"),
+    ]
+    assert all(
+        o == {"metadata": (("authorization", "Bearer x"),), "timeout": 5.0}
+        for _, o in listing.calls
+    )
+    assert (request.page_token, request.page_size) == ("", 7)  # the caller's request is as it was
+
+    # Stopping early fetches no more pages; the request's own page size and token are used.
+    listing = ScriptedListing(([1, 2], "t1"), ([3], ""))
+    resumed = event_pb2.ListSeatsRequest(event_id="e-1", page_size=7, page_token="t0")
+    async for _ in paginate(listing, resumed, _seats):  # type: ignore[arg-type]
+        break
+    assert [(r.page_token, r.page_size) for r, _ in listing.calls] == [("t0", 7)]
+
+    # A page that fails raises TicketingError, after the items of the pages before it.
+    listing = ScriptedListing(([1], "t1"))
+    seen: list[int] = []
+    with pytest.raises(TicketingError) as err:
+        async for seat in paginate(listing, request, _seats):  # type: ignore[arg-type]
+            seen.append(seat.id)
+    assert seen == [1] and err.value.reason == "PAGE_TOKEN_INVALID"
+
+
+# --- the session store --------------------------------------------------------------------
+
+
+def test_session_store_is_private_and_resolve_target_prefers_what_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TICKETCTL_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("TICKETING_TARGET", raising=False)
+    assert load_session() is None and resolve_target() == DEFAULT_TARGET
+
+    path = save_session(SavedSession("saved:1", "tok-1", "a@example.test"))
+    assert path == session_path() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+    save_session(SavedSession("saved:2", "tok-2", "b@example.test"))  # replaces it whole
+    assert load_session() == SavedSession("saved:2", "tok-2", "b@example.test")
+    assert [p.name for p in path.parent.iterdir()] == ["session.json"]
+
+    assert resolve_target() == "saved:2"
+    assert resolve_target(environ={"TICKETING_TARGET": "env:3"}) == "env:3"
+    monkeypatch.setenv("TICKETING_TARGET", "env:4")
+    assert resolve_target() == "env:4"
+    assert resolve_target("given:5") == "given:5"
+
+    path.write_text("{not json")
+    assert load_session() is None
+    clear_session()
+    clear_session()  # nothing there: fine
+    assert not path.exists() and load_session() is None
+
+
+def test_the_sdk_needs_nothing_the_tools_or_the_server_use() -> None:
+    """A partner's install has grpcio, protobuf and grpcio-status only: importing the SDK
+    must not reach for what ticketctl, the kiosk, the harness or the server use."""
+    tools_and_server = [
+        "rich",
+        "yaml",
+        "hdrh",
+        "matplotlib",
+        "grpc_health",
+        "sqlalchemy",
+        "asyncpg",
+        "alembic",
+        "bcrypt",
+        "jwt",
+        "ticketd",
+    ]
+    code = (
+        "import sys\n"
+        f"for name in {tools_and_server!r}:\n"
+        "    sys.modules[name] = None  # importing it raises ImportError\n"
+        "import ticketing, ticketing.client, ticketing.errors, ticketing.pagination\n"
+        "import ticketing.retry, ticketing.sdk, ticketing.session, ticketing.stubs\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,6 +1,8 @@
 """ticketing: the Python client for the ticketing.v1 gRPC API (stubs, SDK, tools)."""
 
 from ticketing.client import Client, connect
-from ticketing.sdk import TicketingError, decode_error
+from ticketing.errors import TicketingError, decode_error
+from ticketing.pagination import paginate
+from ticketing.stubs import Stubs
 
-__all__ = ["Client", "TicketingError", "connect", "decode_error"]
+__all__ = ["Client", "Stubs", "TicketingError", "connect", "decode_error", "paginate"]

@@ -3,77 +3,35 @@
 gRPC refuses call credentials on insecure channels, so on plaintext (loopback development)
 the bearer token is attached by a client interceptor, and over TLS by call credentials.
 
-Besides the raw stubs (`client.auth`, `.venues`, `.events`, `.booking`) the client offers
-booking helpers that choose the request_id and retry a lost lock race once; failed calls raise
-`grpc.aio.AioRpcError`, which `ticketing.sdk.decode_error` turns into a `TicketingError`.
+A `Client` is a `ticketing.stubs.Stubs` (`client.auth`, `.venues`, `.events`, `.booking`,
+`.gate`: raw stubs, which raise `grpc.aio.AioRpcError`) plus helpers that choose the
+request_id, retry a lost lock race once and raise `ticketing.TicketingError`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
 
-from ticketing.sdk import (
+from ticketing.errors import ticketing_errors
+from ticketing.pagination import paginate
+from ticketing.retry import (
     DEFAULT_ABORT_BACKOFF_SECONDS,
+    SERVICE_CONFIG,
     RetryHook,
-    new_request_id,
     retry_once_on_aborted,
 )
-from ticketing.v1 import (
-    auth_pb2_grpc,
-    booking_pb2,
-    booking_pb2_grpc,
-    event_pb2_grpc,
-    gate_pb2_grpc,
-    venue_pb2_grpc,
-)
+from ticketing.sdk import new_request_id
+from ticketing.stubs import Stubs, bearer
+from ticketing.v1 import auth_pb2, booking_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
-# Retry only UNAVAILABLE (server or database briefly away). The server also answers
-# UNAVAILABLE when its database connection drops mid-call, and a dropped COMMIT may still have
-# committed, so an automatic resend is only safe where a repeat cannot act twice:
-# - AuthService: Login and reads are harmless; a repeated Register finds the email taken
-#   (ALREADY_EXISTS) and SetUserRoles sets the same roles again.
-# - BookingService: safe ONLY because BookSeats and RefundOrder carry a request_id (AIP-155) and
-#   the server answers a repeat with the original order. Never send them without one.
-# - GateService is absent on purpose: the kiosk retries ValidateTicket itself with the same
-#   scan_id and must see each failure at once to show that the server is unreachable.
-# - Venue and event reads. CreateVenue, UpdateVenue, CreateEvent and CancelEvent have no
-#   request_id, so they are deliberately absent: a resend after an unseen commit would create
-#   a second venue or event. (An empty `{}` name would be the default for every method,
-#   these included, which is why there is none.)
-# ABORTED is retried by the SDK's booking helpers (ticketing.sdk.retry_once_on_aborted), which
-# resend the same request_id.
-_RETRY_NAMES: list[dict[str, str]] = [
-    {"service": "ticketing.v1.AuthService"},
-    {"service": "ticketing.v1.BookingService"},
-    {"service": "ticketing.v1.VenueService", "method": "GetVenue"},
-    {"service": "ticketing.v1.VenueService", "method": "ListVenues"},
-    {"service": "ticketing.v1.EventService", "method": "GetEvent"},
-    {"service": "ticketing.v1.EventService", "method": "ListEvents"},
-    {"service": "ticketing.v1.EventService", "method": "ListSeats"},
-]
-_RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": _RETRY_NAMES,
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
 
 
 class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -90,7 +48,7 @@ class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-ar
         metadata = list(client_call_details.metadata or [])
         token = self._token()
         if self._add_token and token and not any(k == "authorization" for k, _ in metadata):
-            metadata.append(("authorization", f"Bearer {token}"))
+            metadata += bearer(token)
         details = aio.ClientCallDetails(
             method=client_call_details.method,
             timeout=client_call_details.timeout
@@ -111,11 +69,11 @@ class _TokenCallCredentials(grpc.AuthMetadataPlugin):
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
         token = self._token()
-        callback((("authorization", f"Bearer {token}"),) if token else (), None)
+        callback(bearer(token) if token else (), None)
 
 
-class Client:
-    """Connected stubs for every service, plus booking helpers. Close when done.
+class Client(Stubs):
+    """Connected stubs for every service, plus helpers that raise TicketingError. Close when done.
 
     `login()` sets `token`. `abort_backoff_seconds` is the mean pause before the helpers'
     one retry on ABORTED; `on_abort_retry`, if set, is awaited with the decoded error first.
@@ -129,23 +87,18 @@ class Client:
         abort_backoff_seconds: float = DEFAULT_ABORT_BACKOFF_SECONDS,
         on_abort_retry: RetryHook | None = None,
     ) -> None:
-        self.channel = channel
+        super().__init__(channel)
         self.token = token
         self.abort_backoff_seconds = abort_backoff_seconds
         self.on_abort_retry = on_abort_retry
-        self.auth: auth_pb2_grpc.AuthServiceAsyncStub = auth_pb2_grpc.AuthServiceStub(channel)
-        self.venues: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(channel)
-        self.events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(channel)
-        self.booking: booking_pb2_grpc.BookingServiceAsyncStub = (
-            booking_pb2_grpc.BookingServiceStub(channel)
-        )
-        self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
 
     async def login(self, email: str, password: str) -> str:
-        """Sign in and remember the token for later calls; returns it."""
-        from ticketing.v1 import auth_pb2
+        """Sign in and remember the token for later calls; returns it.
 
-        response = await self.auth.Login(auth_pb2.LoginRequest(email=email, password=password))
+        A wrong email or password raises TicketingError(UNAUTHENTICATED).
+        """
+        with ticketing_errors():
+            response = await self.auth.Login(auth_pb2.LoginRequest(email=email, password=password))
         self.token = response.access_token
         return self.token
 
@@ -164,14 +117,14 @@ class Client:
         else held a seat) is retried once with the same request_id.
         `attempt_timeout` (default: the client's) is the gRPC deadline of each attempt; the
         server bounds its lock waits by it.
-        Refusals raise AioRpcError; see `ticketing.sdk.decode_error` for the reason.
+        Refusals raise TicketingError: its `reason` says why (SEAT_UNAVAILABLE, ...).
         """
         request = booking_pb2.BookSeatsRequest(
             event_id=event_id,
             request_id=request_id or new_request_id(),
             seat_ids=booking_pb2.SeatIds(ids=list(seat_ids)),
         )
-        return (await self._book(request, attempt_timeout)).order
+        return (await self._mutate(self.booking.BookSeats, request, attempt_timeout)).order
 
     async def book_best_available(
         self,
@@ -184,14 +137,14 @@ class Client:
     ) -> booking_pb2.Order:
         """Buy the `quantity` best free places of one section (EventSection.section_id).
 
-        Same request_id and retry rules as `book_seats`; not enough places is SOLD_OUT.
+        Same request_id, retry and error rules as `book_seats`; not enough places is SOLD_OUT.
         """
         request = booking_pb2.BookSeatsRequest(
             event_id=event_id,
             request_id=request_id or new_request_id(),
             best_available=booking_pb2.BestAvailable(section_id=section_id, quantity=quantity),
         )
-        return (await self._book(request, attempt_timeout)).order
+        return (await self._mutate(self.booking.BookSeats, request, attempt_timeout)).order
 
     async def refund_order(
         self,
@@ -203,31 +156,24 @@ class Client:
     ) -> booking_pb2.Order:
         """Refund a whole order; returns it REFUNDED with its tickets VOID.
 
-        Same request_id and retry rules as `book_seats`: a repeat of a refund that happened
-        returns the refunded order instead of ALREADY_REFUNDED.
+        Same request_id, retry and error rules as `book_seats`: a repeat of a refund that
+        happened returns the refunded order instead of ALREADY_REFUNDED.
         """
         request = booking_pb2.RefundOrderRequest(
             order_id=order_id, request_id=request_id or new_request_id(), reason=reason
         )
-
-        def send(
-            r: booking_pb2.RefundOrderRequest,
-        ) -> Awaitable[booking_pb2.RefundOrderResponse]:
-            return self.booking.RefundOrder(r, timeout=attempt_timeout)
-
-        response = await retry_once_on_aborted(
-            send,
-            request,
-            backoff_seconds=self.abort_backoff_seconds,
-            on_retry=self.on_abort_retry,
-        )
-        return response.order
+        return (await self._mutate(self.booking.RefundOrder, request, attempt_timeout)).order
 
     async def get_order(self, order_id: str) -> booking_pb2.Order:
-        """One order with its tickets (codes only for its owner, SUPPORT and ADMIN)."""
-        return (await self.booking.GetOrder(booking_pb2.GetOrderRequest(order_id=order_id))).order
+        """One order with its tickets (codes only for its owner, SUPPORT and ADMIN).
 
-    async def iter_orders(
+        Raises TicketingError (NOT_FOUND, PERMISSION_DENIED, ...).
+        """
+        with ticketing_errors():
+            reply = await self.booking.GetOrder(booking_pb2.GetOrderRequest(order_id=order_id))
+        return reply.order
+
+    def iter_orders(
         self,
         *,
         event_id: str = "",
@@ -238,35 +184,31 @@ class Client:
 
         A CUSTOMER sees their own; SUPPORT and ADMIN see all and may filter by email.
         `page_size` 0 is the server default; stop iterating early to fetch no more pages.
+        A failed page raises TicketingError.
         """
-        token = ""
-        while True:
-            page = await self.booking.ListOrders(
-                booking_pb2.ListOrdersRequest(
-                    event_id=event_id,
-                    customer_email=customer_email,
-                    page_size=page_size,
-                    page_token=token,
-                )
-            )
-            for order in page.orders:
-                yield order
-            token = page.next_page_token
-            if not token:
-                return
-
-    async def _book(
-        self, request: booking_pb2.BookSeatsRequest, attempt_timeout: float | None
-    ) -> booking_pb2.BookSeatsResponse:
-        def send(r: booking_pb2.BookSeatsRequest) -> Awaitable[booking_pb2.BookSeatsResponse]:
-            return self.booking.BookSeats(r, timeout=attempt_timeout)
-
-        return await retry_once_on_aborted(
-            send,
-            request,
-            backoff_seconds=self.abort_backoff_seconds,
-            on_retry=self.on_abort_retry,
+        request = booking_pb2.ListOrdersRequest(event_id=event_id, customer_email=customer_email)
+        return paginate(
+            self.booking.ListOrders, request, lambda page: page.orders, page_size=page_size
         )
+
+    async def _mutate(
+        self,
+        method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+        request: RequestT,
+        attempt_timeout: float | None,
+    ) -> ResponseT:
+        """Send a mutation that carries a request_id under the SDK's ABORTED rule."""
+
+        def send(r: RequestT) -> Awaitable[ResponseT]:
+            return method(r, timeout=attempt_timeout)
+
+        with ticketing_errors():
+            return await retry_once_on_aborted(
+                send,
+                request,
+                backoff_seconds=self.abort_backoff_seconds,
+                on_retry=self.on_abort_retry,
+            )
 
     async def close(self) -> None:
         """Close the channel; calls still in flight are cancelled."""
@@ -293,8 +235,8 @@ def connect(
 
     `tls=True` uses the system roots; pass ChannelCredentials for a private CA. Every call
     gets `timeout` seconds unless it passes its own, and UNAVAILABLE is retried with backoff
-    where a resend cannot act twice. The last two settings shape the booking helpers' one
-    retry on ABORTED (see `Client`).
+    where a resend cannot act twice (`ticketing.retry.SERVICE_CONFIG`). The last two settings
+    shape the booking helpers' one retry on ABORTED (see `Client`).
     """
     holder: dict[str, Client] = {}
 
@@ -302,7 +244,7 @@ def connect(
         return holder["client"].token if "client" in holder else token
 
     channel_options = [
-        ("grpc.service_config", _RETRY_SERVICE_CONFIG),
+        ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
         *options,
     ]

@@ -14,11 +14,12 @@ from ticketing.cli.common import (
     console,
     open_client,
     parse_role,
-    resolve_target,
+    print_limited,
     role_name,
+    take_listing,
 )
-from ticketing.cli.config import SavedSession, clear_session, save_session
 from ticketing.client import connect
+from ticketing.session import SavedSession, clear_session, resolve_target, save_session
 from ticketing.v1 import auth_pb2, common_pb2
 
 
@@ -39,7 +40,7 @@ def _print_user(user: common_pb2.User) -> None:
 
 
 async def cmd_login(args: argparse.Namespace) -> int:
-    target = resolve_target(args)
+    target = resolve_target(args.target)
     async with connect(target, tls=args.tls) as client:
         await client.login(args.email, _password(args))
         me = await client.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest())
@@ -64,7 +65,7 @@ async def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
-    async with connect(resolve_target(args), tls=args.tls) as client:
+    async with connect(resolve_target(args.target), tls=args.tls) as client:
         resp = await client.auth.Register(
             auth_pb2.RegisterRequest(
                 email=args.email, password=_password(args), display_name=args.name
@@ -77,32 +78,20 @@ async def cmd_register(args: argparse.Namespace) -> int:
 
 async def cmd_users_list(args: argparse.Namespace) -> int:
     table = Table("email", "name", "roles", "id", "created")
-    shown = 0
+    request = auth_pb2.ListUsersRequest(email_prefix=args.prefix or "")
     async with open_client(args) as client:
-        token = ""
-        while True:
-            resp = await client.auth.ListUsers(
-                auth_pb2.ListUsersRequest(
-                    page_size=min(args.limit - shown, 500),
-                    page_token=token,
-                    email_prefix=args.prefix or "",
-                )
-            )
-            for u in resp.users:
-                table.add_row(
-                    u.email,
-                    u.display_name,
-                    ",".join(role_name(r) for r in u.roles),
-                    u.id,
-                    u.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
-                )
-                shown += 1
-            token = resp.next_page_token
-            if not token or shown >= args.limit:
-                break
-    console.print(table)
-    if token:
-        console.print(f"(first {shown} shown; raise --limit for more)")
+        users, more = await take_listing(
+            client.auth.ListUsers, request, lambda page: page.users, args.limit
+        )
+    for u in users:
+        table.add_row(
+            u.email,
+            u.display_name,
+            ",".join(role_name(r) for r in u.roles),
+            u.id,
+            u.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
+        )
+    print_limited(table, len(users), more)
     return 0
 
 

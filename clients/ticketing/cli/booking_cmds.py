@@ -24,17 +24,18 @@ from ticketing.cli.common import (
     CliError,
     add_target_args,
     console,
-    describe_rpc_error,
+    describe_error,
+    list_page_size,
     open_client,
+    print_limited,
+    take,
 )
 from ticketing.cli.event_cmds import show_time
 from ticketing.cli.seatmap import format_money
 from ticketing.client import Client
+from ticketing.errors import TicketingError
 from ticketing.sdk import new_request_id
 from ticketing.v1 import booking_pb2, event_pb2
-
-# The server clamps larger pages to this.
-MAX_PAGE_SIZE = 500
 
 # Failures after which the server may or may not have acted: the request_id is the way back.
 _OUTCOME_UNKNOWN = frozenset(
@@ -147,10 +148,10 @@ async def _events_by_id(client: Client, event_ids: Iterable[str]) -> dict[str, e
     return {i: e for i, e in zip(wanted, found, strict=True) if e is not None}
 
 
-def _outcome_unknown(err: aio.AioRpcError, what: str, request_id: str, again: str) -> CliError:
+def _outcome_unknown(err: TicketingError, what: str, request_id: str, again: str) -> CliError:
     return CliError(
         escape(
-            f"{describe_rpc_error(err)}\n"
+            f"{describe_error(err)}\n"
             f"  the {what} may or may not have happened; to find out without doing it twice, run:\n"
             f"  {again} --request-id {request_id}"
         )
@@ -179,8 +180,8 @@ async def cmd_book(args: argparse.Namespace) -> int:
             again = f"--seats {','.join(map(str, seat_ids))}"
         try:
             order = await booking
-        except aio.AioRpcError as err:
-            if err.code() in _OUTCOME_UNKNOWN:
+        except TicketingError as err:
+            if err.code in _OUTCOME_UNKNOWN:
                 command = f"ticketctl book {shlex.quote(args.event_id)} {again}"
                 raise _outcome_unknown(err, "booking", request_id, command) from None
             raise
@@ -191,21 +192,15 @@ async def cmd_book(args: argparse.Namespace) -> int:
 
 
 async def cmd_orders_list(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise CliError("--limit must be at least 1")
-    orders: list[booking_pb2.Order] = []
     async with open_client(args) as client:
-        # One more than shown tells whether there are more without another round trip.
-        async for order in client.iter_orders(
-            event_id=args.event or "",
-            customer_email=args.customer or "",
-            page_size=min(args.limit + 1, MAX_PAGE_SIZE),
-        ):
-            orders.append(order)
-            if len(orders) > args.limit:
-                break
-        more = len(orders) > args.limit
-        orders = orders[: args.limit]
+        orders, more = await take(
+            client.iter_orders(
+                event_id=args.event or "",
+                customer_email=args.customer or "",
+                page_size=list_page_size(args.limit),
+            ),
+            args.limit,
+        )
         events = await _events_by_id(client, (o.event_id for o in orders))
     if not orders:
         console.print("no orders")
@@ -225,9 +220,7 @@ async def cmd_orders_list(args: argparse.Namespace) -> int:
             format_money(o.total_minor, o.currency_code),
             _when(o.create_time, event),
         )
-    console.print(table)
-    if more:
-        console.print(f"(first {len(orders)} shown; raise --limit for more)")
+    print_limited(table, len(orders), more)
     return 0
 
 
@@ -244,8 +237,8 @@ async def cmd_orders_refund(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         try:
             order = await client.refund_order(args.order_id, args.reason, request_id=request_id)
-        except aio.AioRpcError as err:
-            if err.code() in _OUTCOME_UNKNOWN:
+        except TicketingError as err:
+            if err.code in _OUTCOME_UNKNOWN:
                 command = (
                     f"ticketctl orders refund {shlex.quote(args.order_id)}"
                     f" --reason {shlex.quote(args.reason)}"

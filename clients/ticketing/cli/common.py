@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import grpc
 from grpc import aio
 from rich.console import Console
+from rich.table import Table
 
-from ticketing.cli.config import DEFAULT_TARGET, load_session
 from ticketing.client import Client, connect
-from ticketing.sdk import decode_error
+from ticketing.errors import TicketingError
+from ticketing.pagination import PageRequest, PageResponse, paginate
+from ticketing.session import DEFAULT_TARGET, load_session, resolve_target
 from ticketing.v1 import common_pb2
 
 console = Console()
@@ -25,14 +28,12 @@ class CliError(Exception):
     """A problem to show the user as one line, with exit code 1."""
 
 
-def resolve_target(args: argparse.Namespace) -> str:
-    if getattr(args, "target", None):
-        return str(args.target)
-    env = os.environ.get("TICKETING_TARGET")
-    if env:
-        return env
-    saved = load_session()
-    return saved.target if saved else DEFAULT_TARGET
+# The server clamps larger pages to this.
+MAX_PAGE_SIZE = 500
+
+T = TypeVar("T")
+RequestT = TypeVar("RequestT", bound=PageRequest)
+ResponseT = TypeVar("ResponseT", bound=PageResponse)
 
 
 def open_client(args: argparse.Namespace, *, need_token: bool = True) -> Client:
@@ -43,7 +44,8 @@ def open_client(args: argparse.Namespace, *, need_token: bool = True) -> Client:
         token = saved.token
     if need_token and not token:
         raise CliError("not signed in: run `ticketctl login` first")
-    return connect(resolve_target(args), token, tls=bool(getattr(args, "tls", False)))
+    target = resolve_target(getattr(args, "target", None))
+    return connect(target, token, tls=bool(getattr(args, "tls", False)))
 
 
 def role_name(value: int) -> str:
@@ -61,17 +63,53 @@ def parse_role(text: str) -> common_pb2.Role.ValueType:
         raise CliError(f"unknown role {text!r}; choose from {choices}") from None
 
 
-def describe_rpc_error(err: aio.AioRpcError) -> str:
+def describe_error(error: TicketingError) -> str:
     """One readable paragraph: status, message, reason and per-field problems."""
-    decoded = decode_error(err)
-    lines = [f"{err.code().name}: {err.details()}"]
-    if decoded.reason:
-        lines.append(f"  reason: {decoded.reason}")
-    lines += [f"  {v.field}: {v.description}" for v in decoded.field_violations]
-    lines += [f"  {v.type} {v.subject}: {v.description}" for v in decoded.precondition_violations]
-    if err.code() == grpc.StatusCode.UNAVAILABLE:
+    lines = [f"{error.code.name}: {error.message}"]
+    if error.reason:
+        lines.append(f"  reason: {error.reason}")
+    lines += [f"  {v.field}: {v.description}" for v in error.field_violations]
+    lines += [f"  {v.type} {v.subject}: {v.description}" for v in error.precondition_violations]
+    if error.code == grpc.StatusCode.UNAVAILABLE:
         lines.append("  is the server running? (scripts/run starts one)")
     return "\n".join(lines)
+
+
+def list_page_size(limit: int) -> int:
+    """The page size for showing `limit` items: one more, to tell whether there are more."""
+    return min(limit + 1, MAX_PAGE_SIZE)
+
+
+async def take(items: AsyncIterator[T], limit: int) -> tuple[list[T], bool]:
+    """The first `limit` items (page with `list_page_size(limit)`) and whether there are more.
+
+    Reading one past the limit answers "more?" without another round trip.
+    """
+    if limit < 1:
+        raise CliError("--limit must be at least 1")
+    taken: list[T] = []
+    async for item in items:
+        taken.append(item)
+        if len(taken) > limit:
+            break
+    return taken[:limit], len(taken) > limit
+
+
+async def take_listing(
+    method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    items: Callable[[ResponseT], Iterable[T]],
+    limit: int,
+) -> tuple[list[T], bool]:
+    """The first `limit` items of a List call (`ticketing.paginate`) and whether there are more."""
+    return await take(paginate(method, request, items, page_size=list_page_size(limit)), limit)
+
+
+def print_limited(table: Table, shown: int, more: bool) -> None:
+    """Print a listing cut at --limit, saying so when there are more."""
+    console.print(table)
+    if more:
+        console.print(f"(first {shown} shown; raise --limit for more)")
 
 
 def add_target_args(parser: argparse.ArgumentParser) -> None:

@@ -11,13 +11,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.markup import escape
 from rich.table import Table
 
-from ticketing.cli.common import CliError, add_target_args, console, open_client
+from ticketing.cli.common import (
+    CliError,
+    add_target_args,
+    console,
+    open_client,
+    print_limited,
+    take_listing,
+)
 from ticketing.cli.seatmap import (
     ASCII_GLYPHS,
     UNICODE_GLYPHS,
     format_money,
     render_seat_map,
 )
+from ticketing.pagination import paginate
 from ticketing.v1 import auth_pb2, event_pb2, event_pb2_grpc, venue_pb2
 
 # ListSeats clamps larger pages to this; asking for the most means the fewest round trips
@@ -202,8 +210,6 @@ async def cmd_events_list(args: argparse.Namespace) -> int:
     need_token = args.organizer == "me"
     table = Table("start", "name", "venue", "status", "places")
     table.add_column("id", no_wrap=True, min_width=36)
-    shown = 0
-    token = ""
     async with open_client(args, need_token=need_token) as client:
         organizer = args.organizer or ""
         if need_token:
@@ -218,28 +224,20 @@ async def cmd_events_list(args: argparse.Namespace) -> int:
             request.start_after.CopyFrom(parse_time(args.after, None, "--after"))
         if args.before:
             request.start_before.CopyFrom(parse_time(args.before, None, "--before"))
-        stub = client.events
-        while shown < args.limit:
-            request.page_size = min(args.limit - shown, 500)
-            request.page_token = token
-            resp = await stub.ListEvents(request)
-            for e in resp.events:
-                # ListEvents leaves live counts out, so only the capacity is shown here.
-                table.add_row(
-                    show_time(e.start_time, e.time_zone),
-                    escape(e.name),
-                    escape(e.venue_name),
-                    _status(e.status),
-                    str(e.capacity),
-                    e.id,
-                )
-                shown += 1
-            token = resp.next_page_token
-            if not token:
-                break
-    console.print(table)
-    if token:
-        console.print(f"(first {shown} shown; raise --limit for more)")
+        events, more = await take_listing(
+            client.events.ListEvents, request, lambda page: page.events, args.limit
+        )
+    for e in events:
+        # ListEvents leaves live counts out, so only the capacity is shown here.
+        table.add_row(
+            show_time(e.start_time, e.time_zone),
+            escape(e.name),
+            escape(e.venue_name),
+            _status(e.status),
+            str(e.capacity),
+            e.id,
+        )
+    print_limited(table, len(events), more)
     return 0
 
 
@@ -265,22 +263,10 @@ async def cmd_events_cancel(args: argparse.Namespace) -> int:
 async def fetch_seats(
     stub: event_pb2_grpc.EventServiceAsyncStub, event_id: str, section_id: str = ""
 ) -> list[event_pb2.Seat]:
-    """Every seat of the event (or of one section), following next_page_token to the end."""
-    seats: list[event_pb2.Seat] = []
-    token = ""
-    while True:
-        resp = await stub.ListSeats(
-            event_pb2.ListSeatsRequest(
-                event_id=event_id,
-                section_id=section_id,
-                page_size=SEAT_PAGE_SIZE,
-                page_token=token,
-            )
-        )
-        seats.extend(resp.seats)
-        token = resp.next_page_token
-        if not token:
-            return seats
+    """Every seat of the event (or of one section), page after page."""
+    request = event_pb2.ListSeatsRequest(event_id=event_id, section_id=section_id)
+    pages = paginate(stub.ListSeats, request, lambda page: page.seats, page_size=SEAT_PAGE_SIZE)
+    return [seat async for seat in pages]
 
 
 async def cmd_events_seats(args: argparse.Namespace) -> int:

@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import sys
 
-from grpc import aio
 from rich.markup import escape
 
 from ticketing.cli import auth_cmds, booking_cmds, event_cmds, venue_cmds
-from ticketing.cli.common import CliError, describe_rpc_error, err_console
+from ticketing.cli.common import CliError, describe_error, err_console
+from ticketing.errors import TicketingError, ticketing_errors
 
 COMMAND_MODULES = [auth_cmds, venue_cmds, event_cmds, booking_cmds]
 
@@ -26,12 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code: int = asyncio.run(args.handler(args))
+        # Raw stub calls raise AioRpcError, the SDK's helpers TicketingError: one report.
+        with ticketing_errors():
+            code: int = asyncio.run(args.handler(args))
         return code
-    except aio.AioRpcError as err:
+    except TicketingError as err:
         # Server text may contain brackets (field paths like section_prices[x]): never
         # let rich read it as markup.
-        err_console.print(f"[red]{escape(describe_rpc_error(err))}[/]", highlight=False)
+        err_console.print(f"[red]{escape(describe_error(err))}[/]", highlight=False)
         return 1
     except CliError as err:
         err_console.print(f"[red]{escape(str(err))}[/]", highlight=False)

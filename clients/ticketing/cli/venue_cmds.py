@@ -33,12 +33,19 @@ from typing import Any
 
 import grpc
 import yaml
-from google.rpc import error_details_pb2, status_pb2
-from grpc import aio
 from rich.markup import escape
 from rich.table import Table
 
-from ticketing.cli.common import CliError, add_target_args, console, describe_rpc_error, open_client
+from ticketing.cli.common import (
+    CliError,
+    add_target_args,
+    console,
+    describe_error,
+    open_client,
+    print_limited,
+    take_listing,
+)
+from ticketing.errors import TicketingError, ticketing_errors
 from ticketing.v1 import venue_pb2
 
 # Far above the server's 2,000 rows per section: it is there only so that a typo such as
@@ -274,20 +281,6 @@ def load_layout(path: Path) -> venue_pb2.Venue:
     return venue_from_layout(data, str(path))
 
 
-def _bad_request_fields(err: aio.AioRpcError) -> list[str]:
-    fields: list[str] = []
-    trailing: Any = err.trailing_metadata() or ()
-    for key, value in trailing:
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                fields += [v.field for v in bad.field_violations]
-    return fields
-
-
 def locate_violations(venue: venue_pb2.Venue, fields: Sequence[str]) -> list[str]:
     """Where each server field path lands in the layout, by section name and row label.
 
@@ -373,12 +366,13 @@ async def cmd_venues_create(args: argparse.Namespace) -> int:
         return 0
     async with open_client(args) as client:
         try:
-            resp = await client.venues.CreateVenue(venue_pb2.CreateVenueRequest(venue=venue))
-        except aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            with ticketing_errors():
+                resp = await client.venues.CreateVenue(venue_pb2.CreateVenueRequest(venue=venue))
+        except TicketingError as err:
+            if err.code != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
-            notes = locate_violations(venue, _bad_request_fields(err))
-            lines = [describe_rpc_error(err)]
+            notes = locate_violations(venue, [v.field for v in err.field_violations])
+            lines = [describe_error(err)]
             if notes:
                 lines += [f"in {args.layout}:", *notes]
             raise CliError(escape("\n".join(lines))) from None
@@ -391,27 +385,13 @@ async def cmd_venues_list(args: argparse.Namespace) -> int:
     """`venues list [--limit N]`: venues by name with capacity and section count."""
     table = Table("name", "places", "sections", "time zone")
     table.add_column("id", no_wrap=True, min_width=36)
-    shown = 0
-    token = ""
     async with open_client(args) as client:
-        stub = client.venues
-        while shown < args.limit:
-            resp = await stub.ListVenues(
-                venue_pb2.ListVenuesRequest(
-                    page_size=min(args.limit - shown, 500), page_token=token
-                )
-            )
-            for v in resp.venues:
-                table.add_row(
-                    escape(v.name), str(v.capacity), str(len(v.sections)), v.time_zone, v.id
-                )
-                shown += 1
-            token = resp.next_page_token
-            if not token:
-                break
-    console.print(table)
-    if token:
-        console.print(f"(first {shown} shown; raise --limit for more)")
+        venues, more = await take_listing(
+            client.venues.ListVenues, venue_pb2.ListVenuesRequest(), lambda p: p.venues, args.limit
+        )
+    for v in venues:
+        table.add_row(escape(v.name), str(v.capacity), str(len(v.sections)), v.time_zone, v.id)
+    print_limited(table, len(venues), more)
     return 0
 
 

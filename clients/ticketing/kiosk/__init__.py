@@ -5,12 +5,13 @@ Usage:
     ticketing-kiosk --target HOST:PORT --event EVENT_ID --gate north-1 \\
         [--input FILE] [--journal PATH] [--tls] [--plain]
 
-It signs in as an entry manager (TICKETING_TOKEN, or TICKETING_KIOSK_EMAIL and
-TICKETING_KIOSK_PASSWORD, or the `ticketctl login` session), reads one code per line from
-stdin (a barcode scanner types like a keyboard) or `--input`, and for each shows ADMIT or
-REJECT with the reason and the seat, plus running counts. Empty lines are skipped; bad codes,
-refusals and even an unreachable server never stop the loop. It stops on end of input,
-Ctrl-C or SIGTERM, prints a summary and exits 0.
+It waits (up to --connect-timeout) for the server's health to say SERVING, signs in as an
+entry manager (TICKETING_TOKEN, or TICKETING_KIOSK_EMAIL and TICKETING_KIOSK_PASSWORD, or the
+`ticketctl login` session, `ticketing.session`), reads one code per line from stdin (a
+barcode scanner types like a keyboard) or `--input`, and for each shows ADMIT or REJECT with
+the reason and the seat, plus running counts. Empty lines are skipped; bad codes, refusals
+and even an unreachable server never stop the loop. It stops on end of input, Ctrl-C or
+SIGTERM, prints a summary and exits 0.
 
 Every scan gets a fresh scan_id (uuid4). Calls have a 3 s deadline; UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED are retried with the same scan_id and a
@@ -34,8 +35,8 @@ on the kiosk's own (ideally encrypted) disk. Every line also has `code_hash`, th
 hash, for reconciliation without the code.
 
 Modules: `validation` (the Kiosk loop, no UI), `views` (results and counts), `render`
-(rich panel or plain lines), `journal`, `signin` (credentials and start-up checks), `lines`
-(input), `main` (the command line).
+(rich panel or plain lines), `journal`, `signin` (credentials and start-up checks), `health`
+(the gate service's health check), `lines` (input), `main` (the command line).
 """
 
 from ticketing.kiosk.journal import Journal, PendingScan, code_hash

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import re
 import signal
 import sys
@@ -14,11 +13,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 from rich.console import Console
 
 from ticketing.client import Client, connect
+from ticketing.errors import TicketingError
 from ticketing.kiosk.journal import Journal, JournalError
 from ticketing.kiosk.lines import LineReader
 from ticketing.kiosk.render import PlainRenderer, RichRenderer, StartInfo
@@ -30,10 +29,11 @@ from ticketing.kiosk.signin import (
     StartupError,
     credentials_from_env,
     load_event,
-    resolve_target,
     sign_in,
+    wait_for_server,
 )
 from ticketing.kiosk.validation import Kiosk, RetryPolicy
+from ticketing.session import resolve_target
 from ticketing.v1 import common_pb2, event_pb2
 
 Renderer = PlainRenderer | RichRenderer
@@ -184,7 +184,7 @@ async def scan_loop(
 
 async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) -> int:
     """Start up (failing fast), then serve the gate until EOF or SIGINT/SIGTERM."""
-    target = resolve_target(args.target, os.environ)
+    target = resolve_target(args.target)
     credentials = credentials_from_env()
     client = connect(
         target,
@@ -194,16 +194,16 @@ async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) ->
         options=CHANNEL_OPTIONS,
     )
     try:
-        user = await sign_in(
-            client,
-            credentials,
+        health = health_pb2_grpc.HealthStub(client.channel)
+        await wait_for_server(
+            health,
             budget=args.connect_timeout,
+            interval=args.health_interval,
             target=target,
             on_wait=renderer.warning,
         )
-        event = await load_event(
-            client, args.event, budget=args.connect_timeout, target=target, on_wait=renderer.warning
-        )
+        user = await sign_in(client, credentials)
+        event = await load_event(client, args.event)
         path = Path(args.journal) if args.journal else default_journal_path(event.id, args.gate)
         try:
             journal = Journal.open(path)
@@ -211,7 +211,7 @@ async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) ->
             raise StartupError(str(exc)) from None
         try:
             return await _serve(
-                args, renderer, stream, client, credentials, user, event, journal, target
+                args, renderer, stream, client, health, credentials, user, event, journal, target
             )
         finally:
             journal.close()
@@ -224,6 +224,7 @@ async def _serve(
     renderer: Renderer,
     stream: BinaryIO,
     client: Client,
+    health: Any,
     credentials: Credentials,
     user: common_pb2.User,
     event: event_pb2.Event,
@@ -234,7 +235,7 @@ async def _serve(
         assert credentials.email and credentials.password
         try:
             await client.login(credentials.email, credentials.password)
-        except aio.AioRpcError:
+        except TicketingError:
             return False
         return True
 
@@ -252,7 +253,7 @@ async def _serve(
         policy=RetryPolicy(attempt_timeout=args.attempt_timeout, budget=args.retry_budget),
         reauthenticate=reauthenticate if credentials.can_login else None,
         doors_open_time=doors,
-        health=health_pb2_grpc.HealthStub(client.channel),
+        health=health,
     )
     renderer.started(
         StartInfo(
@@ -275,7 +276,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    health = asyncio.create_task(kiosk.watch_health(args.health_interval, check_timeout=1.0))
+    watcher = asyncio.create_task(kiosk.watch_health(args.health_interval, check_timeout=1.0))
     exit_code = 0
     try:
         await scan_loop(kiosk, renderer, stream, stop)
@@ -284,9 +285,9 @@ async def _serve(
         renderer.warning(f"stopping: {exc}")
         exit_code = EXIT_JOURNAL
     finally:
-        health.cancel()
+        watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await health
+            await watcher
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     renderer.summary(kiosk.counts, len(journal.pending()))

@@ -3,25 +3,29 @@
 Credentials, in order:
   1. TICKETING_TOKEN, an access token;
   2. TICKETING_KIOSK_EMAIL + TICKETING_KIOSK_PASSWORD, signed in with AuthService.Login;
-  3. the token `ticketctl login` saved (ticketing.cli.config.load_session).
+  3. the token `ticketctl login` saved (the session store, `ticketing.session`).
 With an email and password the kiosk also signs in again by itself when its token expires
 mid-shift; with a bare token an expired token turns every scan into ERROR (UNAUTHENTICATED).
+
+Before signing in, the kiosk waits (at most --connect-timeout) for the server to serve
+(`wait_for_server`, a health poll); the calls here are then plain SDK calls, with the
+channel's retry policy and nothing of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import grpc
-from grpc import aio
 
-from ticketing.cli.config import DEFAULT_TARGET, load_session, session_path
 from ticketing.client import Client
-from ticketing.sdk import decode_error
+from ticketing.errors import TicketingError, ticketing_errors
+from ticketing.kiosk.health import UNREACHABLE, check_gate_service
+from ticketing.session import load_session, session_path
 from ticketing.v1 import auth_pb2, common_pb2, event_pb2
 
 # Exit codes (documented in main's --help).
@@ -55,16 +59,6 @@ class Credentials:
         return bool(self.email and self.password)
 
 
-def resolve_target(explicit: str | None, environ: Mapping[str, str]) -> str:
-    """--target, else TICKETING_TARGET, else the `ticketctl login` target, else the default."""
-    if explicit:
-        return explicit
-    if environ.get("TICKETING_TARGET"):
-        return environ["TICKETING_TARGET"]
-    saved = load_session()
-    return saved.target if saved else DEFAULT_TARGET
-
-
 def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credentials:
     """The kiosk's credentials (see the module docstring for the order)."""
     env = os.environ if environ is None else environ
@@ -86,82 +80,70 @@ def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credential
     )
 
 
-T = TypeVar("T")
-
-_TRANSPORT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-
-async def retry_transport(
-    call: Callable[[], Awaitable[T]],
+async def wait_for_server(
+    health: Any,
     *,
     budget: float,
+    interval: float,
     target: str,
     on_wait: Callable[[str], None],
-) -> T:
-    """`call()`, retried while the server cannot be reached, for at most `budget` seconds.
+) -> None:
+    """Poll the gate service's health every `interval` s until it serves, at most `budget` s.
 
-    A kiosk is often switched on before the server is up; it waits (saying so) instead of
-    failing at once, but not forever: EXIT_UNREACHABLE tells a supervisor to look.
+    A kiosk is often switched on before the server, or the server before its database (it
+    says NOT_SERVING meanwhile); the kiosk waits, saying so once, instead of failing at once,
+    but not forever: EXIT_UNREACHABLE tells a supervisor to look. This only waits for the
+    server to be there: the calls that follow (sign-in, the event) are plain SDK calls, and
+    the channel's UNAVAILABLE policy is all the retrying they get.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    delay = 0.25
     warned = False
     while True:
-        try:
-            return await call()
-        except aio.AioRpcError as err:
-            if err.code() not in _TRANSPORT:
-                raise
-            if loop.time() + delay > deadline:
-                raise StartupError(
-                    f"server {target} unreachable for {budget:.0f} s ({err.code().name}: "
-                    f"{err.details()})",
-                    EXIT_UNREACHABLE,
-                ) from None
-            if not warned:
-                on_wait(f"waiting for server {target} ({err.code().name})")
-                warned = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        remaining = deadline - loop.time()
+        why_not = await check_gate_service(health, max(0.1, min(interval, remaining)))
+        if not why_not:
+            return
+        if loop.time() + interval > deadline:
+            raise StartupError(
+                f"server {target} unreachable for {budget:.0f} s ({why_not})", EXIT_UNREACHABLE
+            )
+        if not warned:
+            on_wait(f"waiting for server {target} ({why_not.split(':', 1)[0]})")
+            warned = True
+        await asyncio.sleep(interval)
 
 
-async def sign_in(
-    client: Client,
-    credentials: Credentials,
-    *,
-    budget: float,
-    target: str,
-    on_wait: Callable[[str], None],
-) -> common_pb2.User:
+async def sign_in(client: Client, credentials: Credentials) -> common_pb2.User:
     """Sign in if needed and check the account may validate tickets; returns the user."""
+
+    async def whoami() -> common_pb2.User:
+        with ticketing_errors():
+            reply = await client.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest())
+        return reply.user
 
     async def login() -> None:
         assert credentials.email and credentials.password
         await client.login(credentials.email, credentials.password)
 
-    async def whoami() -> common_pb2.User:
-        reply = await client.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest())
-        return reply.user
-
     try:
         if client.token is None:
-            await retry_transport(login, budget=budget, target=target, on_wait=on_wait)
+            await login()
         try:
-            user = await retry_transport(whoami, budget=budget, target=target, on_wait=on_wait)
-        except aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.UNAUTHENTICATED or not credentials.can_login:
+            user = await whoami()
+        except TicketingError as err:
+            if err.code != grpc.StatusCode.UNAUTHENTICATED or not credentials.can_login:
                 raise
             # The given token expired, but we have a password: sign in afresh.
-            await retry_transport(login, budget=budget, target=target, on_wait=on_wait)
-            user = await retry_transport(whoami, budget=budget, target=target, on_wait=on_wait)
-    except aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+            await login()
+            user = await whoami()
+    except TicketingError as err:
+        if err.code == grpc.StatusCode.UNAUTHENTICATED:
             raise StartupError(
-                f"sign-in refused ({credentials.source}): {err.details()}; check the email "
+                f"sign-in refused ({credentials.source}): {err.message}; check the email "
                 "and password, or run `ticketctl login` again"
             ) from None
-        raise StartupError(f"sign-in failed: {_describe(err)}") from None
+        raise _failed("sign-in failed", err) from None
     if not GATE_ROLES.intersection(user.roles):
         raise StartupError(
             f"{user.email} may not validate tickets: the account needs the ENTRY_MANAGER role"
@@ -169,24 +151,20 @@ async def sign_in(
     return user
 
 
-async def load_event(
-    client: Client, event_id: str, *, budget: float, target: str, on_wait: Callable[[str], None]
-) -> event_pb2.Event:
+async def load_event(client: Client, event_id: str) -> event_pb2.Event:
     """The event this gate admits to; StartupError when it does not exist."""
-
-    async def get() -> event_pb2.Event:
-        reply = await client.events.GetEvent(event_pb2.GetEventRequest(event_id=event_id))
-        return reply.event
-
     try:
-        return await retry_transport(get, budget=budget, target=target, on_wait=on_wait)
-    except aio.AioRpcError as err:
-        if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            raise StartupError(f"unknown event {event_id!r}: {err.details()}") from None
-        raise StartupError(f"cannot read event {event_id!r}: {_describe(err)}") from None
+        with ticketing_errors():
+            reply = await client.events.GetEvent(event_pb2.GetEventRequest(event_id=event_id))
+    except TicketingError as err:
+        if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            raise StartupError(f"unknown event {event_id!r}: {err.message}") from None
+        raise _failed(f"cannot read event {event_id!r}", err) from None
+    return reply.event
 
 
-def _describe(err: aio.AioRpcError) -> str:
-    decoded = decode_error(err)
-    reason = f" ({decoded.reason})" if decoded.reason else ""
-    return f"{decoded.code.name}{reason}: {decoded.message}"
+def _failed(what: str, err: TicketingError) -> StartupError:
+    # The server went away again between the wait and this call: still "unreachable".
+    exit_code = EXIT_UNREACHABLE if err.code in UNREACHABLE else EXIT_REFUSED
+    reason = f" ({err.reason})" if err.reason else ""
+    return StartupError(f"{what}: {err.code.name}{reason}: {err.message}", exit_code)

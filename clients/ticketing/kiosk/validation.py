@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
+from ticketing.errors import TicketingError, decode_error
+from ticketing.kiosk.health import UNREACHABLE, check_gate_service
 from ticketing.kiosk.journal import Journal, PendingScan, code_hash
 from ticketing.kiosk.views import (
     FROM_PROTO,
@@ -29,7 +31,6 @@ from ticketing.kiosk.views import (
     SeatView,
     reason_text,
 )
-from ticketing.sdk import decode_error
 from ticketing.v1 import gate_pb2, gate_pb2_grpc
 
 # Worth another attempt with the same scan_id: the server did nothing (UNAVAILABLE,
@@ -42,13 +43,6 @@ RETRYABLE = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
     }
-)
-# Of those, the ones that say "the server is not reachable" rather than "it said wait".
-UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-GATE_SERVICE = "ticketing.v1.GateService"
-NOT_SERVING = (
-    "NOT_SERVING: the server is up but not serving (shutting down, or its database is away)"
 )
 
 
@@ -160,13 +154,17 @@ class Kiosk:
     async def _submit(
         self, request: gate_pb2.ValidateTicketRequest, hashed: str, resubmitted: bool
     ) -> ScanResultView:
+        # The kiosk's own resend loop, apart from the SDK's retry policy (GateService is left
+        # out of the channel's service config on purpose): a scan is re-sent with its scan_id
+        # on more statuses (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED too), for a budget of
+        # seconds rather than a few attempts, and each failure must reach the screen at once
+        # ("SERVER UNREACHABLE") and end as UNRESOLVED, a result the journal keeps.
         policy = self.policy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.budget
         backoff = policy.initial_backoff
         attempt = 0
         reauthenticated = False
-        last_error = ""
         base = {"scan_id": request.scan_id, "code_hash": hashed, "resubmitted": resubmitted}
         while True:
             attempt += 1
@@ -176,18 +174,22 @@ class Kiosk:
                     request, timeout=max(0.1, min(policy.attempt_timeout, remaining))
                 )
             except aio.AioRpcError as err:
-                status = err.code()
-                last_error = f"{status.name}: {err.details() or ''}".rstrip(": ")
-                if status in RETRYABLE:
-                    if status in UNREACHABLE:
+                error = decode_error(err)
+                if error.code in RETRYABLE:
+                    last_error = f"{error.code.name}: {error.message}".rstrip(": ")
+                    if error.code in UNREACHABLE:
                         self._set_reachable(False, last_error)
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return self._unresolved(base, attempt, last_error)
-                    self._observer.retrying(request.scan_id, attempt, status.name, remaining)
+                    self._observer.retrying(request.scan_id, attempt, error.code.name, remaining)
                     # Full jitter: kiosks that lost the server together do not come back
-                    # in lockstep and trip the per-gate rate bound all at once.
-                    await asyncio.sleep(min(random.uniform(0, backoff), remaining))
+                    # in lockstep and trip the per-gate rate bound all at once. A server
+                    # that says how long to wait (RetryInfo) is taken at its word.
+                    pause = random.uniform(0, backoff)
+                    if error.retry_delay is not None:
+                        pause = max(pause, error.retry_delay)
+                    await asyncio.sleep(min(pause, remaining))
                     backoff = min(backoff * 2, policy.max_backoff)
                     if deadline - loop.time() <= 0:
                         return self._unresolved(base, attempt, last_error)
@@ -195,14 +197,14 @@ class Kiosk:
                 # The server answered, so it is reachable, even if it said no.
                 self._set_reachable(True, "")
                 if (
-                    status == grpc.StatusCode.UNAUTHENTICATED
+                    error.code == grpc.StatusCode.UNAUTHENTICATED
                     and self._reauthenticate is not None
                     and not reauthenticated
                 ):
                     reauthenticated = True
                     if await self._reauthenticate():
                         continue
-                return self._refused(base, attempt, err)
+                return self._refused(base, attempt, error)
             self._set_reachable(True, "")
             return self._from_response(base, attempt, response)
 
@@ -238,8 +240,9 @@ class Kiosk:
             error=error,
         )
 
-    def _refused(self, base: dict[str, Any], attempt: int, err: aio.AioRpcError) -> ScanResultView:
-        decoded = decode_error(err)
+    def _refused(
+        self, base: dict[str, Any], attempt: int, decoded: TicketingError
+    ) -> ScanResultView:
         if decoded.code == grpc.StatusCode.INVALID_ARGUMENT:
             detail = "; ".join(f"{v.field} {v.description}" for v in decoded.field_violations)
             error = detail or decoded.message
@@ -278,30 +281,14 @@ class Kiosk:
     async def watch_health(self, interval: float = 1.0, check_timeout: float = 1.0) -> None:
         """Poll grpc.health.v1 Health/Check for the gate service until cancelled.
 
-        A poll with a short deadline rather than Health/Watch: a stream on a frozen server
-        or a silently dropped connection just goes quiet, while a Check times out. Polling
-        also keeps the channel reconnecting while nobody scans, so the first scan after an
-        outage does not pay for the reconnect.
+        A poll with a short deadline rather than Health/Watch (see `ticketing.kiosk.health`).
+        Polling also keeps the channel reconnecting while nobody scans, so the first scan
+        after an outage does not pay for the reconnect.
         """
         if self._health is None:
             return
-        from grpc_health.v1 import health_pb2
-
-        request = health_pb2.HealthCheckRequest(service=GATE_SERVICE)
-        serving = health_pb2.HealthCheckResponse.SERVING
         while True:
             started = time.monotonic()
-            try:
-                reply = await self._health.Check(request, timeout=check_timeout)
-            except aio.AioRpcError as err:
-                if err.code() in UNREACHABLE:
-                    self._set_reachable(False, f"{err.code().name}: {err.details() or ''}")
-                else:
-                    # e.g. UNAUTHENTICATED for an expired token: the server did answer.
-                    self._set_reachable(True, "")
-            else:
-                if reply.status == serving:
-                    self._set_reachable(True, "")
-                else:
-                    self._set_reachable(False, NOT_SERVING)
+            why_not = await check_gate_service(self._health, check_timeout)
+            self._set_reachable(not why_not, why_not)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

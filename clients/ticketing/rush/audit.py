@@ -23,19 +23,26 @@ A failed check lists up to five examples; the command exits non-zero.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from grpc import aio
+
+from ticketing.pagination import PageRequest, PageResponse, paginate
 from ticketing.rush.provision import Account, load_seat_map
-from ticketing.rush.stubs import Stubs
 from ticketing.rush.workload import Observed
+from ticketing.stubs import Stubs
 from ticketing.v1 import booking_pb2, event_pb2, gate_pb2
 
 AUDIT_CALL_TIMEOUT_S = 60.0
 MAX_EXAMPLES = 5
 
 LIVE = (booking_pb2.TICKET_STATUS_VALID, booking_pb2.TICKET_STATUS_USED)
+
+RequestT = TypeVar("RequestT", bound=PageRequest)
+ResponseT = TypeVar("ResponseT", bound=PageResponse)
+ItemT = TypeVar("ItemT")
 
 
 @dataclass
@@ -71,34 +78,24 @@ class Check:
 
 async def list_orders(stubs: Stubs, admin: Account, event_id: str) -> list[booking_pb2.Order]:
     """Every order of the event (any customer), as the admin sees them, page by page."""
-    orders: list[booking_pb2.Order] = []
-    token = ""
-    while True:
-        page = await stubs.booking.ListOrders(
-            booking_pb2.ListOrdersRequest(event_id=event_id, page_size=500, page_token=token),
-            metadata=admin.md,
-            timeout=AUDIT_CALL_TIMEOUT_S,
-        )
-        orders.extend(page.orders)
-        token = page.next_page_token
-        if not token:
-            return orders
+    request = booking_pb2.ListOrdersRequest(event_id=event_id, page_size=500)
+    return await _read_all(stubs.booking.ListOrders, request, lambda p: p.orders, admin)
 
 
 async def list_scans(stubs: Stubs, admin: Account, event_id: str) -> list[gate_pb2.Scan]:
     """The whole scan log of the event, page by page."""
-    scans: list[gate_pb2.Scan] = []
-    token = ""
-    while True:
-        page = await stubs.gate.ListScans(
-            gate_pb2.ListScansRequest(event_id=event_id, page_size=1_000, page_token=token),
-            metadata=admin.md,
-            timeout=AUDIT_CALL_TIMEOUT_S,
-        )
-        scans.extend(page.scans)
-        token = page.next_page_token
-        if not token:
-            return scans
+    request = gate_pb2.ListScansRequest(event_id=event_id, page_size=1_000)
+    return await _read_all(stubs.gate.ListScans, request, lambda p: p.scans, admin)
+
+
+async def _read_all(
+    method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    items: Callable[[ResponseT], Iterable[ItemT]],
+    admin: Account,
+) -> list[ItemT]:
+    pages = paginate(method, request, items, metadata=admin.md, page_timeout=AUDIT_CALL_TIMEOUT_S)
+    return [item async for item in pages]
 
 
 def valid_tickets(orders: Iterable[booking_pb2.Order]) -> list[tuple[str, str, str]]:

@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpc import aio
-
+from ticketing.errors import TicketingError, ticketing_errors
 from ticketing.rush.audit import audit_event, list_orders, valid_tickets
 from ticketing.rush.choice import Skew, parse_order_size
 from ticketing.rush.inventory import EventView
@@ -38,7 +37,7 @@ from ticketing.rush.provision import (
 )
 from ticketing.rush.report import build_report, write_chart, write_csv, write_json
 from ticketing.rush.stats import Recorder
-from ticketing.rush.stubs import Stubs, decode_failure, open_channels, parse_targets
+from ticketing.rush.stubs import open_channels, parse_targets
 from ticketing.rush.workload import (
     SCENARIOS,
     Mix,
@@ -48,6 +47,7 @@ from ticketing.rush.workload import (
     WorkloadOptions,
     sell_out,
 )
+from ticketing.stubs import Stubs
 
 EXIT_OK = 0
 EXIT_AUDIT_FAILED = 1
@@ -284,7 +284,8 @@ def _say(options: RushOptions, text: str) -> None:
 
 async def run_rush(options: RushOptions) -> RushResult:
     """Set up, rush, report, audit. Writes --json (and --csv/--chart) before returning.
-    Raises grpc.aio.AioRpcError when the set-up itself fails (server down, bad admin)."""
+    Raises grpc.aio.AioRpcError or TicketingError when the set-up itself fails (server down,
+    bad admin)."""
     started = time.perf_counter()
     channels = open_channels(options.targets, options.connections)
     stubs = [Stubs(c) for c in channels]
@@ -493,11 +494,11 @@ async def async_main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        result = await run_rush(options)
-    except aio.AioRpcError as err:
-        failure = decode_failure(err)
+        with ticketing_errors():
+            result = await run_rush(options)
+    except TicketingError as err:
         print(
-            f"ticketing-rush: set-up failed: {failure.code} {failure.reason} {err.details()}",
+            f"ticketing-rush: set-up failed: {err.code.name} {err.reason} {err.message}",
             file=sys.stderr,
         )
         return EXIT_RUN_FAILED

@@ -26,7 +26,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
-from ticketing.rush.stubs import Metadata, Stubs, bearer
+from ticketing.pagination import paginate
+from ticketing.stubs import CallMetadata, Stubs, bearer
 from ticketing.v1 import auth_pb2, common_pb2, event_pb2, venue_pb2
 
 SETUP_CALL_TIMEOUT_S = 60.0
@@ -124,7 +125,7 @@ class Account:
     roles: tuple[int, ...] = ()
 
     @property
-    def md(self) -> Metadata:
+    def md(self) -> CallMetadata:
         """Call metadata with this account's token."""
         return bearer(self.token)
 
@@ -361,14 +362,11 @@ async def get_event(stubs: Stubs, event_id: str) -> event_pb2.Event:
 
 async def load_seat_map(stubs: Stubs, event_id: str) -> list[event_pb2.Seat]:
     """Every place of the event through ListSeats (public), 10,000 per page."""
-    seats: list[event_pb2.Seat] = []
-    token = ""
-    while True:
-        page = await stubs.events.ListSeats(
-            event_pb2.ListSeatsRequest(event_id=event_id, page_size=10_000, page_token=token),
-            timeout=SETUP_CALL_TIMEOUT_S,
-        )
-        seats.extend(page.seats)
-        token = page.next_page_token
-        if not token:
-            return seats
+    pages = paginate(
+        stubs.events.ListSeats,
+        event_pb2.ListSeatsRequest(event_id=event_id),
+        lambda page: page.seats,
+        page_size=10_000,
+        page_timeout=SETUP_CALL_TIMEOUT_S,
+    )
+    return [seat async for seat in pages]

@@ -1,47 +1,20 @@
-"""Channels, typed stubs and error decoding for the harness.
+"""Channels for the harness.
 
-The harness talks to the generated stubs directly (no SDK interceptors, no automatic
-retries): every RPC it counts is exactly one RPC on the wire, and a refusal is reported as
-the server gave it.
+The harness talks to the generated stubs directly (`ticketing.stubs.Stubs` on these bare
+channels: no SDK interceptors, no automatic retries): every RPC it counts is exactly one RPC
+on the wire, and a refusal is reported as the server gave it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import grpc
 from grpc import aio
 
-from ticketing.sdk import decode_error
-from ticketing.v1 import (
-    auth_pb2_grpc,
-    booking_pb2_grpc,
-    event_pb2_grpc,
-    gate_pb2_grpc,
-    venue_pb2_grpc,
-)
+# Re-exported: scripts/bench_rush.py imports Stubs from here (it lives in ticketing.stubs).
+from ticketing.stubs import Stubs
 
-Metadata = tuple[tuple[str, str], ...]
-
-
-def bearer(token: str) -> Metadata:
-    """Call metadata carrying an access token."""
-    return (("authorization", f"Bearer {token}"),)
-
-
-class Stubs:
-    """Typed stubs for every service over one channel."""
-
-    def __init__(self, channel: aio.Channel) -> None:
-        self.channel = channel
-        self.auth: auth_pb2_grpc.AuthServiceAsyncStub = auth_pb2_grpc.AuthServiceStub(channel)
-        self.venues: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(channel)
-        self.events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(channel)
-        self.booking: booking_pb2_grpc.BookingServiceAsyncStub = (
-            booking_pb2_grpc.BookingServiceStub(channel)
-        )
-        self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
+__all__ = ["Stubs", "open_channels", "parse_targets"]
 
 
 def parse_targets(text: str) -> list[str]:
@@ -62,22 +35,3 @@ def open_channels(targets: Sequence[str], count: int) -> list[aio.Channel]:
     # and --connections would measure nothing.
     options = [("grpc.use_local_subchannel_pool", 1)]
     return [aio.insecure_channel(targets[i % len(targets)], options=options) for i in range(count)]
-
-
-@dataclass(frozen=True)
-class RpcFailure:
-    """The parts of a failed call the harness acts on."""
-
-    code: str
-    reason: str
-    metadata: dict[str, str]
-    seat_ids: tuple[int, ...]
-
-
-def decode_failure(err: aio.AioRpcError) -> RpcFailure:
-    """Status code name, ErrorInfo reason and metadata, and the seat ids a
-    PreconditionFailure names (sold seats). Never raises on malformed details."""
-    decoded = decode_error(err)
-    code = decoded.code
-    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-    return RpcFailure(name, decoded.reason, dict(decoded.metadata), decoded.seat_ids)

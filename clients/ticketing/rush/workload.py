@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
+from ticketing.errors import decode_error
 from ticketing.rush.inventory import EventView
 from ticketing.rush.provision import Account
 from ticketing.rush.stats import Outcome
-from ticketing.rush.stubs import Metadata, Stubs, decode_failure
+from ticketing.stubs import CallMetadata, Stubs
 from ticketing.v1 import booking_pb2, gate_pb2
 
 SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale")
@@ -254,13 +255,13 @@ class Workload:
                 request, metadata=self.buyers[buyer].md, timeout=self.options.timeout_s
             )
         except aio.AioRpcError as err:
-            failure = decode_failure(err)
+            failure = decode_error(err)
             if failure.reason == "SEAT_UNAVAILABLE":
                 self.view.taken(failure.seat_ids)
             elif failure.reason == "SOLD_OUT" and section:
                 available = failure.metadata.get("available", "0")
                 self.view.section_available(section, int(available) if available.isdigit() else 0)
-            return Outcome(action, failure.code, failure.reason)
+            return Outcome(action, failure.code.name, failure.reason)
         order = response.order
         self.view.taken(t.seat_id for t in order.tickets)
         self.observed.booked(order)
@@ -286,8 +287,8 @@ class Workload:
                 request, metadata=self.buyers[order.buyer].md, timeout=self.options.timeout_s
             )
         except aio.AioRpcError as err:
-            failure = decode_failure(err)
-            return Outcome("refund", failure.code, failure.reason)
+            failure = decode_error(err)
+            return Outcome("refund", failure.code.name, failure.reason)
         self.observed.refunded.add(order.id)
         self.view.released(order.seat_ids)
         return Outcome("refund", "OK")
@@ -296,7 +297,7 @@ class Workload:
         self,
         stub: Stubs,
         request: gate_pb2.ValidateTicketRequest,
-        md: Metadata,
+        md: CallMetadata,
         ticket: TicketRef,
         duplicate: bool,
     ) -> Outcome:
@@ -306,11 +307,11 @@ class Workload:
                 request, metadata=md, timeout=self.options.timeout_s
             )
         except aio.AioRpcError as err:
-            failure = decode_failure(err)
+            failure = decode_error(err)
             if not duplicate:
                 # Not burned (rate limit, deadline...): the person is still in the queue.
                 self.unscanned.append(ticket)
-            return Outcome(action, failure.code, failure.reason)
+            return Outcome(action, failure.code.name, failure.reason)
         result = gate_pb2.ValidationResult.Name(response.result).removeprefix("VALIDATION_RESULT_")
         if response.result == gate_pb2.VALIDATION_RESULT_ADMITTED and not response.repeat:
             self.observed.admitted[ticket.id] += 1
@@ -368,8 +369,8 @@ async def sell_out(
                     request, metadata=buyer.md, timeout=timeout_s
                 )
             except aio.AioRpcError as err:
-                failure = decode_failure(err)
-                stats.refusals[f"{failure.code}/{failure.reason}"] += 1
+                failure = decode_error(err)
+                stats.refusals[f"{failure.code.name}/{failure.reason}"] += 1
                 if failure.reason == "SOLD_OUT":
                     available = failure.metadata.get("available", "0")
                     view.section_available(section, int(available) if available.isdigit() else 0)
