@@ -57,13 +57,14 @@ from typing import Any
 
 import asyncpg
 import grpc
-from benchlib import log, plain_url, throwaway_database
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
+from scripts.benchlib.database import plain_url, throwaway_database
+from scripts.benchlib.report import log
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,

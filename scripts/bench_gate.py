@@ -56,11 +56,12 @@ from typing import Any
 
 import asyncpg
 import grpc
-from benchlib import connect_db, log, throwaway_database
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from scripts.benchlib.database import connect_db, throwaway_database
+from scripts.benchlib.report import log
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,

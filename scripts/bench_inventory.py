@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from benchlib import plain_url, throwaway_database
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from scripts.benchlib.database import plain_url, throwaway_database
 from ticketd.app import TicketServer, build_components, ensure_bootstrap_admin
 from ticketd.config import Settings
 from ticketd.db import migrate

@@ -50,8 +50,10 @@ from typing import Any
 
 import asyncpg
 import grpc
-from benchlib import log, plain_url, throwaway_database
 from sqlalchemy.engine import make_url
+
+from scripts.benchlib.database import plain_url, throwaway_database
+from scripts.benchlib.report import log
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
