@@ -138,6 +138,9 @@ def _scan_proc(database: str | None) -> tuple[dict[int, float], dict[int, float]
 def sample(groups: CpuGroups) -> CpuSample:
     """Take one sample of every group."""
     busy, total, irq = _machine_seconds()
+    # The wall clock goes with /proc/stat, read first: the scan below can take a while on a
+    # busy machine, and "other" is machine time minus ours over the same wall time.
+    wall = time.perf_counter()
     postgres, kernel = _scan_proc(groups.database)
     times = os.times()
     # Reaped children (a finished harness or pgbench run) are client work; live ones are
@@ -146,7 +149,7 @@ def sample(groups: CpuGroups) -> CpuSample:
     client = times.user + times.system + times.children_user + times.children_system
     client += sum(process_cpu_seconds(p) for p in groups.client_pids)
     return CpuSample(
-        wall=time.perf_counter(),
+        wall=wall,
         machine_busy=busy,
         machine_total=total,
         kernel_irq=irq,

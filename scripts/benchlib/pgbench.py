@@ -23,10 +23,10 @@ from scripts.benchlib.cpu import CpuGroups, cpu_between, sample
 from scripts.benchlib.database import connect_db, database_name, wait_for_slots
 
 PGBENCH_SCRIPT = ROOT / "scripts" / "pgbench_booking.sql"
-# CPU is sampled inside the run (after connections are up, before they close): backends
-# that exit inside the window would be under-counted.
+# CPU is sampled inside the run, after the connections are up and well before pgbench
+# closes them: a backend that exits inside the window would be under-counted.
 SAMPLE_AFTER_S = 1.0
-SAMPLE_BEFORE_END_S = 0.2
+SAMPLE_BEFORE_END_S = 0.5
 EXIT_SLACK_S = 60.0
 
 # The script books as users md5('bench-buyer-' || client_id)::uuid: make them exist.
@@ -143,9 +143,12 @@ async def run_booking_pgbench(
         )
         communicate = asyncio.create_task(proc.communicate())
         groups = CpuGroups(server_pids, (proc.pid,), database_name(url))
-        await asyncio.sleep(SAMPLE_AFTER_S)
+        # Short runs: start a quarter in and end a sixth before the end.
+        after = min(SAMPLE_AFTER_S, duration_s / 4)
+        before_end = max(SAMPLE_BEFORE_END_S, duration_s / 6)
+        await asyncio.sleep(after)
         first = sample(groups)
-        await asyncio.sleep(max(0.5, duration_s - SAMPLE_AFTER_S - SAMPLE_BEFORE_END_S))
+        await asyncio.sleep(max(0.2, duration_s - after - before_end))
         last = sample(groups)
         try:
             out, err = await asyncio.wait_for(communicate, duration_s + EXIT_SLACK_S)
