@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from scripts.benchlib.report import log
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-CONNECT_ATTEMPTS = 20
+CONNECT_ATTEMPTS = 60
 CONNECT_RETRY_S = 0.5
 
 
@@ -36,7 +36,7 @@ def database_name(url: str) -> str:
 
 
 async def connect_db(database_url: str) -> asyncpg.Connection:
-    """A connection that waits (up to ~10 s) for a free slot: on a shared PostgreSQL the
+    """A connection that waits (up to ~30 s) for a free slot: on a shared PostgreSQL the
     connection slots (max_connections) may all be taken for a moment."""
     for attempt in range(CONNECT_ATTEMPTS):
         try:

@@ -66,12 +66,17 @@ async def run_harness(
     """Run `ticketing-rush SCENARIO --target ... ARGS --json REPORT_PATH` and wait for it
     (killed after `timeout_s`). `shown` replaces argument values in the command as
     reported (e.g. a temporary chart path by the one the docs use)."""
-    secret = ["--admin-email", admin_email, "--admin-password", admin_password]
+    # `--opt=value`: a value that starts with "-" would otherwise read as an option.
+    secret = [f"--admin-email={admin_email}", f"--admin-password={admin_password}"]
     tail = ["--json", str(report_path)]
     if token_cache is not None:
         tail += ["--token-cache", str(token_cache)]
     command = [harness_path(), scenario, "--target", ",".join(targets), *secret, *args, *tail]
-    swaps = {str(report_path): report_path.name, admin_password: "$PASSWORD", **(shown or {})}
+    swaps = {
+        str(report_path): report_path.name,
+        secret[1]: "--admin-password=$PASSWORD",
+        **(shown or {}),
+    }
     display = ["ticketing-rush", scenario, "--target", ",".join(["HOST:PORT"] * len(targets))]
     display += [swaps.get(a, a) for a in [*secret, *args, "--json", str(report_path)]]
     meter = CpuMeter(cpu)

@@ -53,6 +53,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def new_password() -> str:
+    """A random password that never starts with "-" (it is passed on command lines)."""
+    return "pw-" + secrets.token_urlsafe(16)
+
+
 def new_jwt_secret() -> str:
     """A random HS256 key; processes given the same one accept each other's tokens."""
     return secrets.token_urlsafe(48)
@@ -313,7 +318,7 @@ def benchmark_server(
         data_dir,
         jwt_secret=jwt_secret or new_jwt_secret(),
         admin_email=admin_email,
-        admin_password=admin_password or secrets.token_urlsafe(16),
+        admin_password=admin_password or new_password(),
         pool_size=pool_size,
         extra_env=dict(env or {}),
         module=module,
