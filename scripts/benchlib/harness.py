@@ -62,10 +62,13 @@ async def run_harness(
     timeout_s: float,
     token_cache: Path | None = None,
     shown: Mapping[str, str] | None = None,
+    cpu_from: str | None = None,
 ) -> HarnessRun:
     """Run `ticketing-rush SCENARIO --target ... ARGS --json REPORT_PATH` and wait for it
     (killed after `timeout_s`). `shown` replaces argument values in the command as
-    reported (e.g. a temporary chart path by the one the docs use)."""
+    reported (e.g. a temporary chart path by the one the docs use). The CPU window runs
+    from the start, or from the first output line containing `cpu_from` (e.g. the line
+    the gate scenario prints when its untimed sell phase is over), to the exit."""
     # `--opt=value`: a value that starts with "-" would otherwise read as an option.
     secret = [f"--admin-email={admin_email}", f"--admin-password={admin_password}"]
     tail = ["--json", str(report_path)]
@@ -84,14 +87,26 @@ async def run_harness(
     proc = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        marker = cpu_from
+        while line := (await proc.stdout.readline()).decode(errors="replace"):
+            lines.append(line)
+            if marker is not None and marker in line:
+                meter.start()
+                marker = None
+        await proc.wait()
+
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        await asyncio.wait_for(read(), timeout_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
         raise
     used = meter.stop()
-    output = out.decode(errors="replace").rstrip()
+    output = "".join(lines).rstrip()
     try:
         if proc.returncode not in REPORTED:
             raise FileNotFoundError(report_path)
