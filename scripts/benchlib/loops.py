@@ -134,17 +134,17 @@ class _CpuWindow:
         return cpu_between(first, last, calls)
 
 
-async def _drain(tasks: list[asyncio.Task[None]], limit_s: float) -> list[asyncio.Task[None]]:
-    """Wait at most `limit_s` for `tasks`; cancel and return the ones still running."""
+async def _drain(tasks: list[asyncio.Task[None]], limit_s: float) -> None:
+    """Wait at most `limit_s` for `tasks`, then cancel whatever still runs (every call has
+    its own deadline, so this only catches an event loop running late)."""
     if not tasks:
-        return []
+        return
     _, pending = await asyncio.wait(tasks, timeout=limit_s)
     for task in pending:
         task.cancel()
     for task in pending:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    return list(pending)
 
 
 async def closed_loop(
