@@ -139,10 +139,12 @@ class SeatPool:
         self.pos = {sid: i for i, sid in enumerate(self.ids)}
 
     def pick(self, n: int) -> list[int]:
+        """Up to `n` distinct places, uniformly among those believed free (sorted)."""
         n = min(n, len(self.ids))
         return sorted({self.ids[random.randrange(len(self.ids))] for _ in range(n)})
 
     def discard(self, seat_ids: list[int]) -> None:
+        """Forget places (sold, or named as taken by a refusal); O(1) each."""
         for sid in seat_ids:
             i = self.pos.pop(sid, None)
             if i is None:
@@ -155,6 +157,8 @@ class SeatPool:
 
 @dataclass
 class Inventory:
+    """The benchmark's event: its id, section ids and seat ids (ascending)."""
+
     event_id: str
     section_ids: list[str]
     seat_ids: list[int]
@@ -169,6 +173,7 @@ async def create_inventory(target: str, admin_password: str, places: int) -> Inv
 
 
 async def load_seat_ids(conn: asyncpg.Connection, event_id: str) -> list[int]:
+    """Every seat id of the event, ascending."""
     rows = await conn.fetch("SELECT id FROM seats WHERE event_id = $1::uuid ORDER BY id", event_id)
     return [r["id"] for r in rows]
 
@@ -214,12 +219,15 @@ async def audit(conn: asyncpg.Connection, event_id: str) -> dict[str, int]:
 
 @dataclass
 class Driver:
+    """The scenarios, each a loop over the same channels, buyers and event."""
+
     channels: list[aio.Channel]
     buyers: list[Metadata]
     inventory: Inventory
     cpu: CpuGroups
 
     def booking_stubs(self) -> list[booking_pb2_grpc.BookingServiceAsyncStub]:
+        """One BookingService stub per channel."""
         return [booking_pb2_grpc.BookingServiceStub(c) for c in self.channels]
 
     async def _closed(
@@ -236,6 +244,7 @@ class Driver:
         return scenario_result(kind, window, concurrency)
 
     async def transport(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """The transport ceiling: Health/Check in a closed loop."""
         stubs = [health_pb2_grpc.HealthStub(c) for c in self.channels]
         request = health_pb2.HealthCheckRequest(service="")
 
@@ -278,12 +287,14 @@ class Driver:
         return call
 
     async def specific(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """BookSeats of specific seats in a closed loop."""
         call = self.specific_call()
         return await self._closed("BookSeats:specific", call, concurrency, warmup, duration)
 
     async def specific_open(
         self, rate: float, max_inflight: int, warmup: float, duration: float
     ) -> dict[str, Any]:
+        """BookSeats of specific seats in an open loop of `rate` arrivals per second."""
         window = await open_loop(
             rate,
             self.specific_call(),
@@ -296,6 +307,7 @@ class Driver:
         return scenario_result("BookSeats:specific(open)", window, None, rate)
 
     async def best(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """BookSeats best available (a random section) in a closed loop."""
         stubs = self.booking_stubs()
         sections = self.inventory.section_ids
         event_id = self.inventory.event_id
@@ -388,6 +400,7 @@ def summarize_collapsed(path: Path, top: int = 30) -> dict[str, Any] | None:
 
 
 def find_py_spy() -> str | None:
+    """py-spy on PATH or next to the interpreter (not a project dependency)."""
     found = shutil.which("py-spy")
     beside = Path(sys.executable).parent / "py-spy"
     return found or (str(beside) if beside.exists() else None)
@@ -396,6 +409,7 @@ def find_py_spy() -> str | None:
 async def profile_server(
     driver: Driver, concurrency: int, duration: float, out: Path, native: bool
 ) -> dict[str, Any]:
+    """One more specific-seat run with py-spy attached to the server; where its time went."""
     py_spy = find_py_spy()
     if py_spy is None:
         return {"error": "py-spy not installed (.venv/bin/pip install py-spy)"}
@@ -447,6 +461,7 @@ async def profile_server(
 def ratios_and_goals(
     scenarios: list[dict[str, Any]], database: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Booking throughput as shares of the two ceilings, and the issue's goals checked."""
     transport = {
         s["concurrency"]: s["rps_ok"] for s in scenarios if s["kind"].startswith("transport")
     }
@@ -572,6 +587,7 @@ async def database_ceiling(url: str, event_id: str, duration: int) -> dict[str, 
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole run; the report as written to --json."""
     admin = admin_url()
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     rates = [float(r) for r in args.rate.split(",") if r.strip()] if args.rate else []
@@ -701,6 +717,7 @@ def _line(s: dict[str, Any]) -> str:
 
 
 def render_table(report: dict[str, Any]) -> str:
+    """The report as the table printed on stdout."""
     lines = [
         f"{'scenario':<26} {'conc':>5} {'ok/s':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv cores':>9} {'pg cores':>8} {'cli cores':>9} {'kernel':>6} {'other':>6}  statuses"
@@ -747,6 +764,7 @@ def render_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print the table, write the JSON (exit 0)."""
     parser = argparse.ArgumentParser(prog="bench_booking", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--json", metavar="PATH", default=str(DEFAULT_JSON), help="default: %(default)s"

@@ -237,6 +237,7 @@ def _line(p: dict[str, Any]) -> str:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole run; the report as written to --json."""
     admin = admin_url()
     started = time.perf_counter()
     machine = await machine_info(admin)
@@ -318,6 +319,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render_table(report: dict[str, Any]) -> str:
+    """The report as the table printed on stdout."""
     median = report["results"]
     lines = [
         f"kiosks={report['setup']['kiosks']} tickets={report['setup']['tickets']} "
@@ -343,6 +345,7 @@ def render_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, print the table, write the JSON; exit 1 if a check failed."""
     parser = argparse.ArgumentParser(prog="bench_gate", description=__doc__.split("\n")[0])
     parser.add_argument("--json", metavar="PATH", default=str(DEFAULT_JSON))
     parser.add_argument("--tickets", type=int, default=5000, help="tickets sold and scanned")

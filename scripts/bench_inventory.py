@@ -99,6 +99,7 @@ async def explain_inventory_insert(conn: asyncpg.Connection, event_id: str) -> d
 
 
 async def bench(sizes: list[int], repeat: int, explain: bool) -> dict[str, Any]:
+    """The whole run; the report."""
     admin = admin_url()
     machine = await machine_info(admin)
     async with throwaway_database(admin) as url:

@@ -175,6 +175,7 @@ async def database_ceiling(
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Every harness run, the database ceiling and the scale-out; the kept result."""
     admin = admin_url()
     idle = await wait_for_quiet(60, sample_s=2)
     started = time.perf_counter()
@@ -320,6 +321,7 @@ def _cores(run: dict[str, Any], group: str) -> str:
 
 
 def render_section(result: dict[str, Any]) -> str:
+    """The \"Ticket rush\" section of docs/benchmarks.md from a result."""
     m = result["machine"]
     runs = {r["name"]: r for r in result["runs"]}
     args = result["args"]
@@ -566,6 +568,7 @@ def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run (or --render), write the docs; exit 1 if an audit failed."""
     parser = argparse.ArgumentParser(prog="bench_rush", description=__doc__.split("\n")[0])
     parser.add_argument("--seats", type=int, default=20_000, help="places per event")
     parser.add_argument("--buyers", type=int, default=2_000, help="customer accounts")
