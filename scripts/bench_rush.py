@@ -23,23 +23,16 @@ Every harness run audits the invariants through the API and the benchmark fails 
 audit fails. Bounded: every run has a duration; the whole script takes about 4 minutes.
 
 Usage: scripts/bench_rush [--quick] [--no-docs] [--reports DIR] [--seats N] [--buyers N]
-       [--concurrency N] [--duration S]
+       [--concurrency N] [--duration S] [--pool-size 20]
+(--quick: tiny sizes and pools of at most 8 connections, a smoke test.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
-import random
-import re
-import resource
-import secrets
-import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -48,201 +41,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import grpc
-from benchlib import log, plain_url, throwaway_database
-from sqlalchemy.engine import make_url
+from scripts.benchlib import ROOT
+from scripts.benchlib.cpu import CpuGroups, wait_for_quiet
+from scripts.benchlib.database import (
+    admin_url,
+    database_name,
+    throwaway_database,
+    wait_for_slots,
+)
+from scripts.benchlib.harness import HarnessError, run_harness, summarize
+from scripts.benchlib.machine import machine_info
+from scripts.benchlib.pgbench import find_pgbench, pgbench_clients, run_booking_pgbench
+from scripts.benchlib.process import (
+    ServerProcess,
+    benchmark_server,
+    new_jwt_secret,
+    new_password,
+)
+from scripts.benchlib.provision import channel, create_event, login
+from scripts.benchlib.report import log, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CHARTS = DOCS / "rush"
 BENCHMARKS_MD = DOCS / "benchmarks.md"
 SECTION_TITLE = "## Ticket rush"
-PGBENCH_SCRIPT = ROOT / "scripts" / "pgbench_booking.sql"
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN_EMAIL = "rush-admin@example.test"
-SERVER_START_TIMEOUT_S = 60.0
 HARNESS_SLACK_S = 240.0
 PGBENCH_CLIENTS = 32
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+PGBENCH_PRICE_MINOR = 4_500
 LIMITED = "RESOURCE_EXHAUSTED/SCAN_RATE_EXCEEDED"
 OPEN_LOOP_SHARE = 0.6
 
 
-@dataclass
-class ServerProcess:
-    """`python -m ticketd serve` on 127.0.0.1 and a free port; stopped with SIGTERM."""
-
-    database_url: str
-    admin_password: str
-    jwt_secret: str
-    data_dir: Path
-    name: str
-    proc: asyncio.subprocess.Process | None = None
-    port: int = 0
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETING_")}
-        env.update(
-            DATABASE_URL=self.database_url,
-            TICKETING_LISTEN="127.0.0.1:0",
-            TICKETING_DATA_DIR=str(self.data_dir),
-            # Shared by every server process: a token from one is accepted by the others,
-            # as behind a load balancer.
-            TICKETING_JWT_SECRET=self.jwt_secret,
-            TICKETING_BCRYPT_ROUNDS="4",
-            TICKETING_ADMIN_EMAIL=ADMIN_EMAIL,
-            TICKETING_ADMIN_PASSWORD=self.admin_password,
-            TICKETING_SHUTDOWN_GRACE="2",
-        )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with (self.data_dir / f"{self.name}.log").open("wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "ticketd",
-                "serve",
-                "--log-level",
-                "WARNING",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                env=env,
-                cwd=str(ROOT),
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = await asyncio.wait_for(
-                    self.proc.stdout.readline(), deadline - time.monotonic()
-                )
-            except TimeoutError:
-                break
-            if not line:
-                break
-            match = re.search(rb"listening on [\d.]+:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                return
-        await self.stop()
-        tail = (self.data_dir / f"{self.name}.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"ticketd did not start:\n{tail}")
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-    def log_tail(self) -> str:
-        path = self.data_dir / f"{self.name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU accounting (Linux /proc): who used the two cores during a harness run
-
-
-def _proc_cpu(pid: int) -> float:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _postgres_cpu(database: str) -> float:
-    """CPU of PostgreSQL working for us: backends connected to our database, plus the
-    shared auxiliary processes (WAL writer, checkpointer...). Other databases' backends on
-    the same server are other work, not ours."""
-    total = 0.0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "stat").read_text()
-            cmdline = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        if not comm.startswith(("postgres", "postmaster")):
-            continue
-        client_backend = "(" in cmdline.split(":", 2)[-1] or "[local]" in cmdline
-        if client_backend and f" {database} " not in cmdline:
-            continue
-        fields = raw.rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def _machine_busy() -> float:
-    """Busy CPU seconds of the whole machine since boot (all processes, even short-lived
-    ones such as pgbench's backends, which /proc no longer lists once they exit)."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
-    return (sum(parts) - parts[3] - parts[4]) / CLK_TCK
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclass
-class CpuWindow:
-    """CPU seconds used by the servers, PostgreSQL and finished children (the harness or
-    pgbench) between `start()` and `stop()`, as cores (CPU seconds per wall second)."""
-
-    server_pids: Sequence[int]
-    database: str
-    wall: float = 0.0
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def _sample(self) -> dict[str, float]:
-        return {
-            "servers": sum(_proc_cpu(p) for p in self.server_pids),
-            "postgres": _postgres_cpu(self.database),
-            "client": _children_cpu(),
-            "machine": _machine_busy(),
-        }
-
-    def start(self) -> None:
-        self.wall = time.perf_counter()
-        self.marks = self._sample()
-
-    def stop(self) -> dict[str, float]:
-        wall = time.perf_counter() - self.wall
-        now = self._sample()
-        used = {k: (now[k] - self.marks[k]) / wall for k in now}
-        ours = used["servers"] + used["postgres"] + used["client"]
-        used["other"] = max(0.0, used["machine"] - ours)
-        return {k: round(v, 2) for k, v in used.items()} | {"wall_s": round(wall, 1)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Harness runs
-
-
-def harness_path() -> str:
-    script = Path(sys.executable).parent / "ticketing-rush"
-    if script.exists():
-        return str(script)
-    found = shutil.which("ticketing-rush")
-    if found:
-        return found
-    raise FileNotFoundError("ticketing-rush not installed in this environment (pip install -e .)")
 
 
 @dataclass
@@ -266,272 +98,74 @@ class Bench:
         chart: bool = True,
     ) -> dict[str, Any]:
         """One `ticketing-rush` process; returns a summary (and keeps it in self.runs)."""
-        target = ",".join(s.target for s in servers)
-        report_path = self.reports / f"{name}.json"
         chart_path = CHARTS / f"{name}.png"
-        common = [
-            "--admin-email",
-            ADMIN_EMAIL,
-            "--admin-password",
-            self.admin_password,
-            "--buyers",
-            str(self.args.buyers),
-            "--connections",
-            str(4 * len(servers)),
-        ]
-        command = [harness_path(), scenario, "--target", target, *common, *extra]
-        command += ["--json", str(report_path), "--token-cache", str(self.token_cache)]
+        args = ["--buyers", str(self.args.buyers), "--connections", str(4 * len(servers))]
+        args += extra
         if chart and self.charts:
-            command += ["--chart", str(chart_path)]
-        shown = " ".join(
-            [
-                "ticketing-rush",
-                scenario,
-                "--target",
-                "HOST:PORT" + ",HOST:PORT" * (len(servers) - 1),
-            ]
-            + [
-                "--admin-email",
-                ADMIN_EMAIL,
-                "--admin-password",
-                "$PASSWORD",
-                "--buyers",
-                str(self.args.buyers),
-                "--connections",
-                str(4 * len(servers)),
-                *extra,
-                "--json",
-                f"{name}.json",
-            ]
-            + (["--chart", f"docs/rush/{name}.png"] if chart and self.charts else [])
-        )
-        log(f"\n== {name}: {shown}")
-        database = make_url(servers[0].database_url).database or ""
-        cpu = CpuWindow([s.pid for s in servers if s.pid], database)
-        cpu.start()
-        proc = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
+            args += ["--chart", str(chart_path)]
         duration = float(extra[extra.index("--duration") + 1]) if "--duration" in extra else 10
+        pids = tuple(s.pid for s in servers if s.pid is not None)
+        database = database_name(servers[0].database_url or "")
+        log(f"\n== {name}: ticketing-rush {scenario} {' '.join(extra)}")
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), duration + HARNESS_SLACK_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        used = cpu.stop()
-        log(out.decode(errors="replace").rstrip())
-        if proc.returncode not in (0, 1) or not report_path.exists():
+            run = await run_harness(
+                scenario,
+                [s.target for s in servers],
+                args,
+                admin_email=ADMIN_EMAIL,
+                admin_password=self.admin_password,
+                report_path=self.reports / f"{name}.json",
+                cpu=CpuGroups(pids, (), database),
+                timeout_s=duration + HARNESS_SLACK_S,
+                token_cache=self.token_cache,
+                shown={str(chart_path): f"docs/rush/{name}.png"},
+            )
+        except HarnessError:
             for s in servers:
-                log(f"--- {s.name} log tail:\n{s.log_tail()}")
-            raise RuntimeError(f"{name}: ticketing-rush exited {proc.returncode}")
-        report = json.loads(report_path.read_text())
-        summary = summarize(name, shown, report, used, len(servers))
+                log(f"--- {s.name} log tail:\n{s.log(60)}")
+            raise
+        log(run.output)
+        summary = {
+            "name": name,
+            "command": run.command,
+            "servers": len(servers),
+            **summarize(run.report),
+            "cpu": run.cpu,
+        }
         self.runs.append(summary)
         return summary
-
-
-def _pct(report: dict[str, Any], p: float) -> float | None:
-    """Percentile p of a report in milliseconds (None when nothing was measured)."""
-    for d in report["latencyDistribution"]:
-        if d["percentage"] == p:
-            return round(float(d["latency"]) / 1e6, 1)
-    return None
-
-
-def summarize(
-    name: str, command: str, report: dict[str, Any], cpu: dict[str, float], servers: int
-) -> dict[str, Any]:
-    """The figures the docs table shows, from one harness report."""
-    return {
-        "name": name,
-        "command": command,
-        "servers": servers,
-        "scenario": report["scenario"],
-        "load": (
-            f"closed, {report['concurrency']} users"
-            if report["loadModel"] == "closed"
-            else f"open, {report['rate']:g}/s"
-        ),
-        "count": report["count"],
-        "seconds": round(report["total"] / 1e9, 1),
-        "rps": report["rps"],
-        "ok_rps": report["okRps"],
-        "tickets_per_s": report["ticketsPerSecond"],
-        "p50": _pct(report, 50),
-        "p90": _pct(report, 90),
-        "p99": _pct(report, 99),
-        "p999": _pct(report, 99.9),
-        "max": round(report["slowest"] / 1e6, 1),
-        "errors": report["errorDistribution"],
-        "scans": report["scanResults"],
-        "unexpected": report["unexpectedErrors"],
-        "sold": report["sold"],
-        "capacity": report["capacity"],
-        "stop": report["stopReason"],
-        "audit": report["audit"]["passed"],
-        "audit_failed": report["audit"]["failed"],
-        "audit_counts": report["audit"]["counts"],
-        "setup": report["setup"],
-        "actions": {k: {"count": v["count"], "ok": v["ok"]} for k, v in report["actions"].items()},
-        "cpu": cpu,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Database ceiling: the booking transaction straight at PostgreSQL
 
 
-def find_pgbench() -> str | None:
-    found = shutil.which("pgbench")
-    if found:
-        return found
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True):
-        return str(candidate)
-    return None
-
-
-async def new_event(target: str, admin_password: str, seats: int) -> str:
-    """A fresh event through the API (contiguous seat ids: one INSERT ... SELECT)."""
-    from grpc import aio
-
-    from ticketing.rush.provision import create_event
-    from ticketing.rush.stubs import Stubs
-    from ticketing.v1 import auth_pb2
-
-    async with aio.insecure_channel(target) as channel:
-        stubs = Stubs(channel)
-        login = await stubs.auth.Login(
-            auth_pb2.LoginRequest(email=ADMIN_EMAIL, password=admin_password), timeout=30
-        )
-        from ticketing.rush.provision import Account
-
-        admin = Account(ADMIN_EMAIL, login.user.id, login.access_token)
-        event = await create_event(stubs, admin, seats, 20, "pgbench ceiling")
-    return event.id
-
-
 async def database_ceiling(
-    url: str, target: str, admin_password: str, seats: int, duration: int, cpu_pids: list[int]
+    url: str, server: ServerProcess, admin_password: str, seats: int, duration: int
 ) -> dict[str, Any]:
     """pgbench (up to 32 clients) with scripts/pgbench_booking.sql on a fresh event: orders
     per second when nothing but PostgreSQL does the work."""
-    pgbench = find_pgbench()
-    if pgbench is None or not PGBENCH_SCRIPT.exists():
-        return {"skipped": "pgbench or scripts/pgbench_booking.sql not found"}
-    event_id = await new_event(target, admin_password, seats)
-    parsed = make_url(url)
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        # PostgreSQL is shared (other databases, our servers' pools): take at most half of
-        # the connections free now. On two cores 32 clients already saturate it; more would
-        # only starve whoever else connects meanwhile.
-        free_sql = (
-            "SELECT current_setting('max_connections')::int "
-            "- current_setting('superuser_reserved_connections')::int "
-            "- (SELECT count(*) FROM pg_stat_activity)"
+    if find_pgbench() is None:
+        return {"skipped": "pgbench not found"}
+    async with channel(server.target) as ch:
+        md = await login(ch, ADMIN_EMAIL, admin_password)
+        event = await create_event(
+            ch, md, seats, "pgbench ceiling", price_minor=PGBENCH_PRICE_MINOR, max_per_order=20
         )
-        free = await conn.fetchval(free_sql)
-        for _ in range(30):  # bounded: someone else's burst of connections usually passes
-            if free // 2 >= PGBENCH_CLIENTS // 2:
-                break
-            await asyncio.sleep(1)
-            free = await conn.fetchval(free_sql)
-        clients = max(4, min(PGBENCH_CLIENTS, free // 2))
-        # The script books as users md5('bench-buyer-' || client_id)::uuid (as in
-        # scripts/bench_booking.py): make them exist.
-        await conn.execute(
-            """
-            INSERT INTO users (id, email, display_name, password_hash, roles)
-            SELECT md5('bench-buyer-' || n)::uuid, 'pgbench-buyer-' || n || '@example.test',
-                   'pgbench buyer', 'not-a-hash', ARRAY['CUSTOMER']
-            FROM generate_series(0, $1 - 1) AS n
-            ON CONFLICT DO NOTHING
-            """,
-            clients,
-        )
-        bounds = await conn.fetchrow(
-            "SELECT min(id) AS lo, count(*) AS n FROM seats WHERE event_id = $1::uuid", event_id
-        )
-        command = [
-            pgbench,
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            str(clients),
-            "-j",
-            "2",
-            "-T",
-            str(duration),
-            "-f",
-            str(PGBENCH_SCRIPT),
-            "-D",
-            f"event_id={event_id}",
-            "-D",
-            f"seat_min={bounds['lo']}",
-            "-D",
-            f"seats={bounds['n']}",
-            "-D",
-            f"clients={clients}",
-            "-D",
-            "price=4500",
-            "-D",
-            f"seed={random.randrange(1, 2**31)}",
-            "-D",
-            "i=0",
-            "-h",
-            parsed.host or "127.0.0.1",
-            "-p",
-            str(parsed.port or 5432),
-            "-U",
-            parsed.username or "postgres",
-            parsed.database or "",
-        ]
-        env = dict(os.environ)
-        if parsed.password:
-            env["PGPASSWORD"] = parsed.password
-        log(f"\n== database ceiling: pgbench -c {clients} -T {duration}")
-        cpu = CpuWindow(cpu_pids, parsed.database or "")
-        cpu.start()
-        proc = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), duration + 60)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        used = cpu.stop()
-        text = out.decode() + err.decode()
-        if proc.returncode != 0:
-            raise RuntimeError(f"pgbench failed ({proc.returncode}):\n{text[-3000:]}")
-        row = await conn.fetchrow(
-            "SELECT count(*) AS orders, coalesce(sum(ticket_count), 0) AS tickets "
-            "FROM orders WHERE event_id = $1::uuid",
-            event_id,
-        )
-    finally:
-        await conn.close()
-
-    def num(pattern: str) -> float | None:
-        match = re.search(pattern, text)
-        return float(match.group(1)) if match else None
-
-    result = {
-        "clients": clients,
-        "duration_s": duration,
-        "tps": num(r"tps = ([\d.]+) \(without initial connection time\)"),
-        "latency_avg_ms": num(r"latency average = ([\d.]+) ms"),
-        "orders": row["orders"],
-        "orders_per_s": round(row["orders"] / duration, 1),
-        "tickets_per_s": round(row["tickets"] / duration, 1),
-        "cpu": used,
-        "command": f"pgbench -n -M prepared -c {clients} -j 2 -T {duration} "
-        "-f scripts/pgbench_booking.sql -D event_id=... (seat picks: uniform permutation, 1-2 "
-        "places per order)",
-    }
+    # PostgreSQL is shared (other databases, our servers' pools): take at most half of the
+    # connections free now. On two cores 32 clients already saturate it; more would only
+    # starve whoever else connects meanwhile.
+    clients = await pgbench_clients(url, PGBENCH_CLIENTS, share=0.5, reserve=0, max_wait_s=30)
+    log(f"\n== database ceiling: pgbench -c {clients} -T {duration}")
+    pids = (server.pid,) if server.pid is not None else ()
+    result = await run_booking_pgbench(
+        url,
+        event.id,
+        clients=clients,
+        duration_s=duration,
+        price_minor=PGBENCH_PRICE_MINOR,
+        server_pids=pids,
+    )
     log(f"pgbench: {result['orders_per_s']} orders/s, {result['tickets_per_s']} tickets/s")
     return result
 
@@ -540,55 +174,12 @@ async def database_ceiling(
 # Orchestration
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-async def machine_info(url: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        settings = {
-            name: await conn.fetchval(f"SHOW {name}")
-            for name in ("shared_buffers", "synchronous_commit", "fsync", "max_connections")
-        }
-        version = await conn.fetchval("SHOW server_version")
-    finally:
-        await conn.close()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": _cpu_model(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "postgresql": version.split(" ")[0],
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "pg_settings": settings,
-    }
-
-
-async def wait_for_quiet(limit_s: float = 60.0, busy_cores: float = 0.5) -> float:
-    """Wait (at most `limit_s`) until the machine is nearly idle, sampled over 2 s: figures
-    from a machine busy with other work say little. Returns the busy cores last seen."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        before, t0 = _machine_busy(), time.perf_counter()
-        await asyncio.sleep(2)
-        busy = (_machine_busy() - before) / (time.perf_counter() - t0)
-        if busy <= busy_cores or time.monotonic() >= deadline:
-            return round(busy, 2)
-        log(f"machine busy with other work ({busy:.2f} cores); waiting for it to calm down")
-
-
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    admin_url = os.environ.get("DATABASE_URL") or DEFAULT_ADMIN_URL
-    idle = await wait_for_quiet()
+    """Every harness run, the database ceiling and the scale-out; the kept result."""
+    admin = admin_url()
+    idle = await wait_for_quiet(60, sample_s=2)
     started = time.perf_counter()
-    machine = await machine_info(admin_url)
-    machine["busy_before"] = idle
+    machine = await machine_info(admin, idle)
     seats, duration, warmup = str(args.seats), args.duration, args.warmup
     conc = str(args.concurrency)
     core = ["--seats", seats, "--seed", "42", "--warmup", str(warmup)]
@@ -600,16 +191,29 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             CHARTS.mkdir(parents=True, exist_ok=True)
         b = Bench(
             args,
-            secrets.token_urlsafe(16),
+            new_password(),
             reports,
             Path(tmp) / "tokens.json",
             charts=not args.no_docs,
         )
-        secret = secrets.token_urlsafe(48)
-        async with throwaway_database(admin_url, "ticketing_rush") as url:
-            a = ServerProcess(url, b.admin_password, secret, Path(tmp) / "a", "server-a")
-            c = ServerProcess(url, b.admin_password, secret, Path(tmp) / "b", "server-b")
+        # Shared by both server processes: a token from one is accepted by the other, as
+        # behind a load balancer.
+        secret = new_jwt_secret()
+        async with throwaway_database(admin, "ticketing_rush") as url:
+            a, c = (
+                benchmark_server(
+                    url,
+                    Path(tmp) / letter,
+                    admin_email=ADMIN_EMAIL,
+                    admin_password=b.admin_password,
+                    jwt_secret=secret,
+                    name=f"server-{letter}",
+                    pool_size=args.pool_size,
+                )
+                for letter in "ab"
+            )
             try:
+                await wait_for_slots(admin, args.pool_size + 4, 30)
                 await a.start()
                 log(f"server A pid {a.pid} on {a.target}")
                 d = str(duration)
@@ -657,12 +261,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     [*core, "--concurrency", conc, "--duration", d, "--gates", "16"],
                 )
                 ceiling = await database_ceiling(
-                    url,
-                    a.target,
-                    b.admin_password,
-                    args.seats,
-                    args.pgbench_duration,
-                    [p for p in (a.pid,) if p],
+                    url, a, b.admin_password, args.seats, args.pgbench_duration
                 )
                 result["database"] = ceiling
                 # Scale-out: the same rush against one and against two server processes,
@@ -670,6 +269,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 sd = str(args.scale_duration)
                 scale = [*core, "--concurrency", conc, "--duration", sd]
                 await b.rush("scale-1", "specific", [a], scale, chart=False)
+                # Another pool on a PostgreSQL other people's tests share too.
+                await wait_for_slots(admin, args.pool_size + 4, 30)
                 await c.start()
                 log(f"server B pid {c.pid} on {c.target}")
                 await b.rush("scale-2", "specific", [a, c], scale, chart=False)
@@ -702,11 +303,31 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
+def _lat(run: dict[str, Any], key: str) -> str:
+    """One latency figure of a run (`p50_ms`, ..., `max_ms`), for the tables."""
+    return _ms(run["latency"][key])
+
+
+def _cores(run: dict[str, Any], group: str) -> str:
+    """Cores a group used during a run (`other`: work not ours; `busy`: the machine)."""
+    cpu = run["cpu"]
+    if group == "other":
+        value = cpu["cores_used_other"]
+    elif group == "busy":
+        value = cpu["cores_busy"]
+    else:
+        value = cpu["cores_used"][group]
+    return f"{value:.2f}"
+
+
 def render_section(result: dict[str, Any]) -> str:
+    """The \"Ticket rush\" section of docs/benchmarks.md from a result."""
     m = result["machine"]
     runs = {r["name"]: r for r in result["runs"]}
     args = result["args"]
     db = result.get("database") or {}
+    pg = m["postgresql_settings"]
+    loadavg = " ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
     lines = [
         SECTION_TITLE,
         "",
@@ -723,22 +344,22 @@ def render_section(result: dict[str, Any]) -> str:
         "",
         "The script creates a throwaway database on the local PostgreSQL, starts `python -m "
         "ticketd serve` as a separate process on 127.0.0.1 (`TICKETING_BCRYPT_ROUNDS=4`, "
-        "bootstrap admin from the environment, everything else default: 20 pooled "
-        "connections, 100 scans/s per gate), and runs `ticketing-rush` once per scenario, "
-        "each as its own process, each on a fresh "
+        f"bootstrap admin from the environment, {args.get('pool_size', 20)} pooled "
+        "connections, everything else default: 100 scans/s per gate), and runs "
+        "`ticketing-rush` once per scenario, each as its own process, each on a fresh "
         f"{args['seats']:,}-seat event (10 sections of 40 rows of 50). "
         f"The same {args['buyers']:,} buyers are registered "
         "through `AuthService.Register` by the first run and reused from the token cache "
         "afterwards. Every run audits the invariants through the API; the script fails if "
         "one does not hold. The database is dropped at the end.",
         "",
-        f"**Machine.** {m['nproc']} CPUs ({m['cpu']}, Linux {m['kernel']}), Python "
-        f"{m['python']}, grpcio {m['grpcio']}, PostgreSQL {m['postgresql']} on the same host "
-        f"(`shared_buffers` {m['pg_settings']['shared_buffers']}, `synchronous_commit` "
-        f"{m['pg_settings']['synchronous_commit']}, `fsync` {m['pg_settings']['fsync']}). "
+        f"**Machine.** {m['nproc']} CPUs ({m['cpu_model']}, Linux {m['kernel']}), Python "
+        f"{m['python']}, grpcio {m['grpcio']}, PostgreSQL {m['postgresql_version'].split()[0]} "
+        f"on the same host (`shared_buffers` {pg['shared_buffers']}, `synchronous_commit` "
+        f"{pg['synchronous_commit']}, `fsync` {pg['fsync']}). "
         "Harness, server and PostgreSQL share the two cores, so every figure is a lower "
         "bound for a deployment where they do not; the machine is also shared with other "
-        f"work (load average {m['loadavg']} at the start, {m['busy_before']} cores busy "
+        f"work (load average {loadavg} at the start, {m['busy_cores_before_start']} cores busy "
         "just before), so expect +-15% between runs.",
         "",
         "| run | load | requests/s | ok/s | tickets/s | p50 ms | p90 ms | p99 ms | p99.9 ms "
@@ -751,9 +372,10 @@ def render_section(result: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {name} | {r['load']} | {r['rps']:,.0f} | {r['ok_rps']:,.0f} | "
-            f"{r['tickets_per_s']:,.0f} | {_ms(r['p50'])} | {_ms(r['p90'])} | {_ms(r['p99'])} | "
-            f"{_ms(r['p999'])} | {_ms(r['max'])} | {_fmt_outcomes(r)} | "
-            f"{r['sold']:,} / {r['capacity']:,} | {r['cpu']['other']} | "
+            f"{r['tickets_per_s']:,.0f} | "
+            + " | ".join(_lat(r, k) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"))
+            + f" | {_fmt_outcomes(r)} | "
+            f"{r['sold']:,} / {r['capacity']:,} | {_cores(r, 'other')} | "
             f"{'pass' if r['audit'] else 'FAIL'} |"
         )
     lines += [
@@ -785,9 +407,9 @@ def render_section(result: dict[str, Any]) -> str:
         )
         notes.append(
             f"- **CPU.** During the specific run the server process used "
-            f"{spec['cpu']['servers']} cores, PostgreSQL {spec['cpu']['postgres']} and the "
-            f"harness {spec['cpu']['client']}, other work on the machine "
-            f"{spec['cpu']['other']}, with {spec['cpu']['machine']} of {m['nproc']} cores "
+            f"{_cores(spec, 'server')} cores, PostgreSQL {_cores(spec, 'postgres')} and the "
+            f"harness {_cores(spec, 'client')}, other work on the machine "
+            f"{_cores(spec, 'other')}, with {_cores(spec, 'busy')} of {m['nproc']} cores "
             "busy: the server is CPU-bound on its one Python thread and the machine is "
             "saturated; what the harness and other work use is taken from it."
         )
@@ -824,7 +446,7 @@ def render_section(result: dict[str, Any]) -> str:
             "",
             f"- PostgreSQL alone: **{db['orders_per_s']:,.0f} orders/s** "
             f"({db['tickets_per_s']:,.0f} tickets/s, {db['tps']:,.0f} transactions/s, "
-            f"{db['clients']} connections; the machine was {db['cpu']['machine']} of "
+            f"{db['clients']} connections; the machine was {_cores(db, 'busy')} of "
             f"{m['nproc']} cores busy).",
         ]
         for name in ("specific", "best-available"):
@@ -857,15 +479,15 @@ def render_section(result: dict[str, Any]) -> str:
         if r:
             lines.append(
                 f"| {r['servers']} | {r['ok_rps']:,.0f} | {r['tickets_per_s']:,.0f} | "
-                f"{_ms(r['p50'])} | {_ms(r['p99'])} | {r['cpu']['servers']} | "
-                f"{r['cpu']['postgres']} | {r['cpu']['client']} | {r['cpu']['other']} | "
-                f"{r['cpu']['machine']} | "
+                f"{_lat(r, 'p50_ms')} | {_lat(r, 'p99_ms')} | {_cores(r, 'server')} | "
+                f"{_cores(r, 'postgres')} | {_cores(r, 'client')} | {_cores(r, 'other')} | "
+                f"{_cores(r, 'busy')} | "
                 f"{'pass' if r['audit'] else 'FAIL'} |"
             )
     if s1 and s2:
         gain = s2["ok_rps"] / max(1, s1["ok_rps"])
-        per_core = [r["ok_rps"] / max(0.01, r["cpu"]["servers"]) for r in (s1, s2)]
-        cores = f"{s1['cpu']['servers']} vs {s2['cpu']['servers']} server cores"
+        per_core = [r["ok_rps"] / max(0.01, r["cpu"]["cores_used"]["server"]) for r in (s1, s2)]
+        cores = f"{_cores(s1, 'server')} vs {_cores(s2, 'server')} server cores"
         efficiency = (
             f"per server core the work was about the same ({per_core[0]:,.0f} vs "
             f"{per_core[1]:,.0f} orders/s), so throughput followed the CPU the server tier got"
@@ -874,16 +496,16 @@ def render_section(result: dict[str, Any]) -> str:
             "orders/s): two server processes on two shared cores add context switches and "
             "take their extra CPU from PostgreSQL and the harness"
         )
-        if s1["cpu"]["machine"] >= 0.9 * m["nproc"]:
+        if s1["cpu"]["cores_busy"] >= 0.9 * m["nproc"]:
             verdict = (
-                f"The machine was already saturated with one server ({s1['cpu']['machine']} "
+                f"The machine was already saturated with one server ({_cores(s1, 'busy')} "
                 f"of {m['nproc']} cores busy), so a second process found no idle core: the "
                 f"server tier got {cores} only by taking CPU from PostgreSQL, the harness "
                 f"and other work; {efficiency}."
             )
         else:
             verdict = (
-                f"One server left cores idle ({s1['cpu']['machine']} of {m['nproc']} busy) "
+                f"One server left cores idle ({_cores(s1, 'busy')} of {m['nproc']} busy) "
                 f"because its Python runs on one thread; a second process uses them "
                 f"({cores}); {efficiency}."
             )
@@ -946,6 +568,7 @@ def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run (or --render), write the docs; exit 1 if an audit failed."""
     parser = argparse.ArgumentParser(prog="bench_rush", description=__doc__.split("\n")[0])
     parser.add_argument("--seats", type=int, default=20_000, help="places per event")
     parser.add_argument("--buyers", type=int, default=2_000, help="customer accounts")
@@ -954,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds left out")
     parser.add_argument("--scale-duration", type=float, default=12.0, help="scale-out runs")
     parser.add_argument("--pgbench-duration", type=int, default=10, help="pgbench -T")
+    parser.add_argument(
+        "--pool-size", type=int, default=20, help="TICKETING_DB_POOL_SIZE of each server"
+    )
     parser.add_argument("--gate-limit-tickets", type=int, default=2_000)
     parser.add_argument("--reports", help="keep the harness JSON reports in this directory")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
@@ -966,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seats, args.buyers, args.concurrency = 2_000, 50, 16
         args.duration, args.warmup, args.scale_duration = 3.0, 0.5, 3.0
         args.pgbench_duration, args.gate_limit_tickets = 2, 500
+        # Two servers' pools must fit next to other people's tests on a shared PostgreSQL.
+        args.pool_size = min(args.pool_size, 8)
     if not 2 <= args.duration <= 60 or not 0 <= args.warmup < args.duration:
         parser.error("--duration must be 2..60 s and --warmup below it")
     if not 1_000 <= args.seats <= 200_000 or not 1 <= args.buyers <= 20_000:
@@ -976,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(bench(args))
         if args.reports:
             saved = Path(args.reports) / "bench_rush.json"
-            saved.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            write_json(result, saved)
             log(f"benchmark result kept in {saved} (re-render: --render {saved})")
     failed = [r["name"] for r in result["runs"] if not r["audit"]]
     section = render_section(result)

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
 from tests.conftest import RunningServer
-from tests.procs import ServerProcess, free_port
+from tests.procs import ServerProcess, free_port, ticketd_process
 from tests.support import Account, Stubs, audit, book_request, error_details, small_layout
 from ticketd.db.embedded import EmbeddedPostgres, fallback_cluster_dir
 from ticketing.v1 import auth_pb2, booking_pb2
@@ -51,7 +51,7 @@ async def server(
 ) -> AsyncIterator[ServerProcess]:
     """A second server process on the test database, sharing the in-process server's
     secret so tokens made by either work on both (as behind a load balancer)."""
-    proc = ServerProcess(
+    proc = ticketd_process(
         database_url, data_dir, jwt_secret=running.components.settings.jwt_secret or ""
     )
     await proc.start()
@@ -197,7 +197,7 @@ async def test_graceful_shutdown_under_load(
     event_id, ids, buyers = await _world(stubs, admin, 60)
     tasks = await _rush(server.target, event_id, ids, buyers, 300, seed=9)
     await _when_done(tasks, 30)
-    await server.signal(signal.SIGTERM)
+    server.signal(signal.SIGTERM)
     code = await server.wait_exit(30)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert code == 0, server.log()
@@ -220,7 +220,7 @@ async def test_graceful_shutdown_under_load(
 async def test_overload_is_refused_fast_and_server_stays_healthy(
     stubs: Stubs, admin: Account, running: RunningServer, database_url: str, data_dir: Path
 ) -> None:
-    proc = ServerProcess(
+    proc = ticketd_process(
         database_url,
         data_dir,
         jwt_secret=running.components.settings.jwt_secret or "",
@@ -278,7 +278,7 @@ async def test_database_down_at_start_and_restarted_while_serving(data_dir: Path
     try:
         url = pg.start()  # make the cluster, then take it away before ticketd starts
         pg.stop()
-        proc = ServerProcess(url, data_dir, extra_env={"TICKETING_SHUTDOWN_GRACE": "1"})
+        proc = ticketd_process(url, data_dir, shutdown_grace_s=1)
         await proc.start(wait_ready=False)
         try:
             # Down at start: the process lives, says NOT_SERVING, and keeps retrying.

@@ -16,9 +16,7 @@ import io
 import json
 import os
 import re
-import secrets
 import signal
-import socket
 import stat
 import sys
 import uuid
@@ -34,6 +32,8 @@ from grpc import aio
 from rich.console import Console
 
 from tests.conftest import RunningServer
+from scripts.benchlib.process import free_port
+from tests.procs import ticketd_process
 from tests.support import Account, Stubs, best_request, scan_request, small_layout
 from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.render import RichRenderer
@@ -551,12 +551,6 @@ async def test_startup_refusals_exit_non_zero_with_a_reason(
 # A server that goes away and comes back
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ScriptedHealth:
     """A Health stub that answers the given statuses (or raises the given codes) in turn."""
 
@@ -607,7 +601,7 @@ async def test_start_waits_for_the_server_to_serve_then_gives_up_with_exit_3(
     # The command: nothing listens on the port, so it says it waits, then exits 3.
     code, out, stderr = await run_kiosk(
         tmp_path,
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         str(uuid.uuid4()),
         [],
         "--gate",
@@ -623,63 +617,6 @@ async def test_start_waits_for_the_server_to_serve_then_gives_up_with_exit_3(
     assert "unreachable for 2 s (UNAVAILABLE" in stderr
 
 
-class TicketdProcess:
-    """`python -m ticketd` on a fixed port and JWT secret: restartable under a kiosk."""
-
-    def __init__(self, database_url: str, port: int, data_dir: Path, **extra: str) -> None:
-        self.port = port
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log = data_dir / "ticketd.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETING_")}
-        self.env |= {
-            "DATABASE_URL": database_url,
-            "TICKETING_LISTEN": f"127.0.0.1:{port}",
-            "TICKETING_JWT_SECRET": secrets.token_urlsafe(48),
-            "TICKETING_BCRYPT_ROUNDS": "4",
-            "TICKETING_DATA_DIR": str(data_dir),
-            "TICKETING_SHUTDOWN_GRACE": "1",
-            **extra,
-        }
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "ticketd",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                env=self.env,
-            )
-        assert self.proc.stdout is not None
-        try:
-            while True:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-                if not line:
-                    raise AssertionError("ticketd exited:\n" + self.log.read_text()[-3000:])
-                if b"ticketd listening on" in line:
-                    return
-        except TimeoutError:
-            self.proc.kill()
-            raise AssertionError(
-                "ticketd did not start:\n" + self.log.read_text()[-3000:]
-            ) from None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen process cannot die otherwise
-            self.proc.kill()
-            await asyncio.wait_for(self.proc.wait(), 10)
-
-
 @pytest.mark.slow
 async def test_kiosk_reports_an_outage_and_finishes_the_scan_when_the_server_returns(
     tmp_path: Path,
@@ -692,7 +629,7 @@ async def test_kiosk_reports_an_outage_and_finishes_the_scan_when_the_server_ret
     sale = await sell(stubs, admin, reserved=1, ga=2)
     event, seated, standing = sale.event, sale.seated, sale.standing
     codes = [seated[0].code, standing[0].code, standing[1].code]
-    server = TicketdProcess(database_url, _free_port(), tmp_path)
+    server = ticketd_process(database_url, tmp_path, shutdown_grace_s=1)
     journal = tmp_path / "outage.jsonl"
     # Signed in with a password through the process server (its own JWT secret).
     env = kiosk_env(
@@ -776,12 +713,11 @@ async def test_rate_limits_wait_unanswered_scans_are_unresolved_and_stops_leave_
     sale = await sell(stubs, admin, reserved=1, ga=4)
     codes = [sale.seated[0].code, *(t.code for t in sale.standing)]
     # One scan per second per gate: the second of two quick scans is refused at first.
-    server = TicketdProcess(
+    server = ticketd_process(
         database_url,
-        _free_port(),
         tmp_path,
-        TICKETING_GATE_SCAN_RATE="1",
-        TICKETING_GATE_SCAN_BURST="1",
+        shutdown_grace_s=1,
+        extra_env={"TICKETING_GATE_SCAN_RATE": "1", "TICKETING_GATE_SCAN_BURST": "1"},
     )
     journal = tmp_path / "slow.jsonl"
     env = kiosk_env(

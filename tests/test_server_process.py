@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,18 +14,13 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from scripts.benchlib.process import ServerProcess, free_port
 from tests.support import PASSWORD, unique_email
 from ticketd.db.embedded import fallback_cluster_dir
 from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 # Slow tier: ticketd as a separate process, with its own embedded PostgreSQL.
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,48 +33,26 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(fallback_cluster_dir(path).parent, ignore_errors=True)
 
 
-def _start(env_extra: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TICKETING_JWT_SECRET")}
-    env |= {
-        "TICKETING_DATA_DIR": str(data_dir),
-        "TICKETING_LISTEN": f"127.0.0.1:{port}",
-        "TICKETING_BCRYPT_ROUNDS": "4",
-        "TICKETING_ADMIN_EMAIL": "boot@example.test",
-        "TICKETING_ADMIN_PASSWORD": "boot-password-1",
-        "TICKETING_SHUTDOWN_GRACE": "3",
-        **env_extra,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ticketd"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+async def _start(env_extra: dict[str, str], data_dir: Path) -> tuple[ServerProcess, str, str]:
+    # No DATABASE_URL and no JWT secret: the server makes its own database and secret.
+    proc = ServerProcess(
+        None,
+        data_dir,
+        port=free_port(),
+        jwt_secret=None,
+        admin_email="boot@example.test",
+        admin_password="boot-password-1",
+        shutdown_grace_s=3,
+        extra_env=env_extra,
+        inherit_ticketing_env=True,
     )
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "ticketd listening on" in line:
-            return proc, f"127.0.0.1:{port}", "".join(lines)
-    proc.kill()
-    raise AssertionError("ticketd did not start:\n" + "".join(lines))
+    await proc.start()
+    return proc, proc.target, proc.log(None)
 
 
-def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError("ticketd did not stop on SIGTERM:\n" + out) from None
-    return proc.returncode, out
+async def _stop(proc: ServerProcess) -> tuple[int, str]:
+    code = await proc.stop(timeout=30)
+    return code, proc.log(None)
 
 
 async def _use(target: str) -> tuple[str, str]:
@@ -107,18 +76,18 @@ async def _use(target: str) -> tuple[str, str]:
 
 
 async def test_embedded_default_from_nothing_survives_restart(data_dir: Path) -> None:
-    proc, target, started = _start({}, data_dir)
+    proc, target, started = await _start({}, data_dir)
     try:
         user_id, token = await _use(target)
     finally:
-        code, out = _stop(proc)
+        code, out = await _stop(proc)
     assert code == 0, out
     assert "no DATABASE_URL: using embedded PostgreSQL" in started
     secret = data_dir / "jwt_secret"
     assert secret.exists() and (secret.stat().st_mode & 0o777) == 0o600
 
     # Second start: same data, same secret, so the old token still works.
-    proc, target, _ = _start({}, data_dir)
+    proc, target, _ = await _start({}, data_dir)
     try:
         async with aio.insecure_channel(target) as channel:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -129,7 +98,7 @@ async def test_embedded_default_from_nothing_survives_restart(data_dir: Path) ->
             )
             assert me.user.id == user_id
     finally:
-        code, out = _stop(proc)
+        code, out = await _stop(proc)
     assert code == 0, out
 
 
