@@ -78,10 +78,10 @@ async def explain_inventory_insert(conn: asyncpg.Connection, event_id: str) -> d
     The statement is imported from the server so the plan is of the SQL that actually runs.
     Also explains the per-section count query CreateEvent runs on the new inventory.
     """
-    from ticketd.events.repository import _INSERT_INVENTORY
+    from ticketd.events.repository import INSERT_INVENTORY
 
     copy_id = str(uuid.uuid4())
-    insert_sql = _INSERT_INVENTORY.text.replace(":event_id", "$1::uuid")
+    insert_sql = INSERT_INVENTORY.replace("$1", "$1::uuid")
     tx = conn.transaction()
     await tx.start()
     try:

@@ -31,8 +31,8 @@ import pytest
 from grpc import aio
 from rich.console import Console
 
-from tests.conftest import RunningServer
 from scripts.benchlib.process import free_port
+from tests.conftest import RunningServer
 from tests.procs import ticketd_process
 from tests.support import Account, Stubs, best_request, scan_request, small_layout
 from ticketing.kiosk.journal import Journal
