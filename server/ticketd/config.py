@@ -68,6 +68,9 @@ class Settings:
     """`TICKETING_MAX_CONCURRENT_RPCS`: above this, calls fail fast with RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 4 * 1024 * 1024
     """`TICKETING_MAX_MESSAGE_BYTES`: transport limit for one request or response."""
+    db_public_share_percent: int = 50
+    """`TICKETING_DB_PUBLIC_SHARE`: most of the pool (percent, at least one connection)
+    anonymous public reads (GetEvent, ListEvents, ListSeats) may hold at once."""
     grace_seconds: int = 10
     """`TICKETING_SHUTDOWN_GRACE`: in-flight calls get this long on SIGTERM."""
     gate_scan_rate: int = 100
@@ -114,6 +117,7 @@ class Settings:
             max_message_bytes=_int(
                 env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024
             ),
+            db_public_share_percent=_int(env, "TICKETING_DB_PUBLIC_SHARE", 50, 1, 100),
             grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
             gate_scan_rate=_int(env, "TICKETING_GATE_SCAN_RATE", 100, 1, 1_000_000),
             gate_scan_burst=_int(env, "TICKETING_GATE_SCAN_BURST", 200, 1, 1_000_000),

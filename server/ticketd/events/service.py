@@ -7,7 +7,7 @@ import uuid
 
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import BookingService
-from ticketd.db.database import Database
+from ticketd.db.database import Budget, Database
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
     EventFilter,
@@ -53,8 +53,12 @@ class EventService:
         assert event is not None
         return event
 
+    # The three reads below serve the public (anonymous) RPCs: they run on the PUBLIC
+    # budget, a bounded share of the pool, so a flood of them cannot starve sign-ins,
+    # sales and refunds of connections (ticketd.db.database).
+
     async def get(self, event_id: uuid.UUID) -> EventRecord:
-        async with self._db.connection() as conn:
+        async with self._db.connection(budget=Budget.PUBLIC) as conn:
             event = await repo.event(conn, event_id)
         if event is None:
             raise event_not_found(event_id)
@@ -63,7 +67,7 @@ class EventService:
     async def list_events(
         self, filters: EventFilter, *, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
     ) -> list[EventRecord]:
-        async with self._db.connection() as conn:
+        async with self._db.connection(budget=Budget.PUBLIC) as conn:
             return await repo.list_events(conn, filters, after=after, limit=limit)
 
     async def list_seats(
@@ -75,7 +79,7 @@ class EventService:
         after_id: int | None,
         limit: int,
     ) -> list[SeatRecord]:
-        async with self._db.connection() as conn:
+        async with self._db.connection(budget=Budget.PUBLIC) as conn:
             if not await repo.event_exists(conn, event_id):
                 raise event_not_found(event_id)
             return await repo.list_seats(
