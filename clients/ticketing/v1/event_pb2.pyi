@@ -621,23 +621,42 @@ Global___CancelEventRequest: _TypeAlias = CancelEventRequest  # noqa: Y015
 
 @_typing.final
 class CancelEventResponse(_message.Message):
-    """CancelEventResponse holds the cancelled event."""
+    """CancelEventResponse holds the cancelled event and what happened to its orders."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    REFUNDED_ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    ATTENDED_ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    ATTENDED_ORDER_IDS_FIELD_NUMBER: _builtins.int
+    refunded_order_count: _builtins.int
+    """Orders refunded by this cancel."""
+    attended_order_count: _builtins.int
+    """Orders NOT refunded because a ticket of theirs was already used at a gate.
+    They stay CONFIRMED: used tickets stay USED, their other tickets stay VALID
+    (the order is kept whole; the cancelled event admits nobody). Settle them
+    outside the engine. After the cancel they are exactly the event's CONFIRMED
+    orders (ListOrders by event_id, status CONFIRMED).
+    """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event, status CANCELLED."""
+
+    @_builtins.property
+    def attended_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the first 1,000 of those orders, oldest first."""
 
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
+        refunded_order_count: _builtins.int = ...,
+        attended_order_count: _builtins.int = ...,
+        attended_order_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attended_order_count", b"attended_order_count", "attended_order_ids", b"attended_order_ids", "event", b"event", "refunded_order_count", b"refunded_order_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -110,7 +110,14 @@ class EventServiceServicer:
 
     def CancelEvent(self, request, context):
         """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-        Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        Only before the event's start (database clock, judged at the write): after it,
+        FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+        FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        In the same transaction every live order is refunded (tickets VOID, seats
+        AVAILABLE), except orders with a ticket already used at a gate (doors may open
+        before the start): a used ticket is never voided and its order never refunded.
+        Those orders stay CONFIRMED with their tickets unchanged and are reported in
+        the response; a cancelled event's gates admit nobody.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,7 +57,14 @@ class EventServiceStub:
     """
     CancelEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-    Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    Only before the event's start (database clock, judged at the write): after it,
+    FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+    FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    In the same transaction every live order is refunded (tickets VOID, seats
+    AVAILABLE), except orders with a ticket already used at a gate (doors may open
+    before the start): a used ticket is never voided and its order never refunded.
+    Those orders stay CONFIRMED with their tickets unchanged and are reported in
+    the response; a cancelled event's gates admit nobody.
     """
 
 @_typing.type_check_only
@@ -89,7 +96,14 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     CancelEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]  # type: ignore[assignment]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-    Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    Only before the event's start (database clock, judged at the write): after it,
+    FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+    FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    In the same transaction every live order is refunded (tickets VOID, seats
+    AVAILABLE), except orders with a ticket already used at a gate (doors may open
+    before the start): a used ticket is never voided and its order never refunded.
+    Those orders stay CONFIRMED with their tickets unchanged and are reported in
+    the response; a cancelled event's gates admit nobody.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -148,7 +162,14 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_pb2.CancelEventResponse, _abc.Awaitable[_event_pb2.CancelEventResponse]]:
         """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-        Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        Only before the event's start (database clock, judged at the write): after it,
+        FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+        FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        In the same transaction every live order is refunded (tickets VOID, seats
+        AVAILABLE), except orders with a ticket already used at a gate (doors may open
+        before the start): a used ticket is never voided and its order never refunded.
+        Those orders stay CONFIRMED with their tickets unchanged and are reported in
+        the response; a cancelled event's gates admit nobody.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -254,10 +254,21 @@ async def list_seats(
     ]
 
 
-async def mark_cancelled(conn: Connection, event_id: uuid.UUID, reason: str) -> None:
-    """Set the event cancelled (caller holds the event row FOR UPDATE)."""
-    await conn.execute(
-        "UPDATE events SET cancel_time = now(), cancel_reason = $2 WHERE id = $1",
+async def mark_cancelled(conn: Connection, event_id: uuid.UUID, reason: str) -> bool:
+    """Set the event cancelled if it has not started at the instant of this write (caller
+    holds the event row FOR UPDATE). False: it had started, nothing was written.
+
+    clock_timestamp(), read once, both judges and stamps: `now()` is the transaction's
+    start, which a wait for the event lock can leave behind the start instant.
+    """
+    done = await conn.fetchval(
+        """
+        UPDATE events e SET cancel_time = clock.t, cancel_reason = $2
+        FROM (SELECT clock_timestamp() AS t) clock
+        WHERE e.id = $1 AND e.cancel_time IS NULL AND e.start_time > clock.t
+        RETURNING true
+        """,
         event_id,
         reason,
     )
+    return bool(done)

@@ -24,6 +24,9 @@ MAX_PRICE_MINOR = 100_000_000
 MAX_TICKETS_PER_ORDER = 100
 MAX_TICKETS_PER_CUSTOMER = 10_000
 MAX_CANCEL_REASON = 1_000
+# CancelEvent names at most this many attended orders (38 bytes each on the wire, so the
+# response stays far below the smallest allowed message limit); the count is always exact.
+MAX_REPORTED_ATTENDED_ORDERS = 1_000
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -189,9 +192,33 @@ def ensure_can_manage(principal: Principal, organizer_id: uuid.UUID) -> None:
 
 
 def check_can_cancel(event: EventRecord) -> None:
-    """An event is cancelled once."""
+    """An event is cancelled once, and only before it starts (then its orders can still be
+    refunded; after the start people have been admitted on them)."""
     if event.status is EventStatus.CANCELLED:
         raise FailedPrecondition("the event is already cancelled", reason=Reason.EVENT_CANCELLED)
+    if event.status is EventStatus.STARTED:
+        raise event_started_error(event.id)
+
+
+def event_started_error(event_id: uuid.UUID) -> FailedPrecondition:
+    """CancelEvent after the start (database clock, judged at the write)."""
+    return FailedPrecondition(
+        "the event has started: it can no longer be cancelled",
+        reason=Reason.EVENT_STARTED,
+        metadata={"event_id": str(event_id)},
+    )
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """A cancelled event and what happened to its orders."""
+
+    event: EventRecord
+    refunded_orders: int
+    attended_orders: int
+    """Orders left CONFIRMED because a ticket of theirs was used at a gate."""
+    attended_order_ids: tuple[uuid.UUID, ...]
+    """The first MAX_REPORTED_ATTENDED_ORDERS of those, oldest first."""
 
 
 def validate_cancel_reason(reason: str) -> str:

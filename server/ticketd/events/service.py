@@ -10,6 +10,8 @@ from ticketd.booking.service import BookingService
 from ticketd.db.database import Budget, Database
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
+    MAX_REPORTED_ATTENDED_ORDERS,
+    CancelResult,
     EventFilter,
     EventRecord,
     EventSpec,
@@ -18,6 +20,7 @@ from ticketd.events.rules import (
     check_can_cancel,
     check_prices_cover_sections,
     ensure_can_manage,
+    event_started_error,
     validate_cancel_reason,
     validate_event_fields,
 )
@@ -86,8 +89,10 @@ class EventService:
                 conn, event_id, section_id=section_id, status=status, after_id=after_id, limit=limit
             )
 
-    async def cancel(self, principal: Principal, event_id: uuid.UUID, reason: str) -> EventRecord:
-        """Take the event off sale and refund its orders, all in one transaction."""
+    async def cancel(self, principal: Principal, event_id: uuid.UUID, reason: str) -> CancelResult:
+        """Take the event off sale and refund its orders, all in one transaction; only
+        before its start (judged at the write). Orders with a used ticket are kept and
+        reported, never refunded."""
         cleaned = validate_cancel_reason(reason)
         async with self._db.transaction() as conn:
             event = await repo.event(conn, event_id, with_counts=False, lock="FOR UPDATE")
@@ -95,13 +100,24 @@ class EventService:
                 raise event_not_found(event_id)
             ensure_can_manage(principal, event.organizer_id)
             check_can_cancel(event)
-            await repo.mark_cancelled(conn, event_id, cleaned)
+            if not await repo.mark_cancelled(conn, event_id, cleaned):
+                # The lock wait (or the time since the check above) crossed the start.
+                raise event_started_error(event_id)
             # Same transaction: the event and all of its refunds commit together. Bookings
             # hold the event row KEY SHARE, so none is in flight now and none can start
             # until we commit.
-            await self._booking.refund_event_orders(
-                conn, event_id, refunded_by=principal.user_id, reason=f"event cancelled: {cleaned}"
+            refunds = await self._booking.refund_event_orders(
+                conn,
+                event_id,
+                refunded_by=principal.user_id,
+                reason=f"event cancelled: {cleaned}",
+                report_limit=MAX_REPORTED_ATTENDED_ORDERS,
             )
-            event = await repo.event(conn, event_id)
-        assert event is not None
-        return event
+            after = await repo.event(conn, event_id)
+        assert after is not None
+        return CancelResult(
+            event=after,
+            refunded_orders=refunds.refunded_orders,
+            attended_orders=refunds.attended_orders,
+            attended_order_ids=refunds.attended_order_ids,
+        )

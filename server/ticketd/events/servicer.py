@@ -199,7 +199,12 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
     async def CancelEvent(
         self, request: event_pb2.CancelEventRequest, context: Any
     ) -> event_pb2.CancelEventResponse:
-        event = await self._events.cancel(
+        result = await self._events.cancel(
             current_principal(), parse_uuid(request.event_id, "event_id"), request.reason
         )
-        return event_pb2.CancelEventResponse(event=event_to_proto(event))
+        return event_pb2.CancelEventResponse(
+            event=event_to_proto(result.event),
+            refunded_order_count=result.refunded_orders,
+            attended_order_count=result.attended_orders,
+            attended_order_ids=[str(i) for i in result.attended_order_ids],
+        )
