@@ -27,7 +27,7 @@ from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
 from ticketd.venues.service import VenueService
-from ticketd.venues.servicer import VenueServicer
+from ticketd.venues.servicer import VenueServicer, venue_response_bytes
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -76,13 +76,15 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         ttl_seconds=settings.token_ttl_seconds,
     )
     accounts = AccountService(db, PasswordHasher(settings.bcrypt_rounds), tokens)
-    venues = VenueService(db)
+    venues = VenueService(
+        db, response_size=venue_response_bytes, max_response_bytes=settings.max_message_bytes
+    )
     booking = BookingService(db, customers=accounts)
     return Components(
         settings=settings,
         db=db,
         tokens=tokens,
-        pages=PageTokens(jwt_secret),
+        pages=PageTokens(jwt_secret, max_message_bytes=settings.max_message_bytes),
         accounts=accounts,
         venues=venues,
         events=EventService(db, venues=venues, booking=booking),

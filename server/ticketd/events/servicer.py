@@ -166,6 +166,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             size,
             event_to_proto,
             lambda e: encode_time_keyset(self._pages, "events", query, e.start_time, e.id),
+            max_bytes=self._pages.page_bytes,
         )
         return event_pb2.ListEventsResponse(events=events, next_page_token=token)
 
@@ -192,7 +193,11 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             event_id, section_id=section_id, status=status, after_id=position, limit=size + 1
         )
         seats, token = next_page(
-            rows, size, seat_to_proto, lambda s: self._pages.encode("seats", query, s.id)
+            rows,
+            size,
+            seat_to_proto,
+            lambda s: self._pages.encode("seats", query, s.id),
+            max_bytes=self._pages.page_bytes,
         )
         return event_pb2.ListSeatsResponse(seats=seats, next_page_token=token)
 
