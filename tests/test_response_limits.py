@@ -19,7 +19,7 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, Stubs, error_details, small_layout
+from tests.support import Account, Stubs, error_details, future, small_layout
 from ticketd.config import MIN_MESSAGE_BYTES
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, venue_pb2
@@ -335,3 +335,47 @@ async def test_create_venue_request_id_returns_the_first_venue(
             venue_pb2.CreateVenueRequest(venue=layout, request_id="not-a-uuid"), metadata=admin.md
         )
     assert error_details(err.value).field_violations[0][0] == "request_id"
+
+
+async def test_create_event_request_id_returns_the_first_event(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="org")
+    venue = await stubs.create_venue(admin, small_layout(rows=2, seats=3, ga=2))
+    request_id = str(uuid.uuid4())
+    request = event_pb2.CreateEventRequest(
+        venue_id=venue.id,
+        name="Twice?",
+        start_time=future(10),
+        currency_code="EUR",
+        section_prices={s.id: 1500 for s in venue.sections},
+        max_tickets_per_order=4,
+        request_id=request_id,
+    )
+    for caller in (organizer, admin):
+        twins = await asyncio.gather(
+            *(stubs.events.CreateEvent(request, metadata=caller.md) for _ in range(6))
+        )
+        late = await stubs.events.CreateEvent(request, metadata=caller.md)
+        assert {t.event.id for t in twins} == {late.event.id}
+        assert late.event.organizer_id == caller.user.id
+        async with running.engine.connect() as conn:
+            count = (
+                await conn.execute(
+                    text("SELECT count(*) FROM events WHERE organizer_id = :o AND venue_id = :v"),
+                    {"o": uuid.UUID(caller.user.id), "v": uuid.UUID(venue.id)},
+                )
+            ).scalar_one()
+            seats = (
+                await conn.execute(
+                    text("SELECT count(*) FROM seats WHERE event_id = :e"),
+                    {"e": uuid.UUID(late.event.id)},
+                )
+            ).scalar_one()
+        assert (count, seats) == (1, 8)
+    different = event_pb2.CreateEventRequest()
+    different.CopyFrom(request)
+    different.name = "Another"
+    with pytest.raises(aio.AioRpcError) as err:
+        await stubs.events.CreateEvent(different, metadata=organizer.md)
+    assert error_details(err.value).reason == "REQUEST_ID_MISMATCH"

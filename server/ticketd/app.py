@@ -21,6 +21,7 @@ from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.database import Database
 from ticketd.edge.interceptor import AuthInterceptor
+from ticketd.events.rules import EventQuotas
 from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
 from ticketd.gate.service import GateService
@@ -87,7 +88,15 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         pages=PageTokens(jwt_secret, max_message_bytes=settings.max_message_bytes),
         accounts=accounts,
         venues=venues,
-        events=EventService(db, venues=venues, booking=booking),
+        events=EventService(
+            db,
+            venues=venues,
+            booking=booking,
+            quotas=EventQuotas(
+                places_per_event=settings.quota_event_places,
+                live_events=settings.quota_live_events,
+            ),
+        ),
         booking=booking,
         gate=GateService(
             db, gate_rate=settings.gate_scan_rate, gate_burst=settings.gate_scan_burst

@@ -77,6 +77,11 @@ class Settings:
     db_public_share_percent: int = 50
     """`TICKETING_DB_PUBLIC_SHARE`: most of the pool (percent, at least one connection)
     anonymous public reads (GetEvent, ListEvents, ListSeats) may hold at once."""
+    quota_event_places: int = 200_000
+    """`TICKETING_QUOTA_EVENT_PLACES`: most places in one event (organizers; ADMIN exempt)."""
+    quota_live_events: int = 100
+    """`TICKETING_QUOTA_LIVE_EVENTS`: most events on sale at once per organizer (ADMIN
+    exempt); 0 = no cap."""
     grace_seconds: int = 10
     """`TICKETING_SHUTDOWN_GRACE`: in-flight calls get this long on SIGTERM."""
     gate_scan_rate: int = 100
@@ -124,6 +129,8 @@ class Settings:
                 env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, MIN_MESSAGE_BYTES, 64 << 20
             ),
             db_public_share_percent=_int(env, "TICKETING_DB_PUBLIC_SHARE", 50, 1, 100),
+            quota_event_places=_int(env, "TICKETING_QUOTA_EVENT_PLACES", 200_000, 1, 200_000),
+            quota_live_events=_int(env, "TICKETING_QUOTA_LIVE_EVENTS", 100, 0, 1_000_000),
             grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
             gate_scan_rate=_int(env, "TICKETING_GATE_SCAN_RATE", 100, 1, 1_000_000),
             gate_scan_burst=_int(env, "TICKETING_GATE_SCAN_BURST", 200, 1, 1_000_000),

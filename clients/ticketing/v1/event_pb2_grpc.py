@@ -79,6 +79,12 @@ class EventServiceServicer:
         one AVAILABLE place per place of the venue, priced from section_prices.
         Either the event and all of its inventory exist, or neither does.
         ADMIN or ORGANIZER. start_time must be in the future (database clock).
+        Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+        per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+        cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+        QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+        creates at the limit: one succeeds.
+        With a request_id, a repeat by the same caller returns the event it created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,6 +43,12 @@ class EventServiceStub:
     one AVAILABLE place per place of the venue, priced from section_prices.
     Either the event and all of its inventory exist, or neither does.
     ADMIN or ORGANIZER. start_time must be in the future (database clock).
+    Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+    per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+    cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+    QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+    creates at the limit: one succeeds.
+    With a request_id, a repeat by the same caller returns the event it created.
     """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.GetEventRequest, _event_pb2.GetEventResponse]
     """GetEvent returns an event with live availability per section. Public."""
@@ -82,6 +88,12 @@ class EventServiceAsyncStub(EventServiceStub):
     one AVAILABLE place per place of the venue, priced from section_prices.
     Either the event and all of its inventory exist, or neither does.
     ADMIN or ORGANIZER. start_time must be in the future (database clock).
+    Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+    per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+    cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+    QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+    creates at the limit: one succeeds.
+    With a request_id, a repeat by the same caller returns the event it created.
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.GetEventRequest, _event_pb2.GetEventResponse]  # type: ignore[assignment]
     """GetEvent returns an event with live availability per section. Public."""
@@ -124,6 +136,12 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         one AVAILABLE place per place of the venue, priced from section_prices.
         Either the event and all of its inventory exist, or neither does.
         ADMIN or ORGANIZER. start_time must be in the future (database clock).
+        Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+        per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+        cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+        QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+        creates at the limit: one succeeds.
+        With a request_id, a repeat by the same caller returns the event it created.
         """
 
     @_abc_1.abstractmethod

@@ -132,7 +132,10 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
     async def CreateEvent(
         self, request: event_pb2.CreateEventRequest, context: Any
     ) -> event_pb2.CreateEventResponse:
-        event = await self._events.create(current_principal(), spec_from_request(request))
+        request_id = optional_uuid(request.request_id, "request_id")
+        event = await self._events.create(
+            current_principal(), spec_from_request(request), request_id
+        )
         return event_pb2.CreateEventResponse(event=event_to_proto(event))
 
     async def GetEvent(
