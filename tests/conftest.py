@@ -7,6 +7,8 @@ cluster; and drops it afterwards, so two runs never see each other's data.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import secrets
 import tempfile
@@ -133,6 +135,24 @@ async def running(database_url: str) -> AsyncIterator[RunningServer]:
         await server.stop(0)
         await db.dispose()
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def second_server(
+    running: RunningServer, pool: PoolOptions, **overrides: object
+) -> AsyncIterator[RunningServer]:
+    """Another in-process server on the test database with its own pool and settings (the
+    same JWT secret, so every account's token works on it), stopped at the end."""
+    settings = dataclasses.replace(running.components.settings, **overrides)  # type: ignore[arg-type]
+    db = Database(running.components.db.url, pool)
+    components = build_components(settings, db, settings.jwt_secret or "")
+    server = TicketServer(components)
+    port = await server.start("127.0.0.1:0")
+    try:
+        yield RunningServer(server, components, port, running.engine)
+    finally:
+        await server.stop(0)
+        await db.dispose()
 
 
 @pytest.fixture(scope="session")

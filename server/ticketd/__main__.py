@@ -43,6 +43,7 @@ async def database_for(settings: Settings) -> AsyncIterator[Database]:
             pool_timeout_seconds=settings.db_pool_timeout_seconds,
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
+            public_share_percent=settings.db_public_share_percent,
         ),
     )
     try:

@@ -22,13 +22,14 @@ from ticketd.config import Settings
 from ticketd.db.database import Database
 from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.interceptor import AuthInterceptor
+from ticketd.events.rules import EventQuotas
 from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
 from ticketd.venues.service import VenueService
-from ticketd.venues.servicer import VenueServicer
+from ticketd.venues.servicer import VenueServicer, venue_response_bytes
 from ticketing.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -81,16 +82,26 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         ttl_seconds=settings.token_ttl_seconds,
     )
     accounts = AccountService(db, PasswordHasher(settings.bcrypt_rounds), tokens)
-    venues = VenueService(db)
+    venues = VenueService(
+        db, response_size=venue_response_bytes, max_response_bytes=settings.max_message_bytes
+    )
     booking = BookingService(db, customers=accounts)
     return Components(
         settings=settings,
         db=db,
         tokens=tokens,
-        pages=PageTokens(jwt_secret),
+        pages=PageTokens(jwt_secret, max_message_bytes=settings.max_message_bytes),
         accounts=accounts,
         venues=venues,
-        events=EventService(db, venues=venues, booking=booking),
+        events=EventService(
+            db,
+            venues=venues,
+            booking=booking,
+            quotas=EventQuotas(
+                places_per_event=settings.quota_event_places,
+                live_events=settings.quota_live_events,
+            ),
+        ),
         booking=booking,
         gate=GateService(
             db, gate_rate=settings.gate_scan_rate, gate_burst=settings.gate_scan_burst

@@ -6,6 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MIN_MESSAGE_BYTES = 1024 * 1024
+"""The smallest transport limit allowed: the largest event (200 sections, every text at its
+maximum) or order (100 tickets) answer is far below it (tests/unit/test_response_sizes.py)."""
+
 
 class ConfigError(ValueError):
     """A setting in the environment is malformed; the message names it."""
@@ -67,7 +71,17 @@ class Settings:
     max_concurrent_rpcs: int = 1000
     """`TICKETING_MAX_CONCURRENT_RPCS`: above this, calls fail fast with RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 4 * 1024 * 1024
-    """`TICKETING_MAX_MESSAGE_BYTES`: transport limit for one request or response."""
+    """`TICKETING_MAX_MESSAGE_BYTES`: transport limit for one request or response. At least
+    1 MiB, so that every answer of bounded size (the largest event, the largest order) fits;
+    venue layouts and pages are limited by it (nothing is created that cannot be read back)."""
+    db_public_share_percent: int = 50
+    """`TICKETING_DB_PUBLIC_SHARE`: most of the pool (percent, at least one connection)
+    anonymous public reads (GetEvent, ListEvents, ListSeats) may hold at once."""
+    quota_event_places: int = 200_000
+    """`TICKETING_QUOTA_EVENT_PLACES`: most places in one event (organizers; ADMIN exempt)."""
+    quota_live_events: int = 100
+    """`TICKETING_QUOTA_LIVE_EVENTS`: most events on sale at once per organizer (ADMIN
+    exempt); 0 = no cap."""
     grace_seconds: int = 10
     """`TICKETING_SHUTDOWN_GRACE`: in-flight calls get this long on SIGTERM."""
     gate_scan_rate: int = 100
@@ -112,8 +126,11 @@ class Settings:
             lock_timeout_ms=_int(env, "TICKETING_LOCK_TIMEOUT_MS", 2_000, 10, 60_000),
             max_concurrent_rpcs=_int(env, "TICKETING_MAX_CONCURRENT_RPCS", 1000, 1, 100_000),
             max_message_bytes=_int(
-                env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024
+                env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, MIN_MESSAGE_BYTES, 64 << 20
             ),
+            db_public_share_percent=_int(env, "TICKETING_DB_PUBLIC_SHARE", 50, 1, 100),
+            quota_event_places=_int(env, "TICKETING_QUOTA_EVENT_PLACES", 200_000, 1, 200_000),
+            quota_live_events=_int(env, "TICKETING_QUOTA_LIVE_EVENTS", 100, 0, 1_000_000),
             grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
             gate_scan_rate=_int(env, "TICKETING_GATE_SCAN_RATE", 100, 1, 1_000_000),
             gate_scan_burst=_int(env, "TICKETING_GATE_SCAN_BURST", 200, 1, 1_000_000),

@@ -58,6 +58,9 @@ class Reason(StrEnum):
     STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
     DB_UNAVAILABLE = "DB_UNAVAILABLE"
     DB_POOL_EXHAUSTED = "DB_POOL_EXHAUSTED"
+    # Limits that protect the server
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,14 @@ class Precondition:
     """One failed precondition: `type` such as SEAT, `subject` such as the seat id."""
 
     type: str
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One used-up quota (google.rpc.QuotaFailure): `subject` such as `organizer:<id>`."""
+
     subject: str
     description: str
 
@@ -170,9 +181,11 @@ class ResourceExhausted(DomainError):
         reason: Reason,
         metadata: Mapping[str, str] | None = None,
         retry_after: float | None = None,
+        quota_violations: Iterable[QuotaViolation] = (),
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after = retry_after
+        self.quota_violations = list(quota_violations)
 
 
 def not_found(reason: Reason, what: str, **ids: object) -> NotFound:

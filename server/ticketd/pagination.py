@@ -3,6 +3,10 @@
 A token is base64url(JSON payload + HMAC). The payload holds the keyset position and a
 fingerprint of the listing's filters, so a token is refused (INVALID_ARGUMENT) when edited or
 replayed against a different query.
+
+Pages are cut by count (page_size) and by size: a page never grows past the transport's
+message limit, however large its items are (500 orders of 100 tickets are ~7 MB). The token
+then continues right after the last item shown, so nothing is skipped or repeated.
 """
 
 from __future__ import annotations
@@ -15,16 +19,46 @@ import hmac
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ticketd.errors import InvalidArgument
+from ticketd.errors import InvalidArgument, Reason, ResourceExhausted
+
+
+class Measured(Protocol):
+    """What a page item must offer: its encoded size (protobuf messages do)."""
+
+    def ByteSize(self) -> int: ...
+
 
 RowT = TypeVar("RowT")
-ItemT = TypeVar("ItemT")
+ItemT = TypeVar("ItemT", bound=Measured)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _MAX_TOKEN_CHARS = 2048
+# Room a page leaves in its message for everything but the items: the next_page_token (at
+# most _MAX_TOKEN_CHARS, or it would be refused when sent back), its framing and any small
+# fields a List response adds. Generous on purpose: the cut must hold for every listing.
+PAGE_RESERVE_BYTES = 4 * 1024
+
+
+def page_budget(max_message_bytes: int) -> int:
+    """Bytes the items of one page may take in a message of at most `max_message_bytes`."""
+    return max(1, max_message_bytes - PAGE_RESERVE_BYTES)
+
+
+def _varint_len(value: int) -> int:
+    n = 1
+    while value >= 0x80:
+        value >>= 7
+        n += 1
+    return n
+
+
+def repeated_item_bytes(item_size: int) -> int:
+    """What one element of a repeated message field adds to its message: tag (field numbers
+    1..15 take one byte), length, body."""
+    return 1 + _varint_len(item_size) + item_size
 
 
 def resolve_page_size(
@@ -38,10 +72,12 @@ def resolve_page_size(
 
 
 class PageTokens:
-    """Signs and checks page tokens with a server secret."""
+    """Signs and checks page tokens with a server secret; knows the page byte budget."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self._key = hashlib.sha256(b"ticketing-page-token:" + secret.encode()).digest()
+        self.page_bytes = page_budget(max_message_bytes)
+        """What the items of one page may take (pass to `next_page` as `max_bytes`)."""
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:16]
@@ -112,9 +148,31 @@ def next_page(
     size: int,
     to_item: Callable[[RowT], ItemT],
     token_after: Callable[[RowT], str],
+    *,
+    max_bytes: int,
 ) -> tuple[list[ItemT], str]:
     """One page from `rows` fetched with `limit=size + 1`: the items, and the token for the
-    page after the last one shown ("" when there is none)."""
-    shown = rows[:size]
-    token = token_after(shown[-1]) if len(rows) > size and shown else ""
-    return [to_item(r) for r in shown], token
+    page after the last one shown ("" when there is none).
+
+    The page ends after `size` items or before the item that would take the items past
+    `max_bytes` (see `page_budget`), whichever comes first; the token then points right
+    after the last item shown. A single item larger than the budget cannot be sent at all:
+    RESOURCE_EXHAUSTED RESPONSE_TOO_LARGE (the limits on what can be created keep that from
+    happening at any allowed TICKETING_MAX_MESSAGE_BYTES).
+    """
+    items: list[ItemT] = []
+    used = 0
+    for row in rows[:size]:
+        item = to_item(row)
+        used += repeated_item_bytes(item.ByteSize())
+        if used > max_bytes:
+            if not items:
+                raise ResourceExhausted(
+                    "one item of this listing is larger than the transport limit",
+                    reason=Reason.RESPONSE_TOO_LARGE,
+                    metadata={"max_bytes": str(max_bytes)},
+                )
+            return items, token_after(rows[len(items) - 1])
+        items.append(item)
+    token = token_after(rows[len(items) - 1]) if len(rows) > size and items else ""
+    return items, token

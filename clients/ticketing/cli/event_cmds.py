@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import uuid
 import zoneinfo
 from collections.abc import Sequence
 
@@ -194,6 +195,8 @@ async def cmd_events_create(args: argparse.Namespace) -> int:
             currency_code=args.currency.strip().upper(),
             section_prices=section_prices(venue.sections, args.price, args.price_all),
             max_tickets_per_order=args.max_per_order,
+            # AIP-155: the server creates the event once even if this call is resent.
+            request_id=str(uuid.uuid4()),
         )
         if args.end:
             request.end_time.CopyFrom(parse_time(args.end, zone, "--end"))

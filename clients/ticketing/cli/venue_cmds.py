@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -366,8 +367,10 @@ async def cmd_venues_create(args: argparse.Namespace) -> int:
         return 0
     async with open_client(args) as client:
         try:
+            # AIP-155: the server creates the venue once even if this call is resent.
+            request = venue_pb2.CreateVenueRequest(venue=venue, request_id=str(uuid.uuid4()))
             with ticketing_errors():
-                resp = await client.venues.CreateVenue(venue_pb2.CreateVenueRequest(venue=venue))
+                resp = await client.venues.CreateVenue(request)
         except TicketingError as err:
             if err.code != grpc.StatusCode.INVALID_ARGUMENT:
                 raise

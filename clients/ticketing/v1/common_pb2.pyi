@@ -134,6 +134,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The database does not answer; retry with backoff."""
     DB_POOL_EXHAUSTED: _ErrorReason.ValueType  # 34
     """The server is overloaded: no database connection free in time; retry with backoff."""
+    RESPONSE_TOO_LARGE: _ErrorReason.ValueType  # 300
+    """The answer to this request would be larger than the transport limit
+    (TICKETING_MAX_MESSAGE_BYTES). On a create or update (INVALID_ARGUMENT, metadata
+    "response_bytes", "max_bytes") nothing was written: make the layout smaller.
+    """
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 301
+    """An organizer quota (places per event, live events per organizer) is used up
+    (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
+    does not help: cancel an event, or ask an admin.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -214,6 +224,16 @@ DB_UNAVAILABLE: ErrorReason.ValueType  # 33
 """The database does not answer; retry with backoff."""
 DB_POOL_EXHAUSTED: ErrorReason.ValueType  # 34
 """The server is overloaded: no database connection free in time; retry with backoff."""
+RESPONSE_TOO_LARGE: ErrorReason.ValueType  # 300
+"""The answer to this request would be larger than the transport limit
+(TICKETING_MAX_MESSAGE_BYTES). On a create or update (INVALID_ARGUMENT, metadata
+"response_bytes", "max_bytes") nothing was written: make the layout smaller.
+"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 301
+"""An organizer quota (places per event, live events per organizer) is used up
+(RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
+does not help: cancel an event, or ask an admin.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -323,6 +323,7 @@ class CreateEventRequest(_message.Message):
     MAX_TICKETS_PER_ORDER_FIELD_NUMBER: _builtins.int
     MAX_TICKETS_PER_CUSTOMER_FIELD_NUMBER: _builtins.int
     DOORS_OPEN_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     venue_id: _builtins.str
     """The venue (must exist)."""
     name: _builtins.str
@@ -335,6 +336,13 @@ class CreateEventRequest(_message.Message):
     """1..100."""
     max_tickets_per_customer: _builtins.int
     """Optional cap per customer over all live orders; 1..10,000 when set."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID chosen by the client. A repeat by
+    the same caller returns the event that request created (as it is now) and
+    never creates a second one, even at a quota limit; the same request_id with a
+    different event is FAILED_PRECONDITION REQUEST_ID_MISMATCH. Empty: no retry
+    protection, as for clients written before this field existed.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Must be in the future."""
@@ -366,10 +374,11 @@ class CreateEventRequest(_message.Message):
         max_tickets_per_order: _builtins.int = ...,
         max_tickets_per_customer: _builtins.int | None = ...,
         doors_open_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "currency_code", b"currency_code", "description", b"description", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "max_tickets_per_order", b"max_tickets_per_order", "name", b"name", "section_prices", b"section_prices", "start_time", b"start_time", "venue_id", b"venue_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer", "currency_code", b"currency_code", "description", b"description", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "max_tickets_per_customer", b"max_tickets_per_customer", "max_tickets_per_order", b"max_tickets_per_order", "name", b"name", "request_id", b"request_id", "section_prices", b"section_prices", "start_time", b"start_time", "venue_id", b"venue_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tickets_per_customer: _TypeAlias = _typing.Literal["max_tickets_per_customer"]  # noqa: Y015
     _WhichOneofArgType__max_tickets_per_customer: _TypeAlias = _typing.Literal["_max_tickets_per_customer", b"_max_tickets_per_customer"]  # noqa: Y015
@@ -621,23 +630,42 @@ Global___CancelEventRequest: _TypeAlias = CancelEventRequest  # noqa: Y015
 
 @_typing.final
 class CancelEventResponse(_message.Message):
-    """CancelEventResponse holds the cancelled event."""
+    """CancelEventResponse holds the cancelled event and what happened to its orders."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    REFUNDED_ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    ATTENDED_ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    ATTENDED_ORDER_IDS_FIELD_NUMBER: _builtins.int
+    refunded_order_count: _builtins.int
+    """Orders refunded by this cancel."""
+    attended_order_count: _builtins.int
+    """Orders NOT refunded because a ticket of theirs was already used at a gate.
+    They stay CONFIRMED: used tickets stay USED, their other tickets stay VALID
+    (the order is kept whole; the cancelled event admits nobody). Settle them
+    outside the engine. After the cancel they are exactly the event's CONFIRMED
+    orders (ListOrders by event_id, status CONFIRMED).
+    """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event, status CANCELLED."""
+
+    @_builtins.property
+    def attended_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the first 1,000 of those orders, oldest first."""
 
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
+        refunded_order_count: _builtins.int = ...,
+        attended_order_count: _builtins.int = ...,
+        attended_order_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attended_order_count", b"attended_order_count", "attended_order_ids", b"attended_order_ids", "event", b"event", "refunded_order_count", b"refunded_order_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,6 +79,12 @@ class EventServiceServicer:
         one AVAILABLE place per place of the venue, priced from section_prices.
         Either the event and all of its inventory exist, or neither does.
         ADMIN or ORGANIZER. start_time must be in the future (database clock).
+        Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+        per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+        cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+        QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+        creates at the limit: one succeeds.
+        With a request_id, a repeat by the same caller returns the event it created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,7 +116,14 @@ class EventServiceServicer:
 
     def CancelEvent(self, request, context):
         """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-        Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        Only before the event's start (database clock, judged at the write): after it,
+        FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+        FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        In the same transaction every live order is refunded (tickets VOID, seats
+        AVAILABLE), except orders with a ticket already used at a gate (doors may open
+        before the start): a used ticket is never voided and its order never refunded.
+        Those orders stay CONFIRMED with their tickets unchanged and are reported in
+        the response; a cancelled event's gates admit nobody.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

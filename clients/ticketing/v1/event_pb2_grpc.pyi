@@ -43,6 +43,12 @@ class EventServiceStub:
     one AVAILABLE place per place of the venue, priced from section_prices.
     Either the event and all of its inventory exist, or neither does.
     ADMIN or ORGANIZER. start_time must be in the future (database clock).
+    Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+    per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+    cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+    QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+    creates at the limit: one succeeds.
+    With a request_id, a repeat by the same caller returns the event it created.
     """
     GetEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.GetEventRequest, _event_pb2.GetEventResponse]
     """GetEvent returns an event with live availability per section. Public."""
@@ -57,7 +63,14 @@ class EventServiceStub:
     """
     CancelEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-    Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    Only before the event's start (database clock, judged at the write): after it,
+    FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+    FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    In the same transaction every live order is refunded (tickets VOID, seats
+    AVAILABLE), except orders with a ticket already used at a gate (doors may open
+    before the start): a used ticket is never voided and its order never refunded.
+    Those orders stay CONFIRMED with their tickets unchanged and are reported in
+    the response; a cancelled event's gates admit nobody.
     """
 
 @_typing.type_check_only
@@ -75,6 +88,12 @@ class EventServiceAsyncStub(EventServiceStub):
     one AVAILABLE place per place of the venue, priced from section_prices.
     Either the event and all of its inventory exist, or neither does.
     ADMIN or ORGANIZER. start_time must be in the future (database clock).
+    Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+    per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+    cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+    QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+    creates at the limit: one succeeds.
+    With a request_id, a repeat by the same caller returns the event it created.
     """
     GetEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.GetEventRequest, _event_pb2.GetEventResponse]  # type: ignore[assignment]
     """GetEvent returns an event with live availability per section. Public."""
@@ -89,7 +108,14 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     CancelEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]  # type: ignore[assignment]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-    Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    Only before the event's start (database clock, judged at the write): after it,
+    FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+    FAILED_PRECONDITION (reason EVENT_CANCELLED).
+    In the same transaction every live order is refunded (tickets VOID, seats
+    AVAILABLE), except orders with a ticket already used at a gate (doors may open
+    before the start): a used ticket is never voided and its order never refunded.
+    Those orders stay CONFIRMED with their tickets unchanged and are reported in
+    the response; a cancelled event's gates admit nobody.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +136,12 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         one AVAILABLE place per place of the venue, priced from section_prices.
         Either the event and all of its inventory exist, or neither does.
         ADMIN or ORGANIZER. start_time must be in the future (database clock).
+        Organizer quotas (ADMIN is exempt): at most TICKETING_QUOTA_EVENT_PLACES places
+        per event and TICKETING_QUOTA_LIVE_EVENTS events on sale (not started, not
+        cancelled) per organizer; beyond them RESOURCE_EXHAUSTED with reason
+        QUOTA_EXCEEDED and a google.rpc.QuotaFailure, nothing written. Two concurrent
+        creates at the limit: one succeeds.
+        With a request_id, a repeat by the same caller returns the event it created.
         """
 
     @_abc_1.abstractmethod
@@ -148,7 +180,14 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_pb2.CancelEventResponse, _abc.Awaitable[_event_pb2.CancelEventResponse]]:
         """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
-        Cancelling twice is FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        Only before the event's start (database clock, judged at the write): after it,
+        FAILED_PRECONDITION EVENT_STARTED and nothing changes. Cancelling twice is
+        FAILED_PRECONDITION (reason EVENT_CANCELLED).
+        In the same transaction every live order is refunded (tickets VOID, seats
+        AVAILABLE), except orders with a ticket already used at a gate (doors may open
+        before the start): a used ticket is never voided and its order never refunded.
+        Those orders stay CONFIRMED with their tickets unchanged and are reported in
+        the response; a cancelled event's gates admit nobody.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ticketing/v1/venue.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x03Row\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nseat_count\x18\x02 \x01(\x05\x12\x13\n\x0bseat_labels\x18\x03 \x03(\t\"\x7f\n\x07Section\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.ticketing.v1.SectionKind\x12\x1f\n\x04rows\x18\x04 \x03(\x0b\x32\x11.ticketing.v1.Row\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\"\xe2\x01\n\x05Venue\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\'\n\x08sections\x18\x05 \x03(\x0b\x32\x15.ticketing.v1.Section\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x12\x43reateVenueRequest\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"9\n\x13\x43reateVenueResponse\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"#\n\x0fGetVenueRequest\x12\x10\n\x08venue_id\x18\x01 \x01(\t\"6\n\x10GetVenueResponse\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"C\n\x11ListVenuesRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListVenuesResponse\x12#\n\x06venues\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Venue\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x12UpdateVenueRequest\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"9\n\x13UpdateVenueResponse\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue*j\n\x0bSectionKind\x12\x1c\n\x18SECTION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SECTION_KIND_RESERVED\x10\x01\x12\"\n\x1eSECTION_KIND_GENERAL_ADMISSION\x10\x02\x32\xd2\x02\n\x0cVenueService\x12R\n\x0b\x43reateVenue\x12 .ticketing.v1.CreateVenueRequest\x1a!.ticketing.v1.CreateVenueResponse\x12I\n\x08GetVenue\x12\x1d.ticketing.v1.GetVenueRequest\x1a\x1e.ticketing.v1.GetVenueResponse\x12O\n\nListVenues\x12\x1f.ticketing.v1.ListVenuesRequest\x1a .ticketing.v1.ListVenuesResponse\x12R\n\x0bUpdateVenue\x12 .ticketing.v1.UpdateVenueRequest\x1a!.ticketing.v1.UpdateVenueResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ticketing/v1/venue.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x03Row\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nseat_count\x18\x02 \x01(\x05\x12\x13\n\x0bseat_labels\x18\x03 \x03(\t\"\x7f\n\x07Section\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.ticketing.v1.SectionKind\x12\x1f\n\x04rows\x18\x04 \x03(\x0b\x32\x11.ticketing.v1.Row\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\"\xe2\x01\n\x05Venue\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\'\n\x08sections\x18\x05 \x03(\x0b\x32\x15.ticketing.v1.Section\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x12\x43reateVenueRequest\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"9\n\x13\x43reateVenueResponse\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"#\n\x0fGetVenueRequest\x12\x10\n\x08venue_id\x18\x01 \x01(\t\"6\n\x10GetVenueResponse\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"C\n\x11ListVenuesRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListVenuesResponse\x12#\n\x06venues\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Venue\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x12UpdateVenueRequest\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue\"9\n\x13UpdateVenueResponse\x12\"\n\x05venue\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Venue*j\n\x0bSectionKind\x12\x1c\n\x18SECTION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SECTION_KIND_RESERVED\x10\x01\x12\"\n\x1eSECTION_KIND_GENERAL_ADMISSION\x10\x02\x32\xd2\x02\n\x0cVenueService\x12R\n\x0b\x43reateVenue\x12 .ticketing.v1.CreateVenueRequest\x1a!.ticketing.v1.CreateVenueResponse\x12I\n\x08GetVenue\x12\x1d.ticketing.v1.GetVenueRequest\x1a\x1e.ticketing.v1.GetVenueResponse\x12O\n\nListVenues\x12\x1f.ticketing.v1.ListVenuesRequest\x1a .ticketing.v1.ListVenuesResponse\x12R\n\x0bUpdateVenue\x12 .ticketing.v1.UpdateVenueRequest\x1a!.ticketing.v1.UpdateVenueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTVENUESREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTVENUESREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
-  _globals['_SECTIONKIND']._serialized_start=1005
-  _globals['_SECTIONKIND']._serialized_end=1111
+  _globals['_SECTIONKIND']._serialized_start=1025
+  _globals['_SECTIONKIND']._serialized_end=1131
   _globals['_ROW']._serialized_start=104
   _globals['_ROW']._serialized_end=165
   _globals['_SECTION']._serialized_start=167
@@ -44,21 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VENUE']._serialized_start=297
   _globals['_VENUE']._serialized_end=523
   _globals['_CREATEVENUEREQUEST']._serialized_start=525
-  _globals['_CREATEVENUEREQUEST']._serialized_end=581
-  _globals['_CREATEVENUERESPONSE']._serialized_start=583
-  _globals['_CREATEVENUERESPONSE']._serialized_end=640
-  _globals['_GETVENUEREQUEST']._serialized_start=642
-  _globals['_GETVENUEREQUEST']._serialized_end=677
-  _globals['_GETVENUERESPONSE']._serialized_start=679
-  _globals['_GETVENUERESPONSE']._serialized_end=733
-  _globals['_LISTVENUESREQUEST']._serialized_start=735
-  _globals['_LISTVENUESREQUEST']._serialized_end=802
-  _globals['_LISTVENUESRESPONSE']._serialized_start=804
-  _globals['_LISTVENUESRESPONSE']._serialized_end=886
-  _globals['_UPDATEVENUEREQUEST']._serialized_start=888
-  _globals['_UPDATEVENUEREQUEST']._serialized_end=944
-  _globals['_UPDATEVENUERESPONSE']._serialized_start=946
-  _globals['_UPDATEVENUERESPONSE']._serialized_end=1003
-  _globals['_VENUESERVICE']._serialized_start=1114
-  _globals['_VENUESERVICE']._serialized_end=1452
+  _globals['_CREATEVENUEREQUEST']._serialized_end=601
+  _globals['_CREATEVENUERESPONSE']._serialized_start=603
+  _globals['_CREATEVENUERESPONSE']._serialized_end=660
+  _globals['_GETVENUEREQUEST']._serialized_start=662
+  _globals['_GETVENUEREQUEST']._serialized_end=697
+  _globals['_GETVENUERESPONSE']._serialized_start=699
+  _globals['_GETVENUERESPONSE']._serialized_end=753
+  _globals['_LISTVENUESREQUEST']._serialized_start=755
+  _globals['_LISTVENUESREQUEST']._serialized_end=822
+  _globals['_LISTVENUESRESPONSE']._serialized_start=824
+  _globals['_LISTVENUESRESPONSE']._serialized_end=906
+  _globals['_UPDATEVENUEREQUEST']._serialized_start=908
+  _globals['_UPDATEVENUEREQUEST']._serialized_end=964
+  _globals['_UPDATEVENUERESPONSE']._serialized_start=966
+  _globals['_UPDATEVENUERESPONSE']._serialized_end=1023
+  _globals['_VENUESERVICE']._serialized_start=1134
+  _globals['_VENUESERVICE']._serialized_end=1472
 # @@protoc_insertion_point(module_scope)

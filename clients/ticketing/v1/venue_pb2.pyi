@@ -181,6 +181,14 @@ class CreateVenueRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VENUE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID chosen by the client. A repeat by
+    the same caller returns the venue that request created (as it is now) and
+    never creates a second one; the same request_id with a different venue is
+    FAILED_PRECONDITION REQUEST_ID_MISMATCH. Empty: no retry protection (every
+    call creates a venue), as for clients written before this field existed.
+    """
     @_builtins.property
     def venue(self) -> Global___Venue:
         """The venue; output-only fields are ignored."""
@@ -189,10 +197,11 @@ class CreateVenueRequest(_message.Message):
         self,
         *,
         venue: Global___Venue | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["venue", b"venue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["venue", b"venue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "venue", b"venue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

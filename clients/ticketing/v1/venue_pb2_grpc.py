@@ -74,6 +74,10 @@ class VenueServiceServicer:
         Invalid layouts are INVALID_ARGUMENT with one BadRequest violation per field:
         unique section names, unique row labels within a section, counts > 0,
         at most 200,000 places per venue, names non-empty and bounded in length.
+        A layout whose venue (as CreateVenue/GetVenue answer it) would be larger than
+        the server's message limit is INVALID_ARGUMENT with reason RESPONSE_TOO_LARGE,
+        before anything is written: every stored venue can be read back.
+        With a request_id, a repeat by the same caller returns the venue it created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +100,7 @@ class VenueServiceServicer:
     def UpdateVenue(self, request, context):
         """UpdateVenue replaces a venue's name, address, time zone and layout. ADMIN only.
         Sections get new ids; events already created keep the layout they copied.
+        The same size rule as CreateVenue applies (RESPONSE_TOO_LARGE, nothing changed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,6 +43,10 @@ class VenueServiceStub:
     Invalid layouts are INVALID_ARGUMENT with one BadRequest violation per field:
     unique section names, unique row labels within a section, counts > 0,
     at most 200,000 places per venue, names non-empty and bounded in length.
+    A layout whose venue (as CreateVenue/GetVenue answer it) would be larger than
+    the server's message limit is INVALID_ARGUMENT with reason RESPONSE_TOO_LARGE,
+    before anything is written: every stored venue can be read back.
+    With a request_id, a repeat by the same caller returns the venue it created.
     """
     GetVenue: _grpc.UnaryUnaryMultiCallable[_venue_pb2.GetVenueRequest, _venue_pb2.GetVenueResponse]
     """GetVenue returns one venue with its sections. Any signed-in user."""
@@ -51,6 +55,7 @@ class VenueServiceStub:
     UpdateVenue: _grpc.UnaryUnaryMultiCallable[_venue_pb2.UpdateVenueRequest, _venue_pb2.UpdateVenueResponse]
     """UpdateVenue replaces a venue's name, address, time zone and layout. ADMIN only.
     Sections get new ids; events already created keep the layout they copied.
+    The same size rule as CreateVenue applies (RESPONSE_TOO_LARGE, nothing changed).
     """
 
 @_typing.type_check_only
@@ -68,6 +73,10 @@ class VenueServiceAsyncStub(VenueServiceStub):
     Invalid layouts are INVALID_ARGUMENT with one BadRequest violation per field:
     unique section names, unique row labels within a section, counts > 0,
     at most 200,000 places per venue, names non-empty and bounded in length.
+    A layout whose venue (as CreateVenue/GetVenue answer it) would be larger than
+    the server's message limit is INVALID_ARGUMENT with reason RESPONSE_TOO_LARGE,
+    before anything is written: every stored venue can be read back.
+    With a request_id, a repeat by the same caller returns the venue it created.
     """
     GetVenue: _aio.UnaryUnaryMultiCallable[_venue_pb2.GetVenueRequest, _venue_pb2.GetVenueResponse]  # type: ignore[assignment]
     """GetVenue returns one venue with its sections. Any signed-in user."""
@@ -76,6 +85,7 @@ class VenueServiceAsyncStub(VenueServiceStub):
     UpdateVenue: _aio.UnaryUnaryMultiCallable[_venue_pb2.UpdateVenueRequest, _venue_pb2.UpdateVenueResponse]  # type: ignore[assignment]
     """UpdateVenue replaces a venue's name, address, time zone and layout. ADMIN only.
     Sections get new ids; events already created keep the layout they copied.
+    The same size rule as CreateVenue applies (RESPONSE_TOO_LARGE, nothing changed).
     """
 
 class VenueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -96,6 +106,10 @@ class VenueServiceServicer(metaclass=_abc_1.ABCMeta):
         Invalid layouts are INVALID_ARGUMENT with one BadRequest violation per field:
         unique section names, unique row labels within a section, counts > 0,
         at most 200,000 places per venue, names non-empty and bounded in length.
+        A layout whose venue (as CreateVenue/GetVenue answer it) would be larger than
+        the server's message limit is INVALID_ARGUMENT with reason RESPONSE_TOO_LARGE,
+        before anything is written: every stored venue can be read back.
+        With a request_id, a repeat by the same caller returns the venue it created.
         """
 
     @_abc_1.abstractmethod
@@ -122,6 +136,7 @@ class VenueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_venue_pb2.UpdateVenueResponse, _abc.Awaitable[_venue_pb2.UpdateVenueResponse]]:
         """UpdateVenue replaces a venue's name, address, time zone and layout. ADMIN only.
         Sections get new ids; events already created keep the layout they copied.
+        The same size rule as CreateVenue applies (RESPONSE_TOO_LARGE, nothing changed).
         """
 
 def add_VenueServiceServicer_to_server(servicer: VenueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -75,6 +75,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             email_prefix=prefix, after_email=after, limit=size + 1
         )
         users, token = next_page(
-            rows, size, user_to_proto, lambda u: self._pages.encode("users", query, u.email)
+            rows,
+            size,
+            user_to_proto,
+            lambda u: self._pages.encode("users", query, u.email),
+            max_bytes=self._pages.page_bytes,
         )
         return auth_pb2.ListUsersResponse(users=users, next_page_token=token)

@@ -5,6 +5,13 @@ work per row): lock, check and write take four round trips whatever the order si
 Lock order everywhere: event (KEY SHARE; CancelEvent takes it FOR UPDATE), then seats
 (one statement, ORDER BY id), then orders/tickets. Specific seats never deadlock because
 every buyer locks in id order; best available never queues because it SKIPs LOCKED rows.
+
+"Has the event started?" is decided twice: early, to refuse cheaply, and finally inside the
+statement that writes (the sale's CTE, the refund's CTE), on `clock_timestamp()` read once
+by that statement. A call that waited on a lock across the start instant is refused then,
+and the time it records (create_time, refund_time) is that same instant, so a stored time is
+always one at which the write was allowed. (`now()` would be the transaction's start: a
+lock wait later it can be seconds in the past.)
 """
 
 from __future__ import annotations
@@ -17,7 +24,14 @@ from typing import Any
 
 import asyncpg
 
-from ticketd.booking.rules import OrderRecord, OrderStatus, TicketRecord, TicketStatus, seat_locked
+from ticketd.booking.rules import (
+    EventRefunds,
+    OrderRecord,
+    OrderStatus,
+    TicketRecord,
+    TicketStatus,
+    seat_locked,
+)
 from ticketd.db.database import Connection as Conn
 from ticketd.db.params import Params
 
@@ -42,7 +56,8 @@ async def event_for_sale(
     row = await conn.fetchrow(
         """
         SELECT e.currency_code, e.max_tickets_per_order, e.max_tickets_per_customer,
-               e.cancel_time IS NOT NULL AS cancelled, e.start_time <= now() AS started,
+               e.cancel_time IS NOT NULL AS cancelled,
+               e.start_time <= clock_timestamp() AS started,
                es.section_ids, es.section_names,
                o.id AS existing_id, o.request_hash AS existing_hash
         FROM events e
@@ -166,6 +181,17 @@ class NewTicket:
     price_minor: int
 
 
+@dataclass(frozen=True)
+class OrderWrite:
+    """What the sale's one statement did."""
+
+    on_sale: bool
+    """False: at the instant of the write the event had started or was cancelled; nothing
+    was written."""
+    create_time: dt.datetime | None
+    """The order's create_time (the write's instant); None when nothing was written."""
+
+
 async def insert_order(
     conn: Conn,
     *,
@@ -176,19 +202,27 @@ async def insert_order(
     request_hash: str,
     currency_code: str,
     tickets: Sequence[NewTicket],
-) -> dt.datetime | None:
-    """Write the order, mark its seats SOLD and insert its tickets in ONE statement.
+) -> OrderWrite:
+    """Write the order, mark its seats SOLD and insert its tickets in ONE statement, only if
+    the event is still on sale at the instant of the write.
 
-    Returns the order's create_time, or None when the same caller's request_id was
-    committed by a concurrent call first (ON CONFLICT waits for it): then nothing else
-    was written and the caller should return that order instead.
+    Nothing is written when `on_sale` is False (the event had started or was cancelled at
+    the write), nor when `create_time` is None (the same caller's request_id was committed
+    by a concurrent call first: ON CONFLICT waited for it; return that order instead).
     """
     row = await conn.fetchrow(
         """
-        WITH o AS (
+        WITH clock AS (
+            SELECT clock_timestamp() AS t
+        ), sale AS (
+            -- Re-checked here, not only before the seat locks: a lock wait may have
+            -- carried this call past the start.
+            SELECT clock.t FROM events e, clock
+            WHERE e.id = $2 AND e.cancel_time IS NULL AND e.start_time > clock.t
+        ), o AS (
             INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
-                                total_minor, currency_code, ticket_count)
-            VALUES ($1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8)
+                                total_minor, currency_code, ticket_count, create_time)
+            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t FROM sale
             ON CONFLICT (customer_id, request_id) DO NOTHING
             RETURNING id, create_time
         ), s AS (
@@ -202,7 +236,8 @@ async def insert_order(
                  AS u(tid, sid, code, price)
             RETURNING 1
         )
-        SELECT (SELECT create_time FROM o) AS create_time,
+        SELECT EXISTS (SELECT 1 FROM sale) AS on_sale,
+               (SELECT create_time FROM o) AS create_time,
                (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued
         """,
         order_id,
@@ -218,13 +253,14 @@ async def insert_order(
         [t.code for t in tickets],
         [t.price_minor for t in tickets],
     )
+    if not row["on_sale"]:
+        return OrderWrite(on_sale=False, create_time=None)
     if row["create_time"] is None:
-        return None
+        return OrderWrite(on_sale=True, create_time=None)
     if row["sold"] != len(tickets) or row["issued"] != len(tickets):
         # Unreachable while the seats are locked by us; refuse rather than half-write.
         raise RuntimeError(f"order {order_id}: sold {row['sold']}, issued {row['issued']}")
-    created: dt.datetime = row["create_time"]
-    return created
+    return OrderWrite(on_sale=True, create_time=row["create_time"])
 
 
 _ORDER_COLUMNS = (
@@ -301,7 +337,7 @@ async def get_order(
     suffix = " FOR KEY SHARE OF e FOR UPDATE OF o" if lock else ""
     row = await conn.fetchrow(
         f"SELECT {_ORDER_COLUMNS}, o.request_hash, e.organizer_id, "
-        "e.start_time <= now() AS started, e.cancel_time IS NOT NULL AS cancelled "
+        "e.start_time <= clock_timestamp() AS started, e.cancel_time IS NOT NULL AS cancelled "
         "FROM orders o JOIN events e ON e.id = o.event_id WHERE o.id = $1" + suffix,
         order_id,
     )
@@ -332,22 +368,31 @@ async def refund_request_of(conn: Conn, order_id: uuid.UUID) -> uuid.UUID | None
     return value
 
 
+# Order REFUNDED, its VALID tickets VOID, their seats AVAILABLE, a refund record: one
+# statement, stamped with the write's own clock. An order with a USED ticket is never
+# refunded (someone was admitted on it) and a USED ticket never changes: the conditions say
+# so here too, under the ticket locks the callers take first. {guard} adds the per-order
+# rule "refunds close when the event starts", judged at this write.
 _REFUND = """
-    WITH o AS (
-        UPDATE orders SET status = 'REFUNDED', refund_time = now(), refund_reason = $3
-        WHERE {where} AND status = 'CONFIRMED'
-        RETURNING id, total_minor
+    WITH clock AS (
+        SELECT clock_timestamp() AS t
+    ), o AS (
+        UPDATE orders o SET status = 'REFUNDED', refund_time = clock.t, refund_reason = $3
+        FROM clock, events e
+        WHERE {where} AND o.status = 'CONFIRMED' AND e.id = o.event_id {guard}
+          AND NOT EXISTS (SELECT 1 FROM tickets u WHERE u.order_id = o.id AND u.status = 'USED')
+        RETURNING o.id, o.total_minor, clock.t AS at
     ), t AS (
         UPDATE tickets SET status = 'VOID'
-        WHERE order_id IN (SELECT id FROM o) AND status <> 'VOID'
+        WHERE order_id IN (SELECT id FROM o) AND status = 'VALID'
         RETURNING seat_id
     ), s AS (
         UPDATE seats SET status = 'AVAILABLE'
         WHERE id IN (SELECT seat_id FROM t)
         RETURNING id
     ), r AS (
-        INSERT INTO refunds (order_id, request_id, refunded_by, reason, amount_minor)
-        SELECT id, $4, $2, $3, total_minor FROM o
+        INSERT INTO refunds (order_id, request_id, refunded_by, reason, amount_minor, create_time)
+        SELECT id, $4, $2, $3, total_minor, at FROM o
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM t) AS tickets,
@@ -362,26 +407,62 @@ async def refund_order(
     refunded_by: uuid.UUID,
     reason: str,
     request_id: uuid.UUID | None,
-) -> int:
-    """Order REFUNDED, tickets VOID, seats AVAILABLE, refund record: one statement.
-    Returns the number of seats released."""
+) -> bool:
+    """Refund one order (caller holds the order and its tickets locked). False when the
+    event had started at the instant of the write: then nothing was written."""
     row = await conn.fetchrow(
-        _REFUND.format(where="id = $1"), order_id, refunded_by, reason, request_id
+        _REFUND.format(where="o.id = $1", guard="AND e.start_time > clock.t"),
+        order_id,
+        refunded_by,
+        reason,
+        request_id,
     )
-    seats: int = row["seats"]
-    return seats
+    refunded: bool = row["orders"] == 1
+    return refunded
+
+
+async def lock_event_tickets(conn: Conn, event_id: uuid.UUID) -> int:
+    """Lock every VALID ticket of the event (caller holds the event FOR UPDATE): a gate scan
+    in flight finishes first (its ticket is then USED, and stays so), and none can start on
+    these tickets until the caller commits. Returns how many were locked."""
+    value: int = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM tickets WHERE event_id = $1 AND status = 'VALID' "
+        "FOR UPDATE) locked",
+        event_id,
+    )
+    return value
 
 
 async def refund_event_orders(
-    conn: Conn, event_id: uuid.UUID, *, refunded_by: uuid.UUID, reason: str
-) -> int:
-    """Refund every live order of a cancelled event (caller holds the event FOR UPDATE).
-    Returns the number of orders refunded."""
+    conn: Conn, event_id: uuid.UUID, *, refunded_by: uuid.UUID, reason: str, report_limit: int
+) -> EventRefunds:
+    """Refund every live order of an event being cancelled, except orders with a used ticket.
+
+    The caller holds the event FOR UPDATE and has locked its VALID tickets
+    (`lock_event_tickets`), so this statement's snapshot sees every scan that will ever
+    count. There is no start-time guard here: the cancel itself was judged at its write.
+    """
     row = await conn.fetchrow(
-        _REFUND.format(where="event_id = $1"), event_id, refunded_by, reason, None
+        _REFUND.format(where="o.event_id = $1", guard=""), event_id, refunded_by, reason, None
     )
-    orders: int = row["orders"]
-    return orders
+    # After the refund, the event's CONFIRMED orders are exactly the attended ones.
+    kept = await conn.fetchrow(
+        """
+        SELECT count(*) AS n,
+               (SELECT array_agg(id ORDER BY create_time, id) FROM (
+                    SELECT id, create_time FROM orders
+                    WHERE event_id = $1 AND status = 'CONFIRMED'
+                    ORDER BY create_time, id LIMIT $2) first) AS ids
+        FROM orders WHERE event_id = $1 AND status = 'CONFIRMED'
+        """,
+        event_id,
+        report_limit,
+    )
+    return EventRefunds(
+        refunded_orders=row["orders"],
+        attended_orders=kept["n"],
+        attended_order_ids=tuple(kept["ids"] or ()),
+    )
 
 
 @dataclass(frozen=True)

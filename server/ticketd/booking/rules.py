@@ -56,6 +56,17 @@ Selection = SpecificSeats | BestAvailable
 
 
 @dataclass(frozen=True)
+class EventRefunds:
+    """What cancelling an event did to its orders."""
+
+    refunded_orders: int
+    attended_orders: int
+    """Live orders left CONFIRMED because a ticket of theirs was used at a gate."""
+    attended_order_ids: tuple[uuid.UUID, ...]
+    """The first of those, oldest first, at most as many as the caller asked to see."""
+
+
+@dataclass(frozen=True)
 class TicketRecord:
     id: uuid.UUID
     seat_id: int

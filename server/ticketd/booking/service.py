@@ -14,6 +14,7 @@ from ticketd.auth.principal import Principal, Role
 from ticketd.booking import repository as repo
 from ticketd.booking.rules import (
     BestAvailable,
+    EventRefunds,
     OrderRecord,
     OrderStatus,
     Selection,
@@ -44,8 +45,16 @@ from ticketd.shared import event_not_found
 
 # Outcomes a concurrent twin of the same request_id can cause; on these we look again for
 # the twin's order before answering.
+# (EVENT_NOT_ON_SALE too: a twin that committed just before the start must be answered
+# with its order, not with "the event has started".)
 _TWIN_REASONS = frozenset(
-    {Reason.SEAT_UNAVAILABLE, Reason.SOLD_OUT, Reason.SEAT_LOCKED, Reason.LIMIT_EXCEEDED}
+    {
+        Reason.SEAT_UNAVAILABLE,
+        Reason.SOLD_OUT,
+        Reason.SEAT_LOCKED,
+        Reason.LIMIT_EXCEEDED,
+        Reason.EVENT_NOT_ON_SALE,
+    }
 )
 
 
@@ -59,6 +68,10 @@ def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
         reason=Reason.REQUEST_ID_MISMATCH,
         metadata={"request_id": str(request_id)},
     )
+
+
+def _refunds_closed() -> FailedPrecondition:
+    return FailedPrecondition("refunds close when the event starts", reason=Reason.EVENT_STARTED)
 
 
 class CustomerLookup(Protocol):
@@ -184,7 +197,7 @@ class BookingService:
                 repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), s["price_minor"])
                 for s in seats
             ]
-            created = await repo.insert_order(
+            written = await repo.insert_order(
                 conn,
                 order_id=order_id,
                 event_id=event_id,
@@ -194,6 +207,11 @@ class BookingService:
                 currency_code=event.currency_code,
                 tickets=new,
             )
+            if not written.on_sale:
+                # The seat locks may have been waited for across the start (or nothing was
+                # in the way and the start fell between the checks): the write decides.
+                raise not_on_sale(event_id, "it has started")
+            created = written.create_time
             if created is None:
                 raise _TwinCommittedFirst()
             return OrderRecord(
@@ -288,26 +306,38 @@ class BookingService:
                     "the order is already refunded", reason=Reason.ALREADY_REFUNDED
                 )
             if got.event_started:
-                raise FailedPrecondition(
-                    "refunds close when the event starts", reason=Reason.EVENT_STARTED
-                )
+                raise _refunds_closed()
             statuses = await repo.lock_tickets(conn, order_id)
             if TicketStatus.USED.value in statuses:
                 raise FailedPrecondition(
                     "a ticket of this order was already used at a gate", reason=Reason.TICKET_USED
                 )
-            await repo.refund_order(
+            if not await repo.refund_order(
                 conn, order_id, refunded_by=principal.user_id, reason=reason, request_id=request_id
-            )
+            ):
+                # The order and its tickets are locked by us and had no used ticket, so the
+                # only way the write refused is the clock: the event started meanwhile.
+                raise _refunds_closed()
             after = await repo.get_order(conn, order_id)
         assert after is not None
         return after.order
 
     async def refund_event_orders(
-        self, conn: Connection, event_id: uuid.UUID, *, refunded_by: uuid.UUID, reason: str
-    ) -> int:
-        """Refund every live order of an event being cancelled, inside the caller's
-        transaction (which holds the event row FOR UPDATE). Returns the orders refunded."""
+        self,
+        conn: Connection,
+        event_id: uuid.UUID,
+        *,
+        refunded_by: uuid.UUID,
+        reason: str,
+        report_limit: int,
+    ) -> EventRefunds:
+        """Refund the live orders of an event being cancelled, inside the caller's
+        transaction (which holds the event row FOR UPDATE and has judged the start).
+
+        Orders with a ticket used at a gate are not refunded: they stay CONFIRMED with
+        their tickets as they are (USED stay USED; the others stay VALID, since the order is
+        kept whole and a cancelled event admits nobody), and are reported instead."""
+        await repo.lock_event_tickets(conn, event_id)
         return await repo.refund_event_orders(
-            conn, event_id, refunded_by=refunded_by, reason=reason
+            conn, event_id, refunded_by=refunded_by, reason=reason, report_limit=report_limit
         )

@@ -125,6 +125,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             size,
             order_to_proto,
             lambda o: encode_time_keyset(self._pages, "orders", query, o.create_time, o.id),
+            max_bytes=self._pages.page_bytes,
         )
         return booking_pb2.ListOrdersResponse(orders=orders, next_page_token=token)
 

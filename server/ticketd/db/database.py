@@ -5,6 +5,14 @@ most `pool_timeout_seconds`, then gets UNAVAILABLE DB_POOL_EXHAUSTED, rather tha
 connections until PostgreSQL refuses. Health pings use one more connection of their own, so
 an overloaded pool never makes a healthy database look down: `pool_size + 1` in all.
 
+Connections are handed out by budget. Public (anonymous) reads, `connection(budget=
+Budget.PUBLIC)`, may hold at most `public_connections` of the pool at once and queue on their
+own semaphore for the rest: a flood of them (GetEvent/ListSeats on a 200,000-place event)
+can never take the connections that sign-ins, sales and refunds need. Everything else uses
+the STANDARD budget, the whole pool. Either way a wait that outlasts `pool_timeout_seconds`
+is UNAVAILABLE DB_POOL_EXHAUSTED, never DB_UNAVAILABLE: the database is not down, the server
+is busy.
+
 Every unit of work is `async with db.transaction() as conn:` (one READ COMMITTED transaction,
 lock waits and statements kept inside the caller's deadline) or `async with db.connection()`
 for autocommit reads. Both turn driver failures into domain errors by SQLSTATE, and only
@@ -20,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,6 +45,15 @@ Connection = Any
 """An asyncpg connection (the library ships no type information)."""
 
 
+class Budget(enum.Enum):
+    """Which share of the pool a unit of work may draw on."""
+
+    STANDARD = "standard"
+    """Writes and signed-in calls: the whole pool."""
+    PUBLIC = "public"
+    """Anonymous public reads: at most `PoolOptions.public_connections` at once."""
+
+
 @dataclass(frozen=True)
 class PoolOptions:
     """Bounds that keep a rush from piling up inside the server."""
@@ -43,6 +62,22 @@ class PoolOptions:
     pool_timeout_seconds: float = 5
     statement_timeout_ms: int = 10_000
     lock_timeout_ms: int = 2_000
+    public_share_percent: int = 50
+    """Most of the pool (in percent, at least one connection) public reads may hold."""
+
+    @property
+    def public_connections(self) -> int:
+        """Connections the PUBLIC budget may hold at once: the rest stays for the others."""
+        return max(1, self.pool_size * self.public_share_percent // 100)
+
+
+def _pool_exhausted() -> Unavailable:
+    # Every connection of the budget busy for pool_timeout: the server is overloaded, the
+    # database may be fine. Say so, so operators do not chase a database outage.
+    return Unavailable(
+        "the server is overloaded (no database connection free); retry with backoff",
+        reason=Reason.DB_POOL_EXHAUSTED,
+    )
 
 
 def plain_url(url: str) -> str:
@@ -81,6 +116,7 @@ class Database:
         self._pool_lock = asyncio.Lock()
         self._ping_conn: Connection | None = None
         self._ping_lock = asyncio.Lock()
+        self._public = asyncio.Semaphore(self.options.public_connections)
 
     @property
     def display_url(self) -> str:
@@ -102,18 +138,39 @@ class Database:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection in autocommit: for reads and single-statement writes."""
+    async def connection(self, budget: Budget = Budget.STANDARD) -> AsyncIterator[Connection]:
+        """A pooled connection in autocommit: for reads and single-statement writes.
+
+        `budget` PUBLIC first waits for one of the public share's slots, then for a pooled
+        connection, both within one `pool_timeout_seconds`."""
+        if budget is Budget.PUBLIC:
+            started = time.monotonic()
+            acquired = False
+            try:
+                async with asyncio.timeout(self.options.pool_timeout_seconds):
+                    await self._public.acquire()
+                    acquired = True
+            except TimeoutError:
+                # (A slot won at the very instant of the timeout is kept, not leaked.)
+                if not acquired:
+                    raise _pool_exhausted() from None
+            try:
+                left = self.options.pool_timeout_seconds - (time.monotonic() - started)
+                async with self._pooled(max(0.0, left)) as conn:
+                    yield conn
+            finally:
+                self._public.release()
+        else:
+            async with self._pooled(self.options.pool_timeout_seconds) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self, wait_seconds: float) -> AsyncIterator[Connection]:
+        pool = await self._get_pool_or_unavailable()
         try:
-            pool = await self._get_pool()
-            conn = await pool.acquire(timeout=self.options.pool_timeout_seconds)
+            conn = await pool.acquire(timeout=wait_seconds)
         except TimeoutError:
-            # Every connection busy for pool_timeout: the server is overloaded, the database
-            # may be fine. Say so, so operators do not chase a database outage.
-            raise Unavailable(
-                "the server is overloaded (no database connection free); retry with backoff",
-                reason=Reason.DB_POOL_EXHAUSTED,
-            ) from None
+            raise _pool_exhausted() from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise sqlstate.classify(exc, connection_lost=True) or sqlstate.db_unavailable() from exc
         try:
@@ -125,6 +182,12 @@ class Database:
             raise mapped from exc
         finally:
             await pool.release(conn)
+
+    async def _get_pool_or_unavailable(self) -> asyncpg.Pool:
+        try:
+            return await self._get_pool()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise sqlstate.classify(exc, connection_lost=True) or sqlstate.db_unavailable() from exc
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

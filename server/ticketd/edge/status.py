@@ -50,7 +50,7 @@ def _pack(message: object) -> any_pb2.Any:
 
 def to_status(error: errors.DomainError) -> grpc.Status:
     """The status a client receives: ErrorInfo, plus BadRequest / PreconditionFailure /
-    RetryInfo where the error carries them."""
+    QuotaFailure / RetryInfo where the error carries them."""
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
@@ -80,6 +80,19 @@ def to_status(error: errors.DomainError) -> grpc.Status:
                             type=v.type, subject=v.subject, description=v.description
                         )
                         for v in error.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(error, errors.ResourceExhausted) and error.quota_violations:
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=v.subject, description=v.description
+                        )
+                        for v in error.quota_violations
                     ]
                 )
             )

@@ -51,6 +51,43 @@ INSERT_INVENTORY = """
 """
 
 
+async def serialize_organizer(conn: Connection, organizer_id: uuid.UUID) -> None:
+    """Take this organizer's event-creation lock until the transaction ends.
+
+    Quota checks count events and then insert one: two concurrent creates by one organizer
+    must take turns, or both would count N-1 and both insert. Transaction-scoped advisory
+    lock (a hash collision with another organizer only serializes a little more); the count
+    runs in a later statement, so its snapshot includes whatever the previous holder
+    committed.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('ticketd-event-quota'), hashtext($1::text))",
+        str(organizer_id),
+    )
+
+
+async def count_live_events(conn: Connection, organizer_id: uuid.UUID) -> int:
+    """The organizer's events on sale right now (not cancelled, not started; database clock)."""
+    value: int = await conn.fetchval(
+        "SELECT count(*) FROM events WHERE organizer_id = $1 AND cancel_time IS NULL "
+        "AND start_time > clock_timestamp()",
+        organizer_id,
+    )
+    return value
+
+
+async def event_for_request(
+    conn: Connection, organizer_id: uuid.UUID, request_id: uuid.UUID
+) -> tuple[uuid.UUID, str] | None:
+    """(event id, request fingerprint) of the event this caller created with request_id."""
+    row = await conn.fetchrow(
+        "SELECT id, request_hash FROM events WHERE organizer_id = $1 AND request_id = $2",
+        organizer_id,
+        request_id,
+    )
+    return None if row is None else (row["id"], row["request_hash"])
+
+
 async def insert_event(
     conn: Connection,
     *,
@@ -58,18 +95,25 @@ async def insert_event(
     spec: EventSpec,
     capacity: int,
     section_ids: list[uuid.UUID],
-) -> uuid.UUID:
+    request_id: uuid.UUID | None = None,
+    request_hash: str | None = None,
+) -> uuid.UUID | None:
     """Insert the event, its copy of the venue's layout and its whole inventory.
 
     The caller holds the venue row FOR SHARE, so the layout cannot change underneath.
+    None when the same organizer's request_id was committed by a concurrent call first (ON
+    CONFLICT waited for it): then nothing was written.
     """
     event_id = uuid.uuid4()
-    await conn.execute(
+    inserted = await conn.fetchval(
         """
         INSERT INTO events (id, venue_id, organizer_id, name, description, start_time,
                             end_time, currency_code, max_tickets_per_order,
-                            max_tickets_per_customer, capacity, doors_open_time)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                            max_tickets_per_customer, capacity, doors_open_time,
+                            request_id, request_hash)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        ON CONFLICT (organizer_id, request_id) DO NOTHING
+        RETURNING id
         """,
         event_id,
         spec.venue_id,
@@ -83,7 +127,11 @@ async def insert_event(
         spec.max_tickets_per_customer,
         capacity,
         spec.doors_open_time,
+        request_id,
+        request_hash,
     )
+    if inserted is None:
+        return None
     await conn.execute(
         """
         INSERT INTO event_sections
@@ -254,10 +302,21 @@ async def list_seats(
     ]
 
 
-async def mark_cancelled(conn: Connection, event_id: uuid.UUID, reason: str) -> None:
-    """Set the event cancelled (caller holds the event row FOR UPDATE)."""
-    await conn.execute(
-        "UPDATE events SET cancel_time = now(), cancel_reason = $2 WHERE id = $1",
+async def mark_cancelled(conn: Connection, event_id: uuid.UUID, reason: str) -> bool:
+    """Set the event cancelled if it has not started at the instant of this write (caller
+    holds the event row FOR UPDATE). False: it had started, nothing was written.
+
+    clock_timestamp(), read once, both judges and stamps: `now()` is the transaction's
+    start, which a wait for the event lock can leave behind the start instant.
+    """
+    done = await conn.fetchval(
+        """
+        UPDATE events e SET cancel_time = clock.t, cancel_reason = $2
+        FROM (SELECT clock_timestamp() AS t) clock
+        WHERE e.id = $1 AND e.cancel_time IS NULL AND e.start_time > clock.t
+        RETURNING true
+        """,
         event_id,
         reason,
     )
+    return bool(done)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -14,7 +17,9 @@ from ticketd.errors import (
     FieldViolation,
     InvalidArgument,
     PermissionDenied,
+    QuotaViolation,
     Reason,
+    ResourceExhausted,
 )
 from ticketd.shared import SectionKind
 
@@ -24,6 +29,9 @@ MAX_PRICE_MINOR = 100_000_000
 MAX_TICKETS_PER_ORDER = 100
 MAX_TICKETS_PER_CUSTOMER = 10_000
 MAX_CANCEL_REASON = 1_000
+# CancelEvent names at most this many attended orders (38 bytes each on the wire, so the
+# response stays far below the smallest allowed message limit); the count is always exact.
+MAX_REPORTED_ATTENDED_ORDERS = 1_000
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -189,9 +197,92 @@ def ensure_can_manage(principal: Principal, organizer_id: uuid.UUID) -> None:
 
 
 def check_can_cancel(event: EventRecord) -> None:
-    """An event is cancelled once."""
+    """An event is cancelled once, and only before it starts (then its orders can still be
+    refunded; after the start people have been admitted on them)."""
     if event.status is EventStatus.CANCELLED:
         raise FailedPrecondition("the event is already cancelled", reason=Reason.EVENT_CANCELLED)
+    if event.status is EventStatus.STARTED:
+        raise event_started_error(event.id)
+
+
+def event_started_error(event_id: uuid.UUID) -> FailedPrecondition:
+    """CancelEvent after the start (database clock, judged at the write)."""
+    return FailedPrecondition(
+        "the event has started: it can no longer be cancelled",
+        reason=Reason.EVENT_STARTED,
+        metadata={"event_id": str(event_id)},
+    )
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """A cancelled event and what happened to its orders."""
+
+    event: EventRecord
+    refunded_orders: int
+    attended_orders: int
+    """Orders left CONFIRMED because a ticket of theirs was used at a gate."""
+    attended_order_ids: tuple[uuid.UUID, ...]
+    """The first MAX_REPORTED_ATTENDED_ORDERS of those, oldest first."""
+
+
+@dataclass(frozen=True)
+class EventQuotas:
+    """Caps on what one organizer may create (ADMIN is exempt: admins run the system)."""
+
+    places_per_event: int
+    """`TICKETING_QUOTA_EVENT_PLACES`: most places (inventory rows) in one event."""
+    live_events: int
+    """`TICKETING_QUOTA_LIVE_EVENTS`: most events on sale at once per organizer; 0 = no cap."""
+
+
+def quota_applies(principal: Principal) -> bool:
+    """Organizer quotas bind everyone but ADMIN (who sets them and may need to exceed them)."""
+    return not principal.has(Role.ADMIN)
+
+
+def _quota_exceeded(
+    principal: Principal, quota: str, limit: int, asked: int, what: str
+) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"quota exceeded: {what}",
+        reason=Reason.QUOTA_EXCEEDED,
+        metadata={"quota": quota, "limit": str(limit), "requested": str(asked)},
+        quota_violations=[QuotaViolation(f"organizer:{principal.user_id}", what)],
+    )
+
+
+def check_places_quota(principal: Principal, capacity: int, quotas: EventQuotas) -> None:
+    """An event of `capacity` places must fit the per-event cap (equal to it is fine)."""
+    if quota_applies(principal) and capacity > quotas.places_per_event:
+        raise _quota_exceeded(
+            principal,
+            "places_per_event",
+            quotas.places_per_event,
+            capacity,
+            f"an event may have at most {quotas.places_per_event} places; "
+            f"this venue has {capacity}",
+        )
+
+
+def check_live_events_quota(principal: Principal, live_events: int, quotas: EventQuotas) -> None:
+    """One more event on sale must fit: `live_events` is how many the organizer has now."""
+    cap = quotas.live_events
+    if quota_applies(principal) and cap and live_events + 1 > cap:
+        raise _quota_exceeded(
+            principal,
+            "live_events",
+            cap,
+            live_events + 1,
+            f"an organizer may have at most {cap} events on sale at once; "
+            "cancel one or wait until one starts",
+        )
+
+
+def event_fingerprint(spec: EventSpec) -> str:
+    """What a CreateEvent request_id was first used for; a repeat must match it exactly."""
+    body = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
 def validate_cancel_reason(reason: str) -> str:

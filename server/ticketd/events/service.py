@@ -7,54 +7,137 @@ import uuid
 
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import BookingService
-from ticketd.db.database import Database
+from ticketd.db.database import Budget, Database
+from ticketd.errors import Aborted, FailedPrecondition, Reason
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
+    MAX_REPORTED_ATTENDED_ORDERS,
+    CancelResult,
     EventFilter,
+    EventQuotas,
     EventRecord,
     EventSpec,
     SeatRecord,
     SeatStatus,
     check_can_cancel,
+    check_live_events_quota,
+    check_places_quota,
     check_prices_cover_sections,
     ensure_can_manage,
+    event_fingerprint,
+    event_started_error,
+    quota_applies,
     validate_cancel_reason,
     validate_event_fields,
 )
 from ticketd.shared import event_not_found
 from ticketd.venues.service import VenueService
 
+# Defaults when the caller passes none: what ticketd.config documents.
+DEFAULT_QUOTAS = EventQuotas(places_per_event=200_000, live_events=100)
+
+
+class _TwinCommittedFirst(Exception):
+    """The same organizer's request_id was committed by a concurrent call."""
+
+
+def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
+    return FailedPrecondition(
+        "this request_id was already used to create a different event",
+        reason=Reason.REQUEST_ID_MISMATCH,
+        metadata={"request_id": str(request_id)},
+    )
+
 
 class EventService:
     """Puts events on sale and takes them off; reads events and seat maps."""
 
-    def __init__(self, db: Database, venues: VenueService, booking: BookingService) -> None:
+    def __init__(
+        self,
+        db: Database,
+        venues: VenueService,
+        booking: BookingService,
+        quotas: EventQuotas = DEFAULT_QUOTAS,
+    ) -> None:
         self._db = db
         self._venues = venues
         self._booking = booking
+        self._quotas = quotas
 
-    async def create(self, principal: Principal, spec: EventSpec) -> EventRecord:
-        """The event and its whole inventory, in one transaction."""
+    async def create(
+        self, principal: Principal, spec: EventSpec, request_id: uuid.UUID | None = None
+    ) -> EventRecord:
+        """The event and its whole inventory, in one transaction, within the organizer's
+        quotas. With a request_id, a repeat by the same caller (concurrent or not) returns
+        the event that request created; a different spec is REQUEST_ID_MISMATCH."""
         validate_event_fields(spec)
+        fingerprint = event_fingerprint(spec)
+        try:
+            return await self._create_once(principal, spec, request_id, fingerprint)
+        except _TwinCommittedFirst:
+            assert request_id is not None
+            async with self._db.connection() as conn:
+                found = await repo.event_for_request(conn, principal.user_id, request_id)
+                if found is not None and found[1] != fingerprint:
+                    raise _mismatch(request_id) from None
+                twin = await repo.event(conn, found[0]) if found is not None else None
+            if twin is None:
+                # Conflicted, yet gone: only if it was removed meanwhile. Let the client retry.
+                raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
+            return twin
+
+    async def _create_once(
+        self,
+        principal: Principal,
+        spec: EventSpec,
+        request_id: uuid.UUID | None,
+        fingerprint: str,
+    ) -> EventRecord:
+        organizer_id = principal.user_id
+        limited = quota_applies(principal) and self._quotas.live_events > 0
         async with self._db.transaction() as conn:
+            if limited:
+                # Before the request_id lookup: a twin waiting here finds its original
+                # once it may look, instead of being counted against the quota by it.
+                await repo.serialize_organizer(conn, organizer_id)
+            if request_id is not None:
+                found = await repo.event_for_request(conn, organizer_id, request_id)
+                if found is not None:
+                    if found[1] != fingerprint:
+                        raise _mismatch(request_id)
+                    existing = await repo.event(conn, found[0])
+                    assert existing is not None
+                    return existing
             venue = await self._venues.layout_for_event(conn, spec.venue_id)
             section_ids = [s.id for s in venue.sections]
             check_prices_cover_sections(
                 spec.section_prices, section_ids, await repo.db_now(conn), spec.start_time
             )
+            check_places_quota(principal, venue.capacity, self._quotas)
+            if limited:
+                live = await repo.count_live_events(conn, organizer_id)
+                check_live_events_quota(principal, live, self._quotas)
             event_id = await repo.insert_event(
                 conn,
-                organizer_id=principal.user_id,
+                organizer_id=organizer_id,
                 spec=spec,
                 capacity=venue.capacity,
                 section_ids=section_ids,
+                request_id=request_id,
+                request_hash=fingerprint if request_id is not None else None,
             )
+            if event_id is None:
+                raise _TwinCommittedFirst()
             event = await repo.event(conn, event_id)
         assert event is not None
         return event
 
+    # The three reads below serve the public (anonymous) RPCs: they run on the PUBLIC
+    # budget, a bounded share of the pool, so a flood of them cannot starve sign-ins,
+    # sales and refunds of connections (ticketd.db.database).
+
     async def get(self, event_id: uuid.UUID) -> EventRecord:
-        async with self._db.connection() as conn:
+        async with self._db.connection(budget=Budget.PUBLIC) as conn:
             event = await repo.event(conn, event_id)
         if event is None:
             raise event_not_found(event_id)
@@ -63,7 +146,7 @@ class EventService:
     async def list_events(
         self, filters: EventFilter, *, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
     ) -> list[EventRecord]:
-        async with self._db.connection() as conn:
+        async with self._db.connection(budget=Budget.PUBLIC) as conn:
             return await repo.list_events(conn, filters, after=after, limit=limit)
 
     async def list_seats(
@@ -75,15 +158,17 @@ class EventService:
         after_id: int | None,
         limit: int,
     ) -> list[SeatRecord]:
-        async with self._db.connection() as conn:
+        async with self._db.connection(budget=Budget.PUBLIC) as conn:
             if not await repo.event_exists(conn, event_id):
                 raise event_not_found(event_id)
             return await repo.list_seats(
                 conn, event_id, section_id=section_id, status=status, after_id=after_id, limit=limit
             )
 
-    async def cancel(self, principal: Principal, event_id: uuid.UUID, reason: str) -> EventRecord:
-        """Take the event off sale and refund its orders, all in one transaction."""
+    async def cancel(self, principal: Principal, event_id: uuid.UUID, reason: str) -> CancelResult:
+        """Take the event off sale and refund its orders, all in one transaction; only
+        before its start (judged at the write). Orders with a used ticket are kept and
+        reported, never refunded."""
         cleaned = validate_cancel_reason(reason)
         async with self._db.transaction() as conn:
             event = await repo.event(conn, event_id, with_counts=False, lock="FOR UPDATE")
@@ -91,13 +176,24 @@ class EventService:
                 raise event_not_found(event_id)
             ensure_can_manage(principal, event.organizer_id)
             check_can_cancel(event)
-            await repo.mark_cancelled(conn, event_id, cleaned)
+            if not await repo.mark_cancelled(conn, event_id, cleaned):
+                # The lock wait (or the time since the check above) crossed the start.
+                raise event_started_error(event_id)
             # Same transaction: the event and all of its refunds commit together. Bookings
             # hold the event row KEY SHARE, so none is in flight now and none can start
             # until we commit.
-            await self._booking.refund_event_orders(
-                conn, event_id, refunded_by=principal.user_id, reason=f"event cancelled: {cleaned}"
+            refunds = await self._booking.refund_event_orders(
+                conn,
+                event_id,
+                refunded_by=principal.user_id,
+                reason=f"event cancelled: {cleaned}",
+                report_limit=MAX_REPORTED_ATTENDED_ORDERS,
             )
-            event = await repo.event(conn, event_id)
-        assert event is not None
-        return event
+            after = await repo.event(conn, event_id)
+        assert after is not None
+        return CancelResult(
+            event=after,
+            refunded_orders=refunds.refunded_orders,
+            attended_orders=refunds.attended_orders,
+            attended_order_ids=refunds.attended_order_ids,
+        )

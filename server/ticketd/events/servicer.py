@@ -132,7 +132,10 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
     async def CreateEvent(
         self, request: event_pb2.CreateEventRequest, context: Any
     ) -> event_pb2.CreateEventResponse:
-        event = await self._events.create(current_principal(), spec_from_request(request))
+        request_id = optional_uuid(request.request_id, "request_id")
+        event = await self._events.create(
+            current_principal(), spec_from_request(request), request_id
+        )
         return event_pb2.CreateEventResponse(event=event_to_proto(event))
 
     async def GetEvent(
@@ -166,6 +169,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             size,
             event_to_proto,
             lambda e: encode_time_keyset(self._pages, "events", query, e.start_time, e.id),
+            max_bytes=self._pages.page_bytes,
         )
         return event_pb2.ListEventsResponse(events=events, next_page_token=token)
 
@@ -192,14 +196,23 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             event_id, section_id=section_id, status=status, after_id=position, limit=size + 1
         )
         seats, token = next_page(
-            rows, size, seat_to_proto, lambda s: self._pages.encode("seats", query, s.id)
+            rows,
+            size,
+            seat_to_proto,
+            lambda s: self._pages.encode("seats", query, s.id),
+            max_bytes=self._pages.page_bytes,
         )
         return event_pb2.ListSeatsResponse(seats=seats, next_page_token=token)
 
     async def CancelEvent(
         self, request: event_pb2.CancelEventRequest, context: Any
     ) -> event_pb2.CancelEventResponse:
-        event = await self._events.cancel(
+        result = await self._events.cancel(
             current_principal(), parse_uuid(request.event_id, "event_id"), request.reason
         )
-        return event_pb2.CancelEventResponse(event=event_to_proto(event))
+        return event_pb2.CancelEventResponse(
+            event=event_to_proto(result.event),
+            refunded_order_count=result.refunded_orders,
+            attended_order_count=result.attended_orders,
+            attended_order_ids=[str(i) for i in result.attended_order_ids],
+        )

@@ -97,6 +97,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             size,
             scan_to_proto,
             lambda s: encode_time_keyset(self._pages, "scans", query, s.scan_time, s.scan_id),
+            max_bytes=self._pages.page_bytes,
         )
         return gate_pb2.ListScansResponse(scans=scans, next_page_token=token)
 

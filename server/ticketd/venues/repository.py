@@ -66,18 +66,46 @@ async def _insert_layout(conn: Connection, venue_id: uuid.UUID, spec: VenueSpec)
         )
 
 
-async def insert_venue(conn: Connection, spec: VenueSpec) -> uuid.UUID:
+async def insert_venue(
+    conn: Connection,
+    spec: VenueSpec,
+    *,
+    created_by: uuid.UUID,
+    request_id: uuid.UUID | None = None,
+    request_hash: str | None = None,
+) -> uuid.UUID | None:
+    """Insert the venue and its layout. None when the same caller's request_id was
+    committed by a concurrent call first (ON CONFLICT waited for it): nothing written."""
     venue_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO venues (id, name, address, time_zone, capacity) VALUES ($1, $2, $3, $4, $5)",
+    inserted = await conn.fetchval(
+        "INSERT INTO venues (id, name, address, time_zone, capacity, created_by, request_id, "
+        "request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+        "ON CONFLICT (created_by, request_id) DO NOTHING RETURNING id",
         venue_id,
         spec.name,
         spec.address,
         spec.time_zone,
         spec.capacity,
+        created_by,
+        request_id,
+        request_hash,
     )
+    if inserted is None:
+        return None
     await _insert_layout(conn, venue_id, spec)
     return venue_id
+
+
+async def venue_for_request(
+    conn: Connection, created_by: uuid.UUID, request_id: uuid.UUID
+) -> tuple[uuid.UUID, str] | None:
+    """(venue id, request fingerprint) of the venue this caller created with request_id."""
+    row = await conn.fetchrow(
+        "SELECT id, request_hash FROM venues WHERE created_by = $1 AND request_id = $2",
+        created_by,
+        request_id,
+    )
+    return None if row is None else (row["id"], row["request_hash"])
 
 
 async def replace_venue(conn: Connection, venue_id: uuid.UUID, spec: VenueSpec) -> bool:

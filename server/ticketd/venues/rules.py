@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 import uuid
 import zoneinfo
 from dataclasses import dataclass, field
 
-from ticketd.errors import FieldViolation, InvalidArgument
+from ticketd.errors import FieldViolation, InvalidArgument, Reason
 from ticketd.shared import SectionKind
 
 MAX_VENUE_PLACES = 200_000
@@ -181,3 +184,55 @@ def clean(spec: VenueSpec) -> VenueSpec:
             for s in spec.sections
         ),
     )
+
+
+# A create/update time at its widest on the wire: its seconds and nanoseconds varints take
+# 5 bytes each, the most that any instant from 2004 to 3058 takes, so a venue measured with
+# it is never smaller than the venue as stored and answered (at most 6 bytes per time larger:
+# a real time whose nanoseconds are 0 omits that field).
+WIDEST_TIME = dt.datetime(2999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC)
+
+
+def projected_record(spec: VenueSpec) -> VenueRecord:
+    """The venue as CreateVenue/GetVenue will answer it, before it exists: the cleaned
+    spec, with ids (every UUID has the same 36-character text) and times at their widest.
+    Measuring this record gives the response size, exact up to 12 bytes of timestamps."""
+    cleaned = clean(spec)
+    placeholder = uuid.UUID(int=0)
+    return VenueRecord(
+        id=placeholder,
+        name=cleaned.name,
+        address=cleaned.address,
+        time_zone=cleaned.time_zone,
+        capacity=cleaned.capacity,
+        create_time=WIDEST_TIME,
+        update_time=WIDEST_TIME,
+        sections=tuple(
+            SectionRecord(placeholder, s.name, s.kind, s.capacity, s.rows) for s in cleaned.sections
+        ),
+    )
+
+
+def check_response_fits(response_bytes: int, max_bytes: int, prefix: str = "venue") -> None:
+    """Refuse a layout whose venue could not be sent back (INVALID_ARGUMENT naming the
+    layout, reason RESPONSE_TOO_LARGE): a venue that is stored but cannot be read is worse
+    than one never created, and a client retrying would create it twice."""
+    if response_bytes > max_bytes:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    f"{prefix}.sections",
+                    f"this layout makes a venue of {response_bytes} bytes, above the server's "
+                    f"message limit of {max_bytes} bytes (TICKETING_MAX_MESSAGE_BYTES): "
+                    "use fewer or shorter seat labels, or split the venue",
+                )
+            ],
+            reason=Reason.RESPONSE_TOO_LARGE,
+            metadata={"response_bytes": str(response_bytes), "max_bytes": str(max_bytes)},
+        )
+
+
+def venue_fingerprint(spec: VenueSpec) -> str:
+    """What a CreateVenue request_id was first used for; a repeat must match it exactly."""
+    body = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]

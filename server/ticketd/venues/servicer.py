@@ -5,7 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ticketd.edge.convert import KIND_FROM_PROTO, KIND_TO_PROTO, parse_uuid, timestamp
+from ticketd.auth.principal import current_principal
+from ticketd.edge.convert import (
+    KIND_FROM_PROTO,
+    KIND_TO_PROTO,
+    optional_uuid,
+    parse_uuid,
+    timestamp,
+)
 from ticketd.errors import InvalidArgument
 from ticketd.pagination import PageTokens, next_page, resolve_page_size
 from ticketd.shared import SectionKind
@@ -61,6 +68,12 @@ def venue_to_proto(venue: VenueRecord) -> venue_pb2.Venue:
     )
 
 
+def venue_response_bytes(venue: VenueRecord) -> int:
+    """Bytes of the answer carrying this venue: CreateVenue, UpdateVenue and GetVenue
+    responses all hold it as their field 1, so they are the same size."""
+    return venue_pb2.GetVenueResponse(venue=venue_to_proto(venue)).ByteSize()
+
+
 class VenueServicer(venue_pb2_grpc.VenueServiceServicer):
     """Implements ticketing.v1.VenueService; access rules are in ticketd.auth.policy."""
 
@@ -71,7 +84,10 @@ class VenueServicer(venue_pb2_grpc.VenueServiceServicer):
     async def CreateVenue(
         self, request: venue_pb2.CreateVenueRequest, context: Any
     ) -> venue_pb2.CreateVenueResponse:
-        venue = await self._venues.create(spec_from_proto(request.venue))
+        request_id = optional_uuid(request.request_id, "request_id")
+        venue = await self._venues.create(
+            current_principal().user_id, spec_from_proto(request.venue), request_id
+        )
         return venue_pb2.CreateVenueResponse(venue=venue_to_proto(venue))
 
     async def UpdateVenue(
@@ -104,5 +120,6 @@ class VenueServicer(venue_pb2_grpc.VenueServiceServicer):
             size,
             venue_to_proto,
             lambda v: self._pages.encode("venues", {}, [v.name, str(v.id)]),
+            max_bytes=self._pages.page_bytes,
         )
         return venue_pb2.ListVenuesResponse(venues=venues, next_page_token=token)
