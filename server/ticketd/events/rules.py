@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +15,7 @@ from ticketd.errors import (
     PermissionDenied,
     Reason,
 )
+from ticketd.events.currencies import is_priceable
 from ticketd.shared import SectionKind
 
 MAX_EVENT_NAME = 200
@@ -24,7 +24,6 @@ MAX_PRICE_MINOR = 100_000_000
 MAX_TICKETS_PER_ORDER = 100
 MAX_TICKETS_PER_CUSTOMER = 10_000
 MAX_CANCEL_REASON = 1_000
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 class EventStatus(StrEnum):
@@ -135,8 +134,11 @@ def validate_event_fields(spec: EventSpec) -> None:
         out.append(FieldViolation("end_time", "must be after start_time"))
     if spec.doors_open_time is not None and spec.doors_open_time >= spec.start_time:
         out.append(FieldViolation("doors_open_time", "must be before start_time"))
-    if not _CURRENCY.match(spec.currency_code):
-        out.append(FieldViolation("currency_code", "must be an ISO 4217 code such as EUR"))
+    if not is_priceable(spec.currency_code):
+        # The real list, not a pattern: "ZZZ" has the shape of a code and is none.
+        out.append(
+            FieldViolation("currency_code", "must be an active ISO 4217 currency code such as EUR")
+        )
     if not 1 <= spec.max_tickets_per_order <= MAX_TICKETS_PER_ORDER:
         out.append(
             FieldViolation(
