@@ -23,7 +23,6 @@ A failed check lists up to five examples; the command exits non-zero.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,17 +98,6 @@ async def list_scans(stubs: Stubs, admin: Account, event_id: str) -> list[gate_p
         token = page.next_page_token
         if not token:
             return scans
-
-
-def valid_tickets(orders: Iterable[booking_pb2.Order]) -> list[tuple[str, str, str]]:
-    """(ticket id, code, order id) of every VALID ticket of confirmed orders."""
-    return [
-        (t.id, t.code, o.id)
-        for o in orders
-        if o.status == booking_pb2.ORDER_STATUS_CONFIRMED
-        for t in o.tickets
-        if t.status == booking_pb2.TICKET_STATUS_VALID
-    ]
 
 
 async def audit_event(
