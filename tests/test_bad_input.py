@@ -145,6 +145,11 @@ class World:
             shared_event = kind == "ticketing.v1.CancelEventRequest" and value == self.event.id
             shared_order = (
                 kind == "ticketing.v1.RefundOrderRequest" and value == self.refund_order.id
+            ) or (
+                # Rotating the shared orders' codes would turn the world's known codes into
+                # unknown ones for every later example.
+                kind == "ticketing.v1.RotateTicketCodesRequest"
+                and value in (self.order.id, self.refund_order.id)
             )
             if value == FRESH_EVENT or shared_event:
                 event = await self.stubs.create_event(self.organizer, self.venue, name="Doomed")
@@ -328,6 +333,9 @@ def _realistic(w: World, full: str) -> Message:
         ),
         "RefundOrder": lambda: booking_pb2.RefundOrderRequest(
             order_id=FRESH_ORDER, request_id=str(uuid.uuid4()), reason="fuzzing"
+        ),
+        "RotateTicketCodes": lambda: booking_pb2.RotateTicketCodesRequest(
+            order_id=FRESH_ORDER, request_id=str(uuid.uuid4())
         ),
         "ValidateTicket": lambda: scan_request(w.order.tickets[1].code, w.event.id, "fuzz-gate"),
         "ListScans": lambda: gate_pb2.ListScansRequest(
