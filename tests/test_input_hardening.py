@@ -446,3 +446,34 @@ async def test_malformed_wire_bytes_are_invalid_argument(
             admin.md,
         )
         assert details.code == S.INVALID_ARGUMENT, (raw, details)
+
+
+async def test_invalid_utf8_in_a_request_stream_ends_it_with_invalid_argument(
+    channel: aio.Channel,
+) -> None:
+    """Reflection is stream-stream (an async-generator servicer): a good request is answered,
+    the bad one that follows ends the stream with INVALID_ARGUMENT, not UNKNOWN."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    good = reflection_pb2.ServerReflectionRequest(file_by_filename="ticketing/v1/venue.proto")
+    bad = reflection_pb2.ServerReflectionRequest(file_containing_symbol=MARK)
+    info = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda raw: raw,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+
+    async def requests() -> Any:
+        yield good.SerializeToString()
+        yield _corrupt(bad, b"zq7\xffark")
+
+    call = info(requests(), timeout=10)
+    answers = []
+    with pytest.raises(aio.AioRpcError) as err:
+        async for answer in call:
+            answers.append(answer)
+    assert err.value.code() == S.INVALID_ARGUMENT, err.value
+    assert len(answers) == 1 and answers[0].HasField("file_descriptor_response")
+    assert error_details(err.value).field_violations == [
+        ("file_containing_symbol", "must be valid UTF-8 text")
+    ]
