@@ -117,7 +117,7 @@ def time_zone_violation(name: str) -> str | None:
     if not name:
         return "is required"
     if len(name) > 64 or name not in iana_time_zones():
-        return "is not an IANA time zone name (such as Europe/Berlin or UTC)"
+        return "is not an IANA time zone name"
     return None
 
 
