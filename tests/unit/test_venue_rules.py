@@ -115,7 +115,7 @@ def test_seat_labels_are_all_or_nothing_and_distinct() -> None:
         ("venue.sections[0].rows[0].seat_labels", "must be empty or have exactly seat_count labels")
     ]
     assert check(("1", "2", "2")) == [
-        ("venue.sections[0].rows[0].seat_labels", "labels must be distinct within a row")
+        ("venue.sections[0].rows[0].seat_labels[2]", "duplicate seat label '2' in this row")
     ]
     assert check(("1", "x" * 21, "3")) == [
         (

@@ -1,4 +1,4 @@
-"""ticketctl book / orders list / orders show / orders refund.
+"""ticketctl book / orders list / orders show / orders refund / orders rotate-codes.
 
 Bookings and refunds go through the SDK helpers, so each run sends one request_id and a lost
 lock race (ABORTED) is retried once with it. When the outcome of a call is unknown (deadline
@@ -33,7 +33,7 @@ from ticketing.cli.common import (
 from ticketing.cli.event_cmds import show_time
 from ticketing.cli.seatmap import format_money
 from ticketing.client import Client
-from ticketing.errors import TicketingError
+from ticketing.errors import TicketingError, ticketing_errors
 from ticketing.sdk import new_request_id
 from ticketing.v1 import booking_pb2, event_pb2
 
@@ -250,6 +250,40 @@ async def cmd_orders_refund(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_orders_rotate_codes(args: argparse.Namespace) -> int:
+    """Replace the order's VALID ticket codes (the old ones stop admitting at once).
+
+    Self-contained on the raw stub: one request_id per run, shown on an unknown outcome so
+    the same rotation can be repeated without rotating twice.
+    """
+    request_id = args.request_id or new_request_id()
+    async with open_client(args) as client:
+        try:
+            with ticketing_errors():
+                response = await client.booking.RotateTicketCodes(
+                    booking_pb2.RotateTicketCodesRequest(
+                        order_id=args.order_id, request_id=request_id
+                    )
+                )
+        except TicketingError as err:
+            if err.code in _OUTCOME_UNKNOWN:
+                command = f"ticketctl orders rotate-codes {shlex.quote(args.order_id)}"
+                raise _outcome_unknown(err, "rotation", request_id, command) from None
+            raise
+        event = (await _events_by_id(client, [response.order.event_id])).get(
+            response.order.event_id
+        )
+    count = response.rotated_count
+    console.print(
+        f"rotated {count} ticket code{'s' if count != 1 else ''}: the old codes no longer admit"
+    )
+    print_order(response.order, event)
+    if count and not any(t.code for t in response.order.tickets):
+        # Staff never see codes: the owner reads the new ones with `ticketctl orders show`.
+        console.print("the new codes are shown to the order's owner only")
+    return 0
+
+
 def _add_request_id(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--request-id",
@@ -259,7 +293,7 @@ def _add_request_id(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `book` and `orders list|show|refund` to the ticketctl parser."""
+    """Add `book` and `orders list|show|refund|rotate-codes` to the ticketctl parser."""
     p = sub.add_parser(
         "book",
         help="buy seats of an event (CUSTOMER, ADMIN)",
@@ -279,7 +313,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_target_args(p)
     p.set_defaults(handler=cmd_book)
 
-    orders = sub.add_parser("orders", help="orders: list, show, refund")
+    orders = sub.add_parser("orders", help="orders: list, show, refund, rotate-codes")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True)
 
     p = orders_sub.add_parser(
@@ -304,3 +338,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_request_id(p)
     add_target_args(p)
     p.set_defaults(handler=cmd_orders_refund)
+
+    p = orders_sub.add_parser(
+        "rotate-codes",
+        help="give the order's valid tickets new codes before the event (owner, SUPPORT, ADMIN)",
+        description="Replace a leaked or lost code: every VALID ticket of the order gets a new "
+        "code and the old ones stop admitting at once. Codes are shown to the owner only.",
+    )
+    p.add_argument("order_id")
+    _add_request_id(p)
+    add_target_args(p)
+    p.set_defaults(handler=cmd_orders_rotate_codes)

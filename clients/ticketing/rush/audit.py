@@ -98,17 +98,6 @@ async def _read_all(
     return [item async for item in pages]
 
 
-def valid_tickets(orders: Iterable[booking_pb2.Order]) -> list[tuple[str, str, str]]:
-    """(ticket id, code, order id) of every VALID ticket of confirmed orders."""
-    return [
-        (t.id, t.code, o.id)
-        for o in orders
-        if o.status == booking_pb2.ORDER_STATUS_CONFIRMED
-        for t in o.tickets
-        if t.status == booking_pb2.TICKET_STATUS_VALID
-    ]
-
-
 async def audit_event(
     stubs: Stubs, admin: Account, event_id: str, observed: Observed | None = None
 ) -> dict[str, Any]:

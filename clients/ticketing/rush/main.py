@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketing.errors import TicketingError, ticketing_errors
-from ticketing.rush.audit import audit_event, list_orders, valid_tickets
+from ticketing.rush.audit import audit_event
 from ticketing.rush.choice import Skew, parse_order_size
 from ticketing.rush.inventory import EventView
 from ticketing.rush.load import LoadPlan, RunClock, run_load
@@ -42,7 +42,6 @@ from ticketing.rush.workload import (
     SCENARIOS,
     Mix,
     Observed,
-    TicketRef,
     Workload,
     WorkloadOptions,
     sell_out,
@@ -367,8 +366,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
             rng=rng,
             timeout_s=options.timeout_s,
         )
-        orders = await list_orders(stubs[0], accounts.admin, event.id)
-        tickets = [TicketRef(*t) for t in valid_tickets(orders)]
+        tickets = list(stats.sold)
         rng.shuffle(tickets)
         workload.unscanned.extend(tickets)
         sell = {

@@ -326,6 +326,9 @@ class SellStats:
     tickets: int = 0
     refusals: collections.Counter[str] = field(default_factory=collections.Counter)
     seconds: float = 0.0
+    # The tickets sold, with their codes from the buyers' own BookSeats answers: the server
+    # shows codes to an order's owner only, so the admin's ListOrders cannot supply them.
+    sold: list[TicketRef] = field(default_factory=list)
 
 
 async def sell_out(
@@ -379,6 +382,9 @@ async def sell_out(
             observed.booked(response.order)
             stats.orders += 1
             stats.tickets += len(response.order.tickets)
+            stats.sold.extend(
+                TicketRef(t.id, t.code, response.order.id) for t in response.order.tickets
+            )
 
     await asyncio.gather(*(worker(w) for w in range(workers)))
     stats.seconds = time.perf_counter() - started

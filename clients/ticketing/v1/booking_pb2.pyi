@@ -154,7 +154,9 @@ class Ticket(_message.Message):
     """Printed seat label; empty for general admission."""
     code: _builtins.str
     """The code the gate scans: unguessable (192 random bits), URL-safe, unique.
-    Never derived from ids. Shown only to the order's owner, SUPPORT and ADMIN.
+    Never derived from ids. A bearer credential, so it is shown to the order's
+    owner only: empty for everyone else, SUPPORT, ADMIN and the event's
+    organizer included (they may RotateTicketCodes, never read them).
     """
     status: Global___TicketStatus.ValueType
     """VALID, USED or VOID."""
@@ -477,3 +479,61 @@ class RefundOrderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundOrderResponse: _TypeAlias = RefundOrderResponse  # noqa: Y015
+
+@_typing.final
+class RotateTicketCodesRequest(_message.Message):
+    """RotateTicketCodesRequest names the order whose codes are replaced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order."""
+    request_id: _builtins.str
+    """Required UUID chosen by the client, unique per rotation: a retry returns
+    the first call's result instead of rotating again.
+    """
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateTicketCodesRequest: _TypeAlias = RotateTicketCodesRequest  # noqa: Y015
+
+@_typing.final
+class RotateTicketCodesResponse(_message.Message):
+    """RotateTicketCodesResponse holds the order after the rotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    ROTATED_COUNT_FIELD_NUMBER: _builtins.int
+    rotated_count: _builtins.int
+    """How many tickets got a new code (the VALID ones at the time of the first
+    call with this request_id; a retry reports the same number).
+    """
+    @_builtins.property
+    def order(self) -> Global___Order:
+        """The order with its tickets; codes filled in for the owner only."""
+
+    def __init__(
+        self,
+        *,
+        order: Global___Order | None = ...,
+        rotated_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "rotated_count", b"rotated_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateTicketCodesResponse: _TypeAlias = RotateTicketCodesResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class BookingServiceStub:
                 request_serializer=ticketing_dot_v1_dot_booking__pb2.RefundOrderRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_booking__pb2.RefundOrderResponse.FromString,
                 _registered_method=True)
+        self.RotateTicketCodes = channel.unary_unary(
+                '/ticketing.v1.BookingService/RotateTicketCodes',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesResponse.FromString,
+                _registered_method=True)
 
 
 class BookingServiceServicer:
@@ -89,6 +94,7 @@ class BookingServiceServicer:
     def GetOrder(self, request, context):
         """GetOrder returns one order with its tickets. The owning customer, SUPPORT,
         ADMIN, or the organizer of the order's event; others get PERMISSION_DENIED.
+        Ticket codes are filled in for the order's owner only (see Ticket.code).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +103,7 @@ class BookingServiceServicer:
     def ListOrders(self, request, context):
         """ListOrders pages through orders, newest first. A CUSTOMER sees only their
         own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+        Ticket codes are filled in only on the caller's own orders (see Ticket.code).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +116,23 @@ class BookingServiceServicer:
         the event starts (database clock) and only if no ticket was used at a gate.
         Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
         ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateTicketCodes(self, request, context):
+        """RotateTicketCodes gives every VALID ticket of an order a new code, in one
+        transaction: the old codes stop admitting at once (a scan of one answers
+        UNKNOWN_CODE); USED and VOID tickets keep theirs. This is how a leaked or
+        lost code is replaced ("re-send"): the owner reads the new codes with
+        GetOrder. The order's owner, SUPPORT or ADMIN; others get PERMISSION_DENIED
+        NOT_ORDER_OWNER. Only before the event starts (database clock, at the
+        moment of the write) -> else FAILED_PRECONDITION EVENT_STARTED; a refunded
+        order -> ALREADY_REFUNDED; a cancelled event -> EVENT_CANCELLED. Repeating
+        a request_id returns the first call's result and rotates nothing; the same
+        request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+        The response carries the new codes only when the caller owns the order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +160,11 @@ def add_BookingServiceServicer_to_server(servicer, server):
                     servicer.RefundOrder,
                     request_deserializer=ticketing_dot_v1_dot_booking__pb2.RefundOrderRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_booking__pb2.RefundOrderResponse.SerializeToString,
+            ),
+            'RotateTicketCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateTicketCodes,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -251,6 +280,33 @@ class BookingService:
             '/ticketing.v1.BookingService/RefundOrder',
             ticketing_dot_v1_dot_booking__pb2.RefundOrderRequest.SerializeToString,
             ticketing_dot_v1_dot_booking__pb2.RefundOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateTicketCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/RotateTicketCodes',
+            ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

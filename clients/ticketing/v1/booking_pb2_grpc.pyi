@@ -54,10 +54,12 @@ class BookingServiceStub:
     GetOrder: _grpc.UnaryUnaryMultiCallable[_booking_pb2.GetOrderRequest, _booking_pb2.GetOrderResponse]
     """GetOrder returns one order with its tickets. The owning customer, SUPPORT,
     ADMIN, or the organizer of the order's event; others get PERMISSION_DENIED.
+    Ticket codes are filled in for the order's owner only (see Ticket.code).
     """
     ListOrders: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ListOrdersRequest, _booking_pb2.ListOrdersResponse]
     """ListOrders pages through orders, newest first. A CUSTOMER sees only their
     own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+    Ticket codes are filled in only on the caller's own orders (see Ticket.code).
     """
     RefundOrder: _grpc.UnaryUnaryMultiCallable[_booking_pb2.RefundOrderRequest, _booking_pb2.RefundOrderResponse]
     """RefundOrder refunds a whole order: order REFUNDED, tickets VOID, seats
@@ -66,6 +68,19 @@ class BookingServiceStub:
     the event starts (database clock) and only if no ticket was used at a gate.
     Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
     ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.
+    """
+    RotateTicketCodes: _grpc.UnaryUnaryMultiCallable[_booking_pb2.RotateTicketCodesRequest, _booking_pb2.RotateTicketCodesResponse]
+    """RotateTicketCodes gives every VALID ticket of an order a new code, in one
+    transaction: the old codes stop admitting at once (a scan of one answers
+    UNKNOWN_CODE); USED and VOID tickets keep theirs. This is how a leaked or
+    lost code is replaced ("re-send"): the owner reads the new codes with
+    GetOrder. The order's owner, SUPPORT or ADMIN; others get PERMISSION_DENIED
+    NOT_ORDER_OWNER. Only before the event starts (database clock, at the
+    moment of the write) -> else FAILED_PRECONDITION EVENT_STARTED; a refunded
+    order -> ALREADY_REFUNDED; a cancelled event -> EVENT_CANCELLED. Repeating
+    a request_id returns the first call's result and rotates nothing; the same
+    request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+    The response carries the new codes only when the caller owns the order.
     """
 
 @_typing.type_check_only
@@ -94,10 +109,12 @@ class BookingServiceAsyncStub(BookingServiceStub):
     GetOrder: _aio.UnaryUnaryMultiCallable[_booking_pb2.GetOrderRequest, _booking_pb2.GetOrderResponse]  # type: ignore[assignment]
     """GetOrder returns one order with its tickets. The owning customer, SUPPORT,
     ADMIN, or the organizer of the order's event; others get PERMISSION_DENIED.
+    Ticket codes are filled in for the order's owner only (see Ticket.code).
     """
     ListOrders: _aio.UnaryUnaryMultiCallable[_booking_pb2.ListOrdersRequest, _booking_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """ListOrders pages through orders, newest first. A CUSTOMER sees only their
     own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+    Ticket codes are filled in only on the caller's own orders (see Ticket.code).
     """
     RefundOrder: _aio.UnaryUnaryMultiCallable[_booking_pb2.RefundOrderRequest, _booking_pb2.RefundOrderResponse]  # type: ignore[assignment]
     """RefundOrder refunds a whole order: order REFUNDED, tickets VOID, seats
@@ -106,6 +123,19 @@ class BookingServiceAsyncStub(BookingServiceStub):
     the event starts (database clock) and only if no ticket was used at a gate.
     Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
     ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.
+    """
+    RotateTicketCodes: _aio.UnaryUnaryMultiCallable[_booking_pb2.RotateTicketCodesRequest, _booking_pb2.RotateTicketCodesResponse]  # type: ignore[assignment]
+    """RotateTicketCodes gives every VALID ticket of an order a new code, in one
+    transaction: the old codes stop admitting at once (a scan of one answers
+    UNKNOWN_CODE); USED and VOID tickets keep theirs. This is how a leaked or
+    lost code is replaced ("re-send"): the owner reads the new codes with
+    GetOrder. The order's owner, SUPPORT or ADMIN; others get PERMISSION_DENIED
+    NOT_ORDER_OWNER. Only before the event starts (database clock, at the
+    moment of the write) -> else FAILED_PRECONDITION EVENT_STARTED; a refunded
+    order -> ALREADY_REFUNDED; a cancelled event -> EVENT_CANCELLED. Repeating
+    a request_id returns the first call's result and rotates nothing; the same
+    request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+    The response carries the new codes only when the caller owns the order.
     """
 
 class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +173,7 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_booking_pb2.GetOrderResponse, _abc.Awaitable[_booking_pb2.GetOrderResponse]]:
         """GetOrder returns one order with its tickets. The owning customer, SUPPORT,
         ADMIN, or the organizer of the order's event; others get PERMISSION_DENIED.
+        Ticket codes are filled in for the order's owner only (see Ticket.code).
         """
 
     @_abc_1.abstractmethod
@@ -153,6 +184,7 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_booking_pb2.ListOrdersResponse, _abc.Awaitable[_booking_pb2.ListOrdersResponse]]:
         """ListOrders pages through orders, newest first. A CUSTOMER sees only their
         own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+        Ticket codes are filled in only on the caller's own orders (see Ticket.code).
         """
 
     @_abc_1.abstractmethod
@@ -167,6 +199,25 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         the event starts (database clock) and only if no ticket was used at a gate.
         Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
         ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateTicketCodes(
+        self,
+        request: _booking_pb2.RotateTicketCodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.RotateTicketCodesResponse, _abc.Awaitable[_booking_pb2.RotateTicketCodesResponse]]:
+        """RotateTicketCodes gives every VALID ticket of an order a new code, in one
+        transaction: the old codes stop admitting at once (a scan of one answers
+        UNKNOWN_CODE); USED and VOID tickets keep theirs. This is how a leaked or
+        lost code is replaced ("re-send"): the owner reads the new codes with
+        GetOrder. The order's owner, SUPPORT or ADMIN; others get PERMISSION_DENIED
+        NOT_ORDER_OWNER. Only before the event starts (database clock, at the
+        moment of the write) -> else FAILED_PRECONDITION EVENT_STARTED; a refunded
+        order -> ALREADY_REFUNDED; a cancelled event -> EVENT_CANCELLED. Repeating
+        a request_id returns the first call's result and rotates nothing; the same
+        request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+        The response carries the new codes only when the caller owns the order.
         """
 
 def add_BookingServiceServicer_to_server(servicer: BookingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -465,6 +465,78 @@ async def refund_event_orders(
     )
 
 
+async def rotation_of(
+    conn: Conn, requested_by: uuid.UUID, request_id: uuid.UUID
+) -> tuple[uuid.UUID, int] | None:
+    """(order id, tickets rotated) of this caller's code rotation with request_id, if any."""
+    row = await conn.fetchrow(
+        "SELECT order_id, rotated_count FROM code_rotations "
+        "WHERE requested_by = $1 AND request_id = $2",
+        requested_by,
+        request_id,
+    )
+    return None if row is None else (row["order_id"], row["rotated_count"])
+
+
+async def lock_valid_tickets(conn: Conn, order_id: uuid.UUID) -> list[uuid.UUID]:
+    """Lock the order's VALID tickets, in seat order like every other ticket lock, and
+    return their ids. A gate scan of one of them waits for us, then sees the new code (so
+    the old one is UNKNOWN_CODE); a ticket burned first is USED and left out."""
+    rows = await conn.fetch(
+        "SELECT id FROM tickets WHERE order_id = $1 AND status = 'VALID' "
+        "ORDER BY seat_id FOR UPDATE",
+        order_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def event_started_now(conn: Conn, event_id: uuid.UUID) -> bool:
+    """Whether the event has started at this instant (clock_timestamp(), not the start of
+    the transaction: the check must hold at the moment of the write that follows)."""
+    started: bool = await conn.fetchval(
+        "SELECT start_time <= clock_timestamp() FROM events WHERE id = $1", event_id
+    )
+    return started
+
+
+async def record_rotation(
+    conn: Conn,
+    *,
+    order_id: uuid.UUID,
+    requested_by: uuid.UUID,
+    request_id: uuid.UUID,
+    rotated_count: int,
+) -> bool:
+    """Record a rotation; False when this caller's request_id was committed meanwhile by a
+    concurrent call (ON CONFLICT waits for it): then the caller must not rotate."""
+    row = await conn.fetchrow(
+        "INSERT INTO code_rotations (order_id, requested_by, request_id, rotated_count) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (requested_by, request_id) DO NOTHING "
+        "RETURNING id",
+        order_id,
+        requested_by,
+        request_id,
+        rotated_count,
+    )
+    return row is not None
+
+
+async def replace_codes(
+    conn: Conn, order_id: uuid.UUID, ticket_ids: Sequence[uuid.UUID], codes: Sequence[str]
+) -> int:
+    """New codes for the given (locked, VALID) tickets of the order, in one statement; the
+    unique index on tickets.code proves no two tickets share one. Returns the rows changed."""
+    result: str = await conn.execute(
+        "UPDATE tickets t SET code = u.code "
+        "FROM unnest($2::uuid[], $3::text[]) AS u(id, code) "
+        "WHERE t.id = u.id AND t.order_id = $1 AND t.status = 'VALID'",
+        order_id,
+        list(ticket_ids),
+        list(codes),
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
 @dataclass(frozen=True)
 class OrderFilter:
     customer_id: uuid.UUID | None

@@ -166,6 +166,41 @@ def can_read_order(
     return principal.has(Role.ORGANIZER) and principal.user_id == event_organizer_id
 
 
+def may_see_codes(principal: Principal, customer_id: uuid.UUID) -> bool:
+    """Ticket codes are bearer credentials: only the order's owner reads them.
+
+    Not SUPPORT (who can list every customer's orders), not the event's organizer, and not
+    ADMIN either: nothing an admin does needs a customer's live code, and an admin token is
+    the one worth stealing. Staff replace codes instead (RotateTicketCodes); the owner then
+    reads the new ones. (Partners' own orders will be theirs to read when partners exist.)
+    """
+    return principal.user_id == customer_id
+
+
+def ensure_can_rotate(principal: Principal, customer_id: uuid.UUID) -> None:
+    """The owner, or SUPPORT/ADMIN on the owner's behalf (re-sending codes), may rotate."""
+    if principal.user_id == customer_id or principal.has(Role.ADMIN, Role.SUPPORT):
+        return
+    raise PermissionDenied(
+        "you may not rotate the codes of this order", reason=Reason.NOT_ORDER_OWNER
+    )
+
+
+def check_can_rotate(*, refunded: bool, event_cancelled: bool, event_started: bool) -> None:
+    """Codes are replaced only before the event starts, for a live order: a refunded
+    order's tickets admit nobody anyway, and once the event has started a gate may be
+    admitting the holder with the old code at this very moment."""
+    if refunded:
+        raise FailedPrecondition("the order is refunded", reason=Reason.ALREADY_REFUNDED)
+    if event_cancelled:
+        raise FailedPrecondition("the event is cancelled", reason=Reason.EVENT_CANCELLED)
+    if event_started:
+        raise FailedPrecondition(
+            "ticket codes cannot be rotated once the event has started",
+            reason=Reason.EVENT_STARTED,
+        )
+
+
 def ensure_can_refund(principal: Principal, customer_id: uuid.UUID) -> None:
     if principal.has(Role.ADMIN, Role.SUPPORT):
         return

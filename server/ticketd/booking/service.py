@@ -22,9 +22,12 @@ from ticketd.booking.rules import (
     TicketRecord,
     TicketStatus,
     can_read_order,
+    check_can_rotate,
     check_customer_limit,
     check_order_limit,
     ensure_can_refund,
+    ensure_can_rotate,
+    may_see_codes,
     new_ticket_code,
     not_on_sale,
     order_not_found,
@@ -72,6 +75,14 @@ def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
 
 def _refunds_closed() -> FailedPrecondition:
     return FailedPrecondition("refunds close when the event starts", reason=Reason.EVENT_STARTED)
+
+
+def _rotation_mismatch(request_id: uuid.UUID) -> FailedPrecondition:
+    return FailedPrecondition(
+        "this request_id was already used to rotate the codes of another order",
+        reason=Reason.REQUEST_ID_MISMATCH,
+        metadata={"request_id": str(request_id)},
+    )
 
 
 class CustomerLookup(Protocol):
@@ -252,10 +263,7 @@ class BookingService:
             raise order_not_found(order_id)
         if not can_read_order(principal, got.order.customer_id, got.organizer_id):
             raise PermissionDenied("you may not read this order", reason=Reason.NOT_ORDER_OWNER)
-        show_codes = principal.user_id == got.order.customer_id or principal.has(
-            Role.ADMIN, Role.SUPPORT
-        )
-        return got.order, show_codes
+        return got.order, may_see_codes(principal, got.order.customer_id)
 
     async def list_orders(
         self,
@@ -321,6 +329,52 @@ class BookingService:
             after = await repo.get_order(conn, order_id)
         assert after is not None
         return after.order
+
+    async def rotate_codes(
+        self, principal: Principal, order_id: uuid.UUID, request_id: uuid.UUID
+    ) -> tuple[OrderRecord, int]:
+        """New codes for the order's VALID tickets, in one transaction; returns the order as
+        it is now and how many tickets were rotated. A repeated request_id of this caller
+        returns the first call's count and rotates nothing."""
+        async with self._db.transaction() as conn:
+            # Event KEY SHARE, then the order FOR UPDATE (two rotations, or a rotation and a
+            # refund, of one order take turns), then its tickets: the order of every flow.
+            got = await repo.get_order(conn, order_id, lock=True)
+            if got is None:
+                raise order_not_found(order_id)
+            ensure_can_rotate(principal, got.order.customer_id)
+            earlier = await repo.rotation_of(conn, principal.user_id, request_id)
+            if earlier is not None:
+                if earlier[0] != order_id:
+                    raise _rotation_mismatch(request_id)
+                return got.order, earlier[1]
+            ticket_ids = await repo.lock_valid_tickets(conn, order_id)
+            check_can_rotate(
+                refunded=got.order.status is OrderStatus.REFUNDED,
+                event_cancelled=got.event_cancelled,
+                # Asked after the ticket locks are ours, on the clock of the write.
+                event_started=await repo.event_started_now(conn, got.order.event_id),
+            )
+            recorded = await repo.record_rotation(
+                conn,
+                order_id=order_id,
+                requested_by=principal.user_id,
+                request_id=request_id,
+                rotated_count=len(ticket_ids),
+            )
+            if not recorded:
+                # A concurrent call with this request_id committed first, for another order
+                # (one for this order would have waited on the order lock and returned
+                # above): raising rolls back nothing but our own locks.
+                raise _rotation_mismatch(request_id)
+            codes = [new_ticket_code() for _ in ticket_ids]
+            changed = await repo.replace_codes(conn, order_id, ticket_ids, codes)
+            if changed != len(ticket_ids):
+                # Unreachable while the tickets are locked by us; refuse rather than half-write.
+                raise RuntimeError(f"order {order_id}: rotated {changed} of {len(ticket_ids)}")
+            after = await repo.get_order(conn, order_id)
+        assert after is not None
+        return after.order, len(ticket_ids)
 
     async def refund_event_orders(
         self,

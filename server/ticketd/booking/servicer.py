@@ -10,6 +10,7 @@ from ticketd.booking.rules import (
     OrderRecord,
     OrderStatus,
     TicketStatus,
+    may_see_codes,
     validate_refund_reason,
     validate_selection,
 )
@@ -36,7 +37,10 @@ TICKET_STATUS = {
 }
 
 
-def order_to_proto(order: OrderRecord, *, show_codes: bool = True) -> booking_pb2.Order:
+def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order:
+    """The order as a client sees it; ticket codes only when `show_codes` (the caller owns
+    the order: `ticketd.booking.rules.may_see_codes`). No default, so that no call site can
+    leak codes by forgetting to decide."""
     msg = booking_pb2.Order(
         id=str(order.id),
         event_id=str(order.event_id),
@@ -92,7 +96,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             else None,
         )
         order = await self._service.book(principal, event_id, request_id, selection)
-        return booking_pb2.BookSeatsResponse(order=order_to_proto(order))
+        return booking_pb2.BookSeatsResponse(
+            order=order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id))
+        )
 
     async def GetOrder(
         self, request: booking_pb2.GetOrderRequest, context: Any
@@ -123,7 +129,8 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         orders, token = next_page(
             rows,
             size,
-            order_to_proto,
+            # Staff list anyone's orders, but see codes on their own orders only.
+            lambda o: order_to_proto(o, show_codes=may_see_codes(principal, o.customer_id)),
             lambda o: encode_time_keyset(self._pages, "orders", query, o.create_time, o.id),
             max_bytes=self._pages.page_bytes,
         )
@@ -137,4 +144,18 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         request_id = parse_uuid(request.request_id, "request_id")
         reason = validate_refund_reason(request.reason)
         order = await self._service.refund(principal, order_id, request_id, reason)
-        return booking_pb2.RefundOrderResponse(order=order_to_proto(order))
+        return booking_pb2.RefundOrderResponse(
+            order=order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id))
+        )
+
+    async def RotateTicketCodes(
+        self, request: booking_pb2.RotateTicketCodesRequest, context: Any
+    ) -> booking_pb2.RotateTicketCodesResponse:
+        principal = current_principal()
+        order_id = parse_uuid(request.order_id, "order_id")
+        request_id = parse_uuid(request.request_id, "request_id")
+        order, rotated = await self._service.rotate_codes(principal, order_id, request_id)
+        return booking_pb2.RotateTicketCodesResponse(
+            order=order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id)),
+            rotated_count=rotated,
+        )

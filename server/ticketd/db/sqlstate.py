@@ -77,9 +77,13 @@ def classify(exc: BaseException, *, connection_lost: bool) -> DomainError | None
         )
     if state in _UNAVAILABLE:
         return db_unavailable()
-    if state is None and (
-        isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError))
-        or (connection_lost and isinstance(exc, OSError))
+    if (
+        state is None
+        and connection_lost
+        and isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError))
     ):
+        # Only when the failure took the connection down. On a live connection the driver's
+        # own errors are bugs (an argument it cannot encode, a second query on a busy
+        # connection) and an OSError is someone else's: INTERNAL, never "database down".
         return db_unavailable()
     return None

@@ -24,6 +24,7 @@ from ticketd.auth.tokens import TokenService
 from ticketd.deadline import reset_call_deadline, set_call_deadline
 from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.convert import time_remaining
+from ticketd.edge.decoding import Deserializer, decode_request, decoding_handler
 from ticketd.edge.status import internal_status, to_status
 from ticketd.edge.textcheck import nul_field
 
@@ -111,14 +112,22 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if rule is None:
             return _deny_handler(handler, method)
         if handler.unary_unary is not None:
+            # No deserializer here: the wrapper decodes the raw bytes itself (ticketd.edge.
+            # decoding), so bad bytes are INVALID_ARGUMENT rather than grpc's UNKNOWN.
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, rule, handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(
+                    method,
+                    rule,
+                    handler.unary_unary,  # type: ignore[arg-type]
+                    handler.request_deserializer,
+                ),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if rule.public:
-            # Streaming infrastructure (health Watch, reflection): nothing to bind.
-            return handler
+            # Streaming infrastructure (health Watch, reflection): nothing to bind, but its
+            # requests are decoded the same way.
+            return decoding_handler(handler)
         return _deny_handler(handler, method)
 
     def _wrap_unary(
@@ -126,12 +135,15 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str,
         rule: Access,
         behavior: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]],
+        deserializer: Deserializer | None = None,
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             bound: object | None = None
             deadline = set_call_deadline(time_remaining(context))
             try:
                 principal = await self._authorize(method, rule, context.invocation_metadata())
+                # After the policy check, like the NUL check: a refused caller learns that.
+                request = decode_request(raw, deserializer)
                 bad = nul_field(request)
                 if bad is not None:
                     raise errors.InvalidArgument.one(bad, "must not contain NUL characters")
@@ -177,10 +189,9 @@ def _deny_handler(
         await context.abort(status.code, status.details, status.trailing_metadata)
         yield None  # pragma: no cover - abort raises
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    # The request is never read: leave it undecoded, so no bytes can turn the refusal into
+    # a decoding error.
+    kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(deny_unary, **kwargs)
     if handler.unary_stream is not None:

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +20,7 @@ from ticketd.errors import (
     Reason,
     ResourceExhausted,
 )
+from ticketd.events.currencies import is_priceable
 from ticketd.shared import SectionKind
 
 MAX_EVENT_NAME = 200
@@ -32,7 +32,6 @@ MAX_CANCEL_REASON = 1_000
 # CancelEvent names at most this many attended orders (38 bytes each on the wire, so the
 # response stays far below the smallest allowed message limit); the count is always exact.
 MAX_REPORTED_ATTENDED_ORDERS = 1_000
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 class EventStatus(StrEnum):
@@ -143,8 +142,11 @@ def validate_event_fields(spec: EventSpec) -> None:
         out.append(FieldViolation("end_time", "must be after start_time"))
     if spec.doors_open_time is not None and spec.doors_open_time >= spec.start_time:
         out.append(FieldViolation("doors_open_time", "must be before start_time"))
-    if not _CURRENCY.match(spec.currency_code):
-        out.append(FieldViolation("currency_code", "must be an ISO 4217 code such as EUR"))
+    if not is_priceable(spec.currency_code):
+        # The real list, not a pattern: "ZZZ" has the shape of a code and is none.
+        out.append(
+            FieldViolation("currency_code", "must be an active ISO 4217 currency code such as EUR")
+        )
     if not 1 <= spec.max_tickets_per_order <= MAX_TICKETS_PER_ORDER:
         out.append(
             FieldViolation(

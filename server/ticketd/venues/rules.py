@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
+import unicodedata
 import uuid
 import zoneinfo
 from dataclasses import dataclass, field
@@ -89,8 +91,76 @@ def _text_violation(value: str, path: str, max_len: int, *, required: bool = Tru
     return None
 
 
+# Entries of a zoneinfo tree that are not places: the host's own zone ("localtime", whatever
+# the machine is set to), tzdata's placeholder "Factory" ("-00", "local time zone must be
+# set"), the POSIX-rules template, and the duplicate "posix/" and "right/" (leap-second)
+# trees some systems carry. zoneinfo.available_timezones() lists some of them on some hosts.
+_NOT_PLACES = frozenset({"Factory", "localtime", "posixrules", "leapseconds", "leap-seconds.list"})
+_NOT_PLACE_PREFIXES = ("posix/", "right/")
+
+
+@functools.cache
+def iana_time_zones() -> frozenset[str]:
+    """The IANA zone names (canonical and their backward-compatible links) this server knows.
+
+    An exact-name lookup in this set is the whole check: `zoneinfo.ZoneInfo(name)` would
+    open whatever file the name points to, so a directory ("America") raised an OS error and
+    "localtime" or "Factory" were accepted. Read once, from the system tree and the `tzdata`
+    package; no file is opened per request.
+    """
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if name not in _NOT_PLACES and not name.startswith(_NOT_PLACE_PREFIXES)
+    )
+
+
+def time_zone_violation(name: str) -> str | None:
+    """Why `name` is not a venue time zone, or None for a real IANA name (case-sensitive)."""
+    if not name:
+        return "is required"
+    if len(name) > 64 or name not in iana_time_zones():
+        return "is not an IANA time zone name"
+    return None
+
+
+def normalize_label(value: str) -> str:
+    """A seat label, row label or section name as stored and compared: NFC, surrounding
+    space trimmed and every inner run of (Unicode) space folded to one ASCII space.
+
+    ["1", " 1", "1 "] and "Upper\u00a0 Tier" / "Upper Tier" are the same on a printed
+    ticket, so they must be the same to the duplicate check too: it runs on this form.
+    """
+    return " ".join(unicodedata.normalize("NFC", value).split())
+
+
+def _label_key(value: str) -> str:
+    """What two labels must differ in to be distinct: look-alikes (NFKC: full-width digits,
+    ligatures) and case fold together."""
+    return unicodedata.normalize("NFKC", normalize_label(value)).casefold()
+
+
+def _label_violation(value: str, max_len: int) -> str | None:
+    """Why a label or section name is refused (checked on the raw value first for
+    characters nothing could print, then on the normalised value for length)."""
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        # Control characters, and format characters (zero-width space, BOM, bidi controls):
+        # invisible on a ticket, they would make look-alike labels distinct.
+        return "must not contain control or invisible formatting characters"
+    cleaned = normalize_label(value)
+    if not cleaned:
+        return "is required"
+    if len(cleaned) > max_len:
+        return f"must be at most {max_len} characters"
+    return None
+
+
 def validate_venue(spec: VenueSpec, prefix: str = "venue") -> None:
-    """Raise INVALID_ARGUMENT listing every problem of the venue, one violation per field."""
+    """Raise INVALID_ARGUMENT listing every problem of the venue, one violation per field.
+
+    Labels and section names are normalised (`normalize_label`) before their length and
+    duplicate checks, exactly as `clean` stores them.
+    """
     out: list[FieldViolation] = []
 
     def bad(path: str, why: str | None) -> None:
@@ -99,15 +169,7 @@ def validate_venue(spec: VenueSpec, prefix: str = "venue") -> None:
 
     bad(f"{prefix}.name", _text_violation(spec.name, "name", MAX_NAME))
     bad(f"{prefix}.address", _text_violation(spec.address, "address", MAX_ADDRESS, required=False))
-    if not spec.time_zone:
-        bad(f"{prefix}.time_zone", "is required")
-    else:
-        try:
-            if len(spec.time_zone) > 64:
-                raise ValueError
-            zoneinfo.ZoneInfo(spec.time_zone)
-        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-            bad(f"{prefix}.time_zone", "is not an IANA time zone name")
+    bad(f"{prefix}.time_zone", time_zone_violation(spec.time_zone))
     if not spec.sections:
         bad(f"{prefix}.sections", "at least one section is required")
     if len(spec.sections) > MAX_SECTIONS:
@@ -117,11 +179,11 @@ def validate_venue(spec: VenueSpec, prefix: str = "venue") -> None:
     total = 0
     for i, section in enumerate(spec.sections):
         sp = f"{prefix}.sections[{i}]"
-        why = _text_violation(section.name, "name", MAX_SECTION_NAME)
+        why = _label_violation(section.name, MAX_SECTION_NAME)
         bad(f"{sp}.name", why)
-        key = section.name.strip().casefold()
+        key = _label_key(section.name)
         if why is None and key in names:
-            bad(f"{sp}.name", f"duplicate section name {section.name.strip()!r}")
+            bad(f"{sp}.name", f"duplicate section name {normalize_label(section.name)!r}")
         names.add(key)
         if section.kind is SectionKind.GENERAL_ADMISSION:
             if section.rows:
@@ -139,11 +201,15 @@ def validate_venue(spec: VenueSpec, prefix: str = "venue") -> None:
         labels: set[str] = set()
         for j, row in enumerate(section.rows):
             rp = f"{sp}.rows[{j}]"
-            why = _text_violation(row.label, "label", MAX_LABEL)
+            why = _label_violation(row.label, MAX_LABEL)
             bad(f"{rp}.label", why)
-            if why is None and row.label.strip() in labels:
-                bad(f"{rp}.label", f"duplicate row label {row.label.strip()!r} in this section")
-            labels.add(row.label.strip())
+            key = _label_key(row.label)
+            if why is None and key in labels:
+                bad(
+                    f"{rp}.label",
+                    f"duplicate row label {normalize_label(row.label)!r} in this section",
+                )
+            labels.add(key)
             if not 0 < row.seat_count <= MAX_SEATS_PER_ROW:
                 bad(f"{rp}.seat_count", f"must be between 1 and {MAX_SEATS_PER_ROW}")
                 continue
@@ -151,32 +217,53 @@ def validate_venue(spec: VenueSpec, prefix: str = "venue") -> None:
             if row.seat_labels:
                 if len(row.seat_labels) != row.seat_count:
                     bad(f"{rp}.seat_labels", "must be empty or have exactly seat_count labels")
-                elif len(set(row.seat_labels)) != len(row.seat_labels):
-                    bad(f"{rp}.seat_labels", "labels must be distinct within a row")
                 else:
-                    for k, lab in enumerate(row.seat_labels):
-                        why = _text_violation(lab, "label", MAX_LABEL)
-                        if why:
-                            bad(f"{rp}.seat_labels[{k}]", why)
-                            break
+                    _check_seat_labels(row.seat_labels, f"{rp}.seat_labels", out)
     if total > MAX_VENUE_PLACES:
         bad(f"{prefix}.sections", f"at most {MAX_VENUE_PLACES} places per venue (got {total})")
     if out:
         raise InvalidArgument(out)
 
 
+# A row of 10,000 bad labels must not become 10,000 violations: the answer has to fit a
+# message, and the first few already tell the caller what is wrong.
+MAX_LABEL_VIOLATIONS = 10
+
+
+def _check_seat_labels(labels: tuple[str, ...], path: str, out: list[FieldViolation]) -> None:
+    """Each label valid once normalised, and distinct within its row (after normalising)."""
+    seen: set[str] = set()
+    found = 0
+    for k, label in enumerate(labels):
+        why = _label_violation(label, MAX_LABEL)
+        key = _label_key(label)
+        if why is None and key in seen:
+            why = f"duplicate seat label {normalize_label(label)!r} in this row"
+        seen.add(key)
+        if why:
+            out.append(FieldViolation(f"{path}[{k}]", why))
+            found += 1
+            if found >= MAX_LABEL_VIOLATIONS:
+                return
+
+
 def clean(spec: VenueSpec) -> VenueSpec:
-    """Trimmed names and labels, as stored."""
+    """The venue as stored: names trimmed, labels and section names normalised
+    (`normalize_label`), the same form `validate_venue` checked."""
     return VenueSpec(
         name=spec.name.strip(),
         address=spec.address.strip(),
         time_zone=spec.time_zone,
         sections=tuple(
             SectionSpec(
-                name=s.name.strip(),
+                name=normalize_label(s.name),
                 kind=s.kind,
                 rows=tuple(
-                    RowSpec(r.label.strip(), r.seat_count, tuple(x.strip() for x in r.seat_labels))
+                    RowSpec(
+                        normalize_label(r.label),
+                        r.seat_count,
+                        tuple(normalize_label(x) for x in r.seat_labels),
+                    )
                     for r in s.rows
                 ),
                 ga_capacity=s.ga_capacity,
