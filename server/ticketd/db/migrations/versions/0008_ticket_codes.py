@@ -1,7 +1,7 @@
 """Ticket code rotations: who replaced an order's codes, when, and with which request_id.
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from ticketd.db.migrations.sqlscript import run_script
 
 revision = "0008"
-down_revision = "0004"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
