@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from ticketd.events.servicer import EventServicer
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
+from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
 from ticketd.venues.servicer import VenueServicer
 from ticketing.v1 import (
@@ -78,6 +80,10 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
     accounts = AccountService(db, PasswordHasher(settings.bcrypt_rounds), tokens)
     venues = VenueService(db)
     booking = BookingService(db, customers=accounts)
+    window = ScanWindowDefaults(
+        doors_open_lead=dt.timedelta(seconds=settings.doors_open_lead_seconds),
+        default_duration=dt.timedelta(seconds=settings.default_event_duration_seconds),
+    )
     return Components(
         settings=settings,
         db=db,
@@ -85,10 +91,13 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         pages=PageTokens(jwt_secret),
         accounts=accounts,
         venues=venues,
-        events=EventService(db, venues=venues, booking=booking),
+        events=EventService(db, venues=venues, booking=booking, accounts=accounts, window=window),
         booking=booking,
         gate=GateService(
-            db, gate_rate=settings.gate_scan_rate, gate_burst=settings.gate_scan_burst
+            db,
+            gate_rate=settings.gate_scan_rate,
+            gate_burst=settings.gate_scan_burst,
+            window=window,
         ),
     )
 

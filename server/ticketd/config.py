@@ -74,6 +74,12 @@ class Settings:
     """`TICKETING_GATE_SCAN_RATE`: sustained scans per second per gate (per process)."""
     gate_scan_burst: int = 200
     """`TICKETING_GATE_SCAN_BURST`: scans a gate may make at once above the rate."""
+    doors_open_lead_seconds: int = 3 * 3600
+    """`TICKETING_DOORS_OPEN_LEAD`: gates open this long before start when an event sets no
+    doors_open_time."""
+    default_event_duration_seconds: int = 4 * 3600
+    """`TICKETING_DEFAULT_EVENT_DURATION`: gates close this long after start when an event
+    sets no end_time."""
 
     @property
     def tls_enabled(self) -> bool:
@@ -117,4 +123,8 @@ class Settings:
             grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
             gate_scan_rate=_int(env, "TICKETING_GATE_SCAN_RATE", 100, 1, 1_000_000),
             gate_scan_burst=_int(env, "TICKETING_GATE_SCAN_BURST", 200, 1, 1_000_000),
+            doors_open_lead_seconds=_int(env, "TICKETING_DOORS_OPEN_LEAD", 3 * 3600, 0, 7 * 86400),
+            default_event_duration_seconds=_int(
+                env, "TICKETING_DEFAULT_EVENT_DURATION", 4 * 3600, 60, 30 * 86400
+            ),
         )

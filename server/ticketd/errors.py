@@ -58,6 +58,11 @@ class Reason(StrEnum):
     STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
     DB_UNAVAILABLE = "DB_UNAVAILABLE"
     DB_POOL_EXHAUSTED = "DB_POOL_EXHAUSTED"
+    # Gate staff and scan window (issue 10)
+    NOT_EVENT_STAFF = "NOT_EVENT_STAFF"
+    NOT_ENTRY_MANAGER = "NOT_ENTRY_MANAGER"
+    EVENT_OVER = "EVENT_OVER"
+    TOO_MANY_GATES = "TOO_MANY_GATES"
 
 
 @dataclass(frozen=True)
