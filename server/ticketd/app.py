@@ -24,6 +24,7 @@ from ticketd.db.database import Database
 from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
+from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
@@ -84,6 +85,13 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         doors_open_lead=dt.timedelta(seconds=settings.doors_open_lead_seconds),
         default_duration=dt.timedelta(seconds=settings.default_event_duration_seconds),
     )
+    limiter = ScanLimiter(
+        gate_rate=settings.gate_scan_rate,
+        gate_burst=settings.gate_scan_burst,
+        caller_rate=settings.caller_scan_rate,
+        caller_burst=settings.caller_scan_burst,
+        max_gates=settings.caller_max_gates,
+    )
     return Components(
         settings=settings,
         db=db,
@@ -93,12 +101,7 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         venues=venues,
         events=EventService(db, venues=venues, booking=booking, accounts=accounts, window=window),
         booking=booking,
-        gate=GateService(
-            db,
-            gate_rate=settings.gate_scan_rate,
-            gate_burst=settings.gate_scan_burst,
-            window=window,
-        ),
+        gate=GateService(db, limiter=limiter, window=window),
     )
 
 

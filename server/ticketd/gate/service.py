@@ -7,8 +7,9 @@ import uuid
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.db.database import Connection, Database
-from ticketd.errors import NotFound, Reason, ResourceExhausted
+from ticketd.errors import NotFound, Reason
 from ticketd.gate import repository as repo
+from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.rules import (
     WINDOW_REFUSALS,
     GateCounts,
@@ -22,7 +23,6 @@ from ticketd.gate.rules import (
     scan_id_mismatch,
     shows_place,
 )
-from ticketd.ratelimit import TokenBuckets
 from ticketd.shared import ScanWindowDefaults, event_not_found
 
 
@@ -33,20 +33,17 @@ class _TwinLoggedFirst(Exception):
 class GateService:
     """Validates scans and reads the scan log."""
 
-    def __init__(
-        self, db: Database, *, gate_rate: float, gate_burst: float, window: ScanWindowDefaults
-    ) -> None:
+    def __init__(self, db: Database, *, limiter: ScanLimiter, window: ScanWindowDefaults) -> None:
         self._db = db
-        # Per gate: a busy gate's scanners share it. Codes carry 192 random bits, so the
-        # bound is defence in depth against a kiosk used to enumerate, not the only wall.
-        self._per_gate = TokenBuckets(gate_rate, gate_burst)
+        # Per gate, per caller and gate names per caller: see ticketd.gate.limits. Codes carry
+        # 192 random bits, so the bounds are defence in depth against a kiosk used to
+        # enumerate, not the only wall.
+        self._limiter = limiter
         self._window = window
 
     def admit_rate(self, principal: Principal, event_id: uuid.UUID, gate_id: str) -> None:
-        if not self._per_gate.try_take((event_id, gate_id)):
-            raise ResourceExhausted(
-                "too many scans at this gate; slow down", reason=Reason.SCAN_RATE_EXCEEDED
-            )
+        """RESOURCE_EXHAUSTED (with RetryInfo) when this caller or gate must slow down."""
+        self._limiter.admit(principal.user_id, event_id, gate_id)
 
     async def validate(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
         """One physical scan: ADMITTED (burned now), the stored answer of a repeat, or why not."""
