@@ -18,8 +18,9 @@ One run, on this machine:
 
 The per-gate scan rate bound (default 100/s, burst 200 per gate) would cap 16 gates at
 1,600 scans/s and measure the limiter rather than the engine, so the server is started with
-TICKETING_GATE_SCAN_RATE and TICKETING_GATE_SCAN_BURST = `--gate-rate` (default 1,000,000);
-refusals are still counted and reported. After each pass the database is checked: every
+TICKETING_GATE_SCAN_RATE and TICKETING_GATE_SCAN_BURST = `--gate-rate` (default 1,000,000),
+and the per-caller bound (TICKETING_CALLER_SCAN_RATE/_BURST, one account scans for every kiosk)
+the same; refusals are still counted and reported. After each pass the database is checked: every
 ticket USED exactly once, one ADMITTED scan per ticket, one log entry per answered scan.
 `--max-seconds` bounds each pass; every call has a 5 s deadline.
 
@@ -172,6 +173,9 @@ def server_env(database_url: str, data_dir: str, args: argparse.Namespace) -> di
         TICKETING_SHUTDOWN_GRACE="2",
         TICKETING_GATE_SCAN_RATE=str(args.gate_rate),
         TICKETING_GATE_SCAN_BURST=str(args.gate_rate),
+        # One gate account scans for every kiosk: the per-caller bound must not cap it either.
+        TICKETING_CALLER_SCAN_RATE=str(args.gate_rate),
+        TICKETING_CALLER_SCAN_BURST=str(args.gate_rate),
     )
     return env
 
@@ -299,6 +303,7 @@ async def set_up(target: str, tickets: int) -> Setup:
                     venue_id=venue.id,
                     name="Gate benchmark",
                     start_time=_future(1),
+                    doors_open_time=_future(0),  # gates admit at once
                     currency_code="EUR",
                     section_prices={s.id: 5_000 for s in venue.sections},
                     max_tickets_per_order=ORDER_SIZE,
@@ -352,6 +357,12 @@ async def set_up(target: str, tickets: int) -> Setup:
         )
         gate = await auth.Login(
             auth_pb2.LoginRequest(email=gate_email, password=PASSWORD), timeout=CALL_TIMEOUT_S
+        )
+        # An entry manager scans only at the events it is assigned to.
+        await event_pb2_grpc.EventServiceStub(channel).AssignStaff(
+            event_pb2.AssignStaffRequest(event_id=event.id, user_id=registered.user.id),
+            metadata=_md(admin.access_token),
+            timeout=CALL_TIMEOUT_S,
         )
     return Setup(event.id, codes, gate.access_token, booking_seconds)
 

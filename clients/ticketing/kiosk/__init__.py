@@ -6,7 +6,9 @@ Usage:
         [--input FILE] [--journal PATH] [--tls] [--plain]
 
 It signs in as an entry manager (TICKETING_TOKEN, or TICKETING_KIOSK_EMAIL and
-TICKETING_KIOSK_PASSWORD, or the `ticketctl login` session), reads one code per line from
+TICKETING_KIOSK_PASSWORD, or the `ticketctl login` session), checks that the account is
+assigned to the event's gates (`ticketctl events staff add`; else it exits 1 saying so
+before any scan), reads one code per line from
 stdin (a barcode scanner types like a keyboard) or `--input`, and for each shows ADMIT or
 REJECT with the reason and the seat, plus running counts. Empty lines are skipped; bad codes,
 refusals and even an unreachable server never stop the loop. It stops on end of input,

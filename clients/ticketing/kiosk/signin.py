@@ -22,7 +22,7 @@ from grpc import aio
 from ticketing.cli.config import DEFAULT_TARGET, load_session, session_path
 from ticketing.client import Client
 from ticketing.sdk import decode_error
-from ticketing.v1 import auth_pb2, common_pb2, event_pb2
+from ticketing.v1 import auth_pb2, common_pb2, event_pb2, gate_pb2
 
 # Exit codes (documented in main's --help).
 EXIT_REFUSED = 1
@@ -184,6 +184,33 @@ async def load_event(
         if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             raise StartupError(f"unknown event {event_id!r}: {err.details()}") from None
         raise StartupError(f"cannot read event {event_id!r}: {_describe(err)}") from None
+
+
+async def check_assignment(
+    client: Client,
+    event: event_pb2.Event,
+    user: common_pb2.User,
+    *,
+    budget: float,
+    target: str,
+    on_wait: Callable[[str], None],
+) -> None:
+    """StartupError unless this account may work the event's gates: an ENTRY_MANAGER must be
+    assigned to it (EventService.AssignStaff). One cheap call, the newest scan of the log,
+    which the server allows exactly to those who may also scan there."""
+
+    async def probe() -> None:
+        await client.gate.ListScans(gate_pb2.ListScansRequest(event_id=event.id, page_size=1))
+
+    try:
+        await retry_transport(probe, budget=budget, target=target, on_wait=on_wait)
+    except aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+            raise StartupError(
+                f"{user.email} is not assigned to the gates of {event.name!r} ({event.id}): "
+                f"its organizer runs `ticketctl events staff add {event.id} {user.id}`"
+            ) from None
+        raise StartupError(f"cannot check the gate assignment: {_describe(err)}") from None
 
 
 def _describe(err: aio.AioRpcError) -> str:
