@@ -248,3 +248,37 @@ def test_only_entry_managers_can_be_staff() -> None:
     with pytest.raises(FailedPrecondition) as err:
         check_can_be_staff(uuid.uuid4(), (Role.CUSTOMER, Role.ORGANIZER))
     assert err.value.reason is Reason.NOT_ENTRY_MANAGER
+
+
+def test_gate_settings_from_the_environment() -> None:
+    from ticketd.config import ConfigError, Settings
+
+    defaults = Settings.from_env({})
+    assert (defaults.caller_scan_rate, defaults.caller_scan_burst, defaults.caller_max_gates) == (
+        400,
+        800,
+        32,
+    )
+    assert (defaults.doors_open_lead_seconds, defaults.default_event_duration_seconds) == (
+        10_800,
+        14_400,
+    )
+    given = Settings.from_env(
+        {
+            "TICKETING_CALLER_SCAN_RATE": "50",
+            "TICKETING_CALLER_SCAN_BURST": "60",
+            "TICKETING_CALLER_MAX_GATES": "4",
+            "TICKETING_DOORS_OPEN_LEAD": "0",
+            "TICKETING_DEFAULT_EVENT_DURATION": "3600",
+        }
+    )
+    assert (given.caller_scan_rate, given.caller_scan_burst, given.caller_max_gates) == (50, 60, 4)
+    assert (given.doors_open_lead_seconds, given.default_event_duration_seconds) == (0, 3600)
+    for name, bad in (
+        ("TICKETING_CALLER_SCAN_RATE", "0"),
+        ("TICKETING_CALLER_MAX_GATES", "many"),
+        ("TICKETING_DEFAULT_EVENT_DURATION", "59"),
+        ("TICKETING_DOORS_OPEN_LEAD", "-1"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: bad})
