@@ -23,9 +23,10 @@ already scanned tickets shown at another gate). One run, on this machine:
 
 The per-gate scan rate bound (default 100/s, burst 200 per gate) would cap 16 gates at
 1,600 scans/s and measure the limiter rather than the engine, so the server is started with
-TICKETING_GATE_SCAN_RATE and TICKETING_GATE_SCAN_BURST = `--gate-rate` (default 1,000,000);
-refusals are still counted and reported. `--max-seconds` bounds each pass's scanning; every
-call has a 5 s deadline.
+TICKETING_GATE_SCAN_RATE and TICKETING_GATE_SCAN_BURST = `--gate-rate` (default 1,000,000),
+and the per-caller bound (TICKETING_CALLER_SCAN_RATE/_BURST: one account scans for every kiosk)
+the same; refusals are still counted and reported. `--max-seconds` bounds each pass's
+scanning; every call has a 5 s deadline.
 
 Usage: scripts/bench_gate [--json PATH] [--tickets 5000] [--kiosks 16] [--duplicates 0.1]
        [--passes 3] [--max-seconds 120] [--gate-rate 1000000] [--pool-size 20] [--seed 1]
@@ -253,6 +254,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 env={
                     "TICKETING_GATE_SCAN_RATE": str(args.gate_rate),
                     "TICKETING_GATE_SCAN_BURST": str(args.gate_rate),
+                    # One gate account scans for every kiosk: the per-caller bound must not
+                    # cap it either.
+                    "TICKETING_CALLER_SCAN_RATE": str(args.gate_rate),
+                    "TICKETING_CALLER_SCAN_BURST": str(args.gate_rate),
                 },
             )
             await server.start()

@@ -93,7 +93,10 @@ class Stubs(sdk_stubs.Stubs):
         max_per_customer: int | None = None,
         days: float = 30,
         name: str = "Show",
+        doors_open_time: Any = None,
     ) -> event_pb2.Event:
+        """An event `days` from now; its gates open `doors_open_time` (a Timestamp; unset:
+        the server's default lead before start, so a scan today is NOT_YET_OPEN)."""
         request = event_pb2.CreateEventRequest(
             venue_id=venue.id,
             name=name,
@@ -101,6 +104,7 @@ class Stubs(sdk_stubs.Stubs):
             currency_code="EUR",
             section_prices={s.id: price for s in venue.sections},
             max_tickets_per_order=max_per_order,
+            doors_open_time=doors_open_time,
         )
         if max_per_customer is not None:
             request.max_tickets_per_customer = max_per_customer
@@ -110,6 +114,14 @@ class Stubs(sdk_stubs.Stubs):
         request = event_pb2.ListSeatsRequest(event_id=event_id, **filters)
         pages = paginate(self.events.ListSeats, request, lambda p: p.seats, page_size=10_000)
         return [seat async for seat in pages]
+
+    async def assign_staff(self, owner: Account, event_id: str, *staff: Account) -> None:
+        """Let entry managers work an event's gates (as its organizer or an admin)."""
+        for member in staff:
+            await self.events.AssignStaff(
+                event_pb2.AssignStaffRequest(event_id=event_id, user_id=member.user.id),
+                metadata=owner.md,
+            )
 
     async def account_with_roles(self, admin: Account, *roles: Any, tag: str = "user") -> Account:
         acct = await self.register(tag)

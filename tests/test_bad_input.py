@@ -41,6 +41,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
@@ -130,6 +131,8 @@ class World:
     event: event_pb2.Event
     cancelled_event: event_pb2.Event
     stock_event: event_pb2.Event  # 20,000 standing places: where fresh orders are booked
+    window_event: event_pb2.Event  # the only event UpdateEvent is offered (gates open now)
+    gate_staff: Account  # an ENTRY_MANAGER, the user AssignStaff / UnassignStaff are offered
     order: booking_pb2.Order
     refund_order: booking_pb2.Order
     used_code: str
@@ -231,11 +234,18 @@ async def world(stubs: Stubs, admin: Account) -> World:
     customer = await stubs.register("fuzz-customer")
     organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="fuzz-org")
     victim = await stubs.register("fuzz-victim")
+    gate_staff = await stubs.account_with_roles(
+        admin, common_pb2.ROLE_ENTRY_MANAGER, tag="fuzz-gate"
+    )
     venue = await stubs.create_venue(admin, small_layout(name="Fuzz Hall", ga=1_000))
     stock_venue = await stubs.create_venue(admin, small_layout(name="Fuzz Stock", ga=20_000))
     stock_event = await stubs.create_event(organizer, stock_venue, name="Fuzz Stock")
     scratch = await stubs.create_venue(admin, small_layout(name="Fuzz Scratch"))
-    event = await stubs.create_event(organizer, venue, name="Fuzz Show", max_per_order=10)
+    # Gates open now, so that the scans below and ValidateTicket's examples burn for real.
+    event = await stubs.create_event(
+        organizer, venue, name="Fuzz Show", max_per_order=10, doors_open_time=future(0)
+    )
+    window_event = await stubs.create_event(organizer, venue, name="Fuzz Window")
     cancelled = await stubs.create_event(organizer, venue, name="Fuzz Cancelled")
     await stubs.events.CancelEvent(
         event_pb2.CancelEventRequest(event_id=cancelled.id, reason="fixture"), metadata=admin.md
@@ -272,6 +282,8 @@ async def world(stubs: Stubs, admin: Account) -> World:
         event=event,
         cancelled_event=cancelled,
         stock_event=stock_event,
+        window_event=window_event,
+        gate_staff=gate_staff,
         order=order,
         refund_order=refund_order,
         used_code=used,
@@ -348,6 +360,19 @@ def _realistic(w: World, full: str) -> Message:
         "RotateTicketCodes": lambda: booking_pb2.RotateTicketCodesRequest(
             order_id=FRESH_ORDER, request_id=str(uuid.uuid4())
         ),
+        "UpdateEvent": lambda: event_pb2.UpdateEventRequest(
+            event=event_pb2.Event(
+                id=w.window_event.id, doors_open_time=future(0), end_time=future(30.2)
+            ),
+            update_mask=FieldMask(paths=["doors_open_time", "end_time"]),
+        ),
+        "AssignStaff": lambda: event_pb2.AssignStaffRequest(
+            event_id=w.event.id, user_id=w.gate_staff.user.id
+        ),
+        "UnassignStaff": lambda: event_pb2.UnassignStaffRequest(
+            event_id=w.window_event.id, user_id=w.gate_staff.user.id
+        ),
+        "ListStaff": lambda: event_pb2.ListStaffRequest(event_id=w.event.id, page_size=3),
         "ValidateTicket": lambda: scan_request(w.order.tickets[1].code, w.event.id, "fuzz-gate"),
         "ListScans": lambda: gate_pb2.ListScansRequest(
             event_id=w.event.id, gate_id="north-1", page_size=3
@@ -947,7 +972,8 @@ async def test_scan_id_mismatch_leaves_the_scan_log_alone(
         with pytest.raises(aio.AioRpcError) as err:
             await stubs.gate.ValidateTicket(request, metadata=world.admin.md)
         details = error_details(err.value)
-        assert (details.code, details.reason) == (S.FAILED_PRECONDITION, "SCAN_ID_MISMATCH")
+        # INVALID_ARGUMENT since issue 10 (was FAILED_PRECONDITION): one code for the reason.
+        assert (details.code, details.reason) == (S.INVALID_ARGUMENT, "SCAN_ID_MISMATCH")
     # A refused call must not count as a retry of someone else's scan, nor change anything.
     assert await repeat_count() == 0
     assert await snapshot(running) == before

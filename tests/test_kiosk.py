@@ -28,13 +28,15 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from grpc import aio
 from rich.console import Console
+from sqlalchemy import text
 
 from scripts.benchlib.process import free_port
 from tests.conftest import RunningServer
 from tests.procs import ticketd_process
-from tests.support import Account, Stubs, best_request, scan_request, small_layout
+from tests.support import Account, Stubs, best_request, future, scan_request, small_layout
 from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.render import RichRenderer
 from ticketing.kiosk.validation import Kiosk
@@ -191,10 +193,14 @@ class Sale:
     standing_order_id: str
 
 
-async def sell(stubs: Stubs, admin: Account, reserved: int = 2, ga: int = 3) -> Sale:
-    """An event with a reserved section (one row "A") and a standing section, sold out."""
+async def sell(
+    stubs: Stubs, admin: Account, reserved: int = 2, ga: int = 3, *staff: Account
+) -> Sale:
+    """An event with a reserved section (one row "A") and a standing section, sold out; its
+    gates open now and `staff` assigned to them."""
     venue = await stubs.create_venue(admin, small_layout(rows=1, seats=reserved, ga=ga))
-    event = await stubs.create_event(admin, venue, max_per_order=100)
+    event = await stubs.create_event(admin, venue, max_per_order=100, doors_open_time=future(0))
+    await stubs.assign_staff(admin, event.id, *staff)
     buyer = await stubs.register("fan")
     seated = await stubs.booking.BookSeats(
         best_request(event.id, venue.sections[0].id, reserved), metadata=buyer.md
@@ -211,7 +217,7 @@ async def sell(stubs: Stubs, admin: Account, reserved: int = 2, ga: int = 3) -> 
 async def test_piped_codes_admit_reject_and_match_the_server_scan_log(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
-    sale = await sell(stubs, admin)
+    sale = await sell(stubs, admin, 2, 3, gatekeeper)
     event, seated, standing, buyer = sale.event, sale.seated, sale.standing, sale.buyer
     other = await sell(stubs, admin, reserved=1, ga=1)
     other_standing = other.standing
@@ -315,11 +321,66 @@ async def test_piped_codes_admit_reject_and_match_the_server_scan_log(
     assert (stats.total_admitted, stats.total_rejected) == (2, 4)
 
 
+async def test_scans_outside_the_window_are_rejected_with_the_reason(
+    tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
+) -> None:
+    """Before doors-open and after the end the kiosk rejects, saying why; nothing burns."""
+    early = await sell(stubs, admin, 1, 1, gatekeeper)
+    await stubs.events.UpdateEvent(
+        event_pb2.UpdateEventRequest(
+            event=event_pb2.Event(id=early.event.id, doors_open_time=future(29)),
+            update_mask=field_mask_pb2.FieldMask(paths=["doors_open_time"]),
+        ),
+        metadata=admin.md,
+    )
+    over = await sell(stubs, admin, 1, 1, gatekeeper)
+    async with running.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE events SET doors_open_time = NULL, start_time = clock_timestamp() - "
+                "interval '5 hours', end_time = clock_timestamp() - interval '1 hour' "
+                "WHERE id = :e"
+            ),
+            {"e": uuid.UUID(over.event.id)},
+        )
+    env = kiosk_env(tmp_path, TICKETING_TOKEN=gatekeeper.token)
+    for sale, kind, reason in (
+        (early, "NOT_YET_OPEN", r"DOORS NOT OPEN \(until \d{4}-\d\d-\d\d \d\d:\d\d\)"),
+        (over, "EVENT_OVER", "EVENT OVER: the gates are closed"),
+    ):
+        code, out, err = await run_kiosk(
+            tmp_path,
+            running.target,
+            sale.event.id,
+            [sale.seated[0].code],
+            "--gate",
+            "g",
+            "--journal",
+            str(tmp_path / f"{kind}.jsonl"),
+            env=env,
+        )
+        assert code == 0, (out, err)
+        (line,) = [x for x in out if x.startswith(("ADMIT", "REJECT"))]
+        assert re.fullmatch(rf"REJECT {kind} {UUID_RE} {reason}", line), line
+        scans = await all_scans(stubs, gatekeeper, sale.event.id)
+        assert [gate_pb2.ValidationResult.Name(s.result) for s in scans.values()] == [
+            f"VALIDATION_RESULT_{kind}"
+        ]
+    async with running.engine.connect() as conn:
+        burned = (
+            await conn.execute(
+                text("SELECT count(*) FROM tickets WHERE event_id IN (:a, :b) AND status = 'USED'"),
+                {"a": uuid.UUID(early.event.id), "b": uuid.UUID(over.event.id)},
+            )
+        ).scalar_one()
+    assert burned == 0
+
+
 @pytest.mark.slow
 async def test_rich_screen_shows_big_panels_and_a_summary(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
-    sale = await sell(stubs, admin, reserved=1, ga=1)
+    sale = await sell(stubs, admin, 1, 1, gatekeeper)
     event, seated = sale.event, sale.seated
     codes = tmp_path / "codes.txt"
     codes.write_text(f"{seated[0].code}\n{seated[0].code}\nnope\n")
@@ -392,7 +453,7 @@ def test_panel_colours_and_texts() -> None:
 async def test_pending_scans_from_a_crash_are_resubmitted_with_their_scan_id(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
-    sale = await sell(stubs, admin, reserved=1, ga=2)
+    sale = await sell(stubs, admin, 1, 2, gatekeeper)
     event, seated, standing = sale.event, sale.seated, sale.standing
     path = tmp_path / "crashed.jsonl"
     journal = Journal.open(path)
@@ -465,7 +526,7 @@ async def test_signal_closes_the_gate_with_a_summary_and_exit_0(
     admin: Account,
     gatekeeper: Account,
 ) -> None:
-    sale = await sell(stubs, admin, reserved=1, ga=1)
+    sale = await sell(stubs, admin, 1, 1, gatekeeper)
     event, seated = sale.event, sale.seated
     env = kiosk_env(tmp_path, TICKETING_TOKEN=gatekeeper.token)
     async with kiosk(tmp_path, running.target, event.id, "--gate", "g1", env=env) as run:
@@ -482,11 +543,21 @@ async def test_signal_closes_the_gate_with_a_summary_and_exit_0(
 async def test_startup_refusals_exit_non_zero_with_a_reason(
     tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account, gatekeeper: Account
 ) -> None:
-    sale = await sell(stubs, admin, reserved=1, ga=1)
+    sale = await sell(stubs, admin, 1, 1, gatekeeper)
     event, seated, buyer = sale.event, sale.seated, sale.buyer
+    # An entry manager, but not of this event (issue 10: staff are scoped to events).
+    stranger = await stubs.account_with_roles(
+        admin, common_pb2.ROLE_ENTRY_MANAGER, tag="kiosk-stranger"
+    )
     cases: list[tuple[dict[str, str], str, str]] = [
         ({"TICKETING_TOKEN": "not-a-token"}, event.id, "sign-in refused"),
         ({"TICKETING_TOKEN": buyer.token}, event.id, "needs the ENTRY_MANAGER role"),
+        (
+            {"TICKETING_TOKEN": stranger.token},
+            event.id,
+            f"is not assigned to the gates of 'Show' ({event.id}): its organizer runs "
+            f"`ticketctl events staff add {event.id} {stranger.user.id}`",
+        ),
         ({"TICKETING_TOKEN": gatekeeper.token}, str(uuid.uuid4()), "unknown event"),
         ({"TICKETING_TOKEN": gatekeeper.token}, "not-an-id", "unknown event"),
         (
@@ -626,7 +697,7 @@ async def test_kiosk_reports_an_outage_and_finishes_the_scan_when_the_server_ret
     admin: Account,
     gatekeeper: Account,
 ) -> None:
-    sale = await sell(stubs, admin, reserved=1, ga=2)
+    sale = await sell(stubs, admin, 1, 2, gatekeeper)
     event, seated, standing = sale.event, sale.seated, sale.standing
     codes = [seated[0].code, standing[0].code, standing[1].code]
     server = ticketd_process(database_url, tmp_path, shutdown_grace_s=1)
@@ -710,7 +781,7 @@ async def test_rate_limits_wait_unanswered_scans_are_unresolved_and_stops_leave_
     admin: Account,
     gatekeeper: Account,
 ) -> None:
-    sale = await sell(stubs, admin, reserved=1, ga=4)
+    sale = await sell(stubs, admin, 1, 4, gatekeeper)
     codes = [sale.seated[0].code, *(t.code for t in sale.standing)]
     # One scan per second per gate: the second of two quick scans is refused at first.
     server = ticketd_process(

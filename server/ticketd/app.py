@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -25,9 +26,11 @@ from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.rules import EventQuotas
 from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
+from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.pagination import PageTokens
+from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
 from ticketd.venues.servicer import VenueServicer, venue_response_bytes
 from ticketing.v1 import (
@@ -86,6 +89,17 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         db, response_size=venue_response_bytes, max_response_bytes=settings.max_message_bytes
     )
     booking = BookingService(db, customers=accounts)
+    window = ScanWindowDefaults(
+        doors_open_lead=dt.timedelta(seconds=settings.doors_open_lead_seconds),
+        default_duration=dt.timedelta(seconds=settings.default_event_duration_seconds),
+    )
+    limiter = ScanLimiter(
+        gate_rate=settings.gate_scan_rate,
+        gate_burst=settings.gate_scan_burst,
+        caller_rate=settings.caller_scan_rate,
+        caller_burst=settings.caller_scan_burst,
+        max_gates=settings.caller_max_gates,
+    )
     return Components(
         settings=settings,
         db=db,
@@ -97,15 +111,15 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
             db,
             venues=venues,
             booking=booking,
+            accounts=accounts,
+            window=window,
             quotas=EventQuotas(
                 places_per_event=settings.quota_event_places,
                 live_events=settings.quota_live_events,
             ),
         ),
         booking=booking,
-        gate=GateService(
-            db, gate_rate=settings.gate_scan_rate, gate_burst=settings.gate_scan_burst
-        ),
+        gate=GateService(db, limiter=limiter, window=window),
     )
 
 

@@ -88,6 +88,20 @@ class Settings:
     """`TICKETING_GATE_SCAN_RATE`: sustained scans per second per gate (per process)."""
     gate_scan_burst: int = 200
     """`TICKETING_GATE_SCAN_BURST`: scans a gate may make at once above the rate."""
+    caller_scan_rate: int = 400
+    """`TICKETING_CALLER_SCAN_RATE`: sustained scans per second per signed-in caller (per
+    process), whatever gate names it uses: four gates at the full per-gate rate."""
+    caller_scan_burst: int = 800
+    """`TICKETING_CALLER_SCAN_BURST`: scans one caller may make at once above its rate."""
+    caller_max_gates: int = 32
+    """`TICKETING_CALLER_MAX_GATES`: distinct gate names one caller may keep busy at once (a
+    gate name is forgotten once idle long enough for its bucket to be full again)."""
+    doors_open_lead_seconds: int = 3 * 3600
+    """`TICKETING_DOORS_OPEN_LEAD`: gates open this long before start when an event sets no
+    doors_open_time."""
+    default_event_duration_seconds: int = 4 * 3600
+    """`TICKETING_DEFAULT_EVENT_DURATION`: gates close this long after start when an event
+    sets no end_time."""
 
     @property
     def tls_enabled(self) -> bool:
@@ -134,4 +148,11 @@ class Settings:
             grace_seconds=_int(env, "TICKETING_SHUTDOWN_GRACE", 10, 0, 600),
             gate_scan_rate=_int(env, "TICKETING_GATE_SCAN_RATE", 100, 1, 1_000_000),
             gate_scan_burst=_int(env, "TICKETING_GATE_SCAN_BURST", 200, 1, 1_000_000),
+            caller_scan_rate=_int(env, "TICKETING_CALLER_SCAN_RATE", 400, 1, 1_000_000),
+            caller_scan_burst=_int(env, "TICKETING_CALLER_SCAN_BURST", 800, 1, 1_000_000),
+            caller_max_gates=_int(env, "TICKETING_CALLER_MAX_GATES", 32, 1, 100_000),
+            doors_open_lead_seconds=_int(env, "TICKETING_DOORS_OPEN_LEAD", 3 * 3600, 0, 7 * 86400),
+            default_event_duration_seconds=_int(
+                env, "TICKETING_DEFAULT_EVENT_DURATION", 4 * 3600, 60, 30 * 86400
+            ),
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 
 from ticketd.errors import NotFound, Reason, not_found
@@ -18,3 +20,15 @@ class SectionKind(StrEnum):
 def event_not_found(event_id: uuid.UUID) -> NotFound:
     """NOT_FOUND for an event id: booking and gates refer to events too."""
     return not_found(Reason.EVENT_NOT_FOUND, "event", event_id=event_id)
+
+
+@dataclass(frozen=True)
+class ScanWindowDefaults:
+    """The server's defaults for an event's scan window, passed to the SQL function
+    `gate_window` (migration 0005), the one definition of the window: gates and events both
+    judge it there."""
+
+    doors_open_lead: dt.timedelta
+    """Gates open this long before start when the event sets no doors_open_time."""
+    default_duration: dt.timedelta
+    """Gates close this long after start when the event sets no end_time."""

@@ -1,4 +1,4 @@
-"""ticketctl events create / list / show / cancel / seats."""
+"""ticketctl events create / list / show / cancel / seats / update / staff."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 import zoneinfo
 from collections.abc import Sequence
 
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.markup import escape
 from rich.table import Table
@@ -140,6 +141,8 @@ def print_event(event: event_pb2.Event) -> None:
     if event.HasField("end_time"):
         when += f" until {show_time(event.end_time, event.time_zone)}"
     console.print(f"  start: {when}")
+    if event.HasField("doors_open_time"):
+        console.print(f"  doors open: {show_time(event.doors_open_time, event.time_zone)}")
     limits = f"at most {event.max_tickets_per_order} per order"
     if event.HasField("max_tickets_per_customer"):
         limits += f", {event.max_tickets_per_customer} per customer"
@@ -200,6 +203,8 @@ async def cmd_events_create(args: argparse.Namespace) -> int:
         )
         if args.end:
             request.end_time.CopyFrom(parse_time(args.end, zone, "--end"))
+        if args.doors:
+            request.doors_open_time.CopyFrom(parse_time(args.doors, zone, "--doors"))
         if args.max_per_customer is not None:
             request.max_tickets_per_customer = args.max_per_customer
         resp = await client.events.CreateEvent(request, timeout=CREATE_EVENT_TIMEOUT_SECONDS)
@@ -260,6 +265,90 @@ async def cmd_events_cancel(args: argparse.Namespace) -> int:
         )
     console.print("event cancelled:")
     print_event(resp.event)
+    return 0
+
+
+async def cmd_events_update(args: argparse.Namespace) -> int:
+    """`events update ID [--doors T | --clear-doors] [--end T | --clear-end]` (owner or ADMIN)."""
+    if (args.doors and args.clear_doors) or (args.end and args.clear_end):
+        raise CliError("give a time or --clear-..., not both")
+    paths: list[str] = []
+    async with open_client(args) as client:
+        current = (
+            await client.events.GetEvent(event_pb2.GetEventRequest(event_id=args.event_id))
+        ).event
+        # Like `events create`: a time without an offset is wall-clock time at the venue.
+        zone = _zone(current.time_zone)
+        change = event_pb2.Event(id=current.id)
+        if args.doors or args.clear_doors:
+            paths.append("doors_open_time")
+            if args.doors:
+                change.doors_open_time.CopyFrom(parse_time(args.doors, zone, "--doors"))
+        if args.end or args.clear_end:
+            paths.append("end_time")
+            if args.end:
+                change.end_time.CopyFrom(parse_time(args.end, zone, "--end"))
+        if not paths:
+            raise CliError("nothing to change: give --doors, --end, --clear-doors or --clear-end")
+        resp = await client.events.UpdateEvent(
+            event_pb2.UpdateEventRequest(event=change, update_mask=FieldMask(paths=paths))
+        )
+    console.print("event updated:")
+    print_event(resp.event)
+    return 0
+
+
+def _print_staff(staff: Sequence[event_pb2.StaffMember], time_zone: str) -> None:
+    table = Table("user id", "email", "name", "assigned")
+    for s in staff:
+        table.add_row(
+            s.user_id, escape(s.email), escape(s.display_name), show_time(s.assign_time, time_zone)
+        )
+    console.print(table)
+
+
+async def cmd_events_staff_add(args: argparse.Namespace) -> int:
+    """`events staff add EVENT USER_ID`: let an entry manager work the event's gates."""
+    async with open_client(args) as client:
+        resp = await client.events.AssignStaff(
+            event_pb2.AssignStaffRequest(event_id=args.event_id, user_id=args.user_id)
+        )
+    s = resp.staff
+    console.print(f"{escape(s.email)} ({s.user_id}) may work the gates of event {s.event_id}")
+    return 0
+
+
+async def cmd_events_staff_remove(args: argparse.Namespace) -> int:
+    """`events staff remove EVENT USER_ID`: takes effect on that user's next call."""
+    async with open_client(args) as client:
+        resp = await client.events.UnassignStaff(
+            event_pb2.UnassignStaffRequest(event_id=args.event_id, user_id=args.user_id)
+        )
+    if resp.removed:
+        console.print(f"{args.user_id} no longer works the gates of event {args.event_id}")
+    else:
+        console.print(f"{args.user_id} was not assigned to event {args.event_id}; nothing changed")
+    return 0
+
+
+async def cmd_events_staff_list(args: argparse.Namespace) -> int:
+    """`events staff list EVENT`: everyone assigned to the event's gates."""
+    staff: list[event_pb2.StaffMember] = []
+    token = ""
+    async with open_client(args) as client:
+        event = (
+            await client.events.GetEvent(event_pb2.GetEventRequest(event_id=args.event_id))
+        ).event
+        while True:
+            resp = await client.events.ListStaff(
+                event_pb2.ListStaffRequest(event_id=event.id, page_size=1_000, page_token=token)
+            )
+            staff.extend(resp.staff)
+            token = resp.next_page_token
+            if not token:
+                break
+    _print_staff(staff, event.time_zone)
+    console.print(f"{len(staff)} assigned to {escape(event.name)}")
     return 0
 
 
@@ -329,7 +418,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--description")
     p.add_argument("--start", required=True, metavar="ISO8601", help="e.g. 2030-05-01T20:00")
-    p.add_argument("--end", metavar="ISO8601", help="optional; after --start")
+    p.add_argument("--end", metavar="ISO8601", help="optional; after --start (gates close then)")
+    p.add_argument(
+        "--doors",
+        metavar="ISO8601",
+        help="optional; before --start: gates admit from then (default: the server's lead)",
+    )
     p.add_argument("--currency", required=True, metavar="CODE", help="ISO 4217, e.g. EUR")
     p.add_argument(
         "--price",
@@ -395,3 +489,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_target_args(p)
     p.set_defaults(handler=cmd_events_seats)
+
+    p = events_sub.add_parser(
+        "update",
+        help="change when the gates open (--doors) and close (--end) (owner or ADMIN)",
+        description="Times without an offset are wall-clock times at the venue. --clear-doors "
+        "and --clear-end go back to the server's defaults (a lead before start; start plus a "
+        "default duration).",
+    )
+    p.add_argument("event_id")
+    p.add_argument("--doors", metavar="ISO8601", help="gates admit from then; before the start")
+    p.add_argument("--clear-doors", action="store_true", help="use the server's default lead")
+    p.add_argument("--end", metavar="ISO8601", help="gates close then; after the start")
+    p.add_argument("--clear-end", action="store_true", help="use the server's default duration")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_events_update)
+
+    staff = events_sub.add_parser(
+        "staff", help="who may scan at an event's gates (owner or ADMIN manage it)"
+    )
+    staff_sub = staff.add_subparsers(dest="staff_command", required=True)
+    for name, handler, text in (
+        ("add", cmd_events_staff_add, "assign an ENTRY_MANAGER (their id: `ticketctl whoami`)"),
+        ("remove", cmd_events_staff_remove, "unassign; applies to their next call"),
+    ):
+        p = staff_sub.add_parser(name, help=text)
+        p.add_argument("event_id")
+        p.add_argument("user_id")
+        add_target_args(p)
+        p.set_defaults(handler=handler)
+    p = staff_sub.add_parser("list", help="list the event's gate staff")
+    p.add_argument("event_id")
+    add_target_args(p)
+    p.set_defaults(handler=cmd_events_staff_list)

@@ -7,11 +7,12 @@ Usage:
 
 It waits (up to --connect-timeout) for the server's health to say SERVING, signs in as an
 entry manager (TICKETING_TOKEN, or TICKETING_KIOSK_EMAIL and TICKETING_KIOSK_PASSWORD, or the
-`ticketctl login` session, `ticketing.session`), reads one code per line from stdin (a
-barcode scanner types like a keyboard) or `--input`, and for each shows ADMIT or REJECT with
-the reason and the seat, plus running counts. Empty lines are skipped; bad codes, refusals
-and even an unreachable server never stop the loop. It stops on end of input, Ctrl-C or
-SIGTERM, prints a summary and exits 0.
+`ticketctl login` session, `ticketing.session`), checks that the account is assigned to the
+event's gates (`ticketctl events staff add`; else it exits 1 saying so before any scan), reads
+one code per line from stdin (a barcode scanner types like a keyboard) or `--input`, and for
+each shows ADMIT or REJECT with the reason and the seat, plus running counts. Empty lines are
+skipped; bad codes, refusals and even an unreachable server never stop the loop. It stops on
+end of input, Ctrl-C or SIGTERM, prints a summary and exits 0.
 
 Every scan gets a fresh scan_id (uuid4). Calls have a 3 s deadline; UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED are retried with the same scan_id and a

@@ -27,6 +27,7 @@ from ticketing.kiosk.signin import (
     EXIT_USAGE,
     Credentials,
     StartupError,
+    check_assignment,
     credentials_from_env,
     load_event,
     sign_in,
@@ -55,8 +56,9 @@ credentials (first found): TICKETING_TOKEN; TICKETING_KIOSK_EMAIL + TICKETING_KI
 (also used to sign in again when the token expires); the `ticketctl login` session.
 
 exit codes: 0 closed normally (end of input, Ctrl-C, SIGTERM); 1 refused at start (bad
-credentials, not an entry manager, unknown event, journal in use); 2 usage; 3 server
-unreachable at start; 4 journal could not be written (no scan is sent unjournaled).
+credentials, not an entry manager, not assigned to the event, unknown event, journal in
+use); 2 usage; 3 server unreachable at start; 4 journal could not be written (no scan is
+sent unjournaled).
 """
 
 
@@ -204,6 +206,7 @@ async def run(args: argparse.Namespace, renderer: Renderer, stream: BinaryIO) ->
         )
         user = await sign_in(client, credentials)
         event = await load_event(client, args.event)
+        await check_assignment(client, event, user)
         path = Path(args.journal) if args.journal else default_journal_path(event.id, args.gate)
         try:
             journal = Journal.open(path)
@@ -270,7 +273,7 @@ async def _serve(
     if journal.damaged_lines:
         renderer.warning(f"journal has {journal.damaged_lines} unreadable line(s); skipped")
     if event.cancel_time.seconds:
-        renderer.warning("this event is CANCELLED: every ticket scans VOID")
+        renderer.warning("this event is CANCELLED: every scan is refused (EVENT_CANCELLED)")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

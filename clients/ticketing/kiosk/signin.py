@@ -26,7 +26,7 @@ from ticketing.client import Client
 from ticketing.errors import TicketingError, ticketing_errors
 from ticketing.kiosk.health import UNREACHABLE, check_gate_service
 from ticketing.session import load_session, session_path
-from ticketing.v1 import auth_pb2, common_pb2, event_pb2
+from ticketing.v1 import auth_pb2, common_pb2, event_pb2, gate_pb2
 
 # Exit codes (documented in main's --help).
 EXIT_REFUSED = 1
@@ -168,3 +168,19 @@ def _failed(what: str, err: TicketingError) -> StartupError:
     exit_code = EXIT_UNREACHABLE if err.code in UNREACHABLE else EXIT_REFUSED
     reason = f" ({err.reason})" if err.reason else ""
     return StartupError(f"{what}: {err.code.name}{reason}: {err.message}", exit_code)
+
+
+async def check_assignment(client: Client, event: event_pb2.Event, user: common_pb2.User) -> None:
+    """StartupError unless this account may work the event's gates: an ENTRY_MANAGER must be
+    assigned to it (EventService.AssignStaff). One cheap call, the newest scan of the log,
+    which the server allows exactly to those who may also scan there."""
+    try:
+        with ticketing_errors():
+            await client.gate.ListScans(gate_pb2.ListScansRequest(event_id=event.id, page_size=1))
+    except TicketingError as err:
+        if err.code == grpc.StatusCode.PERMISSION_DENIED:
+            raise StartupError(
+                f"{user.email} is not assigned to the gates of {event.name!r} ({event.id}): "
+                f"its organizer runs `ticketctl events staff add {event.id} {user.id}`"
+            ) from None
+        raise _failed("cannot check the gate assignment", err) from None

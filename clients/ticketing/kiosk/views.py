@@ -19,7 +19,9 @@ class Outcome(StrEnum):
     VOID = "VOID"
     WRONG_EVENT = "WRONG_EVENT"
     UNKNOWN_CODE = "UNKNOWN_CODE"
-    NOT_OPEN = "NOT_OPEN"
+    NOT_YET_OPEN = "NOT_YET_OPEN"
+    EVENT_OVER = "EVENT_OVER"
+    EVENT_CANCELLED = "EVENT_CANCELLED"
     # Refused by the server as malformed (INVALID_ARGUMENT): not in the server's scan log.
     INVALID = "INVALID"
     # Any other refusal (PERMISSION_DENIED, UNAUTHENTICATED, INTERNAL...): not admitted.
@@ -34,7 +36,9 @@ FROM_PROTO: dict[int, Outcome] = {
     gate_pb2.VALIDATION_RESULT_VOID: Outcome.VOID,
     gate_pb2.VALIDATION_RESULT_WRONG_EVENT: Outcome.WRONG_EVENT,
     gate_pb2.VALIDATION_RESULT_UNKNOWN_CODE: Outcome.UNKNOWN_CODE,
-    gate_pb2.VALIDATION_RESULT_NOT_OPEN: Outcome.NOT_OPEN,
+    gate_pb2.VALIDATION_RESULT_NOT_YET_OPEN: Outcome.NOT_YET_OPEN,
+    gate_pb2.VALIDATION_RESULT_EVENT_OVER: Outcome.EVENT_OVER,
+    gate_pb2.VALIDATION_RESULT_EVENT_CANCELLED: Outcome.EVENT_CANCELLED,
 }
 
 
@@ -104,7 +108,11 @@ def reason_text(
             return "WRONG EVENT"
         case Outcome.UNKNOWN_CODE:
             return "UNKNOWN CODE"
-        case Outcome.NOT_OPEN:
+        case Outcome.EVENT_OVER:
+            return "EVENT OVER: the gates are closed"
+        case Outcome.EVENT_CANCELLED:
+            return "EVENT CANCELLED: nobody is admitted"
+        case Outcome.NOT_YET_OPEN:
             if doors_open_time is None:
                 return "DOORS NOT OPEN"
             local = doors_open_time.astimezone()
@@ -167,7 +175,9 @@ REJECTIONS = (
     Outcome.VOID,
     Outcome.WRONG_EVENT,
     Outcome.UNKNOWN_CODE,
-    Outcome.NOT_OPEN,
+    Outcome.NOT_YET_OPEN,
+    Outcome.EVENT_OVER,
+    Outcome.EVENT_CANCELLED,
     Outcome.INVALID,
     Outcome.ERROR,
 )

@@ -28,7 +28,10 @@ Scenarios (every booking goes through the public BookSeats RPC, as a signed-in c
 The server bounds scans per gate (``TICKETING_GATE_SCAN_RATE``, 100/s with a burst of 200, per
 server process). In an open loop the harness spreads scans over enough gates to stay at 80% of
 that; in a closed loop it uses 16 gates. Scans above the bound are refused with
-RESOURCE_EXHAUSTED/SCAN_RATE_EXCEEDED and counted as errors.
+RESOURCE_EXHAUSTED/SCAN_RATE_EXCEEDED and counted as errors. It also bounds scans per account
+(``TICKETING_CALLER_SCAN_RATE``, 400/s): the gate staff (up to 16 accounts) share the gates
+round-robin, so one account stays under it up to ~64 gates. The staff are assigned to the
+event (an entry manager scans only at its events) and a created event opens its doors at once.
 
 Exit status: 0 when every invariant holds, 1 when the audit found a violation, 2 bad usage,
 3 when the run could not be carried out (server unreachable, admin refused).

@@ -29,6 +29,7 @@ from ticketing.rush.progress import live_progress
 from ticketing.rush.provision import (
     Accounts,
     TokenCache,
+    assign_gate_staff,
     create_event,
     default_token_cache,
     get_event,
@@ -327,6 +328,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         )
     else:
         event = await get_event(stubs[0], options.event_id)
+    await assign_gate_staff(stubs[0], accounts.admin, event.id, accounts.gate_staff)
     event_seconds = time.perf_counter() - setup_t0
     order_size = (
         min(options.order_size[0], event.max_tickets_per_order),

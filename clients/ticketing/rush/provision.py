@@ -341,6 +341,8 @@ async def create_event(
                 venue_id=venue.id,
                 name=f"Ticket rush {label}",
                 start_time=_days_from_now(30),
+                # Doors open at once: the gate scenarios scan now, not in 30 days.
+                doors_open_time=_days_from_now(0),
                 currency_code="EUR",
                 section_prices={s.id: 4_500 for s in venue.sections},
                 max_tickets_per_order=max_per_order,
@@ -349,6 +351,19 @@ async def create_event(
             timeout=SETUP_CALL_TIMEOUT_S,
         )
     ).event
+
+
+async def assign_gate_staff(
+    stubs: Stubs, admin: Account, event_id: str, staff: Sequence[Account]
+) -> None:
+    """Assign the run's gate staff to the event (idempotent): an ENTRY_MANAGER may scan only
+    at events it is assigned to."""
+    for account in staff:
+        await stubs.events.AssignStaff(
+            event_pb2.AssignStaffRequest(event_id=event_id, user_id=account.user_id),
+            metadata=admin.md,
+            timeout=SETUP_CALL_TIMEOUT_S,
+        )
 
 
 async def get_event(stubs: Stubs, event_id: str) -> event_pb2.Event:

@@ -134,6 +134,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The database does not answer; retry with backoff."""
     DB_POOL_EXHAUSTED: _ErrorReason.ValueType  # 34
     """The server is overloaded: no database connection free in time; retry with backoff."""
+    NOT_EVENT_STAFF: _ErrorReason.ValueType  # 100
+    """The caller is not staff of this event: an ENTRY_MANAGER acts only on the
+    events they are assigned to (EventService.AssignStaff).
+    """
+    NOT_ENTRY_MANAGER: _ErrorReason.ValueType  # 101
+    """AssignStaff: the user does not hold the ENTRY_MANAGER role."""
+    EVENT_OVER: _ErrorReason.ValueType  # 102
+    """The event's scan window is over (end_time, or start plus the default duration)."""
+    TOO_MANY_GATES: _ErrorReason.ValueType  # 103
+    """Too many distinct gate names used by one caller at once; metadata "max"."""
     RESPONSE_TOO_LARGE: _ErrorReason.ValueType  # 300
     """The answer to this request would be larger than the transport limit
     (TICKETING_MAX_MESSAGE_BYTES). On a create or update (INVALID_ARGUMENT, metadata
@@ -224,6 +234,16 @@ DB_UNAVAILABLE: ErrorReason.ValueType  # 33
 """The database does not answer; retry with backoff."""
 DB_POOL_EXHAUSTED: ErrorReason.ValueType  # 34
 """The server is overloaded: no database connection free in time; retry with backoff."""
+NOT_EVENT_STAFF: ErrorReason.ValueType  # 100
+"""The caller is not staff of this event: an ENTRY_MANAGER acts only on the
+events they are assigned to (EventService.AssignStaff).
+"""
+NOT_ENTRY_MANAGER: ErrorReason.ValueType  # 101
+"""AssignStaff: the user does not hold the ENTRY_MANAGER role."""
+EVENT_OVER: ErrorReason.ValueType  # 102
+"""The event's scan window is over (end_time, or start plus the default duration)."""
+TOO_MANY_GATES: ErrorReason.ValueType  # 103
+"""Too many distinct gate names used by one caller at once; metadata "max"."""
 RESPONSE_TOO_LARGE: ErrorReason.ValueType  # 300
 """The answer to this request would be larger than the transport limit
 (TICKETING_MAX_MESSAGE_BYTES). On a create or update (INVALID_ARGUMENT, metadata

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from ticketing.v1 import venue_pb2 as ticketing_dot_v1_dot_venue__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ticketing/v1/event.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ticketing/v1/venue.proto\"\xad\x01\n\x0c\x45ventSection\x12\x12\n\nsection_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.ticketing.v1.SectionKind\x12\x13\n\x0bprice_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x17\n\x0f\x61vailable_count\x18\x06 \x01(\x05\x12\x12\n\nsold_count\x18\x07 \x01(\x05\"\xa3\x05\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08venue_id\x18\x02 \x01(\t\x12\x14\n\x0corganizer_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcurrency_code\x18\x08 \x01(\t\x12,\n\x08sections\x18\t \x03(\x0b\x32\x1a.ticketing.v1.EventSection\x12\x1d\n\x15max_tickets_per_order\x18\n \x01(\x05\x12%\n\x18max_tickets_per_customer\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12)\n\x06status\x18\x0c \x01(\x0e\x32\x19.ticketing.v1.EventStatus\x12\x15\n\rcancel_reason\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63\x61ncel_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61pacity\x18\x10 \x01(\x05\x12\x17\n\x0f\x61vailable_count\x18\x11 \x01(\x05\x12\x12\n\nsold_count\x18\x12 \x01(\x05\x12\x12\n\nvenue_name\x18\x13 \x01(\t\x12\x11\n\ttime_zone\x18\x14 \x01(\t\x12\x33\n\x0f\x64oors_open_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x1b\n\x19_max_tickets_per_customer\"\xad\x01\n\x04Seat\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x11\n\trow_label\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\x05\x12\r\n\x05label\x18\x05 \x01(\t\x12\x13\n\x0bprice_minor\x18\x06 \x01(\x03\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.ticketing.v1.SeatStatus\x12\x14\n\x0csection_name\x18\x08 \x01(\t\"\x84\x04\n\x12\x43reateEventRequest\x12\x10\n\x08venue_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12K\n\x0esection_prices\x18\x07 \x03(\x0b\x32\x33.ticketing.v1.CreateEventRequest.SectionPricesEntry\x12(\n\x15max_tickets_per_order\x18\x08 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01\x12\x31\n\x18max_tickets_per_customer\x18\t \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x01H\x00\x88\x01\x01\x12\x33\n\x0f\x64oors_open_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x1a\x34\n\x12SectionPricesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x1b\n\x19_max_tickets_per_customer\"9\n\x13\x43reateEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"6\n\x10GetEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\"\xe9\x01\n\x11ListEventsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08venue_id\x18\x03 \x01(\t\x12\x14\n\x0corganizer_id\x18\x04 \x01(\t\x12/\n\x0bstart_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cstart_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11include_cancelled\x18\x07 \x01(\x08\"R\n\x12ListEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x10ListSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.ticketing.v1.SeatStatus\x12\x1a\n\tpage_size\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x05 \x01(\t\"O\n\x11ListSeatsResponse\x12!\n\x05seats\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.Seat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x91\x01\n\x13\x43\x61ncelEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\x12\x1c\n\x14refunded_order_count\x18\x02 \x01(\x05\x12\x1c\n\x14\x61ttended_order_count\x18\x03 \x01(\x05\x12\x1a\n\x12\x61ttended_order_ids\x18\x04 \x03(\t*{\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_STATUS_ON_SALE\x10\x01\x12\x18\n\x14\x45VENT_STATUS_STARTED\x10\x02\x12\x1a\n\x16\x45VENT_STATUS_CANCELLED\x10\x03*Z\n\nSeatStatus\x12\x1b\n\x17SEAT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SEAT_STATUS_AVAILABLE\x10\x01\x12\x14\n\x10SEAT_STATUS_SOLD\x10\x02\x32\xa0\x03\n\x0c\x45ventService\x12R\n\x0b\x43reateEvent\x12 .ticketing.v1.CreateEventRequest\x1a!.ticketing.v1.CreateEventResponse\x12I\n\x08GetEvent\x12\x1d.ticketing.v1.GetEventRequest\x1a\x1e.ticketing.v1.GetEventResponse\x12O\n\nListEvents\x12\x1f.ticketing.v1.ListEventsRequest\x1a .ticketing.v1.ListEventsResponse\x12L\n\tListSeats\x12\x1e.ticketing.v1.ListSeatsRequest\x1a\x1f.ticketing.v1.ListSeatsResponse\x12R\n\x0b\x43\x61ncelEvent\x12 .ticketing.v1.CancelEventRequest\x1a!.ticketing.v1.CancelEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ticketing/v1/event.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ticketing/v1/venue.proto\"\xad\x01\n\x0c\x45ventSection\x12\x12\n\nsection_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.ticketing.v1.SectionKind\x12\x13\n\x0bprice_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x17\n\x0f\x61vailable_count\x18\x06 \x01(\x05\x12\x12\n\nsold_count\x18\x07 \x01(\x05\"\xa3\x05\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08venue_id\x18\x02 \x01(\t\x12\x14\n\x0corganizer_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcurrency_code\x18\x08 \x01(\t\x12,\n\x08sections\x18\t \x03(\x0b\x32\x1a.ticketing.v1.EventSection\x12\x1d\n\x15max_tickets_per_order\x18\n \x01(\x05\x12%\n\x18max_tickets_per_customer\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12)\n\x06status\x18\x0c \x01(\x0e\x32\x19.ticketing.v1.EventStatus\x12\x15\n\rcancel_reason\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63\x61ncel_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61pacity\x18\x10 \x01(\x05\x12\x17\n\x0f\x61vailable_count\x18\x11 \x01(\x05\x12\x12\n\nsold_count\x18\x12 \x01(\x05\x12\x12\n\nvenue_name\x18\x13 \x01(\t\x12\x11\n\ttime_zone\x18\x14 \x01(\t\x12\x33\n\x0f\x64oors_open_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x1b\n\x19_max_tickets_per_customer\"\xad\x01\n\x04Seat\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x11\n\trow_label\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\x05\x12\r\n\x05label\x18\x05 \x01(\t\x12\x13\n\x0bprice_minor\x18\x06 \x01(\x03\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.ticketing.v1.SeatStatus\x12\x14\n\x0csection_name\x18\x08 \x01(\t\"\x84\x04\n\x12\x43reateEventRequest\x12\x10\n\x08venue_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12K\n\x0esection_prices\x18\x07 \x03(\x0b\x32\x33.ticketing.v1.CreateEventRequest.SectionPricesEntry\x12(\n\x15max_tickets_per_order\x18\x08 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01\x12\x31\n\x18max_tickets_per_customer\x18\t \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x01H\x00\x88\x01\x01\x12\x33\n\x0f\x64oors_open_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x1a\x34\n\x12SectionPricesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x1b\n\x19_max_tickets_per_customer\"9\n\x13\x43reateEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"6\n\x10GetEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\"\xe9\x01\n\x11ListEventsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08venue_id\x18\x03 \x01(\t\x12\x14\n\x0corganizer_id\x18\x04 \x01(\t\x12/\n\x0bstart_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cstart_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11include_cancelled\x18\x07 \x01(\x08\"R\n\x12ListEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x10ListSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.ticketing.v1.SeatStatus\x12\x1a\n\tpage_size\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x05 \x01(\t\"O\n\x11ListSeatsResponse\x12!\n\x05seats\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.Seat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x91\x01\n\x13\x43\x61ncelEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\x12\x1c\n\x14refunded_order_count\x18\x02 \x01(\x05\x12\x1c\n\x14\x61ttended_order_count\x18\x03 \x01(\x05\x12\x1a\n\x12\x61ttended_order_ids\x18\x04 \x03(\t\"i\n\x12UpdateEventRequest\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x13UpdateEventResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Event\"\x9b\x01\n\x0bStaffMember\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12/\n\x0b\x61ssign_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61ssigned_by\x18\x06 \x01(\t\"7\n\x12\x41ssignStaffRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"?\n\x13\x41ssignStaffResponse\x12(\n\x05staff\x18\x01 \x01(\x0b\x32\x19.ticketing.v1.StaffMember\"9\n\x14UnassignStaffRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"(\n\x15UnassignStaffResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"T\n\x10ListStaffRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x11ListStaffResponse\x12(\n\x05staff\x18\x01 \x03(\x0b\x32\x19.ticketing.v1.StaffMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*{\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_STATUS_ON_SALE\x10\x01\x12\x18\n\x14\x45VENT_STATUS_STARTED\x10\x02\x12\x1a\n\x16\x45VENT_STATUS_CANCELLED\x10\x03*Z\n\nSeatStatus\x12\x1b\n\x17SEAT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SEAT_STATUS_AVAILABLE\x10\x01\x12\x14\n\x10SEAT_STATUS_SOLD\x10\x02\x32\xf0\x05\n\x0c\x45ventService\x12R\n\x0b\x43reateEvent\x12 .ticketing.v1.CreateEventRequest\x1a!.ticketing.v1.CreateEventResponse\x12I\n\x08GetEvent\x12\x1d.ticketing.v1.GetEventRequest\x1a\x1e.ticketing.v1.GetEventResponse\x12O\n\nListEvents\x12\x1f.ticketing.v1.ListEventsRequest\x1a .ticketing.v1.ListEventsResponse\x12L\n\tListSeats\x12\x1e.ticketing.v1.ListSeatsRequest\x1a\x1f.ticketing.v1.ListSeatsResponse\x12R\n\x0b\x43\x61ncelEvent\x12 .ticketing.v1.CancelEventRequest\x1a!.ticketing.v1.CancelEventResponse\x12R\n\x0bUpdateEvent\x12 .ticketing.v1.UpdateEventRequest\x1a!.ticketing.v1.UpdateEventResponse\x12R\n\x0b\x41ssignStaff\x12 .ticketing.v1.AssignStaffRequest\x1a!.ticketing.v1.AssignStaffResponse\x12X\n\rUnassignStaff\x12\".ticketing.v1.UnassignStaffRequest\x1a#.ticketing.v1.UnassignStaffResponse\x12L\n\tListStaff\x12\x1e.ticketing.v1.ListStaffRequest\x1a\x1f.ticketing.v1.ListStaffResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,38 +45,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_LISTSEATSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTSEATSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
-  _globals['_EVENTSTATUS']._serialized_start=2585
-  _globals['_EVENTSTATUS']._serialized_end=2708
-  _globals['_SEATSTATUS']._serialized_start=2710
-  _globals['_SEATSTATUS']._serialized_end=2800
-  _globals['_EVENTSECTION']._serialized_start=131
-  _globals['_EVENTSECTION']._serialized_end=304
-  _globals['_EVENT']._serialized_start=307
-  _globals['_EVENT']._serialized_end=982
-  _globals['_SEAT']._serialized_start=985
-  _globals['_SEAT']._serialized_end=1158
-  _globals['_CREATEEVENTREQUEST']._serialized_start=1161
-  _globals['_CREATEEVENTREQUEST']._serialized_end=1677
-  _globals['_CREATEEVENTREQUEST_SECTIONPRICESENTRY']._serialized_start=1596
-  _globals['_CREATEEVENTREQUEST_SECTIONPRICESENTRY']._serialized_end=1648
-  _globals['_CREATEEVENTRESPONSE']._serialized_start=1679
-  _globals['_CREATEEVENTRESPONSE']._serialized_end=1736
-  _globals['_GETEVENTREQUEST']._serialized_start=1738
-  _globals['_GETEVENTREQUEST']._serialized_end=1773
-  _globals['_GETEVENTRESPONSE']._serialized_start=1775
-  _globals['_GETEVENTRESPONSE']._serialized_end=1829
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1832
-  _globals['_LISTEVENTSREQUEST']._serialized_end=2065
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=2067
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=2149
-  _globals['_LISTSEATSREQUEST']._serialized_start=2152
-  _globals['_LISTSEATSREQUEST']._serialized_end=2298
-  _globals['_LISTSEATSRESPONSE']._serialized_start=2300
-  _globals['_LISTSEATSRESPONSE']._serialized_end=2379
-  _globals['_CANCELEVENTREQUEST']._serialized_start=2381
-  _globals['_CANCELEVENTREQUEST']._serialized_end=2435
-  _globals['_CANCELEVENTRESPONSE']._serialized_start=2438
-  _globals['_CANCELEVENTRESPONSE']._serialized_end=2583
-  _globals['_EVENTSERVICE']._serialized_start=2803
-  _globals['_EVENTSERVICE']._serialized_end=3219
+  _globals['_LISTSTAFFREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTSTAFFREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_EVENTSTATUS']._serialized_start=3340
+  _globals['_EVENTSTATUS']._serialized_end=3463
+  _globals['_SEATSTATUS']._serialized_start=3465
+  _globals['_SEATSTATUS']._serialized_end=3555
+  _globals['_EVENTSECTION']._serialized_start=165
+  _globals['_EVENTSECTION']._serialized_end=338
+  _globals['_EVENT']._serialized_start=341
+  _globals['_EVENT']._serialized_end=1016
+  _globals['_SEAT']._serialized_start=1019
+  _globals['_SEAT']._serialized_end=1192
+  _globals['_CREATEEVENTREQUEST']._serialized_start=1195
+  _globals['_CREATEEVENTREQUEST']._serialized_end=1711
+  _globals['_CREATEEVENTREQUEST_SECTIONPRICESENTRY']._serialized_start=1630
+  _globals['_CREATEEVENTREQUEST_SECTIONPRICESENTRY']._serialized_end=1682
+  _globals['_CREATEEVENTRESPONSE']._serialized_start=1713
+  _globals['_CREATEEVENTRESPONSE']._serialized_end=1770
+  _globals['_GETEVENTREQUEST']._serialized_start=1772
+  _globals['_GETEVENTREQUEST']._serialized_end=1807
+  _globals['_GETEVENTRESPONSE']._serialized_start=1809
+  _globals['_GETEVENTRESPONSE']._serialized_end=1863
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1866
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2099
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2101
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2183
+  _globals['_LISTSEATSREQUEST']._serialized_start=2186
+  _globals['_LISTSEATSREQUEST']._serialized_end=2332
+  _globals['_LISTSEATSRESPONSE']._serialized_start=2334
+  _globals['_LISTSEATSRESPONSE']._serialized_end=2413
+  _globals['_CANCELEVENTREQUEST']._serialized_start=2415
+  _globals['_CANCELEVENTREQUEST']._serialized_end=2469
+  _globals['_CANCELEVENTRESPONSE']._serialized_start=2472
+  _globals['_CANCELEVENTRESPONSE']._serialized_end=2617
+  _globals['_UPDATEEVENTREQUEST']._serialized_start=2619
+  _globals['_UPDATEEVENTREQUEST']._serialized_end=2724
+  _globals['_UPDATEEVENTRESPONSE']._serialized_start=2726
+  _globals['_UPDATEEVENTRESPONSE']._serialized_end=2783
+  _globals['_STAFFMEMBER']._serialized_start=2786
+  _globals['_STAFFMEMBER']._serialized_end=2941
+  _globals['_ASSIGNSTAFFREQUEST']._serialized_start=2943
+  _globals['_ASSIGNSTAFFREQUEST']._serialized_end=2998
+  _globals['_ASSIGNSTAFFRESPONSE']._serialized_start=3000
+  _globals['_ASSIGNSTAFFRESPONSE']._serialized_end=3063
+  _globals['_UNASSIGNSTAFFREQUEST']._serialized_start=3065
+  _globals['_UNASSIGNSTAFFREQUEST']._serialized_end=3122
+  _globals['_UNASSIGNSTAFFRESPONSE']._serialized_start=3124
+  _globals['_UNASSIGNSTAFFRESPONSE']._serialized_end=3164
+  _globals['_LISTSTAFFREQUEST']._serialized_start=3166
+  _globals['_LISTSTAFFREQUEST']._serialized_end=3250
+  _globals['_LISTSTAFFRESPONSE']._serialized_start=3252
+  _globals['_LISTSTAFFRESPONSE']._serialized_end=3338
+  _globals['_EVENTSERVICE']._serialized_start=3558
+  _globals['_EVENTSERVICE']._serialized_end=4310
 # @@protoc_insertion_point(module_scope)

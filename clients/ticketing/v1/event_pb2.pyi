@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -200,7 +201,11 @@ class Event(_message.Message):
 
     @_builtins.property
     def doors_open_time(self) -> _timestamp_pb2.Timestamp:
-        """Optional: gates admit from this instant on (before it, scans are NOT_OPEN)."""
+        """Optional: gates admit from this instant on (before it, scans are
+        NOT_YET_OPEN). Unset: the server's TICKETING_DOORS_OPEN_LEAD before
+        start_time. Gates close at end_time, or start_time plus the server's
+        TICKETING_DEFAULT_EVENT_DURATION when end_time is unset.
+        """
 
     def __init__(
         self,
@@ -670,3 +675,263 @@ class CancelEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelEventResponse: _TypeAlias = CancelEventResponse  # noqa: Y015
+
+@_typing.final
+class UpdateEventRequest(_message.Message):
+    """UpdateEventRequest names an event and the fields to change (AIP-134)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event: `id` names it; the fields named in update_mask are taken from
+        it, everything else is ignored.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change: "doors_open_time", "end_time", or "*" for both.
+        A field named here but unset in `event` is cleared (the server's default
+        applies). Empty: the updatable fields that are set in `event`. Any other
+        path is INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateEventRequest: _TypeAlias = UpdateEventRequest  # noqa: Y015
+
+@_typing.final
+class UpdateEventResponse(_message.Message):
+    """UpdateEventResponse holds the changed event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event as stored now."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateEventResponse: _TypeAlias = UpdateEventResponse  # noqa: Y015
+
+@_typing.final
+class StaffMember(_message.Message):
+    """StaffMember is one user assigned to work the gates of one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ASSIGN_TIME_FIELD_NUMBER: _builtins.int
+    ASSIGNED_BY_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    user_id: _builtins.str
+    """The assigned user (an ENTRY_MANAGER when assigned)."""
+    email: _builtins.str
+    """Their sign-in email, so the organizer can tell who it is."""
+    display_name: _builtins.str
+    """Their display name."""
+    assigned_by: _builtins.str
+    """Who assigned them."""
+    @_builtins.property
+    def assign_time(self) -> _timestamp_pb2.Timestamp:
+        """When they were assigned (database clock)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        assign_time: _timestamp_pb2.Timestamp | None = ...,
+        assigned_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time", "assigned_by", b"assigned_by", "display_name", b"display_name", "email", b"email", "event_id", b"event_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaffMember: _TypeAlias = StaffMember  # noqa: Y015
+
+@_typing.final
+class AssignStaffRequest(_message.Message):
+    """AssignStaffRequest names the event and the entry manager."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    user_id: _builtins.str
+    """The user to assign; must hold the ENTRY_MANAGER role."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignStaffRequest: _TypeAlias = AssignStaffRequest  # noqa: Y015
+
+@_typing.final
+class AssignStaffResponse(_message.Message):
+    """AssignStaffResponse holds the assignment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def staff(self) -> Global___StaffMember:
+        """The assignment (the first one when it already existed)."""
+
+    def __init__(
+        self,
+        *,
+        staff: Global___StaffMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["staff", b"staff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["staff", b"staff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignStaffResponse: _TypeAlias = AssignStaffResponse  # noqa: Y015
+
+@_typing.final
+class UnassignStaffRequest(_message.Message):
+    """UnassignStaffRequest names the event and the staff member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    user_id: _builtins.str
+    """The user to unassign."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnassignStaffRequest: _TypeAlias = UnassignStaffRequest  # noqa: Y015
+
+@_typing.final
+class UnassignStaffResponse(_message.Message):
+    """UnassignStaffResponse says whether an assignment was removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.bool
+    """True when the user was assigned until this call; false when they were not."""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnassignStaffResponse: _TypeAlias = UnassignStaffResponse  # noqa: Y015
+
+@_typing.final
+class ListStaffRequest(_message.Message):
+    """ListStaffRequest pages one event's staff (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    page_size: _builtins.int
+    """0 means the default (100); above 1,000 is clamped; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """From a previous response for the same event; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStaffRequest: _TypeAlias = ListStaffRequest  # noqa: Y015
+
+@_typing.final
+class ListStaffResponse(_message.Message):
+    """ListStaffResponse holds one page of staff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAFF_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def staff(self) -> _containers.RepeatedCompositeFieldContainer[Global___StaffMember]:
+        """Staff ordered by user_id."""
+
+    def __init__(
+        self,
+        *,
+        staff: _abc.Iterable[Global___StaffMember] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "staff", b"staff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStaffResponse: _TypeAlias = ListStaffResponse  # noqa: Y015

@@ -64,6 +64,26 @@ class EventServiceStub:
                 request_serializer=ticketing_dot_v1_dot_event__pb2.CancelEventRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_event__pb2.CancelEventResponse.FromString,
                 _registered_method=True)
+        self.UpdateEvent = channel.unary_unary(
+                '/ticketing.v1.EventService/UpdateEvent',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.UpdateEventRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.UpdateEventResponse.FromString,
+                _registered_method=True)
+        self.AssignStaff = channel.unary_unary(
+                '/ticketing.v1.EventService/AssignStaff',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.AssignStaffRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.AssignStaffResponse.FromString,
+                _registered_method=True)
+        self.UnassignStaff = channel.unary_unary(
+                '/ticketing.v1.EventService/UnassignStaff',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.UnassignStaffRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.UnassignStaffResponse.FromString,
+                _registered_method=True)
+        self.ListStaff = channel.unary_unary(
+                '/ticketing.v1.EventService/ListStaff',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.ListStaffRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.ListStaffResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -129,6 +149,47 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateEvent(self, request, context):
+        """UpdateEvent changes the fields of an event named in update_mask (AIP-134):
+        doors_open_time and end_time, which bound the gates' scan window. The
+        owning organizer or ADMIN. The result is checked as CreateEvent checks it
+        (doors before start_time, end after start_time: INVALID_ARGUMENT). A
+        cancelled event is FAILED_PRECONDITION (EVENT_CANCELLED), and so is an
+        event whose scan window is over (EVENT_OVER, database clock). The change
+        applies to the next scan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignStaff(self, request, context):
+        """AssignStaff lets an ENTRY_MANAGER scan tickets of this event and read its
+        scan log and gate stats. The owning organizer or ADMIN. Idempotent:
+        assigning twice keeps the first assignment. An unknown user is NOT_FOUND
+        (USER_NOT_FOUND); a user without the ENTRY_MANAGER role is
+        FAILED_PRECONDITION (NOT_ENTRY_MANAGER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnassignStaff(self, request, context):
+        """UnassignStaff takes an event away from a staff member; it applies to
+        their next call, retries of earlier scans included. The owning organizer
+        or ADMIN. Idempotent: unassigning someone not assigned is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStaff(self, request, context):
+        """ListStaff pages through the staff assigned to an event, by user id.
+        The owning organizer or ADMIN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +217,26 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.CancelEvent,
                     request_deserializer=ticketing_dot_v1_dot_event__pb2.CancelEventRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_event__pb2.CancelEventResponse.SerializeToString,
+            ),
+            'UpdateEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEvent,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.UpdateEventRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.UpdateEventResponse.SerializeToString,
+            ),
+            'AssignStaff': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignStaff,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.AssignStaffRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.AssignStaffResponse.SerializeToString,
+            ),
+            'UnassignStaff': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnassignStaff,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.UnassignStaffRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.UnassignStaffResponse.SerializeToString,
+            ),
+            'ListStaff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStaff,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.ListStaffRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.ListStaffResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +379,114 @@ class EventService:
             '/ticketing.v1.EventService/CancelEvent',
             ticketing_dot_v1_dot_event__pb2.CancelEventRequest.SerializeToString,
             ticketing_dot_v1_dot_event__pb2.CancelEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/UpdateEvent',
+            ticketing_dot_v1_dot_event__pb2.UpdateEventRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.UpdateEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignStaff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/AssignStaff',
+            ticketing_dot_v1_dot_event__pb2.AssignStaffRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.AssignStaffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnassignStaff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/UnassignStaff',
+            ticketing_dot_v1_dot_event__pb2.UnassignStaffRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.UnassignStaffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStaff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/ListStaff',
+            ticketing_dot_v1_dot_event__pb2.ListStaffRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.ListStaffResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,31 @@ class EventServiceStub:
     Those orders stay CONFIRMED with their tickets unchanged and are reported in
     the response; a cancelled event's gates admit nobody.
     """
+    UpdateEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.UpdateEventRequest, _event_pb2.UpdateEventResponse]
+    """UpdateEvent changes the fields of an event named in update_mask (AIP-134):
+    doors_open_time and end_time, which bound the gates' scan window. The
+    owning organizer or ADMIN. The result is checked as CreateEvent checks it
+    (doors before start_time, end after start_time: INVALID_ARGUMENT). A
+    cancelled event is FAILED_PRECONDITION (EVENT_CANCELLED), and so is an
+    event whose scan window is over (EVENT_OVER, database clock). The change
+    applies to the next scan.
+    """
+    AssignStaff: _grpc.UnaryUnaryMultiCallable[_event_pb2.AssignStaffRequest, _event_pb2.AssignStaffResponse]
+    """AssignStaff lets an ENTRY_MANAGER scan tickets of this event and read its
+    scan log and gate stats. The owning organizer or ADMIN. Idempotent:
+    assigning twice keeps the first assignment. An unknown user is NOT_FOUND
+    (USER_NOT_FOUND); a user without the ENTRY_MANAGER role is
+    FAILED_PRECONDITION (NOT_ENTRY_MANAGER).
+    """
+    UnassignStaff: _grpc.UnaryUnaryMultiCallable[_event_pb2.UnassignStaffRequest, _event_pb2.UnassignStaffResponse]
+    """UnassignStaff takes an event away from a staff member; it applies to
+    their next call, retries of earlier scans included. The owning organizer
+    or ADMIN. Idempotent: unassigning someone not assigned is not an error.
+    """
+    ListStaff: _grpc.UnaryUnaryMultiCallable[_event_pb2.ListStaffRequest, _event_pb2.ListStaffResponse]
+    """ListStaff pages through the staff assigned to an event, by user id.
+    The owning organizer or ADMIN.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -116,6 +141,31 @@ class EventServiceAsyncStub(EventServiceStub):
     before the start): a used ticket is never voided and its order never refunded.
     Those orders stay CONFIRMED with their tickets unchanged and are reported in
     the response; a cancelled event's gates admit nobody.
+    """
+    UpdateEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.UpdateEventRequest, _event_pb2.UpdateEventResponse]  # type: ignore[assignment]
+    """UpdateEvent changes the fields of an event named in update_mask (AIP-134):
+    doors_open_time and end_time, which bound the gates' scan window. The
+    owning organizer or ADMIN. The result is checked as CreateEvent checks it
+    (doors before start_time, end after start_time: INVALID_ARGUMENT). A
+    cancelled event is FAILED_PRECONDITION (EVENT_CANCELLED), and so is an
+    event whose scan window is over (EVENT_OVER, database clock). The change
+    applies to the next scan.
+    """
+    AssignStaff: _aio.UnaryUnaryMultiCallable[_event_pb2.AssignStaffRequest, _event_pb2.AssignStaffResponse]  # type: ignore[assignment]
+    """AssignStaff lets an ENTRY_MANAGER scan tickets of this event and read its
+    scan log and gate stats. The owning organizer or ADMIN. Idempotent:
+    assigning twice keeps the first assignment. An unknown user is NOT_FOUND
+    (USER_NOT_FOUND); a user without the ENTRY_MANAGER role is
+    FAILED_PRECONDITION (NOT_ENTRY_MANAGER).
+    """
+    UnassignStaff: _aio.UnaryUnaryMultiCallable[_event_pb2.UnassignStaffRequest, _event_pb2.UnassignStaffResponse]  # type: ignore[assignment]
+    """UnassignStaff takes an event away from a staff member; it applies to
+    their next call, retries of earlier scans included. The owning organizer
+    or ADMIN. Idempotent: unassigning someone not assigned is not an error.
+    """
+    ListStaff: _aio.UnaryUnaryMultiCallable[_event_pb2.ListStaffRequest, _event_pb2.ListStaffResponse]  # type: ignore[assignment]
+    """ListStaff pages through the staff assigned to an event, by user id.
+    The owning organizer or ADMIN.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +238,55 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         before the start): a used ticket is never voided and its order never refunded.
         Those orders stay CONFIRMED with their tickets unchanged and are reported in
         the response; a cancelled event's gates admit nobody.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateEvent(
+        self,
+        request: _event_pb2.UpdateEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.UpdateEventResponse, _abc.Awaitable[_event_pb2.UpdateEventResponse]]:
+        """UpdateEvent changes the fields of an event named in update_mask (AIP-134):
+        doors_open_time and end_time, which bound the gates' scan window. The
+        owning organizer or ADMIN. The result is checked as CreateEvent checks it
+        (doors before start_time, end after start_time: INVALID_ARGUMENT). A
+        cancelled event is FAILED_PRECONDITION (EVENT_CANCELLED), and so is an
+        event whose scan window is over (EVENT_OVER, database clock). The change
+        applies to the next scan.
+        """
+
+    @_abc_1.abstractmethod
+    def AssignStaff(
+        self,
+        request: _event_pb2.AssignStaffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.AssignStaffResponse, _abc.Awaitable[_event_pb2.AssignStaffResponse]]:
+        """AssignStaff lets an ENTRY_MANAGER scan tickets of this event and read its
+        scan log and gate stats. The owning organizer or ADMIN. Idempotent:
+        assigning twice keeps the first assignment. An unknown user is NOT_FOUND
+        (USER_NOT_FOUND); a user without the ENTRY_MANAGER role is
+        FAILED_PRECONDITION (NOT_ENTRY_MANAGER).
+        """
+
+    @_abc_1.abstractmethod
+    def UnassignStaff(
+        self,
+        request: _event_pb2.UnassignStaffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.UnassignStaffResponse, _abc.Awaitable[_event_pb2.UnassignStaffResponse]]:
+        """UnassignStaff takes an event away from a staff member; it applies to
+        their next call, retries of earlier scans included. The owning organizer
+        or ADMIN. Idempotent: unassigning someone not assigned is not an error.
+        """
+
+    @_abc_1.abstractmethod
+    def ListStaff(
+        self,
+        request: _event_pb2.ListStaffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.ListStaffResponse, _abc.Awaitable[_event_pb2.ListStaffResponse]]:
+        """ListStaff pages through the staff assigned to an event, by user id.
+        The owning organizer or ADMIN.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

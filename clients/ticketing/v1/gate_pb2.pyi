@@ -38,8 +38,16 @@ class _ValidationResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Vali
     """A real ticket, but for another event. No details are returned."""
     VALIDATION_RESULT_UNKNOWN_CODE: _ValidationResult.ValueType  # 5
     """No ticket has this code."""
-    VALIDATION_RESULT_NOT_OPEN: _ValidationResult.ValueType  # 6
-    """Before the event's doors-open time."""
+    VALIDATION_RESULT_NOT_YET_OPEN: _ValidationResult.ValueType  # 6
+    """Before the event's scan window opens (doors_open_time, or the default lead
+    before start_time). Was VALIDATION_RESULT_NOT_OPEN (same number).
+    """
+    VALIDATION_RESULT_EVENT_OVER: _ValidationResult.ValueType  # 7
+    """The event's scan window has closed (end_time, or start_time plus the
+    default duration).
+    """
+    VALIDATION_RESULT_EVENT_CANCELLED: _ValidationResult.ValueType  # 8
+    """The event is cancelled: nobody is admitted."""
 
 class ValidationResult(_ValidationResult, metaclass=_ValidationResultEnumTypeWrapper):
     """ValidationResult is what the turnstile does with one scan."""
@@ -56,8 +64,16 @@ VALIDATION_RESULT_WRONG_EVENT: ValidationResult.ValueType  # 4
 """A real ticket, but for another event. No details are returned."""
 VALIDATION_RESULT_UNKNOWN_CODE: ValidationResult.ValueType  # 5
 """No ticket has this code."""
-VALIDATION_RESULT_NOT_OPEN: ValidationResult.ValueType  # 6
-"""Before the event's doors-open time."""
+VALIDATION_RESULT_NOT_YET_OPEN: ValidationResult.ValueType  # 6
+"""Before the event's scan window opens (doors_open_time, or the default lead
+before start_time). Was VALIDATION_RESULT_NOT_OPEN (same number).
+"""
+VALIDATION_RESULT_EVENT_OVER: ValidationResult.ValueType  # 7
+"""The event's scan window has closed (end_time, or start_time plus the
+default duration).
+"""
+VALIDATION_RESULT_EVENT_CANCELLED: ValidationResult.ValueType  # 8
+"""The event is cancelled: nobody is admitted."""
 Global___ValidationResult: _TypeAlias = ValidationResult  # noqa: Y015
 
 @_typing.final
@@ -119,7 +135,9 @@ class ValidateTicketRequest(_message.Message):
     gate_id: _builtins.str
     """The gate's name, 1..64 characters (e.g. "north-3")."""
     scan_id: _builtins.str
-    """UUID made by the kiosk per physical scan; retries reuse it."""
+    """UUID made by the kiosk per physical scan; retries reuse it. It belongs to
+    the caller that first sends it.
+    """
     def __init__(
         self,
         *,

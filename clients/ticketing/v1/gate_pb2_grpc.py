@@ -32,6 +32,11 @@ class GateServiceStub:
     code, exactly one is ADMITTED. A rejected scan is a normal response with a
     result, not an error; gRPC errors are only for auth, bad input, rate limits
     (RESOURCE_EXHAUSTED) and availability.
+
+    Staff are scoped to events: an ENTRY_MANAGER acts only on the events they are
+    assigned to (EventService.AssignStaff); on any other event every call is
+    PERMISSION_DENIED (reason NOT_EVENT_STAFF), from the next call after an
+    unassignment on. ADMIN acts on every event.
     """
 
     def __init__(self, channel):
@@ -64,14 +69,36 @@ class GateServiceServicer:
     code, exactly one is ADMITTED. A rejected scan is a normal response with a
     result, not an error; gRPC errors are only for auth, bad input, rate limits
     (RESOURCE_EXHAUSTED) and availability.
+
+    Staff are scoped to events: an ENTRY_MANAGER acts only on the events they are
+    assigned to (EventService.AssignStaff); on any other event every call is
+    PERMISSION_DENIED (reason NOT_EVENT_STAFF), from the next call after an
+    unassignment on. ADMIN acts on every event.
     """
 
     def ValidateTicket(self, request, context):
         """ValidateTicket checks a scanned code and, if it is valid for this event,
-        burns it. ENTRY_MANAGER and ADMIN only. Repeating a scan_id returns the
-        original result (a kiosk that lost the reply gets ADMITTED again, not
-        ALREADY_USED) and never burns twice. Every attempt is written to the scan
-        log. Scans per gate are rate-limited (RESOURCE_EXHAUSTED, retry later).
+        burns it. ADMIN, or an ENTRY_MANAGER assigned to the event.
+
+        Scans are accepted inside the event's scan window, judged on the database
+        clock at the moment of the burn: from doors_open_time (inclusive; unset:
+        the server's TICKETING_DOORS_OPEN_LEAD before start_time) until end_time
+        (exclusive; unset: start_time + TICKETING_DEFAULT_EVENT_DURATION). Before
+        it the result is NOT_YET_OPEN, from its end on EVENT_OVER, and for a
+        cancelled event EVENT_CANCELLED; nothing is burned then.
+
+        A scan_id belongs to the caller that first used it. Repeating a scan_id
+        with the same code, event and gate returns the original result (a kiosk
+        that lost the reply gets ADMITTED again, not ALREADY_USED) and never burns
+        twice. The same scan_id with anything else, or from another caller, is
+        INVALID_ARGUMENT (reason SCAN_ID_MISMATCH) and changes nothing; of two
+        concurrent calls with one scan_id and different codes, one is answered
+        and the other gets SCAN_ID_MISMATCH with nothing burned.
+
+        Every answered attempt is written to the scan log. Scans are rate-limited
+        per gate and per caller, and one caller may use a bounded number of gate
+        names at once: RESOURCE_EXHAUSTED (reason SCAN_RATE_EXCEEDED or
+        TOO_MANY_GATES) with a RetryInfo saying when to try again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,7 +106,8 @@ class GateServiceServicer:
 
     def ListScans(self, request, context):
         """ListScans pages through the scan log of an event, newest first.
-        ADMIN, SUPPORT and ENTRY_MANAGER.
+        ADMIN and SUPPORT (every event), the event's ORGANIZER (their own events),
+        an ENTRY_MANAGER assigned to the event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +115,7 @@ class GateServiceServicer:
 
     def GetGateStats(self, request, context):
         """GetGateStats counts admitted and rejected scans per gate of an event.
-        ADMIN, SUPPORT and ENTRY_MANAGER.
+        Same callers as ListScans.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +154,11 @@ class GateService:
     code, exactly one is ADMITTED. A rejected scan is a normal response with a
     result, not an error; gRPC errors are only for auth, bad input, rate limits
     (RESOURCE_EXHAUSTED) and availability.
+
+    Staff are scoped to events: an ENTRY_MANAGER acts only on the events they are
+    assigned to (EventService.AssignStaff); on any other event every call is
+    PERMISSION_DENIED (reason NOT_EVENT_STAFF), from the next call after an
+    unassignment on. ADMIN acts on every event.
     """
 
     @staticmethod

@@ -33,6 +33,11 @@ class GateServiceStub:
     code, exactly one is ADMITTED. A rejected scan is a normal response with a
     result, not an error; gRPC errors are only for auth, bad input, rate limits
     (RESOURCE_EXHAUSTED) and availability.
+
+    Staff are scoped to events: an ENTRY_MANAGER acts only on the events they are
+    assigned to (EventService.AssignStaff); on any other event every call is
+    PERMISSION_DENIED (reason NOT_EVENT_STAFF), from the next call after an
+    unassignment on. ADMIN acts on every event.
     """
 
     @_typing.overload
@@ -41,18 +46,36 @@ class GateServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GateServiceAsyncStub: ...
     ValidateTicket: _grpc.UnaryUnaryMultiCallable[_gate_pb2.ValidateTicketRequest, _gate_pb2.ValidateTicketResponse]
     """ValidateTicket checks a scanned code and, if it is valid for this event,
-    burns it. ENTRY_MANAGER and ADMIN only. Repeating a scan_id returns the
-    original result (a kiosk that lost the reply gets ADMITTED again, not
-    ALREADY_USED) and never burns twice. Every attempt is written to the scan
-    log. Scans per gate are rate-limited (RESOURCE_EXHAUSTED, retry later).
+    burns it. ADMIN, or an ENTRY_MANAGER assigned to the event.
+
+    Scans are accepted inside the event's scan window, judged on the database
+    clock at the moment of the burn: from doors_open_time (inclusive; unset:
+    the server's TICKETING_DOORS_OPEN_LEAD before start_time) until end_time
+    (exclusive; unset: start_time + TICKETING_DEFAULT_EVENT_DURATION). Before
+    it the result is NOT_YET_OPEN, from its end on EVENT_OVER, and for a
+    cancelled event EVENT_CANCELLED; nothing is burned then.
+
+    A scan_id belongs to the caller that first used it. Repeating a scan_id
+    with the same code, event and gate returns the original result (a kiosk
+    that lost the reply gets ADMITTED again, not ALREADY_USED) and never burns
+    twice. The same scan_id with anything else, or from another caller, is
+    INVALID_ARGUMENT (reason SCAN_ID_MISMATCH) and changes nothing; of two
+    concurrent calls with one scan_id and different codes, one is answered
+    and the other gets SCAN_ID_MISMATCH with nothing burned.
+
+    Every answered attempt is written to the scan log. Scans are rate-limited
+    per gate and per caller, and one caller may use a bounded number of gate
+    names at once: RESOURCE_EXHAUSTED (reason SCAN_RATE_EXCEEDED or
+    TOO_MANY_GATES) with a RetryInfo saying when to try again.
     """
     ListScans: _grpc.UnaryUnaryMultiCallable[_gate_pb2.ListScansRequest, _gate_pb2.ListScansResponse]
     """ListScans pages through the scan log of an event, newest first.
-    ADMIN, SUPPORT and ENTRY_MANAGER.
+    ADMIN and SUPPORT (every event), the event's ORGANIZER (their own events),
+    an ENTRY_MANAGER assigned to the event.
     """
     GetGateStats: _grpc.UnaryUnaryMultiCallable[_gate_pb2.GetGateStatsRequest, _gate_pb2.GetGateStatsResponse]
     """GetGateStats counts admitted and rejected scans per gate of an event.
-    ADMIN, SUPPORT and ENTRY_MANAGER.
+    Same callers as ListScans.
     """
 
 @_typing.type_check_only
@@ -63,23 +86,46 @@ class GateServiceAsyncStub(GateServiceStub):
     code, exactly one is ADMITTED. A rejected scan is a normal response with a
     result, not an error; gRPC errors are only for auth, bad input, rate limits
     (RESOURCE_EXHAUSTED) and availability.
+
+    Staff are scoped to events: an ENTRY_MANAGER acts only on the events they are
+    assigned to (EventService.AssignStaff); on any other event every call is
+    PERMISSION_DENIED (reason NOT_EVENT_STAFF), from the next call after an
+    unassignment on. ADMIN acts on every event.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ValidateTicket: _aio.UnaryUnaryMultiCallable[_gate_pb2.ValidateTicketRequest, _gate_pb2.ValidateTicketResponse]  # type: ignore[assignment]
     """ValidateTicket checks a scanned code and, if it is valid for this event,
-    burns it. ENTRY_MANAGER and ADMIN only. Repeating a scan_id returns the
-    original result (a kiosk that lost the reply gets ADMITTED again, not
-    ALREADY_USED) and never burns twice. Every attempt is written to the scan
-    log. Scans per gate are rate-limited (RESOURCE_EXHAUSTED, retry later).
+    burns it. ADMIN, or an ENTRY_MANAGER assigned to the event.
+
+    Scans are accepted inside the event's scan window, judged on the database
+    clock at the moment of the burn: from doors_open_time (inclusive; unset:
+    the server's TICKETING_DOORS_OPEN_LEAD before start_time) until end_time
+    (exclusive; unset: start_time + TICKETING_DEFAULT_EVENT_DURATION). Before
+    it the result is NOT_YET_OPEN, from its end on EVENT_OVER, and for a
+    cancelled event EVENT_CANCELLED; nothing is burned then.
+
+    A scan_id belongs to the caller that first used it. Repeating a scan_id
+    with the same code, event and gate returns the original result (a kiosk
+    that lost the reply gets ADMITTED again, not ALREADY_USED) and never burns
+    twice. The same scan_id with anything else, or from another caller, is
+    INVALID_ARGUMENT (reason SCAN_ID_MISMATCH) and changes nothing; of two
+    concurrent calls with one scan_id and different codes, one is answered
+    and the other gets SCAN_ID_MISMATCH with nothing burned.
+
+    Every answered attempt is written to the scan log. Scans are rate-limited
+    per gate and per caller, and one caller may use a bounded number of gate
+    names at once: RESOURCE_EXHAUSTED (reason SCAN_RATE_EXCEEDED or
+    TOO_MANY_GATES) with a RetryInfo saying when to try again.
     """
     ListScans: _aio.UnaryUnaryMultiCallable[_gate_pb2.ListScansRequest, _gate_pb2.ListScansResponse]  # type: ignore[assignment]
     """ListScans pages through the scan log of an event, newest first.
-    ADMIN, SUPPORT and ENTRY_MANAGER.
+    ADMIN and SUPPORT (every event), the event's ORGANIZER (their own events),
+    an ENTRY_MANAGER assigned to the event.
     """
     GetGateStats: _aio.UnaryUnaryMultiCallable[_gate_pb2.GetGateStatsRequest, _gate_pb2.GetGateStatsResponse]  # type: ignore[assignment]
     """GetGateStats counts admitted and rejected scans per gate of an event.
-    ADMIN, SUPPORT and ENTRY_MANAGER.
+    Same callers as ListScans.
     """
 
 class GateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +135,11 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
     code, exactly one is ADMITTED. A rejected scan is a normal response with a
     result, not an error; gRPC errors are only for auth, bad input, rate limits
     (RESOURCE_EXHAUSTED) and availability.
+
+    Staff are scoped to events: an ENTRY_MANAGER acts only on the events they are
+    assigned to (EventService.AssignStaff); on any other event every call is
+    PERMISSION_DENIED (reason NOT_EVENT_STAFF), from the next call after an
+    unassignment on. ADMIN acts on every event.
     """
 
     @_abc_1.abstractmethod
@@ -98,10 +149,27 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gate_pb2.ValidateTicketResponse, _abc.Awaitable[_gate_pb2.ValidateTicketResponse]]:
         """ValidateTicket checks a scanned code and, if it is valid for this event,
-        burns it. ENTRY_MANAGER and ADMIN only. Repeating a scan_id returns the
-        original result (a kiosk that lost the reply gets ADMITTED again, not
-        ALREADY_USED) and never burns twice. Every attempt is written to the scan
-        log. Scans per gate are rate-limited (RESOURCE_EXHAUSTED, retry later).
+        burns it. ADMIN, or an ENTRY_MANAGER assigned to the event.
+
+        Scans are accepted inside the event's scan window, judged on the database
+        clock at the moment of the burn: from doors_open_time (inclusive; unset:
+        the server's TICKETING_DOORS_OPEN_LEAD before start_time) until end_time
+        (exclusive; unset: start_time + TICKETING_DEFAULT_EVENT_DURATION). Before
+        it the result is NOT_YET_OPEN, from its end on EVENT_OVER, and for a
+        cancelled event EVENT_CANCELLED; nothing is burned then.
+
+        A scan_id belongs to the caller that first used it. Repeating a scan_id
+        with the same code, event and gate returns the original result (a kiosk
+        that lost the reply gets ADMITTED again, not ALREADY_USED) and never burns
+        twice. The same scan_id with anything else, or from another caller, is
+        INVALID_ARGUMENT (reason SCAN_ID_MISMATCH) and changes nothing; of two
+        concurrent calls with one scan_id and different codes, one is answered
+        and the other gets SCAN_ID_MISMATCH with nothing burned.
+
+        Every answered attempt is written to the scan log. Scans are rate-limited
+        per gate and per caller, and one caller may use a bounded number of gate
+        names at once: RESOURCE_EXHAUSTED (reason SCAN_RATE_EXCEEDED or
+        TOO_MANY_GATES) with a RetryInfo saying when to try again.
         """
 
     @_abc_1.abstractmethod
@@ -111,7 +179,8 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gate_pb2.ListScansResponse, _abc.Awaitable[_gate_pb2.ListScansResponse]]:
         """ListScans pages through the scan log of an event, newest first.
-        ADMIN, SUPPORT and ENTRY_MANAGER.
+        ADMIN and SUPPORT (every event), the event's ORGANIZER (their own events),
+        an ENTRY_MANAGER assigned to the event.
         """
 
     @_abc_1.abstractmethod
@@ -121,7 +190,7 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gate_pb2.GetGateStatsResponse, _abc.Awaitable[_gate_pb2.GetGateStatsResponse]]:
         """GetGateStats counts admitted and rejected scans per gate of an event.
-        ADMIN, SUPPORT and ENTRY_MANAGER.
+        Same callers as ListScans.
         """
 
 def add_GateServiceServicer_to_server(servicer: GateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -68,6 +68,11 @@ POLICY: dict[str, Access] = {
     _EVENT + "GetEvent": PUBLIC,
     _EVENT + "ListEvents": PUBLIC,
     _EVENT + "ListSeats": PUBLIC,
+    # The scan window and the gate staff of an event: its owner or ADMIN (ticketd.events.rules).
+    _EVENT + "UpdateEvent": roles(ADMIN, ORGANIZER),
+    _EVENT + "AssignStaff": roles(ADMIN, ORGANIZER),
+    _EVENT + "UnassignStaff": roles(ADMIN, ORGANIZER),
+    _EVENT + "ListStaff": roles(ADMIN, ORGANIZER),
     # BookingService: ownership of orders is checked in ticketd.booking.rules.
     _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN),
     _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
@@ -75,10 +80,12 @@ POLICY: dict[str, Access] = {
     _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN),
     # The owner replaces leaked codes; SUPPORT/ADMIN re-send them (they never read codes).
     _BOOKING + "RotateTicketCodes": roles(CUSTOMER, SUPPORT, ADMIN),
-    # GateService: only gate staff burn tickets; supervisors read the log.
+    # GateService: only gate staff burn tickets, and an ENTRY_MANAGER only at the events they
+    # are assigned to; supervisors and the event's own organizer read the log
+    # (ticketd.gate.rules checks the event).
     _GATE + "ValidateTicket": roles(ENTRY_MANAGER, ADMIN),
-    _GATE + "ListScans": roles(ADMIN, SUPPORT, ENTRY_MANAGER),
-    _GATE + "GetGateStats": roles(ADMIN, SUPPORT, ENTRY_MANAGER),
+    _GATE + "ListScans": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
+    _GATE + "GetGateStats": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
 }
 
 

@@ -16,8 +16,9 @@ from ticketd.events.rules import (
     EventStatus,
     SeatRecord,
     SeatStatus,
+    StaffRecord,
 )
-from ticketd.shared import SectionKind
+from ticketd.shared import ScanWindowDefaults, SectionKind
 
 
 async def db_now(conn: Connection) -> dt.datetime:
@@ -191,7 +192,7 @@ async def event(
 ) -> EventRecord | None:
     """The event and its sections, or None; live available/sold counts when `with_counts`.
 
-    `lock` may be "FOR UPDATE" or "FOR SHARE" (of the event row only).
+    `lock` may be "FOR UPDATE", "FOR NO KEY UPDATE" or "FOR SHARE" (of the event row only).
     """
     suffix = f" {lock} OF e" if lock else ""
     row = await conn.fetchrow(_EVENT_SELECT + " WHERE e.id = $1" + suffix, event_id)
@@ -320,3 +321,107 @@ async def mark_cancelled(conn: Connection, event_id: uuid.UUID, reason: str) -> 
         reason,
     )
     return bool(done)
+
+
+# --- UpdateEvent ----------------------------------------------------------------------------
+
+
+async def window_state(
+    conn: Connection, event_id: uuid.UUID, window: ScanWindowDefaults
+) -> str | None:
+    """The event's scan window now (clock_timestamp()), from the one definition in SQL."""
+    value: str | None = await conn.fetchval(
+        "SELECT gate_window(cancel_time, doors_open_time, start_time, end_time, "
+        "clock_timestamp(), $2, $3) FROM events WHERE id = $1",
+        event_id,
+        window.doors_open_lead,
+        window.default_duration,
+    )
+    return value
+
+
+async def update_times(
+    conn: Connection, event_id: uuid.UUID, doors: dt.datetime | None, end: dt.datetime | None
+) -> None:
+    """Store the scan window's fields (the caller holds the event row FOR NO KEY UPDATE)."""
+    await conn.execute(
+        "UPDATE events SET doors_open_time = $2, end_time = $3 WHERE id = $1",
+        event_id,
+        doors,
+        end,
+    )
+
+
+# --- Staff ----------------------------------------------------------------------------------
+
+
+async def event_owner(conn: Connection, event_id: uuid.UUID) -> uuid.UUID | None:
+    """The event's organizer, or None: no such event."""
+    value: uuid.UUID | None = await conn.fetchval(
+        "SELECT organizer_id FROM events WHERE id = $1", event_id
+    )
+    return value
+
+
+_STAFF_SELECT = """
+    SELECT st.event_id, st.user_id, u.email, u.display_name, st.assign_time, st.assigned_by
+    FROM event_staff st JOIN users u ON u.id = st.user_id
+"""
+
+
+def _staff(row: Any) -> StaffRecord:
+    return StaffRecord(
+        event_id=row["event_id"],
+        user_id=row["user_id"],
+        email=row["email"],
+        display_name=row["display_name"],
+        assign_time=row["assign_time"],
+        assigned_by=row["assigned_by"],
+    )
+
+
+async def assign_staff(
+    conn: Connection, event_id: uuid.UUID, user_id: uuid.UUID, assigned_by: uuid.UUID
+) -> StaffRecord:
+    """Assign (idempotent: an existing assignment is kept as it was) and return it.
+
+    ON CONFLICT DO NOTHING, then a read: concurrent assigns of one pair resolve inside
+    PostgreSQL, and the read (a new statement) sees whichever insert won.
+    """
+    await conn.execute(
+        "INSERT INTO event_staff (event_id, user_id, assigned_by) VALUES ($1, $2, $3) "
+        "ON CONFLICT (event_id, user_id) DO NOTHING",
+        event_id,
+        user_id,
+        assigned_by,
+    )
+    row = await conn.fetchrow(
+        _STAFF_SELECT + " WHERE st.event_id = $1 AND st.user_id = $2", event_id, user_id
+    )
+    return _staff(row)
+
+
+async def unassign_staff(conn: Connection, event_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Remove an assignment; False when there was none."""
+    status: str = await conn.execute(
+        "DELETE FROM event_staff WHERE event_id = $1 AND user_id = $2", event_id, user_id
+    )
+    return status != "DELETE 0"
+
+
+async def list_staff(
+    conn: Connection, event_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+) -> list[StaffRecord]:
+    """The event's staff ordered by user id (a keyset on the primary key)."""
+    arg = Params()
+    clauses = [f"st.event_id = {arg(event_id)}"]
+    if after is not None:
+        clauses.append(f"st.user_id > {arg(after)}")
+    rows = await conn.fetch(
+        _STAFF_SELECT
+        + " WHERE "
+        + " AND ".join(clauses)
+        + f" ORDER BY st.user_id LIMIT {arg(limit)}",
+        *arg,
+    )
+    return [_staff(r) for r in rows]

@@ -138,10 +138,7 @@ def validate_event_fields(spec: EventSpec) -> None:
         out.append(FieldViolation("name", f"1..{MAX_EVENT_NAME} characters, one line"))
     if len(spec.description) > MAX_DESCRIPTION or not _control_free(spec.description):
         out.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
-    if spec.end_time is not None and spec.end_time <= spec.start_time:
-        out.append(FieldViolation("end_time", "must be after start_time"))
-    if spec.doors_open_time is not None and spec.doors_open_time >= spec.start_time:
-        out.append(FieldViolation("doors_open_time", "must be before start_time"))
+    out += event_time_violations(spec.start_time, spec.doors_open_time, spec.end_time)
     if not is_priceable(spec.currency_code):
         # The real list, not a pattern: "ZZZ" has the shape of a code and is none.
         out.append(
@@ -292,3 +289,95 @@ def validate_cancel_reason(reason: str) -> str:
     if not cleaned or len(cleaned) > MAX_CANCEL_REASON:
         raise InvalidArgument.one("reason", f"1..{MAX_CANCEL_REASON} characters")
     return cleaned
+
+
+# --- UpdateEvent: the scan window's fields -------------------------------------------------
+
+UPDATABLE_FIELDS = ("doors_open_time", "end_time")
+
+
+def event_time_violations(
+    start: dt.datetime, doors: dt.datetime | None, end: dt.datetime | None, prefix: str = ""
+) -> list[FieldViolation]:
+    """CreateEvent's and UpdateEvent's one check of the times: doors before start, end after."""
+    out: list[FieldViolation] = []
+    if end is not None and end <= start:
+        out.append(FieldViolation(f"{prefix}end_time", "must be after start_time"))
+    if doors is not None and doors >= start:
+        out.append(FieldViolation(f"{prefix}doors_open_time", "must be before start_time"))
+    return out
+
+
+@dataclass(frozen=True)
+class EventTimesUpdate:
+    """What an UpdateEvent changes: each field in `fields` gets its value here (None clears)."""
+
+    fields: frozenset[str]
+    doors_open_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+
+    def applied_to(self, event: EventRecord) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """(doors_open_time, end_time) after the update."""
+        doors = self.doors_open_time if "doors_open_time" in self.fields else event.doors_open_time
+        end = self.end_time if "end_time" in self.fields else event.end_time
+        return doors, end
+
+
+def resolve_update_mask(paths: list[str], set_fields: set[str]) -> frozenset[str]:
+    """The fields an UpdateEvent changes (AIP-134). An empty mask means the updatable fields
+    set in the request's event; "*" means all updatable fields; anything else is refused."""
+    if not paths:
+        chosen = frozenset(f for f in UPDATABLE_FIELDS if f in set_fields)
+        if not chosen:
+            raise InvalidArgument.one(
+                "update_mask", f"name the fields to change: {', '.join(UPDATABLE_FIELDS)}"
+            )
+        return chosen
+    out: set[str] = set()
+    bad: list[FieldViolation] = []
+    for i, path in enumerate(paths):
+        if path == "*":
+            out.update(UPDATABLE_FIELDS)
+        elif path in UPDATABLE_FIELDS:
+            out.add(path)
+        else:
+            bad.append(
+                FieldViolation(
+                    f"update_mask.paths[{i}]",
+                    f"cannot be changed; updatable: {', '.join(UPDATABLE_FIELDS)}",
+                )
+            )
+    if bad:
+        raise InvalidArgument(bad)
+    return frozenset(out)
+
+
+def check_can_update(event: EventRecord, window_state: str) -> None:
+    """A cancelled event, or one whose scan window is over (gate_window), stays as it is."""
+    if event.status is EventStatus.CANCELLED:
+        raise FailedPrecondition("the event is cancelled", reason=Reason.EVENT_CANCELLED)
+    if window_state == "EVENT_OVER":
+        raise FailedPrecondition("the event is over", reason=Reason.EVENT_OVER)
+
+
+# --- Staff: who works an event's gates ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaffRecord:
+    event_id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    display_name: str
+    assign_time: dt.datetime
+    assigned_by: uuid.UUID
+
+
+def check_can_be_staff(user_id: uuid.UUID, roles: tuple[Role, ...] | frozenset[Role]) -> None:
+    """Only an ENTRY_MANAGER works the gates; anyone else is refused with a clear reason."""
+    if Role.ENTRY_MANAGER not in roles:
+        raise FailedPrecondition(
+            "only a user with the ENTRY_MANAGER role can be assigned to an event's gates",
+            reason=Reason.NOT_ENTRY_MANAGER,
+            metadata={"user_id": str(user_id)},
+        )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from ticketd.accounts.service import AccountService
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import BookingService
-from ticketd.db.database import Budget, Database
-from ticketd.errors import Aborted, FailedPrecondition, Reason
+from ticketd.db.database import Budget, Connection, Database
+from ticketd.errors import Aborted, FailedPrecondition, InvalidArgument, Reason
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
     MAX_REPORTED_ATTENDED_ORDERS,
@@ -17,20 +18,25 @@ from ticketd.events.rules import (
     EventQuotas,
     EventRecord,
     EventSpec,
+    EventTimesUpdate,
     SeatRecord,
     SeatStatus,
+    StaffRecord,
+    check_can_be_staff,
     check_can_cancel,
+    check_can_update,
     check_live_events_quota,
     check_places_quota,
     check_prices_cover_sections,
     ensure_can_manage,
     event_fingerprint,
     event_started_error,
+    event_time_violations,
     quota_applies,
     validate_cancel_reason,
     validate_event_fields,
 )
-from ticketd.shared import event_not_found
+from ticketd.shared import ScanWindowDefaults, event_not_found
 from ticketd.venues.service import VenueService
 
 # Defaults when the caller passes none: what ticketd.config documents.
@@ -50,18 +56,24 @@ def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
 
 
 class EventService:
-    """Puts events on sale and takes them off; reads events and seat maps."""
+    """Puts events on sale and takes them off; reads events and seat maps; sets their scan
+    window and who works their gates."""
 
     def __init__(
         self,
         db: Database,
         venues: VenueService,
         booking: BookingService,
+        *,
+        accounts: AccountService,
+        window: ScanWindowDefaults,
         quotas: EventQuotas = DEFAULT_QUOTAS,
     ) -> None:
         self._db = db
         self._venues = venues
         self._booking = booking
+        self._accounts = accounts
+        self._window = window
         self._quotas = quotas
 
     async def create(
@@ -197,3 +209,63 @@ class EventService:
             attended_orders=refunds.attended_orders,
             attended_order_ids=refunds.attended_order_ids,
         )
+
+    async def update_times(
+        self, principal: Principal, event_id: uuid.UUID, update: EventTimesUpdate
+    ) -> EventRecord:
+        """Change doors_open_time / end_time: owner or ADMIN, not once cancelled or over."""
+        async with self._db.transaction() as conn:
+            # NO KEY UPDATE: bookings hold the event row KEY SHARE and need not wait for this.
+            event = await repo.event(conn, event_id, with_counts=False, lock="FOR NO KEY UPDATE")
+            if event is None:
+                raise event_not_found(event_id)
+            ensure_can_manage(principal, event.organizer_id)
+            state = await repo.window_state(conn, event_id, self._window)
+            check_can_update(event, state or "")
+            doors, end = update.applied_to(event)
+            bad = event_time_violations(event.start_time, doors, end, prefix="event.")
+            if bad:
+                raise InvalidArgument(bad)
+            await repo.update_times(conn, event_id, doors, end)
+            changed = await repo.event(conn, event_id)
+        assert changed is not None
+        return changed
+
+    async def _check_manager(
+        self, conn: Connection, principal: Principal, event_id: uuid.UUID
+    ) -> None:
+        owner = await repo.event_owner(conn, event_id)
+        if owner is None:
+            raise event_not_found(event_id)
+        ensure_can_manage(principal, owner)
+
+    async def assign_staff(
+        self, principal: Principal, event_id: uuid.UUID, user_id: uuid.UUID
+    ) -> StaffRecord:
+        """Let an ENTRY_MANAGER work this event's gates (idempotent)."""
+        # Ownership first: someone who may not manage the event learns nothing about users.
+        async with self._db.connection() as conn:
+            await self._check_manager(conn, principal, event_id)
+        user = await self._accounts.get_user(user_id)  # NOT_FOUND USER_NOT_FOUND
+        check_can_be_staff(user.id, user.roles)
+        async with self._db.connection() as conn:
+            return await repo.assign_staff(conn, event_id, user_id, principal.user_id)
+
+    async def unassign_staff(
+        self, principal: Principal, event_id: uuid.UUID, user_id: uuid.UUID
+    ) -> bool:
+        """Take the event's gates away from a user (idempotent); True if they were assigned.
+        Applies to their next call: every gate call reads event_staff afresh."""
+        async with self._db.connection() as conn:
+            await self._check_manager(conn, principal, event_id)
+        await self._accounts.get_user(user_id)  # NOT_FOUND USER_NOT_FOUND
+        async with self._db.connection() as conn:
+            return await repo.unassign_staff(conn, event_id, user_id)
+
+    async def list_staff(
+        self, principal: Principal, event_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    ) -> list[StaffRecord]:
+        """The event's staff by user id: owner or ADMIN."""
+        async with self._db.connection() as conn:
+            await self._check_manager(conn, principal, event_id)
+            return await repo.list_staff(conn, event_id, after=after, limit=limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from ticketd.auth.principal import current_principal
@@ -19,8 +20,11 @@ from ticketd.events.rules import (
     EventRecord,
     EventSpec,
     EventStatus,
+    EventTimesUpdate,
     SeatRecord,
     SeatStatus,
+    StaffRecord,
+    resolve_update_mask,
 )
 from ticketd.events.service import EventService
 from ticketd.pagination import (
@@ -45,6 +49,8 @@ SEAT_STATUS_FROM_PROTO = {v: k for k, v in SEAT_STATUS_TO_PROTO.items()}
 
 DEFAULT_SEAT_PAGE = 1_000
 MAX_SEAT_PAGE = 10_000
+DEFAULT_STAFF_PAGE = 100
+MAX_STAFF_PAGE = 1_000
 
 
 def event_to_proto(event: EventRecord) -> event_pb2.Event:
@@ -119,6 +125,40 @@ def spec_from_request(request: event_pb2.CreateEventRequest) -> EventSpec:
         if request.HasField("max_tickets_per_customer")
         else None,
         doors_open_time=optional_time(request, "doors_open_time"),
+    )
+
+
+def update_from_request(
+    request: event_pb2.UpdateEventRequest,
+) -> tuple[uuid.UUID, EventTimesUpdate]:
+    """The event id and the scan-window fields an UpdateEvent changes (AIP-134)."""
+    if not request.HasField("event"):
+        raise InvalidArgument.one("event", "is required")
+    event = request.event
+    event_id = parse_uuid(event.id, "event.id")
+    given = {"doors_open_time"} if event.HasField("doors_open_time") else set()
+    if event.HasField("end_time"):
+        given.add("end_time")
+    fields = resolve_update_mask(list(request.update_mask.paths), given)
+    return event_id, EventTimesUpdate(
+        fields=fields,
+        doors_open_time=optional_time(event, "doors_open_time", "event.doors_open_time")
+        if "doors_open_time" in fields
+        else None,
+        end_time=optional_time(event, "end_time", "event.end_time")
+        if "end_time" in fields
+        else None,
+    )
+
+
+def staff_to_proto(staff: StaffRecord) -> event_pb2.StaffMember:
+    return event_pb2.StaffMember(
+        event_id=str(staff.event_id),
+        user_id=str(staff.user_id),
+        email=staff.email,
+        display_name=staff.display_name,
+        assign_time=timestamp(staff.assign_time),
+        assigned_by=str(staff.assigned_by),
     )
 
 
@@ -216,3 +256,49 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             attended_order_count=result.attended_orders,
             attended_order_ids=[str(i) for i in result.attended_order_ids],
         )
+
+    async def UpdateEvent(
+        self, request: event_pb2.UpdateEventRequest, context: Any
+    ) -> event_pb2.UpdateEventResponse:
+        event_id, update = update_from_request(request)
+        event = await self._events.update_times(current_principal(), event_id, update)
+        return event_pb2.UpdateEventResponse(event=event_to_proto(event))
+
+    async def AssignStaff(
+        self, request: event_pb2.AssignStaffRequest, context: Any
+    ) -> event_pb2.AssignStaffResponse:
+        event_id = parse_uuid(request.event_id, "event_id")
+        user_id = parse_uuid(request.user_id, "user_id")
+        staff = await self._events.assign_staff(current_principal(), event_id, user_id)
+        return event_pb2.AssignStaffResponse(staff=staff_to_proto(staff))
+
+    async def UnassignStaff(
+        self, request: event_pb2.UnassignStaffRequest, context: Any
+    ) -> event_pb2.UnassignStaffResponse:
+        event_id = parse_uuid(request.event_id, "event_id")
+        user_id = parse_uuid(request.user_id, "user_id")
+        removed = await self._events.unassign_staff(current_principal(), event_id, user_id)
+        return event_pb2.UnassignStaffResponse(removed=removed)
+
+    async def ListStaff(
+        self, request: event_pb2.ListStaffRequest, context: Any
+    ) -> event_pb2.ListStaffResponse:
+        event_id = parse_uuid(request.event_id, "event_id")
+        size = resolve_page_size(request.page_size, DEFAULT_STAFF_PAGE, MAX_STAFF_PAGE)
+        query = {"event": str(event_id)}
+        position = self._pages.decode("staff", query, request.page_token)
+        try:
+            after = uuid.UUID(position) if position is not None else None
+        except (TypeError, ValueError, AttributeError):
+            raise InvalidArgument.one("page_token", "is not a valid page token") from None
+        rows = await self._events.list_staff(
+            current_principal(), event_id, after=after, limit=size + 1
+        )
+        staff, token = next_page(
+            rows,
+            size,
+            staff_to_proto,
+            lambda s: self._pages.encode("staff", query, str(s.user_id)),
+            max_bytes=self._pages.page_bytes,
+        )
+        return event_pb2.ListStaffResponse(staff=staff, next_page_token=token)

@@ -5,6 +5,10 @@ code, PostgreSQL lets exactly one UPDATE match: the others wait on its row lock,
 re-check the condition against the committed row and match nothing. The scan log's
 primary key on scan_id makes a retried scan find its first answer, and a partial unique
 index allows one ADMITTED entry per ticket.
+
+The same statement judges the scan window (the SQL function gate_window, at
+clock_timestamp()) and the caller's assignment (event_staff), so an admission is still one
+round trip.
 """
 
 from __future__ import annotations
@@ -17,30 +21,7 @@ from typing import Any
 from ticketd.db.database import Connection as Conn
 from ticketd.db.params import Params
 from ticketd.gate.rules import GateCounts, ScanInput, ScanRecord, ScanResult, TicketPlace
-
-
-@dataclass(frozen=True)
-class ScanContext:
-    not_open: bool
-    existing: Any | None
-
-
-async def scan_context(conn: Conn, event_id: uuid.UUID, scan_id: uuid.UUID) -> ScanContext | None:
-    """Whether the doors are open (database clock) and any earlier answer to this scan_id."""
-    row = await conn.fetchrow(
-        """
-        SELECT (e.doors_open_time IS NOT NULL AND e.doors_open_time > now()) AS not_open,
-               s.scan_id AS existing
-        FROM events e LEFT JOIN scans s ON s.scan_id = $2
-        WHERE e.id = $1
-        """,
-        event_id,
-        scan_id,
-    )
-    if row is None:
-        return None
-    return ScanContext(not_open=row["not_open"], existing=row["existing"])
-
+from ticketd.shared import ScanWindowDefaults
 
 _PLACE = """
     es.name AS section_name, s.row_label, s.seat_number, s.seat_label
@@ -64,38 +45,101 @@ class Burned:
     used_time: dt.datetime
 
 
-async def burn(conn: Conn, scan: ScanInput, entry_manager_id: uuid.UUID) -> Burned | None:
-    """Burn the code if it is a VALID ticket of this event, and log the admission, in one
-    statement. None when nothing was burned (then nothing was logged either)."""
+@dataclass(frozen=True)
+class Attempt:
+    """What the first statement of a scan found, and whether it burned the ticket."""
+
+    at: dt.datetime
+    """The instant the scan was judged (clock_timestamp() at the write, database clock)."""
+    window: str
+    """gate_window() of the event at `at`: OPEN, NOT_YET_OPEN, EVENT_OVER, EVENT_CANCELLED."""
+    is_staff: bool
+    """The caller is assigned to the event (event_staff), as committed now."""
+    seen: bool
+    """The scan_id is in the log already (committed): this is a repeat."""
+    burned: Burned | None
+    """Set when this statement burned the ticket."""
+    logged: bool
+    """The admission was logged. False with `burned` set: a concurrent twin of this scan_id
+    logged first, and the caller must roll the burn back."""
+
+
+async def scan_and_burn(
+    conn: Conn,
+    scan: ScanInput,
+    caller_id: uuid.UUID,
+    *,
+    admin: bool,
+    window: ScanWindowDefaults,
+) -> Attempt | None:
+    """The hot path in one statement: judge the window (database clock, at the write), check
+    the caller's assignment and the scan_id, and burn the code if everything allows it and it
+    is a VALID ticket of this event, logging the admission. None for an unknown event.
+
+    Nothing is burned unless the window is OPEN, the caller is ADMIN (`admin`) or assigned
+    staff, and the scan_id is new. A twin of this scan_id in flight (same id, another code)
+    makes the log insert wait for it and then do nothing: `logged` is False, never a
+    duplicate-key error.
+    """
     row = await conn.fetchrow(
         f"""
-        WITH burn AS (
-            UPDATE tickets SET status = 'USED', used_time = now(), used_gate_id = $3,
-                               used_scan_id = $4
-            WHERE code = $1 AND event_id = $2 AND status = 'VALID'
-            RETURNING id, order_id, seat_id, used_time
+        WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
+        ctx AS MATERIALIZED (
+            SELECT e.id AS event_id, clock.at,
+                   gate_window(e.cancel_time, e.doors_open_time, e.start_time, e.end_time,
+                               clock.at, $7, $8) AS window_state,
+                   EXISTS (SELECT 1 FROM event_staff st
+                           WHERE st.event_id = e.id AND st.user_id = $5) AS is_staff,
+                   EXISTS (SELECT 1 FROM scans sc WHERE sc.scan_id = $4) AS seen
+            FROM events e, clock
+            WHERE e.id = $2
+        ), burn AS (
+            UPDATE tickets t SET status = 'USED', used_time = ctx.at, used_gate_id = $3,
+                                 used_scan_id = $4
+            FROM ctx
+            WHERE t.code = $1 AND t.event_id = ctx.event_id AND t.status = 'VALID'
+              AND ctx.window_state = 'OPEN' AND ($9 OR ctx.is_staff) AND NOT ctx.seen
+            RETURNING t.id, t.order_id, t.seat_id, t.used_time
         ), log AS (
             INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash,
                                ticket_id, result, scan_time)
             SELECT $4, $2, $3, $5, $6, id, 'ADMITTED', used_time FROM burn
+            ON CONFLICT (scan_id) DO NOTHING
             RETURNING 1
         )
-        SELECT b.id AS ticket_id, b.order_id, b.used_time, {_PLACE},
+        SELECT ctx.at, ctx.window_state, ctx.is_staff, ctx.seen,
+               b.id AS ticket_id, b.order_id, b.used_time, {_PLACE},
                (SELECT count(*) FROM log) AS logged
-        FROM burn b
-        JOIN seats s ON s.id = b.seat_id
-        JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
+        FROM ctx
+        LEFT JOIN burn b ON TRUE
+        LEFT JOIN seats s ON s.id = b.seat_id
+        LEFT JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
         """,
         scan.code,
         scan.event_id,
         scan.gate_id,
         scan.scan_id,
-        entry_manager_id,
+        caller_id,
         scan.code_hash,
+        window.doors_open_lead,
+        window.default_duration,
+        admin,
     )
     if row is None:
         return None
-    return Burned(place=_place(row), used_time=row["used_time"])
+    burned = (
+        Burned(place=_place(row), used_time=row["used_time"])
+        if row["ticket_id"] is not None
+        else None
+    )
+    return Attempt(
+        at=row["at"],
+        window=row["window_state"],
+        is_staff=row["is_staff"],
+        seen=row["seen"],
+        burned=burned,
+        logged=row["logged"] > 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -138,13 +182,15 @@ async def log_rejection(
     entry_manager_id: uuid.UUID,
     result: ScanResult,
     ticket_id: uuid.UUID | None,
+    at: dt.datetime,
 ) -> dt.datetime | None:
-    """Append a refused scan; None when a concurrent twin of this scan_id logged first."""
+    """Append a refused scan judged at `at`; None when a concurrent twin of this scan_id
+    logged first."""
     value: dt.datetime | None = await conn.fetchval(
         """
         INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash, ticket_id,
-                           result)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                           result, scan_time)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         ON CONFLICT (scan_id) DO NOTHING
         RETURNING scan_time
         """,
@@ -155,6 +201,7 @@ async def log_rejection(
         scan.code_hash,
         ticket_id,
         result.value,
+        at,
     )
     return value
 
@@ -162,6 +209,7 @@ async def log_rejection(
 @dataclass(frozen=True)
 class StoredScan:
     event_id: uuid.UUID
+    entry_manager_id: uuid.UUID
     gate_id: str
     code_hash: str
     result: ScanResult
@@ -182,7 +230,8 @@ async def stored_scan(conn: Conn, scan_id: uuid.UUID) -> StoredScan | None:
     """The first answer to a scan_id, with the ticket as it is now."""
     row = await conn.fetchrow(
         f"""
-        SELECT sc.event_id, sc.gate_id, sc.code_hash, sc.result, sc.scan_time,
+        SELECT sc.event_id, sc.entry_manager_id, sc.gate_id, sc.code_hash, sc.result,
+               sc.scan_time,
                t.id AS ticket_id, t.order_id, t.used_time, t.used_gate_id, {_PLACE}
         FROM scans sc
         LEFT JOIN tickets t ON t.id = sc.ticket_id
@@ -196,6 +245,7 @@ async def stored_scan(conn: Conn, scan_id: uuid.UUID) -> StoredScan | None:
         return None
     return StoredScan(
         event_id=row["event_id"],
+        entry_manager_id=row["entry_manager_id"],
         gate_id=row["gate_id"],
         code_hash=row["code_hash"],
         result=ScanResult(row["result"]),
@@ -242,8 +292,27 @@ async def list_scans(
     ]
 
 
-async def event_exists(conn: Conn, event_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)", event_id))
+@dataclass(frozen=True)
+class ReadAccess:
+    organizer_id: uuid.UUID
+    is_staff: bool
+
+
+async def read_access(conn: Conn, event_id: uuid.UUID, caller_id: uuid.UUID) -> ReadAccess | None:
+    """The event's owner and whether the caller is assigned to it, or None: no such event."""
+    row = await conn.fetchrow(
+        """
+        SELECT e.organizer_id,
+               EXISTS (SELECT 1 FROM event_staff st
+                       WHERE st.event_id = e.id AND st.user_id = $2) AS is_staff
+        FROM events e WHERE e.id = $1
+        """,
+        event_id,
+        caller_id,
+    )
+    if row is None:
+        return None
+    return ReadAccess(organizer_id=row["organizer_id"], is_staff=row["is_staff"])
 
 
 async def gate_counts(conn: Conn, event_id: uuid.UUID) -> tuple[list[GateCounts], int]:

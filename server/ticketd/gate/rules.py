@@ -1,4 +1,5 @@
-"""Pure gate rules: scan input, results, and what a rejected code may reveal."""
+"""Pure gate rules: scan input, results, who may act at an event's gates, what a rejected
+code may reveal."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ticketd.errors import FieldViolation, InvalidArgument
+from ticketd.auth.principal import Principal, Role
+from ticketd.errors import FieldViolation, InvalidArgument, PermissionDenied, Reason
 
 MAX_CODE_CHARS = 128
 MAX_GATE_CHARS = 64
@@ -20,7 +22,19 @@ class ScanResult(StrEnum):
     VOID = "VOID"
     WRONG_EVENT = "WRONG_EVENT"
     UNKNOWN_CODE = "UNKNOWN_CODE"
-    NOT_OPEN = "NOT_OPEN"
+    NOT_YET_OPEN = "NOT_YET_OPEN"
+    EVENT_OVER = "EVENT_OVER"
+    EVENT_CANCELLED = "EVENT_CANCELLED"
+
+
+# What the SQL function gate_window() says of an event at an instant. OPEN admits; each of the
+# others is the result of any scan at that instant, before any code is looked at.
+WINDOW_OPEN = "OPEN"
+WINDOW_REFUSALS: dict[str, ScanResult] = {
+    "NOT_YET_OPEN": ScanResult.NOT_YET_OPEN,
+    "EVENT_OVER": ScanResult.EVENT_OVER,
+    "EVENT_CANCELLED": ScanResult.EVENT_CANCELLED,
+}
 
 
 @dataclass(frozen=True)
@@ -123,3 +137,43 @@ def classify_unburned(
 def shows_place(result: ScanResult) -> bool:
     """Seat details only for tickets of this event; nothing about other events' tickets."""
     return result in (ScanResult.ADMITTED, ScanResult.ALREADY_USED, ScanResult.VOID)
+
+
+def scan_id_mismatch(scan_id: uuid.UUID) -> InvalidArgument:
+    """The one answer for a scan_id that is not a retry of the caller's own scan: used with
+    another code, event or gate, or by another caller. It says nothing about the first scan."""
+    return InvalidArgument(
+        [FieldViolation("scan_id", "was already used for a different scan; make a new one")],
+        "this scan_id was already used for a different scan",
+        reason=Reason.SCAN_ID_MISMATCH,
+        metadata={"scan_id": str(scan_id)},
+    )
+
+
+def check_may_scan(principal: Principal, is_staff: bool) -> None:
+    """ValidateTicket: ADMIN at every event, an ENTRY_MANAGER only where assigned."""
+    if principal.has(Role.ADMIN) or (is_staff and principal.has(Role.ENTRY_MANAGER)):
+        return
+    raise PermissionDenied(
+        "you are not assigned to this event's gates", reason=Reason.NOT_EVENT_STAFF
+    )
+
+
+def check_may_read(principal: Principal, organizer_id: uuid.UUID, is_staff: bool) -> None:
+    """ListScans and GetGateStats: ADMIN and SUPPORT at every event (support answers "I was
+    refused at the door" for any event, read-only), the event's own ORGANIZER, and an
+    ENTRY_MANAGER assigned to it. Any one role that qualifies is enough."""
+    if principal.has(Role.ADMIN, Role.SUPPORT):
+        return
+    if principal.has(Role.ORGANIZER) and principal.user_id == organizer_id:
+        return
+    if is_staff and principal.has(Role.ENTRY_MANAGER):
+        return
+    if principal.has(Role.ENTRY_MANAGER):
+        raise PermissionDenied(
+            "you are not assigned to this event's gates", reason=Reason.NOT_EVENT_STAFF
+        )
+    raise PermissionDenied(
+        "only the event's organizer, its staff, support or an admin may read its gates",
+        reason=Reason.NOT_EVENT_OWNER,
+    )

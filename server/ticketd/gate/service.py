@@ -5,70 +5,67 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from ticketd.auth.principal import Principal
-from ticketd.db.database import Database
-from ticketd.errors import FailedPrecondition, NotFound, Reason, ResourceExhausted
+from ticketd.auth.principal import Principal, Role
+from ticketd.db.database import Connection, Database
+from ticketd.errors import NotFound, Reason
 from ticketd.gate import repository as repo
+from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.rules import (
+    WINDOW_REFUSALS,
     GateCounts,
     ScanInput,
     ScanOutcome,
     ScanRecord,
     ScanResult,
+    check_may_read,
+    check_may_scan,
     classify_unburned,
+    scan_id_mismatch,
     shows_place,
 )
-from ticketd.ratelimit import TokenBuckets
-from ticketd.shared import event_not_found
+from ticketd.shared import ScanWindowDefaults, event_not_found
 
 
 class _TwinLoggedFirst(Exception):
-    """A concurrent call with the same scan_id answered first."""
+    """A call with the same scan_id is in the log already: answer from it (or refuse)."""
 
 
 class GateService:
     """Validates scans and reads the scan log."""
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        gate_rate: float,
-        gate_burst: float,
-    ) -> None:
+    def __init__(self, db: Database, *, limiter: ScanLimiter, window: ScanWindowDefaults) -> None:
         self._db = db
-        # Per gate: a busy gate's scanners share it. Codes carry 192 random bits, so the
-        # bound is defence in depth against a kiosk used to enumerate, not the only wall.
-        self._per_gate = TokenBuckets(gate_rate, gate_burst)
+        # Per gate, per caller and gate names per caller: see ticketd.gate.limits. Codes carry
+        # 192 random bits, so the bounds are defence in depth against a kiosk used to
+        # enumerate, not the only wall.
+        self._limiter = limiter
+        self._window = window
 
-    def admit_rate(self, event_id: uuid.UUID, gate_id: str) -> None:
-        if not self._per_gate.try_take((event_id, gate_id)):
-            raise ResourceExhausted(
-                "too many scans at this gate; slow down", reason=Reason.SCAN_RATE_EXCEEDED
-            )
+    def admit_rate(self, principal: Principal, event_id: uuid.UUID, gate_id: str) -> None:
+        """RESOURCE_EXHAUSTED (with RetryInfo) when this caller or gate must slow down."""
+        self._limiter.admit(principal.user_id, event_id, gate_id)
 
     async def validate(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
+        """One physical scan: ADMITTED (burned now), the stored answer of a repeat, or why not."""
         try:
             return await self._validate_once(principal, scan)
         except _TwinLoggedFirst:
-            return await self._repeat(scan)
+            return await self._repeat(principal, scan)
 
-    async def _repeat(self, scan: ScanInput) -> ScanOutcome:
+    async def _repeat(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
         async with self._db.transaction() as conn:
             stored = await repo.stored_scan(conn, scan.scan_id)
             if stored is None:  # pragma: no cover - the twin's row exists by construction
                 raise NotFound("scan vanished", reason=Reason.SCAN_NOT_FOUND)
-            if (stored.event_id, stored.gate_id, stored.code_hash) != (
+            # A scan_id is its first caller's: anyone else replaying it learns nothing and
+            # changes nothing. Refused before anything is written: not a retry of that scan.
+            if (stored.entry_manager_id, stored.event_id, stored.gate_id, stored.code_hash) != (
+                principal.user_id,
                 scan.event_id,
                 scan.gate_id,
                 scan.code_hash,
             ):
-                # Refused before anything is written: a mismatch is not a retry of that scan.
-                raise FailedPrecondition(
-                    "this scan_id was already used for a different scan",
-                    reason=Reason.SCAN_ID_MISMATCH,
-                    metadata={"scan_id": str(scan.scan_id)},
-                )
+                raise scan_id_mismatch(scan.scan_id)
             await repo.count_repeat(conn, scan.scan_id)
         admitted_at = stored.used_time if stored.result in _USED_INFO else None
         return ScanOutcome(
@@ -82,20 +79,29 @@ class GateService:
 
     async def _validate_once(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
         async with self._db.transaction() as conn:
-            ctx = await repo.scan_context(conn, scan.event_id, scan.scan_id)
-            if ctx is None:
+            attempt = await repo.scan_and_burn(
+                conn, scan, principal.user_id, admin=principal.has(Role.ADMIN), window=self._window
+            )
+            if attempt is None:
                 raise event_not_found(scan.event_id)
-            if ctx.existing is not None:
+            # Before the repeat check: an unassigned caller's retries are refused too.
+            check_may_scan(principal, attempt.is_staff)
+            if attempt.seen:
                 raise _TwinLoggedFirst()
-            if ctx.not_open:
+            refusal = WINDOW_REFUSALS.get(attempt.window)
+            if refusal is not None:
                 logged = await repo.log_rejection(
-                    conn, scan, principal.user_id, ScanResult.NOT_OPEN, None
+                    conn, scan, principal.user_id, refusal, None, attempt.at
                 )
                 if logged is None:
                     raise _TwinLoggedFirst()
-                return ScanOutcome(ScanResult.NOT_OPEN, logged)
-            burned = await repo.burn(conn, scan, principal.user_id)
+                return ScanOutcome(refusal, logged)
+            burned = attempt.burned
             if burned is not None:
+                if not attempt.logged:
+                    # A twin of this scan_id (another code) logged first. Raising leaves the
+                    # transaction, which rolls our burn back: the loser burns nothing.
+                    raise _TwinLoggedFirst()
                 return ScanOutcome(
                     ScanResult.ADMITTED,
                     burned.used_time,
@@ -114,6 +120,7 @@ class GateService:
                 principal.user_id,
                 result,
                 state.place.ticket_id if (state is not None and same_event) else None,
+                attempt.at,
             )
             if logged is None:
                 raise _TwinLoggedFirst()
@@ -126,24 +133,34 @@ class GateService:
                 first_gate_id=state.used_gate_id if used and state else None,
             )
 
+    @staticmethod
+    async def _check_read(conn: Connection, principal: Principal, event_id: uuid.UUID) -> None:
+        access = await repo.read_access(conn, event_id, principal.user_id)
+        if access is None:
+            raise event_not_found(event_id)
+        check_may_read(principal, access.organizer_id, access.is_staff)
+
     async def list_scans(
         self,
+        principal: Principal,
         event_id: uuid.UUID,
         gate_id: str | None,
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[ScanRecord]:
+        """A page of the event's scan log, newest first (see check_may_read for who)."""
         async with self._db.connection() as conn:
-            if not await repo.event_exists(conn, event_id):
-                raise event_not_found(event_id)
+            await self._check_read(conn, principal, event_id)
             return await repo.list_scans(
                 conn, event_id, gate_id=gate_id, before=before, limit=limit
             )
 
-    async def stats(self, event_id: uuid.UUID) -> tuple[list[GateCounts], int]:
+    async def stats(
+        self, principal: Principal, event_id: uuid.UUID
+    ) -> tuple[list[GateCounts], int]:
+        """Per-gate counts and outstanding tickets (see check_may_read for who)."""
         async with self._db.connection() as conn:
-            if not await repo.event_exists(conn, event_id):
-                raise event_not_found(event_id)
+            await self._check_read(conn, principal, event_id)
             return await repo.gate_counts(conn, event_id)
 
 

@@ -23,7 +23,9 @@ RESULT_TO_PROTO = {
     ScanResult.VOID: gate_pb2.VALIDATION_RESULT_VOID,
     ScanResult.WRONG_EVENT: gate_pb2.VALIDATION_RESULT_WRONG_EVENT,
     ScanResult.UNKNOWN_CODE: gate_pb2.VALIDATION_RESULT_UNKNOWN_CODE,
-    ScanResult.NOT_OPEN: gate_pb2.VALIDATION_RESULT_NOT_OPEN,
+    ScanResult.NOT_YET_OPEN: gate_pb2.VALIDATION_RESULT_NOT_YET_OPEN,
+    ScanResult.EVENT_OVER: gate_pb2.VALIDATION_RESULT_EVENT_OVER,
+    ScanResult.EVENT_CANCELLED: gate_pb2.VALIDATION_RESULT_EVENT_CANCELLED,
 }
 
 
@@ -59,7 +61,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             gate_id=gate,
             scan_id=parse_uuid(request.scan_id, "scan_id"),
         )
-        self._service.admit_rate(scan.event_id, scan.gate_id)
+        self._service.admit_rate(principal, scan.event_id, scan.gate_id)
         outcome = await self._service.validate(principal, scan)
         response = gate_pb2.ValidateTicketResponse(
             result=RESULT_TO_PROTO[outcome.result],
@@ -91,7 +93,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         size = resolve_page_size(request.page_size, 100, 1_000)
         query = {"event": str(event_id), "gate": gate}
         before = decode_time_keyset(self._pages, "scans", query, request.page_token)
-        rows = await self._service.list_scans(event_id, gate, before, size + 1)
+        rows = await self._service.list_scans(current_principal(), event_id, gate, before, size + 1)
         scans, token = next_page(
             rows,
             size,
@@ -104,7 +106,9 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
     async def GetGateStats(
         self, request: gate_pb2.GetGateStatsRequest, context: Any
     ) -> gate_pb2.GetGateStatsResponse:
-        gates, outstanding = await self._service.stats(parse_uuid(request.event_id, "event_id"))
+        gates, outstanding = await self._service.stats(
+            current_principal(), parse_uuid(request.event_id, "event_id")
+        )
         return gate_pb2.GetGateStatsResponse(
             gates=[
                 gate_pb2.GateStats(
