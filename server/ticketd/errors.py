@@ -58,6 +58,13 @@ class Reason(StrEnum):
     STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
     DB_UNAVAILABLE = "DB_UNAVAILABLE"
     DB_POOL_EXHAUSTED = "DB_POOL_EXHAUSTED"
+    # Password work and admission (appended: the catalogue never renumbers)
+    TOO_MANY_ATTEMPTS = "TOO_MANY_ATTEMPTS"
+    AUTH_BUSY = "AUTH_BUSY"
+    OVERLOADED = "OVERLOADED"
+    # Account lock-out
+    ACCOUNT_DISABLED = "ACCOUNT_DISABLED"
+    NOT_ACCOUNT_OWNER = "NOT_ACCOUNT_OWNER"
 
 
 @dataclass(frozen=True)
