@@ -14,7 +14,7 @@ from pathlib import Path
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, GENEROUS_AUTH_ENV
 
 
 def free_port() -> int:
@@ -53,6 +53,7 @@ class ServerProcess:
                 "TICKETING_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "TICKETING_SHUTDOWN_GRACE": "5",
                 "TICKETING_DB_POOL_SIZE": "20",
+                **GENEROUS_AUTH_ENV,
                 **self.extra_env,
             }
         )

@@ -33,7 +33,7 @@ import pytest
 from grpc import aio
 from rich.console import Console
 
-from tests.conftest import RunningServer
+from tests.conftest import GENEROUS_AUTH_ENV, RunningServer
 from tests.support import Account, Stubs, best_request, scan_request, small_layout
 from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.render import RichRenderer
@@ -574,6 +574,7 @@ class TicketdProcess:
             "TICKETING_BCRYPT_ROUNDS": "4",
             "TICKETING_DATA_DIR": str(data_dir),
             "TICKETING_SHUTDOWN_GRACE": "1",
+            **GENEROUS_AUTH_ENV,
             **extra,
         }
 

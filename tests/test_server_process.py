@@ -18,6 +18,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.conftest import GENEROUS_AUTH_ENV
 from tests.support import PASSWORD, unique_email
 from ticketd.db.embedded import fallback_cluster_dir
 from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
@@ -49,6 +50,7 @@ def _start(env_extra: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[
         "TICKETING_ADMIN_EMAIL": "boot@example.test",
         "TICKETING_ADMIN_PASSWORD": "boot-password-1",
         "TICKETING_SHUTDOWN_GRACE": "3",
+        **GENEROUS_AUTH_ENV,
         **env_extra,
     }
     proc = subprocess.Popen(
