@@ -165,6 +165,13 @@ class ServerProcess:
             TICKETING_ADMIN_PASSWORD=self.admin_password,
             TICKETING_DB_POOL_SIZE=str(self.pool_size),
             TICKETING_SHUTDOWN_GRACE="2",
+            # Sign-up of many buyers from one address: the production sign-in throttle
+            # (per-address rate, per-email backoff, small bcrypt queue) is set generously.
+            TICKETING_AUTH_CONCURRENCY="2",
+            TICKETING_AUTH_QUEUE="100000",
+            TICKETING_AUTH_PEER_RATE="1000000",
+            TICKETING_AUTH_PEER_BURST="1000000",
+            TICKETING_LOGIN_FAILURES_PER_EMAIL="1000000",
             # Creating a 100k-place event is one long statement; keep the default elsewhere.
             TICKETING_STATEMENT_TIMEOUT_MS="120000",
         )

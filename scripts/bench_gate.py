@@ -170,6 +170,13 @@ def server_env(database_url: str, data_dir: str, args: argparse.Namespace) -> di
         TICKETING_ADMIN_PASSWORD=PASSWORD,
         TICKETING_DB_POOL_SIZE=str(args.pool_size),
         TICKETING_SHUTDOWN_GRACE="2",
+        # Sign-up of many buyers from one address: the production sign-in throttle
+        # (per-address rate, per-email backoff, small bcrypt queue) is set generously.
+        TICKETING_AUTH_CONCURRENCY="2",
+        TICKETING_AUTH_QUEUE="100000",
+        TICKETING_AUTH_PEER_RATE="1000000",
+        TICKETING_AUTH_PEER_BURST="1000000",
+        TICKETING_LOGIN_FAILURES_PER_EMAIL="1000000",
         TICKETING_GATE_SCAN_RATE=str(args.gate_rate),
         TICKETING_GATE_SCAN_BURST=str(args.gate_rate),
     )

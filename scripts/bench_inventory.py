@@ -164,6 +164,12 @@ async def bench(sizes: list[int], repeat: int, admin_url: str, explain: bool) ->
                 admin_email=ADMIN_EMAIL,
                 admin_password=secrets.token_urlsafe(16),
                 grace_seconds=1,
+                # One admin sign-in only; set explicitly all the same (README, security model).
+                auth_concurrency=2,
+                auth_queue=100_000,
+                auth_peer_rate=1_000_000.0,
+                auth_peer_burst=1_000_000,
+                login_failures_per_email=1_000_000,
             )
             db = Database(url, PoolOptions(statement_timeout_ms=BENCH_STATEMENT_TIMEOUT_MS))
             await migrate.upgrade(db.engine)
