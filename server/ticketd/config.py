@@ -38,13 +38,18 @@ def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float)
 
 
 def default_auth_concurrency() -> int:
-    """Half the CPUs this process may run on (at least 1): bcrypt then never takes every
-    core from the event loop and PostgreSQL, however many sign-ins arrive."""
+    """Half the CPUs this process may run on, and at least 2.
+
+    Half: bcrypt then never takes every core from the event loop and PostgreSQL, however
+    many sign-ins arrive. At least 2: the password pool never lets one address hold the
+    last free worker, which needs two of them (a flood's hashes also run at background CPU
+    priority, so the second worker costs bookings little on a 2-core machine).
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, cpus // 2)
+    return max(2, cpus // 2)
 
 
 def default_data_dir() -> Path:
@@ -95,9 +100,10 @@ class Settings:
     auth_queue: int = 8
     """`TICKETING_AUTH_QUEUE`: password jobs that may wait for a worker; beyond that,
     RESOURCE_EXHAUSTED AUTH_BUSY at once. One address may hold a quarter of it."""
-    auth_peer_rate: float = 2.0
+    auth_peer_rate: float = 0.5
     """`TICKETING_AUTH_PEER_RATE`: Login + Register (+ ChangePassword) attempts per second
-    per caller IP address, sustained (per process)."""
+    per caller IP address, sustained (per process). At 0.5, one address can keep at most
+    a third of a core busy with bcrypt at cost 12, however it floods."""
     auth_peer_burst: int = 10
     """`TICKETING_AUTH_PEER_BURST`: attempts one address may make at once above that rate."""
     login_failures_per_email: int = 5
@@ -169,7 +175,7 @@ class Settings:
                 env, "TICKETING_AUTH_CONCURRENCY", default_auth_concurrency(), 1, 256
             ),
             auth_queue=_int(env, "TICKETING_AUTH_QUEUE", 8, 0, 100_000),
-            auth_peer_rate=_float(env, "TICKETING_AUTH_PEER_RATE", 2.0, 0.001, 1_000_000),
+            auth_peer_rate=_float(env, "TICKETING_AUTH_PEER_RATE", 0.5, 0.001, 1_000_000),
             auth_peer_burst=_int(env, "TICKETING_AUTH_PEER_BURST", 10, 1, 1_000_000),
             login_failures_per_email=_int(
                 env, "TICKETING_LOGIN_FAILURES_PER_EMAIL", 5, 1, 1_000_000

@@ -165,8 +165,8 @@ def test_generation_claims_from_older_or_forged_tokens(gen: object, ok: bool) ->
 def test_auth_settings_from_the_environment() -> None:
     base = {"TICKETING_DATA_DIR": "/tmp/x"}
     defaults = Settings.from_env(base)
-    assert defaults.auth_concurrency >= 1
-    assert (defaults.auth_queue, defaults.auth_peer_rate, defaults.auth_peer_burst) == (8, 2.0, 10)
+    assert defaults.auth_concurrency >= 2
+    assert (defaults.auth_queue, defaults.auth_peer_rate, defaults.auth_peer_burst) == (8, 0.5, 10)
     assert defaults.login_failures_per_email == 5
     assert defaults.grpc_hard_limit > defaults.max_concurrent_rpcs + defaults.auth_rpc_limit
     given_env = Settings.from_env(

@@ -118,6 +118,16 @@ def test_peer_bucket_refuses_past_the_burst_with_retry_info() -> None:
     throttle.admit_peer("10.0.0.1")  # one token back after 1/rate
 
 
+def test_an_address_past_half_its_burst_is_a_heavy_user() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(peer_rate=1.0, peer_burst=10, failures_per_email=5, clock=clock)
+    heavy = [throttle.admit_peer("10.0.0.1") for _ in range(10)]
+    assert heavy == [False] * 5 + [True] * 5
+    clock.now += 60.0  # a quiet minute: a person signing in again is not heavy
+    assert throttle.admit_peer("10.0.0.1") is False
+    assert throttle.admit_peer("10.0.0.2") is False
+
+
 def test_email_refusal_is_too_many_attempts_with_retry_info() -> None:
     throttle = SignInThrottle(peer_rate=1, peer_burst=1, failures_per_email=1, clock=Clock())
     with throttle.begin_email("a@b.cd") as attempt:

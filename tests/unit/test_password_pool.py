@@ -142,3 +142,38 @@ async def test_a_failing_job_frees_its_worker() -> None:
         assert await pool.run("a", lambda: 42) == 42
     finally:
         pool.shutdown()
+
+
+async def test_background_jobs_share_the_same_bound() -> None:
+    pool = PasswordWorkPool(2, 0)
+    gate = Gate()
+    try:
+        first = asyncio.create_task(pool.run("a", gate.job("bg"), background=True))
+        second = asyncio.create_task(pool.run("b", gate.job("fg")))
+        await until(lambda: pool.running == 2)
+        with pytest.raises(ResourceExhausted):
+            await pool.run("c", gate.job("x"), background=True)
+        gate.release_all()
+        assert sorted(await asyncio.gather(first, second)) == ["bg", "fg"]
+    finally:
+        gate.release_all()
+        pool.shutdown()
+
+
+async def test_a_reserved_worker_is_freed_when_no_job_runs_and_runs_only_one_job() -> None:
+    pool = PasswordWorkPool(1, 0)
+    try:
+        with pytest.raises(LookupError):
+            async with pool.reserve("a"):
+                assert pool.running == 1
+                with pytest.raises(ResourceExhausted):  # the only worker is held
+                    await pool.run("b", lambda: None)
+                raise LookupError("the database lookup failed")
+        assert pool.running == 0
+        async with pool.reserve("a") as slot:
+            assert await slot.run(lambda: 1) == 1
+            with pytest.raises(RuntimeError):
+                await slot.run(lambda: 2)
+        await until(lambda: pool.running == 0)
+    finally:
+        pool.shutdown()

@@ -73,10 +73,10 @@ class AccountService:
     ) -> UserRecord:
         """A new CUSTOMER account; ALREADY_EXISTS EMAIL_TAKEN when the (normalised) email is
         taken; TOO_MANY_ATTEMPTS when this address registers or signs in too often."""
-        self._throttle.admit_peer(peer)
+        heavy = self._throttle.admit_peer(peer)
         validate_registration(email, password, display_name)
         # Hash before taking a connection: none is held during the bcrypt work.
-        password_hash = await self._hasher.hash(password, peer=peer)
+        password_hash = await self._hasher.hash(password, peer=peer, background=heavy)
         async with self._db.connection() as conn:
             user = await repo.insert_user(
                 conn,
@@ -96,7 +96,7 @@ class AccountService:
     ) -> tuple[UserRecord, IssuedToken]:
         """A token for valid credentials of an active account; one UNAUTHENTICATED answer
         for every failure; TOO_MANY_ATTEMPTS per address and, after failures, per email."""
-        self._throttle.admit_peer(peer)
+        heavy = self._throttle.admit_peer(peer)
         # Malformed input is refused before any lookup; these answers say nothing about
         # which accounts exist.
         if email_violation(email) is not None or not password:
@@ -107,13 +107,15 @@ class AccountService:
         # Keyed by the address as typed (normalised), before the database is asked: an
         # unknown email backs off exactly like a known one.
         with self._throttle.begin_email(normalized) as attempt:
-            async with self._db.connection() as conn:
-                found = await repo.credentials(conn, normalized)
-            # Unknown email still pays for one bcrypt check, so both failures take the same
-            # time; a disabled account answers like a wrong password (no password oracle).
-            ok = await self._hasher.verify(
-                password, found.password_hash if found else None, peer=peer
-            )
+            # The password worker first: a Login the pool refuses costs no database work.
+            async with self._hasher.reserve(peer=peer, background=heavy) as slot:
+                async with self._db.connection() as conn:
+                    found = await repo.credentials(conn, normalized)
+                # Unknown email still pays for one bcrypt check, so both failures take the
+                # same time; a disabled account answers like a wrong password (no oracle).
+                ok = await self._hasher.verify_in(
+                    slot, password, found.password_hash if found else None
+                )
             if not ok or found is None or found.user.status is not UserStatus.ACTIVE:
                 attempt.finish(Outcome.FAILURE)
                 raise Unauthenticated(_BAD_CREDENTIALS, reason=Reason.BAD_CREDENTIALS)
@@ -135,18 +137,20 @@ class AccountService:
             violations.append(problem)
         if violations:
             raise InvalidArgument(violations)
-        self._throttle.admit_peer(peer)
+        heavy = self._throttle.admit_peer(peer)
         # Guessing the old password with a stolen token must back off like Login does.
         with self._throttle.begin_email(caller.email) as attempt:
-            async with self._db.connection() as conn:
-                found = await repo.credentials_by_id(conn, caller.user_id)
-            if found is None:
-                raise Unauthenticated(_INVALID_TOKEN, reason=Reason.INVALID_TOKEN)
-            if not await self._hasher.verify(old_password, found.password_hash, peer=peer):
+            async with self._hasher.reserve(peer=peer, background=heavy) as slot:
+                async with self._db.connection() as conn:
+                    found = await repo.credentials_by_id(conn, caller.user_id)
+                if found is None:
+                    raise Unauthenticated(_INVALID_TOKEN, reason=Reason.INVALID_TOKEN)
+                ok = await self._hasher.verify_in(slot, old_password, found.password_hash)
+            if not ok:
                 attempt.finish(Outcome.FAILURE)
                 raise PermissionDenied("the old password is wrong", reason=Reason.BAD_CREDENTIALS)
             attempt.finish(Outcome.SUCCESS)
-        new_hash = await self._hasher.hash(new_password, peer=peer)
+        new_hash = await self._hasher.hash(new_password, peer=peer, background=heavy)
         async with self._db.transaction() as conn:
             changed = await repo.replace_password(
                 conn, caller.user_id, expected_hash=found.password_hash, new_hash=new_hash

@@ -3,9 +3,11 @@ of CPU at 12 rounds), never on the event loop or the default executor."""
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+
 import bcrypt
 
-from ticketd.auth.workpool import PasswordWorkPool
+from ticketd.auth.workpool import PasswordSlot, PasswordWorkPool
 from ticketd.errors import FieldViolation
 
 MIN_PASSWORD_BYTES = 8
@@ -47,18 +49,37 @@ class PasswordHasher:
         """The pool the hashes run in."""
         return self._pool
 
-    async def hash(self, password: str, *, peer: str) -> str:
-        """A new bcrypt hash of `password` (which the caller has validated)."""
-        hashed = await self._pool.run(peer, _hash, password.encode("utf-8"), self._rounds)
+    def reserve(
+        self, *, peer: str, background: bool = False
+    ) -> AbstractAsyncContextManager[PasswordSlot]:
+        """A password worker held for one `hash_in`/`verify_in` (see PasswordWorkPool.reserve)."""
+        return self._pool.reserve(peer, background=background)
+
+    async def hash_in(self, slot: PasswordSlot, password: str) -> str:
+        """A new bcrypt hash of `password` (which the caller has validated), in `slot`."""
+        hashed = await slot.run(_hash, password.encode("utf-8"), self._rounds)
         return hashed.decode("ascii")
 
-    async def verify(self, password: str, hashed: str | None, *, peer: str) -> bool:
-        """True if `password` matches; with `hashed=None` burns the same time and says False."""
+    async def verify_in(self, slot: PasswordSlot, password: str, hashed: str | None) -> bool:
+        """True if `password` matches, checked in `slot`; with `hashed=None` it burns the same
+        time and says False."""
         raw = password.encode("utf-8")
         if len(raw) > MAX_PASSWORD_BYTES:
             # Never matches a stored hash (new ones are <= 72 bytes), costs the same.
-            await self._pool.run(peer, bcrypt.checkpw, raw[:MAX_PASSWORD_BYTES], self._dummy)
+            await slot.run(bcrypt.checkpw, raw[:MAX_PASSWORD_BYTES], self._dummy)
             return False
         target = hashed.encode("ascii") if hashed else self._dummy
-        ok = await self._pool.run(peer, bcrypt.checkpw, raw, target)
+        ok = await slot.run(bcrypt.checkpw, raw, target)
         return bool(ok) and hashed is not None
+
+    async def hash(self, password: str, *, peer: str, background: bool = False) -> str:
+        """Reserve a worker and hash `password` in it."""
+        async with self.reserve(peer=peer, background=background) as slot:
+            return await self.hash_in(slot, password)
+
+    async def verify(
+        self, password: str, hashed: str | None, *, peer: str, background: bool = False
+    ) -> bool:
+        """Reserve a worker and check `password` against `hashed` in it."""
+        async with self.reserve(peer=peer, background=background) as slot:
+            return await self.verify_in(slot, password, hashed)

@@ -147,6 +147,9 @@ class SignInThrottle:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._peers = TokenBuckets(peer_rate, peer_burst, clock=clock)
+        # The same rate with half the burst: an address that fails to take from it has used
+        # more than half its burst recently, and its password work runs in the background.
+        self._light = TokenBuckets(peer_rate, max(1.0, peer_burst / 2), clock=clock)
         self._emails = EmailBackoff(BackoffPolicy(threshold=failures_per_email), clock=clock)
 
     @property
@@ -154,8 +157,13 @@ class SignInThrottle:
         """The per-email backoff."""
         return self._emails
 
-    def admit_peer(self, peer: str) -> None:
-        """Take one attempt from `peer`'s bucket or raise RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS."""
+    def admit_peer(self, peer: str) -> bool:
+        """Take one attempt from `peer`'s bucket or raise RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS.
+
+        Returns True when the address is a heavy user (more than half its burst used): its
+        password work should run at background priority. A person signing in now and then
+        never is.
+        """
         if not self._peers.try_take(peer):
             # An empty bucket gains its next token within 1/rate seconds.
             raise ResourceExhausted(
@@ -163,6 +171,7 @@ class SignInThrottle:
                 reason=Reason.TOO_MANY_ATTEMPTS,
                 retry_after=round(1.0 / self._peers.rate, 3),
             )
+        return not self._light.try_take(peer)
 
     def begin_email(self, email: str) -> EmailAttempt:
         """Reserve a sign-in attempt for `email` or raise TOO_MANY_ATTEMPTS with RetryInfo."""

@@ -4,9 +4,10 @@ Why a pool of its own: one bcrypt at cost 12 is a quarter to half a second of CP
 default executor, 50 concurrent bogus Logins queued 13 s of work in front of a real user's
 Login and, through grpc's concurrency limit, in front of every other call. Here:
 
-- at most `workers` hashes run at once, in threads of their own (bcrypt releases the GIL),
-  started at a lower OS priority so that under CPU contention the event loop and
-  PostgreSQL win;
+- at most `workers` hashes run at once, in threads of their own (bcrypt releases the GIL);
+  jobs the caller marks `background` (an address that has used most of its sign-in burst,
+  see `ticketd.auth.throttle`) run in threads at a lower OS priority, so under CPU
+  contention bookings, PostgreSQL and ordinary sign-ins win over a flood's hashes;
 - at most `queue` jobs wait; anything beyond is refused at once with RESOURCE_EXHAUSTED
   `AUTH_BUSY` and a RetryInfo estimated from the measured hash time;
 - one caller address may hold at most a quarter of the queue, and (with two workers or more)
@@ -22,7 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -30,16 +31,17 @@ from ticketd.errors import Reason, ResourceExhausted
 
 T = TypeVar("T")
 
-# Niceness of the bcrypt threads: above the event loop's 0, so CPU contention is lost by
-# password work rather than by bookings. Linux applies it per thread.
-_WORKER_NICENESS = 10
+# Niceness of background password threads: above the event loop's 0, so CPU contention is
+# lost by a flood's hashes rather than by bookings. Linux applies it per thread; a thread
+# cannot lower its niceness again without privileges, hence two sets of threads.
+_BACKGROUND_NICENESS = 10
 # Starting estimate of one hash (cost 12 on a small machine), refined as hashes complete.
 _INITIAL_HASH_SECONDS = 0.3
 
 
 def _lower_priority() -> None:
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WORKER_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICENESS)
 
 
 class PasswordWorkPool:
@@ -56,8 +58,10 @@ class PasswordWorkPool:
         self.per_peer_queue = per_peer_queue if per_peer_queue is not None else max(1, queue // 4)
         # With one worker there is nothing to reserve: the single worker serves everyone.
         self.per_peer_running = max(1, workers - 1)
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="bcrypt", initializer=_lower_priority
+        # The slot accounting below bounds the total; each executor can hold all of it.
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt")
+        self._background = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="bcrypt-bg", initializer=_lower_priority
         )
         self._running = 0
         self._running_by_peer: dict[str, int] = {}
@@ -149,31 +153,71 @@ class PasswordWorkPool:
                         del self._waiting[peer]
             raise
 
-    async def run(self, peer: str, fn: Callable[..., T], *args: object) -> T:
-        """`fn(*args)` in a password worker, for the caller at address `peer`.
+    @contextlib.asynccontextmanager
+    async def reserve(self, peer: str, *, background: bool = False) -> AsyncIterator[PasswordSlot]:
+        """A worker for one job of the caller at address `peer`, held from now on.
 
-        Raises ResourceExhausted AUTH_BUSY at once when the queue (or this address's share
-        of it) is full. If the caller is cancelled, a started hash still finishes in its
-        thread and only then frees its worker, so the bound always holds.
+        Waits in the fair queue, or raises ResourceExhausted AUTH_BUSY at once when the
+        queue (or this address's share of it) is full. Reserve before other work of the
+        call (Login reserves before its database lookup), so that a call the pool would
+        refuse is refused before it costs anything. With `background`, the job runs at a
+        lower CPU priority. The worker is freed when the job's thread ends, or at the end of
+        the block if no job was run.
         """
         await self._acquire(peer)
+        slot = PasswordSlot(self, peer, self._background if background else self._executor)
+        try:
+            yield slot
+        finally:
+            slot._close()
+
+    async def run(
+        self, peer: str, fn: Callable[..., T], *args: object, background: bool = False
+    ) -> T:
+        """`fn(*args)` in a password worker for address `peer` (reserve, then run).
+
+        If the caller is cancelled, a started hash still finishes in its thread and only
+        then frees its worker, so the bound always holds.
+        """
+        async with self.reserve(peer, background=background) as slot:
+            return await slot.run(fn, *args)
+
+    def shutdown(self) -> None:
+        """Stop the worker threads once running jobs end (for tools that build many pools)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)
+
+
+class PasswordSlot:
+    """One reserved password worker: runs exactly one job, then frees itself."""
+
+    def __init__(self, pool: PasswordWorkPool, peer: str, executor: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._peer = peer
+        self._executor = executor
+        self._state = "held"  # -> "running" (the job's thread frees it) or "closed"
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` in this slot's worker thread."""
+        if self._state != "held":
+            raise RuntimeError("a password slot runs one job")
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        try:
-            job: Future[T] = self._executor.submit(fn, *args)
-        except BaseException:
-            self._finish(peer, None)
-            raise
+        pool, peer = self._pool, self._peer
+        job: Future[T] = self._executor.submit(fn, *args)
+        self._state = "running"
 
         def done(finished: Future[T]) -> None:
             elapsed = None if finished.cancelled() else time.perf_counter() - started
             # The callback runs in the worker thread; the accounting belongs to the loop.
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to account
-                loop.call_soon_threadsafe(self._finish, peer, elapsed)
+                loop.call_soon_threadsafe(pool._finish, peer, elapsed)
 
         job.add_done_callback(done)
         return await asyncio.wrap_future(job)
 
-    def shutdown(self) -> None:
-        """Stop the worker threads once running jobs end (for tools that build many pools)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def _close(self) -> None:
+        if self._state == "held":
+            self._pool._finish(self._peer, None)
+        if self._state != "running":
+            self._state = "closed"
