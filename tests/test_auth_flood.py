@@ -356,3 +356,33 @@ async def test_ordinary_calls_have_their_own_budget_and_health_is_exempt(
         ["FAILED_PRECONDITION:SEAT_UNAVAILABLE", "OK"],
         ["ABORTED:SEAT_LOCKED", "ABORTED:SEAT_LOCKED"],
     ), results
+
+
+async def test_an_address_whose_sign_ins_keep_failing_backs_off(
+    running: RunningServer, stubs: Stubs
+) -> None:
+    """A generous rate, but every sign-in from the address fails: after a burst's worth the
+    address waits, whatever emails it tries; another address is unaffected."""
+    victim = await stubs.register("peer-backoff-victim")
+    async with (
+        strict_server(running, auth_peer_rate=1000.0, auth_peer_burst=4) as served,
+        aio.insecure_channel(served.flood_target) as flood_ch,
+        aio.insecure_channel(served.victim_target) as victim_ch,
+    ):
+        flood = Stubs(flood_ch)
+        seen = []
+        for _ in range(6):
+            try:
+                await bogus_login(flood)
+                seen.append("OK")
+            except aio.AioRpcError as err:
+                seen.append(outcome(err))
+        assert (
+            seen
+            == ["UNAUTHENTICATED:BAD_CREDENTIALS"] * 4
+            + ["RESOURCE_EXHAUSTED:TOO_MANY_ATTEMPTS"] * 2
+        )
+        login = await Stubs(victim_ch).auth.Login(
+            auth_pb2.LoginRequest(email=victim.email, password=victim.password)
+        )
+        assert login.user.id == victim.user.id

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ticketd.auth.throttle import BackoffPolicy, EmailBackoff, Outcome, SignInThrottle
+from ticketd.auth.throttle import BackoffPolicy, FailureBackoff, Outcome, SignInThrottle
 from ticketd.edge.admission import Admission, CallClass, classify
 from ticketd.edge.peer import peer_address
 from ticketd.errors import Reason, ResourceExhausted
@@ -35,7 +35,7 @@ def test_allowance_lets_no_parallel_burst_outrun_the_threshold() -> None:
 
 def test_email_backoff_blocks_after_threshold_and_success_resets() -> None:
     clock = Clock()
-    backoff = EmailBackoff(BackoffPolicy(threshold=3, base=1.0, cap=8.0), clock=clock)
+    backoff = FailureBackoff(BackoffPolicy(threshold=3, base=1.0, cap=8.0), clock=clock)
     key = "victim@example.test"
     for _ in range(3):
         assert backoff.begin(key) is None
@@ -61,7 +61,7 @@ def test_email_backoff_blocks_after_threshold_and_success_resets() -> None:
 
 def test_email_backoff_is_capped() -> None:
     clock = Clock()
-    backoff = EmailBackoff(BackoffPolicy(threshold=1, base=1.0, cap=4.0), clock=clock)
+    backoff = FailureBackoff(BackoffPolicy(threshold=1, base=1.0, cap=4.0), clock=clock)
     for _ in range(10):
         while (wait := backoff.begin("x@y.z")) is not None:
             clock.now += wait
@@ -70,14 +70,14 @@ def test_email_backoff_is_capped() -> None:
 
 
 def test_concurrent_attempts_are_bounded_by_the_allowance() -> None:
-    backoff = EmailBackoff(BackoffPolicy(threshold=3), clock=Clock())
+    backoff = FailureBackoff(BackoffPolicy(threshold=3), clock=Clock())
     begun = [backoff.begin("a@b.cd") for _ in range(10)]
     assert begun[:3] == [None, None, None]
     assert all(w is not None for w in begun[3:])
 
 
 def test_not_tried_attempts_do_not_count_as_failures() -> None:
-    backoff = EmailBackoff(BackoffPolicy(threshold=1), clock=Clock())
+    backoff = FailureBackoff(BackoffPolicy(threshold=1), clock=Clock())
     for _ in range(5):
         assert backoff.begin("a@b.cd") is None
         backoff.end("a@b.cd", Outcome.NOT_TRIED)
@@ -87,7 +87,7 @@ def test_not_tried_attempts_do_not_count_as_failures() -> None:
 def test_failures_are_forgotten_after_a_quiet_period() -> None:
     clock = Clock()
     policy = BackoffPolicy(threshold=2, forget_after=60.0)
-    backoff = EmailBackoff(policy, clock=clock)
+    backoff = FailureBackoff(policy, clock=clock)
     for _ in range(2):
         backoff.begin("a@b.cd")
         backoff.end("a@b.cd", Outcome.FAILURE)
@@ -97,53 +97,97 @@ def test_failures_are_forgotten_after_a_quiet_period() -> None:
 
 
 def test_email_state_memory_is_bounded() -> None:
-    backoff = EmailBackoff(BackoffPolicy(threshold=1), max_keys=100, clock=Clock())
+    backoff = FailureBackoff(BackoffPolicy(threshold=1), max_keys=100, clock=Clock())
     for i in range(1000):
         backoff.begin(f"user{i}@example.test")
         backoff.end(f"user{i}@example.test", Outcome.FAILURE)
     assert len(backoff._states) <= 100
 
 
+def _attempt(throttle: SignInThrottle, peer: str, outcome: Outcome = Outcome.NOT_TRIED) -> bool:
+    """One attempt from `peer` ending with `outcome`; returns its `heavy` flag."""
+    with throttle.admit_peer(peer) as attempt:
+        attempt.finish(outcome)
+        return attempt.heavy
+
+
 def test_peer_bucket_refuses_past_the_burst_with_retry_info() -> None:
     clock = Clock()
     throttle = SignInThrottle(peer_rate=2.0, peer_burst=3, failures_per_email=5, clock=clock)
     for _ in range(3):
-        throttle.admit_peer("10.0.0.1")
+        _attempt(throttle, "10.0.0.1", Outcome.SUCCESS)
     with pytest.raises(ResourceExhausted) as err:
         throttle.admit_peer("10.0.0.1")
     assert err.value.reason is Reason.TOO_MANY_ATTEMPTS
     assert err.value.retry_after == pytest.approx(0.5)
-    throttle.admit_peer("10.0.0.2")  # another address has its own bucket
+    _attempt(throttle, "10.0.0.2")  # another address has its own bucket
     clock.now += 0.5
-    throttle.admit_peer("10.0.0.1")  # one token back after 1/rate
+    _attempt(throttle, "10.0.0.1")  # one token back after 1/rate
 
 
 def test_an_address_past_half_its_burst_is_a_heavy_user() -> None:
     clock = Clock()
     throttle = SignInThrottle(peer_rate=1.0, peer_burst=10, failures_per_email=5, clock=clock)
-    heavy = [throttle.admit_peer("10.0.0.1") for _ in range(10)]
+    heavy = [_attempt(throttle, "10.0.0.1", Outcome.SUCCESS) for _ in range(10)]
     assert heavy == [False] * 5 + [True] * 5
     clock.now += 60.0  # a quiet minute: a person signing in again is not heavy
-    assert throttle.admit_peer("10.0.0.1") is False
-    assert throttle.admit_peer("10.0.0.2") is False
+    assert _attempt(throttle, "10.0.0.1") is False
+    assert _attempt(throttle, "10.0.0.2") is False
+
+
+def test_an_address_whose_sign_ins_all_fail_backs_off() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(peer_rate=100.0, peer_burst=4, failures_per_email=99, clock=clock)
+    for _ in range(4):
+        _attempt(throttle, "10.0.0.9", Outcome.FAILURE)
+    with pytest.raises(ResourceExhausted) as err:
+        throttle.admit_peer("10.0.0.9")  # the bucket has tokens; the backoff says no
+    assert err.value.reason is Reason.TOO_MANY_ATTEMPTS
+    assert err.value.retry_after == pytest.approx(1.0)
+    clock.now += 1.0
+    _attempt(throttle, "10.0.0.9", Outcome.FAILURE)
+    with pytest.raises(ResourceExhausted) as err:
+        throttle.admit_peer("10.0.0.9")
+    assert err.value.retry_after == pytest.approx(2.0)
+    clock.now += 2.0
+    _attempt(throttle, "10.0.0.9", Outcome.SUCCESS)  # someone there knows a password
+    clock.now += 1.0  # (the bucket refills)
+    for _ in range(3):
+        _attempt(throttle, "10.0.0.9", Outcome.FAILURE)
+    _attempt(throttle, "10.0.0.9")  # not blocked: the success reset the count
+
+
+def test_a_refusal_by_the_bucket_does_not_count_as_a_failure() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(peer_rate=0.001, peer_burst=2, failures_per_email=9, clock=clock)
+    for _ in range(2):
+        _attempt(throttle, "10.0.0.3", Outcome.SUCCESS)
+    for _ in range(10):
+        with pytest.raises(ResourceExhausted):
+            throttle.admit_peer("10.0.0.3")
+    assert throttle.peers.failures("10.0.0.3") == 0
 
 
 def test_email_refusal_is_too_many_attempts_with_retry_info() -> None:
-    throttle = SignInThrottle(peer_rate=1, peer_burst=1, failures_per_email=1, clock=Clock())
-    with throttle.begin_email("a@b.cd") as attempt:
+    throttle = SignInThrottle(peer_rate=1, peer_burst=9, failures_per_email=1, clock=Clock())
+    with throttle.admit_peer("10.0.0.1") as attempt:
+        throttle.admit_email(attempt, "a@b.cd")
         attempt.finish(Outcome.FAILURE)
-    with pytest.raises(ResourceExhausted) as err:
-        throttle.begin_email("a@b.cd")
+    with pytest.raises(ResourceExhausted) as err, throttle.admit_peer("10.0.0.2") as attempt:
+        throttle.admit_email(attempt, "a@b.cd")
     assert err.value.reason is Reason.TOO_MANY_ATTEMPTS
     assert err.value.retry_after == pytest.approx(1.0)
 
 
 def test_an_unfinished_attempt_is_released_as_not_tried() -> None:
-    throttle = SignInThrottle(peer_rate=1, peer_burst=1, failures_per_email=1, clock=Clock())
-    with pytest.raises(RuntimeError), throttle.begin_email("a@b.cd"):
+    throttle = SignInThrottle(peer_rate=1, peer_burst=9, failures_per_email=1, clock=Clock())
+    with pytest.raises(RuntimeError), throttle.admit_peer("10.0.0.1") as attempt:
+        throttle.admit_email(attempt, "a@b.cd")
         raise RuntimeError("database down")
-    with throttle.begin_email("a@b.cd") as attempt:  # not blocked: nothing was tried
+    with throttle.admit_peer("10.0.0.1") as attempt:  # not blocked: nothing was tried
+        throttle.admit_email(attempt, "a@b.cd")
         attempt.finish(Outcome.SUCCESS)
+    assert throttle.emails.failures("a@b.cd") == 0
 
 
 @pytest.mark.parametrize(

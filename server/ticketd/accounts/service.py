@@ -73,22 +73,25 @@ class AccountService:
     ) -> UserRecord:
         """A new CUSTOMER account; ALREADY_EXISTS EMAIL_TAKEN when the (normalised) email is
         taken; TOO_MANY_ATTEMPTS when this address registers or signs in too often."""
-        heavy = self._throttle.admit_peer(peer)
-        validate_registration(email, password, display_name)
-        # Hash before taking a connection: none is held during the bcrypt work.
-        password_hash = await self._hasher.hash(password, peer=peer, background=heavy)
-        async with self._db.connection() as conn:
-            user = await repo.insert_user(
-                conn,
-                email=normalize_email(email),
-                display_name=clean_display_name(display_name),
-                password_hash=password_hash,
-                roles={Role.CUSTOMER},
-            )
-        if user is None:
-            raise AlreadyExists(
-                "an account with this email already exists", reason=Reason.EMAIL_TAKEN
-            )
+        with self._throttle.admit_peer(peer) as attempt:
+            validate_registration(email, password, display_name)
+            # Hash before taking a connection: none is held during the bcrypt work.
+            password_hash = await self._hasher.hash(password, peer=peer, background=attempt.heavy)
+            async with self._db.connection() as conn:
+                user = await repo.insert_user(
+                    conn,
+                    email=normalize_email(email),
+                    display_name=clean_display_name(display_name),
+                    password_hash=password_hash,
+                    roles={Role.CUSTOMER},
+                )
+            if user is None:
+                # Probing which addresses have accounts backs the address off like failed
+                # sign-ins do; a created account neither counts nor resets.
+                attempt.finish(Outcome.FAILURE)
+                raise AlreadyExists(
+                    "an account with this email already exists", reason=Reason.EMAIL_TAKEN
+                )
         return user
 
     async def login(
@@ -96,19 +99,22 @@ class AccountService:
     ) -> tuple[UserRecord, IssuedToken]:
         """A token for valid credentials of an active account; one UNAUTHENTICATED answer
         for every failure; TOO_MANY_ATTEMPTS per address and, after failures, per email."""
-        heavy = self._throttle.admit_peer(peer)
-        # Malformed input is refused before any lookup; these answers say nothing about
-        # which accounts exist.
-        if email_violation(email) is not None or not password:
-            raise Unauthenticated(_BAD_CREDENTIALS, reason=Reason.BAD_CREDENTIALS)
-        if len(password.encode("utf-8")) > 4 * MAX_PASSWORD_BYTES:
-            raise Unauthenticated(_BAD_CREDENTIALS, reason=Reason.BAD_CREDENTIALS)
-        normalized = normalize_email(email)
-        # Keyed by the address as typed (normalised), before the database is asked: an
-        # unknown email backs off exactly like a known one.
-        with self._throttle.begin_email(normalized) as attempt:
+        with self._throttle.admit_peer(peer) as attempt:
+            # Malformed input is refused before any lookup; these answers say nothing about
+            # which accounts exist (and count as failures of the address).
+            if (
+                email_violation(email) is not None
+                or not password
+                or len(password.encode("utf-8")) > 4 * MAX_PASSWORD_BYTES
+            ):
+                attempt.finish(Outcome.FAILURE)
+                raise Unauthenticated(_BAD_CREDENTIALS, reason=Reason.BAD_CREDENTIALS)
+            normalized = normalize_email(email)
+            # Keyed by the address as typed (normalised), before the database is asked: an
+            # unknown email backs off exactly like a known one.
+            self._throttle.admit_email(attempt, normalized)
             # The password worker first: a Login the pool refuses costs no database work.
-            async with self._hasher.reserve(peer=peer, background=heavy) as slot:
+            async with self._hasher.reserve(peer=peer, background=attempt.heavy) as slot:
                 async with self._db.connection() as conn:
                     found = await repo.credentials(conn, normalized)
                 # Unknown email still pays for one bcrypt check, so both failures take the
@@ -137,10 +143,10 @@ class AccountService:
             violations.append(problem)
         if violations:
             raise InvalidArgument(violations)
-        heavy = self._throttle.admit_peer(peer)
-        # Guessing the old password with a stolen token must back off like Login does.
-        with self._throttle.begin_email(caller.email) as attempt:
-            async with self._hasher.reserve(peer=peer, background=heavy) as slot:
+        with self._throttle.admit_peer(peer) as attempt:
+            # Guessing the old password with a stolen token must back off like Login does.
+            self._throttle.admit_email(attempt, caller.email)
+            async with self._hasher.reserve(peer=peer, background=attempt.heavy) as slot:
                 async with self._db.connection() as conn:
                     found = await repo.credentials_by_id(conn, caller.user_id)
                 if found is None:
@@ -150,7 +156,7 @@ class AccountService:
                 attempt.finish(Outcome.FAILURE)
                 raise PermissionDenied("the old password is wrong", reason=Reason.BAD_CREDENTIALS)
             attempt.finish(Outcome.SUCCESS)
-        new_hash = await self._hasher.hash(new_password, peer=peer, background=heavy)
+        new_hash = await self._hasher.hash(new_password, peer=peer, background=attempt.heavy)
         async with self._db.transaction() as conn:
             changed = await repo.replace_password(
                 conn, caller.user_id, expected_hash=found.password_hash, new_hash=new_hash

@@ -1,6 +1,14 @@
-"""Sign-in throttling: a token bucket per caller address and a backoff per email.
+"""Sign-in throttling: per caller address a token bucket and a failure backoff, per email a
+failure backoff.
 
-Both are in-memory and per process (README, docs/scaling.md): N processes behind a balancer
+- Address bucket: TICKETING_AUTH_PEER_RATE attempts/s, TICKETING_AUTH_PEER_BURST at once.
+- Address backoff: once an address's last TICKETING_AUTH_PEER_BURST sign-ins all failed, it
+  waits 1 s, then 2 s, 4 s ... (capped) between attempts; a success resets it. So a flood
+  from one address costs its burst of password checks and then next to nothing.
+- Email backoff: the same after TICKETING_LOGIN_FAILURES_PER_EMAIL failures for one email,
+  from anywhere.
+
+All are in-memory and per process (README, docs/scaling.md): N processes behind a balancer
 allow N times the rates. They bound what one address, or many addresses aiming at one email,
 can make the server do; the bcrypt pool (`ticketd.auth.workpool`) bounds the total.
 
@@ -68,8 +76,9 @@ class _EmailState:
     last_failure: float = 0.0
 
 
-class EmailBackoff:
-    """Per-email failure counts with exponential, capped backoff; pure (clock injected)."""
+class FailureBackoff:
+    """Failure counts per key (an email, an address) with exponential, capped backoff; pure
+    (clock injected)."""
 
     def __init__(
         self,
@@ -84,7 +93,7 @@ class EmailBackoff:
         self._states: OrderedDict[str, _EmailState] = OrderedDict()
 
     def begin(self, email: str) -> float | None:
-        """Reserve one attempt for `email`: None means go ahead (call `end` afterwards);
+        """Reserve one attempt for key `email`: None means go ahead (call `end` afterwards);
         a number is the seconds to wait before trying again."""
         now = self._clock()
         state = self._states.get(email)
@@ -136,7 +145,7 @@ class EmailBackoff:
 
 
 class SignInThrottle:
-    """The per-address bucket and the per-email backoff, raising TOO_MANY_ATTEMPTS."""
+    """The per-address bucket and backoff and the per-email backoff: TOO_MANY_ATTEMPTS."""
 
     def __init__(
         self,
@@ -150,54 +159,75 @@ class SignInThrottle:
         # The same rate with half the burst: an address that fails to take from it has used
         # more than half its burst recently, and its password work runs in the background.
         self._light = TokenBuckets(peer_rate, max(1.0, peer_burst / 2), clock=clock)
-        self._emails = EmailBackoff(BackoffPolicy(threshold=failures_per_email), clock=clock)
+        self._peer_failures = FailureBackoff(BackoffPolicy(threshold=peer_burst), clock=clock)
+        self._emails = FailureBackoff(BackoffPolicy(threshold=failures_per_email), clock=clock)
 
     @property
-    def emails(self) -> EmailBackoff:
+    def emails(self) -> FailureBackoff:
         """The per-email backoff."""
         return self._emails
 
-    def admit_peer(self, peer: str) -> bool:
-        """Take one attempt from `peer`'s bucket or raise RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS.
+    @property
+    def peers(self) -> FailureBackoff:
+        """The per-address backoff."""
+        return self._peer_failures
 
-        Returns True when the address is a heavy user (more than half its burst used): its
-        password work should run at background priority. A person signing in now and then
-        never is.
+    def admit_peer(self, peer: str) -> SignInAttempt:
+        """One attempt from address `peer`, or RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS.
+
+        The attempt's `heavy` says the address has used more than half its burst: its
+        password work should run at background priority (a person signing in now and then
+        never is). Finish the attempt with its outcome; leaving its `with` block unfinished
+        records NOT_TRIED.
         """
+        wait = self._peer_failures.begin(peer)
+        if wait is not None:
+            raise ResourceExhausted(
+                _PEER_MESSAGE, reason=Reason.TOO_MANY_ATTEMPTS, retry_after=round(wait, 3)
+            )
         if not self._peers.try_take(peer):
+            self._peer_failures.end(peer, Outcome.NOT_TRIED)
             # An empty bucket gains its next token within 1/rate seconds.
             raise ResourceExhausted(
                 _PEER_MESSAGE,
                 reason=Reason.TOO_MANY_ATTEMPTS,
                 retry_after=round(1.0 / self._peers.rate, 3),
             )
-        return not self._light.try_take(peer)
+        heavy = not self._light.try_take(peer)
+        return SignInAttempt([(self._peer_failures, peer)], heavy=heavy)
 
-    def begin_email(self, email: str) -> EmailAttempt:
-        """Reserve a sign-in attempt for `email` or raise TOO_MANY_ATTEMPTS with RetryInfo."""
+    def admit_email(self, attempt: SignInAttempt, email: str) -> None:
+        """Add `email` to `attempt`, or raise TOO_MANY_ATTEMPTS (the attempt is then not
+        tried: its `with` block records that)."""
         wait = self._emails.begin(email)
         if wait is not None:
             raise ResourceExhausted(
                 _EMAIL_MESSAGE, reason=Reason.TOO_MANY_ATTEMPTS, retry_after=round(wait, 3)
             )
-        return EmailAttempt(self._emails, email)
+        attempt.add(self._emails, email)
 
 
-class EmailAttempt:
-    """One reserved attempt; `finish` it exactly once (a context manager does it on error)."""
+class SignInAttempt:
+    """One reserved attempt under one or more backoffs; `finish` it once with its outcome
+    (used as a context manager, an unfinished attempt ends as NOT_TRIED)."""
 
-    def __init__(self, backoff: EmailBackoff, email: str) -> None:
-        self._backoff = backoff
-        self._email = email
+    def __init__(self, keys: list[tuple[FailureBackoff, str]], *, heavy: bool = False) -> None:
+        self._keys = keys
+        self.heavy = heavy
         self._done = False
 
+    def add(self, backoff: FailureBackoff, key: str) -> None:
+        """Record the outcome under `key` of `backoff` too (already reserved there)."""
+        self._keys.append((backoff, key))
+
     def finish(self, outcome: Outcome) -> None:
-        """Record the outcome (later calls are ignored)."""
+        """Record the outcome under every key (later calls are ignored)."""
         if not self._done:
             self._done = True
-            self._backoff.end(self._email, outcome)
+            for backoff, key in self._keys:
+                backoff.end(key, outcome)
 
-    def __enter__(self) -> EmailAttempt:
+    def __enter__(self) -> SignInAttempt:
         return self
 
     def __exit__(self, *exc: object) -> None:
