@@ -9,24 +9,28 @@ One run, on this machine, loopback only, bounded in count and time:
     address, 5 failed sign-ins per email before backoff);
   * set-up over ::1: the admin signs in, one buyer and one "victim" register (sequentially,
     waiting out RetryInfo like any client), a venue of `--seats` places and an event;
-  * three phases of `--phase-seconds` each, the same load in all three:
+  * four measured windows with the same load in each: "before" and "after" of
+    `--phase-seconds`, and between them the flood: "flood-start" (its first
+    `--flood-warmup` seconds, while its burst of password checks is spent) and "flood"
+    (`--phase-seconds` of steady flood). The load:
       - `--bookers` concurrent BookSeats loops (best available, one seat) paced to
         `--book-rate` bookings/s in all (busy, not saturated), over 127.0.0.1, the flooding
         address itself;
       - the victim signs in over ::1 (another address) every `--victim-every` seconds;
       - Health/Check every 0.25 s over 127.0.0.1;
-    phase "flood" adds `--flood` (200) concurrent bogus Logins from 127.0.0.1 (unknown
+    the flood windows add `--flood` (200) concurrent bogus Logins from 127.0.0.1 (unknown
     emails, wrong passwords), run by a separate process so that its own CPU does not slow
     the measuring client's event loop; a refused attempt is repeated after `--flood-pause`
-    seconds (the flooder ignores RetryInfo). Phases "before" and "after" bracket it, so a
-    drift of the shared machine shows as a difference between them.
+    seconds (the flooder ignores RetryInfo). "before" and "after" bracket it, so a drift of
+    the shared machine shows as a difference between them.
 
 Output: a table on stderr, JSON in --json (default docs/bench_auth_flood.json): per phase the
 BookSeats latency percentiles and status counts, every victim sign-in time, health latency
-and answers, and the flood's outcome counts; ratios flood / mean(before, after).
+and answers, CPU used by ticketd, the flood process and the machine, and the flood's outcome
+counts; ratios flood / mean(before, after).
 
 Usage: scripts/bench_auth_flood [--json PATH] [--flood 200] [--phase-seconds 20]
-       [--bookers 8] [--book-rate 100] [--victim-every 2.5] [--flood-pause 0.2]
+       [--bookers 8] [--book-rate 100] [--victim-every 2.5] [--flood-pause 1.0]
        [--bcrypt-rounds 12] [--auth-concurrency 2] [--auth-queue 8] [--peer-rate 0.5]
        [--peer-burst 10] [--seats 20000] [--quiet-wait 180] [--max-seconds 600]
 Admin URL: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres.
@@ -462,30 +466,36 @@ async def health_loop(stub: Any, stop: float, r: PhaseResult) -> None:
         await asyncio.sleep(0.25)
 
 
-async def run_phase(
-    name: str, server: Server, world: World, args: argparse.Namespace, flood: bool
+async def start_flood(server: Server, args: argparse.Namespace) -> asyncio.subprocess.Process:
+    """The flood process, running for the flood-start and flood windows."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--flood-worker",
+        "--target",
+        server.v4,
+        "--flood",
+        str(args.flood),
+        "--seconds",
+        str(args.flood_warmup + args.phase_seconds + 1),
+        "--flood-pause",
+        str(args.flood_pause),
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def measure(
+    name: str,
+    seconds: float,
+    server: Server,
+    world: World,
+    args: argparse.Namespace,
+    flood_pid: int | None = None,
 ) -> PhaseResult:
+    """One measured window: bookings, victim sign-ins and health checks, with CPU use."""
     result = PhaseResult(name)
-    flood_proc: asyncio.subprocess.Process | None = None
-    if flood:
-        flood_proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--flood-worker",
-            "--target",
-            server.v4,
-            "--flood",
-            str(args.flood),
-            "--seconds",
-            str(args.phase_seconds + 2),
-            "--flood-pause",
-            str(args.flood_pause),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        await asyncio.sleep(2.0)  # the flood is under way before anything is measured
     rng = random.Random(args.seed + len(name))
     server_pid = server.proc.pid if server.proc else None
-    flood_pid = flood_proc.pid if flood_proc else None
     cpu0 = (
         proc_cpu_seconds(server_pid),
         proc_cpu_seconds(flood_pid),
@@ -493,7 +503,7 @@ async def run_phase(
         *machine_busy_seconds(),
     )
     started = time.monotonic()
-    stop = started + args.phase_seconds
+    stop = started + seconds
     async with aio.insecure_channel(server.v4) as ch:
         booking = booking_pb2_grpc.BookingServiceStub(ch)
         health = health_pb2_grpc.HealthStub(ch)
@@ -520,13 +530,27 @@ async def run_phase(
         "machine_busy": round((cpu1[3] - cpu0[3]) / wall, 2),
         "machine_total": round((cpu1[4] - cpu0[4]) / wall, 2),
     }
-    if flood_proc is not None:
-        assert flood_proc.stdout is not None
-        out = await asyncio.wait_for(flood_proc.stdout.read(), args.phase_seconds + 60)
-        await flood_proc.wait()
-        result.flood = json.loads(out.decode() or "{}")
     result.loadavg = loadavg()
     return result
+
+
+async def run_phases(server: Server, world: World, args: argparse.Namespace) -> list[PhaseResult]:
+    """before, flood-start (the flood's first seconds, its burst), flood (steady), after."""
+    log(f"phase before ({args.phase_seconds}s)")
+    phases = [await measure("before", args.phase_seconds, server, world, args)]
+    flood_proc = await start_flood(server, args)
+    log(f"phase flood-start ({args.flood_warmup}s) and flood ({args.phase_seconds}s)")
+    phases.append(
+        await measure("flood-start", args.flood_warmup, server, world, args, flood_proc.pid)
+    )
+    phases.append(await measure("flood", args.phase_seconds, server, world, args, flood_proc.pid))
+    assert flood_proc.stdout is not None
+    out = await asyncio.wait_for(flood_proc.stdout.read(), args.phase_seconds + 60)
+    await flood_proc.wait()
+    phases[2].flood = json.loads(out.decode() or "{}")
+    log(f"phase after ({args.phase_seconds}s)")
+    phases.append(await measure("after", args.phase_seconds, server, world, args))
+    return phases
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,16 +620,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 world = await set_up(server.v6, args.seats)
                 # Let the victim's address bucket refill after the set-up's sign-ins.
                 await asyncio.sleep(args.peer_burst / args.peer_rate)
-                phases = []
-                for name, flood in (("before", False), ("flood", True), ("after", False)):
-                    if time.monotonic() + args.phase_seconds + 30 > deadline:
-                        raise RuntimeError("--max-seconds reached before all phases ran")
-                    log(f"phase {name} ({args.phase_seconds}s{', flood' if flood else ''})")
-                    phases.append(await run_phase(name, server, world, args, flood))
+                if time.monotonic() + 3 * args.phase_seconds + args.flood_warmup + 60 > deadline:
+                    raise RuntimeError("--max-seconds too short for the phases")
+                phases = await run_phases(server, world, args)
             finally:
                 await server.stop()
     reports = [p.report() for p in phases]
-    before, flood_r, after = reports
+    before, flood_start, flood_r, after = reports
     base_p99 = [p["book_seats"]["p99_ms"] for p in (before, after) if p["book_seats"]["p99_ms"]]
     base = sum(base_p99) / len(base_p99) if base_p99 else None
     victim_flood = flood_r["victim_login"]
@@ -639,6 +660,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "book_rate_per_second": args.book_rate,
             "flood_concurrent": args.flood,
             "flood_pause_after_refusal_s": args.flood_pause,
+            "flood_start_window_s": args.flood_warmup,
             "victim_every_s": args.victim_every,
             "phase_seconds": args.phase_seconds,
         },
@@ -648,6 +670,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "victim_login_median_ms_during_flood": victim_flood["median_ms"],
             "victim_login_median_ms_without_flood": percentile(victims_base, 50),
             "victim_login_failures_during_flood": victim_flood["failures"],
+            "victim_login_max_ms_flood_start": flood_start["victim_login"]["max_ms"],
+            "book_seats_p99_ms_flood_start": flood_start["book_seats"]["p99_ms"],
             "book_seats_p99_ms_without_flood": base,
             "book_seats_p99_ms_during_flood": flood_r["book_seats"]["p99_ms"],
             "book_seats_p99_ratio_flood_vs_without": ratio(flood_r["book_seats"]["p99_ms"], base),
@@ -693,7 +717,8 @@ def main() -> int:
     # Below the address rate, so the victim never throttles itself.
     parser.add_argument("--victim-every", type=float, default=2.5)
     parser.add_argument("--quiet-wait", type=float, default=180.0)
-    parser.add_argument("--flood-pause", type=float, default=0.2)
+    parser.add_argument("--flood-pause", type=float, default=1.0)
+    parser.add_argument("--flood-warmup", type=float, default=10.0)
     parser.add_argument("--bcrypt-rounds", type=int, default=12)
     parser.add_argument("--auth-concurrency", type=int, default=2)
     parser.add_argument("--auth-queue", type=int, default=8)
