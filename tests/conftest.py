@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -87,6 +88,15 @@ async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
             await admin.close()
 
 
+GENEROUS_AUTH_LIMITS: dict[str, Any] = {
+    "auth_concurrency": 4,
+    "auth_queue": 100_000,
+    "auth_peer_rate": 1_000_000.0,
+    "auth_peer_burst": 1_000_000,
+    "login_failures_per_email": 1_000_000,
+}
+
+
 def make_settings(database_url: str, **overrides: object) -> Settings:
     base = Settings(
         database_url=database_url,
@@ -97,6 +107,10 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         admin_email=ADMIN_EMAIL,
         admin_password=ADMIN_PASSWORD,
         grace_seconds=2,
+        # Production defaults throttle sign-ins per address; every test call comes from
+        # 127.0.0.1, so the shared server is generous (tests/test_auth_flood.py builds its own
+        # strict ones).
+        **GENEROUS_AUTH_LIMITS,
     )
     from dataclasses import replace
 

@@ -309,6 +309,15 @@ def _realistic(w: World, full: str) -> Message:
             user_id=w.victim.user.id, roles=[common_pb2.ROLE_CUSTOMER]
         ),
         "ListUsers": lambda: auth_pb2.ListUsersRequest(page_size=3, email_prefix="fuzz"),
+        # A wrong old password on purpose: a successful change would revoke the tokens every
+        # later example is sent with (success is tested in tests/test_account_lockout.py).
+        "ChangePassword": lambda: auth_pb2.ChangePasswordRequest(
+            old_password="not the fuzz password", new_password="fuzz new password"
+        ),
+        "RevokeTokens": lambda: auth_pb2.RevokeTokensRequest(user_id=w.victim.user.id),
+        "SetUserStatus": lambda: auth_pb2.SetUserStatusRequest(
+            user_id=w.victim.user.id, status=common_pb2.USER_STATUS_ACTIVE
+        ),
         "CreateVenue": lambda: venue_pb2.CreateVenueRequest(venue=venue),
         "UpdateVenue": lambda: venue_pb2.UpdateVenueRequest(
             venue=venue_pb2.Venue(

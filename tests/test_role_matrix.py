@@ -205,6 +205,53 @@ async def _set_user_roles(w: World) -> Message:
     )
 
 
+async def _set_user_status(w: World) -> Message:
+    target = await w.stubs.register("matrix-status")
+    return auth_pb2.SetUserStatusRequest(
+        user_id=target.user.id, status=common_pb2.USER_STATUS_DISABLED
+    )
+
+
+CallerBuilder = Callable[[World, str], Awaitable[Message]]
+
+
+async def _change_password(w: World, caller: str) -> Message:
+    # Every matrix account was registered with PASSWORD; keeping it keeps the world usable
+    # (the token it revokes is replaced by the response's, see AFTER_SUCCESS).
+    return auth_pb2.ChangePasswordRequest(old_password=PASSWORD, new_password=PASSWORD)
+
+
+async def _revoke_tokens(w: World, caller: str) -> Message:
+    # Allowed for everyone signed in, for themselves: each caller signs itself out.
+    own = w.accounts.get(caller, w.accounts["CUSTOMER"])
+    return auth_pb2.RevokeTokensRequest(user_id=own.user.id)
+
+
+async def _adopt_new_token(w: World, caller: str, response: Message) -> None:
+    assert isinstance(response, auth_pb2.ChangePasswordResponse)
+    w.accounts[caller].token = response.access_token
+
+
+async def _sign_in_again(w: World, caller: str, response: Message) -> None:
+    acct = w.accounts[caller]
+    login = await w.stubs.auth.Login(
+        auth_pb2.LoginRequest(email=acct.email, password=acct.password)
+    )
+    acct.token = login.access_token
+
+
+# Requests that depend on who calls (their own account), and what an allowed call leaves to
+# repair so that later cases of the same caller still hold a valid token.
+REALISTIC_FOR_CALLER: dict[str, CallerBuilder] = {
+    "/ticketing.v1.AuthService/ChangePassword": _change_password,
+    "/ticketing.v1.AuthService/RevokeTokens": _revoke_tokens,
+}
+AFTER_SUCCESS: dict[str, Callable[[World, str, Message], Awaitable[None]]] = {
+    "/ticketing.v1.AuthService/ChangePassword": _adopt_new_token,
+    "/ticketing.v1.AuthService/RevokeTokens": _sign_in_again,
+}
+
+
 async def _list_users(w: World) -> Message:
     return auth_pb2.ListUsersRequest(page_size=5, email_prefix="matrix-")
 
@@ -327,6 +374,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _AUTH + "GetCurrentUser": _get_current_user,
     _AUTH + "SetUserRoles": _set_user_roles,
     _AUTH + "ListUsers": _list_users,
+    _AUTH + "SetUserStatus": _set_user_status,
     _VENUE + "CreateVenue": _create_venue,
     _VENUE + "UpdateVenue": _update_venue,
     _VENUE + "GetVenue": _get_venue,
@@ -365,7 +413,10 @@ MATRIX = [
 def test_matrix_covers_every_rpc_of_every_service() -> None:
     served = descriptor_methods()
     assert set(TICKETING_METHODS) == served
-    assert set(REALISTIC) == served, "every RPC needs a realistic request builder"
+    assert set(REALISTIC) | set(REALISTIC_FOR_CALLER) == served, (
+        "every RPC needs a realistic request builder"
+    )
+    assert not set(REALISTIC) & set(REALISTIC_FOR_CALLER)
     assert len(MATRIX) == len(served) * len(CALLERS)
     # The matrix must contain both branches, or it would prove nothing.
     verdicts = {policy_allows(m, c) for m in TICKETING_METHODS for c in CALLERS}
@@ -382,6 +433,9 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _AUTH + "GetCurrentUser": _ANY,
     _AUTH + "SetUserRoles": frozenset({"ADMIN"}),
     _AUTH + "ListUsers": frozenset({"ADMIN", "SUPPORT"}),
+    _AUTH + "ChangePassword": _ANY,
+    _AUTH + "RevokeTokens": _ANY,
+    _AUTH + "SetUserStatus": frozenset({"ADMIN"}),
     _VENUE + "CreateVenue": frozenset({"ADMIN"}),
     _VENUE + "UpdateVenue": frozenset({"ADMIN"}),
     _VENUE + "GetVenue": _ANY,
@@ -448,11 +502,18 @@ def check_against_policy(full_method: str, caller: str, outcome: Outcome) -> Non
 async def test_realistic_request_is_allowed_or_refused_per_policy(
     world: World, channel: aio.Channel, full_method: str, caller: str
 ) -> None:
+    for_caller = REALISTIC_FOR_CALLER.get(full_method)
     builder = REALISTIC.get(full_method)
-    assert builder is not None, f"no realistic request for {full_method}"
-    request = await builder(world)
+    if for_caller is not None:
+        request = await for_caller(world, caller)
+    else:
+        assert builder is not None, f"no realistic request for {full_method}"
+        request = await builder(world)
     outcome = await generic_call(channel, full_method, request, world.md(caller))
     check_against_policy(full_method, caller, outcome)
+    after = AFTER_SUCCESS.get(full_method)
+    if after is not None and outcome.response is not None:
+        await after(world, caller, outcome.response)
     if policy_allows(full_method, caller):
         # The world makes every allowed call legitimate (the ORGANIZER owns the event, the
         # CUSTOMER owns the order...), so the allowed branch must reach the real code path

@@ -63,16 +63,29 @@ def new_jwt_secret() -> str:
     return secrets.token_urlsafe(48)
 
 
+# Sign-in limits for servers that tests and benchmarks start: their set-up registers and signs
+# in thousands of users from one address, which the production defaults (per-address rate,
+# per-email backoff, a small password queue) rightly throttle. A benchmark of those limits
+# (bench_auth_flood) passes `sign_in_limits={}` to run with the production defaults.
+LOAD_TEST_SIGN_IN_LIMITS = {
+    "TICKETING_AUTH_CONCURRENCY": "4",
+    "TICKETING_AUTH_QUEUE": "100000",
+    "TICKETING_AUTH_PEER_RATE": "1000000",
+    "TICKETING_AUTH_PEER_BURST": "1000000",
+    "TICKETING_LOGIN_FAILURES_PER_EMAIL": "1000000",
+}
+
+
 @dataclass
 class ServerProcess:
     """A ticketd process on 127.0.0.1.
 
     `port` 0 lets the server pick a free one (read back from its output at start); a fixed
     port survives restarts. `database_url` None runs the server's own embedded PostgreSQL.
-    `jwt_secret` None lets the server generate and keep one in `data_dir`. `extra_env` is
-    applied last. DATABASE_URL is never inherited from this process's environment, nor
-    are TICKETING_* unless `inherit_ticketing_env` (the tests' choice; a benchmark is
-    configured by these fields alone).
+    `jwt_secret` None lets the server generate and keep one in `data_dir`. `sign_in_limits`
+    (default LOAD_TEST_SIGN_IN_LIMITS), then `extra_env`, are applied last. DATABASE_URL is
+    never inherited from this process's environment, nor are TICKETING_* unless
+    `inherit_ticketing_env` (the tests' choice; a benchmark is configured by these fields).
     """
 
     database_url: str | None
@@ -85,6 +98,7 @@ class ServerProcess:
     shutdown_grace_s: float = 2
     pool_size: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    sign_in_limits: dict[str, str] = field(default_factory=lambda: dict(LOAD_TEST_SIGN_IN_LIMITS))
     module: str = "ticketd"
     args: Sequence[str] = ()
     log_path: Path | None = None
@@ -136,7 +150,7 @@ class ServerProcess:
             settings["TICKETING_ADMIN_PASSWORD"] = self.admin_password
         if self.pool_size is not None:
             settings["TICKETING_DB_POOL_SIZE"] = str(self.pool_size)
-        return env | settings | self.extra_env
+        return env | settings | self.sign_in_limits | self.extra_env
 
     async def start(self, *, wait_ready: bool = True, timeout_s: float = 60) -> None:
         """Start the process. With `wait_ready`, return once it serves (raise

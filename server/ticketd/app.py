@@ -16,11 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
 from ticketd.auth.passwords import PasswordHasher
+from ticketd.auth.throttle import SignInThrottle
 from ticketd.auth.tokens import TokenService
+from ticketd.auth.workpool import PasswordWorkPool
 from ticketd.booking.service import BookingService
 from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.database import Database
+from ticketd.edge.admission import Admission
 from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.rules import EventQuotas
@@ -69,6 +72,7 @@ class Components:
     db: Database
     tokens: TokenService
     pages: PageTokens
+    password_pool: PasswordWorkPool
     accounts: AccountService
     venues: VenueService
     events: EventService
@@ -84,7 +88,13 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         audience=settings.jwt_audience,
         ttl_seconds=settings.token_ttl_seconds,
     )
-    accounts = AccountService(db, PasswordHasher(settings.bcrypt_rounds), tokens)
+    pool = PasswordWorkPool(settings.auth_concurrency, settings.auth_queue)
+    throttle = SignInThrottle(
+        peer_rate=settings.auth_peer_rate,
+        peer_burst=settings.auth_peer_burst,
+        failures_per_email=settings.login_failures_per_email,
+    )
+    accounts = AccountService(db, PasswordHasher(settings.bcrypt_rounds, pool), tokens, throttle)
     venues = VenueService(
         db, response_size=venue_response_bytes, max_response_bytes=settings.max_message_bytes
     )
@@ -105,6 +115,7 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
         db=db,
         tokens=tokens,
         pages=PageTokens(jwt_secret, max_message_bytes=settings.max_message_bytes),
+        password_pool=pool,
         accounts=accounts,
         venues=venues,
         events=EventService(
@@ -130,12 +141,14 @@ class TicketServer:
         self.components = components
         settings = components.settings
         pages = components.pages
+        self.admission = Admission(
+            general_limit=settings.max_concurrent_rpcs, password_limit=settings.auth_rpc_limit
+        )
+        interceptor = AuthInterceptor(
+            components.tokens, components.accounts.principal_for, contract_rules(), self.admission
+        )
         self.server = aio.server(
-            interceptors=[
-                AuthInterceptor(
-                    components.tokens, components.accounts.principal_for, contract_rules()
-                )
-            ],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -144,7 +157,9 @@ class TicketServer:
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.http2.max_pings_without_data", 0),
             ],
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            # Admission is ours (ticketd.edge.admission: health exempt, password calls on
+            # their own budget); grpc's limit, which counts health too, is a last resort.
+            maximum_concurrent_rpcs=settings.grpc_hard_limit,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
             AuthServicer(components.accounts, pages), self.server

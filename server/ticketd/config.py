@@ -28,6 +28,34 @@ def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:  # also refuses nan
+        raise ConfigError(f"{name} must be between {lo:g} and {hi:g}, got {raw}")
+    return value
+
+
+def default_auth_concurrency() -> int:
+    """Half the CPUs this process may run on, and at least 2.
+
+    Half: bcrypt then never takes every core from the event loop and PostgreSQL, however
+    many sign-ins arrive. At least 2: the password pool never lets one address hold the
+    last free worker, which needs two of them (a flood's hashes also run at background CPU
+    priority, so the second worker costs bookings little on a 2-core machine).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(2, cpus // 2)
+
+
 def default_data_dir() -> Path:
     """Where the server keeps its generated JWT secret and embedded database."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -69,7 +97,22 @@ class Settings:
     lock_timeout_ms: int = 2_000
     """`TICKETING_LOCK_TIMEOUT_MS`: bounded wait for a row lock; then ABORTED."""
     max_concurrent_rpcs: int = 1000
-    """`TICKETING_MAX_CONCURRENT_RPCS`: above this, calls fail fast with RESOURCE_EXHAUSTED."""
+    """`TICKETING_MAX_CONCURRENT_RPCS`: admission limit for ordinary calls (not health,
+    reflection or password work, which have their own); above it, RESOURCE_EXHAUSTED."""
+    auth_concurrency: int = field(default_factory=default_auth_concurrency)
+    """`TICKETING_AUTH_CONCURRENCY`: password hashes (bcrypt) computed at once."""
+    auth_queue: int = 8
+    """`TICKETING_AUTH_QUEUE`: password jobs that may wait for a worker; beyond that,
+    RESOURCE_EXHAUSTED AUTH_BUSY at once. One address may hold a quarter of it."""
+    auth_peer_rate: float = 0.5
+    """`TICKETING_AUTH_PEER_RATE`: Login + Register (+ ChangePassword) attempts per second
+    per caller IP address, sustained (per process). At 0.5, one address can keep at most
+    a third of a core busy with bcrypt at cost 12, however it floods."""
+    auth_peer_burst: int = 10
+    """`TICKETING_AUTH_PEER_BURST`: attempts one address may make at once above that rate."""
+    login_failures_per_email: int = 5
+    """`TICKETING_LOGIN_FAILURES_PER_EMAIL`: failed sign-ins per email before an
+    exponential backoff (1 s, doubling, capped at 5 min; a success resets)."""
     max_message_bytes: int = 4 * 1024 * 1024
     """`TICKETING_MAX_MESSAGE_BYTES`: transport limit for one request or response. At least
     1 MiB, so that every answer of bounded size (the largest event, the largest order) fits;
@@ -102,6 +145,23 @@ class Settings:
     default_event_duration_seconds: int = 4 * 3600
     """`TICKETING_DEFAULT_EVENT_DURATION`: gates close this long after start when an event
     sets no end_time."""
+
+    @property
+    def auth_rpc_limit(self) -> int:
+        """Admission limit for password RPCs (Register, Login, ChangePassword) in flight:
+        room for every hashing and queued job, and as many again in their database step."""
+        return 2 * (self.auth_concurrency + self.auth_queue)
+
+    @property
+    def grpc_hard_limit(self) -> int:
+        """grpc's own `maximum_concurrent_rpcs`, a last resort far above our admission.
+
+        grpc counts every call, health checks included, before any interceptor runs, so it
+        must never be what refuses calls in normal overload: our admission (which exempts
+        health and reflection) answers first. Twice both budgets plus room for health
+        checks and Watch streams.
+        """
+        return 2 * (self.max_concurrent_rpcs + self.auth_rpc_limit) + 256
 
     @property
     def tls_enabled(self) -> bool:
@@ -139,6 +199,15 @@ class Settings:
             statement_timeout_ms=_int(env, "TICKETING_STATEMENT_TIMEOUT_MS", 10_000, 100, 600_000),
             lock_timeout_ms=_int(env, "TICKETING_LOCK_TIMEOUT_MS", 2_000, 10, 60_000),
             max_concurrent_rpcs=_int(env, "TICKETING_MAX_CONCURRENT_RPCS", 1000, 1, 100_000),
+            auth_concurrency=_int(
+                env, "TICKETING_AUTH_CONCURRENCY", default_auth_concurrency(), 1, 256
+            ),
+            auth_queue=_int(env, "TICKETING_AUTH_QUEUE", 8, 0, 100_000),
+            auth_peer_rate=_float(env, "TICKETING_AUTH_PEER_RATE", 0.5, 0.001, 1_000_000),
+            auth_peer_burst=_int(env, "TICKETING_AUTH_PEER_BURST", 10, 1, 1_000_000),
+            login_failures_per_email=_int(
+                env, "TICKETING_LOGIN_FAILURES_PER_EMAIL", 5, 1, 1_000_000
+            ),
             max_message_bytes=_int(
                 env, "TICKETING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, MIN_MESSAGE_BYTES, 64 << 20
             ),

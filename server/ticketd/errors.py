@@ -66,6 +66,13 @@ class Reason(StrEnum):
     # Limits that protect the server
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    # Password work and admission (appended: the catalogue never renumbers)
+    TOO_MANY_ATTEMPTS = "TOO_MANY_ATTEMPTS"
+    AUTH_BUSY = "AUTH_BUSY"
+    OVERLOADED = "OVERLOADED"
+    # Account lock-out
+    ACCOUNT_DISABLED = "ACCOUNT_DISABLED"
+    NOT_ACCOUNT_OWNER = "NOT_ACCOUNT_OWNER"
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,15 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from ticketing.pagination import paginate
@@ -36,6 +39,59 @@ TOKEN_MARGIN_S = 300.0
 PARALLEL_SIGNUPS = 16
 # Cached tokens checked with the server before the rest are trusted (see _cache_still_valid).
 CACHE_SAMPLE = 8
+# The server throttles Register/Login per address (TOO_MANY_ATTEMPTS) and refuses them when
+# its password workers are busy (AUTH_BUSY), each with a RetryInfo. Set-up registers
+# thousands of buyers from one address, so it waits as told, up to this long per account.
+SIGNUP_RETRY_BUDGET_S = 300.0
+_RETRY_REASONS = frozenset({"TOO_MANY_ATTEMPTS", "AUTH_BUSY"})
+
+T = TypeVar("T")
+
+
+def retry_info_delay(err: aio.AioRpcError) -> float | None:
+    """Seconds a RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS/AUTH_BUSY refusal asks us to wait,
+    or None when the error is anything else (or carries no RetryInfo)."""
+    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    reason, delay = "", None
+    trailing: Any = err.trailing_metadata() or ()
+    for key, value in trailing:
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            details = status_pb2.Status.FromString(value).details
+        except DecodeError:
+            return None
+        for detail in details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                delay = retry.retry_delay.ToNanoseconds() / 1e9
+    return delay if reason in _RETRY_REASONS else None
+
+
+async def honouring_retry_info(
+    call: Callable[[], Awaitable[T]], *, budget_s: float = SIGNUP_RETRY_BUDGET_S
+) -> T:
+    """`call()`, repeated after each throttling refusal once its RetryInfo delay (plus a
+    little jitter, so parallel sign-ups do not return in lock-step) has passed; any other
+    error, or running out of `budget_s`, raises."""
+    deadline = time.monotonic() + budget_s
+    while True:
+        try:
+            return await call()
+        except aio.AioRpcError as err:
+            delay = retry_info_delay(err)
+            if delay is None:
+                raise
+            pause = max(0.01, delay) * random.uniform(1.0, 1.5)
+            if time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
 
 
 def default_token_cache() -> Path:
@@ -190,18 +246,19 @@ async def sign_in(
             return account
         cache.forget(target, email)
     if register_as is not None:
+        request = auth_pb2.RegisterRequest(email=email, password=password, display_name=register_as)
         try:
-            await stubs.auth.Register(
-                auth_pb2.RegisterRequest(email=email, password=password, display_name=register_as),
-                timeout=SETUP_CALL_TIMEOUT_S,
+            await honouring_retry_info(
+                lambda: stubs.auth.Register(request, timeout=SETUP_CALL_TIMEOUT_S)
             )
             stats.registered += 1
         except aio.AioRpcError as err:
             # A buyer of an earlier run whose token expired: just sign in again.
             if err.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    login = await stubs.auth.Login(
-        auth_pb2.LoginRequest(email=email, password=password), timeout=SETUP_CALL_TIMEOUT_S
+    credentials = auth_pb2.LoginRequest(email=email, password=password)
+    login = await honouring_retry_info(
+        lambda: stubs.auth.Login(credentials, timeout=SETUP_CALL_TIMEOUT_S)
     )
     stats.logged_in += 1
     account = Account(email, login.user.id, login.access_token, tuple(login.user.roles))

@@ -29,8 +29,18 @@ class AuthServiceStub:
     """AuthService creates accounts, signs users in and manages roles.
 
     Tokens are HS256 JWTs sent as `authorization: Bearer <token>` metadata.
-    A token names the user; the server reads the user's current roles from the
-    database on every call, so a role removed by an admin stops working at once.
+    A token names the user and the user's token generation; the server reads the
+    user's current roles, status and generation from the database on every call,
+    so a role removed, an account disabled or tokens revoked take effect on the
+    very next call.
+
+    Password work (Register, Login, ChangePassword) is throttled: per caller
+    address (TICKETING_AUTH_PEER_RATE / TICKETING_AUTH_PEER_BURST) and, for
+    failed sign-ins, per email (TICKETING_LOGIN_FAILURES_PER_EMAIL, then an
+    exponential, capped backoff). Over a limit the answer is RESOURCE_EXHAUSTED
+    reason TOO_MANY_ATTEMPTS with a google.rpc.RetryInfo saying when to retry;
+    when the server's bcrypt workers and their short queue are full it is
+    RESOURCE_EXHAUSTED reason AUTH_BUSY, also with RetryInfo.
     """
 
     def __init__(self, channel):
@@ -48,6 +58,21 @@ class AuthServiceStub:
                 '/ticketing.v1.AuthService/Login',
                 request_serializer=ticketing_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_auth__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/ticketing.v1.AuthService/ChangePassword',
+                request_serializer=ticketing_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.RevokeTokens = channel.unary_unary(
+                '/ticketing.v1.AuthService/RevokeTokens',
+                request_serializer=ticketing_dot_v1_dot_auth__pb2.RevokeTokensRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_auth__pb2.RevokeTokensResponse.FromString,
+                _registered_method=True)
+        self.SetUserStatus = channel.unary_unary(
+                '/ticketing.v1.AuthService/SetUserStatus',
+                request_serializer=ticketing_dot_v1_dot_auth__pb2.SetUserStatusRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_auth__pb2.SetUserStatusResponse.FromString,
                 _registered_method=True)
         self.GetCurrentUser = channel.unary_unary(
                 '/ticketing.v1.AuthService/GetCurrentUser',
@@ -70,15 +95,31 @@ class AuthServiceServicer:
     """AuthService creates accounts, signs users in and manages roles.
 
     Tokens are HS256 JWTs sent as `authorization: Bearer <token>` metadata.
-    A token names the user; the server reads the user's current roles from the
-    database on every call, so a role removed by an admin stops working at once.
+    A token names the user and the user's token generation; the server reads the
+    user's current roles, status and generation from the database on every call,
+    so a role removed, an account disabled or tokens revoked take effect on the
+    very next call.
+
+    Password work (Register, Login, ChangePassword) is throttled: per caller
+    address (TICKETING_AUTH_PEER_RATE / TICKETING_AUTH_PEER_BURST) and, for
+    failed sign-ins, per email (TICKETING_LOGIN_FAILURES_PER_EMAIL, then an
+    exponential, capped backoff). Over a limit the answer is RESOURCE_EXHAUSTED
+    reason TOO_MANY_ATTEMPTS with a google.rpc.RetryInfo saying when to retry;
+    when the server's bcrypt workers and their short queue are full it is
+    RESOURCE_EXHAUSTED reason AUTH_BUSY, also with RetryInfo.
     """
 
     def Register(self, request, context):
         """Register creates a customer account. Public (no token needed).
         The new user always holds exactly ROLE_CUSTOMER: callers can never choose
-        roles. Emails are unique regardless of case: a taken email is ALREADY_EXISTS.
+        roles. Emails are compared after NFKC normalisation and case folding, so
+        "Ａlice@Example.com" and "alice@example.com" are one address: a taken one
+        is ALREADY_EXISTS (reason EMAIL_TAKEN). That answer tells the caller the
+        address has an account; Register is throttled per caller address so this
+        cannot be used to test addresses in bulk.
         Passwords must be 8..72 bytes of UTF-8 (bcrypt's limit), else INVALID_ARGUMENT.
+        Invisible or bidirectional-control characters in the email or display name
+        are INVALID_ARGUMENT naming the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,8 +127,44 @@ class AuthServiceServicer:
 
     def Login(self, request, context):
         """Login exchanges email and password for an access token. Public.
-        An unknown email and a wrong password give the same UNAUTHENTICATED
-        answer, in about the same time.
+        An unknown email, a wrong password and a disabled account give the same
+        UNAUTHENTICATED answer (reason BAD_CREDENTIALS), after the same bcrypt work,
+        and count the same towards the per-email backoff: nothing here tells which
+        addresses have accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """ChangePassword replaces the caller's own password. Any signed-in user.
+        The old password must be given (a wrong one is PERMISSION_DENIED reason
+        BAD_CREDENTIALS and counts as a failed sign-in for the per-email backoff).
+        Every token of the user issued before, including the one used for this
+        call, stops working at once; the response carries a fresh token. Two
+        concurrent changes of one password: one wins, the other is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeTokens(self, request, context):
+        """RevokeTokens signs a user out everywhere: every token issued to the user
+        before this call is refused from the next call on (UNAUTHENTICATED reason
+        INVALID_TOKEN). ADMIN for anyone; any signed-in user for themselves
+        (anyone else's is PERMISSION_DENIED reason NOT_ACCOUNT_OWNER). The
+        password is unchanged: Login gives a new token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserStatus(self, request, context):
+        """SetUserStatus enables or disables an account. ADMIN only.
+        A disabled user's tokens are refused at once (UNAUTHENTICATED reason
+        ACCOUNT_DISABLED) and stay revoked after re-enabling; the user cannot sign
+        in. Disabling the last active admin is FAILED_PRECONDITION reason
+        LAST_ADMIN (also when two admins disable each other at once: one wins).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +207,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=ticketing_dot_v1_dot_auth__pb2.LoginRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_auth__pb2.LoginResponse.SerializeToString,
             ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=ticketing_dot_v1_dot_auth__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_auth__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'RevokeTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeTokens,
+                    request_deserializer=ticketing_dot_v1_dot_auth__pb2.RevokeTokensRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_auth__pb2.RevokeTokensResponse.SerializeToString,
+            ),
+            'SetUserStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserStatus,
+                    request_deserializer=ticketing_dot_v1_dot_auth__pb2.SetUserStatusRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_auth__pb2.SetUserStatusResponse.SerializeToString,
+            ),
             'GetCurrentUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCurrentUser,
                     request_deserializer=ticketing_dot_v1_dot_auth__pb2.GetCurrentUserRequest.FromString,
@@ -157,8 +249,18 @@ class AuthService:
     """AuthService creates accounts, signs users in and manages roles.
 
     Tokens are HS256 JWTs sent as `authorization: Bearer <token>` metadata.
-    A token names the user; the server reads the user's current roles from the
-    database on every call, so a role removed by an admin stops working at once.
+    A token names the user and the user's token generation; the server reads the
+    user's current roles, status and generation from the database on every call,
+    so a role removed, an account disabled or tokens revoked take effect on the
+    very next call.
+
+    Password work (Register, Login, ChangePassword) is throttled: per caller
+    address (TICKETING_AUTH_PEER_RATE / TICKETING_AUTH_PEER_BURST) and, for
+    failed sign-ins, per email (TICKETING_LOGIN_FAILURES_PER_EMAIL, then an
+    exponential, capped backoff). Over a limit the answer is RESOURCE_EXHAUSTED
+    reason TOO_MANY_ATTEMPTS with a google.rpc.RetryInfo saying when to retry;
+    when the server's bcrypt workers and their short queue are full it is
+    RESOURCE_EXHAUSTED reason AUTH_BUSY, also with RetryInfo.
     """
 
     @staticmethod
@@ -205,6 +307,87 @@ class AuthService:
             '/ticketing.v1.AuthService/Login',
             ticketing_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
             ticketing_dot_v1_dot_auth__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.AuthService/ChangePassword',
+            ticketing_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+            ticketing_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.AuthService/RevokeTokens',
+            ticketing_dot_v1_dot_auth__pb2.RevokeTokensRequest.SerializeToString,
+            ticketing_dot_v1_dot_auth__pb2.RevokeTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.AuthService/SetUserStatus',
+            ticketing_dot_v1_dot_auth__pb2.SetUserStatusRequest.SerializeToString,
+            ticketing_dot_v1_dot_auth__pb2.SetUserStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

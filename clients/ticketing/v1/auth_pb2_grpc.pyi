@@ -30,8 +30,18 @@ class AuthServiceStub:
     """AuthService creates accounts, signs users in and manages roles.
 
     Tokens are HS256 JWTs sent as `authorization: Bearer <token>` metadata.
-    A token names the user; the server reads the user's current roles from the
-    database on every call, so a role removed by an admin stops working at once.
+    A token names the user and the user's token generation; the server reads the
+    user's current roles, status and generation from the database on every call,
+    so a role removed, an account disabled or tokens revoked take effect on the
+    very next call.
+
+    Password work (Register, Login, ChangePassword) is throttled: per caller
+    address (TICKETING_AUTH_PEER_RATE / TICKETING_AUTH_PEER_BURST) and, for
+    failed sign-ins, per email (TICKETING_LOGIN_FAILURES_PER_EMAIL, then an
+    exponential, capped backoff). Over a limit the answer is RESOURCE_EXHAUSTED
+    reason TOO_MANY_ATTEMPTS with a google.rpc.RetryInfo saying when to retry;
+    when the server's bcrypt workers and their short queue are full it is
+    RESOURCE_EXHAUSTED reason AUTH_BUSY, also with RetryInfo.
     """
 
     @_typing.overload
@@ -41,13 +51,43 @@ class AuthServiceStub:
     Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]
     """Register creates a customer account. Public (no token needed).
     The new user always holds exactly ROLE_CUSTOMER: callers can never choose
-    roles. Emails are unique regardless of case: a taken email is ALREADY_EXISTS.
+    roles. Emails are compared after NFKC normalisation and case folding, so
+    "Ａlice@Example.com" and "alice@example.com" are one address: a taken one
+    is ALREADY_EXISTS (reason EMAIL_TAKEN). That answer tells the caller the
+    address has an account; Register is throttled per caller address so this
+    cannot be used to test addresses in bulk.
     Passwords must be 8..72 bytes of UTF-8 (bcrypt's limit), else INVALID_ARGUMENT.
+    Invisible or bidirectional-control characters in the email or display name
+    are INVALID_ARGUMENT naming the field.
     """
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
     """Login exchanges email and password for an access token. Public.
-    An unknown email and a wrong password give the same UNAUTHENTICATED
-    answer, in about the same time.
+    An unknown email, a wrong password and a disabled account give the same
+    UNAUTHENTICATED answer (reason BAD_CREDENTIALS), after the same bcrypt work,
+    and count the same towards the per-email backoff: nothing here tells which
+    addresses have accounts.
+    """
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]
+    """ChangePassword replaces the caller's own password. Any signed-in user.
+    The old password must be given (a wrong one is PERMISSION_DENIED reason
+    BAD_CREDENTIALS and counts as a failed sign-in for the per-email backoff).
+    Every token of the user issued before, including the one used for this
+    call, stops working at once; the response carries a fresh token. Two
+    concurrent changes of one password: one wins, the other is ABORTED.
+    """
+    RevokeTokens: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokensRequest, _auth_pb2.RevokeTokensResponse]
+    """RevokeTokens signs a user out everywhere: every token issued to the user
+    before this call is refused from the next call on (UNAUTHENTICATED reason
+    INVALID_TOKEN). ADMIN for anyone; any signed-in user for themselves
+    (anyone else's is PERMISSION_DENIED reason NOT_ACCOUNT_OWNER). The
+    password is unchanged: Login gives a new token.
+    """
+    SetUserStatus: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetUserStatusRequest, _auth_pb2.SetUserStatusResponse]
+    """SetUserStatus enables or disables an account. ADMIN only.
+    A disabled user's tokens are refused at once (UNAUTHENTICATED reason
+    ACCOUNT_DISABLED) and stay revoked after re-enabling; the user cannot sign
+    in. Disabling the last active admin is FAILED_PRECONDITION reason
+    LAST_ADMIN (also when two admins disable each other at once: one wins).
     """
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetCurrentUserRequest, _auth_pb2.GetCurrentUserResponse]
     """GetCurrentUser returns the caller's own account. Any signed-in user."""
@@ -65,21 +105,61 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """AuthService creates accounts, signs users in and manages roles.
 
     Tokens are HS256 JWTs sent as `authorization: Bearer <token>` metadata.
-    A token names the user; the server reads the user's current roles from the
-    database on every call, so a role removed by an admin stops working at once.
+    A token names the user and the user's token generation; the server reads the
+    user's current roles, status and generation from the database on every call,
+    so a role removed, an account disabled or tokens revoked take effect on the
+    very next call.
+
+    Password work (Register, Login, ChangePassword) is throttled: per caller
+    address (TICKETING_AUTH_PEER_RATE / TICKETING_AUTH_PEER_BURST) and, for
+    failed sign-ins, per email (TICKETING_LOGIN_FAILURES_PER_EMAIL, then an
+    exponential, capped backoff). Over a limit the answer is RESOURCE_EXHAUSTED
+    reason TOO_MANY_ATTEMPTS with a google.rpc.RetryInfo saying when to retry;
+    when the server's bcrypt workers and their short queue are full it is
+    RESOURCE_EXHAUSTED reason AUTH_BUSY, also with RetryInfo.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]  # type: ignore[assignment]
     """Register creates a customer account. Public (no token needed).
     The new user always holds exactly ROLE_CUSTOMER: callers can never choose
-    roles. Emails are unique regardless of case: a taken email is ALREADY_EXISTS.
+    roles. Emails are compared after NFKC normalisation and case folding, so
+    "Ａlice@Example.com" and "alice@example.com" are one address: a taken one
+    is ALREADY_EXISTS (reason EMAIL_TAKEN). That answer tells the caller the
+    address has an account; Register is throttled per caller address so this
+    cannot be used to test addresses in bulk.
     Passwords must be 8..72 bytes of UTF-8 (bcrypt's limit), else INVALID_ARGUMENT.
+    Invisible or bidirectional-control characters in the email or display name
+    are INVALID_ARGUMENT naming the field.
     """
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     """Login exchanges email and password for an access token. Public.
-    An unknown email and a wrong password give the same UNAUTHENTICATED
-    answer, in about the same time.
+    An unknown email, a wrong password and a disabled account give the same
+    UNAUTHENTICATED answer (reason BAD_CREDENTIALS), after the same bcrypt work,
+    and count the same towards the per-email backoff: nothing here tells which
+    addresses have accounts.
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """ChangePassword replaces the caller's own password. Any signed-in user.
+    The old password must be given (a wrong one is PERMISSION_DENIED reason
+    BAD_CREDENTIALS and counts as a failed sign-in for the per-email backoff).
+    Every token of the user issued before, including the one used for this
+    call, stops working at once; the response carries a fresh token. Two
+    concurrent changes of one password: one wins, the other is ABORTED.
+    """
+    RevokeTokens: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokensRequest, _auth_pb2.RevokeTokensResponse]  # type: ignore[assignment]
+    """RevokeTokens signs a user out everywhere: every token issued to the user
+    before this call is refused from the next call on (UNAUTHENTICATED reason
+    INVALID_TOKEN). ADMIN for anyone; any signed-in user for themselves
+    (anyone else's is PERMISSION_DENIED reason NOT_ACCOUNT_OWNER). The
+    password is unchanged: Login gives a new token.
+    """
+    SetUserStatus: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetUserStatusRequest, _auth_pb2.SetUserStatusResponse]  # type: ignore[assignment]
+    """SetUserStatus enables or disables an account. ADMIN only.
+    A disabled user's tokens are refused at once (UNAUTHENTICATED reason
+    ACCOUNT_DISABLED) and stay revoked after re-enabling; the user cannot sign
+    in. Disabling the last active admin is FAILED_PRECONDITION reason
+    LAST_ADMIN (also when two admins disable each other at once: one wins).
     """
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetCurrentUserRequest, _auth_pb2.GetCurrentUserResponse]  # type: ignore[assignment]
     """GetCurrentUser returns the caller's own account. Any signed-in user."""
@@ -96,8 +176,18 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuthService creates accounts, signs users in and manages roles.
 
     Tokens are HS256 JWTs sent as `authorization: Bearer <token>` metadata.
-    A token names the user; the server reads the user's current roles from the
-    database on every call, so a role removed by an admin stops working at once.
+    A token names the user and the user's token generation; the server reads the
+    user's current roles, status and generation from the database on every call,
+    so a role removed, an account disabled or tokens revoked take effect on the
+    very next call.
+
+    Password work (Register, Login, ChangePassword) is throttled: per caller
+    address (TICKETING_AUTH_PEER_RATE / TICKETING_AUTH_PEER_BURST) and, for
+    failed sign-ins, per email (TICKETING_LOGIN_FAILURES_PER_EMAIL, then an
+    exponential, capped backoff). Over a limit the answer is RESOURCE_EXHAUSTED
+    reason TOO_MANY_ATTEMPTS with a google.rpc.RetryInfo saying when to retry;
+    when the server's bcrypt workers and their short queue are full it is
+    RESOURCE_EXHAUSTED reason AUTH_BUSY, also with RetryInfo.
     """
 
     @_abc_1.abstractmethod
@@ -108,8 +198,14 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_pb2.RegisterResponse, _abc.Awaitable[_auth_pb2.RegisterResponse]]:
         """Register creates a customer account. Public (no token needed).
         The new user always holds exactly ROLE_CUSTOMER: callers can never choose
-        roles. Emails are unique regardless of case: a taken email is ALREADY_EXISTS.
+        roles. Emails are compared after NFKC normalisation and case folding, so
+        "Ａlice@Example.com" and "alice@example.com" are one address: a taken one
+        is ALREADY_EXISTS (reason EMAIL_TAKEN). That answer tells the caller the
+        address has an account; Register is throttled per caller address so this
+        cannot be used to test addresses in bulk.
         Passwords must be 8..72 bytes of UTF-8 (bcrypt's limit), else INVALID_ARGUMENT.
+        Invisible or bidirectional-control characters in the email or display name
+        are INVALID_ARGUMENT naming the field.
         """
 
     @_abc_1.abstractmethod
@@ -119,8 +215,50 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
         """Login exchanges email and password for an access token. Public.
-        An unknown email and a wrong password give the same UNAUTHENTICATED
-        answer, in about the same time.
+        An unknown email, a wrong password and a disabled account give the same
+        UNAUTHENTICATED answer (reason BAD_CREDENTIALS), after the same bcrypt work,
+        and count the same towards the per-email backoff: nothing here tells which
+        addresses have accounts.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _auth_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ChangePasswordResponse, _abc.Awaitable[_auth_pb2.ChangePasswordResponse]]:
+        """ChangePassword replaces the caller's own password. Any signed-in user.
+        The old password must be given (a wrong one is PERMISSION_DENIED reason
+        BAD_CREDENTIALS and counts as a failed sign-in for the per-email backoff).
+        Every token of the user issued before, including the one used for this
+        call, stops working at once; the response carries a fresh token. Two
+        concurrent changes of one password: one wins, the other is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeTokens(
+        self,
+        request: _auth_pb2.RevokeTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeTokensResponse, _abc.Awaitable[_auth_pb2.RevokeTokensResponse]]:
+        """RevokeTokens signs a user out everywhere: every token issued to the user
+        before this call is refused from the next call on (UNAUTHENTICATED reason
+        INVALID_TOKEN). ADMIN for anyone; any signed-in user for themselves
+        (anyone else's is PERMISSION_DENIED reason NOT_ACCOUNT_OWNER). The
+        password is unchanged: Login gives a new token.
+        """
+
+    @_abc_1.abstractmethod
+    def SetUserStatus(
+        self,
+        request: _auth_pb2.SetUserStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SetUserStatusResponse, _abc.Awaitable[_auth_pb2.SetUserStatusResponse]]:
+        """SetUserStatus enables or disables an account. ADMIN only.
+        A disabled user's tokens are refused at once (UNAUTHENTICATED reason
+        ACCOUNT_DISABLED) and stay revoked after re-enabling; the user cannot sign
+        in. Disabling the last active admin is FAILED_PRECONDITION reason
+        LAST_ADMIN (also when two admins disable each other at once: one wins).
         """
 
     @_abc_1.abstractmethod

@@ -58,6 +58,30 @@ ROLE_ENTRY_MANAGER: Role.ValueType  # 5
 """Runs the gates: validates tickets at entry."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _UserStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UserStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USER_STATUS_UNSPECIFIED: _UserStatus.ValueType  # 0
+    """Never valid on input; never returned."""
+    USER_STATUS_ACTIVE: _UserStatus.ValueType  # 1
+    """The account signs in and its tokens work."""
+    USER_STATUS_DISABLED: _UserStatus.ValueType  # 2
+    """Locked out by an ADMIN: its tokens are refused and it cannot sign in."""
+
+class UserStatus(_UserStatus, metaclass=_UserStatusEnumTypeWrapper):
+    """UserStatus says whether an account may be used."""
+
+USER_STATUS_UNSPECIFIED: UserStatus.ValueType  # 0
+"""Never valid on input; never returned."""
+USER_STATUS_ACTIVE: UserStatus.ValueType  # 1
+"""The account signs in and its tokens work."""
+USER_STATUS_DISABLED: UserStatus.ValueType  # 2
+"""Locked out by an ADMIN: its tokens are refused and it cannot sign in."""
+Global___UserStatus: _TypeAlias = UserStatus  # noqa: Y015
+
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -75,7 +99,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INVALID_TOKEN: _ErrorReason.ValueType  # 4
     """The access token is malformed, expired, forged or no longer valid."""
     BAD_CREDENTIALS: _ErrorReason.ValueType  # 5
-    """Login failed: unknown email or wrong password (the same answer for both)."""
+    """Login failed: unknown email, wrong password or disabled account (the same
+    answer for all three); or ChangePassword's old password is wrong.
+    """
     ROLE_NOT_ALLOWED: _ErrorReason.ValueType  # 6
     """The caller's roles do not allow this RPC."""
     NO_POLICY: _ErrorReason.ValueType  # 7
@@ -154,6 +180,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
     does not help: cancel an event, or ask an admin.
     """
+    TOO_MANY_ATTEMPTS: _ErrorReason.ValueType  # 200
+    """Too many sign-in or registration attempts from this address, or too many
+    failed sign-ins for this email; a google.rpc.RetryInfo says when to retry.
+    """
+    AUTH_BUSY: _ErrorReason.ValueType  # 201
+    """Every password worker and its short queue are busy; retry after RetryInfo."""
+    OVERLOADED: _ErrorReason.ValueType  # 202
+    """The server's admission limit for this kind of call is reached
+    (TICKETING_MAX_CONCURRENT_RPCS); retry after RetryInfo.
+    """
+    ACCOUNT_DISABLED: _ErrorReason.ValueType  # 203
+    """The account is disabled by an admin: its tokens are refused."""
+    NOT_ACCOUNT_OWNER: _ErrorReason.ValueType  # 204
+    """Only the account's owner (or an ADMIN) may do this."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -175,7 +215,9 @@ UNAUTHENTICATED: ErrorReason.ValueType  # 3
 INVALID_TOKEN: ErrorReason.ValueType  # 4
 """The access token is malformed, expired, forged or no longer valid."""
 BAD_CREDENTIALS: ErrorReason.ValueType  # 5
-"""Login failed: unknown email or wrong password (the same answer for both)."""
+"""Login failed: unknown email, wrong password or disabled account (the same
+answer for all three); or ChangePassword's old password is wrong.
+"""
 ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 6
 """The caller's roles do not allow this RPC."""
 NO_POLICY: ErrorReason.ValueType  # 7
@@ -254,6 +296,20 @@ QUOTA_EXCEEDED: ErrorReason.ValueType  # 301
 (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
 does not help: cancel an event, or ask an admin.
 """
+TOO_MANY_ATTEMPTS: ErrorReason.ValueType  # 200
+"""Too many sign-in or registration attempts from this address, or too many
+failed sign-ins for this email; a google.rpc.RetryInfo says when to retry.
+"""
+AUTH_BUSY: ErrorReason.ValueType  # 201
+"""Every password worker and its short queue are busy; retry after RetryInfo."""
+OVERLOADED: ErrorReason.ValueType  # 202
+"""The server's admission limit for this kind of call is reached
+(TICKETING_MAX_CONCURRENT_RPCS); retry after RetryInfo.
+"""
+ACCOUNT_DISABLED: ErrorReason.ValueType  # 203
+"""The account is disabled by an admin: its tokens are refused."""
+NOT_ACCOUNT_OWNER: ErrorReason.ValueType  # 204
+"""Only the account's owner (or an ADMIN) may do this."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -267,12 +323,15 @@ class User(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned opaque identifier (a UUID in text form)."""
     email: _builtins.str
-    """Sign-in email, stored lower-cased; unique regardless of case."""
+    """Sign-in email, stored normalised (NFKC, case-folded); unique in that form."""
     display_name: _builtins.str
     """Name shown to people; 1..100 characters."""
+    status: Global___UserStatus.ValueType
+    """Whether the account may sign in and use its tokens."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
         """Roles held, sorted by enum number, without duplicates."""
@@ -289,10 +348,11 @@ class User(_message.Message):
         display_name: _builtins.str = ...,
         roles: _abc.Iterable[Global___Role.ValueType] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___UserStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "id", b"id", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "id", b"id", "roles", b"roles", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

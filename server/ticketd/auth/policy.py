@@ -57,6 +57,11 @@ POLICY: dict[str, Access] = {
     _AUTH + "GetCurrentUser": SIGNED_IN,
     _AUTH + "SetUserRoles": roles(ADMIN),
     _AUTH + "ListUsers": roles(ADMIN, SUPPORT),
+    # Account lock-out: anyone for themselves (RevokeTokens of someone else needs ADMIN,
+    # checked in ticketd.accounts.rules); only an ADMIN disables or enables accounts.
+    _AUTH + "ChangePassword": SIGNED_IN,
+    _AUTH + "RevokeTokens": SIGNED_IN,
+    _AUTH + "SetUserStatus": roles(ADMIN),
     # VenueService: ADMIN edits, anyone signed in reads.
     _VENUE + "CreateVenue": roles(ADMIN),
     _VENUE + "UpdateVenue": roles(ADMIN),

@@ -1,8 +1,11 @@
 """Access tokens: HS256 JWTs with the algorithm pinned and exp/iat/nbf/iss/aud verified.
 
-Tokens carry the user id only. Roles are read from the database on every call (see the
-interceptor), so an admin who removes a role takes it away at once, and a tampered token can
-at most claim a user id, which the signature check refuses.
+Tokens carry the user id and the user's token generation (`gen`) only. Roles, status and
+the current generation are read from the database on every call (one row, see
+`ticketd.accounts.service.AccountService.principal_for`), so an admin who removes a role,
+disables the account or revokes its tokens (the generation moves on) takes effect on the next
+call, and a tampered token can at most claim a user id, which the signature check refuses.
+Tokens issued before generations existed carry no `gen` and count as generation 0.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ class IssuedToken:
     expire_time: dt.datetime
 
 
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified token says: who, and which generation of their tokens."""
+
+    user_id: uuid.UUID
+    generation: int
+
+
 class TokenService:
     """Issues and verifies access tokens for one secret, issuer and audience."""
 
@@ -39,8 +50,11 @@ class TokenService:
         self._audience = audience
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
-    def issue(self, user_id: uuid.UUID, *, now: dt.datetime | None = None) -> IssuedToken:
-        """A signed token for `user_id`, valid from now for the configured lifetime."""
+    def issue(
+        self, user_id: uuid.UUID, generation: int, *, now: dt.datetime | None = None
+    ) -> IssuedToken:
+        """A signed token for `user_id` at token `generation`, valid from now for the
+        configured lifetime (or until the user's generation moves on)."""
         issued = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         expires = issued + self._ttl
         claims = {
@@ -51,11 +65,13 @@ class TokenService:
             "nbf": issued,
             "exp": expires,
             "jti": secrets.token_urlsafe(12),
+            "gen": generation,
         }
         return IssuedToken(jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires)
 
-    def verify(self, token: str) -> uuid.UUID:
-        """The user id a valid token names; UNAUTHENTICATED for anything else, with no detail."""
+    def verify(self, token: str) -> TokenClaims:
+        """The user and generation a valid token names; UNAUTHENTICATED for anything else,
+        with no detail."""
         try:
             claims = jwt.decode(
                 token,
@@ -66,7 +82,11 @@ class TokenService:
                 options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]},
                 leeway=5,
             )
-            return uuid.UUID(str(claims["sub"]))
+            generation = claims.get("gen", 0)
+            # bool is an int in Python; a JSON `true` is no generation.
+            if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+                raise ValueError("bad generation")
+            return TokenClaims(uuid.UUID(str(claims["sub"])), generation)
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
             raise Unauthenticated(_INVALID, reason=Reason.INVALID_TOKEN) from None
 

@@ -3,14 +3,15 @@
 It wraps each method handler rather than only inspecting metadata, so that the principal is
 bound in the same task that runs the servicer, and so that every domain or database error,
 whichever service raised it, is turned into a status in one place (`ticketd.edge.status`).
-It also records the caller's deadline for the database layer (`ticketd.deadline`).
+It also records the caller's deadline for the database layer (`ticketd.deadline`), and
+admits each call against its class's in-flight budget (`ticketd.edge.admission`) before
+anything else runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeAlias
 
@@ -20,8 +21,9 @@ from grpc import aio
 from ticketd import errors
 from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import Principal, bind_principal, unbind_principal
-from ticketd.auth.tokens import TokenService
+from ticketd.auth.tokens import TokenClaims, TokenService
 from ticketd.deadline import reset_call_deadline, set_call_deadline
+from ticketd.edge.admission import Admission, Admitted
 from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.convert import time_remaining
 from ticketd.edge.decoding import Deserializer, decode_request, decoding_handler
@@ -37,9 +39,10 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 class PrincipalLoader(Protocol):
-    """Reads the current roles of a user id; None if the user no longer exists."""
+    """Reads the current roles of a token's user; None if the user no longer exists.
+    Raises UNAUTHENTICATED for a disabled account or a revoked token generation."""
 
-    async def __call__(self, user_id: uuid.UUID) -> Principal | None: ...
+    async def __call__(self, claims: TokenClaims) -> Principal | None: ...
 
 
 def _bearer_token(metadata: Any) -> str | None:
@@ -64,11 +67,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Default-deny role checks plus error mapping for every RPC."""
 
     def __init__(
-        self, tokens: TokenService, load_principal: PrincipalLoader, contract: ContractRules
+        self,
+        tokens: TokenService,
+        load_principal: PrincipalLoader,
+        contract: ContractRules,
+        admission: Admission | None = None,
     ) -> None:
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
+        self._admission = admission
 
     async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
         if rule.public:
@@ -89,8 +97,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return principal
 
     async def _authenticate(self, token: str) -> Principal:
-        user_id = self._tokens.verify(token)
-        principal = await self._load_principal(user_id)
+        principal = await self._load_principal(self._tokens.verify(token))
         if principal is None:
             raise errors.Unauthenticated(
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
@@ -139,8 +146,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             bound: object | None = None
+            admitted: Admitted | None = None
             deadline = set_call_deadline(time_remaining(context))
             try:
+                if self._admission is not None:
+                    admitted = self._admission.enter(method)
                 principal = await self._authorize(method, rule, context.invocation_metadata())
                 # After the policy check, like the NUL check: a refused caller learns that.
                 request = decode_request(raw, deserializer)
@@ -155,12 +165,20 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             except (asyncio.CancelledError, aio.AbortError):
                 raise
             except errors.DomainError as exc:
+                # A refused call gives its admission place back before its status is sent:
+                # writing thousands of refusals must not fill the budget it protects.
+                if admitted is not None:
+                    admitted.release()
                 status = to_status(exc)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             except Exception as exc:
+                if admitted is not None:
+                    admitted.release()
                 status = internal_status(exc, method)
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if admitted is not None:
+                    admitted.release()
                 reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)

@@ -5,7 +5,7 @@ result instead of creating a second one; two concurrent twins are told apart by 
 constraints below (NULL request_ids, from callers that send none, never conflict).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from ticketd.db.migrations.sqlscript import run_script
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
