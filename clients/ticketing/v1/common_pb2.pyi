@@ -160,39 +160,39 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The database does not answer; retry with backoff."""
     DB_POOL_EXHAUSTED: _ErrorReason.ValueType  # 34
     """The server is overloaded: no database connection free in time; retry with backoff."""
-    NOT_EVENT_STAFF: _ErrorReason.ValueType  # 100
+    NOT_EVENT_STAFF: _ErrorReason.ValueType  # 35
     """The caller is not staff of this event: an ENTRY_MANAGER acts only on the
     events they are assigned to (EventService.AssignStaff).
     """
-    NOT_ENTRY_MANAGER: _ErrorReason.ValueType  # 101
+    NOT_ENTRY_MANAGER: _ErrorReason.ValueType  # 36
     """AssignStaff: the user does not hold the ENTRY_MANAGER role."""
-    EVENT_OVER: _ErrorReason.ValueType  # 102
+    EVENT_OVER: _ErrorReason.ValueType  # 37
     """The event's scan window is over (end_time, or start plus the default duration)."""
-    TOO_MANY_GATES: _ErrorReason.ValueType  # 103
+    TOO_MANY_GATES: _ErrorReason.ValueType  # 38
     """Too many distinct gate names used by one caller at once; metadata "max"."""
-    RESPONSE_TOO_LARGE: _ErrorReason.ValueType  # 300
+    RESPONSE_TOO_LARGE: _ErrorReason.ValueType  # 39
     """The answer to this request would be larger than the transport limit
     (TICKETING_MAX_MESSAGE_BYTES). On a create or update (INVALID_ARGUMENT, metadata
     "response_bytes", "max_bytes") nothing was written: make the layout smaller.
     """
-    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 301
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 40
     """An organizer quota (places per event, live events per organizer) is used up
     (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
     does not help: cancel an event, or ask an admin.
     """
-    TOO_MANY_ATTEMPTS: _ErrorReason.ValueType  # 200
+    TOO_MANY_ATTEMPTS: _ErrorReason.ValueType  # 41
     """Too many sign-in or registration attempts from this address, or too many
     failed sign-ins for this email; a google.rpc.RetryInfo says when to retry.
     """
-    AUTH_BUSY: _ErrorReason.ValueType  # 201
+    AUTH_BUSY: _ErrorReason.ValueType  # 42
     """Every password worker and its short queue are busy; retry after RetryInfo."""
-    OVERLOADED: _ErrorReason.ValueType  # 202
+    OVERLOADED: _ErrorReason.ValueType  # 43
     """The server's admission limit for this kind of call is reached
     (TICKETING_MAX_CONCURRENT_RPCS); retry after RetryInfo.
     """
-    ACCOUNT_DISABLED: _ErrorReason.ValueType  # 203
+    ACCOUNT_DISABLED: _ErrorReason.ValueType  # 44
     """The account is disabled by an admin: its tokens are refused."""
-    NOT_ACCOUNT_OWNER: _ErrorReason.ValueType  # 204
+    NOT_ACCOUNT_OWNER: _ErrorReason.ValueType  # 45
     """Only the account's owner (or an ADMIN) may do this."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -276,39 +276,39 @@ DB_UNAVAILABLE: ErrorReason.ValueType  # 33
 """The database does not answer; retry with backoff."""
 DB_POOL_EXHAUSTED: ErrorReason.ValueType  # 34
 """The server is overloaded: no database connection free in time; retry with backoff."""
-NOT_EVENT_STAFF: ErrorReason.ValueType  # 100
+NOT_EVENT_STAFF: ErrorReason.ValueType  # 35
 """The caller is not staff of this event: an ENTRY_MANAGER acts only on the
 events they are assigned to (EventService.AssignStaff).
 """
-NOT_ENTRY_MANAGER: ErrorReason.ValueType  # 101
+NOT_ENTRY_MANAGER: ErrorReason.ValueType  # 36
 """AssignStaff: the user does not hold the ENTRY_MANAGER role."""
-EVENT_OVER: ErrorReason.ValueType  # 102
+EVENT_OVER: ErrorReason.ValueType  # 37
 """The event's scan window is over (end_time, or start plus the default duration)."""
-TOO_MANY_GATES: ErrorReason.ValueType  # 103
+TOO_MANY_GATES: ErrorReason.ValueType  # 38
 """Too many distinct gate names used by one caller at once; metadata "max"."""
-RESPONSE_TOO_LARGE: ErrorReason.ValueType  # 300
+RESPONSE_TOO_LARGE: ErrorReason.ValueType  # 39
 """The answer to this request would be larger than the transport limit
 (TICKETING_MAX_MESSAGE_BYTES). On a create or update (INVALID_ARGUMENT, metadata
 "response_bytes", "max_bytes") nothing was written: make the layout smaller.
 """
-QUOTA_EXCEEDED: ErrorReason.ValueType  # 301
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 40
 """An organizer quota (places per event, live events per organizer) is used up
 (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
 does not help: cancel an event, or ask an admin.
 """
-TOO_MANY_ATTEMPTS: ErrorReason.ValueType  # 200
+TOO_MANY_ATTEMPTS: ErrorReason.ValueType  # 41
 """Too many sign-in or registration attempts from this address, or too many
 failed sign-ins for this email; a google.rpc.RetryInfo says when to retry.
 """
-AUTH_BUSY: ErrorReason.ValueType  # 201
+AUTH_BUSY: ErrorReason.ValueType  # 42
 """Every password worker and its short queue are busy; retry after RetryInfo."""
-OVERLOADED: ErrorReason.ValueType  # 202
+OVERLOADED: ErrorReason.ValueType  # 43
 """The server's admission limit for this kind of call is reached
 (TICKETING_MAX_CONCURRENT_RPCS); retry after RetryInfo.
 """
-ACCOUNT_DISABLED: ErrorReason.ValueType  # 203
+ACCOUNT_DISABLED: ErrorReason.ValueType  # 44
 """The account is disabled by an admin: its tokens are refused."""
-NOT_ACCOUNT_OWNER: ErrorReason.ValueType  # 204
+NOT_ACCOUNT_OWNER: ErrorReason.ValueType  # 45
 """Only the account's owner (or an ADMIN) may do this."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
