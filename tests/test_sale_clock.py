@@ -213,7 +213,7 @@ async def test_recorded_times_are_the_write_times(
             await raw.execute(sql, arg)
             task = asyncio.ensure_future(call)
             await until(lambda: _blocked_or_done(raw, task), "the call waits for the lock")
-            assert not task.done()
+            assert not task.done(), f"the call did not wait for the lock: {task.exception()!r}"
             released: dt.datetime = await raw.fetchval("SELECT clock_timestamp()")
         return await task, released
 
