@@ -164,17 +164,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 return await behavior(request, context)
             except (asyncio.CancelledError, aio.AbortError):
                 raise
-            except errors.DomainError as exc:
+            except Exception as exc:
                 # A refused call gives its admission place back before its status is sent:
                 # writing thousands of refusals must not fill the budget it protects.
                 if admitted is not None:
                     admitted.release()
-                status = to_status(exc)
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except Exception as exc:
-                if admitted is not None:
-                    admitted.release()
-                status = internal_status(exc, method)
+                status = (
+                    to_status(exc)
+                    if isinstance(exc, errors.DomainError)
+                    else internal_status(exc, method)
+                )
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if admitted is not None:
