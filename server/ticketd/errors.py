@@ -66,6 +66,11 @@ class Reason(StrEnum):
     # Limits that protect the server
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    # Kiosk devices and offline gates (issue 14)
+    DEVICE_REVOKED = "DEVICE_REVOKED"
+    ENROLLMENT_TOKEN_INVALID = "ENROLLMENT_TOKEN_INVALID"
+    DEVICE_SCOPE = "DEVICE_SCOPE"
+    DEVICE_NOT_FOUND = "DEVICE_NOT_FOUND"
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
     does not help: cancel an event, or ask an admin.
     """
+    DEVICE_REVOKED: _ErrorReason.ValueType  # 600
+    """The device credential was revoked (GateService.RevokeDevice): enroll the
+    kiosk again with a new device.
+    """
+    ENROLLMENT_TOKEN_INVALID: _ErrorReason.ValueType  # 601
+    """EnrollDevice: the enrollment token is unknown, used, expired or its device
+    revoked (one answer for all four).
+    """
+    DEVICE_SCOPE: _ErrorReason.ValueType  # 602
+    """A kiosk device acts only for its own event and gate."""
+    DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 603
+    """No such kiosk device (or not one of an event the caller manages)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -254,6 +266,18 @@ QUOTA_EXCEEDED: ErrorReason.ValueType  # 301
 (RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure; nothing was written). Waiting
 does not help: cancel an event, or ask an admin.
 """
+DEVICE_REVOKED: ErrorReason.ValueType  # 600
+"""The device credential was revoked (GateService.RevokeDevice): enroll the
+kiosk again with a new device.
+"""
+ENROLLMENT_TOKEN_INVALID: ErrorReason.ValueType  # 601
+"""EnrollDevice: the enrollment token is unknown, used, expired or its device
+revoked (one answer for all four).
+"""
+DEVICE_SCOPE: ErrorReason.ValueType  # 602
+"""A kiosk device acts only for its own event and gate."""
+DEVICE_NOT_FOUND: ErrorReason.ValueType  # 603
+"""No such kiosk device (or not one of an event the caller manages)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
