@@ -166,7 +166,8 @@ class Ticket(_message.Message):
     signed_code: _builtins.str
     """The same ticket as a signed code (Ed25519; see docs/offline-gates.md): what
     QR codes carry, verifiable by kiosks without the server. Shown to the
-    order's owner only, and only for VALID tickets (GetOrder); it stops
+    order's owner only, and only for VALID tickets (GetOrder with
+    include_signed_codes); it stops
     admitting when the ticket is refunded or its codes are rotated.
     """
     def __init__(
@@ -333,16 +334,22 @@ class GetOrderRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORDER_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_SIGNED_CODES_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The order id."""
+    include_signed_codes: _builtins.bool
+    """Also derive each VALID ticket's signed code (Ticket.signed_code; the
+    owner only): what `ticketctl orders show --qr` and printed tickets use.
+    """
     def __init__(
         self,
         *,
         order_id: _builtins.str = ...,
+        include_signed_codes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_signed_codes", b"include_signed_codes", "order_id", b"order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
