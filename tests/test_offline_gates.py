@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import random
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,6 +28,7 @@ from tests.support import (
     scan_request,
     small_layout,
 )
+from ticketing.kiosk.offline import OfflineKit, OfflineVerdict
 from ticketing.v1 import booking_pb2, gate_pb2
 
 R = gate_pb2
@@ -447,3 +449,59 @@ async def test_key_rotation_keeps_old_codes_until_withdrawn(stubs: Stubs, admin:
     fresh = await signed_tickets(stubs, buyer, order_id)
     live = [t for t in fresh if t.signed_code]
     assert unpadded(live[0].signed_code[4:])[1:3] == (3).to_bytes(2, "big")
+
+
+async def _synced_kit(stubs: Stubs, md: CallMd, event_id: str) -> OfflineKit:
+    kit = OfflineKit(event_id)
+    kit.apply_keys(
+        await stubs.gate.GetVerificationKeys(
+            R.GetVerificationKeysRequest(event_id=event_id), metadata=md
+        )
+    )
+    page = await stubs.gate.ListRevocations(
+        R.ListRevocationsRequest(event_id=event_id), metadata=md
+    )
+    kit.apply_revocations(page.revocations)
+    return kit
+
+
+async def test_the_kiosk_refuses_tampered_unknown_key_expired_and_revoked_codes_offline(
+    stubs: Stubs, admin: Account, tmp_path: Path
+) -> None:
+    event_id, tickets, buyer, order_id = await open_event(stubs, admin, 3)
+    _, others, _, _ = await open_event(stubs, admin, 1)
+    _, cred = await enrolled(stubs, admin, event_id, "offline-gate")
+    await stubs.booking.RotateTicketCodes(
+        booking_pb2.RotateTicketCodesRequest(order_id=order_id, request_id=str(uuid.uuid4())),
+        metadata=buyer.md,
+    )
+    fresh = await signed_tickets(stubs, buyer, order_id)
+    kit = await _synced_kit(stubs, device_md(cred), event_id)
+    kit.save(tmp_path / "kit.json")
+    kit = OfflineKit.load(tmp_path / "kit.json", event_id)  # survives a restart
+    now = dt.datetime.now(dt.UTC)
+    admitted: set[str] = set()
+    verdict, ticket = kit.judge(fresh[0].signed_code, now, admitted)
+    assert verdict is OfflineVerdict.ADMIT and ticket is not None
+    admitted.add(ticket.ticket_id)
+    assert kit.judge(fresh[0].signed_code, now, admitted)[0] is (
+        OfflineVerdict.ALREADY_ADMITTED_HERE
+    )
+    body = bytearray(unpadded(fresh[1].signed_code[4:]))
+    body[60] ^= 1
+    tampered = "TK1." + base64.urlsafe_b64encode(bytes(body)).decode().rstrip("=")
+    assert kit.judge(tampered, now, admitted)[0] is OfflineVerdict.FORGED
+    body = bytearray(unpadded(fresh[1].signed_code[4:]))
+    body[1:3] = (99).to_bytes(2, "big")
+    wrong_key = "TK1." + base64.urlsafe_b64encode(bytes(body)).decode().rstrip("=")
+    assert kit.judge(wrong_key, now, admitted)[0] is OfflineVerdict.FORGED
+    later = now + dt.timedelta(days=60)
+    assert kit.judge(fresh[1].signed_code, later, admitted)[0] is OfflineVerdict.EVENT_OVER
+    assert kit.judge(tickets[1].signed_code, now, admitted)[0] is OfflineVerdict.REVOKED
+    assert kit.judge(others[0].signed_code, now, admitted)[0] is OfflineVerdict.WRONG_EVENT
+    assert kit.judge(fresh[1].code, now, admitted)[0] is OfflineVerdict.NOT_VERIFIABLE
+    await stubs.gate.SetOfflineAdmission(
+        R.SetOfflineAdmissionRequest(event_id=event_id, allowed=False), metadata=admin.md
+    )
+    kit = await _synced_kit(stubs, device_md(cred), event_id)
+    assert kit.judge(fresh[1].signed_code, now, admitted)[0] is OfflineVerdict.OFFLINE_REFUSED
