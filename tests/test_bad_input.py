@@ -85,7 +85,11 @@ ACCEPTABLE = frozenset(
     }
 )
 # Login answers bad credentials (and malformed ones) with UNAUTHENTICATED by contract.
-ALSO_ACCEPTABLE = {"/ticketing.v1.AuthService/Login": frozenset({S.UNAUTHENTICATED})}
+# EnrollDevice likewise answers a bad enrollment token (issue 14).
+ALSO_ACCEPTABLE = {
+    "/ticketing.v1.AuthService/Login": frozenset({S.UNAUTHENTICATED}),
+    "/ticketing.v1.GateService/EnrollDevice": frozenset({S.UNAUTHENTICATED}),
+}
 CALLERS = ("ADMIN", "CUSTOMER")
 
 
@@ -387,6 +391,30 @@ def _realistic(w: World, full: str) -> Message:
             event_id=w.event.id, gate_id="north-1", page_size=3
         ),
         "GetGateStats": lambda: gate_pb2.GetGateStatsRequest(event_id=w.event.id),
+        # Offline gates (issue 14).
+        "GetVerificationKeys": lambda: gate_pb2.GetVerificationKeysRequest(event_id=w.event.id),
+        "ListRevocations": lambda: gate_pb2.ListRevocationsRequest(
+            event_id=w.event.id, after_sequence=0, page_size=3
+        ),
+        "UploadOfflineScans": lambda: gate_pb2.UploadOfflineScansRequest(
+            event_id=w.event.id,
+            gate_id="fuzz-gate",
+            scans=[
+                gate_pb2.OfflineScan(
+                    scan_id=str(uuid.uuid4()), code="fuzz-offline", scan_time=future(0)
+                )
+            ],
+        ),
+        "CreateDevice": lambda: gate_pb2.CreateDeviceRequest(
+            event_id=w.event.id, gate_id="fuzz-gate", display_name="fuzz kiosk"
+        ),
+        "EnrollDevice": lambda: gate_pb2.EnrollDeviceRequest(enrollment_token="tke_fuzz"),
+        "ListDevices": lambda: gate_pb2.ListDevicesRequest(event_id=w.event.id, page_size=3),
+        "RevokeDevice": lambda: gate_pb2.RevokeDeviceRequest(device_id=str(uuid.uuid4())),
+        "RotateSigningKey": lambda: gate_pb2.RotateSigningKeyRequest(event_id=w.event.id),
+        "SetOfflineAdmission": lambda: gate_pb2.SetOfflineAdmissionRequest(
+            event_id=w.event.id, allowed=True
+        ),
     }
     return builders[name]()
 

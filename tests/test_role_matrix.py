@@ -43,11 +43,13 @@ from tests.support import (
 )
 from ticketd.app import SERVICE_NAMES
 from ticketd.auth.policy import POLICY
-from ticketd.auth.principal import Role
+from ticketd.auth.principal import PrincipalKind, Role
 from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, gate_pb2, venue_pb2
 
 ANONYMOUS = "ANONYMOUS"
-CALLERS: tuple[str, ...] = (*(role.value for role in Role), ANONYMOUS)
+# An enrolled kiosk (`authorization: Device ...`, issue 14): not a role, a principal kind.
+DEVICE = "DEVICE"
+CALLERS: tuple[str, ...] = (*(role.value for role in Role), DEVICE, ANONYMOUS)
 ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
     "ADMIN": common_pb2.ROLE_ADMIN,
     "ORGANIZER": common_pb2.ROLE_ORGANIZER,
@@ -58,7 +60,10 @@ ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
 NEVER = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 # Login answers wrong credentials with UNAUTHENTICATED by contract: that is the method's own
 # result, not the interceptor refusing the caller.
-DOMAIN_UNAUTHENTICATED = {"/ticketing.v1.AuthService/Login": "BAD_CREDENTIALS"}
+DOMAIN_UNAUTHENTICATED = {
+    "/ticketing.v1.AuthService/Login": "BAD_CREDENTIALS",
+    "/ticketing.v1.GateService/EnrollDevice": "ENROLLMENT_TOKEN_INVALID",
+}
 
 # Every ticketing.v1 entry of the table; the descriptor pool must agree (checked below).
 TICKETING_METHODS: tuple[str, ...] = tuple(sorted(m for m in POLICY if m.startswith("/ticketing.")))
@@ -95,6 +100,8 @@ def policy_allows(full_method: str, caller: str) -> bool:
         return True
     if caller == ANONYMOUS:
         return False
+    if caller == DEVICE:
+        return PrincipalKind.DEVICE in rule.kinds
     return rule.roles is None or Role(caller) in rule.roles
 
 
@@ -142,13 +149,25 @@ class World:
     event: event_pb2.Event
     order: booking_pb2.Order
     spare_staff: Account  # a second ENTRY_MANAGER, assigned and unassigned by the matrix
+    device_md: tuple[tuple[str, str], ...]  # a kiosk of the event's "matrix-gate"
 
     @property
     def ga_section_id(self) -> str:
         return self.venue.sections[1].id
 
     def md(self, caller: str) -> tuple[tuple[str, str], ...]:
+        if caller == DEVICE:
+            return self.device_md
         return () if caller == ANONYMOUS else self.accounts[caller].md
+
+    async def enrollment_token(self) -> str:
+        created = await self.stubs.gate.CreateDevice(
+            gate_pb2.CreateDeviceRequest(
+                event_id=self.event.id, gate_id="matrix-gate", display_name="matrix kiosk"
+            ),
+            metadata=self.accounts["ORGANIZER"].md,
+        )
+        return created.enrollment_token
 
     async def fresh_order(self) -> booking_pb2.Order:
         customer = self.accounts["CUSTOMER"]
@@ -177,7 +196,12 @@ async def world(stubs: Stubs, admin: Account) -> World:
     spare = await stubs.account_with_roles(
         admin, common_pb2.ROLE_ENTRY_MANAGER, tag="matrix-spare-staff"
     )
-    return World(stubs, admin, accounts, venue, scratch, event, order, spare)
+    world = World(stubs, admin, accounts, venue, scratch, event, order, spare, ())
+    enrolled = await stubs.gate.EnrollDevice(
+        gate_pb2.EnrollDeviceRequest(enrollment_token=await world.enrollment_token())
+    )
+    world.device_md = (("authorization", f"Device {enrolled.device_credential}"),)
+    return world
 
 
 RequestBuilder = Callable[[World], Awaitable[Message]]
@@ -362,6 +386,54 @@ async def _get_gate_stats(w: World) -> Message:
     return gate_pb2.GetGateStatsRequest(event_id=w.event.id)
 
 
+async def _get_verification_keys(w: World) -> Message:
+    return gate_pb2.GetVerificationKeysRequest(event_id=w.event.id)
+
+
+async def _list_revocations(w: World) -> Message:
+    return gate_pb2.ListRevocationsRequest(event_id=w.event.id, page_size=5)
+
+
+async def _upload_offline_scans(w: World) -> Message:
+    scan = gate_pb2.OfflineScan(scan_id=str(uuid.uuid4()), code="matrix-offline-code")
+    scan.scan_time.GetCurrentTime()
+    return gate_pb2.UploadOfflineScansRequest(
+        event_id=w.event.id, gate_id="matrix-gate", scans=[scan]
+    )
+
+
+async def _create_device(w: World) -> Message:
+    return gate_pb2.CreateDeviceRequest(
+        event_id=w.event.id, gate_id="matrix-gate", display_name="matrix spare"
+    )
+
+
+async def _enroll_device(w: World) -> Message:
+    return gate_pb2.EnrollDeviceRequest(enrollment_token=await w.enrollment_token())
+
+
+async def _list_devices(w: World) -> Message:
+    return gate_pb2.ListDevicesRequest(event_id=w.event.id, page_size=5)
+
+
+async def _revoke_device(w: World) -> Message:
+    created = await w.stubs.gate.CreateDevice(
+        gate_pb2.CreateDeviceRequest(
+            event_id=w.event.id, gate_id="matrix-gate", display_name="to revoke"
+        ),
+        metadata=w.accounts["ORGANIZER"].md,
+    )
+    return gate_pb2.RevokeDeviceRequest(device_id=created.device.id)
+
+
+async def _rotate_signing_key(w: World) -> Message:
+    return gate_pb2.RotateSigningKeyRequest(event_id=w.event.id)
+
+
+async def _set_offline_admission(w: World) -> Message:
+    return gate_pb2.SetOfflineAdmissionRequest(event_id=w.event.id, allowed=True)
+
+
 _AUTH = "/ticketing.v1.AuthService/"
 _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
@@ -396,6 +468,15 @@ REALISTIC: dict[str, RequestBuilder] = {
     _GATE + "ValidateTicket": _validate_ticket,
     _GATE + "ListScans": _list_scans,
     _GATE + "GetGateStats": _get_gate_stats,
+    _GATE + "GetVerificationKeys": _get_verification_keys,
+    _GATE + "ListRevocations": _list_revocations,
+    _GATE + "UploadOfflineScans": _upload_offline_scans,
+    _GATE + "CreateDevice": _create_device,
+    _GATE + "EnrollDevice": _enroll_device,
+    _GATE + "ListDevices": _list_devices,
+    _GATE + "RevokeDevice": _revoke_device,
+    _GATE + "RotateSigningKey": _rotate_signing_key,
+    _GATE + "SetOfflineAdmission": _set_offline_admission,
 }
 
 
@@ -454,9 +535,18 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _BOOKING + "RotateTicketCodes": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
-    _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN"}),
+    _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
+    _GATE + "GetVerificationKeys": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
+    _GATE + "ListRevocations": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
+    _GATE + "UploadOfflineScans": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
+    _GATE + "CreateDevice": frozenset({"ORGANIZER", "ADMIN"}),
+    _GATE + "EnrollDevice": _PUBLIC,
+    _GATE + "ListDevices": frozenset({"ORGANIZER", "ADMIN"}),
+    _GATE + "RevokeDevice": frozenset({"ORGANIZER", "ADMIN"}),
+    _GATE + "RotateSigningKey": frozenset({"ORGANIZER", "ADMIN"}),
+    _GATE + "SetOfflineAdmission": frozenset({"ORGANIZER", "ADMIN"}),
 }
 
 
@@ -467,7 +557,8 @@ def test_policy_table_matches_the_documented_contract() -> None:
             return True
         if caller == ANONYMOUS:
             return False
-        return rule == _ANY or caller in rule
+        # "any signed-in user" means users: a device reaches only what names it.
+        return (rule == _ANY and caller != DEVICE) or caller in rule
 
     assert set(DOCUMENTED) == set(TICKETING_METHODS)
     differences = [

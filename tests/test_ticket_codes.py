@@ -143,10 +143,15 @@ async def test_codes_are_shown_to_the_owner_only(stubs: Stubs, admin: Account, b
     assert all(t.code for t in order.tickets)  # the owner's own BookSeats answer
     get = booking_pb2.GetOrderRequest(order_id=order.id)
     assert (await stubs.booking.GetOrder(get, metadata=buyer.md)).order == order
+    signed = booking_pb2.GetOrderRequest(order_id=order.id, include_signed_codes=True)
+    owned = (await stubs.booking.GetOrder(signed, metadata=buyer.md)).order
+    # Signed codes (issue 14) go to the owner only, like the plain ones.
+    assert all(t.signed_code.startswith("TK1.") for t in owned.tickets)
     for staff in (box.support, box.other_admin, admin, box.organizer):
-        seen = (await stubs.booking.GetOrder(get, metadata=staff.md)).order
+        seen = (await stubs.booking.GetOrder(signed, metadata=staff.md)).order
         assert seen.id == order.id and len(seen.tickets) == 3
         assert [t.code for t in seen.tickets] == ["", "", ""]
+        assert [t.signed_code for t in seen.tickets] == ["", "", ""]
         # Everything but the codes is there: support can still help the customer.
         assert [t.seat_id for t in seen.tickets] == [t.seat_id for t in order.tickets]
     mine = await stubs.booking.ListOrders(booking_pb2.ListOrdersRequest(), metadata=buyer.md)

@@ -79,19 +79,20 @@ TOOLS: dict[str, Tool] = {
                 "grpc_health",
                 "grpc_reflection",
                 "tzdata",
+                "cryptography",
             ),
             entry="ticketd.__main__:main",
         ),
         Tool(
             command="ticketctl",
             extra="cli",
-            modules=("rich", "yaml"),
+            modules=("rich", "yaml", "segno", "PIL"),
             entry="ticketing.cli.main:main",
         ),
         Tool(
             command="ticketing-kiosk",
             extra="kiosk",
-            modules=("rich", "grpc_health"),
+            modules=("rich", "grpc_health", "cryptography"),
             entry="ticketing.kiosk.main:main",
         ),
         Tool(

@@ -61,7 +61,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with database_for(settings) as db:
         secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
-        components = build_components(settings, db, secret)
+        keys = settings.keys_secret or load_or_create_secret(settings.data_dir, "keys_secret")
+        components = build_components(settings, db, secret, keys_secret=keys)
         server = TicketServer(components)
         # Bind first and say NOT_SERVING: orchestrators see a live process that is not
         # ready, rather than a crash loop, while the database is away.

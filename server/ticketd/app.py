@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
+from ticketd.auth.credentials import SecretHasher, derive_key
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.throttle import SignInThrottle
 from ticketd.auth.tokens import TokenService
@@ -29,9 +30,11 @@ from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.rules import EventQuotas
 from ticketd.events.service import EventService
 from ticketd.events.servicer import EventServicer
+from ticketd.gate.devices.service import DeviceService
 from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
+from ticketd.gate.signing.service import SigningService
 from ticketd.pagination import PageTokens
 from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
@@ -50,6 +53,10 @@ from ticketing.v1 import (
 )
 
 log = logging.getLogger("ticketd")
+
+# HKDF purposes of the keys secret: one key each, never shared between uses.
+KEK_PURPOSE = "ticketing.v1 event signing key seal"
+DEVICE_HMAC_PURPOSE = "ticketing.v1 device credential hmac"
 
 _SERVICES = tuple(
     service
@@ -78,10 +85,18 @@ class Components:
     events: EventService
     booking: BookingService
     gate: GateService
+    signing: SigningService
+    devices: DeviceService
 
 
-def build_components(settings: Settings, db: Database, jwt_secret: str) -> Components:
-    """The services, wired to each other: a domain reaches another only through its service."""
+def build_components(
+    settings: Settings, db: Database, jwt_secret: str, *, keys_secret: str | None = None
+) -> Components:
+    """The services, wired to each other: a domain reaches another only through its service.
+
+    `keys_secret` (else settings.keys_secret) seals signing keys and keys device credential
+    hashes; embedders that pass neither (tests) get one derived from the JWT secret, under
+    its own HKDF purpose. `ticketd` itself always has its own (see __main__)."""
     tokens = TokenService(
         jwt_secret,
         issuer=settings.jwt_issuer,
@@ -98,11 +113,18 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
     venues = VenueService(
         db, response_size=venue_response_bytes, max_response_bytes=settings.max_message_bytes
     )
-    booking = BookingService(db, customers=accounts)
     window = ScanWindowDefaults(
         doors_open_lead=dt.timedelta(seconds=settings.doors_open_lead_seconds),
         default_duration=dt.timedelta(seconds=settings.default_event_duration_seconds),
     )
+    keys = keys_secret or settings.keys_secret or jwt_secret
+    signing = SigningService(db, kek=derive_key(keys, KEK_PURPOSE), window=window)
+    devices = DeviceService(
+        db,
+        hasher=SecretHasher(derive_key(keys, DEVICE_HMAC_PURPOSE)),
+        enroll_ttl=dt.timedelta(seconds=settings.device_enroll_ttl_seconds),
+    )
+    booking = BookingService(db, customers=accounts, signed_codes=signing)
     limiter = ScanLimiter(
         gate_rate=settings.gate_scan_rate,
         gate_burst=settings.gate_scan_burst,
@@ -130,7 +152,15 @@ def build_components(settings: Settings, db: Database, jwt_secret: str) -> Compo
             ),
         ),
         booking=booking,
-        gate=GateService(db, limiter=limiter, window=window),
+        gate=GateService(
+            db,
+            limiter=limiter,
+            window=window,
+            signing=signing,
+            clock_skew=dt.timedelta(seconds=settings.offline_clock_skew_seconds),
+        ),
+        signing=signing,
+        devices=devices,
     )
 
 
@@ -145,7 +175,11 @@ class TicketServer:
             general_limit=settings.max_concurrent_rpcs, password_limit=settings.auth_rpc_limit
         )
         interceptor = AuthInterceptor(
-            components.tokens, components.accounts.principal_for, contract_rules(), self.admission
+            components.tokens,
+            components.accounts.principal_for,
+            contract_rules(),
+            self.admission,
+            load_device=components.devices.principal_for,
         )
         self.server = aio.server(
             interceptors=[interceptor],
@@ -174,7 +208,8 @@ class TicketServer:
             BookingServicer(components.booking, pages), self.server
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(
-            GateServicer(components.gate, pages), self.server
+            GateServicer(components.gate, components.signing, components.devices, pages),
+            self.server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -145,6 +145,15 @@ class Settings:
     default_event_duration_seconds: int = 4 * 3600
     """`TICKETING_DEFAULT_EVENT_DURATION`: gates close this long after start when an event
     sets no end_time."""
+    keys_secret: str | None = None
+    """`TICKETING_KEYS_SECRET`: what the key sealing event signing keys and the HMAC key of
+    device credentials are derived from (HKDF); None means: generate once and keep it in
+    data_dir (0600). Losing it loses every signing key and device credential."""
+    device_enroll_ttl_seconds: int = 86_400
+    """`TICKETING_DEVICE_ENROLL_TTL`: how long a device's enrollment token works."""
+    offline_clock_skew_seconds: int = 300
+    """`TICKETING_OFFLINE_CLOCK_SKEW`: how far ahead of the server's clock an uploaded
+    offline scan time may be (a kiosk's clock runs a little fast) before it is INVALID."""
 
     @property
     def auth_rpc_limit(self) -> int:
@@ -182,6 +191,9 @@ class Settings:
         secret = env.get("TICKETING_JWT_SECRET") or None
         if secret is not None and len(secret.encode()) < 32:
             raise ConfigError("TICKETING_JWT_SECRET must be at least 32 bytes")
+        keys_secret = env.get("TICKETING_KEYS_SECRET") or None
+        if keys_secret is not None and len(keys_secret.encode()) < 32:
+            raise ConfigError("TICKETING_KEYS_SECRET must be at least 32 bytes")
         data_dir = env.get("TICKETING_DATA_DIR")
         return cls(
             database_url=env.get("DATABASE_URL") or None,
@@ -224,4 +236,9 @@ class Settings:
             default_event_duration_seconds=_int(
                 env, "TICKETING_DEFAULT_EVENT_DURATION", 4 * 3600, 60, 30 * 86400
             ),
+            keys_secret=keys_secret,
+            device_enroll_ttl_seconds=_int(
+                env, "TICKETING_DEVICE_ENROLL_TTL", 86_400, 60, 30 * 86400
+            ),
+            offline_clock_skew_seconds=_int(env, "TICKETING_OFFLINE_CLOCK_SKEW", 300, 0, 3600),
         )

@@ -73,6 +73,11 @@ class Reason(StrEnum):
     # Account lock-out
     ACCOUNT_DISABLED = "ACCOUNT_DISABLED"
     NOT_ACCOUNT_OWNER = "NOT_ACCOUNT_OWNER"
+    # Kiosk devices and offline gates (issue 14)
+    DEVICE_REVOKED = "DEVICE_REVOKED"
+    ENROLLMENT_TOKEN_INVALID = "ENROLLMENT_TOKEN_INVALID"
+    DEVICE_SCOPE = "DEVICE_SCOPE"
+    DEVICE_NOT_FOUND = "DEVICE_NOT_FOUND"
 
 
 @dataclass(frozen=True)

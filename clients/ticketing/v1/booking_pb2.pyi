@@ -138,6 +138,7 @@ class Ticket(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     PRICE_MINOR_FIELD_NUMBER: _builtins.int
+    SIGNED_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
     seat_id: _builtins.int
@@ -162,6 +163,13 @@ class Ticket(_message.Message):
     """VALID, USED or VOID."""
     price_minor: _builtins.int
     """Price paid for this place, in minor units."""
+    signed_code: _builtins.str
+    """The same ticket as a signed code (Ed25519; see docs/offline-gates.md): what
+    QR codes carry, verifiable by kiosks without the server. Shown to the
+    order's owner only, and only for VALID tickets (GetOrder with
+    include_signed_codes); it stops
+    admitting when the ticket is refunded or its codes are rotated.
+    """
     def __init__(
         self,
         *,
@@ -175,10 +183,11 @@ class Ticket(_message.Message):
         code: _builtins.str = ...,
         status: Global___TicketStatus.ValueType = ...,
         price_minor: _builtins.int = ...,
+        signed_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "id", b"id", "price_minor", b"price_minor", "row_label", b"row_label", "seat_id", b"seat_id", "seat_label", b"seat_label", "seat_number", b"seat_number", "section_id", b"section_id", "section_name", b"section_name", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "id", b"id", "price_minor", b"price_minor", "row_label", b"row_label", "seat_id", b"seat_id", "seat_label", b"seat_label", "seat_number", b"seat_number", "section_id", b"section_id", "section_name", b"section_name", "signed_code", b"signed_code", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,16 +334,22 @@ class GetOrderRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORDER_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_SIGNED_CODES_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The order id."""
+    include_signed_codes: _builtins.bool
+    """Also derive each VALID ticket's signed code (Ticket.signed_code; the
+    owner only): what `ticketctl orders show --qr` and printed tickets use.
+    """
     def __init__(
         self,
         *,
         order_id: _builtins.str = ...,
+        include_signed_codes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_signed_codes", b"include_signed_codes", "order_id", b"order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -194,6 +194,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The account is disabled by an admin: its tokens are refused."""
     NOT_ACCOUNT_OWNER: _ErrorReason.ValueType  # 45
     """Only the account's owner (or an ADMIN) may do this."""
+    DEVICE_REVOKED: _ErrorReason.ValueType  # 46
+    """The device credential was revoked (GateService.RevokeDevice): enroll the
+    kiosk again with a new device.
+    """
+    ENROLLMENT_TOKEN_INVALID: _ErrorReason.ValueType  # 47
+    """EnrollDevice: the enrollment token is unknown, used, expired or its device
+    revoked (one answer for all four).
+    """
+    DEVICE_SCOPE: _ErrorReason.ValueType  # 48
+    """A kiosk device acts only for its own event and gate."""
+    DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 49
+    """No such kiosk device (or not one of an event the caller manages)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -310,6 +322,18 @@ ACCOUNT_DISABLED: ErrorReason.ValueType  # 44
 """The account is disabled by an admin: its tokens are refused."""
 NOT_ACCOUNT_OWNER: ErrorReason.ValueType  # 45
 """Only the account's owner (or an ADMIN) may do this."""
+DEVICE_REVOKED: ErrorReason.ValueType  # 46
+"""The device credential was revoked (GateService.RevokeDevice): enroll the
+kiosk again with a new device.
+"""
+ENROLLMENT_TOKEN_INVALID: ErrorReason.ValueType  # 47
+"""EnrollDevice: the enrollment token is unknown, used, expired or its device
+revoked (one answer for all four).
+"""
+DEVICE_SCOPE: ErrorReason.ValueType  # 48
+"""A kiosk device acts only for its own event and gate."""
+DEVICE_NOT_FOUND: ErrorReason.ValueType  # 49
+"""No such kiosk device (or not one of an event the caller manages)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

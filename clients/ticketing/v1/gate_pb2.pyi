@@ -48,6 +48,14 @@ class _ValidationResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Vali
     """
     VALIDATION_RESULT_EVENT_CANCELLED: _ValidationResult.ValueType  # 8
     """The event is cancelled: nobody is admitted."""
+    VALIDATION_RESULT_CONFLICT: _ValidationResult.ValueType  # 9
+    """Scan log only (offline uploads): a kiosk admitted this ticket offline
+    after it had been admitted elsewhere. Not a second admission.
+    """
+    VALIDATION_RESULT_REVOKED: _ValidationResult.ValueType  # 10
+    """Scan log only (offline uploads): a kiosk admitted this ticket offline
+    with a code that had been revoked (refund, cancel, rotation). Nothing burned.
+    """
 
 class ValidationResult(_ValidationResult, metaclass=_ValidationResultEnumTypeWrapper):
     """ValidationResult is what the turnstile does with one scan."""
@@ -74,7 +82,111 @@ default duration).
 """
 VALIDATION_RESULT_EVENT_CANCELLED: ValidationResult.ValueType  # 8
 """The event is cancelled: nobody is admitted."""
+VALIDATION_RESULT_CONFLICT: ValidationResult.ValueType  # 9
+"""Scan log only (offline uploads): a kiosk admitted this ticket offline
+after it had been admitted elsewhere. Not a second admission.
+"""
+VALIDATION_RESULT_REVOKED: ValidationResult.ValueType  # 10
+"""Scan log only (offline uploads): a kiosk admitted this ticket offline
+with a code that had been revoked (refund, cancel, rotation). Nothing burned.
+"""
 Global___ValidationResult: _TypeAlias = ValidationResult  # noqa: Y015
+
+class _RevocationCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RevocationCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RevocationCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVOCATION_CAUSE_UNSPECIFIED: _RevocationCause.ValueType  # 0
+    """Never returned."""
+    REVOCATION_CAUSE_VOIDED: _RevocationCause.ValueType  # 1
+    """The ticket is void (its order was refunded, or its event cancelled):
+    every code of it is refused.
+    """
+    REVOCATION_CAUSE_REISSUED: _RevocationCause.ValueType  # 2
+    """The ticket's codes were rotated (RotateTicketCodes): its signed codes
+    carrying `code_tag` are refused; the new ones admit.
+    """
+
+class RevocationCause(_RevocationCause, metaclass=_RevocationCauseEnumTypeWrapper):
+    """RevocationCause says why a ticket's signed code stopped admitting."""
+
+REVOCATION_CAUSE_UNSPECIFIED: RevocationCause.ValueType  # 0
+"""Never returned."""
+REVOCATION_CAUSE_VOIDED: RevocationCause.ValueType  # 1
+"""The ticket is void (its order was refunded, or its event cancelled):
+every code of it is refused.
+"""
+REVOCATION_CAUSE_REISSUED: RevocationCause.ValueType  # 2
+"""The ticket's codes were rotated (RotateTicketCodes): its signed codes
+carrying `code_tag` are refused; the new ones admit.
+"""
+Global___RevocationCause: _TypeAlias = RevocationCause  # noqa: Y015
+
+class _OfflineScanResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OfflineScanResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OfflineScanResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OFFLINE_SCAN_RESULT_UNSPECIFIED: _OfflineScanResult.ValueType  # 0
+    """Never returned."""
+    OFFLINE_SCAN_RESULT_ACCEPTED: _OfflineScanResult.ValueType  # 1
+    """The ticket was valid and is now burned, with the scan's own time and gate."""
+    OFFLINE_SCAN_RESULT_CONFLICT: _OfflineScanResult.ValueType  # 2
+    """The ticket had been admitted elsewhere first: both are in the scan log."""
+    OFFLINE_SCAN_RESULT_REVOKED: _OfflineScanResult.ValueType  # 3
+    """The ticket, or this signed code of it, was revoked; nothing burned."""
+    OFFLINE_SCAN_RESULT_INVALID: _OfflineScanResult.ValueType  # 4
+    """Not a ticket this gate could admit at scan_time (see `detail`)."""
+
+class OfflineScanResult(_OfflineScanResult, metaclass=_OfflineScanResultEnumTypeWrapper):
+    """OfflineScanResult is what the server made of one offline admission."""
+
+OFFLINE_SCAN_RESULT_UNSPECIFIED: OfflineScanResult.ValueType  # 0
+"""Never returned."""
+OFFLINE_SCAN_RESULT_ACCEPTED: OfflineScanResult.ValueType  # 1
+"""The ticket was valid and is now burned, with the scan's own time and gate."""
+OFFLINE_SCAN_RESULT_CONFLICT: OfflineScanResult.ValueType  # 2
+"""The ticket had been admitted elsewhere first: both are in the scan log."""
+OFFLINE_SCAN_RESULT_REVOKED: OfflineScanResult.ValueType  # 3
+"""The ticket, or this signed code of it, was revoked; nothing burned."""
+OFFLINE_SCAN_RESULT_INVALID: OfflineScanResult.ValueType  # 4
+"""Not a ticket this gate could admit at scan_time (see `detail`)."""
+Global___OfflineScanResult: _TypeAlias = OfflineScanResult  # noqa: Y015
+
+class _DeviceState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeviceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEVICE_STATE_UNSPECIFIED: _DeviceState.ValueType  # 0
+    """Never returned."""
+    DEVICE_STATE_PENDING: _DeviceState.ValueType  # 1
+    """Created; its enrollment token has not been used and has not expired."""
+    DEVICE_STATE_ENROLLED: _DeviceState.ValueType  # 2
+    """Enrolled: its credential works."""
+    DEVICE_STATE_EXPIRED: _DeviceState.ValueType  # 3
+    """Its enrollment token expired unused."""
+    DEVICE_STATE_REVOKED: _DeviceState.ValueType  # 4
+    """Revoked: refused from its next call on."""
+
+class DeviceState(_DeviceState, metaclass=_DeviceStateEnumTypeWrapper):
+    """DeviceState is where a kiosk device is in its life."""
+
+DEVICE_STATE_UNSPECIFIED: DeviceState.ValueType  # 0
+"""Never returned."""
+DEVICE_STATE_PENDING: DeviceState.ValueType  # 1
+"""Created; its enrollment token has not been used and has not expired."""
+DEVICE_STATE_ENROLLED: DeviceState.ValueType  # 2
+"""Enrolled: its credential works."""
+DEVICE_STATE_EXPIRED: DeviceState.ValueType  # 3
+"""Its enrollment token expired unused."""
+DEVICE_STATE_REVOKED: DeviceState.ValueType  # 4
+"""Revoked: refused from its next call on."""
+Global___DeviceState: _TypeAlias = DeviceState  # noqa: Y015
 
 @_typing.final
 class ScannedTicket(_message.Message):
@@ -129,7 +241,9 @@ class ValidateTicketRequest(_message.Message):
     GATE_ID_FIELD_NUMBER: _builtins.int
     SCAN_ID_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """The scanned code, 1..128 characters."""
+    """The scanned code, 1..256 characters: the ticket's plain code or its
+    signed code (Ticket.signed_code, the form printed in QR codes).
+    """
     event_id: _builtins.str
     """The event this gate admits to."""
     gate_id: _builtins.str
@@ -217,6 +331,10 @@ class Scan(_message.Message):
     CODE_HASH_FIELD_NUMBER: _builtins.int
     SCAN_TIME_FIELD_NUMBER: _builtins.int
     REPEAT_COUNT_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
+    UPLOAD_TIME_FIELD_NUMBER: _builtins.int
+    CONFLICT_FIELD_NUMBER: _builtins.int
     scan_id: _builtins.str
     """The kiosk's scan id."""
     event_id: _builtins.str
@@ -233,9 +351,27 @@ class Scan(_message.Message):
     """SHA-256 (hex, first 16 bytes) of the scanned code; the code itself is not logged."""
     repeat_count: _builtins.int
     """How many times the kiosk retried this scan_id after the first answer."""
+    device_id: _builtins.str
+    """The kiosk device that scanned; empty when a signed-in user did
+    (entry_manager_id is then set).
+    """
+    offline: _builtins.bool
+    """True for an admission a kiosk made offline and uploaded later
+    (UploadOfflineScans); scan_time is then the kiosk's clock at the scan.
+    """
     @_builtins.property
     def scan_time(self) -> _timestamp_pb2.Timestamp:
         """When it was processed (database clock)."""
+
+    @_builtins.property
+    def upload_time(self) -> _timestamp_pb2.Timestamp:
+        """When an offline scan reached the server (database clock); unset for online scans."""
+
+    @_builtins.property
+    def conflict(self) -> Global___ScanConflict:
+        """For CONFLICT: the admission that counts (its scan, gate and time); this
+        entry is the second one.
+        """
 
     def __init__(
         self,
@@ -249,14 +385,52 @@ class Scan(_message.Message):
         code_hash: _builtins.str = ...,
         scan_time: _timestamp_pb2.Timestamp | None = ...,
         repeat_count: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        offline: _builtins.bool = ...,
+        upload_time: _timestamp_pb2.Timestamp | None = ...,
+        conflict: Global___ScanConflict | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["scan_time", b"scan_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conflict", b"conflict", "scan_time", b"scan_time", "upload_time", b"upload_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_hash", b"code_hash", "entry_manager_id", b"entry_manager_id", "event_id", b"event_id", "gate_id", b"gate_id", "repeat_count", b"repeat_count", "result", b"result", "scan_id", b"scan_id", "scan_time", b"scan_time", "ticket_id", b"ticket_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_hash", b"code_hash", "conflict", b"conflict", "device_id", b"device_id", "entry_manager_id", b"entry_manager_id", "event_id", b"event_id", "gate_id", b"gate_id", "offline", b"offline", "repeat_count", b"repeat_count", "result", b"result", "scan_id", b"scan_id", "scan_time", b"scan_time", "ticket_id", b"ticket_id", "upload_time", b"upload_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Scan: _TypeAlias = Scan  # noqa: Y015
+
+@_typing.final
+class ScanConflict(_message.Message):
+    """ScanConflict names the first admission of a ticket that a later offline
+    admission conflicts with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_SCAN_ID_FIELD_NUMBER: _builtins.int
+    FIRST_GATE_ID_FIELD_NUMBER: _builtins.int
+    FIRST_SCAN_TIME_FIELD_NUMBER: _builtins.int
+    first_scan_id: _builtins.str
+    """The scan that admitted the ticket."""
+    first_gate_id: _builtins.str
+    """Its gate."""
+    @_builtins.property
+    def first_scan_time(self) -> _timestamp_pb2.Timestamp:
+        """Its time (for an offline admission, the kiosk's clock at the scan)."""
+
+    def __init__(
+        self,
+        *,
+        first_scan_id: _builtins.str = ...,
+        first_gate_id: _builtins.str = ...,
+        first_scan_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_scan_time", b"first_scan_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_gate_id", b"first_gate_id", "first_scan_id", b"first_scan_id", "first_scan_time", b"first_scan_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanConflict: _TypeAlias = ScanConflict  # noqa: Y015
 
 @_typing.final
 class ListScansRequest(_message.Message):
@@ -268,6 +442,7 @@ class ListScansRequest(_message.Message):
     GATE_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CONFLICTS_ONLY_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event."""
     gate_id: _builtins.str
@@ -276,6 +451,8 @@ class ListScansRequest(_message.Message):
     """0 means the default (100); above 1,000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
     """From a previous response with the same filters; empty for the first page."""
+    conflicts_only: _builtins.bool
+    """Only CONFLICT entries (offline admissions of tickets admitted elsewhere)."""
     def __init__(
         self,
         *,
@@ -283,10 +460,11 @@ class ListScansRequest(_message.Message):
         gate_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        conflicts_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "gate_id", b"gate_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts_only", b"conflicts_only", "event_id", b"event_id", "gate_id", b"gate_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,12 +557,21 @@ class GateStats(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     BY_RESULT_FIELD_NUMBER: _builtins.int
     LAST_SCAN_TIME_FIELD_NUMBER: _builtins.int
+    OFFLINE_ADMITTED_FIELD_NUMBER: _builtins.int
+    CONFLICTS_FIELD_NUMBER: _builtins.int
     gate_id: _builtins.str
     """The gate."""
     admitted: _builtins.int
     """Scans that admitted someone."""
     rejected: _builtins.int
     """Scans that did not."""
+    offline_admitted: _builtins.int
+    """Offline admissions uploaded from this gate, whatever their result (each
+    let a person in). Not counted in `rejected`; the ACCEPTED ones are in
+    `admitted`.
+    """
+    conflicts: _builtins.int
+    """Of those, CONFLICT: the ticket had been admitted elsewhere first."""
     @_builtins.property
     def by_result(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultCount]:
         """Scans by result."""
@@ -401,10 +588,12 @@ class GateStats(_message.Message):
         rejected: _builtins.int = ...,
         by_result: _abc.Iterable[Global___ResultCount] | None = ...,
         last_scan_time: _timestamp_pb2.Timestamp | None = ...,
+        offline_admitted: _builtins.int = ...,
+        conflicts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_scan_time", b"last_scan_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "by_result", b"by_result", "gate_id", b"gate_id", "last_scan_time", b"last_scan_time", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "by_result", b"by_result", "conflicts", b"conflicts", "gate_id", b"gate_id", "last_scan_time", b"last_scan_time", "offline_admitted", b"offline_admitted", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,12 +609,18 @@ class GetGateStatsResponse(_message.Message):
     TOTAL_ADMITTED_FIELD_NUMBER: _builtins.int
     TOTAL_REJECTED_FIELD_NUMBER: _builtins.int
     TICKETS_OUTSTANDING_FIELD_NUMBER: _builtins.int
+    TOTAL_OFFLINE_ADMITTED_FIELD_NUMBER: _builtins.int
+    TOTAL_CONFLICTS_FIELD_NUMBER: _builtins.int
     total_admitted: _builtins.int
     """Admitted over all gates."""
     total_rejected: _builtins.int
     """Rejected over all gates."""
     tickets_outstanding: _builtins.int
     """Live (VALID) tickets of the event not admitted yet."""
+    total_offline_admitted: _builtins.int
+    """Offline admissions over all gates."""
+    total_conflicts: _builtins.int
+    """Conflicts over all gates."""
     @_builtins.property
     def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateStats]:
         """One entry per gate that scanned, ordered by gate_id."""
@@ -437,11 +632,782 @@ class GetGateStatsResponse(_message.Message):
         total_admitted: _builtins.int = ...,
         total_rejected: _builtins.int = ...,
         tickets_outstanding: _builtins.int = ...,
+        total_offline_admitted: _builtins.int = ...,
+        total_conflicts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "tickets_outstanding", b"tickets_outstanding", "total_admitted", b"total_admitted", "total_rejected", b"total_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "tickets_outstanding", b"tickets_outstanding", "total_admitted", b"total_admitted", "total_conflicts", b"total_conflicts", "total_offline_admitted", b"total_offline_admitted", "total_rejected", b"total_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetGateStatsResponse: _TypeAlias = GetGateStatsResponse  # noqa: Y015
+
+@_typing.final
+class VerificationKey(_message.Message):
+    """VerificationKey is one public key that signs an event's ticket codes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RETIRE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.int
+    """The key id carried in signed codes (1, 2, ... per event)."""
+    public_key: _builtins.bytes
+    """The raw 32-byte Ed25519 public key."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    @_builtins.property
+    def retire_time(self) -> _timestamp_pb2.Timestamp:
+        """Set once a newer key signs instead: codes it signed still verify."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Nothing it signed admits from this instant on: the event's scan window end."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.int = ...,
+        public_key: _builtins.bytes = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        retire_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "retire_time", b"retire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "key_id", b"key_id", "public_key", b"public_key", "retire_time", b"retire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerificationKey: _TypeAlias = VerificationKey  # noqa: Y015
+
+@_typing.final
+class GetVerificationKeysRequest(_message.Message):
+    """GetVerificationKeysRequest names the event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVerificationKeysRequest: _TypeAlias = GetVerificationKeysRequest  # noqa: Y015
+
+@_typing.final
+class GetVerificationKeysResponse(_message.Message):
+    """GetVerificationKeysResponse is a kiosk's offline kit for one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    DOORS_OPEN_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    OFFLINE_ADMISSION_ALLOWED_FIELD_NUMBER: _builtins.int
+    LAST_REVOCATION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    cancelled: _builtins.bool
+    """The event is cancelled: nobody is admitted, online or offline."""
+    offline_admission_allowed: _builtins.bool
+    """Whether kiosks may admit offline (SetOfflineAdmission)."""
+    last_revocation_sequence: _builtins.int
+    """The event's newest revocation sequence at this read (0: none yet)."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___VerificationKey]:
+        """Keys that verify, newest first; the first one signs new codes."""
+
+    @_builtins.property
+    def doors_open_time(self) -> _timestamp_pb2.Timestamp:
+        """The scan window's start as the server applies it (doors_open_time, or the
+        default lead before start_time).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The scan window's end (exclusive) as the server applies it."""
+
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock at this read, so a kiosk can warn about its own clock."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        keys: _abc.Iterable[Global___VerificationKey] | None = ...,
+        doors_open_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        cancelled: _builtins.bool = ...,
+        offline_admission_allowed: _builtins.bool = ...,
+        last_revocation_sequence: _builtins.int = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["doors_open_time", b"doors_open_time", "end_time", b"end_time", "server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "doors_open_time", b"doors_open_time", "end_time", b"end_time", "event_id", b"event_id", "keys", b"keys", "last_revocation_sequence", b"last_revocation_sequence", "offline_admission_allowed", b"offline_admission_allowed", "server_time", b"server_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVerificationKeysResponse: _TypeAlias = GetVerificationKeysResponse  # noqa: Y015
+
+@_typing.final
+class Revocation(_message.Message):
+    """Revocation is one entry of an event's revocation list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    CODE_TAG_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Per event, 1, 2, 3 ... without gaps, in commit order."""
+    ticket_id: _builtins.str
+    """The ticket."""
+    cause: Global___RevocationCause.ValueType
+    """Why."""
+    code_tag: _builtins.bytes
+    """For REISSUED: the 8-byte tag of the code that stopped (signed codes carry
+    their tag); empty for VOIDED.
+    """
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked (database clock)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        ticket_id: _builtins.str = ...,
+        cause: Global___RevocationCause.ValueType = ...,
+        code_tag: _builtins.bytes = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "code_tag", b"code_tag", "revoke_time", b"revoke_time", "sequence", b"sequence", "ticket_id", b"ticket_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
+
+@_typing.final
+class ListRevocationsRequest(_message.Message):
+    """ListRevocationsRequest asks for the revocations after a sequence (AIP-158 pages)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    after_sequence: _builtins.int
+    """Only sequences above this (0: from the start)."""
+    page_size: _builtins.int
+    """0 means the default (1,000); above 10,000 is clamped; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """From a previous response with the same event_id and after_sequence."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationsRequest: _TypeAlias = ListRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class ListRevocationsResponse(_message.Message):
+    """ListRevocationsResponse holds one page, in sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    last_sequence: _builtins.int
+    """The event's newest sequence at this read (0: none yet)."""
+    @_builtins.property
+    def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
+        """Revocations, lowest sequence first."""
+
+    def __init__(
+        self,
+        *,
+        revocations: _abc.Iterable[Global___Revocation] | None = ...,
+        next_page_token: _builtins.str = ...,
+        last_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_sequence", b"last_sequence", "next_page_token", b"next_page_token", "revocations", b"revocations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationsResponse: _TypeAlias = ListRevocationsResponse  # noqa: Y015
+
+@_typing.final
+class OfflineScan(_message.Message):
+    """OfflineScan is one admission a kiosk made offline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCAN_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    SCAN_TIME_FIELD_NUMBER: _builtins.int
+    scan_id: _builtins.str
+    """The kiosk's UUID for this physical scan (the one it would have sent to
+    ValidateTicket); it belongs to the caller that first uses it.
+    """
+    code: _builtins.str
+    """The scanned code (signed or plain), 1..256 characters."""
+    @_builtins.property
+    def scan_time(self) -> _timestamp_pb2.Timestamp:
+        """The kiosk's clock at the scan. Required."""
+
+    def __init__(
+        self,
+        *,
+        scan_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        scan_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scan_time", b"scan_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "scan_id", b"scan_id", "scan_time", b"scan_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineScan: _TypeAlias = OfflineScan  # noqa: Y015
+
+@_typing.final
+class UploadOfflineScansRequest(_message.Message):
+    """UploadOfflineScansRequest is a batch of offline admissions of one gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    GATE_ID_FIELD_NUMBER: _builtins.int
+    SCANS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    gate_id: _builtins.str
+    """The gate that admitted them, 1..64 characters."""
+    @_builtins.property
+    def scans(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineScan]:
+        """1..100 scans, in any order."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        gate_id: _builtins.str = ...,
+        scans: _abc.Iterable[Global___OfflineScan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "gate_id", b"gate_id", "scans", b"scans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadOfflineScansRequest: _TypeAlias = UploadOfflineScansRequest  # noqa: Y015
+
+@_typing.final
+class OfflineScanOutcome(_message.Message):
+    """OfflineScanOutcome is the server's answer for one uploaded scan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCAN_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    LOGGED_RESULT_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    FIRST_SCAN_TIME_FIELD_NUMBER: _builtins.int
+    FIRST_GATE_ID_FIELD_NUMBER: _builtins.int
+    REPEAT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    scan_id: _builtins.str
+    """The scan."""
+    result: Global___OfflineScanResult.ValueType
+    """What it counts as."""
+    logged_result: Global___ValidationResult.ValueType
+    """What the scan log records for it (ADMITTED, CONFLICT, REVOKED, VOID,
+    UNKNOWN_CODE, WRONG_EVENT, NOT_YET_OPEN, EVENT_OVER, EVENT_CANCELLED);
+    UNSPECIFIED when nothing could be logged (SCAN_ID_MISMATCH).
+    """
+    first_gate_id: _builtins.str
+    """For CONFLICT: where."""
+    repeat: _builtins.bool
+    """True when this scan_id was uploaded (or validated online) before and this
+    is the stored answer.
+    """
+    detail: _builtins.str
+    """For people: why INVALID (or REVOKED)."""
+    @_builtins.property
+    def ticket(self) -> Global___ScannedTicket:
+        """The ticket's place, when the code is a ticket of this event."""
+
+    @_builtins.property
+    def first_scan_time(self) -> _timestamp_pb2.Timestamp:
+        """For CONFLICT: when the admission that counts happened."""
+
+    def __init__(
+        self,
+        *,
+        scan_id: _builtins.str = ...,
+        result: Global___OfflineScanResult.ValueType = ...,
+        logged_result: Global___ValidationResult.ValueType = ...,
+        ticket: Global___ScannedTicket | None = ...,
+        first_scan_time: _timestamp_pb2.Timestamp | None = ...,
+        first_gate_id: _builtins.str = ...,
+        repeat: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_scan_time", b"first_scan_time", "ticket", b"ticket"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "first_gate_id", b"first_gate_id", "first_scan_time", b"first_scan_time", "logged_result", b"logged_result", "repeat", b"repeat", "result", b"result", "scan_id", b"scan_id", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineScanOutcome: _TypeAlias = OfflineScanOutcome  # noqa: Y015
+
+@_typing.final
+class UploadOfflineScansResponse(_message.Message):
+    """UploadOfflineScansResponse has one outcome per scan, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineScanOutcome]:
+        """Outcomes, in the order of the request's scans."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___OfflineScanOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadOfflineScansResponse: _TypeAlias = UploadOfflineScansResponse  # noqa: Y015
+
+@_typing.final
+class Device(_message.Message):
+    """Device is a kiosk registered for one event and one gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    GATE_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ENROLL_TIME_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned id (UUID)."""
+    event_id: _builtins.str
+    """The event it admits to."""
+    gate_id: _builtins.str
+    """The gate it stands at."""
+    display_name: _builtins.str
+    """Name shown to people, 1..100 characters."""
+    state: Global___DeviceState.ValueType
+    """Its state now."""
+    created_by: _builtins.str
+    """Who created it."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def enrollment_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Until when its enrollment token works."""
+
+    @_builtins.property
+    def enroll_time(self) -> _timestamp_pb2.Timestamp:
+        """When it enrolled; unset before."""
+
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked; unset unless revoked."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        gate_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        state: Global___DeviceState.ValueType = ...,
+        created_by: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        enrollment_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        enroll_time: _timestamp_pb2.Timestamp | None = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "enroll_time", b"enroll_time", "enrollment_expire_time", b"enrollment_expire_time", "revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "display_name", b"display_name", "enroll_time", b"enroll_time", "enrollment_expire_time", b"enrollment_expire_time", "event_id", b"event_id", "gate_id", b"gate_id", "id", b"id", "revoke_time", b"revoke_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class CreateDeviceRequest(_message.Message):
+    """CreateDeviceRequest names the device's event and gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    GATE_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    gate_id: _builtins.str
+    """The gate, 1..64 printable characters."""
+    display_name: _builtins.str
+    """1..100 characters, e.g. "north door, left"."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        gate_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "event_id", b"event_id", "gate_id", b"gate_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDeviceRequest: _TypeAlias = CreateDeviceRequest  # noqa: Y015
+
+@_typing.final
+class CreateDeviceResponse(_message.Message):
+    """CreateDeviceResponse holds the device and its enrollment token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_TOKEN_FIELD_NUMBER: _builtins.int
+    enrollment_token: _builtins.str
+    """One-time token for EnrollDevice ("tke_..."). Shown only here."""
+    @_builtins.property
+    def device(self) -> Global___Device:
+        """The new device, PENDING."""
+
+    def __init__(
+        self,
+        *,
+        device: Global___Device | None = ...,
+        enrollment_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "enrollment_token", b"enrollment_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDeviceResponse: _TypeAlias = CreateDeviceResponse  # noqa: Y015
+
+@_typing.final
+class EnrollDeviceRequest(_message.Message):
+    """EnrollDeviceRequest carries the one-time token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENROLLMENT_TOKEN_FIELD_NUMBER: _builtins.int
+    enrollment_token: _builtins.str
+    """From CreateDeviceResponse."""
+    def __init__(
+        self,
+        *,
+        enrollment_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment_token", b"enrollment_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollDeviceRequest: _TypeAlias = EnrollDeviceRequest  # noqa: Y015
+
+@_typing.final
+class EnrollDeviceResponse(_message.Message):
+    """EnrollDeviceResponse holds the device credential."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    DEVICE_CREDENTIAL_FIELD_NUMBER: _builtins.int
+    device_credential: _builtins.str
+    """The credential ("tkd_..."), sent as `authorization: Device <credential>`.
+    Shown only here: keep it like a password.
+    """
+    @_builtins.property
+    def device(self) -> Global___Device:
+        """The device, ENROLLED."""
+
+    def __init__(
+        self,
+        *,
+        device: Global___Device | None = ...,
+        device_credential: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_credential", b"device_credential"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollDeviceResponse: _TypeAlias = EnrollDeviceResponse  # noqa: Y015
+
+@_typing.final
+class ListDevicesRequest(_message.Message):
+    """ListDevicesRequest pages an event's devices (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    page_size: _builtins.int
+    """0 means the default (100); above 1,000 is clamped; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """From a previous response with the same event_id."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevicesResponse(_message.Message):
+    """ListDevicesResponse holds one page of devices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]:
+        """Devices, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___Device] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015
+
+@_typing.final
+class RevokeDeviceRequest(_message.Message):
+    """RevokeDeviceRequest names the device."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """The device."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDeviceRequest: _TypeAlias = RevokeDeviceRequest  # noqa: Y015
+
+@_typing.final
+class RevokeDeviceResponse(_message.Message):
+    """RevokeDeviceResponse holds the device as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device(self) -> Global___Device:
+        """REVOKED."""
+
+    def __init__(
+        self,
+        *,
+        device: Global___Device | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDeviceResponse: _TypeAlias = RevokeDeviceResponse  # noqa: Y015
+
+@_typing.final
+class RotateSigningKeyRequest(_message.Message):
+    """RotateSigningKeyRequest names the event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAW_PREVIOUS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    withdraw_previous: _builtins.bool
+    """Also stop every older key from verifying (a leaked key)."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        withdraw_previous: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "withdraw_previous", b"withdraw_previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyRequest: _TypeAlias = RotateSigningKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateSigningKeyResponse(_message.Message):
+    """RotateSigningKeyResponse holds the new key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_COUNT_FIELD_NUMBER: _builtins.int
+    withdrawn_count: _builtins.int
+    """How many older keys were withdrawn."""
+    @_builtins.property
+    def key(self) -> Global___VerificationKey:
+        """The key that signs from now on."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___VerificationKey | None = ...,
+        withdrawn_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "withdrawn_count", b"withdrawn_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyResponse: _TypeAlias = RotateSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class SetOfflineAdmissionRequest(_message.Message):
+    """SetOfflineAdmissionRequest sets one event's offline policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    allowed: _builtins.bool
+    """True: kiosks may admit offline. False: they refuse while offline."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        allowed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOfflineAdmissionRequest: _TypeAlias = SetOfflineAdmissionRequest  # noqa: Y015
+
+@_typing.final
+class SetOfflineAdmissionResponse(_message.Message):
+    """SetOfflineAdmissionResponse confirms the setting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    allowed: _builtins.bool
+    """The setting now."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        allowed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOfflineAdmissionResponse: _TypeAlias = SetOfflineAdmissionResponse  # noqa: Y015

@@ -60,6 +60,51 @@ class GateServiceStub:
                 request_serializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsResponse.FromString,
                 _registered_method=True)
+        self.GetVerificationKeys = channel.unary_unary(
+                '/ticketing.v1.GateService/GetVerificationKeys',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/ticketing.v1.GateService/ListRevocations',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
+        self.UploadOfflineScans = channel.unary_unary(
+                '/ticketing.v1.GateService/UploadOfflineScans',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.UploadOfflineScansRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.UploadOfflineScansResponse.FromString,
+                _registered_method=True)
+        self.CreateDevice = channel.unary_unary(
+                '/ticketing.v1.GateService/CreateDevice',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.CreateDeviceRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.CreateDeviceResponse.FromString,
+                _registered_method=True)
+        self.EnrollDevice = channel.unary_unary(
+                '/ticketing.v1.GateService/EnrollDevice',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.EnrollDeviceRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.EnrollDeviceResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/ticketing.v1.GateService/ListDevices',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/ticketing.v1.GateService/RevokeDevice',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
+        self.RotateSigningKey = channel.unary_unary(
+                '/ticketing.v1.GateService/RotateSigningKey',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.RotateSigningKeyRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.RotateSigningKeyResponse.FromString,
+                _registered_method=True)
+        self.SetOfflineAdmission = channel.unary_unary(
+                '/ticketing.v1.GateService/SetOfflineAdmission',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.SetOfflineAdmissionRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.SetOfflineAdmissionResponse.FromString,
+                _registered_method=True)
 
 
 class GateServiceServicer:
@@ -114,8 +159,115 @@ class GateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetGateStats(self, request, context):
-        """GetGateStats counts admitted and rejected scans per gate of an event.
-        Same callers as ListScans.
+        """GetGateStats counts admitted and rejected scans per gate of an event, and
+        the offline admissions and conflicts among them. Same callers as ListScans.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVerificationKeys(self, request, context):
+        """GetVerificationKeys returns what a kiosk needs to admit offline: the
+        event's public Ed25519 keys (key ids and validity), its effective scan
+        window, whether it is cancelled, whether offline admission is allowed, and
+        the newest revocation sequence. ADMIN, an ENTRY_MANAGER assigned to the
+        event, or a kiosk device of the event. The event gets its first signing
+        key on the first call that needs one (this, or GetOrder of its tickets).
+        Withdrawn keys (RotateSigningKey with withdraw_previous) are not listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """ListRevocations pages through the tickets of an event whose signed codes
+        stopped admitting (refunded or voided by a cancel, or reissued by
+        RotateTicketCodes), in sequence order, after `after_sequence`. Sequences
+        are per event, start at 1 and have no gaps; a revocation is written in the
+        same transaction as the change that causes it, and numbers are handed out
+        under a per-event lock held until commit, so a reader that has seen
+        sequence n has seen every sequence below n: resuming from the last
+        sequence seen never skips one. Same callers as GetVerificationKeys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadOfflineScans(self, request, context):
+        """UploadOfflineScans hands over admissions a kiosk made while it could not
+        reach the server, one result per scan: ACCEPTED (the ticket is burned now,
+        recorded with the scan's own time and gate), CONFLICT (the ticket was
+        already admitted elsewhere: both admissions stay in the scan log and this
+        one is never counted as a second admission), REVOKED (the ticket or that
+        signed code was revoked; nothing burns) or INVALID (forged, unknown, of
+        another event, outside the scan window at scan_time, or scan_time in the
+        future). Idempotent by scan_id: a repeated or reordered upload returns the
+        stored results and changes nothing. ADMIN, an ENTRY_MANAGER assigned to
+        the event, or the device of this event and gate. At most 100 scans per
+        call; the batch counts once against the gate's and caller's scan rate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDevice(self, request, context):
+        """CreateDevice registers a kiosk for one event and gate and returns its
+        one-time enrollment token (shown once, stored only as a keyed hash,
+        prefixed "tke_", valid for the server's TICKETING_DEVICE_ENROLL_TTL). The
+        event's ORGANIZER or ADMIN. Not idempotent: a retry makes another device
+        (revoke the one whose token was lost).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrollDevice(self, request, context):
+        """EnrollDevice exchanges an enrollment token, once, for the device
+        credential (prefixed "tkd_", shown once, stored as a keyed hash). Public:
+        the token is the authentication. Sent as `authorization: Device <credential>`,
+        the credential allows exactly ValidateTicket, GetVerificationKeys,
+        ListRevocations and UploadOfflineScans, for the device's event and gate.
+        An unknown, used, expired or revoked token is UNAUTHENTICATED
+        (reason ENROLLMENT_TOKEN_INVALID), the same answer for all four.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """ListDevices pages through an event's kiosk devices, oldest first. The
+        event's ORGANIZER or ADMIN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """RevokeDevice withdraws a device (and its enrollment token, if unused):
+        from its next call on it is UNAUTHENTICATED (reason DEVICE_REVOKED). The
+        event's ORGANIZER or ADMIN. Revoking a revoked device changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSigningKey(self, request, context):
+        """RotateSigningKey makes a new signing key for the event's tickets: signed
+        codes read from now on carry it. Older keys stay verifiable until the
+        event's scan window ends, unless withdraw_previous is set (a leaked key):
+        then they stop verifying at once, online and, after their next key sync,
+        at kiosks, and owners must fetch their codes again. The event's ORGANIZER
+        or ADMIN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOfflineAdmission(self, request, context):
+        """SetOfflineAdmission says whether kiosks may admit this event's tickets
+        while they cannot reach the server (allowed unless set otherwise). When
+        refused, an offline kiosk shows a refusal screen; uploads of admissions
+        made anyway are still recorded. The event's ORGANIZER or ADMIN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +290,51 @@ def add_GateServiceServicer_to_server(servicer, server):
                     servicer.GetGateStats,
                     request_deserializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsResponse.SerializeToString,
+            ),
+            'GetVerificationKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVerificationKeys,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'UploadOfflineScans': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadOfflineScans,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.UploadOfflineScansRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.UploadOfflineScansResponse.SerializeToString,
+            ),
+            'CreateDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDevice,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.CreateDeviceRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.CreateDeviceResponse.SerializeToString,
+            ),
+            'EnrollDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollDevice,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.EnrollDeviceRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.EnrollDeviceResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.ListDevicesRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.RevokeDeviceResponse.SerializeToString,
+            ),
+            'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSigningKey,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.RotateSigningKeyRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'SetOfflineAdmission': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOfflineAdmission,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.SetOfflineAdmissionRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.SetOfflineAdmissionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -232,6 +429,249 @@ class GateService:
             '/ticketing.v1.GateService/GetGateStats',
             ticketing_dot_v1_dot_gate__pb2.GetGateStatsRequest.SerializeToString,
             ticketing_dot_v1_dot_gate__pb2.GetGateStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVerificationKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/GetVerificationKeys',
+            ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/ListRevocations',
+            ticketing_dot_v1_dot_gate__pb2.ListRevocationsRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadOfflineScans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/UploadOfflineScans',
+            ticketing_dot_v1_dot_gate__pb2.UploadOfflineScansRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.UploadOfflineScansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/CreateDevice',
+            ticketing_dot_v1_dot_gate__pb2.CreateDeviceRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.CreateDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/EnrollDevice',
+            ticketing_dot_v1_dot_gate__pb2.EnrollDeviceRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.EnrollDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/ListDevices',
+            ticketing_dot_v1_dot_gate__pb2.ListDevicesRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/RevokeDevice',
+            ticketing_dot_v1_dot_gate__pb2.RevokeDeviceRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/RotateSigningKey',
+            ticketing_dot_v1_dot_gate__pb2.RotateSigningKeyRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOfflineAdmission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.GateService/SetOfflineAdmission',
+            ticketing_dot_v1_dot_gate__pb2.SetOfflineAdmissionRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.SetOfflineAdmissionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,8 +74,79 @@ class GateServiceStub:
     an ENTRY_MANAGER assigned to the event.
     """
     GetGateStats: _grpc.UnaryUnaryMultiCallable[_gate_pb2.GetGateStatsRequest, _gate_pb2.GetGateStatsResponse]
-    """GetGateStats counts admitted and rejected scans per gate of an event.
-    Same callers as ListScans.
+    """GetGateStats counts admitted and rejected scans per gate of an event, and
+    the offline admissions and conflicts among them. Same callers as ListScans.
+    """
+    GetVerificationKeys: _grpc.UnaryUnaryMultiCallable[_gate_pb2.GetVerificationKeysRequest, _gate_pb2.GetVerificationKeysResponse]
+    """GetVerificationKeys returns what a kiosk needs to admit offline: the
+    event's public Ed25519 keys (key ids and validity), its effective scan
+    window, whether it is cancelled, whether offline admission is allowed, and
+    the newest revocation sequence. ADMIN, an ENTRY_MANAGER assigned to the
+    event, or a kiosk device of the event. The event gets its first signing
+    key on the first call that needs one (this, or GetOrder of its tickets).
+    Withdrawn keys (RotateSigningKey with withdraw_previous) are not listed.
+    """
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_gate_pb2.ListRevocationsRequest, _gate_pb2.ListRevocationsResponse]
+    """ListRevocations pages through the tickets of an event whose signed codes
+    stopped admitting (refunded or voided by a cancel, or reissued by
+    RotateTicketCodes), in sequence order, after `after_sequence`. Sequences
+    are per event, start at 1 and have no gaps; a revocation is written in the
+    same transaction as the change that causes it, and numbers are handed out
+    under a per-event lock held until commit, so a reader that has seen
+    sequence n has seen every sequence below n: resuming from the last
+    sequence seen never skips one. Same callers as GetVerificationKeys.
+    """
+    UploadOfflineScans: _grpc.UnaryUnaryMultiCallable[_gate_pb2.UploadOfflineScansRequest, _gate_pb2.UploadOfflineScansResponse]
+    """UploadOfflineScans hands over admissions a kiosk made while it could not
+    reach the server, one result per scan: ACCEPTED (the ticket is burned now,
+    recorded with the scan's own time and gate), CONFLICT (the ticket was
+    already admitted elsewhere: both admissions stay in the scan log and this
+    one is never counted as a second admission), REVOKED (the ticket or that
+    signed code was revoked; nothing burns) or INVALID (forged, unknown, of
+    another event, outside the scan window at scan_time, or scan_time in the
+    future). Idempotent by scan_id: a repeated or reordered upload returns the
+    stored results and changes nothing. ADMIN, an ENTRY_MANAGER assigned to
+    the event, or the device of this event and gate. At most 100 scans per
+    call; the batch counts once against the gate's and caller's scan rate.
+    """
+    CreateDevice: _grpc.UnaryUnaryMultiCallable[_gate_pb2.CreateDeviceRequest, _gate_pb2.CreateDeviceResponse]
+    """CreateDevice registers a kiosk for one event and gate and returns its
+    one-time enrollment token (shown once, stored only as a keyed hash,
+    prefixed "tke_", valid for the server's TICKETING_DEVICE_ENROLL_TTL). The
+    event's ORGANIZER or ADMIN. Not idempotent: a retry makes another device
+    (revoke the one whose token was lost).
+    """
+    EnrollDevice: _grpc.UnaryUnaryMultiCallable[_gate_pb2.EnrollDeviceRequest, _gate_pb2.EnrollDeviceResponse]
+    """EnrollDevice exchanges an enrollment token, once, for the device
+    credential (prefixed "tkd_", shown once, stored as a keyed hash). Public:
+    the token is the authentication. Sent as `authorization: Device <credential>`,
+    the credential allows exactly ValidateTicket, GetVerificationKeys,
+    ListRevocations and UploadOfflineScans, for the device's event and gate.
+    An unknown, used, expired or revoked token is UNAUTHENTICATED
+    (reason ENROLLMENT_TOKEN_INVALID), the same answer for all four.
+    """
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_gate_pb2.ListDevicesRequest, _gate_pb2.ListDevicesResponse]
+    """ListDevices pages through an event's kiosk devices, oldest first. The
+    event's ORGANIZER or ADMIN.
+    """
+    RevokeDevice: _grpc.UnaryUnaryMultiCallable[_gate_pb2.RevokeDeviceRequest, _gate_pb2.RevokeDeviceResponse]
+    """RevokeDevice withdraws a device (and its enrollment token, if unused):
+    from its next call on it is UNAUTHENTICATED (reason DEVICE_REVOKED). The
+    event's ORGANIZER or ADMIN. Revoking a revoked device changes nothing.
+    """
+    RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_gate_pb2.RotateSigningKeyRequest, _gate_pb2.RotateSigningKeyResponse]
+    """RotateSigningKey makes a new signing key for the event's tickets: signed
+    codes read from now on carry it. Older keys stay verifiable until the
+    event's scan window ends, unless withdraw_previous is set (a leaked key):
+    then they stop verifying at once, online and, after their next key sync,
+    at kiosks, and owners must fetch their codes again. The event's ORGANIZER
+    or ADMIN.
+    """
+    SetOfflineAdmission: _grpc.UnaryUnaryMultiCallable[_gate_pb2.SetOfflineAdmissionRequest, _gate_pb2.SetOfflineAdmissionResponse]
+    """SetOfflineAdmission says whether kiosks may admit this event's tickets
+    while they cannot reach the server (allowed unless set otherwise). When
+    refused, an offline kiosk shows a refusal screen; uploads of admissions
+    made anyway are still recorded. The event's ORGANIZER or ADMIN.
     """
 
 @_typing.type_check_only
@@ -124,8 +195,79 @@ class GateServiceAsyncStub(GateServiceStub):
     an ENTRY_MANAGER assigned to the event.
     """
     GetGateStats: _aio.UnaryUnaryMultiCallable[_gate_pb2.GetGateStatsRequest, _gate_pb2.GetGateStatsResponse]  # type: ignore[assignment]
-    """GetGateStats counts admitted and rejected scans per gate of an event.
-    Same callers as ListScans.
+    """GetGateStats counts admitted and rejected scans per gate of an event, and
+    the offline admissions and conflicts among them. Same callers as ListScans.
+    """
+    GetVerificationKeys: _aio.UnaryUnaryMultiCallable[_gate_pb2.GetVerificationKeysRequest, _gate_pb2.GetVerificationKeysResponse]  # type: ignore[assignment]
+    """GetVerificationKeys returns what a kiosk needs to admit offline: the
+    event's public Ed25519 keys (key ids and validity), its effective scan
+    window, whether it is cancelled, whether offline admission is allowed, and
+    the newest revocation sequence. ADMIN, an ENTRY_MANAGER assigned to the
+    event, or a kiosk device of the event. The event gets its first signing
+    key on the first call that needs one (this, or GetOrder of its tickets).
+    Withdrawn keys (RotateSigningKey with withdraw_previous) are not listed.
+    """
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_gate_pb2.ListRevocationsRequest, _gate_pb2.ListRevocationsResponse]  # type: ignore[assignment]
+    """ListRevocations pages through the tickets of an event whose signed codes
+    stopped admitting (refunded or voided by a cancel, or reissued by
+    RotateTicketCodes), in sequence order, after `after_sequence`. Sequences
+    are per event, start at 1 and have no gaps; a revocation is written in the
+    same transaction as the change that causes it, and numbers are handed out
+    under a per-event lock held until commit, so a reader that has seen
+    sequence n has seen every sequence below n: resuming from the last
+    sequence seen never skips one. Same callers as GetVerificationKeys.
+    """
+    UploadOfflineScans: _aio.UnaryUnaryMultiCallable[_gate_pb2.UploadOfflineScansRequest, _gate_pb2.UploadOfflineScansResponse]  # type: ignore[assignment]
+    """UploadOfflineScans hands over admissions a kiosk made while it could not
+    reach the server, one result per scan: ACCEPTED (the ticket is burned now,
+    recorded with the scan's own time and gate), CONFLICT (the ticket was
+    already admitted elsewhere: both admissions stay in the scan log and this
+    one is never counted as a second admission), REVOKED (the ticket or that
+    signed code was revoked; nothing burns) or INVALID (forged, unknown, of
+    another event, outside the scan window at scan_time, or scan_time in the
+    future). Idempotent by scan_id: a repeated or reordered upload returns the
+    stored results and changes nothing. ADMIN, an ENTRY_MANAGER assigned to
+    the event, or the device of this event and gate. At most 100 scans per
+    call; the batch counts once against the gate's and caller's scan rate.
+    """
+    CreateDevice: _aio.UnaryUnaryMultiCallable[_gate_pb2.CreateDeviceRequest, _gate_pb2.CreateDeviceResponse]  # type: ignore[assignment]
+    """CreateDevice registers a kiosk for one event and gate and returns its
+    one-time enrollment token (shown once, stored only as a keyed hash,
+    prefixed "tke_", valid for the server's TICKETING_DEVICE_ENROLL_TTL). The
+    event's ORGANIZER or ADMIN. Not idempotent: a retry makes another device
+    (revoke the one whose token was lost).
+    """
+    EnrollDevice: _aio.UnaryUnaryMultiCallable[_gate_pb2.EnrollDeviceRequest, _gate_pb2.EnrollDeviceResponse]  # type: ignore[assignment]
+    """EnrollDevice exchanges an enrollment token, once, for the device
+    credential (prefixed "tkd_", shown once, stored as a keyed hash). Public:
+    the token is the authentication. Sent as `authorization: Device <credential>`,
+    the credential allows exactly ValidateTicket, GetVerificationKeys,
+    ListRevocations and UploadOfflineScans, for the device's event and gate.
+    An unknown, used, expired or revoked token is UNAUTHENTICATED
+    (reason ENROLLMENT_TOKEN_INVALID), the same answer for all four.
+    """
+    ListDevices: _aio.UnaryUnaryMultiCallable[_gate_pb2.ListDevicesRequest, _gate_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """ListDevices pages through an event's kiosk devices, oldest first. The
+    event's ORGANIZER or ADMIN.
+    """
+    RevokeDevice: _aio.UnaryUnaryMultiCallable[_gate_pb2.RevokeDeviceRequest, _gate_pb2.RevokeDeviceResponse]  # type: ignore[assignment]
+    """RevokeDevice withdraws a device (and its enrollment token, if unused):
+    from its next call on it is UNAUTHENTICATED (reason DEVICE_REVOKED). The
+    event's ORGANIZER or ADMIN. Revoking a revoked device changes nothing.
+    """
+    RotateSigningKey: _aio.UnaryUnaryMultiCallable[_gate_pb2.RotateSigningKeyRequest, _gate_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
+    """RotateSigningKey makes a new signing key for the event's tickets: signed
+    codes read from now on carry it. Older keys stay verifiable until the
+    event's scan window ends, unless withdraw_previous is set (a leaked key):
+    then they stop verifying at once, online and, after their next key sync,
+    at kiosks, and owners must fetch their codes again. The event's ORGANIZER
+    or ADMIN.
+    """
+    SetOfflineAdmission: _aio.UnaryUnaryMultiCallable[_gate_pb2.SetOfflineAdmissionRequest, _gate_pb2.SetOfflineAdmissionResponse]  # type: ignore[assignment]
+    """SetOfflineAdmission says whether kiosks may admit this event's tickets
+    while they cannot reach the server (allowed unless set otherwise). When
+    refused, an offline kiosk shows a refusal screen; uploads of admissions
+    made anyway are still recorded. The event's ORGANIZER or ADMIN.
     """
 
 class GateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -189,8 +331,133 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gate_pb2.GetGateStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gate_pb2.GetGateStatsResponse, _abc.Awaitable[_gate_pb2.GetGateStatsResponse]]:
-        """GetGateStats counts admitted and rejected scans per gate of an event.
-        Same callers as ListScans.
+        """GetGateStats counts admitted and rejected scans per gate of an event, and
+        the offline admissions and conflicts among them. Same callers as ListScans.
+        """
+
+    @_abc_1.abstractmethod
+    def GetVerificationKeys(
+        self,
+        request: _gate_pb2.GetVerificationKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.GetVerificationKeysResponse, _abc.Awaitable[_gate_pb2.GetVerificationKeysResponse]]:
+        """GetVerificationKeys returns what a kiosk needs to admit offline: the
+        event's public Ed25519 keys (key ids and validity), its effective scan
+        window, whether it is cancelled, whether offline admission is allowed, and
+        the newest revocation sequence. ADMIN, an ENTRY_MANAGER assigned to the
+        event, or a kiosk device of the event. The event gets its first signing
+        key on the first call that needs one (this, or GetOrder of its tickets).
+        Withdrawn keys (RotateSigningKey with withdraw_previous) are not listed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _gate_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.ListRevocationsResponse, _abc.Awaitable[_gate_pb2.ListRevocationsResponse]]:
+        """ListRevocations pages through the tickets of an event whose signed codes
+        stopped admitting (refunded or voided by a cancel, or reissued by
+        RotateTicketCodes), in sequence order, after `after_sequence`. Sequences
+        are per event, start at 1 and have no gaps; a revocation is written in the
+        same transaction as the change that causes it, and numbers are handed out
+        under a per-event lock held until commit, so a reader that has seen
+        sequence n has seen every sequence below n: resuming from the last
+        sequence seen never skips one. Same callers as GetVerificationKeys.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadOfflineScans(
+        self,
+        request: _gate_pb2.UploadOfflineScansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.UploadOfflineScansResponse, _abc.Awaitable[_gate_pb2.UploadOfflineScansResponse]]:
+        """UploadOfflineScans hands over admissions a kiosk made while it could not
+        reach the server, one result per scan: ACCEPTED (the ticket is burned now,
+        recorded with the scan's own time and gate), CONFLICT (the ticket was
+        already admitted elsewhere: both admissions stay in the scan log and this
+        one is never counted as a second admission), REVOKED (the ticket or that
+        signed code was revoked; nothing burns) or INVALID (forged, unknown, of
+        another event, outside the scan window at scan_time, or scan_time in the
+        future). Idempotent by scan_id: a repeated or reordered upload returns the
+        stored results and changes nothing. ADMIN, an ENTRY_MANAGER assigned to
+        the event, or the device of this event and gate. At most 100 scans per
+        call; the batch counts once against the gate's and caller's scan rate.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateDevice(
+        self,
+        request: _gate_pb2.CreateDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.CreateDeviceResponse, _abc.Awaitable[_gate_pb2.CreateDeviceResponse]]:
+        """CreateDevice registers a kiosk for one event and gate and returns its
+        one-time enrollment token (shown once, stored only as a keyed hash,
+        prefixed "tke_", valid for the server's TICKETING_DEVICE_ENROLL_TTL). The
+        event's ORGANIZER or ADMIN. Not idempotent: a retry makes another device
+        (revoke the one whose token was lost).
+        """
+
+    @_abc_1.abstractmethod
+    def EnrollDevice(
+        self,
+        request: _gate_pb2.EnrollDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.EnrollDeviceResponse, _abc.Awaitable[_gate_pb2.EnrollDeviceResponse]]:
+        """EnrollDevice exchanges an enrollment token, once, for the device
+        credential (prefixed "tkd_", shown once, stored as a keyed hash). Public:
+        the token is the authentication. Sent as `authorization: Device <credential>`,
+        the credential allows exactly ValidateTicket, GetVerificationKeys,
+        ListRevocations and UploadOfflineScans, for the device's event and gate.
+        An unknown, used, expired or revoked token is UNAUTHENTICATED
+        (reason ENROLLMENT_TOKEN_INVALID), the same answer for all four.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _gate_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.ListDevicesResponse, _abc.Awaitable[_gate_pb2.ListDevicesResponse]]:
+        """ListDevices pages through an event's kiosk devices, oldest first. The
+        event's ORGANIZER or ADMIN.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeDevice(
+        self,
+        request: _gate_pb2.RevokeDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.RevokeDeviceResponse, _abc.Awaitable[_gate_pb2.RevokeDeviceResponse]]:
+        """RevokeDevice withdraws a device (and its enrollment token, if unused):
+        from its next call on it is UNAUTHENTICATED (reason DEVICE_REVOKED). The
+        event's ORGANIZER or ADMIN. Revoking a revoked device changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateSigningKey(
+        self,
+        request: _gate_pb2.RotateSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.RotateSigningKeyResponse, _abc.Awaitable[_gate_pb2.RotateSigningKeyResponse]]:
+        """RotateSigningKey makes a new signing key for the event's tickets: signed
+        codes read from now on carry it. Older keys stay verifiable until the
+        event's scan window ends, unless withdraw_previous is set (a leaked key):
+        then they stop verifying at once, online and, after their next key sync,
+        at kiosks, and owners must fetch their codes again. The event's ORGANIZER
+        or ADMIN.
+        """
+
+    @_abc_1.abstractmethod
+    def SetOfflineAdmission(
+        self,
+        request: _gate_pb2.SetOfflineAdmissionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gate_pb2.SetOfflineAdmissionResponse, _abc.Awaitable[_gate_pb2.SetOfflineAdmissionResponse]]:
+        """SetOfflineAdmission says whether kiosks may admit this event's tickets
+        while they cannot reach the server (allowed unless set otherwise). When
+        refused, an offline kiosk shows a refusal screen; uploads of admissions
+        made anyway are still recorded. The event's ORGANIZER or ADMIN.
         """
 
 def add_GateServiceServicer_to_server(servicer: GateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,26 +10,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ticketd.auth.principal import Role
+from ticketd.auth.principal import PrincipalKind, Role
 
 
 @dataclass(frozen=True)
 class Access:
-    """Who may call one method: `public` needs no token; else any of `roles` (None = any user)."""
+    """Who may call one method: `public` needs no credentials; else a user holding any of
+    `roles` (None = any user), or a principal of one of the other `kinds` (devices...)."""
 
     public: bool = False
     roles: frozenset[Role] | None = None
+    kinds: frozenset[PrincipalKind] = frozenset()
+    """Non-user principal kinds allowed (default none: a device reaches only what names it)."""
 
-    def allows(self, roles: frozenset[Role]) -> bool:
-        return self.public or self.roles is None or not self.roles.isdisjoint(roles)
+    def allows(self, roles: frozenset[Role], kind: PrincipalKind = PrincipalKind.USER) -> bool:
+        if self.public:
+            return True
+        if kind is not PrincipalKind.USER:
+            return kind in self.kinds
+        return self.roles is None or not self.roles.isdisjoint(roles)
 
 
 PUBLIC = Access(public=True)
 SIGNED_IN = Access()
 
 
-def roles(*allowed: Role) -> Access:
-    return Access(roles=frozenset(allowed))
+def roles(*allowed: Role | PrincipalKind) -> Access:
+    """Users with any of the given roles, plus any of the given non-user principal kinds."""
+    return Access(
+        roles=frozenset(a for a in allowed if isinstance(a, Role)),
+        kinds=frozenset(a for a in allowed if isinstance(a, PrincipalKind)),
+    )
 
 
 ADMIN = Role.ADMIN
@@ -37,6 +48,9 @@ ORGANIZER = Role.ORGANIZER
 CUSTOMER = Role.CUSTOMER
 SUPPORT = Role.SUPPORT
 ENTRY_MANAGER = Role.ENTRY_MANAGER
+# Not a user role: an enrolled kiosk (`authorization: Device ...`), scoped to one event and
+# gate (ticketd.gate.rules checks the scope on every call).
+DEVICE = PrincipalKind.DEVICE
 
 _AUTH = "/ticketing.v1.AuthService/"
 _VENUE = "/ticketing.v1.VenueService/"
@@ -88,9 +102,21 @@ POLICY: dict[str, Access] = {
     # GateService: only gate staff burn tickets, and an ENTRY_MANAGER only at the events they
     # are assigned to; supervisors and the event's own organizer read the log
     # (ticketd.gate.rules checks the event).
-    _GATE + "ValidateTicket": roles(ENTRY_MANAGER, ADMIN),
+    _GATE + "ValidateTicket": roles(ENTRY_MANAGER, ADMIN, DEVICE),
     _GATE + "ListScans": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
     _GATE + "GetGateStats": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
+    # Offline gates (issue 14): what a kiosk syncs and uploads, for its own event and gate.
+    _GATE + "GetVerificationKeys": roles(ENTRY_MANAGER, ADMIN, DEVICE),
+    _GATE + "ListRevocations": roles(ENTRY_MANAGER, ADMIN, DEVICE),
+    _GATE + "UploadOfflineScans": roles(ENTRY_MANAGER, ADMIN, DEVICE),
+    # Devices and keys are managed by the event's owner (ticketd.gate rules check it).
+    _GATE + "CreateDevice": roles(ORGANIZER, ADMIN),
+    # The enrollment token is the credential: no account, no device yet.
+    _GATE + "EnrollDevice": PUBLIC,
+    _GATE + "ListDevices": roles(ORGANIZER, ADMIN),
+    _GATE + "RevokeDevice": roles(ORGANIZER, ADMIN),
+    _GATE + "RotateSigningKey": roles(ORGANIZER, ADMIN),
+    _GATE + "SetOfflineAdmission": roles(ORGANIZER, ADMIN),
 }
 
 

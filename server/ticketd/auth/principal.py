@@ -20,16 +20,45 @@ class Role(enum.StrEnum):
     ENTRY_MANAGER = "ENTRY_MANAGER"
 
 
+class PrincipalKind(enum.StrEnum):
+    """What kind of credential authenticated the caller. Users hold roles; every other kind
+    is granted methods by kind in the policy table (`ticketd.auth.policy`), never by role."""
+
+    USER = "USER"
+    """`authorization: Bearer <JWT>`: a signed-in account."""
+    DEVICE = "DEVICE"
+    """`authorization: Device <credential>`: an enrolled gate kiosk (GateService.EnrollDevice)."""
+
+
+@dataclass(frozen=True)
+class DeviceScope:
+    """The one event and gate a device principal acts for."""
+
+    event_id: uuid.UUID
+    gate_id: str
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The signed-in caller, with roles as the database holds them at the start of this call."""
+    """The caller, with roles as the database holds them at the start of this call.
+
+    For kind USER, `user_id` is the account. For kind DEVICE, `user_id` is the device's id
+    (scan logs and rate limits key on it), `email` is empty, `roles` is empty (so no role
+    check ever passes) and `device` is its scope.
+    """
 
     user_id: uuid.UUID
     email: str
     roles: frozenset[Role]
+    kind: PrincipalKind = PrincipalKind.USER
+    device: DeviceScope | None = None
 
     def has(self, *roles: Role) -> bool:
         return not self.roles.isdisjoint(roles)
+
+    @property
+    def is_device(self) -> bool:
+        return self.kind is PrincipalKind.DEVICE
 
 
 _current: ContextVar[Principal | None] = ContextVar("ticketd_principal", default=None)

@@ -91,14 +91,15 @@ class TokenService:
             raise Unauthenticated(_INVALID, reason=Reason.INVALID_TOKEN) from None
 
 
-def load_or_create_secret(data_dir: Path) -> str:
-    """The development secret kept in `data_dir/jwt_secret` (0600), made once at random.
+def load_or_create_secret(data_dir: Path, name: str = "jwt_secret") -> str:
+    """The development secret kept in `data_dir/<name>` (0600), made once at random.
 
-    Used only when TICKETING_JWT_SECRET is not set, so tokens survive restarts in development
-    without ever falling back to a fixed string.
+    Used only when TICKETING_JWT_SECRET (or, for `keys_secret`, TICKETING_KEYS_SECRET) is not
+    set, so secrets survive restarts in development without ever falling back to a fixed
+    string.
     """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = data_dir / "jwt_secret"
+    path = data_dir / name
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -78,6 +78,8 @@ class TicketRecord:
     code: str
     status: TicketStatus
     price_minor: int
+    signed_code: str = ""
+    """The ticket's signed code (issue 14), filled in by GetOrder for the owner only."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ PostgreSQL, and this module decides, step by step, what a sale or a refund may d
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Protocol
@@ -85,6 +86,12 @@ def _rotation_mismatch(request_id: uuid.UUID) -> FailedPrecondition:
     )
 
 
+class SignedCodeIssuer(Protocol):
+    """Who derives tickets' signed codes (the gate's signing service answers)."""
+
+    async def signed_codes_for_order(self, order_id: uuid.UUID) -> dict[uuid.UUID, str]: ...
+
+
 class CustomerLookup(Protocol):
     """How staff find a customer by email (the accounts domain answers)."""
 
@@ -94,9 +101,15 @@ class CustomerLookup(Protocol):
 class BookingService:
     """Sells seats and refunds orders; every method is one database transaction."""
 
-    def __init__(self, db: Database, customers: CustomerLookup) -> None:
+    def __init__(
+        self,
+        db: Database,
+        customers: CustomerLookup,
+        signed_codes: SignedCodeIssuer | None = None,
+    ) -> None:
         self._db = db
         self._customers = customers
+        self._signed_codes = signed_codes
 
     async def book(
         self,
@@ -254,16 +267,26 @@ class BookingService:
             )
 
     async def get_order(
-        self, principal: Principal, order_id: uuid.UUID
+        self, principal: Principal, order_id: uuid.UUID, *, signed_codes: bool = False
     ) -> tuple[OrderRecord, bool]:
-        """The order and whether the caller may see its ticket codes."""
+        """The order and whether the caller may see its ticket codes; with `signed_codes`,
+        the owner's VALID tickets carry their signed codes too."""
         async with self._db.connection() as conn:
             got = await repo.get_order(conn, order_id)
         if got is None:
             raise order_not_found(order_id)
         if not can_read_order(principal, got.order.customer_id, got.organizer_id):
             raise PermissionDenied("you may not read this order", reason=Reason.NOT_ORDER_OWNER)
-        return got.order, may_see_codes(principal, got.order.customer_id)
+        show = may_see_codes(principal, got.order.customer_id)
+        if not (show and signed_codes) or self._signed_codes is None:
+            return got.order, show
+        # Derived after the read, outside its connection: signing needs no lock, and a code
+        # of a ticket refunded meanwhile is revoked by the refund itself.
+        signed = await self._signed_codes.signed_codes_for_order(order_id)
+        tickets = tuple(
+            dataclasses.replace(t, signed_code=signed.get(t.id, "")) for t in got.order.tickets
+        )
+        return dataclasses.replace(got.order, tickets=tickets), show
 
     async def list_orders(
         self,

@@ -61,6 +61,7 @@ def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order
                 seat_number=t.seat_number or 0,
                 seat_label=t.seat_label or "",
                 code=t.code if show_codes else "",
+                signed_code=t.signed_code if show_codes else "",
                 status=TICKET_STATUS[t.status],
                 price_minor=t.price_minor,
             )
@@ -104,7 +105,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         self, request: booking_pb2.GetOrderRequest, context: Any
     ) -> booking_pb2.GetOrderResponse:
         order, show_codes = await self._service.get_order(
-            current_principal(), parse_uuid(request.order_id, "order_id")
+            current_principal(),
+            parse_uuid(request.order_id, "order_id"),
+            signed_codes=request.include_signed_codes,
         )
         return booking_pb2.GetOrderResponse(order=order_to_proto(order, show_codes=show_codes))
 

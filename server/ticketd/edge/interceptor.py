@@ -19,6 +19,7 @@ import grpc
 from grpc import aio
 
 from ticketd import errors
+from ticketd.auth.credentials import Credential, Scheme, parse_authorization
 from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import Principal, bind_principal, unbind_principal
 from ticketd.auth.tokens import TokenClaims, TokenService
@@ -32,8 +33,6 @@ from ticketd.edge.textcheck import nul_field
 
 log = logging.getLogger("ticketd.rpc")
 
-_BEARER = "bearer "
-
 # grpc's runtime class is not generic; only its stubs are.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -45,22 +44,15 @@ class PrincipalLoader(Protocol):
     async def __call__(self, claims: TokenClaims) -> Principal | None: ...
 
 
-def _bearer_token(metadata: Any) -> str | None:
-    """The token in `authorization: Bearer ...`; raises UNAUTHENTICATED if malformed."""
-    values = [v for k, v in (metadata or ()) if k == "authorization"]
-    if not values:
-        return None
-    if len(values) > 1:
-        raise errors.Unauthenticated("send exactly one authorization header")
-    value: str | bytes = values[0]
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if not value.lower().startswith(_BEARER) or len(value) > 4096:
-        raise errors.Unauthenticated("authorization must be 'Bearer <token>'")
-    token = value[len(_BEARER) :].strip()
-    if not token:
-        raise errors.Unauthenticated("authorization must be 'Bearer <token>'")
-    return token
+class DeviceLoader(Protocol):
+    """The device principal behind a device credential; None if unknown (raises
+    UNAUTHENTICATED DEVICE_REVOKED for a revoked one)."""
+
+    async def __call__(self, credential: str) -> Principal | None: ...
+
+
+async def _no_devices(credential: str) -> Principal | None:
+    return None
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -72,11 +64,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         load_principal: PrincipalLoader,
         contract: ContractRules,
         admission: Admission | None = None,
+        load_device: DeviceLoader = _no_devices,
     ) -> None:
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
         self._admission = admission
+        self._load_device = load_device
 
     async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
         if rule.public:
@@ -84,11 +78,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             # and a health check must answer without the database and without failing on
             # the expired token a kiosk's SDK attaches to every call.
             return None
-        token = _bearer_token(metadata)
-        if token is None:
+        credential = parse_authorization(metadata)
+        if credential is None:
             raise errors.Unauthenticated("this call needs 'authorization: Bearer <token>'")
-        principal = await self._authenticate(token)
-        if not rule.allows(principal.roles):
+        principal = await self._authenticate(credential)
+        if not rule.allows(principal.roles, principal.kind):
             raise errors.PermissionDenied(
                 f"your roles do not allow {method.rsplit('/', 1)[-1]}",
                 reason=errors.Reason.ROLE_NOT_ALLOWED,
@@ -96,8 +90,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return principal
 
-    async def _authenticate(self, token: str) -> Principal:
-        principal = await self._load_principal(self._tokens.verify(token))
+    async def _authenticate(self, credential: Credential) -> Principal:
+        if credential.scheme is Scheme.DEVICE:
+            principal = await self._load_device(credential.secret)
+        else:
+            principal = await self._load_principal(self._tokens.verify(credential.secret))
         if principal is None:
             raise errors.Unauthenticated(
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN

@@ -20,7 +20,15 @@ from typing import Any
 
 from ticketd.db.database import Connection as Conn
 from ticketd.db.params import Params
-from ticketd.gate.rules import GateCounts, ScanInput, ScanRecord, ScanResult, TicketPlace
+from ticketd.gate.rules import (
+    GateCounts,
+    ScanConflictRecord,
+    ScanInput,
+    ScanRecord,
+    ScanResult,
+    TicketPlace,
+)
+from ticketd.gate.signing.rules import SignedFields
 from ticketd.shared import ScanWindowDefaults
 
 _PLACE = """
@@ -71,15 +79,17 @@ async def scan_and_burn(
     *,
     admin: bool,
     window: ScanWindowDefaults,
+    device: bool = False,
 ) -> Attempt | None:
     """The hot path in one statement: judge the window (database clock, at the write), check
     the caller's assignment and the scan_id, and burn the code if everything allows it and it
     is a VALID ticket of this event, logging the admission. None for an unknown event.
 
-    Nothing is burned unless the window is OPEN, the caller is ADMIN (`admin`) or assigned
-    staff, and the scan_id is new. A twin of this scan_id in flight (same id, another code)
-    makes the log insert wait for it and then do nothing: `logged` is False, never a
-    duplicate-key error.
+    Nothing is burned unless the window is OPEN, the caller is ADMIN (`admin`), a device
+    (`device`: its scope was checked before) or assigned staff, and the scan_id is new. The
+    scan is logged as the device's when `device`, else as the user's. A twin of this scan_id
+    in flight (same id, another code) makes the log insert wait for it and then do nothing:
+    `logged` is False, never a duplicate-key error.
     """
     row = await conn.fetchrow(
         f"""
@@ -98,12 +108,13 @@ async def scan_and_burn(
                                  used_scan_id = $4
             FROM ctx
             WHERE t.code = $1 AND t.event_id = ctx.event_id AND t.status = 'VALID'
-              AND ctx.window_state = 'OPEN' AND ($9 OR ctx.is_staff) AND NOT ctx.seen
+              AND ctx.window_state = 'OPEN' AND ($9 OR $10 OR ctx.is_staff) AND NOT ctx.seen
             RETURNING t.id, t.order_id, t.seat_id, t.used_time
         ), log AS (
-            INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash,
-                               ticket_id, result, scan_time)
-            SELECT $4, $2, $3, $5, $6, id, 'ADMITTED', used_time FROM burn
+            INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, device_id,
+                               code_hash, ticket_id, result, scan_time)
+            SELECT $4, $2, $3, CASE WHEN $10 THEN NULL ELSE $5::uuid END,
+                   CASE WHEN $10 THEN $5::uuid END, $6, id, 'ADMITTED', used_time FROM burn
             ON CONFLICT (scan_id) DO NOTHING
             RETURNING 1
         )
@@ -115,7 +126,7 @@ async def scan_and_burn(
         LEFT JOIN seats s ON s.id = b.seat_id
         LEFT JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
         """,
-        scan.code,
+        scan.lookup_code,
         scan.event_id,
         scan.gate_id,
         scan.scan_id,
@@ -124,6 +135,7 @@ async def scan_and_burn(
         window.doors_open_lead,
         window.default_duration,
         admin,
+        device,
     )
     if row is None:
         return None
@@ -183,14 +195,20 @@ async def log_rejection(
     result: ScanResult,
     ticket_id: uuid.UUID | None,
     at: dt.datetime,
+    *,
+    device: bool = False,
+    offline: bool = False,
+    conflict_scan_id: uuid.UUID | None = None,
 ) -> dt.datetime | None:
-    """Append a refused scan judged at `at`; None when a concurrent twin of this scan_id
-    logged first."""
+    """Append a scan judged at `at` (an offline one: admitted by the kiosk at `at`, uploaded
+    now); None when a concurrent twin of this scan_id logged first."""
     value: dt.datetime | None = await conn.fetchval(
         """
-        INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash, ticket_id,
-                           result, scan_time)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, device_id, code_hash,
+                           ticket_id, result, scan_time, offline, upload_time, conflict_scan_id)
+        VALUES ($1, $2, $3, CASE WHEN $9 THEN NULL ELSE $4::uuid END,
+                CASE WHEN $9 THEN $4::uuid END, $5, $6, $7, $8, $10,
+                CASE WHEN $10 THEN clock_timestamp() END, $11)
         ON CONFLICT (scan_id) DO NOTHING
         RETURNING scan_time
         """,
@@ -202,6 +220,9 @@ async def log_rejection(
         ticket_id,
         result.value,
         at,
+        device,
+        offline,
+        conflict_scan_id,
     )
     return value
 
@@ -217,6 +238,10 @@ class StoredScan:
     used_time: dt.datetime | None
     used_gate_id: str | None
     place: TicketPlace | None
+    offline: bool = False
+    first_gate_id: str | None = None
+    """For CONFLICT: the gate of the admission that counts."""
+    first_scan_time: dt.datetime | None = None
 
 
 async def count_repeat(conn: Conn, scan_id: uuid.UUID) -> None:
@@ -230,10 +255,12 @@ async def stored_scan(conn: Conn, scan_id: uuid.UUID) -> StoredScan | None:
     """The first answer to a scan_id, with the ticket as it is now."""
     row = await conn.fetchrow(
         f"""
-        SELECT sc.event_id, sc.entry_manager_id, sc.gate_id, sc.code_hash, sc.result,
-               sc.scan_time,
+        SELECT sc.event_id, coalesce(sc.entry_manager_id, sc.device_id) AS entry_manager_id,
+               sc.gate_id, sc.code_hash, sc.result, sc.scan_time, sc.offline,
+               f.gate_id AS first_gate_id, f.scan_time AS first_scan_time,
                t.id AS ticket_id, t.order_id, t.used_time, t.used_gate_id, {_PLACE}
         FROM scans sc
+        LEFT JOIN scans f ON f.scan_id = sc.conflict_scan_id
         LEFT JOIN tickets t ON t.id = sc.ticket_id
         LEFT JOIN seats s ON s.id = t.seat_id
         LEFT JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
@@ -253,6 +280,9 @@ async def stored_scan(conn: Conn, scan_id: uuid.UUID) -> StoredScan | None:
         used_time=row["used_time"],
         used_gate_id=row["used_gate_id"],
         place=_place(row) if row["ticket_id"] is not None else None,
+        offline=row["offline"],
+        first_gate_id=row["first_gate_id"],
+        first_scan_time=row["first_scan_time"],
     )
 
 
@@ -263,17 +293,24 @@ async def list_scans(
     gate_id: str | None,
     before: tuple[dt.datetime, uuid.UUID] | None,
     limit: int,
+    conflicts_only: bool = False,
 ) -> list[ScanRecord]:
     arg = Params()
-    clauses = [f"event_id = {arg(event_id)}"]
+    clauses = [f"sc.event_id = {arg(event_id)}"]
     if gate_id is not None:
-        clauses.append(f"gate_id = {arg(gate_id)}")
+        clauses.append(f"sc.gate_id = {arg(gate_id)}")
+    if conflicts_only:
+        clauses.append("sc.result = 'CONFLICT'")
     if before is not None:
-        clauses.append(f"(scan_time, scan_id) < ({arg(before[0])}, {arg(before[1])})")
+        clauses.append(f"(sc.scan_time, sc.scan_id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
-        "SELECT scan_id, event_id, gate_id, entry_manager_id, result, ticket_id, code_hash, "
-        f"scan_time, repeat_count FROM scans WHERE {' AND '.join(clauses)} "
-        f"ORDER BY scan_time DESC, scan_id DESC LIMIT {arg(limit)}",
+        "SELECT sc.scan_id, sc.event_id, sc.gate_id, sc.entry_manager_id, sc.device_id, "
+        "sc.result, sc.ticket_id, sc.code_hash, sc.scan_time, sc.repeat_count, sc.offline, "
+        "sc.upload_time, sc.conflict_scan_id, f.gate_id AS first_gate_id, "
+        "f.scan_time AS first_scan_time "
+        "FROM scans sc LEFT JOIN scans f ON f.scan_id = sc.conflict_scan_id "
+        f"WHERE {' AND '.join(clauses)} "
+        f"ORDER BY sc.scan_time DESC, sc.scan_id DESC LIMIT {arg(limit)}",
         *arg,
     )
     return [
@@ -287,6 +324,14 @@ async def list_scans(
             code_hash=r["code_hash"],
             scan_time=r["scan_time"],
             repeat_count=r["repeat_count"],
+            device_id=r["device_id"],
+            offline=r["offline"],
+            upload_time=r["upload_time"],
+            conflict=ScanConflictRecord(
+                r["conflict_scan_id"], r["first_gate_id"], r["first_scan_time"]
+            )
+            if r["conflict_scan_id"] is not None
+            else None,
         )
         for r in rows
     ]
@@ -318,20 +363,129 @@ async def read_access(conn: Conn, event_id: uuid.UUID, caller_id: uuid.UUID) -> 
 async def gate_counts(conn: Conn, event_id: uuid.UUID) -> tuple[list[GateCounts], int]:
     """Per-gate counts by result, and live tickets not admitted yet."""
     rows = await conn.fetch(
-        "SELECT gate_id, result, count(*) AS n, max(scan_time) AS last FROM scans "
-        "WHERE event_id = $1 GROUP BY gate_id, result ORDER BY gate_id",
+        "SELECT gate_id, result, offline, count(*) AS n, max(scan_time) AS last FROM scans "
+        "WHERE event_id = $1 GROUP BY gate_id, result, offline ORDER BY gate_id",
         event_id,
     )
     gates: dict[str, GateCounts] = {}
     for r in rows:
         g = gates.get(r["gate_id"])
         if g is None:
-            g = GateCounts(r["gate_id"], {}, r["last"])
+            g = GateCounts(r["gate_id"], {}, r["last"], {})
             gates[r["gate_id"]] = g
-        g.by_result[ScanResult(r["result"])] = r["n"]
+        result = ScanResult(r["result"])
+        g.by_result[result] = g.by_result.get(result, 0) + r["n"]
+        if r["offline"]:
+            g.offline_by_result[result] = r["n"]
         if r["last"] > g.last_scan_time:
-            gates[r["gate_id"]] = GateCounts(g.gate_id, g.by_result, r["last"])
+            gates[r["gate_id"]] = GateCounts(g.gate_id, g.by_result, r["last"], g.offline_by_result)
     outstanding: int = await conn.fetchval(
         "SELECT count(*) FROM tickets WHERE event_id = $1 AND status = 'VALID'", event_id
     )
     return list(gates.values()), outstanding
+
+
+# --- Offline uploads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfflineTicket:
+    """A ticket as an offline upload judges it, locked FOR UPDATE."""
+
+    event_id: uuid.UUID
+    status: str
+    code: str
+    place: TicketPlace
+    window_at_scan: str
+    """gate_window() at the kiosk's scan time (cancellation counts only if it came first)."""
+    future: bool
+    """The scan time is later than the database clock plus the allowed skew."""
+
+
+async def lock_offline_ticket(
+    conn: Conn,
+    ticket_id: uuid.UUID,
+    at: dt.datetime,
+    window: ScanWindowDefaults,
+    skew: dt.timedelta,
+) -> OfflineTicket | None:
+    """The ticket, locked (so an online burn, a refund or another upload of it waits), and
+    the scan window of its event at the kiosk's clock `at`."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT t.id AS ticket_id, t.order_id, t.event_id, t.status, t.code, {_PLACE},
+               gate_window(CASE WHEN e.cancel_time <= $2 THEN e.cancel_time END,
+                           e.doors_open_time, e.start_time, e.end_time, $2, $3, $4)
+                   AS window_state,
+               $2 > clock_timestamp() + $5::interval AS future
+        FROM tickets t
+        JOIN events e ON e.id = t.event_id
+        JOIN seats s ON s.id = t.seat_id
+        JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
+        WHERE t.id = $1
+        FOR UPDATE OF t
+        """,
+        ticket_id,
+        at,
+        window.doors_open_lead,
+        window.default_duration,
+        skew,
+    )
+    if row is None:
+        return None
+    return OfflineTicket(
+        event_id=row["event_id"],
+        status=row["status"],
+        code=row["code"],
+        place=_place(row),
+        window_at_scan=row["window_state"],
+        future=row["future"],
+    )
+
+
+async def ticket_id_by_code(conn: Conn, code: str) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval("SELECT id FROM tickets WHERE code = $1", code)
+    return value
+
+
+@dataclass(frozen=True)
+class Admission:
+    scan_id: uuid.UUID
+    gate_id: str
+    scan_time: dt.datetime
+
+
+async def admission_of(conn: Conn, ticket_id: uuid.UUID) -> Admission | None:
+    """The one ADMITTED scan of a ticket (the partial unique index allows no second)."""
+    row = await conn.fetchrow(
+        "SELECT scan_id, gate_id, scan_time FROM scans "
+        "WHERE ticket_id = $1 AND result = 'ADMITTED'",
+        ticket_id,
+    )
+    return Admission(row["scan_id"], row["gate_id"], row["scan_time"]) if row else None
+
+
+async def burn_offline(
+    conn: Conn, ticket_id: uuid.UUID, at: dt.datetime, gate_id: str, scan_id: uuid.UUID
+) -> bool:
+    """Burn a (locked, VALID) ticket with the kiosk's scan time and gate."""
+    result: str = await conn.execute(
+        "UPDATE tickets SET status = 'USED', used_time = $2, used_gate_id = $3, "
+        "used_scan_id = $4 WHERE id = $1 AND status = 'VALID'",
+        ticket_id,
+        at,
+        gate_id,
+        scan_id,
+    )
+    return result.endswith(" 1")
+
+
+async def plain_code(conn: Conn, fields: SignedFields) -> str | None:
+    """The current plain code of the ticket a verified signed code names, if the code it was
+    derived from is still the ticket's (else its codes were rotated since: None)."""
+    value: str | None = await conn.fetchval(
+        "SELECT code FROM tickets WHERE id = $1 AND ticket_code_tag(code) = $2",
+        fields.ticket_id,
+        fields.code_tag,
+    )
+    return value

@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.errors import FieldViolation, InvalidArgument, PermissionDenied, Reason
 
-MAX_CODE_CHARS = 128
+# A plain code is 32 characters; a signed code (ticketd.gate.signing.rules) at most 248.
+MAX_CODE_CHARS = 256
 MAX_GATE_CHARS = 64
 
 
@@ -25,6 +26,10 @@ class ScanResult(StrEnum):
     NOT_YET_OPEN = "NOT_YET_OPEN"
     EVENT_OVER = "EVENT_OVER"
     EVENT_CANCELLED = "EVENT_CANCELLED"
+    # Offline uploads only: admitted by a kiosk offline after an admission elsewhere, and
+    # admitted offline on a revoked code.
+    CONFLICT = "CONFLICT"
+    REVOKED = "REVOKED"
 
 
 # What the SQL function gate_window() says of an event at an instant. OPEN admits; each of the
@@ -40,9 +45,18 @@ WINDOW_REFUSALS: dict[str, ScanResult] = {
 @dataclass(frozen=True)
 class ScanInput:
     code: str
+    """What was scanned (plain or signed code): its hash is what the log keeps."""
     event_id: uuid.UUID
     gate_id: str
     scan_id: uuid.UUID
+    plain_code: str | None = None
+    """The plain code a scanned signed code stands for (resolved by the signing service;
+    "" when it resolves to none); None: `code` is itself a plain code."""
+
+    @property
+    def lookup_code(self) -> str:
+        """The plain code to find the ticket by."""
+        return self.code if self.plain_code is None else self.plain_code
 
     @property
     def code_hash(self) -> str:
@@ -71,16 +85,27 @@ class ScanOutcome:
 
 
 @dataclass(frozen=True)
+class ScanConflictRecord:
+    first_scan_id: uuid.UUID
+    first_gate_id: str | None
+    first_scan_time: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class ScanRecord:
     scan_id: uuid.UUID
     event_id: uuid.UUID
     gate_id: str
-    entry_manager_id: uuid.UUID
+    entry_manager_id: uuid.UUID | None
     result: ScanResult
     ticket_id: uuid.UUID | None
     code_hash: str
     scan_time: dt.datetime
     repeat_count: int
+    device_id: uuid.UUID | None = None
+    offline: bool = False
+    upload_time: dt.datetime | None = None
+    conflict: ScanConflictRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -88,14 +113,28 @@ class GateCounts:
     gate_id: str
     by_result: dict[ScanResult, int]
     last_scan_time: dt.datetime
+    offline_by_result: dict[ScanResult, int] = field(default_factory=dict)
+    """The offline uploads among `by_result`."""
 
     @property
     def admitted(self) -> int:
+        """Tickets burned here, online or by an accepted offline upload."""
         return self.by_result.get(ScanResult.ADMITTED, 0)
 
     @property
+    def offline_admitted(self) -> int:
+        """Offline uploads, whatever their result: each let a person in at the kiosk."""
+        return sum(self.offline_by_result.values())
+
+    @property
+    def conflicts(self) -> int:
+        return self.by_result.get(ScanResult.CONFLICT, 0)
+
+    @property
     def rejected(self) -> int:
-        return sum(n for r, n in self.by_result.items() if r is not ScanResult.ADMITTED)
+        """Online scans that admitted nobody (offline uploads all admitted someone)."""
+        online = {r: n - self.offline_by_result.get(r, 0) for r, n in self.by_result.items()}
+        return sum(n for r, n in online.items() if r is not ScanResult.ADMITTED)
 
 
 def validate_scan(code: str, gate_id: str) -> tuple[str, str]:
@@ -136,7 +175,13 @@ def classify_unburned(
 
 def shows_place(result: ScanResult) -> bool:
     """Seat details only for tickets of this event; nothing about other events' tickets."""
-    return result in (ScanResult.ADMITTED, ScanResult.ALREADY_USED, ScanResult.VOID)
+    return result in (
+        ScanResult.ADMITTED,
+        ScanResult.ALREADY_USED,
+        ScanResult.VOID,
+        ScanResult.CONFLICT,
+        ScanResult.REVOKED,
+    )
 
 
 def scan_id_mismatch(scan_id: uuid.UUID) -> InvalidArgument:
@@ -177,3 +222,111 @@ def check_may_read(principal: Principal, organizer_id: uuid.UUID, is_staff: bool
         "only the event's organizer, its staff, support or an admin may read its gates",
         reason=Reason.NOT_EVENT_OWNER,
     )
+
+
+def check_device_scope(principal: Principal, event_id: uuid.UUID, gate_id: str | None) -> None:
+    """A device acts only for the event and gate it was created for (users pass through)."""
+    scope = principal.device
+    if scope is None:
+        return
+    if scope.event_id != event_id or (gate_id is not None and scope.gate_id != gate_id):
+        raise PermissionDenied(
+            "this kiosk device is enrolled for another event or gate",
+            reason=Reason.DEVICE_SCOPE,
+            metadata={"event_id": str(scope.event_id), "gate_id": scope.gate_id},
+        )
+
+
+def check_may_sync(principal: Principal, event_id: uuid.UUID, is_staff: bool) -> None:
+    """GetVerificationKeys, ListRevocations, UploadOfflineScans: ADMIN, an ENTRY_MANAGER
+    assigned to the event, or the event's own device (its gate is checked where one is named)."""
+    if principal.is_device:
+        check_device_scope(principal, event_id, None)
+        return
+    check_may_scan(principal, is_staff)
+
+
+def check_may_manage_gates(principal: Principal, organizer_id: uuid.UUID) -> None:
+    """Devices, signing keys and the offline setting: the event's ORGANIZER, or ADMIN."""
+    if principal.has(Role.ADMIN):
+        return
+    if principal.has(Role.ORGANIZER) and principal.user_id == organizer_id:
+        return
+    raise PermissionDenied(
+        "only the event's organizer or an admin may manage its gates",
+        reason=Reason.NOT_EVENT_OWNER,
+    )
+
+
+# --- Offline uploads ---------------------------------------------------------------------
+
+
+class OfflineResult(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    CONFLICT = "CONFLICT"
+    REVOKED = "REVOKED"
+    INVALID = "INVALID"
+
+
+@dataclass(frozen=True)
+class OfflineScanInput:
+    scan: ScanInput
+    scan_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class OfflineOutcome:
+    scan_id: uuid.UUID
+    result: OfflineResult
+    logged: ScanResult | None
+    """What the scan log holds for it; None when nothing could be logged (mismatch)."""
+    place: TicketPlace | None = None
+    first_scan_time: dt.datetime | None = None
+    first_gate_id: str | None = None
+    repeat: bool = False
+    detail: str = ""
+
+
+def offline_result_of(logged: ScanResult) -> OfflineResult:
+    """How a logged scan counts for the kiosk that uploaded it (also for a scan_id first
+    validated online: ADMITTED there is ACCEPTED here)."""
+    if logged is ScanResult.ADMITTED:
+        return OfflineResult.ACCEPTED
+    if logged is ScanResult.CONFLICT or logged is ScanResult.ALREADY_USED:
+        return OfflineResult.CONFLICT
+    if logged in (ScanResult.REVOKED, ScanResult.VOID):
+        return OfflineResult.REVOKED
+    return OfflineResult.INVALID
+
+
+_DETAILS = {
+    ScanResult.UNKNOWN_CODE: "no ticket has this code (or its signature does not verify)",
+    ScanResult.WRONG_EVENT: "a ticket of another event",
+    ScanResult.NOT_YET_OPEN: "scanned before the scan window opened",
+    ScanResult.EVENT_OVER: "scanned after the scan window closed",
+    ScanResult.EVENT_CANCELLED: "scanned after the event was cancelled",
+    ScanResult.REVOKED: "the ticket was refunded, voided or its codes were rotated",
+    ScanResult.CONFLICT: "the ticket had been admitted elsewhere first",
+}
+FUTURE_DETAIL = "the scan time is later than the server's clock allows"
+
+
+def detail_of(logged: ScanResult) -> str:
+    return _DETAILS.get(logged, "")
+
+
+def judge_offline(
+    *, status: str, window_at_scan: str, future: bool, code_current: bool
+) -> ScanResult:
+    """What an uploaded offline admission of a ticket of this event counts as, given the
+    ticket as committed now (locked) and the scan window at the kiosk's scan time."""
+    if future:
+        return ScanResult.NOT_YET_OPEN
+    refusal = WINDOW_REFUSALS.get(window_at_scan)
+    if refusal is not None:
+        return refusal
+    if status == "VOID" or not code_current:
+        return ScanResult.REVOKED
+    if status == "USED":
+        return ScanResult.CONFLICT
+    return ScanResult.ADMITTED

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.db.database import Connection, Database
-from ticketd.errors import NotFound, Reason
+from ticketd.errors import InvalidArgument, NotFound, Reason
 from ticketd.gate import repository as repo
 from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.rules import (
+    FUTURE_DETAIL,
     WINDOW_REFUSALS,
     GateCounts,
+    OfflineOutcome,
+    OfflineResult,
+    OfflineScanInput,
     ScanInput,
     ScanOutcome,
     ScanRecord,
     ScanResult,
+    check_device_scope,
     check_may_read,
     check_may_scan,
+    check_may_sync,
     classify_unburned,
+    detail_of,
+    judge_offline,
+    offline_result_of,
     scan_id_mismatch,
     shows_place,
 )
+from ticketd.gate.signing.rules import is_signed_form
+from ticketd.gate.signing.service import SigningService
 from ticketd.shared import ScanWindowDefaults, event_not_found
 
 
@@ -31,10 +43,20 @@ class _TwinLoggedFirst(Exception):
 
 
 class GateService:
-    """Validates scans and reads the scan log."""
+    """Validates scans (online and uploaded offline) and reads the scan log."""
 
-    def __init__(self, db: Database, *, limiter: ScanLimiter, window: ScanWindowDefaults) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        limiter: ScanLimiter,
+        window: ScanWindowDefaults,
+        signing: SigningService,
+        clock_skew: dt.timedelta = dt.timedelta(minutes=5),
+    ) -> None:
         self._db = db
+        self._signing = signing
+        self._skew = clock_skew
         # Per gate, per caller and gate names per caller: see ticketd.gate.limits. Codes carry
         # 192 random bits, so the bounds are defence in depth against a kiosk used to
         # enumerate, not the only wall.
@@ -45,8 +67,20 @@ class GateService:
         """RESOURCE_EXHAUSTED (with RetryInfo) when this caller or gate must slow down."""
         self._limiter.admit(principal.user_id, event_id, gate_id)
 
+    async def _resolved(self, scan: ScanInput) -> ScanInput:
+        """A scanned signed code stands for the ticket's current plain code ("" when its
+        signature does not verify, or the ticket's codes were rotated since)."""
+        if not is_signed_form(scan.code):
+            return scan
+        async with self._db.connection() as conn:
+            verified = await self._signing.verify(conn, scan.code)
+            plain = await repo.plain_code(conn, verified.fields) if verified else None
+        return dataclasses.replace(scan, plain_code=plain or "")
+
     async def validate(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
         """One physical scan: ADMITTED (burned now), the stored answer of a repeat, or why not."""
+        check_device_scope(principal, scan.event_id, scan.gate_id)
+        scan = await self._resolved(scan)
         try:
             return await self._validate_once(principal, scan)
         except _TwinLoggedFirst:
@@ -68,30 +102,45 @@ class GateService:
                 raise scan_id_mismatch(scan.scan_id)
             await repo.count_repeat(conn, scan.scan_id)
         admitted_at = stored.used_time if stored.result in _USED_INFO else None
+        first_gate = stored.used_gate_id if admitted_at else None
+        if stored.result is ScanResult.CONFLICT:
+            admitted_at, first_gate = stored.first_scan_time, stored.first_gate_id
         return ScanOutcome(
             result=stored.result,
             scan_time=stored.scan_time,
             place=stored.place if shows_place(stored.result) else None,
             first_scan_time=admitted_at,
-            first_gate_id=stored.used_gate_id if admitted_at else None,
+            first_gate_id=first_gate,
             repeat=True,
         )
 
     async def _validate_once(self, principal: Principal, scan: ScanInput) -> ScanOutcome:
         async with self._db.transaction() as conn:
             attempt = await repo.scan_and_burn(
-                conn, scan, principal.user_id, admin=principal.has(Role.ADMIN), window=self._window
+                conn,
+                scan,
+                principal.user_id,
+                admin=principal.has(Role.ADMIN),
+                window=self._window,
+                device=principal.is_device,
             )
             if attempt is None:
                 raise event_not_found(scan.event_id)
             # Before the repeat check: an unassigned caller's retries are refused too.
-            check_may_scan(principal, attempt.is_staff)
+            if not principal.is_device:
+                check_may_scan(principal, attempt.is_staff)
             if attempt.seen:
                 raise _TwinLoggedFirst()
             refusal = WINDOW_REFUSALS.get(attempt.window)
             if refusal is not None:
                 logged = await repo.log_rejection(
-                    conn, scan, principal.user_id, refusal, None, attempt.at
+                    conn,
+                    scan,
+                    principal.user_id,
+                    refusal,
+                    None,
+                    attempt.at,
+                    device=principal.is_device,
                 )
                 if logged is None:
                     raise _TwinLoggedFirst()
@@ -109,7 +158,7 @@ class GateService:
                     first_scan_time=burned.used_time,
                     first_gate_id=scan.gate_id,
                 )
-            state = await repo.ticket_state(conn, scan.code)
+            state = await repo.ticket_state(conn, scan.lookup_code)
             result = classify_unburned(
                 state.event_id if state else None, state.status if state else None, scan.event_id
             )
@@ -121,6 +170,7 @@ class GateService:
                 result,
                 state.place.ticket_id if (state is not None and same_event) else None,
                 attempt.at,
+                device=principal.is_device,
             )
             if logged is None:
                 raise _TwinLoggedFirst()
@@ -147,12 +197,18 @@ class GateService:
         gate_id: str | None,
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
+        conflicts_only: bool = False,
     ) -> list[ScanRecord]:
         """A page of the event's scan log, newest first (see check_may_read for who)."""
         async with self._db.connection() as conn:
             await self._check_read(conn, principal, event_id)
             return await repo.list_scans(
-                conn, event_id, gate_id=gate_id, before=before, limit=limit
+                conn,
+                event_id,
+                gate_id=gate_id,
+                before=before,
+                limit=limit,
+                conflicts_only=conflicts_only,
             )
 
     async def stats(
@@ -162,6 +218,120 @@ class GateService:
         async with self._db.connection() as conn:
             await self._check_read(conn, principal, event_id)
             return await repo.gate_counts(conn, event_id)
+
+    # --- offline uploads ----------------------------------------------------------------
+
+    async def upload_offline(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        gate_id: str,
+        scans: list[OfflineScanInput],
+    ) -> list[OfflineOutcome]:
+        """UploadOfflineScans: one transaction per scan, in request order; idempotent by
+        scan_id (a repeat returns the stored result and writes nothing but its count)."""
+        check_device_scope(principal, event_id, gate_id)
+        async with self._db.connection() as conn:
+            access = await repo.read_access(conn, event_id, principal.user_id)
+        if access is None:
+            raise event_not_found(event_id)
+        check_may_sync(principal, event_id, access.is_staff)
+        out: list[OfflineOutcome] = []
+        for item in scans:
+            resolved = OfflineScanInput(await self._resolved(item.scan), item.scan_time)
+            try:
+                out.append(await self._upload_once(principal, resolved))
+            except _TwinLoggedFirst:
+                out.append(await self._upload_repeat(principal, resolved))
+        return out
+
+    async def _upload_repeat(self, principal: Principal, item: OfflineScanInput) -> OfflineOutcome:
+        scan = item.scan
+        try:
+            stored = await self._repeat(principal, scan)
+        except InvalidArgument as exc:
+            if exc.reason is not Reason.SCAN_ID_MISMATCH:
+                raise
+            return OfflineOutcome(
+                scan.scan_id,
+                OfflineResult.INVALID,
+                None,
+                detail="this scan_id was already used for a different scan",
+            )
+        return OfflineOutcome(
+            scan.scan_id,
+            offline_result_of(stored.result),
+            stored.result,
+            place=stored.place if shows_place(stored.result) else None,
+            first_scan_time=stored.first_scan_time,
+            first_gate_id=stored.first_gate_id,
+            repeat=True,
+            detail=detail_of(stored.result),
+        )
+
+    async def _ticket_of(self, conn: Connection, scan: ScanInput) -> uuid.UUID | None:
+        if scan.plain_code is None:
+            return await repo.ticket_id_by_code(conn, scan.code)
+        # A signed code names its ticket: even when rotated (plain_code ""), the upload is
+        # about that ticket, and is REVOKED rather than unknown.
+        verified = await self._signing.verify(conn, scan.code)
+        return verified.fields.ticket_id if verified else None
+
+    async def _upload_once(self, principal: Principal, item: OfflineScanInput) -> OfflineOutcome:
+        scan, at = item.scan, item.scan_time
+        device = principal.is_device
+        async with self._db.transaction() as conn:
+            if await repo.stored_scan(conn, scan.scan_id) is not None:
+                raise _TwinLoggedFirst()
+            ticket_id = await self._ticket_of(conn, scan)
+            ticket = (
+                await repo.lock_offline_ticket(conn, ticket_id, at, self._window, self._skew)
+                if ticket_id
+                else None
+            )
+            conflict: repo.Admission | None = None
+            if ticket is None or ticket.event_id != scan.event_id:
+                logged = ScanResult.UNKNOWN_CODE if ticket is None else ScanResult.WRONG_EVENT
+                ticket_id = None
+            else:
+                logged = judge_offline(
+                    status=ticket.status,
+                    window_at_scan=ticket.window_at_scan,
+                    future=ticket.future,
+                    code_current=scan.lookup_code == ticket.code,
+                )
+                if logged is ScanResult.CONFLICT:
+                    conflict = await repo.admission_of(conn, ticket.place.ticket_id)
+                    if conflict is None:  # pragma: no cover - every USED ticket has one
+                        logged = ScanResult.REVOKED
+                elif logged is ScanResult.ADMITTED and not await repo.burn_offline(
+                    conn, ticket.place.ticket_id, at, scan.gate_id, scan.scan_id
+                ):  # pragma: no cover - the ticket is locked VALID
+                    raise RuntimeError("offline burn of a locked VALID ticket failed")
+            stored_at = await repo.log_rejection(
+                conn,
+                scan,
+                principal.user_id,
+                logged,
+                ticket_id,
+                at,
+                device=device,
+                offline=True,
+                conflict_scan_id=conflict.scan_id if conflict else None,
+            )
+            if stored_at is None:
+                # A twin of this scan_id logged first: leaving rolls our burn back.
+                raise _TwinLoggedFirst()
+        future = ticket is not None and ticket.future and ticket_id is not None
+        return OfflineOutcome(
+            scan.scan_id,
+            offline_result_of(logged),
+            logged,
+            place=ticket.place if ticket is not None and ticket_id is not None else None,
+            first_scan_time=conflict.scan_time if conflict else None,
+            first_gate_id=conflict.gate_id if conflict else None,
+            detail=FUTURE_DETAIL if future else detail_of(logged),
+        )
 
 
 _USED_INFO = frozenset({ScanResult.ADMITTED, ScanResult.ALREADY_USED})

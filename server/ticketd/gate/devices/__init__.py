@@ -1,0 +1,1 @@
+"""Gate kiosk devices: enrollment tokens, device credentials, scope."""
