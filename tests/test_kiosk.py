@@ -268,7 +268,7 @@ async def test_piped_codes_admit_reject_and_match_the_server_scan_log(
     assert re.fullmatch(rf"ADMIT {UUID_RE} Stalls/A/2", results[6])
     assert re.search(r"ALREADY USED at north-1 \d\d:\d\d:\d\d \| Stalls/A/1$", results[1])
     assert "VOID (refunded" in results[4] and results[4].endswith("| Standing")
-    assert "INVALID CODE (code must be at most 128 characters)" in results[3]
+    assert "INVALID CODE (code must be at most 256 characters)" in results[3]
     assert out[-1] == (
         "SUMMARY admitted=2 rejected=5 unresolved=0 empty_lines=2 "
         "ALREADY_USED=1 VOID=1 WRONG_EVENT=1 UNKNOWN_CODE=1 INVALID=1"
