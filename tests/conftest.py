@@ -175,7 +175,7 @@ async def channel(running: RunningServer) -> AsyncIterator[aio.Channel]:
     try:
         yield ch
     finally:
-        await ch.close()
+        await ch.close(None)
 
 
 @pytest.fixture(scope="session")

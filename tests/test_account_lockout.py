@@ -15,7 +15,8 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer
-from tests.support import PASSWORD, Account, Stubs, bearer, error_details, unique_email
+from tests.support import PASSWORD, Account, Stubs, error_details, unique_email
+from ticketing.stubs import bearer
 from ticketing.v1 import auth_pb2, common_pb2
 
 ME = auth_pb2.GetCurrentUserRequest()
@@ -420,7 +421,7 @@ def _token(running: RunningServer, user_id: str, **claims: object) -> str:
         "exp": now + dt.timedelta(minutes=5),
         **claims,
     }
-    return jwt.encode(body, settings.jwt_secret, algorithm="HS256")  # type: ignore[arg-type]
+    return jwt.encode(body, settings.jwt_secret, algorithm="HS256")
 
 
 async def test_tokens_from_before_generations_work_until_the_first_revocation(

@@ -12,7 +12,8 @@ import pytest
 from grpc import aio
 
 from tests.conftest import ADMIN_EMAIL, RunningServer
-from tests.support import PASSWORD, Account, Stubs, bearer, error_details, unique_email
+from tests.support import PASSWORD, Account, Stubs, error_details, unique_email
+from ticketing.stubs import bearer
 from ticketing.v1 import auth_pb2, common_pb2
 
 
@@ -113,8 +114,8 @@ def _forge(running: RunningServer, user_id: str, **changes: object) -> str:
     claims.update(changes)
     claims = {k: v for k, v in claims.items() if v is not None}
     if alg == "none":
-        return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
-    return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]
+        return jwt.encode(claims, None, algorithm="none")
+    return jwt.encode(claims, key, algorithm=alg)
 
 
 async def test_bad_tokens_are_unauthenticated(

@@ -573,6 +573,7 @@ def scalar(w: World, f: FieldDescriptor, *, small: bool) -> st.SearchStrategy[An
     if f.type in _INT_RANGES:
         return integers(f, w.known_ints(f.name))
     if f.type == FieldDescriptor.TYPE_ENUM:
+        assert f.enum_type is not None, f.full_name
         numbers = [v.number for v in f.enum_type.values]
         return st.one_of(
             st.sampled_from(numbers),
@@ -588,13 +589,27 @@ def scalar(w: World, f: FieldDescriptor, *, small: bool) -> st.SearchStrategy[An
     raise AssertionError(f"no strategy for {f.full_name} (type {f.type})")
 
 
+def _message_type(f: FieldDescriptor) -> Descriptor:
+    """The type of a message field (the stubs say Optional: it is None for scalar fields)."""
+    assert f.message_type is not None, f.full_name
+    return f.message_type
+
+
+def _descriptor(msg: Message) -> Descriptor:
+    """A message's descriptor. types-protobuf declares Message.DESCRIPTOR as the pure-Python
+    or the upb class; at run time Descriptor's metaclass accepts the upb one as an instance."""
+    desc = msg.DESCRIPTOR
+    assert isinstance(desc, Descriptor)
+    return desc
+
+
 def _is_map(f: FieldDescriptor) -> bool:
-    return f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.GetOptions().map_entry
+    return f.type == FieldDescriptor.TYPE_MESSAGE and _message_type(f).GetOptions().map_entry
 
 
 def single_value(w: World, f: FieldDescriptor, depth: int, *, small: bool) -> Any:
     if f.type == FieldDescriptor.TYPE_MESSAGE:
-        return messages(w, f.message_type, depth + 1, small=small)
+        return messages(w, _message_type(f), depth + 1, small=small)
     return scalar(w, f, small=small)
 
 
@@ -609,8 +624,8 @@ def field_value(w: World, f: FieldDescriptor, depth: int, *, small: bool) -> Any
 def _field_value(w: World, f: FieldDescriptor, depth: int, *, small: bool) -> Any:
     if _is_map(f):
         key_f, value_f = (
-            f.message_type.fields_by_name["key"],
-            f.message_type.fields_by_name["value"],
+            _message_type(f).fields_by_name["key"],
+            _message_type(f).fields_by_name["value"],
         )
         keys = st.one_of(
             st.sampled_from([s.id for s in w.venue.sections]), scalar(w, key_f, small=True)
@@ -687,11 +702,11 @@ def messages(w: World, desc: Descriptor, depth: int = 0, *, small: bool = False)
 def _slots(msg: Message, depth: int = 0) -> list[tuple[Message, FieldDescriptor, int]]:
     """Every field of a message and of its nested messages, to pick corruption targets from."""
     out: list[tuple[Message, FieldDescriptor, int]] = []
-    for f in msg.DESCRIPTOR.fields:
+    for f in _descriptor(msg).fields:
         out.append((msg, f, depth))
         if f.type != FieldDescriptor.TYPE_MESSAGE or _is_map(f):
             continue
-        if f.message_type.full_name == "google.protobuf.Timestamp":
+        if _message_type(f).full_name == "google.protobuf.Timestamp":
             continue
         children = getattr(msg, f.name) if f.is_repeated else [getattr(msg, f.name)]
         for child in children:
@@ -877,15 +892,15 @@ def _text_paths(desc: Descriptor, prefix: str = "", depth: int = 0) -> list[str]
         if f.type == FieldDescriptor.TYPE_STRING:
             paths.append(path + ("[0]" if f.is_repeated else ""))
         elif _is_map(f):
-            if f.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING:
+            if _message_type(f).fields_by_name["key"].type == FieldDescriptor.TYPE_STRING:
                 paths.append(path + "{}")
         elif (
             f.type == FieldDescriptor.TYPE_MESSAGE
             and depth < MAX_DEPTH
-            and f.message_type.full_name != "google.protobuf.Timestamp"
+            and _message_type(f).full_name != "google.protobuf.Timestamp"
         ):
             inner = f"{path}[0]." if f.is_repeated else f"{path}."
-            paths += _text_paths(f.message_type, inner, depth + 1)
+            paths += _text_paths(_message_type(f), inner, depth + 1)
     return paths
 
 
@@ -1102,7 +1117,7 @@ async def _create_venue(
     return Outcome(S.OK, None, ""), resp.venue
 
 
-def _respace(draw: st.DrawFn, value: str) -> str:
+def _respace(draw: Callable[[st.SearchStrategy[str]], str], value: str) -> str:
     """The value with Unicode spaces added around it and between its characters."""
     space = st.text(st.sampled_from(SPACES), max_size=2)
     chars = [draw(space) + ch for ch in value]

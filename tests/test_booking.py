@@ -36,7 +36,7 @@ async def pool(running: RunningServer) -> AsyncIterator[list[Stubs]]:
         yield [Stubs(ch) for ch in channels]
     finally:
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
 
 
 async def customers(stubs: Stubs, n: int) -> list[Account]:

@@ -38,7 +38,7 @@ async def kiosks(running: RunningServer) -> AsyncIterator[list[Stubs]]:
         yield [Stubs(ch) for ch in channels]
     finally:
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
 
 
 @pytest.fixture(scope="module")

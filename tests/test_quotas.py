@@ -14,12 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, Stubs, error_details, future, small_layout
+from tests.support import Account, Stubs, error_details, future, rich_detail, small_layout
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import common_pb2, event_pb2, venue_pb2
 
@@ -54,15 +54,8 @@ def create_request(venue: venue_pb2.Venue, request_id: str = "", days: float = 2
 
 
 def quota_failure(err: aio.AioRpcError) -> list[tuple[str, str]]:
-    metadata: Any = err.trailing_metadata() or ()
-    for key, value in metadata:
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-                    qf = error_details_pb2.QuotaFailure()
-                    detail.Unpack(qf)
-                    return [(v.subject, v.description) for v in qf.violations]
-    return []
+    qf = rich_detail(err, error_details_pb2.QuotaFailure)
+    return [] if qf is None else [(v.subject, v.description) for v in qf.violations]
 
 
 def outcome(result: Any) -> str:
