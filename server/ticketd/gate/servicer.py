@@ -11,9 +11,8 @@ from ticketd.gate.service import GateService
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
-    encode_time_keyset,
-    next_page,
     resolve_page_size,
+    time_keyset,
 )
 from ticketing.v1 import gate_pb2, gate_pb2_grpc
 
@@ -94,12 +93,8 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         query = {"event": str(event_id), "gate": gate}
         before = decode_time_keyset(self._pages, "scans", query, request.page_token)
         rows = await self._service.list_scans(current_principal(), event_id, gate, before, size + 1)
-        scans, token = next_page(
-            rows,
-            size,
-            scan_to_proto,
-            lambda s: encode_time_keyset(self._pages, "scans", query, s.scan_time, s.scan_id),
-            max_bytes=self._pages.page_bytes,
+        scans, token = self._pages.page(
+            "scans", query, rows, size, scan_to_proto, lambda s: time_keyset(s.scan_time, s.scan_id)
         )
         return gate_pb2.ListScansResponse(scans=scans, next_page_token=token)
 
