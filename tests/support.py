@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ticketing import stubs as sdk_stubs
 from ticketing.errors import decode_error
-from ticketing.pagination import paginate
+from ticketing.pagination import PageRequest, PageResponse, paginate
 from ticketing.stubs import CallMetadata, bearer
 from ticketing.v1 import (
     auth_pb2,
@@ -29,9 +30,14 @@ from ticketing.v1 import (
     venue_pb2,
 )
 
+if TYPE_CHECKING:
+    from ticketd.config import Settings
+
 PASSWORD = "correct horse battery"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 DetailT = TypeVar("DetailT", bound=Message)
+RequestT = TypeVar("RequestT", bound=PageRequest)
+ResponseT = TypeVar("ResponseT", bound=PageResponse)
 
 
 def unique_email(tag: str = "user") -> str:
@@ -174,6 +180,46 @@ class Stubs(sdk_stubs.Stubs):
         )
         acct.user = resp.user
         return acct
+
+
+async def all_pages(
+    method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    metadata: CallMetadata | None = None,
+) -> list[ResponseT]:
+    """Every page of a List call from `request` on, in order (the SDK's paginate, a page at
+    a time), for tests that look at the pages themselves."""
+    return [
+        page async for page in paginate(method, request, lambda page: (page,), metadata=metadata)
+    ]
+
+
+@contextlib.asynccontextmanager
+async def client_pool(target: str, size: int) -> AsyncIterator[list[Stubs]]:
+    """`size` channels to `target`, so concurrent calls arrive like separate clients (kiosks,
+    buyers); closed on the way out."""
+    channels = [aio.insecure_channel(target) for _ in range(size)]
+    try:
+        yield [Stubs(ch) for ch in channels]
+    finally:
+        for ch in channels:
+            await ch.close(None)
+
+
+def token_claims(settings: Settings, user_id: object, **extra: object) -> dict[str, Any]:
+    """The claims of a valid access token for `user_id` (the server's issuer and audience,
+    valid from now for 5 minutes, integer timestamps), then `extra`: for tests that sign or
+    assemble tokens by hand."""
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+    }
+    return claims | extra
 
 
 def future(days: float = 30) -> Timestamp:

@@ -1013,6 +1013,16 @@ async def test_scan_id_mismatch_leaves_the_scan_log_alone(
 # No shrinking: every example costs real RPCs (and some create events and orders), and a
 # failure message already prints the whole request; shrinking would multiply the runtime.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+# Every generated test: no deadline (a real server answers), replayable examples, no example
+# database, no shrinking, and no health checks (fixtures are slow on purpose).
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=NO_SHRINK,
+    suppress_health_check=list(HealthCheck),
+)
 
 FUZZ_CASES = [
     pytest.param(full, caller, id=f"{_short(full)}-{caller}")
@@ -1031,14 +1041,7 @@ def test_every_rpc_is_fuzzed() -> None:
 
 @pytest.mark.slow  # many generated requests per case
 @pytest.mark.parametrize(("full", "first_caller"), FUZZ_CASES)
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@settings(FUZZ, max_examples=60)
 @given(data=st.data())
 async def test_generated_requests_get_a_clean_answer(
     world: World,
@@ -1062,13 +1065,7 @@ async def test_generated_requests_get_a_clean_answer(
 
 
 @pytest.mark.slow  # many generated requests per case
-@settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@settings(FUZZ, derandomize=False)  # a new seed every run
 @given(data=st.data())
 async def test_random_rpcs_with_a_random_seed(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1124,14 +1121,7 @@ def _respace(draw: Callable[[st.SearchStrategy[str]], str], value: str) -> str:
     return draw(space) + "".join(chars) + draw(space)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_generated_time_zones(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1159,14 +1149,7 @@ async def test_generated_time_zones(
     assert await snapshot(running) == before, where
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_generated_currencies(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1209,14 +1192,7 @@ def _printable(label: str) -> bool:
     return all(unicodedata.category(ch) not in ("Cc", "Cf") for ch in label)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_generated_labels(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1344,14 +1320,7 @@ def _invalid_utf8() -> st.SearchStrategy[bytes]:
     return st.binary(min_size=1, max_size=12).filter(broken)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_random_invalid_utf8_anywhere(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject

@@ -140,13 +140,21 @@ async def test_live_events_cap_counts_only_events_on_sale(
         await capped.events.CreateEvent(create_request(venue), metadata=admin.md)
 
 
-async def test_concurrent_creates_at_the_limit_only_one_wins(
-    capped: Stubs, stubs: Stubs, admin: Account, running: RunningServer
-) -> None:
+async def one_slot_left(
+    capped: Stubs, stubs: Stubs, admin: Account
+) -> tuple[Account, venue_pb2.Venue]:
+    """A new organizer with LIVE - 1 events on sale at a new venue: one create left."""
     organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="org")
     venue = await stubs.create_venue(admin)
     for _ in range(LIVE - 1):
         await capped.events.CreateEvent(create_request(venue), metadata=organizer.md)
+    return organizer, venue
+
+
+async def test_concurrent_creates_at_the_limit_only_one_wins(
+    capped: Stubs, stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    organizer, venue = await one_slot_left(capped, stubs, admin)
     results = await asyncio.gather(
         *(
             capped.events.CreateEvent(create_request(venue), metadata=organizer.md)
@@ -165,10 +173,7 @@ async def test_a_retry_at_the_limit_gets_its_event_not_a_quota_error(
     capped: Stubs, stubs: Stubs, admin: Account, running: RunningServer
 ) -> None:
     """Twins of one request_id racing for the last slot: both get the one event created."""
-    organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="org")
-    venue = await stubs.create_venue(admin)
-    for _ in range(LIVE - 1):
-        await capped.events.CreateEvent(create_request(venue), metadata=organizer.md)
+    organizer, venue = await one_slot_left(capped, stubs, admin)
     request = create_request(venue, request_id=str(uuid.uuid4()))
     twins = await asyncio.gather(
         *(capped.events.CreateEvent(request, metadata=organizer.md) for _ in range(5))

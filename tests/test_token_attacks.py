@@ -35,6 +35,7 @@ from tests.support import (
     error_details,
     scan_request,
     small_layout,
+    token_claims,
     trailing_metadata,
 )
 from ticketing.stubs import bearer
@@ -86,18 +87,7 @@ def hand_made_jwt(
 
 
 def good_claims(running: RunningServer, user_id: Any, **extra: Any) -> dict[str, Any]:
-    settings = running.components.settings
-    now = int(dt.datetime.now(dt.UTC).timestamp())
-    claims: dict[str, Any] = {
-        "sub": user_id,
-        "iss": settings.jwt_issuer,
-        "aud": settings.jwt_audience,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 300,
-    }
-    claims.update(extra)
-    return claims
+    return token_claims(running.components.settings, user_id, **extra)
 
 
 def server_secret(running: RunningServer) -> bytes:
