@@ -12,7 +12,6 @@ import dataclasses
 import os
 import secrets
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from grpc import aio
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from scripts.benchlib.database import plain_url, throwaway_database
 from tests.support import Account, Stubs
 from ticketd.app import Components, TicketServer, build_components, ensure_bootstrap_admin
 from ticketd.config import Settings
@@ -34,13 +34,9 @@ ADMIN_EMAIL = "root-admin@example.test"
 ADMIN_PASSWORD = "admin-password-123"
 
 
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _reachable(url: str) -> bool:
     try:
-        conn = await asyncpg.connect(_plain(url), timeout=3)
+        conn = await asyncpg.connect(plain_url(url), timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return False
     await conn.close()
@@ -71,21 +67,19 @@ async def pg_admin_url() -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh database for this test run, dropped at the end."""
-    name = f"ticketing_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_plain(pg_admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    async with throwaway_database(pg_admin_url, "ticketing_test") as url:
         yield url
+
+
+@pytest.fixture
+async def raw(running: RunningServer) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to the test database (to hold row locks the server
+    must wait for, or to read what it wrote), closed after the test."""
+    conn = await asyncpg.connect(running.components.db.url)
+    try:
+        yield conn
     finally:
-        admin = await asyncpg.connect(_plain(pg_admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await conn.close()
 
 
 GENEROUS_AUTH_LIMITS: dict[str, Any] = {
@@ -97,7 +91,7 @@ GENEROUS_AUTH_LIMITS: dict[str, Any] = {
 }
 
 
-def make_settings(database_url: str, **overrides: object) -> Settings:
+def make_settings(database_url: str, **overrides: Any) -> Settings:
     base = Settings(
         database_url=database_url,
         listen="127.0.0.1:0",
@@ -114,7 +108,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     )
     from dataclasses import replace
 
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return replace(base, **overrides)
 
 
 @dataclass
@@ -153,11 +147,11 @@ async def running(database_url: str) -> AsyncIterator[RunningServer]:
 
 @contextlib.asynccontextmanager
 async def second_server(
-    running: RunningServer, pool: PoolOptions, **overrides: object
+    running: RunningServer, pool: PoolOptions, **overrides: Any
 ) -> AsyncIterator[RunningServer]:
     """Another in-process server on the test database with its own pool and settings (the
     same JWT secret, so every account's token works on it), stopped at the end."""
-    settings = dataclasses.replace(running.components.settings, **overrides)  # type: ignore[arg-type]
+    settings = dataclasses.replace(running.components.settings, **overrides)
     db = Database(running.components.db.url, pool)
     components = build_components(settings, db, settings.jwt_secret or "")
     server = TicketServer(components)
@@ -175,7 +169,7 @@ async def channel(running: RunningServer) -> AsyncIterator[aio.Channel]:
     try:
         yield ch
     finally:
-        await ch.close()
+        await ch.close(None)
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import uuid
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ticketing import stubs as sdk_stubs
 from ticketing.errors import decode_error
-from ticketing.pagination import paginate
+from ticketing.pagination import PageRequest, PageResponse, paginate
 from ticketing.stubs import CallMetadata, bearer
 from ticketing.v1 import (
     auth_pb2,
@@ -22,7 +30,14 @@ from ticketing.v1 import (
     venue_pb2,
 )
 
+if TYPE_CHECKING:
+    from ticketd.config import Settings
+
 PASSWORD = "correct horse battery"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+DetailT = TypeVar("DetailT", bound=Message)
+RequestT = TypeVar("RequestT", bound=PageRequest)
+ResponseT = TypeVar("ResponseT", bound=PageResponse)
 
 
 def unique_email(tag: str = "user") -> str:
@@ -54,6 +69,36 @@ def error_details(err: aio.AioRpcError) -> ErrorDetails:
     )
 
 
+def trailing_metadata(err: aio.AioRpcError) -> list[tuple[str, str | bytes]]:
+    """A failed call's trailing metadata as (key, value) pairs.
+
+    grpc-stubs declares AioRpcError.trailing_metadata() as the sync RpcError's tuple of
+    `_Metadatum` objects; at runtime it is an aio.Metadata (or None) that iterates as pairs.
+    """
+    raw = cast("Iterable[tuple[str, str | bytes]] | None", err.trailing_metadata())
+    return list(raw or ())
+
+
+def rich_detail(err: aio.AioRpcError, kind: type[DetailT]) -> DetailT | None:
+    """The first google.rpc detail of type `kind` in a failed call's status, or None."""
+    for key, value in trailing_metadata(err):
+        if key != STATUS_DETAILS_KEY:
+            continue
+        assert isinstance(value, bytes)
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(kind.DESCRIPTOR):
+                found = kind()
+                detail.Unpack(found)
+                return found
+    return None
+
+
+def retry_delay(err: aio.AioRpcError) -> float | None:
+    """The RetryInfo delay of an error in seconds, or None without one."""
+    info = rich_detail(err, error_details_pb2.RetryInfo)
+    return None if info is None else float(info.retry_delay.ToNanoseconds()) / 1e9
+
+
 @dataclass
 class Account:
     user: common_pb2.User
@@ -77,7 +122,9 @@ class Stubs(sdk_stubs.Stubs):
         login = await self.auth.Login(auth_pb2.LoginRequest(email=email, password=password))
         return Account(reg.user, login.access_token, email, password)
 
-    async def create_venue(self, admin: Account, venue: Any = None) -> venue_pb2.Venue:
+    async def create_venue(
+        self, admin: Account, venue: venue_pb2.Venue | None = None
+    ) -> venue_pb2.Venue:
         resp = await self.venues.CreateVenue(
             venue_pb2.CreateVenueRequest(venue=venue or small_layout()), metadata=admin.md
         )
@@ -93,7 +140,7 @@ class Stubs(sdk_stubs.Stubs):
         max_per_customer: int | None = None,
         days: float = 30,
         name: str = "Show",
-        doors_open_time: Any = None,
+        doors_open_time: Timestamp | None = None,
     ) -> event_pb2.Event:
         """An event `days` from now; its gates open `doors_open_time` (a Timestamp; unset:
         the server's default lead before start, so a scan today is NOT_YET_OPEN)."""
@@ -123,7 +170,9 @@ class Stubs(sdk_stubs.Stubs):
                 metadata=owner.md,
             )
 
-    async def account_with_roles(self, admin: Account, *roles: Any, tag: str = "user") -> Account:
+    async def account_with_roles(
+        self, admin: Account, *roles: common_pb2.Role.ValueType, tag: str = "user"
+    ) -> Account:
         acct = await self.register(tag)
         resp = await self.auth.SetUserRoles(
             auth_pb2.SetUserRolesRequest(user_id=acct.user.id, roles=list(roles)),
@@ -133,21 +182,55 @@ class Stubs(sdk_stubs.Stubs):
         return acct
 
 
-def future(days: float = 30) -> Any:
+async def all_pages(
+    method: aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    metadata: CallMetadata | None = None,
+) -> list[ResponseT]:
+    """Every page of a List call from `request` on, in order (the SDK's paginate, a page at
+    a time), for tests that look at the pages themselves."""
+    return [
+        page async for page in paginate(method, request, lambda page: (page,), metadata=metadata)
+    ]
+
+
+@contextlib.asynccontextmanager
+async def client_pool(target: str, size: int) -> AsyncIterator[list[Stubs]]:
+    """`size` channels to `target`, so concurrent calls arrive like separate clients (kiosks,
+    buyers); closed on the way out."""
+    channels = [aio.insecure_channel(target) for _ in range(size)]
+    try:
+        yield [Stubs(ch) for ch in channels]
+    finally:
+        for ch in channels:
+            await ch.close(None)
+
+
+def token_claims(settings: Settings, user_id: object, **extra: object) -> dict[str, Any]:
+    """The claims of a valid access token for `user_id` (the server's issuer and audience,
+    valid from now for 5 minutes, integer timestamps), then `extra`: for tests that sign or
+    assemble tokens by hand."""
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+    }
+    return claims | extra
+
+
+def future(days: float = 30) -> Timestamp:
     """A protobuf Timestamp `days` from now."""
-    import datetime as dt
-
-    from google.protobuf.timestamp_pb2 import Timestamp
-
     ts = Timestamp()
     ts.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=days))
     return ts
 
 
-def small_layout(name: str = "Hall", rows: int = 3, seats: int = 4, ga: int = 5) -> Any:
+def small_layout(name: str = "Hall", rows: int = 3, seats: int = 4, ga: int = 5) -> venue_pb2.Venue:
     """A venue with one reserved section (rows x seats) and one general-admission section."""
-    from ticketing.v1 import venue_pb2
-
     sections = [
         venue_pb2.Section(
             name="Stalls",
@@ -166,7 +249,9 @@ def small_layout(name: str = "Hall", rows: int = 3, seats: int = 4, ga: int = 5)
     )
 
 
-def book_request(event_id: str, seat_ids: list[int], request_id: str | None = None) -> Any:
+def book_request(
+    event_id: str, seat_ids: list[int], request_id: str | None = None
+) -> booking_pb2.BookSeatsRequest:
     return booking_pb2.BookSeatsRequest(
         event_id=event_id,
         request_id=request_id or str(uuid.uuid4()),
@@ -174,7 +259,7 @@ def book_request(event_id: str, seat_ids: list[int], request_id: str | None = No
     )
 
 
-def best_request(event_id: str, section_id: str, quantity: int) -> Any:
+def best_request(event_id: str, section_id: str, quantity: int) -> booking_pb2.BookSeatsRequest:
     return booking_pb2.BookSeatsRequest(
         event_id=event_id,
         request_id=str(uuid.uuid4()),
@@ -208,10 +293,8 @@ AUDIT_QUERIES = {
 }
 
 
-async def audit(engine: Any, event_id: str) -> dict[str, int]:
+async def audit(engine: AsyncEngine, event_id: str) -> dict[str, int]:
     """Invariant violations for one event, read straight from PostgreSQL (empty = healthy)."""
-    from sqlalchemy import text
-
     problems: dict[str, int] = {}
     async with engine.connect() as conn:
         for name, sql in AUDIT_QUERIES.items():
@@ -223,7 +306,7 @@ async def audit(engine: Any, event_id: str) -> dict[str, int]:
 
 def scan_request(
     code: str, event_id: str, gate: str = "north-1", scan_id: str | None = None
-) -> Any:
+) -> gate_pb2.ValidateTicketRequest:
     return gate_pb2.ValidateTicketRequest(
         code=code, event_id=event_id, gate_id=gate, scan_id=scan_id or str(uuid.uuid4())
     )

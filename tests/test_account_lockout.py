@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import jwt
@@ -15,16 +15,17 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer
-from tests.support import PASSWORD, Account, Stubs, bearer, error_details, unique_email
+from tests.support import PASSWORD, Account, Stubs, error_details, token_claims, unique_email
+from ticketing.stubs import bearer
 from ticketing.v1 import auth_pb2, common_pb2
 
 ME = auth_pb2.GetCurrentUserRequest()
 
 
-async def refused(call: object) -> tuple[str, str | None]:
+async def refused(call: Awaitable[object]) -> tuple[str, str | None]:
     """(code name, reason) of an awaited call that must fail."""
     with pytest.raises(aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
+        await call
     details = error_details(err.value)
     return details.code.name, details.reason
 
@@ -278,10 +279,10 @@ async def test_set_user_status_validation_and_access(stubs: Stubs, admin: Accoun
         "PERMISSION_DENIED",
         "ROLE_NOT_ALLOWED",
     )
-    for status in (common_pb2.USER_STATUS_UNSPECIFIED, 99):
+    for status in (common_pb2.USER_STATUS_UNSPECIFIED, common_pb2.UserStatus.ValueType(99)):
         with pytest.raises(aio.AioRpcError) as err:
             await stubs.auth.SetUserStatus(
-                auth_pb2.SetUserStatusRequest(user_id=target.user.id, status=status),  # type: ignore[arg-type]
+                auth_pb2.SetUserStatusRequest(user_id=target.user.id, status=status),
                 metadata=admin.md,
             )
         details = error_details(err.value)
@@ -410,17 +411,9 @@ async def test_a_disabled_admin_does_not_count_as_the_remaining_admin(
 
 def _token(running: RunningServer, user_id: str, **claims: object) -> str:
     settings = running.components.settings
-    now = dt.datetime.now(dt.UTC)
-    body: dict[str, object] = {
-        "sub": user_id,
-        "iss": settings.jwt_issuer,
-        "aud": settings.jwt_audience,
-        "iat": now,
-        "nbf": now,
-        "exp": now + dt.timedelta(minutes=5),
-        **claims,
-    }
-    return jwt.encode(body, settings.jwt_secret, algorithm="HS256")  # type: ignore[arg-type]
+    body = token_claims(settings, user_id, **claims)
+    assert settings.jwt_secret is not None
+    return jwt.encode(body, settings.jwt_secret, algorithm="HS256")
 
 
 async def test_tokens_from_before_generations_work_until_the_first_revocation(

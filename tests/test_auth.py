@@ -12,7 +12,8 @@ import pytest
 from grpc import aio
 
 from tests.conftest import ADMIN_EMAIL, RunningServer
-from tests.support import PASSWORD, Account, Stubs, bearer, error_details, unique_email
+from tests.support import PASSWORD, Account, Stubs, error_details, token_claims, unique_email
+from ticketing.stubs import bearer
 from ticketing.v1 import auth_pb2, common_pb2
 
 
@@ -99,22 +100,15 @@ async def test_wrong_password_and_unknown_email_answer_alike(stubs: Stubs) -> No
 
 def _forge(running: RunningServer, user_id: str, **changes: object) -> str:
     settings = running.components.settings
-    now = dt.datetime.now(dt.UTC)
-    claims: dict[str, object] = {
-        "sub": user_id,
-        "iss": settings.jwt_issuer,
-        "aud": settings.jwt_audience,
-        "iat": now,
-        "nbf": now,
-        "exp": now + dt.timedelta(minutes=5),
-    }
-    key = changes.pop("key", settings.jwt_secret)
+    claims = token_claims(settings, user_id)
+    key = str(changes.pop("key", settings.jwt_secret))
     alg = str(changes.pop("alg", "HS256"))
     claims.update(changes)
     claims = {k: v for k, v in claims.items() if v is not None}
     if alg == "none":
+        # An unsigned token: pyjwt's stubs want a key even where the algorithm ignores it.
         return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
-    return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]
+    return jwt.encode(claims, key, algorithm=alg)
 
 
 async def test_bad_tokens_are_unauthenticated(
@@ -212,15 +206,15 @@ async def test_admin_sets_roles_and_reduced_roles_apply_at_once(
         ("", [common_pb2.ROLE_ADMIN], "user_id"),
         (str(uuid.uuid4()), [], "roles"),
         (str(uuid.uuid4()), [common_pb2.ROLE_UNSPECIFIED], "roles[0]"),
-        (str(uuid.uuid4()), [common_pb2.ROLE_ADMIN, 99], "roles[1]"),
+        (str(uuid.uuid4()), [common_pb2.ROLE_ADMIN, common_pb2.Role.ValueType(99)], "roles[1]"),
     ],
 )
 async def test_set_roles_validation(
-    stubs: Stubs, admin: Account, user_id: str, roles: list[int], field: str
+    stubs: Stubs, admin: Account, user_id: str, roles: list[common_pb2.Role.ValueType], field: str
 ) -> None:
     with pytest.raises(aio.AioRpcError) as err:
         await stubs.auth.SetUserRoles(
-            auth_pb2.SetUserRolesRequest(user_id=user_id, roles=roles),  # type: ignore[arg-type]
+            auth_pb2.SetUserRolesRequest(user_id=user_id, roles=roles),
             metadata=admin.md,
         )
     details = error_details(err.value)

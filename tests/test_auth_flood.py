@@ -22,7 +22,6 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
@@ -34,6 +33,7 @@ from tests.support import (
     Stubs,
     book_request,
     error_details,
+    retry_delay,
     small_layout,
     unique_email,
 )
@@ -70,19 +70,6 @@ async def strict_server(running: RunningServer, **limits: Any) -> AsyncIterator[
     finally:
         await server.stop(0)
         components.password_pool.shutdown()
-
-
-def retry_delay(err: aio.AioRpcError) -> float | None:
-    """The RetryInfo delay of an error in seconds, or None without one."""
-    for key, value in err.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return float(info.retry_delay.ToNanoseconds()) / 1e9
-    return None
 
 
 def outcome(result: object) -> str:
@@ -280,8 +267,8 @@ async def test_register_is_throttled_per_address_not_per_connection(
                             )
                         )
                     )
-                except aio.AioRpcError as err:
-                    results.append(err)
+                except aio.AioRpcError as refused:
+                    results.append(refused)
         seen = [outcome(r) for r in results]
         assert seen[:3] == ["OK", "ALREADY_EXISTS:EMAIL_TAKEN", "OK"]
         assert seen[3:] == ["RESOURCE_EXHAUSTED:TOO_MANY_ATTEMPTS"] * 3

@@ -601,6 +601,7 @@ def scalar(w: World, f: FieldDescriptor, *, small: bool) -> st.SearchStrategy[An
     if f.type in _INT_RANGES:
         return integers(f, w.known_ints(f.name))
     if f.type == FieldDescriptor.TYPE_ENUM:
+        assert f.enum_type is not None, f.full_name
         numbers = [v.number for v in f.enum_type.values]
         return st.one_of(
             st.sampled_from(numbers),
@@ -616,13 +617,27 @@ def scalar(w: World, f: FieldDescriptor, *, small: bool) -> st.SearchStrategy[An
     raise AssertionError(f"no strategy for {f.full_name} (type {f.type})")
 
 
+def _message_type(f: FieldDescriptor) -> Descriptor:
+    """The type of a message field (the stubs say Optional: it is None for scalar fields)."""
+    assert f.message_type is not None, f.full_name
+    return f.message_type
+
+
+def _descriptor(msg: Message) -> Descriptor:
+    """A message's descriptor. types-protobuf declares Message.DESCRIPTOR as the pure-Python
+    or the upb class; at run time Descriptor's metaclass accepts the upb one as an instance."""
+    desc = msg.DESCRIPTOR
+    assert isinstance(desc, Descriptor)
+    return desc
+
+
 def _is_map(f: FieldDescriptor) -> bool:
-    return f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.GetOptions().map_entry
+    return f.type == FieldDescriptor.TYPE_MESSAGE and _message_type(f).GetOptions().map_entry
 
 
 def single_value(w: World, f: FieldDescriptor, depth: int, *, small: bool) -> Any:
     if f.type == FieldDescriptor.TYPE_MESSAGE:
-        return messages(w, f.message_type, depth + 1, small=small)
+        return messages(w, _message_type(f), depth + 1, small=small)
     return scalar(w, f, small=small)
 
 
@@ -637,8 +652,8 @@ def field_value(w: World, f: FieldDescriptor, depth: int, *, small: bool) -> Any
 def _field_value(w: World, f: FieldDescriptor, depth: int, *, small: bool) -> Any:
     if _is_map(f):
         key_f, value_f = (
-            f.message_type.fields_by_name["key"],
-            f.message_type.fields_by_name["value"],
+            _message_type(f).fields_by_name["key"],
+            _message_type(f).fields_by_name["value"],
         )
         keys = st.one_of(
             st.sampled_from([s.id for s in w.venue.sections]), scalar(w, key_f, small=True)
@@ -715,11 +730,11 @@ def messages(w: World, desc: Descriptor, depth: int = 0, *, small: bool = False)
 def _slots(msg: Message, depth: int = 0) -> list[tuple[Message, FieldDescriptor, int]]:
     """Every field of a message and of its nested messages, to pick corruption targets from."""
     out: list[tuple[Message, FieldDescriptor, int]] = []
-    for f in msg.DESCRIPTOR.fields:
+    for f in _descriptor(msg).fields:
         out.append((msg, f, depth))
         if f.type != FieldDescriptor.TYPE_MESSAGE or _is_map(f):
             continue
-        if f.message_type.full_name == "google.protobuf.Timestamp":
+        if _message_type(f).full_name == "google.protobuf.Timestamp":
             continue
         children = getattr(msg, f.name) if f.is_repeated else [getattr(msg, f.name)]
         for child in children:
@@ -905,15 +920,15 @@ def _text_paths(desc: Descriptor, prefix: str = "", depth: int = 0) -> list[str]
         if f.type == FieldDescriptor.TYPE_STRING:
             paths.append(path + ("[0]" if f.is_repeated else ""))
         elif _is_map(f):
-            if f.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING:
+            if _message_type(f).fields_by_name["key"].type == FieldDescriptor.TYPE_STRING:
                 paths.append(path + "{}")
         elif (
             f.type == FieldDescriptor.TYPE_MESSAGE
             and depth < MAX_DEPTH
-            and f.message_type.full_name != "google.protobuf.Timestamp"
+            and _message_type(f).full_name != "google.protobuf.Timestamp"
         ):
             inner = f"{path}[0]." if f.is_repeated else f"{path}."
-            paths += _text_paths(f.message_type, inner, depth + 1)
+            paths += _text_paths(_message_type(f), inner, depth + 1)
     return paths
 
 
@@ -1026,6 +1041,16 @@ async def test_scan_id_mismatch_leaves_the_scan_log_alone(
 # No shrinking: every example costs real RPCs (and some create events and orders), and a
 # failure message already prints the whole request; shrinking would multiply the runtime.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+# Every generated test: no deadline (a real server answers), replayable examples, no example
+# database, no shrinking, and no health checks (fixtures are slow on purpose).
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=NO_SHRINK,
+    suppress_health_check=list(HealthCheck),
+)
 
 FUZZ_CASES = [
     pytest.param(full, caller, id=f"{_short(full)}-{caller}")
@@ -1044,14 +1069,7 @@ def test_every_rpc_is_fuzzed() -> None:
 
 @pytest.mark.slow  # many generated requests per case
 @pytest.mark.parametrize(("full", "first_caller"), FUZZ_CASES)
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@settings(FUZZ, max_examples=60)
 @given(data=st.data())
 async def test_generated_requests_get_a_clean_answer(
     world: World,
@@ -1075,13 +1093,7 @@ async def test_generated_requests_get_a_clean_answer(
 
 
 @pytest.mark.slow  # many generated requests per case
-@settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@settings(FUZZ, derandomize=False)  # a new seed every run
 @given(data=st.data())
 async def test_random_rpcs_with_a_random_seed(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1130,21 +1142,14 @@ async def _create_venue(
     return Outcome(S.OK, None, ""), resp.venue
 
 
-def _respace(draw: st.DrawFn, value: str) -> str:
+def _respace(draw: Callable[[st.SearchStrategy[str]], str], value: str) -> str:
     """The value with Unicode spaces added around it and between its characters."""
     space = st.text(st.sampled_from(SPACES), max_size=2)
     chars = [draw(space) + ch for ch in value]
     return draw(space) + "".join(chars) + draw(space)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_generated_time_zones(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1172,14 +1177,7 @@ async def test_generated_time_zones(
     assert await snapshot(running) == before, where
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_generated_currencies(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1222,14 +1220,7 @@ def _printable(label: str) -> bool:
     return all(unicodedata.category(ch) not in ("Cc", "Cf") for ch in label)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_generated_labels(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject
@@ -1357,14 +1348,7 @@ def _invalid_utf8() -> st.SearchStrategy[bytes]:
     return st.binary(min_size=1, max_size=12).filter(broken)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=NO_SHRINK,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 @given(data=st.data())
 async def test_random_invalid_utf8_anywhere(
     world: World, running: RunningServer, channel: aio.Channel, data: st.DataObject

@@ -156,3 +156,9 @@ def test_server_environment_is_the_fields_alone(monkeypatch: pytest.MonkeyPatch)
     env = embedded.env()
     assert "DATABASE_URL" not in env and "TICKETING_JWT_SECRET" not in env
     assert env["TICKETING_GATE_SCAN_RATE"] == "1"
+
+
+def test_a_dual_stack_server_listens_on_both_loopback_addresses() -> None:
+    bench = ServerProcess("postgresql://here/db", Path("/tmp/x"), port=5, dual_stack=True)
+    assert bench.env()["TICKETING_LISTEN"] == "localhost:5"
+    assert (bench.target, bench.target_v6) == ("127.0.0.1:5", "[::1]:5")

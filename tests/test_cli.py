@@ -202,7 +202,7 @@ async def _sell(running: RunningServer, event_id: str, section: str, where: str)
             ),
             {"event": uuid.UUID(event_id), "section": section},
         )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount)
 
 
 @pytest.mark.slow
@@ -329,13 +329,13 @@ async def test_admin_creates_venue_and_event_then_draws_seats_and_cancels(
 
     # The ids `book --seats` needs: first free seats of a section, sold ones left out.
     ids = ok(await admin_cli("events", "seats", event_id, "--section", "Stalls", "--ids", "5"))
-    listed = [
+    id_rows = [
         [c.strip() for c in line.strip().strip("│").split("│")]
         for line in ids.out.splitlines()
         if "Stalls" in line
     ]
-    assert len(listed) == 5 and all(row[0].isdigit() and row[1] == "Stalls" for row in listed)
-    assert [row[2:4] for row in listed] == [["A", str(n)] for n in range(4, 9)]
+    assert len(id_rows) == 5 and all(row[0].isdigit() and row[1] == "Stalls" for row in id_rows)
+    assert [row[2:4] for row in id_rows] == [["A", str(n)] for n in range(4, 9)]
     assert "5 of 191 available seats listed" in ids.out
 
     upcoming = ok(await admin_cli("events", "list", "--venue", venue_id))

@@ -10,8 +10,8 @@ import asyncpg
 import grpc
 import pytest
 from grpc import aio
-from sqlalchemy.engine import make_url
 
+from scripts.benchlib.database import plain_url, throwaway_database
 from tests.support import PASSWORD, Account, Stubs, error_details
 from ticketd.db import migrate
 from ticketing.v1 import auth_pb2
@@ -117,33 +117,16 @@ async def test_a_bidi_override_cannot_fake_a_name_at_login(stubs: Stubs) -> None
     assert error_details(err.value).reason == "BAD_CREDENTIALS"
 
 
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @pytest.fixture
 async def old_schema_database(pg_admin_url: str) -> AsyncIterator[str]:
     """A database of its own at the schema before account security (revision 0004)."""
-    name = f"ticketing_migration_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_plain(pg_admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    async with throwaway_database(pg_admin_url, "ticketing_migration") as url:
         await migrate.upgrade(url, "0004")
         yield url
-    finally:
-        admin = await asyncpg.connect(_plain(pg_admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def test_the_migration_normalises_rows_stored_with_lower(old_schema_database: str) -> None:
-    conn = await asyncpg.connect(_plain(old_schema_database))
+    conn = await asyncpg.connect(plain_url(old_schema_database))
     try:
         rows = [
             # (email as the old code stored it, with plain lower(); roles)
@@ -166,7 +149,7 @@ async def test_the_migration_normalises_rows_stored_with_lower(old_schema_databa
     finally:
         await conn.close()
     await migrate.upgrade(old_schema_database)
-    conn = await asyncpg.connect(_plain(old_schema_database))
+    conn = await asyncpg.connect(plain_url(old_schema_database))
     try:
         after = {
             r["id"]: (r["email"], r["status"], r["token_generation"])

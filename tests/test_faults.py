@@ -122,7 +122,7 @@ async def _rush(
     async def close_later() -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
 
     _background.add(asyncio.ensure_future(close_later()))
     return tasks

@@ -7,6 +7,7 @@ import datetime as dt
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import TypedDict, Unpack
 
 import grpc
 import pytest
@@ -18,8 +19,10 @@ from tests.conftest import RunningServer, second_server
 from tests.support import (
     Account,
     Stubs,
+    all_pages,
     audit,
     best_request,
+    client_pool,
     error_details,
     future,
     scan_request,
@@ -34,12 +37,8 @@ R = gate_pb2.ValidationResult
 
 @pytest.fixture(scope="module")
 async def kiosks(running: RunningServer) -> AsyncIterator[list[Stubs]]:
-    channels = [aio.insecure_channel(running.target) for _ in range(4)]
-    try:
-        yield [Stubs(ch) for ch in channels]
-    finally:
-        for ch in channels:
-            await ch.close()
+    async with client_pool(running.target, 4) as kiosks:
+        yield kiosks
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +46,24 @@ async def gatekeeper(stubs: Stubs, admin: Account) -> Account:
     return await stubs.account_with_roles(admin, common_pb2.ROLE_ENTRY_MANAGER, tag="gate")
 
 
+class EventArgs(TypedDict, total=False):
+    """What sold_tickets passes on to Stubs.create_event."""
+
+    price: int
+    max_per_customer: int | None
+    days: float
+    name: str
+    doors_open_time: Timestamp | None
+
+
 async def sold_tickets(
-    stubs: Stubs, admin: Account, n: int, *staff: Account, **event_args: object
+    stubs: Stubs, admin: Account, n: int, *staff: Account, **event_args: Unpack[EventArgs]
 ) -> tuple[event_pb2.Event, list[booking_pb2.Ticket], Account]:
     """An event whose gates are open now (doors open, start in 30 days), `n` standing tickets
     sold to one buyer, and `staff` assigned to its gates."""
     venue = await stubs.create_venue(admin, small_layout(rows=1, seats=1, ga=n))
     event_args.setdefault("doors_open_time", future(0))
-    event = await stubs.create_event(admin, venue, max_per_order=100, **event_args)  # type: ignore[arg-type]
+    event = await stubs.create_event(admin, venue, max_per_order=100, **event_args)
     await stubs.assign_staff(admin, event.id, *staff)
     buyer = await stubs.register("fan")
     order = (
@@ -272,17 +281,12 @@ async def test_scan_log_pages_and_hides_codes(
         scan_request("nope", event.id, gate="g0"), metadata=gatekeeper.md
     )
     support = await stubs.account_with_roles(admin, common_pb2.ROLE_SUPPORT, tag="sup")
-    seen = []
-    token = ""
-    while True:
-        page = await stubs.gate.ListScans(
-            gate_pb2.ListScansRequest(event_id=event.id, page_size=2, page_token=token),
-            metadata=support.md,
-        )
-        seen += list(page.scans)
-        token = page.next_page_token
-        if not token:
-            break
+    pages = await all_pages(
+        stubs.gate.ListScans,
+        gate_pb2.ListScansRequest(event_id=event.id, page_size=2),
+        support.md,
+    )
+    seen = [scan for page in pages for scan in page.scans]
     assert len(seen) == 6 and len({s.scan_id for s in seen}) == 6
     assert [s.scan_time.ToDatetime() for s in seen] == sorted(
         (s.scan_time.ToDatetime() for s in seen), reverse=True

@@ -17,11 +17,18 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from tests.conftest import RunningServer, make_settings
-from tests.support import Account, Stubs, error_details, future, scan_request, small_layout
+from tests.support import (
+    Account,
+    Stubs,
+    error_details,
+    future,
+    retry_delay,
+    scan_request,
+    small_layout,
+)
 from ticketd.app import TicketServer, build_components
 from ticketd.db.database import Database, PoolOptions
 from ticketing.v1 import common_pb2, event_pb2, gate_pb2
@@ -38,16 +45,8 @@ class Refusal:
 
 
 def refusal(err: aio.AioRpcError) -> Refusal:
-    retry: float | None = None
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    retry = info.retry_delay.ToNanoseconds() / 1e9
     details = error_details(err)
-    return Refusal(err.code(), details.reason, details.metadata.get("limit"), retry)
+    return Refusal(err.code(), details.reason, details.metadata.get("limit"), retry_delay(err))
 
 
 async def scan_all(

@@ -25,7 +25,15 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer
-from tests.support import Account, Stubs, best_request, error_details, future, scan_request
+from tests.support import (
+    Account,
+    Stubs,
+    best_request,
+    client_pool,
+    error_details,
+    future,
+    scan_request,
+)
 from tests.support import small_layout as layout
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, gate_pb2
 
@@ -35,12 +43,8 @@ MISMATCH = (S.INVALID_ARGUMENT, "SCAN_ID_MISMATCH")
 
 @pytest.fixture(scope="module")
 async def kiosks(running: RunningServer) -> AsyncIterator[list[Stubs]]:
-    channels = [aio.insecure_channel(running.target) for _ in range(4)]
-    try:
-        yield [Stubs(ch) for ch in channels]
-    finally:
-        for ch in channels:
-            await ch.close(None)
+    async with client_pool(running.target, 4) as kiosks:
+        yield kiosks
 
 
 async def open_event(

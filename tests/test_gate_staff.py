@@ -19,7 +19,15 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer
-from tests.support import Account, Stubs, best_request, error_details, future, scan_request
+from tests.support import (
+    Account,
+    Stubs,
+    all_pages,
+    best_request,
+    error_details,
+    future,
+    scan_request,
+)
 from tests.support import small_layout as layout
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, gate_pb2
 
@@ -225,17 +233,11 @@ async def test_list_staff_pages_by_user_id(stubs: Stubs, admin: Account) -> None
     crew = [await stubs.account_with_roles(admin, EM, tag=f"st-crew{i}") for i in range(5)]
     await stubs.assign_staff(owner, event.id, *crew)
     seen: list[event_pb2.StaffMember] = []
-    token = ""
-    while True:
-        page = await stubs.events.ListStaff(
-            event_pb2.ListStaffRequest(event_id=event.id, page_size=2, page_token=token),
-            metadata=owner.md,
-        )
+    for page in await all_pages(
+        stubs.events.ListStaff, event_pb2.ListStaffRequest(event_id=event.id, page_size=2), owner.md
+    ):
         assert len(page.staff) <= 2
         seen += page.staff
-        token = page.next_page_token
-        if not token:
-            break
     assert [s.user_id for s in seen] == sorted(a.user.id for a in crew)
     assert {s.email for s in seen} == {a.email for a in crew}
     other, _ = await open_event(stubs, admin, owner, 1)

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from sqlalchemy import text
 
@@ -41,8 +42,8 @@ async def sell(
     n: int,
     *,
     days: float = 30,
-    doors: Any = None,
-    end: Any = None,
+    doors: Timestamp | None = None,
+    end: Timestamp | None = None,
     owner: Account | None = None,
 ) -> tuple[event_pb2.Event, list[booking_pb2.Ticket]]:
     """An event `days` ahead with `n` standing places, all sold to one buyer."""
@@ -62,8 +63,8 @@ async def sell(
     tickets: list[booking_pb2.Ticket] = []
     while len(tickets) < n:  # at most 100 per order
         quantity = min(100, n - len(tickets))
-        request = best_request(event.id, venue.sections[1].id, quantity)
-        tickets += (await stubs.booking.BookSeats(request, metadata=buyer.md)).order.tickets
+        book = best_request(event.id, venue.sections[1].id, quantity)
+        tickets += (await stubs.booking.BookSeats(book, metadata=buyer.md)).order.tickets
     return event, tickets
 
 

@@ -10,11 +10,12 @@ import pytest
 from grpc import aio
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, RunningServer
-from tests.support import Stubs, bearer, error_details
+from tests.support import Stubs, error_details
 from tests.test_auth_flood import strict_server
 from tests.test_cli import cli_for, ok
 from ticketing.rush.provision import TokenCache, provision_accounts
 from ticketing.rush.stubs import Stubs as RushStubs
+from ticketing.stubs import bearer
 from ticketing.v1 import auth_pb2
 
 ME = auth_pb2.GetCurrentUserRequest()

@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import random
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -370,7 +371,7 @@ async def test_device_scope_and_revocation(stubs: Stubs, admin: Account) -> None
         scan_request(tickets[0].signed_code, event_a, gate="gate-a"), metadata=md
     )
     assert ok.result == R.VALIDATION_RESULT_ADMITTED
-    refusals = [
+    refusals: list[Awaitable[object]] = [
         stubs.gate.ValidateTicket(scan_request("x", event_b, gate="gate-a"), metadata=md),
         stubs.gate.ValidateTicket(scan_request("x", event_a, gate="gate-c"), metadata=md),
         stubs.gate.UploadOfflineScans(

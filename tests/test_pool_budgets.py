@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import grpc
-import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -25,15 +24,6 @@ from tests.conftest import RunningServer, second_server
 from tests.support import Account, Stubs, book_request, error_details, small_layout
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import auth_pb2, booking_pb2, event_pb2
-
-
-@pytest.fixture
-async def raw(running: RunningServer) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(running.components.db.url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def blocked_by(raw: asyncpg.Connection) -> int:

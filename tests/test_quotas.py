@@ -14,12 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, Stubs, error_details, future, small_layout
+from tests.support import Account, Stubs, error_details, future, rich_detail, small_layout
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import common_pb2, event_pb2, venue_pb2
 
@@ -54,15 +54,8 @@ def create_request(venue: venue_pb2.Venue, request_id: str = "", days: float = 2
 
 
 def quota_failure(err: aio.AioRpcError) -> list[tuple[str, str]]:
-    metadata: Any = err.trailing_metadata() or ()
-    for key, value in metadata:
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-                    qf = error_details_pb2.QuotaFailure()
-                    detail.Unpack(qf)
-                    return [(v.subject, v.description) for v in qf.violations]
-    return []
+    qf = rich_detail(err, error_details_pb2.QuotaFailure)
+    return [] if qf is None else [(v.subject, v.description) for v in qf.violations]
 
 
 def outcome(result: Any) -> str:
@@ -147,13 +140,21 @@ async def test_live_events_cap_counts_only_events_on_sale(
         await capped.events.CreateEvent(create_request(venue), metadata=admin.md)
 
 
-async def test_concurrent_creates_at_the_limit_only_one_wins(
-    capped: Stubs, stubs: Stubs, admin: Account, running: RunningServer
-) -> None:
+async def one_slot_left(
+    capped: Stubs, stubs: Stubs, admin: Account
+) -> tuple[Account, venue_pb2.Venue]:
+    """A new organizer with LIVE - 1 events on sale at a new venue: one create left."""
     organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="org")
     venue = await stubs.create_venue(admin)
     for _ in range(LIVE - 1):
         await capped.events.CreateEvent(create_request(venue), metadata=organizer.md)
+    return organizer, venue
+
+
+async def test_concurrent_creates_at_the_limit_only_one_wins(
+    capped: Stubs, stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    organizer, venue = await one_slot_left(capped, stubs, admin)
     results = await asyncio.gather(
         *(
             capped.events.CreateEvent(create_request(venue), metadata=organizer.md)
@@ -172,10 +173,7 @@ async def test_a_retry_at_the_limit_gets_its_event_not_a_quota_error(
     capped: Stubs, stubs: Stubs, admin: Account, running: RunningServer
 ) -> None:
     """Twins of one request_id racing for the last slot: both get the one event created."""
-    organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="org")
-    venue = await stubs.create_venue(admin)
-    for _ in range(LIVE - 1):
-        await capped.events.CreateEvent(create_request(venue), metadata=organizer.md)
+    organizer, venue = await one_slot_left(capped, stubs, admin)
     request = create_request(venue, request_id=str(uuid.uuid4()))
     twins = await asyncio.gather(
         *(capped.events.CreateEvent(request, metadata=organizer.md) for _ in range(5))

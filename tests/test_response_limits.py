@@ -19,7 +19,7 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, Stubs, error_details, future, small_layout
+from tests.support import Account, Stubs, all_pages, error_details, future, small_layout
 from ticketd.config import MIN_MESSAGE_BYTES
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, venue_pb2
@@ -207,20 +207,14 @@ async def test_list_orders_pages_are_cut_by_size_and_continue_exactly(
             {"e": uuid.UUID(event.id), "ids": order_ids},
         )
     seen: list[str] = []
-    token = ""
-    pages = 0
-    while True:
-        page = await stubs.booking.ListOrders(
-            booking_pb2.ListOrdersRequest(page_size=500, page_token=token), metadata=buyer.md
-        )
+    pages = await all_pages(
+        stubs.booking.ListOrders, booking_pb2.ListOrdersRequest(page_size=500), buyer.md
+    )
+    for page in pages:
         assert page.ByteSize() <= limit
         assert all(len(o.tickets) == 100 for o in page.orders)
         seen += [o.id for o in page.orders]
-        pages += 1
-        token = page.next_page_token
-        if not token:
-            break
-    assert pages >= 2  # the first page was cut by size, not by count
+    assert len(pages) >= 2  # the first page was cut by size, not by count
     assert seen == [str(i) for i in order_ids]  # newest first, each exactly once
 
 
@@ -254,19 +248,13 @@ async def test_seat_and_event_pages_are_cut_by_size_too(
     venue = await stubs.create_venue(admin, layout)
     event = await stubs.create_event(admin, venue)
     ids: list[int] = []
-    token = ""
-    pages = 0
-    while True:
-        page = await site.events.ListSeats(
-            event_pb2.ListSeatsRequest(event_id=event.id, page_size=10_000, page_token=token)
-        )
+    seat_pages = await all_pages(
+        site.events.ListSeats, event_pb2.ListSeatsRequest(event_id=event.id, page_size=10_000)
+    )
+    for page in seat_pages:
         assert page.ByteSize() <= MIN_MESSAGE_BYTES
         ids += [s.id for s in page.seats]
-        pages += 1
-        token = page.next_page_token
-        if not token:
-            break
-    assert pages >= 2
+    assert len(seat_pages) >= 2
     assert len(ids) == 10_000 and ids == sorted(set(ids))
 
     # 500 more events at this venue, each with a 5,000-character description (arranged).
@@ -282,19 +270,13 @@ async def test_seat_and_event_pages_are_cut_by_size_too(
             {"e": uuid.UUID(event.id)},
         )
     listed: list[str] = []
-    token = ""
-    pages = 0
-    while True:
-        events = await site.events.ListEvents(
-            event_pb2.ListEventsRequest(venue_id=venue.id, page_size=500, page_token=token)
-        )
+    event_pages = await all_pages(
+        site.events.ListEvents, event_pb2.ListEventsRequest(venue_id=venue.id, page_size=500)
+    )
+    for events in event_pages:
         assert events.ByteSize() <= MIN_MESSAGE_BYTES
         listed += [e.id for e in events.events]
-        pages += 1
-        token = events.next_page_token
-        if not token:
-            break
-    assert pages >= 2
+    assert len(event_pages) >= 2
     assert len(listed) == 501 == len(set(listed)) and listed[0] == event.id
 
 

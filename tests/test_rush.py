@@ -104,10 +104,12 @@ def rush_args(running: RunningServer, tmp_path: Path, scenario: str, *extra: str
     ]
 
 
-async def rush(running: RunningServer, tmp_path: Path, scenario: str, *extra: str) -> Any:
+async def rush(
+    running: RunningServer, tmp_path: Path, scenario: str, *extra: str
+) -> tuple[int, dict[str, Any]]:
     """Run the harness in-process; returns (exit status, parsed JSON report)."""
     code = await async_main(rush_args(running, tmp_path, scenario, *extra))
-    report = json.loads((tmp_path / f"{scenario}.json").read_text())
+    report: dict[str, Any] = json.loads((tmp_path / f"{scenario}.json").read_text())
     return code, report
 
 
@@ -429,7 +431,11 @@ def _double_sell(w: dict[str, Any]) -> None:
             id="C",
             status=booking_pb2.ORDER_STATUS_CONFIRMED,
             total_minor=10,
-            tickets=[booking_pb2.Ticket(id="c1", seat_id=1, status=1, price_minor=10)],
+            tickets=[
+                booking_pb2.Ticket(
+                    id="c1", seat_id=1, status=booking_pb2.TICKET_STATUS_VALID, price_minor=10
+                )
+            ],
         )
     )
 

@@ -222,6 +222,7 @@ async def offline_client() -> AsyncIterator[Client]:
 
 async def test_retry_on_aborted_resends_the_same_request_id(offline_client: Client) -> None:
     fake = ScriptedBooking(_rpc_error(grpc.StatusCode.ABORTED, "SEAT_LOCKED"))
+    # A scripted test double where the SDK expects a generated stub.
     offline_client.booking = fake  # type: ignore[assignment]
     seen: list[str] = []
 
@@ -242,6 +243,7 @@ async def test_retry_happens_once_and_only_on_aborted(offline_client: Client) ->
         _rpc_error(grpc.StatusCode.ABORTED, "SEAT_LOCKED"),
         _rpc_error(grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT"),
     )
+    # A scripted test double where the SDK expects a generated stub.
     offline_client.booking = twice  # type: ignore[assignment]
     with pytest.raises(TicketingError) as err:
         await offline_client.book_best_available("e-1", "s-1", 2)
@@ -250,6 +252,7 @@ async def test_retry_happens_once_and_only_on_aborted(offline_client: Client) ->
     assert twice.requests[0].request_id == twice.requests[1].request_id
 
     refused = ScriptedBooking(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "SOLD_OUT"))
+    # A scripted test double where the SDK expects a generated stub.
     offline_client.booking = refused  # type: ignore[assignment]
     with pytest.raises(TicketingError) as err:
         await offline_client.book_best_available("e-1", "s-1", 2)
@@ -405,6 +408,7 @@ async def test_paginate_follows_tokens_to_the_empty_one() -> None:
     listing = ScriptedListing(([1, 2], "t1"), ([3], "t2"), ([], "t3"), ([4], ""))
     request = event_pb2.ListSeatsRequest(event_id="e-1", page_size=7)
     pages = paginate(
+        # A scripted test double where the SDK expects a generated stub.
         listing,  # type: ignore[arg-type]
         request,
         _seats,
@@ -428,6 +432,7 @@ async def test_paginate_follows_tokens_to_the_empty_one() -> None:
     # Stopping early fetches no more pages; the request's own page size and token are used.
     listing = ScriptedListing(([1, 2], "t1"), ([3], ""))
     resumed = event_pb2.ListSeatsRequest(event_id="e-1", page_size=7, page_token="t0")
+    # A scripted test double where the SDK expects a generated stub.
     async for _ in paginate(listing, resumed, _seats):  # type: ignore[arg-type]
         break
     assert [(r.page_token, r.page_size) for r, _ in listing.calls] == [("t0", 7)]
@@ -436,6 +441,7 @@ async def test_paginate_follows_tokens_to_the_empty_one() -> None:
     listing = ScriptedListing(([1], "t1"))
     seen: list[int] = []
     with pytest.raises(TicketingError) as err:
+        # A scripted test double where the SDK expects a generated stub.
         async for seat in paginate(listing, request, _seats):  # type: ignore[arg-type]
             seen.append(seat.id)
     assert seen == [1] and err.value.reason == "PAGE_TOKEN_INVALID"

@@ -30,6 +30,7 @@ from tests.conftest import RunningServer
 from tests.support import (
     Account,
     Stubs,
+    all_pages,
     audit,
     best_request,
     error_details,
@@ -165,15 +166,10 @@ async def test_support_lists_every_order_and_no_code(
     for _ in range(3):
         await _book(stubs, box, await stubs.register("codes-many"), 2)
     for staff in (box.support, box.other_admin):
-        token, orders = "", []
-        while True:
-            page = await stubs.booking.ListOrders(
-                booking_pb2.ListOrdersRequest(page_size=500, page_token=token), metadata=staff.md
-            )
-            orders += list(page.orders)
-            token = page.next_page_token
-            if not token:
-                break
+        pages = await all_pages(
+            stubs.booking.ListOrders, booking_pb2.ListOrdersRequest(page_size=500), staff.md
+        )
+        orders = [order for page in pages for order in page.orders]
         assert len(orders) >= 3
         leaked = [t.code for o in orders for t in o.tickets if t.code]
         assert leaked == [], f"{len(leaked)} codes shown to a non-owner"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -27,14 +28,17 @@ from sqlalchemy import text
 
 from tests.conftest import RunningServer
 from tests.support import (
+    STATUS_DETAILS_KEY,
     Account,
     Stubs,
-    bearer,
     best_request,
     error_details,
     scan_request,
     small_layout,
+    token_claims,
+    trailing_metadata,
 )
+from ticketing.stubs import bearer
 from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, venue_pb2
 
 PUBLIC_KEY_PEM = (
@@ -83,18 +87,7 @@ def hand_made_jwt(
 
 
 def good_claims(running: RunningServer, user_id: Any, **extra: Any) -> dict[str, Any]:
-    settings = running.components.settings
-    now = int(dt.datetime.now(dt.UTC).timestamp())
-    claims: dict[str, Any] = {
-        "sub": user_id,
-        "iss": settings.jwt_issuer,
-        "aud": settings.jwt_audience,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 300,
-    }
-    claims.update(extra)
-    return claims
+    return token_claims(running.components.settings, user_id, **extra)
 
 
 def server_secret(running: RunningServer) -> bytes:
@@ -106,8 +99,8 @@ def server_secret(running: RunningServer) -> bytes:
 def assert_nothing_leaks(err: aio.AioRpcError, *secrets_: str) -> None:
     """No token, secret, stack trace or SQL in the message or any trailing metadata."""
     texts = [err.details() or ""]
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
+    for key, value in trailing_metadata(err):
+        if key == STATUS_DETAILS_KEY:
             assert isinstance(value, bytes)
             status = status_pb2.Status.FromString(value)
             texts.append(status.message)
@@ -317,8 +310,8 @@ async def test_more_than_one_authorization_header_is_unauthenticated(
     }
     for name, metadata in combos.items():
         calls: list[Callable[[], Awaitable[Any]]] = [
-            lambda md=metadata: stubs.auth.GetCurrentUser(ME, metadata=md),
-            lambda md=metadata: stubs.auth.ListUsers(auth_pb2.ListUsersRequest(), metadata=md),
+            functools.partial(stubs.auth.GetCurrentUser, ME, metadata=metadata),
+            functools.partial(stubs.auth.ListUsers, auth_pb2.ListUsersRequest(), metadata=metadata),
         ]
         for call in calls:
             with pytest.raises(aio.AioRpcError) as err:

@@ -30,6 +30,8 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 HOST = "127.0.0.1"
+HOST_V6 = "::1"
+DUAL_STACK_HOST = "localhost"  # gRPC binds it on 127.0.0.1 and on ::1
 # "ticketd listening on HOST:PORT" once serving; the INFO line "bound HOST:PORT; waiting
 # for the database" as soon as the port is bound (NOT_SERVING until the database answers).
 _LISTENING = re.compile(r"ticketd listening on [\w.\-\[\]:]+:(\d+)")
@@ -78,10 +80,13 @@ LOAD_TEST_SIGN_IN_LIMITS = {
 
 @dataclass
 class ServerProcess:
-    """A ticketd process on 127.0.0.1.
+    """A ticketd process on 127.0.0.1 (and on ::1 with `dual_stack`).
 
     `port` 0 lets the server pick a free one (read back from its output at start); a fixed
-    port survives restarts. `database_url` None runs the server's own embedded PostgreSQL.
+    port survives restarts. `dual_stack` listens on `localhost:PORT`, which gRPC binds on
+    127.0.0.1 and ::1, so clients can reach it from two addresses (`target`, `target_v6`)
+    that its per-address limits tell apart (with port 0, gRPC binds ::1 on the port that
+    127.0.0.1 got). `database_url` None runs the server's own embedded PostgreSQL.
     `jwt_secret` None lets the server generate and keep one in `data_dir`. `sign_in_limits`
     (default LOAD_TEST_SIGN_IN_LIMITS), then `extra_env`, are applied last. DATABASE_URL is
     never inherited from this process's environment, nor are TICKETING_* unless
@@ -104,6 +109,7 @@ class ServerProcess:
     log_path: Path | None = None
     name: str = "ticketd"
     inherit_ticketing_env: bool = False
+    dual_stack: bool = False
     proc: asyncio.subprocess.Process | None = field(default=None, init=False)
     lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=KEPT_LINES), init=False
@@ -116,6 +122,16 @@ class ServerProcess:
     def target(self) -> str:
         """HOST:PORT to dial (the port is known once started)."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def target_v6(self) -> str:
+        """[::1]:PORT to dial over IPv6 loopback (only served with `dual_stack`)."""
+        return f"[{HOST_V6}]:{self.port}"
+
+    @property
+    def listen(self) -> str:
+        """TICKETING_LISTEN: HOST:PORT, or localhost:PORT with `dual_stack`."""
+        return f"{DUAL_STACK_HOST}:{self.port}" if self.dual_stack else self.target
 
     @property
     def pid(self) -> int | None:
@@ -136,7 +152,7 @@ class ServerProcess:
             and (self.inherit_ticketing_env or not k.startswith("TICKETING_"))
         }
         settings = {
-            "TICKETING_LISTEN": self.target,
+            "TICKETING_LISTEN": self.listen,
             "TICKETING_DATA_DIR": str(self.data_dir),
             "TICKETING_BCRYPT_ROUNDS": str(self.bcrypt_rounds),
             "TICKETING_SHUTDOWN_GRACE": f"{self.shutdown_grace_s:g}",

@@ -91,6 +91,26 @@ class PageTokens:
         ).encode()
         return base64.urlsafe_b64encode(body + self._mac(body)).decode().rstrip("=")
 
+    def page(
+        self,
+        kind: str,
+        query: Any,
+        rows: Sequence[RowT],
+        size: int,
+        to_item: Callable[[RowT], ItemT],
+        position: Callable[[RowT], Any],
+    ) -> tuple[list[ItemT], str]:
+        """`next_page` of listing `kind` with filters `query` (rows fetched with
+        `limit=size + 1`), cut by this server's page byte budget; its token holds
+        `position(last row shown)`, which `decode(kind, query, token)` gives back."""
+        return next_page(
+            rows,
+            size,
+            to_item,
+            lambda row: self.encode(kind, query, position(row)),
+            max_bytes=self.page_bytes,
+        )
+
     def decode(self, kind: str, query: Any, token: str) -> Any:
         """The position stored in `token`, or None for an empty token (the first page)."""
         if not token:
@@ -131,10 +151,15 @@ def decode_time_keyset(
         raise InvalidArgument.one("page_token", "is not a valid page token") from None
 
 
+def time_keyset(when: dt.datetime, row_id: uuid.UUID) -> list[str]:
+    """A (timestamp, id) keyset position as a token holds it (`decode_time_keyset` reads it)."""
+    return [when.isoformat(), str(row_id)]
+
+
 def encode_time_keyset(
     pages: PageTokens, kind: str, query: Any, when: dt.datetime, row_id: uuid.UUID
 ) -> str:
-    return pages.encode(kind, query, [when.isoformat(), str(row_id)])
+    return pages.encode(kind, query, time_keyset(when, row_id))
 
 
 def _fingerprint(query: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 from asyncpg.exceptions import _base as asyncpg_base
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from ticketd.db import sqlstate
 from ticketd.edge.decoding import bad_utf8_field, decode_request
@@ -216,8 +216,8 @@ def test_currency_list() -> None:
 MARK = b"zq7Mark"
 
 
-def _wire(message: object, bad: bytes = b"zq7\xffark") -> bytes:
-    raw: bytes = message.SerializeToString()  # type: ignore[attr-defined]
+def _wire(message: Message, bad: bytes = b"zq7\xffark") -> bytes:
+    raw = message.SerializeToString()
     assert raw.count(MARK) == 1
     return raw.replace(MARK, bad)
 

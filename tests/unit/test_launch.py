@@ -75,7 +75,7 @@ def test_with_its_extra_present_the_real_main_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = types.ModuleType("fake_tool_main")
-    fake.main = lambda: 17  # type: ignore[attr-defined]
+    fake.main = lambda: 17  # type: ignore[attr-defined]  # a module built at run time
     monkeypatch.setitem(sys.modules, "fake_tool_main", fake)
     assert _launch.run(Tool("fake", "cli", ("json",), "fake_tool_main:main")) == 17
     assert capsys.readouterr() == ("", "")

@@ -9,17 +9,16 @@ from typing import Any
 from ticketd.accounts.rules import AdminRow, Credentials, UserRecord, UserStatus, sort_roles
 from ticketd.auth.principal import Principal, Role
 from ticketd.db.database import Connection
+from ticketd.db.records import record_from_row
 
 _COLUMNS = "id, email, display_name, roles, create_time, status"
 
 
 def _record(row: Any) -> UserRecord:
-    return UserRecord(
-        id=row["id"],
-        email=row["email"],
-        display_name=row["display_name"],
+    return record_from_row(
+        UserRecord,
+        row,
         roles=tuple(Role(r) for r in sort_roles({Role(r) for r in row["roles"]})),
-        create_time=row["create_time"],
         status=UserStatus(row["status"]),
     )
 

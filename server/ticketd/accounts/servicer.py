@@ -10,7 +10,7 @@ from ticketd.auth.principal import current_principal
 from ticketd.edge.convert import ROLE_TO_PROTO, parse_uuid, roles_from_proto, timestamp
 from ticketd.edge.peer import context_peer
 from ticketd.errors import InvalidArgument
-from ticketd.pagination import PageTokens, next_page, resolve_page_size
+from ticketd.pagination import PageTokens, resolve_page_size
 from ticketing.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 STATUS_TO_PROTO: dict[UserStatus, common_pb2.UserStatus.ValueType] = {
@@ -124,11 +124,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         rows = await self._accounts.list_users(
             email_prefix=prefix, after_email=after, limit=size + 1
         )
-        users, token = next_page(
-            rows,
-            size,
-            user_to_proto,
-            lambda u: self._pages.encode("users", query, u.email),
-            max_bytes=self._pages.page_bytes,
+        users, token = self._pages.page(
+            "users", query, rows, size, user_to_proto, lambda u: u.email
         )
         return auth_pb2.ListUsersResponse(users=users, next_page_token=token)

@@ -33,7 +33,9 @@ from ticketd.booking.rules import (
     seat_locked,
 )
 from ticketd.db.database import Connection as Conn
+from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
+from ticketd.db.records import record_from_row
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,7 @@ async def existing_request(
     conn: Conn, customer_id: uuid.UUID, request_id: uuid.UUID
 ) -> tuple[uuid.UUID, str] | None:
     """(order id, request fingerprint) of an order this caller made with request_id."""
-    row = await conn.fetchrow(
-        "SELECT id, request_hash FROM orders WHERE customer_id = $1 AND request_id = $2",
-        customer_id,
-        request_id,
-    )
-    return None if row is None else (row["id"], row["request_hash"])
+    return await earlier_request(conn, "orders", "customer_id", customer_id, request_id)
 
 
 async def serialize_customer(conn: Conn, event_id: uuid.UUID, customer_id: uuid.UUID) -> int:
@@ -270,19 +267,7 @@ _ORDER_COLUMNS = (
 
 
 def _order(row: Any, tickets: tuple[TicketRecord, ...]) -> OrderRecord:
-    return OrderRecord(
-        id=row["id"],
-        event_id=row["event_id"],
-        customer_id=row["customer_id"],
-        request_id=row["request_id"],
-        status=OrderStatus(row["status"]),
-        total_minor=row["total_minor"],
-        currency_code=row["currency_code"],
-        create_time=row["create_time"],
-        refund_time=row["refund_time"],
-        refund_reason=row["refund_reason"],
-        tickets=tickets,
-    )
+    return record_from_row(OrderRecord, row, status=OrderStatus(row["status"]), tickets=tickets)
 
 
 async def _tickets_of(
@@ -303,18 +288,8 @@ async def _tickets_of(
     out: dict[uuid.UUID, list[TicketRecord]] = {}
     for r in rows:
         out.setdefault(r["order_id"], []).append(
-            TicketRecord(
-                id=r["id"],
-                seat_id=r["seat_id"],
-                section_id=r["section_id"],
-                section_name=r["section_name"],
-                row_label=r["row_label"],
-                seat_number=r["seat_number"],
-                seat_label=r["seat_label"],
-                code=r["code"],
-                status=TicketStatus(r["status"]),
-                price_minor=r["price_minor"],
-            )
+            # Signed codes are derived on read, for the owner only (BookingService.get_order).
+            record_from_row(TicketRecord, r, status=TicketStatus(r["status"]), signed_code="")
         )
     return out
 

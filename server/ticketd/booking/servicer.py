@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ticketd.auth.principal import current_principal
+from ticketd.auth.principal import Principal, current_principal
 from ticketd.booking.rules import (
     BestAvailable,
     OrderRecord,
@@ -20,9 +20,8 @@ from ticketd.errors import InvalidArgument
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
-    encode_time_keyset,
-    next_page,
     resolve_page_size,
+    time_keyset,
 )
 from ticketing.v1 import booking_pb2, booking_pb2_grpc
 
@@ -73,6 +72,12 @@ def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order
     return msg
 
 
+def order_for(principal: Principal, order: OrderRecord) -> booking_pb2.Order:
+    """The order as `principal` sees it: ticket codes on their own orders only (staff see
+    anyone's orders, without codes)."""
+    return order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id))
+
+
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     """Implements ticketing.v1.BookingService; access rules are in ticketd.auth.policy."""
 
@@ -97,9 +102,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             else None,
         )
         order = await self._service.book(principal, event_id, request_id, selection)
-        return booking_pb2.BookSeatsResponse(
-            order=order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id))
-        )
+        return booking_pb2.BookSeatsResponse(order=order_for(principal, order))
 
     async def GetOrder(
         self, request: booking_pb2.GetOrderRequest, context: Any
@@ -129,13 +132,13 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             before=before,
             limit=size + 1,
         )
-        orders, token = next_page(
+        orders, token = self._pages.page(
+            "orders",
+            query,
             rows,
             size,
-            # Staff list anyone's orders, but see codes on their own orders only.
-            lambda o: order_to_proto(o, show_codes=may_see_codes(principal, o.customer_id)),
-            lambda o: encode_time_keyset(self._pages, "orders", query, o.create_time, o.id),
-            max_bytes=self._pages.page_bytes,
+            lambda o: order_for(principal, o),
+            lambda o: time_keyset(o.create_time, o.id),
         )
         return booking_pb2.ListOrdersResponse(orders=orders, next_page_token=token)
 
@@ -147,9 +150,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         request_id = parse_uuid(request.request_id, "request_id")
         reason = validate_refund_reason(request.reason)
         order = await self._service.refund(principal, order_id, request_id, reason)
-        return booking_pb2.RefundOrderResponse(
-            order=order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id))
-        )
+        return booking_pb2.RefundOrderResponse(order=order_for(principal, order))
 
     async def RotateTicketCodes(
         self, request: booking_pb2.RotateTicketCodesRequest, context: Any
@@ -159,6 +160,6 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         request_id = parse_uuid(request.request_id, "request_id")
         order, rotated = await self._service.rotate_codes(principal, order_id, request_id)
         return booking_pb2.RotateTicketCodesResponse(
-            order=order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id)),
+            order=order_for(principal, order),
             rotated_count=rotated,
         )

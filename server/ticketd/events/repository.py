@@ -7,7 +7,9 @@ import uuid
 from typing import Any
 
 from ticketd.db.database import Connection
+from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
+from ticketd.db.records import record_from_row
 from ticketd.events.rules import (
     EventFilter,
     EventRecord,
@@ -81,12 +83,7 @@ async def event_for_request(
     conn: Connection, organizer_id: uuid.UUID, request_id: uuid.UUID
 ) -> tuple[uuid.UUID, str] | None:
     """(event id, request fingerprint) of the event this caller created with request_id."""
-    row = await conn.fetchrow(
-        "SELECT id, request_hash FROM events WHERE organizer_id = $1 AND request_id = $2",
-        organizer_id,
-        request_id,
-    )
-    return None if row is None else (row["id"], row["request_hash"])
+    return await earlier_request(conn, "events", "organizer_id", organizer_id, request_id)
 
 
 async def insert_event(
@@ -164,27 +161,7 @@ _EVENT_SELECT = """
 
 
 def _event(row: Any, sections: tuple[EventSectionRecord, ...] = ()) -> EventRecord:
-    return EventRecord(
-        id=row["id"],
-        venue_id=row["venue_id"],
-        venue_name=row["venue_name"],
-        time_zone=row["time_zone"],
-        organizer_id=row["organizer_id"],
-        name=row["name"],
-        description=row["description"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        currency_code=row["currency_code"],
-        max_tickets_per_order=row["max_tickets_per_order"],
-        max_tickets_per_customer=row["max_tickets_per_customer"],
-        capacity=row["capacity"],
-        status=EventStatus(row["status"]),
-        cancel_reason=row["cancel_reason"],
-        cancel_time=row["cancel_time"],
-        create_time=row["create_time"],
-        doors_open_time=row["doors_open_time"],
-        sections=sections,
-    )
+    return record_from_row(EventRecord, row, status=EventStatus(row["status"]), sections=sections)
 
 
 async def event(
@@ -214,12 +191,10 @@ async def event(
     return _event(
         row,
         tuple(
-            EventSectionRecord(
-                section_id=s["section_id"],
-                name=s["name"],
+            record_from_row(
+                EventSectionRecord,
+                s,
                 kind=SectionKind(s["kind"]),
-                price_minor=s["price_minor"],
-                capacity=s["capacity"],
                 available_count=counts.get((s["section_id"], SeatStatus.AVAILABLE.value), 0),
                 sold_count=counts.get((s["section_id"], SeatStatus.SOLD.value), 0),
             )
@@ -288,19 +263,7 @@ async def list_seats(
         + f" ORDER BY s.id LIMIT {arg(limit)}",
         *arg,
     )
-    return [
-        SeatRecord(
-            id=r["id"],
-            section_id=r["section_id"],
-            section_name=r["section_name"],
-            row_label=r["row_label"],
-            seat_number=r["seat_number"],
-            seat_label=r["seat_label"],
-            price_minor=r["price_minor"],
-            status=SeatStatus(r["status"]),
-        )
-        for r in rows
-    ]
+    return [record_from_row(SeatRecord, r, status=SeatStatus(r["status"])) for r in rows]
 
 
 async def mark_cancelled(conn: Connection, event_id: uuid.UUID, reason: str) -> bool:
@@ -370,14 +333,7 @@ _STAFF_SELECT = """
 
 
 def _staff(row: Any) -> StaffRecord:
-    return StaffRecord(
-        event_id=row["event_id"],
-        user_id=row["user_id"],
-        email=row["email"],
-        display_name=row["display_name"],
-        assign_time=row["assign_time"],
-        assigned_by=row["assigned_by"],
-    )
+    return record_from_row(StaffRecord, row)
 
 
 async def assign_staff(

@@ -30,9 +30,8 @@ from ticketd.events.service import EventService
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
-    encode_time_keyset,
-    next_page,
     resolve_page_size,
+    time_keyset,
 )
 from ticketing.v1 import event_pb2, event_pb2_grpc
 
@@ -204,12 +203,8 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         }
         after = decode_time_keyset(self._pages, "events", query, request.page_token)
         rows = await self._events.list_events(filters, after=after, limit=size + 1)
-        events, token = next_page(
-            rows,
-            size,
-            event_to_proto,
-            lambda e: encode_time_keyset(self._pages, "events", query, e.start_time, e.id),
-            max_bytes=self._pages.page_bytes,
+        events, token = self._pages.page(
+            "events", query, rows, size, event_to_proto, lambda e: time_keyset(e.start_time, e.id)
         )
         return event_pb2.ListEventsResponse(events=events, next_page_token=token)
 
@@ -235,13 +230,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         rows = await self._events.list_seats(
             event_id, section_id=section_id, status=status, after_id=position, limit=size + 1
         )
-        seats, token = next_page(
-            rows,
-            size,
-            seat_to_proto,
-            lambda s: self._pages.encode("seats", query, s.id),
-            max_bytes=self._pages.page_bytes,
-        )
+        seats, token = self._pages.page("seats", query, rows, size, seat_to_proto, lambda s: s.id)
         return event_pb2.ListSeatsResponse(seats=seats, next_page_token=token)
 
     async def CancelEvent(
@@ -294,11 +283,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         rows = await self._events.list_staff(
             current_principal(), event_id, after=after, limit=size + 1
         )
-        staff, token = next_page(
-            rows,
-            size,
-            staff_to_proto,
-            lambda s: self._pages.encode("staff", query, str(s.user_id)),
-            max_bytes=self._pages.page_bytes,
+        staff, token = self._pages.page(
+            "staff", query, rows, size, staff_to_proto, lambda s: str(s.user_id)
         )
         return event_pb2.ListStaffResponse(staff=staff, next_page_token=token)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ticketd.db.database import Connection as Conn
 from ticketd.db.params import Params
+from ticketd.db.records import record_from_row
 from ticketd.gate.rules import (
     GateCounts,
     ScanConflictRecord,
@@ -37,14 +38,7 @@ _PLACE = """
 
 
 def _place(row: Any) -> TicketPlace:
-    return TicketPlace(
-        ticket_id=row["ticket_id"],
-        order_id=row["order_id"],
-        section_name=row["section_name"],
-        row_label=row["row_label"],
-        seat_number=row["seat_number"],
-        seat_label=row["seat_label"],
-    )
+    return record_from_row(TicketPlace, row)
 
 
 @dataclass(frozen=True)
@@ -179,13 +173,7 @@ async def ticket_state(conn: Conn, code: str) -> TicketState | None:
     )
     if row is None:
         return None
-    return TicketState(
-        event_id=row["event_id"],
-        status=row["status"],
-        used_time=row["used_time"],
-        used_gate_id=row["used_gate_id"],
-        place=_place(row),
-    )
+    return record_from_row(TicketState, row, place=_place(row))
 
 
 async def log_rejection(
@@ -270,15 +258,10 @@ async def stored_scan(conn: Conn, scan_id: uuid.UUID) -> StoredScan | None:
     )
     if row is None:
         return None
-    return StoredScan(
-        event_id=row["event_id"],
-        entry_manager_id=row["entry_manager_id"],
-        gate_id=row["gate_id"],
-        code_hash=row["code_hash"],
+    return record_from_row(
+        StoredScan,
+        row,
         result=ScanResult(row["result"]),
-        scan_time=row["scan_time"],
-        used_time=row["used_time"],
-        used_gate_id=row["used_gate_id"],
         place=_place(row) if row["ticket_id"] is not None else None,
         offline=row["offline"],
         first_gate_id=row["first_gate_id"],
@@ -314,19 +297,10 @@ async def list_scans(
         *arg,
     )
     return [
-        ScanRecord(
-            scan_id=r["scan_id"],
-            event_id=r["event_id"],
-            gate_id=r["gate_id"],
-            entry_manager_id=r["entry_manager_id"],
+        record_from_row(
+            ScanRecord,
+            r,
             result=ScanResult(r["result"]),
-            ticket_id=r["ticket_id"],
-            code_hash=r["code_hash"],
-            scan_time=r["scan_time"],
-            repeat_count=r["repeat_count"],
-            device_id=r["device_id"],
-            offline=r["offline"],
-            upload_time=r["upload_time"],
             conflict=ScanConflictRecord(
                 r["conflict_scan_id"], r["first_gate_id"], r["first_scan_time"]
             )

@@ -25,9 +25,8 @@ from ticketd.gate.signing.service import KeyRow, RevocationRow, SigningService
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
-    encode_time_keyset,
-    next_page,
     resolve_page_size,
+    time_keyset,
 )
 from ticketing.v1 import gate_pb2, gate_pb2_grpc
 
@@ -201,12 +200,8 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         rows = await self._service.list_scans(
             current_principal(), event_id, gate, before, size + 1, request.conflicts_only
         )
-        scans, token = next_page(
-            rows,
-            size,
-            scan_to_proto,
-            lambda s: encode_time_keyset(self._pages, "scans", query, s.scan_time, s.scan_id),
-            max_bytes=self._pages.page_bytes,
+        scans, token = self._pages.page(
+            "scans", query, rows, size, scan_to_proto, lambda s: time_keyset(s.scan_time, s.scan_id)
         )
         return gate_pb2.ListScansResponse(scans=scans, next_page_token=token)
 
@@ -277,12 +272,8 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                 revoke_time=timestamp(r.revoke_time),
             )
 
-        items, token = next_page(
-            rows,
-            size,
-            to_proto,
-            lambda r: self._pages.encode("revocations", query, r.sequence),
-            max_bytes=self._pages.page_bytes,
+        items, token = self._pages.page(
+            "revocations", query, rows, size, to_proto, lambda r: r.sequence
         )
         return gate_pb2.ListRevocationsResponse(
             revocations=items, next_page_token=token, last_sequence=last
@@ -347,12 +338,13 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         query = {"event": str(event_id)}
         after = decode_time_keyset(self._pages, "devices", query, request.page_token)
         rows, now = await self._devices.list(current_principal(), event_id, after, size + 1)
-        devices, token = next_page(
+        devices, token = self._pages.page(
+            "devices",
+            query,
             rows,
             size,
             lambda d: device_to_proto(d, now),
-            lambda d: encode_time_keyset(self._pages, "devices", query, d.create_time, d.id),
-            max_bytes=self._pages.page_bytes,
+            lambda d: time_keyset(d.create_time, d.id),
         )
         return gate_pb2.ListDevicesResponse(devices=devices, next_page_token=token)
 

@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 from ticketd.db.database import Connection
+from ticketd.db.idempotency import earlier_request
+from ticketd.db.records import record_from_row
 from ticketd.shared import SectionKind
 from ticketd.venues.rules import RowSpec, SectionRecord, VenueRecord, VenueSpec
 
@@ -100,12 +102,7 @@ async def venue_for_request(
     conn: Connection, created_by: uuid.UUID, request_id: uuid.UUID
 ) -> tuple[uuid.UUID, str] | None:
     """(venue id, request fingerprint) of the venue this caller created with request_id."""
-    row = await conn.fetchrow(
-        "SELECT id, request_hash FROM venues WHERE created_by = $1 AND request_id = $2",
-        created_by,
-        request_id,
-    )
-    return None if row is None else (row["id"], row["request_hash"])
+    return await earlier_request(conn, "venues", "created_by", created_by, request_id)
 
 
 async def replace_venue(conn: Connection, venue_id: uuid.UUID, spec: VenueSpec) -> bool:
@@ -129,16 +126,7 @@ async def replace_venue(conn: Connection, venue_id: uuid.UUID, spec: VenueSpec) 
 
 
 def _venue(row: Any, sections: tuple[SectionRecord, ...] = ()) -> VenueRecord:
-    return VenueRecord(
-        id=row["id"],
-        name=row["name"],
-        address=row["address"],
-        time_zone=row["time_zone"],
-        capacity=row["capacity"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        sections=sections,
-    )
+    return record_from_row(VenueRecord, row, sections=sections)
 
 
 async def venue_with_layout(
@@ -170,11 +158,10 @@ async def venue_with_layout(
     return _venue(
         row,
         tuple(
-            SectionRecord(
-                id=s["id"],
-                name=s["name"],
+            record_from_row(
+                SectionRecord,
+                s,
                 kind=SectionKind(s["kind"]),
-                capacity=s["capacity"],
                 rows=tuple(by_section.get(s["id"], ())),
             )
             for s in sections

@@ -14,7 +14,7 @@ from ticketd.edge.convert import (
     timestamp,
 )
 from ticketd.errors import InvalidArgument
-from ticketd.pagination import PageTokens, next_page, resolve_page_size
+from ticketd.pagination import PageTokens, resolve_page_size
 from ticketd.shared import SectionKind
 from ticketd.venues.rules import RowSpec, SectionSpec, VenueRecord, VenueSpec
 from ticketd.venues.service import VenueService
@@ -115,11 +115,7 @@ class VenueServicer(venue_pb2_grpc.VenueServiceServicer):
             except (TypeError, ValueError, IndexError, KeyError):
                 raise InvalidArgument.one("page_token", "is not a valid page token") from None
         rows = await self._venues.list_venues(after=after, limit=size + 1)
-        venues, token = next_page(
-            rows,
-            size,
-            venue_to_proto,
-            lambda v: self._pages.encode("venues", {}, [v.name, str(v.id)]),
-            max_bytes=self._pages.page_bytes,
+        venues, token = self._pages.page(
+            "venues", {}, rows, size, venue_to_proto, lambda v: [v.name, str(v.id)]
         )
         return venue_pb2.ListVenuesResponse(venues=venues, next_page_token=token)
