@@ -303,9 +303,14 @@ async def test_set_user_status_validation_and_access(stubs: Stubs, admin: Accoun
 async def two_admins_only(
     stubs: Stubs, admin: Account, running: RunningServer
 ) -> AsyncIterator[tuple[Account, Account]]:
-    """The bootstrap admin and one more as the only admins; everything restored after."""
+    """Two fresh admins as the only active admins; everything restored after.
+
+    The session's bootstrap admin is demoted for the test, never disabled: disabling moves
+    an account's token generation on, which would revoke the token every later test uses.
+    """
+    first = await stubs.account_with_roles(admin, common_pb2.ROLE_ADMIN, tag="admin-a")
     other = await stubs.account_with_roles(admin, common_pb2.ROLE_ADMIN, tag="admin-b")
-    keep = [uuid.UUID(admin.user.id), uuid.UUID(other.user.id)]
+    keep = [uuid.UUID(first.user.id), uuid.UUID(other.user.id)]
     async with running.engine.begin() as conn:
         saved = (
             await conn.execute(
@@ -321,17 +326,9 @@ async def two_admins_only(
             {"ids": [r.id for r in saved]},
         )
     try:
-        yield admin, other
+        yield first, other
     finally:
         async with running.engine.begin() as conn:
-            # The bootstrap admin must come back usable for the rest of the session.
-            await conn.execute(
-                text(
-                    "UPDATE users SET roles = ARRAY['ADMIN'], status = 'ACTIVE' "
-                    "WHERE id = ANY(:ids)"
-                ),
-                {"ids": keep},
-            )
             for row in saved:
                 await conn.execute(
                     text("UPDATE users SET roles = :roles, status = :status WHERE id = :id"),
