@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
@@ -83,16 +84,22 @@ async def started(raw: asyncpg.Connection, event_id: str) -> bool:
 
 
 async def across_the_start(
-    raw: asyncpg.Connection, event_id: str, lock_sql: str, lock_arg: Any, call: Awaitable[T]
+    raw: asyncpg.Connection,
+    event_id: str,
+    lock_sql: str,
+    lock_arg: Any,
+    call: Callable[[], Awaitable[T]],
 ) -> tuple[asyncio.Task[T], bool]:
-    """Lock a row from `raw`, start `call` (which must wait for that row), wait until the
+    """Lock a row from `raw`, start `call()` (which must wait for that row), wait until the
     event has started (database clock), then release. Returns the call's task and whether
     the call was seen waiting before the start (else the test proves nothing: retry)."""
     tr = raw.transaction()
     await tr.start()
     try:
         await raw.execute(lock_sql, lock_arg)
-        task = asyncio.ensure_future(call)
+        # The call is made only now: a grpc.aio call starts as soon as it is created, so one
+        # made before the lock could reach the row first.
+        task = asyncio.ensure_future(call())
         await until(lambda: _blocked_or_done(raw, task), "the call waits for the lock")
         waited_before_start = not task.done() and not await started(raw, event_id)
         await until(lambda: started(raw, event_id), "the event starts")
@@ -118,7 +125,7 @@ async def test_a_sale_that_waited_across_the_start_is_refused(
             event.id,
             "SELECT id FROM seats WHERE id = $1 FOR UPDATE",
             seat,
-            stubs.booking.BookSeats(book_request(event.id, [seat]), metadata=buyer.md),
+            partial(stubs.booking.BookSeats, book_request(event.id, [seat]), metadata=buyer.md),
         )
         outcome = (await asyncio.gather(task, return_exceptions=True))[0]
         if waited:
@@ -157,7 +164,7 @@ async def test_a_refund_that_waited_across_the_start_is_refused(
             event.id,
             "SELECT id FROM orders WHERE id = $1 FOR UPDATE",
             uuid.UUID(order.id),
-            stubs.booking.RefundOrder(refund, metadata=buyer.md),
+            partial(stubs.booking.RefundOrder, refund, metadata=buyer.md),
         )
         outcome = (await asyncio.gather(task, return_exceptions=True))[0]
         if waited:
@@ -198,10 +205,12 @@ async def test_recorded_times_are_the_write_times(
     buyer = await stubs.register("timing")
     seat = (await stubs.all_seats(event.id))[0].id
 
-    async def held_then_released(sql: str, arg: Any, call: Awaitable[T]) -> tuple[T, dt.datetime]:
+    async def held_then_released(
+        sql: str, arg: Any, call: Callable[[], Awaitable[T]]
+    ) -> tuple[T, dt.datetime]:
         async with raw.transaction():
             await raw.execute(sql, arg)
-            task = asyncio.ensure_future(call)
+            task = asyncio.ensure_future(call())  # made after the lock: see across_the_start
             await until(lambda: _blocked_or_done(raw, task), "the call waits for the lock")
             assert not task.done(), f"the call did not wait for the lock: {task.exception()!r}"
             released: dt.datetime = await raw.fetchval("SELECT clock_timestamp()")
@@ -210,13 +219,14 @@ async def test_recorded_times_are_the_write_times(
     booked, released = await held_then_released(
         "SELECT id FROM seats WHERE id = $1 FOR UPDATE",
         seat,
-        stubs.booking.BookSeats(book_request(event.id, [seat]), metadata=buyer.md),
+        partial(stubs.booking.BookSeats, book_request(event.id, [seat]), metadata=buyer.md),
     )
     assert _as_datetime(booked.order.create_time) >= released
     refunded, released = await held_then_released(
         "SELECT id FROM orders WHERE id = $1 FOR UPDATE",
         uuid.UUID(booked.order.id),
-        stubs.booking.RefundOrder(
+        partial(
+            stubs.booking.RefundOrder,
             booking_pb2.RefundOrderRequest(
                 order_id=booked.order.id, request_id=str(uuid.uuid4()), reason="r"
             ),
@@ -318,8 +328,10 @@ async def test_a_cancel_that_waited_across_the_start_is_refused(
             event.id,
             "SELECT id FROM events WHERE id = $1 FOR UPDATE",
             uuid.UUID(event.id),
-            stubs.events.CancelEvent(
-                event_pb2.CancelEventRequest(event_id=event.id, reason="storm"), metadata=admin.md
+            partial(
+                stubs.events.CancelEvent,
+                event_pb2.CancelEventRequest(event_id=event.id, reason="storm"),
+                metadata=admin.md,
             ),
         )
         outcome = (await asyncio.gather(task, return_exceptions=True))[0]
