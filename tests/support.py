@@ -290,6 +290,20 @@ AUDIT_QUERIES = {
     "ticket of another event's seat": """
         SELECT t.id FROM tickets t JOIN seats s ON s.id = t.seat_id
         WHERE t.event_id = :e AND s.event_id <> t.event_id""",
+    # Holds (issue 12)
+    "seat both under a hold and a live ticket": """
+        SELECT s.id FROM seats s JOIN tickets t ON t.seat_id = s.id AND t.status <> 'VOID'
+        WHERE s.event_id = :e AND s.hold_id IS NOT NULL""",
+    "confirmed hold without exactly its order": """
+        SELECT h.id FROM holds h LEFT JOIN orders o ON o.id = h.order_id
+        WHERE h.event_id = :e AND h.status = 'CONFIRMED' AND (o.id IS NULL
+            OR o.customer_id <> h.customer_id OR o.ticket_count <> h.seat_count
+            OR (SELECT array_agg(seat_id ORDER BY seat_id) FROM tickets WHERE order_id = o.id)
+               <> (SELECT array_agg(seat_id ORDER BY seat_id) FROM hold_seats
+                   WHERE hold_id = h.id))""",
+    "seat blocked by a hold that is not active": """
+        SELECT s.id FROM seats s JOIN holds h ON h.id = s.hold_id
+        WHERE s.event_id = :e AND (h.status <> 'ACTIVE' OR s.held_until <> h.expire_time)""",
 }
 
 

@@ -118,6 +118,7 @@ def _short(full: str) -> str:
 # before a call, so that cancelling and refunding stay reachable however often they succeed.
 FRESH_EVENT = "00000000-0000-4000-8000-00000000e7e7"
 FRESH_ORDER = "00000000-0000-4000-8000-00000000d0d0"
+FRESH_HOLD = "00000000-0000-4000-8000-00000000d0d1"
 
 
 # --- the fixture world -----------------------------------------------------------------------
@@ -179,6 +180,20 @@ class World:
                     metadata=self.customer.md,
                 )
                 setattr(request, f.name, booked.order.id)
+            elif value == FRESH_HOLD:
+                # A new hold of the customer's on the stock event (holds change state).
+                stock = self.stock_event
+                held = await self.stubs.booking.HoldSeats(
+                    booking_pb2.HoldSeatsRequest(
+                        event_id=stock.id,
+                        request_id=str(uuid.uuid4()),
+                        best_available=booking_pb2.BestAvailable(
+                            section_id=stock.sections[-1].section_id, quantity=1
+                        ),
+                    ),
+                    metadata=self.customer.md,
+                )
+                setattr(request, f.name, held.hold.id)
 
     def md(self, caller: str) -> tuple[tuple[str, str], ...]:
         return self.admin.md if caller == "ADMIN" else self.customer.md
@@ -194,6 +209,7 @@ class World:
             "venue_id": [self.venue.id],
             "section_id": [s.id for s in self.venue.sections],
             "order_id": [self.order.id, self.refund_order.id, FRESH_ORDER],
+            "hold_id": [FRESH_HOLD],
             "user_id": [self.victim.user.id],
             "organizer_id": [self.organizer.user.id],
             "id": [self.scratch_venue.id],
@@ -373,6 +389,19 @@ def _realistic(w: World, full: str) -> Message:
         "RotateTicketCodes": lambda: booking_pb2.RotateTicketCodesRequest(
             order_id=FRESH_ORDER, request_id=str(uuid.uuid4())
         ),
+        # Holds (issue 12): each example acts on a fresh hold of the customer's.
+        "HoldSeats": lambda: booking_pb2.HoldSeatsRequest(
+            event_id=w.event.id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+        ),
+        "ExtendHold": lambda: booking_pb2.ExtendHoldRequest(hold_id=FRESH_HOLD),
+        "ConfirmHold": lambda: booking_pb2.ConfirmHoldRequest(
+            hold_id=FRESH_HOLD, request_id=str(uuid.uuid4()), payment_reference="fuzz"
+        ),
+        "ReleaseHold": lambda: booking_pb2.ReleaseHoldRequest(hold_id=FRESH_HOLD),
+        "GetHold": lambda: booking_pb2.GetHoldRequest(hold_id=FRESH_HOLD),
+        "ListHolds": lambda: booking_pb2.ListHoldsRequest(page_size=3, event_id=w.event.id),
         "UpdateEvent": lambda: event_pb2.UpdateEventRequest(
             event=event_pb2.Event(
                 id=w.window_event.id, doors_open_time=future(0), end_time=future(30.2)

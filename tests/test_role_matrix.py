@@ -169,6 +169,16 @@ class World:
         )
         return created.enrollment_token
 
+    async def fresh_hold(self, caller: str = "CUSTOMER") -> booking_pb2.Hold:
+        """A live hold of `caller` if they may hold seats, else of the CUSTOMER."""
+        who = self.accounts[caller if caller in ("CUSTOMER", "ADMIN") else "CUSTOMER"]
+        request = booking_pb2.HoldSeatsRequest(
+            event_id=self.event.id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=self.ga_section_id, quantity=1),
+        )
+        return (await self.stubs.booking.HoldSeats(request, metadata=who.md)).hold
+
     async def fresh_order(self) -> booking_pb2.Order:
         customer = self.accounts["CUSTOMER"]
         request = best_request(self.event.id, self.ga_section_id, 1)
@@ -266,7 +276,25 @@ async def _sign_in_again(w: World, caller: str, response: Message) -> None:
 
 # Requests that depend on who calls (their own account), and what an allowed call leaves to
 # repair so that later cases of the same caller still hold a valid token.
+async def _extend_hold(w: World, caller: str) -> Message:
+    # Holds are their customer's own: each allowed caller acts on a hold of theirs.
+    return booking_pb2.ExtendHoldRequest(hold_id=(await w.fresh_hold(caller)).id)
+
+
+async def _confirm_hold(w: World, caller: str) -> Message:
+    return booking_pb2.ConfirmHoldRequest(
+        hold_id=(await w.fresh_hold(caller)).id, request_id=str(uuid.uuid4())
+    )
+
+
+async def _release_hold(w: World, caller: str) -> Message:
+    return booking_pb2.ReleaseHoldRequest(hold_id=(await w.fresh_hold(caller)).id)
+
+
 REALISTIC_FOR_CALLER: dict[str, CallerBuilder] = {
+    "/ticketing.v1.BookingService/ExtendHold": _extend_hold,
+    "/ticketing.v1.BookingService/ConfirmHold": _confirm_hold,
+    "/ticketing.v1.BookingService/ReleaseHold": _release_hold,
     "/ticketing.v1.AuthService/ChangePassword": _change_password,
     "/ticketing.v1.AuthService/RevokeTokens": _revoke_tokens,
 }
@@ -371,6 +399,23 @@ async def _rotate_ticket_codes(w: World) -> Message:
     return booking_pb2.RotateTicketCodesRequest(order_id=order.id, request_id=str(uuid.uuid4()))
 
 
+async def _hold_seats(w: World) -> Message:
+    return booking_pb2.HoldSeatsRequest(
+        event_id=w.event.id,
+        request_id=str(uuid.uuid4()),
+        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+    )
+
+
+async def _get_hold(w: World) -> Message:
+    # The CUSTOMER's hold of the ORGANIZER's event: read where its orders are read.
+    return booking_pb2.GetHoldRequest(hold_id=(await w.fresh_hold()).id)
+
+
+async def _list_holds(w: World) -> Message:
+    return booking_pb2.ListHoldsRequest(page_size=5, event_id=w.event.id)
+
+
 async def _validate_ticket(w: World) -> Message:
     request: gate_pb2.ValidateTicketRequest = scan_request(
         w.order.tickets[0].code, w.event.id, gate="matrix-gate"
@@ -465,6 +510,9 @@ REALISTIC: dict[str, RequestBuilder] = {
     _BOOKING + "ListOrders": _list_orders,
     _BOOKING + "RefundOrder": _refund_order,
     _BOOKING + "RotateTicketCodes": _rotate_ticket_codes,
+    _BOOKING + "HoldSeats": _hold_seats,
+    _BOOKING + "GetHold": _get_hold,
+    _BOOKING + "ListHolds": _list_holds,
     _GATE + "ValidateTicket": _validate_ticket,
     _GATE + "ListScans": _list_scans,
     _GATE + "GetGateStats": _get_gate_stats,
@@ -535,6 +583,12 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _BOOKING + "RotateTicketCodes": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _BOOKING + "HoldSeats": frozenset({"CUSTOMER", "ADMIN"}),
+    _BOOKING + "ExtendHold": frozenset({"CUSTOMER", "ADMIN"}),
+    _BOOKING + "ConfirmHold": frozenset({"CUSTOMER", "ADMIN"}),
+    _BOOKING + "ReleaseHold": frozenset({"CUSTOMER", "ADMIN"}),
+    _BOOKING + "GetHold": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
+    _BOOKING + "ListHolds": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
     _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),

@@ -164,6 +164,99 @@ class Client(Stubs):
         )
         return (await self._mutate(self.booking.RefundOrder, request, attempt_timeout)).order
 
+    async def hold_seats(
+        self,
+        event_id: str,
+        seat_ids: Iterable[int] | None = None,
+        *,
+        best_section_id: str | None = None,
+        quantity: int = 0,
+        ttl_seconds: float | None = None,
+        request_id: str | None = None,
+        attempt_timeout: float | None = None,
+    ) -> booking_pb2.Hold:
+        """Hold seats for the caller until confirmed, released or expired: these `seat_ids`,
+        or the `quantity` best free places of section `best_section_id`.
+
+        `ttl_seconds` (default: the server's TICKETING_HOLD_TTL) is 1 .. TICKETING_HOLD_MAX_TTL.
+        Same request_id, retry and error rules as `book_seats` (live holds count toward the
+        per-customer cap): a repeat returns the first hold.
+        """
+        request = booking_pb2.HoldSeatsRequest(
+            event_id=event_id, request_id=request_id or new_request_id()
+        )
+        if best_section_id is not None:
+            if seat_ids is not None:
+                raise ValueError("give seat_ids or best_section_id, not both")
+            request.best_available.CopyFrom(
+                booking_pb2.BestAvailable(section_id=best_section_id, quantity=quantity)
+            )
+        elif seat_ids is not None:
+            request.seat_ids.CopyFrom(booking_pb2.SeatIds(ids=list(seat_ids)))
+        else:
+            raise ValueError("give seat_ids or best_section_id")
+        if ttl_seconds is not None:
+            request.ttl.FromNanoseconds(round(ttl_seconds * 1e9))
+        return (await self._mutate(self.booking.HoldSeats, request, attempt_timeout)).hold
+
+    async def extend_hold(
+        self,
+        hold_id: str,
+        ttl_seconds: float | None = None,
+        *,
+        attempt_timeout: float | None = None,
+    ) -> booking_pb2.Hold:
+        """Keep an active hold `ttl_seconds` from now (default TICKETING_HOLD_TTL), never
+        past TICKETING_HOLD_MAX_TTL from its creation (TicketingError HOLD_LIMIT_EXCEEDED).
+        A repeat extends to (about) the same instant, so it needs no request_id."""
+        request = booking_pb2.ExtendHoldRequest(hold_id=hold_id)
+        if ttl_seconds is not None:
+            request.ttl.FromNanoseconds(round(ttl_seconds * 1e9))
+        return (await self._mutate(self.booking.ExtendHold, request, attempt_timeout)).hold
+
+    async def confirm_hold(
+        self,
+        hold_id: str,
+        payment_reference: str = "",
+        *,
+        request_id: str | None = None,
+        attempt_timeout: float | None = None,
+    ) -> booking_pb2.Order:
+        """Turn the hold into a CONFIRMED order (its tickets), storing `payment_reference`.
+
+        Keep `request_id` with the payment: a repeat returns the same order. A hold that
+        expired is still confirmed while its seats are free; if one was taken, TicketingError
+        HOLD_EXPIRED (nothing was written: refund the payment). ABORTED is retried once.
+        """
+        request = booking_pb2.ConfirmHoldRequest(
+            hold_id=hold_id,
+            request_id=request_id or new_request_id(),
+            payment_reference=payment_reference,
+        )
+        return (await self._mutate(self.booking.ConfirmHold, request, attempt_timeout)).order
+
+    async def release_hold(
+        self, hold_id: str, *, attempt_timeout: float | None = None
+    ) -> booking_pb2.Hold:
+        """Give the seats back at once; a repeat answers the hold RELEASED again."""
+        request = booking_pb2.ReleaseHoldRequest(hold_id=hold_id)
+        return (await self._mutate(self.booking.ReleaseHold, request, attempt_timeout)).hold
+
+    async def get_hold(self, hold_id: str) -> booking_pb2.Hold:
+        """One hold (its customer, SUPPORT, ADMIN, its event's organizer)."""
+        with ticketing_errors():
+            reply = await self.booking.GetHold(booking_pb2.GetHoldRequest(hold_id=hold_id))
+        return reply.hold
+
+    def iter_holds(
+        self, *, event_id: str = "", customer_email: str = "", page_size: int = 0
+    ) -> AsyncIterator[booking_pb2.Hold]:
+        """Every hold the caller may see, newest first (own; SUPPORT and ADMIN anyone's)."""
+        request = booking_pb2.ListHoldsRequest(event_id=event_id, customer_email=customer_email)
+        return paginate(
+            self.booking.ListHolds, request, lambda page: page.holds, page_size=page_size
+        )
+
     async def get_order(self, order_id: str) -> booking_pb2.Order:
         """One order with its tickets (codes only for its owner, SUPPORT and ADMIN).
 
@@ -197,7 +290,8 @@ class Client(Stubs):
         request: RequestT,
         attempt_timeout: float | None,
     ) -> ResponseT:
-        """Send a mutation that carries a request_id under the SDK's ABORTED rule."""
+        """Send a mutation that carries a request_id (or, ExtendHold and ReleaseHold, needs
+        none: a repeat does no more than the first) under the SDK's ABORTED rule."""
 
         def send(r: RequestT) -> Awaitable[ResponseT]:
             return method(r, timeout=attempt_timeout)

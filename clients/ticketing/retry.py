@@ -37,8 +37,10 @@ DEFAULT_ABORT_BACKOFF_SECONDS = 0.25
 # committed, so an automatic resend is only safe where a repeat cannot act twice:
 # - AuthService: Login and reads are harmless; a repeated Register finds the email taken
 #   (ALREADY_EXISTS) and SetUserRoles sets the same roles again.
-# - BookingService: safe ONLY because BookSeats and RefundOrder carry a request_id (AIP-155) and
-#   the server answers a repeat with the original order. Never send them without one.
+# - BookingService: safe ONLY because BookSeats, RefundOrder, HoldSeats and ConfirmHold carry a
+#   request_id (AIP-155) and the server answers a repeat with the original result. Never send
+#   them without one. ExtendHold and ReleaseHold need none: a repeated release answers
+#   RELEASED again, a repeated extension moves the expiry to (about) the same instant.
 # - GateService is absent on purpose: the kiosk retries ValidateTicket itself with the same
 #   scan_id and must see each failure at once to show that the server is unreachable.
 # - Venue and event reads. CreateVenue, UpdateVenue, CreateEvent and CancelEvent have no

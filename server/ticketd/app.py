@@ -124,7 +124,13 @@ def build_components(
         hasher=SecretHasher(derive_key(keys, DEVICE_HMAC_PURPOSE)),
         enroll_ttl=dt.timedelta(seconds=settings.device_enroll_ttl_seconds),
     )
-    booking = BookingService(db, customers=accounts, signed_codes=signing)
+    booking = BookingService(
+        db,
+        customers=accounts,
+        signed_codes=signing,
+        hold_ttl=dt.timedelta(seconds=settings.hold_ttl_seconds),
+        hold_max_ttl=dt.timedelta(seconds=settings.hold_max_ttl_seconds),
+    )
     limiter = ScanLimiter(
         gate_rate=settings.gate_scan_rate,
         gate_burst=settings.gate_scan_burst,

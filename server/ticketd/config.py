@@ -78,6 +78,11 @@ class Settings:
     jwt_audience: str = "ticketing.v1"
     token_ttl_seconds: int = 3600
     """`TICKETING_TOKEN_TTL`: lifetime of access tokens."""
+    hold_ttl_seconds: int = 600
+    """`TICKETING_HOLD_TTL`: how long a hold lasts when HoldSeats names no ttl."""
+    hold_max_ttl_seconds: int = 1800
+    """`TICKETING_HOLD_MAX_TTL`: the longest ttl, and the longest a hold lives from its
+    creation however often it is extended."""
     bcrypt_rounds: int = 12
     """`TICKETING_BCRYPT_ROUNDS`: 12 costs ~0.25 s of CPU per hash here, by design."""
     admin_email: str | None = None
@@ -202,6 +207,8 @@ class Settings:
             jwt_secret=secret,
             token_ttl_seconds=_int(env, "TICKETING_TOKEN_TTL", 3600, 60, 7 * 86400),
             bcrypt_rounds=_int(env, "TICKETING_BCRYPT_ROUNDS", 12, 4, 16),
+            hold_ttl_seconds=_int(env, "TICKETING_HOLD_TTL", 600, 1, 86_400),
+            hold_max_ttl_seconds=_int(env, "TICKETING_HOLD_MAX_TTL", 1800, 1, 86_400),
             admin_email=admin_email,
             admin_password=admin_password,
             tls_cert=Path(cert) if cert else None,

@@ -23,16 +23,21 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aticketing/v1/booking.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x07SeatIds\x12\x1d\n\x03ids\x18\x01 \x03(\x03\x42\x10\xbaH\r\x92\x01\n\x08\x01\x10\x64\"\x04\"\x02 \x00\"@\n\rBestAvailable\x12\x12\n\nsection_id\x18\x01 \x01(\t\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01\"\xef\x01\n\x06Ticket\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07seat_id\x18\x02 \x01(\x03\x12\x12\n\nsection_id\x18\x03 \x01(\t\x12\x14\n\x0csection_name\x18\x04 \x01(\t\x12\x11\n\trow_label\x18\x05 \x01(\t\x12\x13\n\x0bseat_number\x18\x06 \x01(\x05\x12\x12\n\nseat_label\x18\x07 \x01(\t\x12\x0c\n\x04\x63ode\x18\x08 \x01(\t\x12*\n\x06status\x18\t \x01(\x0e\x32\x1a.ticketing.v1.TicketStatus\x12\x13\n\x0bprice_minor\x18\n \x01(\x03\x12\x13\n\x0bsigned_code\x18\x0b \x01(\t\"\xc5\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.ticketing.v1.OrderStatus\x12\x13\n\x0btotal_minor\x18\x05 \x01(\x03\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12%\n\x07tickets\x18\x07 \x03(\x0b\x32\x14.ticketing.v1.Ticket\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brefund_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xae\x01\n\x10\x42ookSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x08seat_ids\x18\x03 \x01(\x0b\x32\x15.ticketing.v1.SeatIdsH\x00\x12\x35\n\x0e\x62\x65st_available\x18\x04 \x01(\x0b\x32\x1b.ticketing.v1.BestAvailableH\x00\x42\x12\n\tselection\x12\x05\xbaH\x02\x08\x01\"7\n\x11\x42ookSeatsResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"A\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1c\n\x14include_signed_codes\x18\x02 \x01(\x08\"6\n\x10GetOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"m\n\x11ListOrdersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x04 \x01(\t\"R\n\x12ListOrdersResponse\x12#\n\x06orders\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x12RefundOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x13RefundOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"@\n\x18RotateTicketCodesRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\x19RotateTicketCodesResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\x12\x15\n\rrotated_count\x18\x02 \x01(\x05*b\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x01\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x02*v\n\x0cTicketStatus\x12\x1d\n\x19TICKET_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TICKET_STATUS_VALID\x10\x01\x12\x16\n\x12TICKET_STATUS_USED\x10\x02\x12\x16\n\x12TICKET_STATUS_VOID\x10\x03\x32\xb4\x03\n\x0e\x42ookingService\x12L\n\tBookSeats\x12\x1e.ticketing.v1.BookSeatsRequest\x1a\x1f.ticketing.v1.BookSeatsResponse\x12I\n\x08GetOrder\x12\x1d.ticketing.v1.GetOrderRequest\x1a\x1e.ticketing.v1.GetOrderResponse\x12O\n\nListOrders\x12\x1f.ticketing.v1.ListOrdersRequest\x1a .ticketing.v1.ListOrdersResponse\x12R\n\x0bRefundOrder\x12 .ticketing.v1.RefundOrderRequest\x1a!.ticketing.v1.RefundOrderResponse\x12\x64\n\x11RotateTicketCodes\x12&.ticketing.v1.RotateTicketCodesRequest\x1a\'.ticketing.v1.RotateTicketCodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aticketing/v1/booking.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\x08HoldSeat\x12\x0f\n\x07seat_id\x18\x01 \x01(\x03\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x14\n\x0csection_name\x18\x03 \x01(\t\x12\x11\n\trow_label\x18\x04 \x01(\t\x12\x13\n\x0bseat_number\x18\x05 \x01(\x05\x12\x12\n\nseat_label\x18\x06 \x01(\t\x12\x13\n\x0bprice_minor\x18\x07 \x01(\x03\"\xbe\x02\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.ticketing.v1.HoldStatus\x12%\n\x05seats\x18\x05 \x03(\x0b\x32\x16.ticketing.v1.HoldSeat\x12\x13\n\x0btotal_minor\x18\x06 \x01(\x03\x12\x15\n\rcurrency_code\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xd6\x01\n\x10HoldSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x08seat_ids\x18\x03 \x01(\x0b\x32\x15.ticketing.v1.SeatIdsH\x00\x12\x35\n\x0e\x62\x65st_available\x18\x04 \x01(\x0b\x32\x1b.ticketing.v1.BestAvailableH\x00\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\n\tselection\x12\x05\xbaH\x02\x08\x01\"5\n\x11HoldSeatsResponse\x12 \n\x04hold\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.Hold\"L\n\x11\x45xtendHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\x12\x45xtendHoldResponse\x12 \n\x04hold\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.Hold\"T\n\x12\x43onfirmHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x19\n\x11payment_reference\x18\x03 \x01(\t\"9\n\x13\x43onfirmHoldResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"%\n\x12ReleaseHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\"7\n\x13ReleaseHoldResponse\x12 \n\x04hold\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.Hold\"!\n\x0eGetHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\"3\n\x0fGetHoldResponse\x12 \n\x04hold\x18\x01 \x01(\x0b\x32\x12.ticketing.v1.Hold\"l\n\x10ListHoldsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x04 \x01(\t\"O\n\x11ListHoldsResponse\x12!\n\x05holds\x18\x01 \x03(\x0b\x32\x12.ticketing.v1.Hold\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x07SeatIds\x12\x1d\n\x03ids\x18\x01 \x03(\x03\x42\x10\xbaH\r\x92\x01\n\x08\x01\x10\x64\"\x04\"\x02 \x00\"@\n\rBestAvailable\x12\x12\n\nsection_id\x18\x01 \x01(\t\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01\"\xef\x01\n\x06Ticket\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07seat_id\x18\x02 \x01(\x03\x12\x12\n\nsection_id\x18\x03 \x01(\t\x12\x14\n\x0csection_name\x18\x04 \x01(\t\x12\x11\n\trow_label\x18\x05 \x01(\t\x12\x13\n\x0bseat_number\x18\x06 \x01(\x05\x12\x12\n\nseat_label\x18\x07 \x01(\t\x12\x0c\n\x04\x63ode\x18\x08 \x01(\t\x12*\n\x06status\x18\t \x01(\x0e\x32\x1a.ticketing.v1.TicketStatus\x12\x13\n\x0bprice_minor\x18\n \x01(\x03\x12\x13\n\x0bsigned_code\x18\x0b \x01(\t\"\xe0\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.ticketing.v1.OrderStatus\x12\x13\n\x0btotal_minor\x18\x05 \x01(\x03\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12%\n\x07tickets\x18\x07 \x03(\x0b\x32\x14.ticketing.v1.Ticket\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brefund_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x19\n\x11payment_reference\x18\x0c \x01(\t\"\xae\x01\n\x10\x42ookSeatsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x08seat_ids\x18\x03 \x01(\x0b\x32\x15.ticketing.v1.SeatIdsH\x00\x12\x35\n\x0e\x62\x65st_available\x18\x04 \x01(\x0b\x32\x1b.ticketing.v1.BestAvailableH\x00\x42\x12\n\tselection\x12\x05\xbaH\x02\x08\x01\"7\n\x11\x42ookSeatsResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"A\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1c\n\x14include_signed_codes\x18\x02 \x01(\x08\"6\n\x10GetOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"m\n\x11ListOrdersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x04 \x01(\t\"R\n\x12ListOrdersResponse\x12#\n\x06orders\x18\x01 \x03(\x0b\x32\x13.ticketing.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x12RefundOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x13RefundOrderResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\"@\n\x18RotateTicketCodesRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\x19RotateTicketCodesResponse\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.ticketing.v1.Order\x12\x15\n\rrotated_count\x18\x02 \x01(\x05*\x8f\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12HOLD_STATUS_ACTIVE\x10\x01\x12\x19\n\x15HOLD_STATUS_CONFIRMED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04*b\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x01\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x02*v\n\x0cTicketStatus\x12\x1d\n\x19TICKET_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TICKET_STATUS_VALID\x10\x01\x12\x16\n\x12TICKET_STATUS_USED\x10\x02\x12\x16\n\x12TICKET_STATUS_VOID\x10\x03\x32\x91\x07\n\x0e\x42ookingService\x12L\n\tBookSeats\x12\x1e.ticketing.v1.BookSeatsRequest\x1a\x1f.ticketing.v1.BookSeatsResponse\x12I\n\x08GetOrder\x12\x1d.ticketing.v1.GetOrderRequest\x1a\x1e.ticketing.v1.GetOrderResponse\x12O\n\nListOrders\x12\x1f.ticketing.v1.ListOrdersRequest\x1a .ticketing.v1.ListOrdersResponse\x12R\n\x0bRefundOrder\x12 .ticketing.v1.RefundOrderRequest\x1a!.ticketing.v1.RefundOrderResponse\x12\x64\n\x11RotateTicketCodes\x12&.ticketing.v1.RotateTicketCodesRequest\x1a\'.ticketing.v1.RotateTicketCodesResponse\x12L\n\tHoldSeats\x12\x1e.ticketing.v1.HoldSeatsRequest\x1a\x1f.ticketing.v1.HoldSeatsResponse\x12O\n\nExtendHold\x12\x1f.ticketing.v1.ExtendHoldRequest\x1a .ticketing.v1.ExtendHoldResponse\x12R\n\x0b\x43onfirmHold\x12 .ticketing.v1.ConfirmHoldRequest\x1a!.ticketing.v1.ConfirmHoldResponse\x12R\n\x0bReleaseHold\x12 .ticketing.v1.ReleaseHoldRequest\x1a!.ticketing.v1.ReleaseHoldResponse\x12\x46\n\x07GetHold\x12\x1c.ticketing.v1.GetHoldRequest\x1a\x1d.ticketing.v1.GetHoldResponse\x12L\n\tListHolds\x12\x1e.ticketing.v1.ListHoldsRequest\x1a\x1f.ticketing.v1.ListHoldsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ticketing.v1.booking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_HOLDSEATSREQUEST'].oneofs_by_name['selection']._loaded_options = None
+  _globals['_HOLDSEATSREQUEST'].oneofs_by_name['selection']._serialized_options = b'\272H\002\010\001'
+  _globals['_LISTHOLDSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTHOLDSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
   _globals['_SEATIDS'].fields_by_name['ids']._loaded_options = None
   _globals['_SEATIDS'].fields_by_name['ids']._serialized_options = b'\272H\r\222\001\n\010\001\020d\"\004\"\002 \000'
   _globals['_BESTAVAILABLE'].fields_by_name['quantity']._loaded_options = None
@@ -41,38 +46,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BOOKSEATSREQUEST'].oneofs_by_name['selection']._serialized_options = b'\272H\002\010\001'
   _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
-  _globals['_ORDERSTATUS']._serialized_start=1625
-  _globals['_ORDERSTATUS']._serialized_end=1723
-  _globals['_TICKETSTATUS']._serialized_start=1725
-  _globals['_TICKETSTATUS']._serialized_end=1843
-  _globals['_SEATIDS']._serialized_start=106
-  _globals['_SEATIDS']._serialized_end=146
-  _globals['_BESTAVAILABLE']._serialized_start=148
-  _globals['_BESTAVAILABLE']._serialized_end=212
-  _globals['_TICKET']._serialized_start=215
-  _globals['_TICKET']._serialized_end=454
-  _globals['_ORDER']._serialized_start=457
-  _globals['_ORDER']._serialized_end=782
-  _globals['_BOOKSEATSREQUEST']._serialized_start=785
-  _globals['_BOOKSEATSREQUEST']._serialized_end=959
-  _globals['_BOOKSEATSRESPONSE']._serialized_start=961
-  _globals['_BOOKSEATSRESPONSE']._serialized_end=1016
-  _globals['_GETORDERREQUEST']._serialized_start=1018
-  _globals['_GETORDERREQUEST']._serialized_end=1083
-  _globals['_GETORDERRESPONSE']._serialized_start=1085
-  _globals['_GETORDERRESPONSE']._serialized_end=1139
-  _globals['_LISTORDERSREQUEST']._serialized_start=1141
-  _globals['_LISTORDERSREQUEST']._serialized_end=1250
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1252
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1334
-  _globals['_REFUNDORDERREQUEST']._serialized_start=1336
-  _globals['_REFUNDORDERREQUEST']._serialized_end=1410
-  _globals['_REFUNDORDERRESPONSE']._serialized_start=1412
-  _globals['_REFUNDORDERRESPONSE']._serialized_end=1469
-  _globals['_ROTATETICKETCODESREQUEST']._serialized_start=1471
-  _globals['_ROTATETICKETCODESREQUEST']._serialized_end=1535
-  _globals['_ROTATETICKETCODESRESPONSE']._serialized_start=1537
-  _globals['_ROTATETICKETCODESRESPONSE']._serialized_end=1623
-  _globals['_BOOKINGSERVICE']._serialized_start=1846
-  _globals['_BOOKINGSERVICE']._serialized_end=2282
+  _globals['_HOLDSTATUS']._serialized_start=3085
+  _globals['_HOLDSTATUS']._serialized_end=3228
+  _globals['_ORDERSTATUS']._serialized_start=3230
+  _globals['_ORDERSTATUS']._serialized_end=3328
+  _globals['_TICKETSTATUS']._serialized_start=3330
+  _globals['_TICKETSTATUS']._serialized_end=3448
+  _globals['_HOLDSEAT']._serialized_start=139
+  _globals['_HOLDSEAT']._serialized_end=289
+  _globals['_HOLD']._serialized_start=292
+  _globals['_HOLD']._serialized_end=610
+  _globals['_HOLDSEATSREQUEST']._serialized_start=613
+  _globals['_HOLDSEATSREQUEST']._serialized_end=827
+  _globals['_HOLDSEATSRESPONSE']._serialized_start=829
+  _globals['_HOLDSEATSRESPONSE']._serialized_end=882
+  _globals['_EXTENDHOLDREQUEST']._serialized_start=884
+  _globals['_EXTENDHOLDREQUEST']._serialized_end=960
+  _globals['_EXTENDHOLDRESPONSE']._serialized_start=962
+  _globals['_EXTENDHOLDRESPONSE']._serialized_end=1016
+  _globals['_CONFIRMHOLDREQUEST']._serialized_start=1018
+  _globals['_CONFIRMHOLDREQUEST']._serialized_end=1102
+  _globals['_CONFIRMHOLDRESPONSE']._serialized_start=1104
+  _globals['_CONFIRMHOLDRESPONSE']._serialized_end=1161
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=1163
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=1200
+  _globals['_RELEASEHOLDRESPONSE']._serialized_start=1202
+  _globals['_RELEASEHOLDRESPONSE']._serialized_end=1257
+  _globals['_GETHOLDREQUEST']._serialized_start=1259
+  _globals['_GETHOLDREQUEST']._serialized_end=1292
+  _globals['_GETHOLDRESPONSE']._serialized_start=1294
+  _globals['_GETHOLDRESPONSE']._serialized_end=1345
+  _globals['_LISTHOLDSREQUEST']._serialized_start=1347
+  _globals['_LISTHOLDSREQUEST']._serialized_end=1455
+  _globals['_LISTHOLDSRESPONSE']._serialized_start=1457
+  _globals['_LISTHOLDSRESPONSE']._serialized_end=1536
+  _globals['_SEATIDS']._serialized_start=1538
+  _globals['_SEATIDS']._serialized_end=1578
+  _globals['_BESTAVAILABLE']._serialized_start=1580
+  _globals['_BESTAVAILABLE']._serialized_end=1644
+  _globals['_TICKET']._serialized_start=1647
+  _globals['_TICKET']._serialized_end=1886
+  _globals['_ORDER']._serialized_start=1889
+  _globals['_ORDER']._serialized_end=2241
+  _globals['_BOOKSEATSREQUEST']._serialized_start=2244
+  _globals['_BOOKSEATSREQUEST']._serialized_end=2418
+  _globals['_BOOKSEATSRESPONSE']._serialized_start=2420
+  _globals['_BOOKSEATSRESPONSE']._serialized_end=2475
+  _globals['_GETORDERREQUEST']._serialized_start=2477
+  _globals['_GETORDERREQUEST']._serialized_end=2542
+  _globals['_GETORDERRESPONSE']._serialized_start=2544
+  _globals['_GETORDERRESPONSE']._serialized_end=2598
+  _globals['_LISTORDERSREQUEST']._serialized_start=2600
+  _globals['_LISTORDERSREQUEST']._serialized_end=2709
+  _globals['_LISTORDERSRESPONSE']._serialized_start=2711
+  _globals['_LISTORDERSRESPONSE']._serialized_end=2793
+  _globals['_REFUNDORDERREQUEST']._serialized_start=2795
+  _globals['_REFUNDORDERREQUEST']._serialized_end=2869
+  _globals['_REFUNDORDERRESPONSE']._serialized_start=2871
+  _globals['_REFUNDORDERRESPONSE']._serialized_end=2928
+  _globals['_ROTATETICKETCODESREQUEST']._serialized_start=2930
+  _globals['_ROTATETICKETCODESREQUEST']._serialized_end=2994
+  _globals['_ROTATETICKETCODESRESPONSE']._serialized_start=2996
+  _globals['_ROTATETICKETCODESRESPONSE']._serialized_end=3082
+  _globals['_BOOKINGSERVICE']._serialized_start=3451
+  _globals['_BOOKINGSERVICE']._serialized_end=4364
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -19,6 +20,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _HoldStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_STATUS_UNSPECIFIED: _HoldStatus.ValueType  # 0
+    """Never returned."""
+    HOLD_STATUS_ACTIVE: _HoldStatus.ValueType  # 1
+    """Its seats are the customer's until expire_time."""
+    HOLD_STATUS_CONFIRMED: _HoldStatus.ValueType  # 2
+    """Became the order order_id."""
+    HOLD_STATUS_RELEASED: _HoldStatus.ValueType  # 3
+    """Given back (ReleaseHold, or its event was cancelled)."""
+    HOLD_STATUS_EXPIRED: _HoldStatus.ValueType  # 4
+    """Past expire_time (database clock) without confirmation: its seats are free
+    for anyone; ConfirmHold still succeeds while they all stay free.
+    """
+
+class HoldStatus(_HoldStatus, metaclass=_HoldStatusEnumTypeWrapper):
+    """HoldStatus is the state of a hold."""
+
+HOLD_STATUS_UNSPECIFIED: HoldStatus.ValueType  # 0
+"""Never returned."""
+HOLD_STATUS_ACTIVE: HoldStatus.ValueType  # 1
+"""Its seats are the customer's until expire_time."""
+HOLD_STATUS_CONFIRMED: HoldStatus.ValueType  # 2
+"""Became the order order_id."""
+HOLD_STATUS_RELEASED: HoldStatus.ValueType  # 3
+"""Given back (ReleaseHold, or its event was cancelled)."""
+HOLD_STATUS_EXPIRED: HoldStatus.ValueType  # 4
+"""Past expire_time (database clock) without confirmation: its seats are free
+for anyone; ConfirmHold still succeeds while they all stay free.
+"""
+Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
 
 class _OrderStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -71,6 +108,454 @@ TICKET_STATUS_USED: TicketStatus.ValueType  # 2
 TICKET_STATUS_VOID: TicketStatus.ValueType  # 3
 """Refunded or event cancelled: admits nobody."""
 Global___TicketStatus: _TypeAlias = TicketStatus  # noqa: Y015
+
+@_typing.final
+class HoldSeat(_message.Message):
+    """HoldSeat is one place of a hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEAT_ID_FIELD_NUMBER: _builtins.int
+    SECTION_ID_FIELD_NUMBER: _builtins.int
+    SECTION_NAME_FIELD_NUMBER: _builtins.int
+    ROW_LABEL_FIELD_NUMBER: _builtins.int
+    SEAT_NUMBER_FIELD_NUMBER: _builtins.int
+    SEAT_LABEL_FIELD_NUMBER: _builtins.int
+    PRICE_MINOR_FIELD_NUMBER: _builtins.int
+    seat_id: _builtins.int
+    """The inventory place."""
+    section_id: _builtins.str
+    """The section of the place."""
+    section_name: _builtins.str
+    """Section name."""
+    row_label: _builtins.str
+    """Row label; empty for general admission."""
+    seat_number: _builtins.int
+    """Seat number; 0 for general admission."""
+    seat_label: _builtins.str
+    """Printed seat label; empty for general admission."""
+    price_minor: _builtins.int
+    """Price of the place when it was held, in minor units (what ConfirmHold charges)."""
+    def __init__(
+        self,
+        *,
+        seat_id: _builtins.int = ...,
+        section_id: _builtins.str = ...,
+        section_name: _builtins.str = ...,
+        row_label: _builtins.str = ...,
+        seat_number: _builtins.int = ...,
+        seat_label: _builtins.str = ...,
+        price_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_minor", b"price_minor", "row_label", b"row_label", "seat_id", b"seat_id", "seat_label", b"seat_label", "seat_number", b"seat_number", "section_id", b"section_id", "section_name", b"section_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldSeat: _TypeAlias = HoldSeat  # noqa: Y015
+
+@_typing.final
+class Hold(_message.Message):
+    """Hold is a set of places locked for one customer until it is confirmed,
+    released or expires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SEATS_FIELD_NUMBER: _builtins.int
+    TOTAL_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned id (UUID)."""
+    event_id: _builtins.str
+    """The event."""
+    customer_id: _builtins.str
+    """The holding user."""
+    status: Global___HoldStatus.ValueType
+    """ACTIVE, CONFIRMED, RELEASED or EXPIRED (database clock at the read)."""
+    total_minor: _builtins.int
+    """Sum of the seat prices, in minor units."""
+    currency_code: _builtins.str
+    """ISO 4217 currency of total_minor."""
+    order_id: _builtins.str
+    """The order it became, once CONFIRMED."""
+    request_id: _builtins.str
+    """The request_id it was made with."""
+    @_builtins.property
+    def seats(self) -> _containers.RepeatedCompositeFieldContainer[Global___HoldSeat]:
+        """The places, ordered by seat id."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made (database clock)."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stops holding its seats (database clock)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        status: Global___HoldStatus.ValueType = ...,
+        seats: _abc.Iterable[Global___HoldSeat] | None = ...,
+        total_minor: _builtins.int = ...,
+        currency_code: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        order_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "event_id", b"event_id", "expire_time", b"expire_time", "id", b"id", "order_id", b"order_id", "request_id", b"request_id", "seats", b"seats", "status", b"status", "total_minor", b"total_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
+
+@_typing.final
+class HoldSeatsRequest(_message.Message):
+    """HoldSeatsRequest asks to hold places of one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEAT_IDS_FIELD_NUMBER: _builtins.int
+    BEST_AVAILABLE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    request_id: _builtins.str
+    """Required UUID chosen by the client: a retry returns the first hold."""
+    @_builtins.property
+    def seat_ids(self) -> Global___SeatIds:
+        """These specific seats."""
+
+    @_builtins.property
+    def best_available(self) -> Global___BestAvailable:
+        """The best free places of one section."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long to hold; unset = TICKETING_HOLD_TTL; 1 s .. TICKETING_HOLD_MAX_TTL."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        seat_ids: Global___SeatIds | None = ...,
+        best_available: Global___BestAvailable | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "seat_ids", b"seat_ids", "selection", b"selection", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "event_id", b"event_id", "request_id", b"request_id", "seat_ids", b"seat_ids", "selection", b"selection", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["seat_ids", "best_available"]  # noqa: Y015
+    _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selection) -> _WhichOneofReturnType_selection | None: ...
+
+Global___HoldSeatsRequest: _TypeAlias = HoldSeatsRequest  # noqa: Y015
+
+@_typing.final
+class HoldSeatsResponse(_message.Message):
+    """HoldSeatsResponse holds the new (or, on a retry, the first) hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldSeatsResponse: _TypeAlias = HoldSeatsResponse  # noqa: Y015
+
+@_typing.final
+class ExtendHoldRequest(_message.Message):
+    """ExtendHoldRequest names the hold and how long from now it should last."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """From now; unset = TICKETING_HOLD_TTL; 1 s .. TICKETING_HOLD_MAX_TTL."""
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendHoldRequest: _TypeAlias = ExtendHoldRequest  # noqa: Y015
+
+@_typing.final
+class ExtendHoldResponse(_message.Message):
+    """ExtendHoldResponse holds the extended hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold, with its new expire_time."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendHoldResponse: _TypeAlias = ExtendHoldResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmHoldRequest(_message.Message):
+    """ConfirmHoldRequest turns a hold into an order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    request_id: _builtins.str
+    """Required UUID chosen by the client: a retry returns the same order."""
+    payment_reference: _builtins.str
+    """The payment provider's id for this payment (free text, at most 200
+    characters), stored on the order. This engine does not process payments.
+    """
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        payment_reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "payment_reference", b"payment_reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmHoldRequest: _TypeAlias = ConfirmHoldRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmHoldResponse(_message.Message):
+    """ConfirmHoldResponse holds the confirmed order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> Global___Order:
+        """The order with its tickets."""
+
+    def __init__(
+        self,
+        *,
+        order: Global___Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmHoldResponse: _TypeAlias = ConfirmHoldResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldRequest(_message.Message):
+    """ReleaseHoldRequest names the hold to give back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldRequest: _TypeAlias = ReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldResponse(_message.Message):
+    """ReleaseHoldResponse holds the released hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold, RELEASED."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
+class GetHoldRequest(_message.Message):
+    """GetHoldRequest names a hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldRequest: _TypeAlias = GetHoldRequest  # noqa: Y015
+
+@_typing.final
+class GetHoldResponse(_message.Message):
+    """GetHoldResponse holds one hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldResponse: _TypeAlias = GetHoldResponse  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    """ListHoldsRequest filters and pages holds (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_EMAIL_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0 means the default (50); above 500 is clamped; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """From a previous response with the same filters; empty for the first page."""
+    event_id: _builtins.str
+    """Only holds of this event."""
+    customer_email: _builtins.str
+    """Only holds of this customer (SUPPORT and ADMIN; a customer may name only themself)."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        customer_email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_email", b"customer_email", "event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    """ListHoldsResponse holds one page of holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]:
+        """Holds, newest first."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015
 
 @_typing.final
 class SeatIds(_message.Message):
@@ -210,6 +695,7 @@ class Order(_message.Message):
     REFUND_TIME_FIELD_NUMBER: _builtins.int
     REFUND_REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
     event_id: _builtins.str
@@ -226,6 +712,8 @@ class Order(_message.Message):
     """Why it was refunded, if it was."""
     request_id: _builtins.str
     """The request_id it was booked with."""
+    payment_reference: _builtins.str
+    """The payment provider's id given to ConfirmHold; empty for BookSeats."""
     @_builtins.property
     def tickets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ticket]:
         """One ticket per place, ordered by seat id."""
@@ -252,10 +740,11 @@ class Order(_message.Message):
         refund_time: _timestamp_pb2.Timestamp | None = ...,
         refund_reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        payment_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "refund_time", b"refund_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "event_id", b"event_id", "id", b"id", "refund_reason", b"refund_reason", "refund_time", b"refund_time", "request_id", b"request_id", "status", b"status", "tickets", b"tickets", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "event_id", b"event_id", "id", b"id", "payment_reference", b"payment_reference", "refund_reason", b"refund_reason", "refund_time", b"refund_time", "request_id", b"request_id", "status", b"status", "tickets", b"tickets", "total_minor", b"total_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,6 +64,36 @@ class BookingServiceStub:
                 request_serializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesResponse.FromString,
                 _registered_method=True)
+        self.HoldSeats = channel.unary_unary(
+                '/ticketing.v1.BookingService/HoldSeats',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.HoldSeatsRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.HoldSeatsResponse.FromString,
+                _registered_method=True)
+        self.ExtendHold = channel.unary_unary(
+                '/ticketing.v1.BookingService/ExtendHold',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.ExtendHoldRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.ExtendHoldResponse.FromString,
+                _registered_method=True)
+        self.ConfirmHold = channel.unary_unary(
+                '/ticketing.v1.BookingService/ConfirmHold',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.ConfirmHoldRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.ConfirmHoldResponse.FromString,
+                _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/ticketing.v1.BookingService/ReleaseHold',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
+        self.GetHold = channel.unary_unary(
+                '/ticketing.v1.BookingService/GetHold',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.GetHoldRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.GetHoldResponse.FromString,
+                _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/ticketing.v1.BookingService/ListHolds',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class BookingServiceServicer:
@@ -138,6 +168,75 @@ class BookingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldSeats(self, request, context):
+        """HoldSeats locks places for the caller at selection time, until the hold is
+        confirmed (ConfirmHold), released (ReleaseHold) or expires. CUSTOMER or
+        ADMIN. The same selection, rules, locks and errors as BookSeats (event on
+        sale, per-order and per-customer limits, where live holds count toward the
+        caps), in one transaction. ttl: default TICKETING_HOLD_TTL (600 s), 1 s ..
+        TICKETING_HOLD_MAX_TTL (1800 s), else INVALID_ARGUMENT. A request_id
+        repeated by the same caller returns the first hold.
+
+        Expiry is a condition on the database clock, not a job: the moment a hold
+        expires its seats can be held or booked by anyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendHold(self, request, context):
+        """ExtendHold moves an ACTIVE hold's expiry to now + ttl (never earlier than
+        it was). The hold's customer only (else PERMISSION_DENIED NOT_HOLD_OWNER).
+        A hold lives at most TICKETING_HOLD_MAX_TTL from its creation, whatever the
+        extensions (FAILED_PRECONDITION HOLD_LIMIT_EXCEEDED); an expired hold ->
+        HOLD_EXPIRED; a released or confirmed one -> HOLD_NOT_ACTIVE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmHold(self, request, context):
+        """ConfirmHold turns the hold into a CONFIRMED order with its tickets, in one
+        transaction (the seats SOLD, the hold CONFIRMED with order_id). The hold's
+        customer only. A repeated request_id returns the same order.
+
+        Late confirmation: a hold that expired but whose seats are all still free
+        (or still its own) is confirmed, its seats re-taken under lock; if any seat
+        was taken meanwhile -> FAILED_PRECONDITION HOLD_EXPIRED naming the seats
+        (metadata seat_ids, PreconditionFailure) and nothing is written: refund
+        the payment. Released or already confirmed (with another request_id) ->
+        HOLD_NOT_ACTIVE; the event cancelled or started -> EVENT_NOT_ON_SALE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHold(self, request, context):
+        """ReleaseHold gives the seats back at once; the hold is RELEASED. The hold's
+        customer only. Releasing a released or expired hold answers it RELEASED;
+        a confirmed one -> FAILED_PRECONDITION HOLD_NOT_ACTIVE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHold(self, request, context):
+        """GetHold returns one hold: its customer, SUPPORT, ADMIN, or the organizer
+        of its event (whoever reads the customer's orders); others get
+        PERMISSION_DENIED NOT_HOLD_OWNER.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHolds(self, request, context):
+        """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
+        SUPPORT and ADMIN anyone's and may filter by customer_email.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BookingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +264,36 @@ def add_BookingServiceServicer_to_server(servicer, server):
                     servicer.RotateTicketCodes,
                     request_deserializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesResponse.SerializeToString,
+            ),
+            'HoldSeats': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldSeats,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.HoldSeatsRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.HoldSeatsResponse.SerializeToString,
+            ),
+            'ExtendHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendHold,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.ExtendHoldRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.ExtendHoldResponse.SerializeToString,
+            ),
+            'ConfirmHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmHold,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.ConfirmHoldRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.ConfirmHoldResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'GetHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHold,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.GetHoldRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.GetHoldResponse.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +436,168 @@ class BookingService:
             '/ticketing.v1.BookingService/RotateTicketCodes',
             ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesRequest.SerializeToString,
             ticketing_dot_v1_dot_booking__pb2.RotateTicketCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldSeats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/HoldSeats',
+            ticketing_dot_v1_dot_booking__pb2.HoldSeatsRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.HoldSeatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/ExtendHold',
+            ticketing_dot_v1_dot_booking__pb2.ExtendHoldRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.ExtendHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/ConfirmHold',
+            ticketing_dot_v1_dot_booking__pb2.ConfirmHoldRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.ConfirmHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/ReleaseHold',
+            ticketing_dot_v1_dot_booking__pb2.ReleaseHoldRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/GetHold',
+            ticketing_dot_v1_dot_booking__pb2.GetHoldRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.GetHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.BookingService/ListHolds',
+            ticketing_dot_v1_dot_booking__pb2.ListHoldsRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.ListHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,51 @@ class BookingServiceStub:
     request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
     The response carries the new codes only when the caller owns the order.
     """
+    HoldSeats: _grpc.UnaryUnaryMultiCallable[_booking_pb2.HoldSeatsRequest, _booking_pb2.HoldSeatsResponse]
+    """HoldSeats locks places for the caller at selection time, until the hold is
+    confirmed (ConfirmHold), released (ReleaseHold) or expires. CUSTOMER or
+    ADMIN. The same selection, rules, locks and errors as BookSeats (event on
+    sale, per-order and per-customer limits, where live holds count toward the
+    caps), in one transaction. ttl: default TICKETING_HOLD_TTL (600 s), 1 s ..
+    TICKETING_HOLD_MAX_TTL (1800 s), else INVALID_ARGUMENT. A request_id
+    repeated by the same caller returns the first hold.
+
+    Expiry is a condition on the database clock, not a job: the moment a hold
+    expires its seats can be held or booked by anyone.
+    """
+    ExtendHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ExtendHoldRequest, _booking_pb2.ExtendHoldResponse]
+    """ExtendHold moves an ACTIVE hold's expiry to now + ttl (never earlier than
+    it was). The hold's customer only (else PERMISSION_DENIED NOT_HOLD_OWNER).
+    A hold lives at most TICKETING_HOLD_MAX_TTL from its creation, whatever the
+    extensions (FAILED_PRECONDITION HOLD_LIMIT_EXCEEDED); an expired hold ->
+    HOLD_EXPIRED; a released or confirmed one -> HOLD_NOT_ACTIVE.
+    """
+    ConfirmHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ConfirmHoldRequest, _booking_pb2.ConfirmHoldResponse]
+    """ConfirmHold turns the hold into a CONFIRMED order with its tickets, in one
+    transaction (the seats SOLD, the hold CONFIRMED with order_id). The hold's
+    customer only. A repeated request_id returns the same order.
+
+    Late confirmation: a hold that expired but whose seats are all still free
+    (or still its own) is confirmed, its seats re-taken under lock; if any seat
+    was taken meanwhile -> FAILED_PRECONDITION HOLD_EXPIRED naming the seats
+    (metadata seat_ids, PreconditionFailure) and nothing is written: refund
+    the payment. Released or already confirmed (with another request_id) ->
+    HOLD_NOT_ACTIVE; the event cancelled or started -> EVENT_NOT_ON_SALE.
+    """
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ReleaseHoldRequest, _booking_pb2.ReleaseHoldResponse]
+    """ReleaseHold gives the seats back at once; the hold is RELEASED. The hold's
+    customer only. Releasing a released or expired hold answers it RELEASED;
+    a confirmed one -> FAILED_PRECONDITION HOLD_NOT_ACTIVE.
+    """
+    GetHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.GetHoldRequest, _booking_pb2.GetHoldResponse]
+    """GetHold returns one hold: its customer, SUPPORT, ADMIN, or the organizer
+    of its event (whoever reads the customer's orders); others get
+    PERMISSION_DENIED NOT_HOLD_OWNER.
+    """
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ListHoldsRequest, _booking_pb2.ListHoldsResponse]
+    """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
+    SUPPORT and ADMIN anyone's and may filter by customer_email.
+    """
 
 @_typing.type_check_only
 class BookingServiceAsyncStub(BookingServiceStub):
@@ -136,6 +181,51 @@ class BookingServiceAsyncStub(BookingServiceStub):
     a request_id returns the first call's result and rotates nothing; the same
     request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
     The response carries the new codes only when the caller owns the order.
+    """
+    HoldSeats: _aio.UnaryUnaryMultiCallable[_booking_pb2.HoldSeatsRequest, _booking_pb2.HoldSeatsResponse]  # type: ignore[assignment]
+    """HoldSeats locks places for the caller at selection time, until the hold is
+    confirmed (ConfirmHold), released (ReleaseHold) or expires. CUSTOMER or
+    ADMIN. The same selection, rules, locks and errors as BookSeats (event on
+    sale, per-order and per-customer limits, where live holds count toward the
+    caps), in one transaction. ttl: default TICKETING_HOLD_TTL (600 s), 1 s ..
+    TICKETING_HOLD_MAX_TTL (1800 s), else INVALID_ARGUMENT. A request_id
+    repeated by the same caller returns the first hold.
+
+    Expiry is a condition on the database clock, not a job: the moment a hold
+    expires its seats can be held or booked by anyone.
+    """
+    ExtendHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.ExtendHoldRequest, _booking_pb2.ExtendHoldResponse]  # type: ignore[assignment]
+    """ExtendHold moves an ACTIVE hold's expiry to now + ttl (never earlier than
+    it was). The hold's customer only (else PERMISSION_DENIED NOT_HOLD_OWNER).
+    A hold lives at most TICKETING_HOLD_MAX_TTL from its creation, whatever the
+    extensions (FAILED_PRECONDITION HOLD_LIMIT_EXCEEDED); an expired hold ->
+    HOLD_EXPIRED; a released or confirmed one -> HOLD_NOT_ACTIVE.
+    """
+    ConfirmHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.ConfirmHoldRequest, _booking_pb2.ConfirmHoldResponse]  # type: ignore[assignment]
+    """ConfirmHold turns the hold into a CONFIRMED order with its tickets, in one
+    transaction (the seats SOLD, the hold CONFIRMED with order_id). The hold's
+    customer only. A repeated request_id returns the same order.
+
+    Late confirmation: a hold that expired but whose seats are all still free
+    (or still its own) is confirmed, its seats re-taken under lock; if any seat
+    was taken meanwhile -> FAILED_PRECONDITION HOLD_EXPIRED naming the seats
+    (metadata seat_ids, PreconditionFailure) and nothing is written: refund
+    the payment. Released or already confirmed (with another request_id) ->
+    HOLD_NOT_ACTIVE; the event cancelled or started -> EVENT_NOT_ON_SALE.
+    """
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.ReleaseHoldRequest, _booking_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """ReleaseHold gives the seats back at once; the hold is RELEASED. The hold's
+    customer only. Releasing a released or expired hold answers it RELEASED;
+    a confirmed one -> FAILED_PRECONDITION HOLD_NOT_ACTIVE.
+    """
+    GetHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.GetHoldRequest, _booking_pb2.GetHoldResponse]  # type: ignore[assignment]
+    """GetHold returns one hold: its customer, SUPPORT, ADMIN, or the organizer
+    of its event (whoever reads the customer's orders); others get
+    PERMISSION_DENIED NOT_HOLD_OWNER.
+    """
+    ListHolds: _aio.UnaryUnaryMultiCallable[_booking_pb2.ListHoldsRequest, _booking_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
+    SUPPORT and ADMIN anyone's and may filter by customer_email.
     """
 
 class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +308,87 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         a request_id returns the first call's result and rotates nothing; the same
         request_id for another order -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
         The response carries the new codes only when the caller owns the order.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldSeats(
+        self,
+        request: _booking_pb2.HoldSeatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.HoldSeatsResponse, _abc.Awaitable[_booking_pb2.HoldSeatsResponse]]:
+        """HoldSeats locks places for the caller at selection time, until the hold is
+        confirmed (ConfirmHold), released (ReleaseHold) or expires. CUSTOMER or
+        ADMIN. The same selection, rules, locks and errors as BookSeats (event on
+        sale, per-order and per-customer limits, where live holds count toward the
+        caps), in one transaction. ttl: default TICKETING_HOLD_TTL (600 s), 1 s ..
+        TICKETING_HOLD_MAX_TTL (1800 s), else INVALID_ARGUMENT. A request_id
+        repeated by the same caller returns the first hold.
+
+        Expiry is a condition on the database clock, not a job: the moment a hold
+        expires its seats can be held or booked by anyone.
+        """
+
+    @_abc_1.abstractmethod
+    def ExtendHold(
+        self,
+        request: _booking_pb2.ExtendHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.ExtendHoldResponse, _abc.Awaitable[_booking_pb2.ExtendHoldResponse]]:
+        """ExtendHold moves an ACTIVE hold's expiry to now + ttl (never earlier than
+        it was). The hold's customer only (else PERMISSION_DENIED NOT_HOLD_OWNER).
+        A hold lives at most TICKETING_HOLD_MAX_TTL from its creation, whatever the
+        extensions (FAILED_PRECONDITION HOLD_LIMIT_EXCEEDED); an expired hold ->
+        HOLD_EXPIRED; a released or confirmed one -> HOLD_NOT_ACTIVE.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmHold(
+        self,
+        request: _booking_pb2.ConfirmHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.ConfirmHoldResponse, _abc.Awaitable[_booking_pb2.ConfirmHoldResponse]]:
+        """ConfirmHold turns the hold into a CONFIRMED order with its tickets, in one
+        transaction (the seats SOLD, the hold CONFIRMED with order_id). The hold's
+        customer only. A repeated request_id returns the same order.
+
+        Late confirmation: a hold that expired but whose seats are all still free
+        (or still its own) is confirmed, its seats re-taken under lock; if any seat
+        was taken meanwhile -> FAILED_PRECONDITION HOLD_EXPIRED naming the seats
+        (metadata seat_ids, PreconditionFailure) and nothing is written: refund
+        the payment. Released or already confirmed (with another request_id) ->
+        HOLD_NOT_ACTIVE; the event cancelled or started -> EVENT_NOT_ON_SALE.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _booking_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.ReleaseHoldResponse, _abc.Awaitable[_booking_pb2.ReleaseHoldResponse]]:
+        """ReleaseHold gives the seats back at once; the hold is RELEASED. The hold's
+        customer only. Releasing a released or expired hold answers it RELEASED;
+        a confirmed one -> FAILED_PRECONDITION HOLD_NOT_ACTIVE.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHold(
+        self,
+        request: _booking_pb2.GetHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.GetHoldResponse, _abc.Awaitable[_booking_pb2.GetHoldResponse]]:
+        """GetHold returns one hold: its customer, SUPPORT, ADMIN, or the organizer
+        of its event (whoever reads the customer's orders); others get
+        PERMISSION_DENIED NOT_HOLD_OWNER.
+        """
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _booking_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.ListHoldsResponse, _abc.Awaitable[_booking_pb2.ListHoldsResponse]]:
+        """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
+        SUPPORT and ADMIN anyone's and may filter by customer_email.
         """
 
 def add_BookingServiceServicer_to_server(servicer: BookingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

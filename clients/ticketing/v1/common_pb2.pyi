@@ -206,6 +206,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A kiosk device acts only for its own event and gate."""
     DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 49
     """No such kiosk device (or not one of an event the caller manages)."""
+    HOLD_NOT_FOUND: _ErrorReason.ValueType  # 100
+    """No such hold."""
+    NOT_HOLD_OWNER: _ErrorReason.ValueType  # 101
+    """Only the hold's customer may extend, confirm or release it."""
+    HOLD_EXPIRED: _ErrorReason.ValueType  # 102
+    """ConfirmHold of an expired hold one of whose seats was taken meanwhile
+    (PreconditionFailure names them; nothing was written: refund the payment),
+    or ExtendHold of an expired hold.
+    """
+    HOLD_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 103
+    """ExtendHold past TICKETING_HOLD_MAX_TTL from the hold's creation."""
+    HOLD_NOT_ACTIVE: _ErrorReason.ValueType  # 104
+    """The hold was released or already confirmed (metadata "status")."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -334,6 +347,19 @@ DEVICE_SCOPE: ErrorReason.ValueType  # 48
 """A kiosk device acts only for its own event and gate."""
 DEVICE_NOT_FOUND: ErrorReason.ValueType  # 49
 """No such kiosk device (or not one of an event the caller manages)."""
+HOLD_NOT_FOUND: ErrorReason.ValueType  # 100
+"""No such hold."""
+NOT_HOLD_OWNER: ErrorReason.ValueType  # 101
+"""Only the hold's customer may extend, confirm or release it."""
+HOLD_EXPIRED: ErrorReason.ValueType  # 102
+"""ConfirmHold of an expired hold one of whose seats was taken meanwhile
+(PreconditionFailure names them; nothing was written: refund the payment),
+or ExtendHold of an expired hold.
+"""
+HOLD_LIMIT_EXCEEDED: ErrorReason.ValueType  # 103
+"""ExtendHold past TICKETING_HOLD_MAX_TTL from the hold's creation."""
+HOLD_NOT_ACTIVE: ErrorReason.ValueType  # 104
+"""The hold was released or already confirmed (metadata "status")."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

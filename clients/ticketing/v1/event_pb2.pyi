@@ -62,6 +62,12 @@ class _SeatStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeatStatus
     """Can be booked."""
     SEAT_STATUS_SOLD: _SeatStatus.ValueType  # 2
     """Held by a live ticket."""
+    SEAT_STATUS_HELD: _SeatStatus.ValueType  # 3
+    """Under a live hold (BookingService.HoldSeats) until it is confirmed,
+    released or expires; who holds it is not shown. A seat whose hold expired
+    is AVAILABLE again at once (database clock), whether or not anything
+    tidied it.
+    """
 
 class SeatStatus(_SeatStatus, metaclass=_SeatStatusEnumTypeWrapper):
     """SeatStatus is the state of one place of an event's inventory."""
@@ -72,6 +78,12 @@ SEAT_STATUS_AVAILABLE: SeatStatus.ValueType  # 1
 """Can be booked."""
 SEAT_STATUS_SOLD: SeatStatus.ValueType  # 2
 """Held by a live ticket."""
+SEAT_STATUS_HELD: SeatStatus.ValueType  # 3
+"""Under a live hold (BookingService.HoldSeats) until it is confirmed,
+released or expires; who holds it is not shown. A seat whose hold expired
+is AVAILABLE again at once (database clock), whether or not anything
+tidied it.
+"""
 Global___SeatStatus: _TypeAlias = SeatStatus  # noqa: Y015
 
 @_typing.final
@@ -87,6 +99,7 @@ class EventSection(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     AVAILABLE_COUNT_FIELD_NUMBER: _builtins.int
     SOLD_COUNT_FIELD_NUMBER: _builtins.int
+    HELD_COUNT_FIELD_NUMBER: _builtins.int
     section_id: _builtins.str
     """The venue section id at the time the event was created."""
     name: _builtins.str
@@ -101,6 +114,8 @@ class EventSection(_message.Message):
     """Places that can still be booked (live)."""
     sold_count: _builtins.int
     """Places held by live tickets (live)."""
+    held_count: _builtins.int
+    """Places under a live hold (live); capacity = available + sold + held."""
     def __init__(
         self,
         *,
@@ -111,10 +126,11 @@ class EventSection(_message.Message):
         capacity: _builtins.int = ...,
         available_count: _builtins.int = ...,
         sold_count: _builtins.int = ...,
+        held_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_count", b"available_count", "capacity", b"capacity", "kind", b"kind", "name", b"name", "price_minor", b"price_minor", "section_id", b"section_id", "sold_count", b"sold_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_count", b"available_count", "capacity", b"capacity", "held_count", b"held_count", "kind", b"kind", "name", b"name", "price_minor", b"price_minor", "section_id", b"section_id", "sold_count", b"sold_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

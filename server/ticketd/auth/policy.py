@@ -99,6 +99,14 @@ POLICY: dict[str, Access] = {
     _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN),
     # The owner replaces leaked codes; SUPPORT/ADMIN re-send them (they never read codes).
     _BOOKING + "RotateTicketCodes": roles(CUSTOMER, SUPPORT, ADMIN),
+    # Holds (issue 12): made, extended, confirmed and released by who may book, and only
+    # the hold's own customer (ticketd.booking.rules.ensure_hold_owner); read where orders are.
+    _BOOKING + "HoldSeats": roles(CUSTOMER, ADMIN),
+    _BOOKING + "ExtendHold": roles(CUSTOMER, ADMIN),
+    _BOOKING + "ConfirmHold": roles(CUSTOMER, ADMIN),
+    _BOOKING + "ReleaseHold": roles(CUSTOMER, ADMIN),
+    _BOOKING + "GetHold": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
+    _BOOKING + "ListHolds": roles(CUSTOMER, SUPPORT, ADMIN),
     # GateService: only gate staff burn tickets, and an ENTRY_MANAGER only at the events they
     # are assigned to; supervisors and the event's own organizer read the log
     # (ticketd.gate.rules checks the event).

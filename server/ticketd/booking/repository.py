@@ -20,7 +20,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -51,12 +51,18 @@ class EventForSale:
 
 
 async def event_for_sale(
-    conn: Conn, event_id: uuid.UUID, customer_id: uuid.UUID, request_id: uuid.UUID
+    conn: Conn,
+    event_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    request_id: uuid.UUID,
+    *,
+    made: Literal["orders", "holds"] = "orders",
 ) -> EventForSale | None:
     """The event's sale terms under KEY SHARE (so a cancel waits for us, and we for it),
-    plus any order this caller already made with this request_id."""
+    plus any order (or, with made="holds", hold) this caller already made with this
+    request_id."""
     row = await conn.fetchrow(
-        """
+        f"""
         SELECT e.currency_code, e.max_tickets_per_order, e.max_tickets_per_customer,
                e.cancel_time IS NOT NULL AS cancelled,
                e.start_time <= clock_timestamp() AS started,
@@ -68,7 +74,7 @@ async def event_for_sale(
                    array_agg(name ORDER BY position) AS section_names
             FROM event_sections WHERE event_id = e.id
         ) es
-        LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
+        LEFT JOIN {made} o ON o.customer_id = $2 AND o.request_id = $3
         WHERE e.id = $1
         FOR KEY SHARE OF e
         """,
@@ -97,8 +103,15 @@ async def existing_request(
     return await earlier_request(conn, "orders", "customer_id", customer_id, request_id)
 
 
-async def serialize_customer(conn: Conn, event_id: uuid.UUID, customer_id: uuid.UUID) -> int:
-    """Take this customer's per-event lock, then count the tickets they hold live.
+async def serialize_customer(
+    conn: Conn,
+    event_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    *,
+    except_hold: uuid.UUID | None = None,
+) -> int:
+    """Take this customer's per-event lock, then count the places they have: live tickets
+    plus the seats of their live holds (but `except_hold`, the one being confirmed).
 
     The per-customer cap must hold even when one customer books from many connections at
     once: their bookings for one event take turns on a transaction-scoped advisory lock
@@ -111,16 +124,23 @@ async def serialize_customer(conn: Conn, event_id: uuid.UUID, customer_id: uuid.
         str(customer_id),
     )
     held: int = await conn.fetchval(
-        "SELECT coalesce(sum(ticket_count), 0) FROM orders "
-        "WHERE customer_id = $1 AND event_id = $2 AND status = 'CONFIRMED'",
+        "SELECT (SELECT coalesce(sum(ticket_count), 0) FROM orders "
+        "        WHERE customer_id = $1 AND event_id = $2 AND status = 'CONFIRMED') "
+        "     + (SELECT coalesce(sum(seat_count), 0) FROM holds "
+        "        WHERE customer_id = $1 AND event_id = $2 AND status = 'ACTIVE' "
+        "        AND NOT hold_expired(expire_time) AND id IS DISTINCT FROM $3)",
         customer_id,
         event_id,
+        except_hold,
     )
     return held
 
 
+# `free` is THE condition (SQL function seat_is_free, migration 0011): AVAILABLE, or HELD by
+# a hold that has expired. Computed on the row version the lock returns.
 _SEAT_COLUMNS = (
-    "s.id, s.status, s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
+    "s.id, s.status, s.hold_id, seat_is_free(s.status, s.held_until) AS free, "
+    "s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
 )
 
 
@@ -147,10 +167,12 @@ async def claim_best_available(
 ) -> list[Any]:
     """The lowest free places of a section (row by row, seat by seat), skipping places
     other buyers have locked right now, so concurrent buyers never queue behind each
-    other. Served by the partial index on AVAILABLE places."""
+    other. Served by the partial index on places not SOLD; held places whose hold is live
+    are passed over."""
     rows = await conn.fetch(
         f"SELECT {_SEAT_COLUMNS} FROM seats s "
-        "WHERE s.event_id = $1 AND s.section_id = $2 AND s.status = 'AVAILABLE' "
+        "WHERE s.event_id = $1 AND s.section_id = $2 AND s.status <> 'SOLD' "
+        "AND seat_is_free(s.status, s.held_until) "
         "ORDER BY s.ordinal LIMIT $3 FOR UPDATE SKIP LOCKED",
         event_id,
         section_id,
@@ -163,7 +185,7 @@ async def count_available(conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID
     """Free places including those locked by in-flight buyers (who may still roll back)."""
     value: int = await conn.fetchval(
         "SELECT count(*) FROM seats WHERE event_id = $1 AND section_id = $2 "
-        "AND status = 'AVAILABLE'",
+        "AND status <> 'SOLD' AND seat_is_free(status, held_until)",
         event_id,
         section_id,
     )
@@ -199,6 +221,8 @@ async def insert_order(
     request_hash: str,
     currency_code: str,
     tickets: Sequence[NewTicket],
+    hold_id: uuid.UUID | None = None,
+    payment_reference: str | None = None,
 ) -> OrderWrite:
     """Write the order, mark its seats SOLD and insert its tickets in ONE statement, only if
     the event is still on sale at the instant of the write.
@@ -206,6 +230,9 @@ async def insert_order(
     Nothing is written when `on_sale` is False (the event had started or was cancelled at
     the write), nor when `create_time` is None (the same caller's request_id was committed
     by a concurrent call first: ON CONFLICT waited for it; return that order instead).
+    With `hold_id` (ConfirmHold), the same statement marks that hold CONFIRMED with this
+    order; the seats, locked by the caller and checked free or still this hold's, lose their
+    hold either way.
     """
     row = await conn.fetchrow(
         """
@@ -218,14 +245,19 @@ async def insert_order(
             WHERE e.id = $2 AND e.cancel_time IS NULL AND e.start_time > clock.t
         ), o AS (
             INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
-                                total_minor, currency_code, ticket_count, create_time)
-            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t FROM sale
+                                total_minor, currency_code, ticket_count, create_time,
+                                payment_reference)
+            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t, $14 FROM sale
             ON CONFLICT (customer_id, request_id) DO NOTHING
             RETURNING id, create_time
         ), s AS (
-            UPDATE seats SET status = 'SOLD'
+            UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
             WHERE id = ANY($10::bigint[]) AND EXISTS (SELECT 1 FROM o)
             RETURNING id
+        ), h AS (
+            UPDATE holds SET status = 'CONFIRMED', order_id = o.id
+            FROM o WHERE holds.id = $13
+            RETURNING 1
         ), t AS (
             INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
             SELECT u.tid, o.id, $2, u.sid, u.code, 'VALID', u.price
@@ -249,6 +281,8 @@ async def insert_order(
         [t.seat_id for t in tickets],
         [t.code for t in tickets],
         [t.price_minor for t in tickets],
+        hold_id,
+        payment_reference,
     )
     if not row["on_sale"]:
         return OrderWrite(on_sale=False, create_time=None)
@@ -262,7 +296,7 @@ async def insert_order(
 
 _ORDER_COLUMNS = (
     "o.id, o.event_id, o.customer_id, o.request_id, o.status, o.total_minor, "
-    "o.currency_code, o.create_time, o.refund_time, o.refund_reason"
+    "o.currency_code, o.create_time, o.refund_time, o.refund_reason, o.payment_reference"
 )
 
 
@@ -541,3 +575,260 @@ async def list_orders(
     )
     tickets = await _tickets_of(conn, [r["id"] for r in rows]) if rows else {}
     return [_order(r, tuple(tickets.get(r["id"], ()))) for r in rows]
+
+
+# Holds (issue 12). Lock order as everywhere: event (KEY SHARE), then the hold row (FOR
+# UPDATE: confirm, extend and release of one hold take turns), then seats (ORDER BY id),
+# then orders/tickets. HoldSeats and BookSeats never lock another customer's hold row: they
+# read the seat's own copy of its hold's expiry (seats.held_until) under the seat lock.
+
+_HOLD_COLUMNS = (
+    "h.id, h.event_id, h.customer_id, h.request_id, h.seat_count, h.total_minor, "
+    "h.currency_code, h.create_time, h.expire_time, h.order_id, h.release_time, "
+    "CASE WHEN h.status = 'ACTIVE' AND hold_expired(h.expire_time) THEN 'EXPIRED' "
+    "ELSE h.status END AS status"
+)
+
+
+@dataclass(frozen=True)
+class NewHoldSeat:
+    seat_id: int
+    price_minor: int
+
+
+@dataclass(frozen=True)
+class HoldWrite:
+    on_sale: bool
+    """False: the event had started or was cancelled at the write; nothing was written."""
+    create_time: dt.datetime | None
+    """None when nothing was written (the caller's request_id was committed meanwhile)."""
+    expire_time: dt.datetime | None
+
+
+async def insert_hold(
+    conn: Conn,
+    *,
+    hold_id: uuid.UUID,
+    event_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    request_id: uuid.UUID,
+    request_hash: str,
+    currency_code: str,
+    ttl: dt.timedelta,
+    seats: Sequence[NewHoldSeat],
+) -> HoldWrite:
+    """Write the hold, list its seats and mark them HELD by it in ONE statement, only if the
+    event is on sale at the instant of the write; the hold expires `ttl` after that instant.
+    The caller holds the seats locked and has checked them free."""
+    row = await conn.fetchrow(
+        """
+        WITH clock AS (
+            SELECT clock_timestamp() AS t
+        ), sale AS (
+            SELECT clock.t FROM events e, clock
+            WHERE e.id = $2 AND e.cancel_time IS NULL AND e.start_time > clock.t
+        ), h AS (
+            INSERT INTO holds (id, event_id, customer_id, request_id, request_hash, status,
+                               seat_count, total_minor, currency_code, create_time, expire_time)
+            SELECT $1, $2, $3, $4, $5, 'ACTIVE', $6, $7, $8, sale.t, sale.t + $9::interval
+            FROM sale
+            ON CONFLICT (customer_id, request_id) DO NOTHING
+            RETURNING id, create_time, expire_time
+        ), hs AS (
+            INSERT INTO hold_seats (hold_id, seat_id, price_minor)
+            SELECT h.id, u.sid, u.price
+            FROM h, unnest($10::bigint[], $11::bigint[]) AS u(sid, price)
+            RETURNING seat_id
+        ), s AS (
+            UPDATE seats SET status = 'HELD', hold_id = h.id, held_until = h.expire_time
+            FROM h WHERE seats.id = ANY($10::bigint[])
+            RETURNING seats.id
+        )
+        SELECT EXISTS (SELECT 1 FROM sale) AS on_sale,
+               (SELECT create_time FROM h) AS create_time,
+               (SELECT expire_time FROM h) AS expire_time,
+               (SELECT count(*) FROM hs) AS listed, (SELECT count(*) FROM s) AS held
+        """,
+        hold_id,
+        event_id,
+        customer_id,
+        request_id,
+        request_hash,
+        len(seats),
+        sum(s.price_minor for s in seats),
+        currency_code,
+        ttl,
+        [s.seat_id for s in seats],
+        [s.price_minor for s in seats],
+    )
+    if not row["on_sale"]:
+        return HoldWrite(on_sale=False, create_time=None, expire_time=None)
+    if row["create_time"] is None:
+        return HoldWrite(on_sale=True, create_time=None, expire_time=None)
+    if row["listed"] != len(seats) or row["held"] != len(seats):
+        raise RuntimeError(f"hold {hold_id}: listed {row['listed']}, held {row['held']}")
+    return HoldWrite(on_sale=True, create_time=row["create_time"], expire_time=row["expire_time"])
+
+
+async def existing_hold_request(
+    conn: Conn, customer_id: uuid.UUID, request_id: uuid.UUID
+) -> tuple[uuid.UUID, str] | None:
+    """(hold id, request fingerprint) of a hold this caller made with request_id."""
+    return await earlier_request(conn, "holds", "customer_id", customer_id, request_id)
+
+
+async def _hold_seats_of(conn: Conn, hold_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT hs.hold_id, hs.seat_id, hs.price_minor, s.section_id, es.name AS section_name,
+               s.row_label, s.seat_number, s.seat_label
+        FROM hold_seats hs
+        JOIN seats s ON s.id = hs.seat_id
+        JOIN event_sections es ON es.event_id = s.event_id AND es.section_id = s.section_id
+        WHERE hs.hold_id = ANY($1::uuid[])
+        ORDER BY hs.hold_id, hs.seat_id
+        """,
+        hold_ids,
+    )
+    out: dict[uuid.UUID, list[Any]] = {}
+    for r in rows:
+        out.setdefault(r["hold_id"], []).append(r)
+    return out
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """A hold as stored, with its derived status (EXPIRED when ACTIVE past expire_time on
+    the database clock), its seats, and what the checks around it need."""
+
+    hold: Any
+    seats: list[Any]
+    organizer_id: uuid.UUID
+    request_hash: str
+    db_time: dt.datetime
+    """clock_timestamp() when the row was read (after its lock, if locked)."""
+
+
+async def get_hold(conn: Conn, hold_id: uuid.UUID, *, lock: bool = False) -> HoldRow | None:
+    """The hold with its seats; with `lock`, the event KEY SHARE then the hold FOR UPDATE."""
+    suffix = " FOR KEY SHARE OF e FOR UPDATE OF h" if lock else ""
+    row = await conn.fetchrow(
+        f"SELECT {_HOLD_COLUMNS}, h.request_hash, e.organizer_id, "
+        "clock_timestamp() AS db_time "
+        "FROM holds h JOIN events e ON e.id = h.event_id WHERE h.id = $1" + suffix,
+        hold_id,
+    )
+    if row is None:
+        return None
+    seats = await _hold_seats_of(conn, [hold_id])
+    return HoldRow(
+        hold=row,
+        seats=seats.get(hold_id, []),
+        organizer_id=row["organizer_id"],
+        request_hash=row["request_hash"],
+        db_time=row["db_time"],
+    )
+
+
+async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID) -> list[Any]:
+    """Lock every place the hold listed, in id order, whoever has it now; `free` and
+    `hold_id` tell whether it can still be this hold's (a late confirmation re-takes it)."""
+    try:
+        return list(
+            await conn.fetch(
+                f"SELECT {_SEAT_COLUMNS} FROM seats s "
+                "WHERE s.id IN (SELECT seat_id FROM hold_seats WHERE hold_id = $1) "
+                "ORDER BY s.id FOR UPDATE",
+                hold_id,
+            )
+        )
+    except asyncpg.LockNotAvailableError:
+        raise seat_locked() from None
+
+
+async def extend_hold(conn: Conn, hold_id: uuid.UUID, expire_time: dt.datetime) -> int:
+    """Move the (locked, active) hold's expiry and its seats' copy; returns how many of its
+    seats still pointed at it (fewer: one was re-taken after expiry, and the caller rolls
+    back). Waits for the seat locks, so a taker in flight either finished first (and the
+    count says so) or sees the new expiry."""
+    row = await conn.fetchrow(
+        """
+        WITH h AS (
+            UPDATE holds SET expire_time = $2 WHERE id = $1 RETURNING id
+        ), s AS (
+            UPDATE seats SET held_until = $2 WHERE hold_id = $1 RETURNING id
+        )
+        SELECT (SELECT count(*) FROM s) AS seats
+        """,
+        hold_id,
+        expire_time,
+    )
+    count: int = row["seats"]
+    return count
+
+
+async def release_hold(conn: Conn, hold_id: uuid.UUID) -> None:
+    """RELEASED now, and every seat still under it AVAILABLE again (caller holds the hold
+    locked, ACTIVE)."""
+    await conn.execute(
+        """
+        WITH h AS (
+            UPDATE holds SET status = 'RELEASED', release_time = clock_timestamp()
+            WHERE id = $1 RETURNING id
+        )
+        UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL
+        WHERE hold_id = $1
+        """,
+        hold_id,
+    )
+
+
+async def release_event_holds(conn: Conn, event_id: uuid.UUID) -> int:
+    """Release every ACTIVE hold of an event being cancelled (the caller holds the event FOR
+    UPDATE, so no hold, confirm or release of it is in flight). Returns the holds released."""
+    row = await conn.fetchrow(
+        """
+        WITH h AS (
+            UPDATE holds SET status = 'RELEASED', release_time = clock_timestamp()
+            WHERE event_id = $1 AND status = 'ACTIVE' RETURNING id
+        ), s AS (
+            UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL
+            WHERE event_id = $1 AND status = 'HELD' RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM h) AS holds
+        """,
+        event_id,
+    )
+    count: int = row["holds"]
+    return count
+
+
+@dataclass(frozen=True)
+class HoldFilter:
+    customer_id: uuid.UUID | None
+    event_id: uuid.UUID | None
+
+
+async def list_holds(
+    conn: Conn,
+    filters: HoldFilter,
+    *,
+    before: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[tuple[Any, list[Any]]]:
+    """Holds newest first, keyset on (create_time, id), with their seats."""
+    clauses = ["TRUE"]
+    arg = Params()
+    if filters.customer_id is not None:
+        clauses.append(f"h.customer_id = {arg(filters.customer_id)}")
+    if filters.event_id is not None:
+        clauses.append(f"h.event_id = {arg(filters.event_id)}")
+    if before is not None:
+        clauses.append(f"(h.create_time, h.id) < ({arg(before[0])}, {arg(before[1])})")
+    rows = await conn.fetch(
+        f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE {' AND '.join(clauses)} "
+        f"ORDER BY h.create_time DESC, h.id DESC LIMIT {arg(limit)}",
+        *arg,
+    )
+    seats = await _hold_seats_of(conn, [r["id"] for r in rows]) if rows else {}
+    return [(r, seats.get(r["id"], [])) for r in rows]

@@ -17,6 +17,7 @@ from ticketd.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Precondition,
     Reason,
     not_found,
 )
@@ -94,6 +95,8 @@ class OrderRecord:
     create_time: dt.datetime
     refund_time: dt.datetime | None
     refund_reason: str | None
+    payment_reference: str | None = None
+    """ConfirmHold's payment_reference (the payment provider's id); None for BookSeats."""
     tickets: tuple[TicketRecord, ...] = field(default=())
 
 
@@ -227,3 +230,129 @@ def validate_refund_reason(reason: str) -> str:
     if not cleaned or len(cleaned) > MAX_REFUND_REASON:
         raise InvalidArgument.one("reason", f"1..{MAX_REFUND_REASON} characters")
     return cleaned
+
+
+# Holds (issue 12) ---------------------------------------------------------------------------
+
+MAX_PAYMENT_REFERENCE = 200
+
+
+class HoldStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+    """Never stored: ACTIVE past its expire_time on the database clock (SQL hold_expired)."""
+
+
+@dataclass(frozen=True)
+class HoldSeatRecord:
+    seat_id: int
+    section_id: uuid.UUID
+    section_name: str
+    row_label: str | None
+    seat_number: int | None
+    seat_label: str | None
+    price_minor: int
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    customer_id: uuid.UUID
+    request_id: uuid.UUID
+    status: HoldStatus
+    total_minor: int
+    currency_code: str
+    create_time: dt.datetime
+    expire_time: dt.datetime
+    order_id: uuid.UUID | None
+    seats: tuple[HoldSeatRecord, ...] = field(default=())
+
+
+def resolve_hold_ttl(
+    requested: dt.timedelta | None, *, default: dt.timedelta, maximum: dt.timedelta
+) -> dt.timedelta:
+    """The ttl a hold gets: `default` when none is asked for, else 1 s .. `maximum`."""
+    if requested is None:
+        return min(default, maximum)
+    if requested < dt.timedelta(seconds=1) or requested > maximum:
+        raise InvalidArgument.one(
+            "ttl", f"between 1s and {int(maximum.total_seconds())}s (TICKETING_HOLD_MAX_TTL)"
+        )
+    return requested
+
+
+def hold_not_found(hold_id: uuid.UUID) -> NotFound:
+    return not_found(Reason.HOLD_NOT_FOUND, "hold", hold_id=hold_id)
+
+
+def can_read_hold(
+    principal: Principal, customer_id: uuid.UUID, event_organizer_id: uuid.UUID
+) -> bool:
+    """Whoever may read the orders of this customer at this event may read their holds."""
+    return can_read_order(principal, customer_id, event_organizer_id)
+
+
+def ensure_hold_owner(principal: Principal, customer_id: uuid.UUID) -> None:
+    """A hold is its customer's: only they extend, confirm or release it."""
+    if principal.user_id != customer_id:
+        raise PermissionDenied("this hold is not yours", reason=Reason.NOT_HOLD_OWNER)
+
+
+def hold_not_active(hold_id: uuid.UUID, status: HoldStatus) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the hold is {status.value.lower()}",
+        reason=Reason.HOLD_NOT_ACTIVE,
+        metadata={"hold_id": str(hold_id), "status": status.value},
+    )
+
+
+def hold_expired_error(hold_id: uuid.UUID, taken: list[int]) -> FailedPrecondition:
+    """A hold whose seats (some of them) belong to someone else now: nothing was written."""
+    what = f"{len(taken)} of its seats were taken" if taken else "it expired"
+    return FailedPrecondition(
+        f"the hold expired and {what}",
+        reason=Reason.HOLD_EXPIRED,
+        metadata={"hold_id": str(hold_id), "seat_ids": ",".join(map(str, taken))},
+        violations=[
+            Precondition("SEAT", str(sid), "taken after the hold expired") for sid in taken
+        ],
+    )
+
+
+def extended_expiry(
+    *,
+    create_time: dt.datetime,
+    expire_time: dt.datetime,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    max_ttl: dt.timedelta,
+) -> dt.datetime:
+    """The new expire_time of an active hold extended by `ttl` from `now`: never earlier
+    than it was, and never more than `max_ttl` after the hold's creation (else
+    HOLD_LIMIT_EXCEEDED: a countdown that can be reset forever is a seat taken forever)."""
+    wanted = max(expire_time, now + ttl)
+    limit = create_time + max_ttl
+    if wanted > limit:
+        raise FailedPrecondition(
+            f"a hold lives at most {int(max_ttl.total_seconds())}s from its creation",
+            reason=Reason.HOLD_LIMIT_EXCEEDED,
+            metadata={"max_expire_time": limit.isoformat()},
+        )
+    return wanted
+
+
+def hold_confirm_fingerprint(hold_id: uuid.UUID) -> str:
+    """The request fingerprint of the order a ConfirmHold makes: its hold."""
+    return hashlib.sha256(f"hold|{hold_id}".encode()).hexdigest()[:32]
+
+
+def validate_payment_reference(reference: str) -> str | None:
+    cleaned = reference.strip()
+    if len(cleaned) > MAX_PAYMENT_REFERENCE:
+        raise InvalidArgument.one(
+            "payment_reference", f"at most {MAX_PAYMENT_REFERENCE} characters"
+        )
+    return cleaned or None

@@ -9,30 +9,41 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.booking import repository as repo
 from ticketd.booking.rules import (
     BestAvailable,
     EventRefunds,
+    HoldRecord,
+    HoldSeatRecord,
+    HoldStatus,
     OrderRecord,
     OrderStatus,
     Selection,
     SpecificSeats,
     TicketRecord,
     TicketStatus,
+    can_read_hold,
     can_read_order,
     check_can_rotate,
     check_customer_limit,
     check_order_limit,
     ensure_can_refund,
     ensure_can_rotate,
+    ensure_hold_owner,
+    extended_expiry,
+    hold_confirm_fingerprint,
+    hold_expired_error,
+    hold_not_active,
+    hold_not_found,
     may_see_codes,
     new_ticket_code,
     not_on_sale,
     order_not_found,
     request_fingerprint,
+    resolve_hold_ttl,
 )
 from ticketd.db.database import Connection, Database
 from ticketd.errors import (
@@ -106,10 +117,15 @@ class BookingService:
         db: Database,
         customers: CustomerLookup,
         signed_codes: SignedCodeIssuer | None = None,
+        *,
+        hold_ttl: dt.timedelta = dt.timedelta(seconds=600),
+        hold_max_ttl: dt.timedelta = dt.timedelta(seconds=1800),
     ) -> None:
         self._db = db
         self._customers = customers
         self._signed_codes = signed_codes
+        self._hold_ttl = hold_ttl
+        self._hold_max_ttl = hold_max_ttl
 
     async def book(
         self,
@@ -169,53 +185,7 @@ class BookingService:
                 raise not_on_sale(event_id, "it was cancelled")
             if event.started:
                 raise not_on_sale(event_id, "it has started")
-            check_order_limit(selection.quantity, event.max_tickets_per_order)
-            if event.max_tickets_per_customer is not None:
-                held = await repo.serialize_customer(conn, event_id, customer_id)
-                check_customer_limit(held, selection.quantity, event.max_tickets_per_customer)
-
-            if isinstance(selection, SpecificSeats):
-                seats = await repo.lock_seats(conn, event_id, selection.seat_ids)
-                found = {s["id"] for s in seats}
-                missing = [
-                    FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
-                    for i, sid in enumerate(selection.seat_ids)
-                    if sid not in found
-                ]
-                if missing:
-                    raise InvalidArgument(missing)
-                taken = [s["id"] for s in seats if s["status"] != "AVAILABLE"]
-                if taken:
-                    raise FailedPrecondition(
-                        f"{len(taken)} of {len(seats)} requested seats already sold",
-                        reason=Reason.SEAT_UNAVAILABLE,
-                        metadata={"seat_ids": ",".join(map(str, taken))},
-                        violations=[
-                            Precondition("SEAT", str(sid), "already sold") for sid in taken
-                        ],
-                    )
-            else:
-                assert isinstance(selection, BestAvailable)
-                if selection.section_id not in event.section_names:
-                    raise InvalidArgument.one(
-                        "best_available.section_id", "not a section of this event"
-                    )
-                seats = await repo.claim_best_available(
-                    conn, event_id, selection.section_id, selection.quantity
-                )
-                if len(seats) < selection.quantity:
-                    free = await repo.count_available(conn, event_id, selection.section_id)
-                    if free >= selection.quantity:
-                        raise Aborted(
-                            "the remaining places are being booked right now; retry",
-                            reason=Reason.SEAT_LOCKED,
-                        )
-                    raise FailedPrecondition(
-                        f"only {free} places left in this section",
-                        reason=Reason.SOLD_OUT,
-                        metadata={"available": str(free), "section_id": str(selection.section_id)},
-                    )
-
+            seats = await self._take_seats(conn, event, event_id, customer_id, selection)
             order_id = uuid.uuid4()
             new = [
                 repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), s["price_minor"])
@@ -265,6 +235,65 @@ class BookingService:
                     for t, s in zip(new, seats, strict=True)
                 ),
             )
+
+    async def _take_seats(
+        self,
+        conn: Connection,
+        event: repo.EventForSale,
+        event_id: uuid.UUID,
+        customer_id: uuid.UUID,
+        selection: Selection,
+    ) -> list[Any]:
+        """The one step BookSeats and HoldSeats share: the limits (live holds count), then
+        the seats locked and checked free (SQL seat_is_free). Caller: inside the
+        transaction, the event KEY SHARE locked and judged on sale."""
+        check_order_limit(selection.quantity, event.max_tickets_per_order)
+        if event.max_tickets_per_customer is not None:
+            held = await repo.serialize_customer(conn, event_id, customer_id)
+            check_customer_limit(held, selection.quantity, event.max_tickets_per_customer)
+
+        if isinstance(selection, SpecificSeats):
+            seats = await repo.lock_seats(conn, event_id, selection.seat_ids)
+            found = {s["id"] for s in seats}
+            missing = [
+                FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
+                for i, sid in enumerate(selection.seat_ids)
+                if sid not in found
+            ]
+            if missing:
+                raise InvalidArgument(missing)
+            taken = [s["id"] for s in seats if not s["free"]]
+            if taken:
+                raise FailedPrecondition(
+                    f"{len(taken)} of {len(seats)} requested seats already sold or held",
+                    reason=Reason.SEAT_UNAVAILABLE,
+                    metadata={"seat_ids": ",".join(map(str, taken))},
+                    violations=[
+                        Precondition("SEAT", str(sid), "already sold or held") for sid in taken
+                    ],
+                )
+        else:
+            assert isinstance(selection, BestAvailable)
+            if selection.section_id not in event.section_names:
+                raise InvalidArgument.one(
+                    "best_available.section_id", "not a section of this event"
+                )
+            seats = await repo.claim_best_available(
+                conn, event_id, selection.section_id, selection.quantity
+            )
+            if len(seats) < selection.quantity:
+                free = await repo.count_available(conn, event_id, selection.section_id)
+                if free >= selection.quantity:
+                    raise Aborted(
+                        "the remaining places are being booked right now; retry",
+                        reason=Reason.SEAT_LOCKED,
+                    )
+                raise FailedPrecondition(
+                    f"only {free} places left in this section",
+                    reason=Reason.SOLD_OUT,
+                    metadata={"available": str(free), "section_id": str(selection.section_id)},
+                )
+        return seats
 
     async def get_order(
         self, principal: Principal, order_id: uuid.UUID, *, signed_codes: bool = False
@@ -414,7 +443,321 @@ class BookingService:
         Orders with a ticket used at a gate are not refunded: they stay CONFIRMED with
         their tickets as they are (USED stay USED; the others stay VALID, since the order is
         kept whole and a cancelled event admits nobody), and are reported instead."""
+        # Live holds go first: their seats are free again when the cancel commits, and a
+        # confirmation waiting on the event row then finds its hold RELEASED.
+        await repo.release_event_holds(conn, event_id)
         await repo.lock_event_tickets(conn, event_id)
         return await repo.refund_event_orders(
             conn, event_id, refunded_by=refunded_by, reason=reason, report_limit=report_limit
         )
+
+    # Holds (issue 12) ----------------------------------------------------------------------
+
+    def hold_ttl(self, requested: dt.timedelta | None) -> dt.timedelta:
+        return resolve_hold_ttl(requested, default=self._hold_ttl, maximum=self._hold_max_ttl)
+
+    async def hold(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        ttl: dt.timedelta | None,
+    ) -> HoldRecord:
+        """Lock seats for the caller until expiry: the same rules, locks and errors as
+        BookSeats, in one transaction. A repeated request_id returns the first hold."""
+        lifetime = self.hold_ttl(ttl)
+        fingerprint = request_fingerprint(event_id, selection)
+        try:
+            return await self._hold_once(
+                principal, event_id, request_id, selection, fingerprint, lifetime
+            )
+        except (_TwinCommittedFirst, DomainError) as exc:
+            if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
+                raise
+            async with self._db.connection() as conn:
+                found = await repo.existing_hold_request(conn, principal.user_id, request_id)
+                if found is not None:
+                    if found[1] != fingerprint:
+                        raise _mismatch(request_id) from None
+                    got = await repo.get_hold(conn, found[0])
+                    assert got is not None
+                    return _hold_record(got.hold, got.seats)
+            if isinstance(exc, _TwinCommittedFirst):
+                raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
+            raise
+
+    async def _hold_once(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        fingerprint: str,
+        ttl: dt.timedelta,
+    ) -> HoldRecord:
+        customer_id = principal.user_id
+        async with self._db.transaction() as conn:
+            event = await repo.event_for_sale(conn, event_id, customer_id, request_id, made="holds")
+            if event is None:
+                raise event_not_found(event_id)
+            if event.existing_order_id is not None:
+                if event.existing_hash != fingerprint:
+                    raise _mismatch(request_id)
+                existing = await repo.get_hold(conn, event.existing_order_id)
+                assert existing is not None
+                return _hold_record(existing.hold, existing.seats)
+            if event.cancelled:
+                raise not_on_sale(event_id, "it was cancelled")
+            if event.started:
+                raise not_on_sale(event_id, "it has started")
+            seats = await self._take_seats(conn, event, event_id, customer_id, selection)
+            hold_id = uuid.uuid4()
+            written = await repo.insert_hold(
+                conn,
+                hold_id=hold_id,
+                event_id=event_id,
+                customer_id=customer_id,
+                request_id=request_id,
+                request_hash=fingerprint,
+                currency_code=event.currency_code,
+                ttl=ttl,
+                seats=[repo.NewHoldSeat(s["id"], s["price_minor"]) for s in seats],
+            )
+            if not written.on_sale:
+                raise not_on_sale(event_id, "it has started")
+            if written.create_time is None or written.expire_time is None:
+                raise _TwinCommittedFirst()
+            return HoldRecord(
+                id=hold_id,
+                event_id=event_id,
+                customer_id=customer_id,
+                request_id=request_id,
+                status=HoldStatus.ACTIVE,
+                total_minor=sum(s["price_minor"] for s in seats),
+                currency_code=event.currency_code,
+                create_time=written.create_time,
+                expire_time=written.expire_time,
+                order_id=None,
+                seats=tuple(
+                    HoldSeatRecord(
+                        seat_id=s["id"],
+                        section_id=s["section_id"],
+                        section_name=event.section_names[s["section_id"]],
+                        row_label=s["row_label"],
+                        seat_number=s["seat_number"],
+                        seat_label=s["seat_label"],
+                        price_minor=s["price_minor"],
+                    )
+                    for s in seats
+                ),
+            )
+
+    async def get_hold(self, principal: Principal, hold_id: uuid.UUID) -> HoldRecord:
+        async with self._db.connection() as conn:
+            got = await repo.get_hold(conn, hold_id)
+        if got is None:
+            raise hold_not_found(hold_id)
+        if not can_read_hold(principal, got.hold["customer_id"], got.organizer_id):
+            raise PermissionDenied("you may not read this hold", reason=Reason.NOT_HOLD_OWNER)
+        return _hold_record(got.hold, got.seats)
+
+    async def list_holds(
+        self,
+        principal: Principal,
+        *,
+        event_id: uuid.UUID | None,
+        customer_email: str | None,
+        before: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[HoldRecord]:
+        """Own holds; SUPPORT and ADMIN anyone's (optionally one customer's)."""
+        if not principal.has(Role.ADMIN, Role.SUPPORT):
+            if customer_email and customer_email != principal.email:
+                raise PermissionDenied(
+                    "customers may list only their own holds", reason=Reason.NOT_HOLD_OWNER
+                )
+            customer_id: uuid.UUID | None = principal.user_id
+        elif customer_email:
+            customer_id = await self._customers.user_id_by_email(customer_email)
+            if customer_id is None:
+                return []
+        else:
+            customer_id = None
+        async with self._db.connection() as conn:
+            rows = await repo.list_holds(
+                conn,
+                repo.HoldFilter(customer_id=customer_id, event_id=event_id),
+                before=before,
+                limit=limit,
+            )
+        return [_hold_record(h, seats) for h, seats in rows]
+
+    async def _locked_own_hold(
+        self, conn: Connection, principal: Principal, hold_id: uuid.UUID
+    ) -> repo.HoldRow:
+        got = await repo.get_hold(conn, hold_id, lock=True)
+        if got is None:
+            raise hold_not_found(hold_id)
+        ensure_hold_owner(principal, got.hold["customer_id"])
+        return got
+
+    async def extend_hold(
+        self, principal: Principal, hold_id: uuid.UUID, ttl: dt.timedelta | None
+    ) -> HoldRecord:
+        """A later expiry for an active hold, never past TICKETING_HOLD_MAX_TTL from its
+        creation; an expired hold is not revived (HOLD_EXPIRED)."""
+        lifetime = self.hold_ttl(ttl)
+        async with self._db.transaction() as conn:
+            got = await self._locked_own_hold(conn, principal, hold_id)
+            status = HoldStatus(got.hold["status"])
+            if status is HoldStatus.EXPIRED or (
+                status is HoldStatus.ACTIVE and got.hold["expire_time"] <= got.db_time
+            ):
+                raise hold_expired_error(hold_id, [])
+            if status is not HoldStatus.ACTIVE:
+                raise hold_not_active(hold_id, status)
+            new_expiry = extended_expiry(
+                create_time=got.hold["create_time"],
+                expire_time=got.hold["expire_time"],
+                now=got.db_time,
+                ttl=lifetime,
+                max_ttl=self._hold_max_ttl,
+            )
+            still_ours = await repo.extend_hold(conn, hold_id, new_expiry)
+            if still_ours != got.hold["seat_count"]:
+                # A seat was re-taken by someone who judged the hold expired on a clock read
+                # just before ours: it is expired; rolling back undoes the extension.
+                raise hold_expired_error(hold_id, [])
+            after = await repo.get_hold(conn, hold_id)
+        assert after is not None
+        return _hold_record(after.hold, after.seats)
+
+    async def release_hold(self, principal: Principal, hold_id: uuid.UUID) -> HoldRecord:
+        """Seats free at once. Releasing a released or expired hold is a no-op that answers
+        the hold (RELEASED); a confirmed one is HOLD_NOT_ACTIVE."""
+        async with self._db.transaction() as conn:
+            got = await self._locked_own_hold(conn, principal, hold_id)
+            status = HoldStatus(got.hold["status"])
+            if status is HoldStatus.CONFIRMED:
+                raise hold_not_active(hold_id, status)
+            if status is not HoldStatus.RELEASED:
+                await repo.release_hold(conn, hold_id)
+            after = await repo.get_hold(conn, hold_id)
+        assert after is not None
+        return _hold_record(after.hold, after.seats)
+
+    async def confirm_hold(
+        self,
+        principal: Principal,
+        hold_id: uuid.UUID,
+        request_id: uuid.UUID,
+        payment_reference: str | None,
+    ) -> OrderRecord:
+        """The hold becomes a CONFIRMED order with its tickets, in one transaction.
+
+        Late confirmation: an expired hold is confirmed when every one of its seats is still
+        free or still its own (re-taken under the seat locks); otherwise HOLD_EXPIRED naming
+        the seats, and nothing is written. A repeated request_id returns the same order.
+        """
+        fingerprint = hold_confirm_fingerprint(hold_id)
+        try:
+            return await self._confirm_once(
+                principal, hold_id, request_id, fingerprint, payment_reference
+            )
+        except _TwinCommittedFirst:
+            twin = await self._order_for_request(principal.user_id, request_id, fingerprint)
+            if twin is not None:
+                return twin
+            raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
+
+    async def _confirm_once(
+        self,
+        principal: Principal,
+        hold_id: uuid.UUID,
+        request_id: uuid.UUID,
+        fingerprint: str,
+        payment_reference: str | None,
+    ) -> OrderRecord:
+        async with self._db.transaction() as conn:
+            got = await self._locked_own_hold(conn, principal, hold_id)
+            hold = got.hold
+            earlier = await repo.existing_request(conn, principal.user_id, request_id)
+            if earlier is not None:
+                if earlier[1] != fingerprint:
+                    raise _mismatch(request_id)
+                done = await repo.get_order(conn, earlier[0])
+                assert done is not None
+                return done.order
+            status = HoldStatus(hold["status"])
+            if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
+                raise hold_not_active(hold_id, status)
+            event = await repo.event_for_sale(conn, hold["event_id"], principal.user_id, request_id)
+            assert event is not None
+            if event.cancelled:
+                raise not_on_sale(hold["event_id"], "it was cancelled")
+            if event.started:
+                raise not_on_sale(hold["event_id"], "it has started")
+            seats = await repo.lock_hold_seats(conn, hold_id)
+            taken = [s["id"] for s in seats if s["hold_id"] != hold_id and not s["free"]]
+            if taken:
+                raise hold_expired_error(hold_id, taken)
+            if event.max_tickets_per_customer is not None and (status is HoldStatus.EXPIRED):
+                # A live hold already counted toward the cap when it was made; an expired
+                # one did not count while others were held meanwhile: count again.
+                others = await repo.serialize_customer(
+                    conn, hold["event_id"], principal.user_id, except_hold=hold_id
+                )
+                check_customer_limit(others, len(seats), event.max_tickets_per_customer)
+            prices = {s["seat_id"]: s["price_minor"] for s in got.seats}
+            order_id = uuid.uuid4()
+            new = [
+                repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), prices[s["id"]])
+                for s in seats
+            ]
+            written = await repo.insert_order(
+                conn,
+                order_id=order_id,
+                event_id=hold["event_id"],
+                customer_id=principal.user_id,
+                request_id=request_id,
+                request_hash=fingerprint,
+                currency_code=hold["currency_code"],
+                tickets=new,
+                hold_id=hold_id,
+                payment_reference=payment_reference,
+            )
+            if not written.on_sale:
+                raise not_on_sale(hold["event_id"], "it has started")
+            if written.create_time is None:
+                raise _TwinCommittedFirst()
+            after = await repo.get_order(conn, order_id)
+        assert after is not None
+        return after.order
+
+
+def _hold_record(row: Any, seats: list[Any]) -> HoldRecord:
+    return HoldRecord(
+        id=row["id"],
+        event_id=row["event_id"],
+        customer_id=row["customer_id"],
+        request_id=row["request_id"],
+        status=HoldStatus(row["status"]),
+        total_minor=row["total_minor"],
+        currency_code=row["currency_code"],
+        create_time=row["create_time"],
+        expire_time=row["expire_time"],
+        order_id=row["order_id"],
+        seats=tuple(
+            HoldSeatRecord(
+                seat_id=s["seat_id"],
+                section_id=s["section_id"],
+                section_name=s["section_name"],
+                row_label=s["row_label"],
+                seat_number=s["seat_number"],
+                seat_label=s["seat_label"],
+                price_minor=s["price_minor"],
+            )
+            for s in seats
+        ),
+    )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from ticketd.auth.principal import Principal, current_principal
 from ticketd.booking.rules import (
     BestAvailable,
+    HoldRecord,
+    HoldStatus,
     OrderRecord,
     OrderStatus,
     TicketStatus,
     may_see_codes,
+    validate_payment_reference,
     validate_refund_reason,
     validate_selection,
 )
@@ -50,6 +54,7 @@ def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order
         currency_code=order.currency_code,
         create_time=timestamp(order.create_time),
         refund_reason=order.refund_reason or "",
+        payment_reference=order.payment_reference or "",
         tickets=[
             booking_pb2.Ticket(
                 id=str(t.id),
@@ -72,6 +77,68 @@ def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order
     return msg
 
 
+HOLD_STATUS = {
+    HoldStatus.ACTIVE: booking_pb2.HOLD_STATUS_ACTIVE,
+    HoldStatus.CONFIRMED: booking_pb2.HOLD_STATUS_CONFIRMED,
+    HoldStatus.RELEASED: booking_pb2.HOLD_STATUS_RELEASED,
+    HoldStatus.EXPIRED: booking_pb2.HOLD_STATUS_EXPIRED,
+}
+
+# Durations a client may send: anything longer is refused by the service's ttl rule; this
+# bound only keeps the conversion from overflowing.
+_MAX_TTL_SECONDS = 10 * 365 * 86400
+
+
+def hold_to_proto(hold: HoldRecord) -> booking_pb2.Hold:
+    return booking_pb2.Hold(
+        id=str(hold.id),
+        event_id=str(hold.event_id),
+        customer_id=str(hold.customer_id),
+        request_id=str(hold.request_id),
+        status=HOLD_STATUS[hold.status],
+        total_minor=hold.total_minor,
+        currency_code=hold.currency_code,
+        create_time=timestamp(hold.create_time),
+        expire_time=timestamp(hold.expire_time),
+        order_id=str(hold.order_id) if hold.order_id else "",
+        seats=[
+            booking_pb2.HoldSeat(
+                seat_id=s.seat_id,
+                section_id=str(s.section_id),
+                section_name=s.section_name,
+                row_label=s.row_label or "",
+                seat_number=s.seat_number or 0,
+                seat_label=s.seat_label or "",
+                price_minor=s.price_minor,
+            )
+            for s in hold.seats
+        ],
+    )
+
+
+def ttl_from(request: Any, field: str = "ttl") -> dt.timedelta | None:
+    """The request's optional Duration as a timedelta (None when unset)."""
+    if not request.HasField(field):
+        return None
+    d = getattr(request, field)
+    if d.seconds < 0 or d.nanos < 0 or d.seconds > _MAX_TTL_SECONDS or d.nanos >= 10**9:
+        raise InvalidArgument.one(field, "a positive duration")
+    return dt.timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
+
+
+def selection_from(request: Any) -> Any:
+    which = request.WhichOneof("selection")
+    return validate_selection(
+        list(request.seat_ids.ids) if which == "seat_ids" else None,
+        BestAvailable(
+            parse_uuid(request.best_available.section_id, "best_available.section_id"),
+            request.best_available.quantity,
+        )
+        if which == "best_available"
+        else None,
+    )
+
+
 def order_for(principal: Principal, order: OrderRecord) -> booking_pb2.Order:
     """The order as `principal` sees it: ticket codes on their own orders only (staff see
     anyone's orders, without codes)."""
@@ -91,16 +158,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         principal = current_principal()
         event_id = parse_uuid(request.event_id, "event_id")
         request_id = parse_uuid(request.request_id, "request_id")
-        which = request.WhichOneof("selection")
-        selection = validate_selection(
-            list(request.seat_ids.ids) if which == "seat_ids" else None,
-            BestAvailable(
-                parse_uuid(request.best_available.section_id, "best_available.section_id"),
-                request.best_available.quantity,
-            )
-            if which == "best_available"
-            else None,
-        )
+        selection = selection_from(request)
         order = await self._service.book(principal, event_id, request_id, selection)
         return booking_pb2.BookSeatsResponse(order=order_for(principal, order))
 
@@ -163,3 +221,72 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             order=order_for(principal, order),
             rotated_count=rotated,
         )
+
+    async def HoldSeats(
+        self, request: booking_pb2.HoldSeatsRequest, context: Any
+    ) -> booking_pb2.HoldSeatsResponse:
+        principal = current_principal()
+        event_id = parse_uuid(request.event_id, "event_id")
+        request_id = parse_uuid(request.request_id, "request_id")
+        selection = selection_from(request)
+        hold = await self._service.hold(
+            principal, event_id, request_id, selection, ttl_from(request)
+        )
+        return booking_pb2.HoldSeatsResponse(hold=hold_to_proto(hold))
+
+    async def ExtendHold(
+        self, request: booking_pb2.ExtendHoldRequest, context: Any
+    ) -> booking_pb2.ExtendHoldResponse:
+        hold = await self._service.extend_hold(
+            current_principal(), parse_uuid(request.hold_id, "hold_id"), ttl_from(request)
+        )
+        return booking_pb2.ExtendHoldResponse(hold=hold_to_proto(hold))
+
+    async def ConfirmHold(
+        self, request: booking_pb2.ConfirmHoldRequest, context: Any
+    ) -> booking_pb2.ConfirmHoldResponse:
+        principal = current_principal()
+        hold_id = parse_uuid(request.hold_id, "hold_id")
+        request_id = parse_uuid(request.request_id, "request_id")
+        reference = validate_payment_reference(request.payment_reference)
+        order = await self._service.confirm_hold(principal, hold_id, request_id, reference)
+        return booking_pb2.ConfirmHoldResponse(order=order_for(principal, order))
+
+    async def ReleaseHold(
+        self, request: booking_pb2.ReleaseHoldRequest, context: Any
+    ) -> booking_pb2.ReleaseHoldResponse:
+        hold = await self._service.release_hold(
+            current_principal(), parse_uuid(request.hold_id, "hold_id")
+        )
+        return booking_pb2.ReleaseHoldResponse(hold=hold_to_proto(hold))
+
+    async def GetHold(
+        self, request: booking_pb2.GetHoldRequest, context: Any
+    ) -> booking_pb2.GetHoldResponse:
+        hold = await self._service.get_hold(
+            current_principal(), parse_uuid(request.hold_id, "hold_id")
+        )
+        return booking_pb2.GetHoldResponse(hold=hold_to_proto(hold))
+
+    async def ListHolds(
+        self, request: booking_pb2.ListHoldsRequest, context: Any
+    ) -> booking_pb2.ListHoldsResponse:
+        principal = current_principal()
+        size = resolve_page_size(request.page_size)
+        event_id = optional_uuid(request.event_id, "event_id")
+        email = request.customer_email.strip().lower()
+        if len(email) > 254:
+            raise InvalidArgument.one("customer_email", "must be at most 254 characters")
+        query = {"event": str(event_id), "email": email, "caller": str(principal.user_id)}
+        before = decode_time_keyset(self._pages, "holds", query, request.page_token)
+        rows = await self._service.list_holds(
+            principal,
+            event_id=event_id,
+            customer_email=email or None,
+            before=before,
+            limit=size + 1,
+        )
+        holds, token = self._pages.page(
+            "holds", query, rows, size, hold_to_proto, lambda h: time_keyset(h.create_time, h.id)
+        )
+        return booking_pb2.ListHoldsResponse(holds=holds, next_page_token=token)

@@ -164,6 +164,11 @@ def _event(row: Any, sections: tuple[EventSectionRecord, ...] = ()) -> EventReco
     return record_from_row(EventRecord, row, status=EventStatus(row["status"]), sections=sections)
 
 
+# What a seat map shows: a seat under a hold that expired is AVAILABLE (booking's own
+# condition, SQL seat_is_free from migration 0011), never who holds it.
+_SEAT_STATUS = "CASE WHEN seat_is_free(s.status, s.held_until) THEN 'AVAILABLE' ELSE s.status END"
+
+
 async def event(
     conn: Connection, event_id: uuid.UUID, *, with_counts: bool = True, lock: str = ""
 ) -> EventRecord | None:
@@ -178,8 +183,8 @@ async def event(
     counts: dict[tuple[uuid.UUID, str], int] = {}
     if with_counts:
         for c in await conn.fetch(
-            "SELECT section_id, status, count(*) AS n FROM seats "
-            "WHERE event_id = $1 GROUP BY section_id, status",
+            f"SELECT section_id, {_SEAT_STATUS} AS status, count(*) AS n FROM seats s "
+            "WHERE event_id = $1 GROUP BY 1, 2",
             event_id,
         ):
             counts[(c["section_id"], c["status"])] = c["n"]
@@ -197,6 +202,7 @@ async def event(
                 kind=SectionKind(s["kind"]),
                 available_count=counts.get((s["section_id"], SeatStatus.AVAILABLE.value), 0),
                 sold_count=counts.get((s["section_id"], SeatStatus.SOLD.value), 0),
+                held_count=counts.get((s["section_id"], SeatStatus.HELD.value), 0),
             )
             for s in sections
         ),
@@ -250,13 +256,17 @@ async def list_seats(
     clauses = [f"s.event_id = {arg(event_id)}"]
     if section_id is not None:
         clauses.append(f"s.section_id = {arg(section_id)}")
-    if status is not None:
+    if status is SeatStatus.AVAILABLE:
+        clauses.append("seat_is_free(s.status, s.held_until)")
+    elif status is SeatStatus.HELD:
+        clauses.append("s.status = 'HELD' AND NOT seat_is_free(s.status, s.held_until)")
+    elif status is not None:
         clauses.append(f"s.status = {arg(status.value)}")
     if after_id is not None:
         clauses.append(f"s.id > {arg(after_id)}")
     rows = await conn.fetch(
         "SELECT s.id, s.section_id, es.name AS section_name, s.row_label, s.seat_number, "
-        "s.seat_label, s.price_minor, s.status FROM seats s "
+        f"s.seat_label, s.price_minor, {_SEAT_STATUS} AS status FROM seats s "
         "JOIN event_sections es ON es.event_id = s.event_id "
         "AND es.section_id = s.section_id WHERE "
         + " AND ".join(clauses)

@@ -43,6 +43,8 @@ class EventStatus(StrEnum):
 class SeatStatus(StrEnum):
     AVAILABLE = "AVAILABLE"
     SOLD = "SOLD"
+    HELD = "HELD"
+    """Under a live hold; a seat whose hold expired reads AVAILABLE (SQL seat_is_free)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class EventSectionRecord:
     capacity: int
     available_count: int = 0
     sold_count: int = 0
+    held_count: int = 0
 
 
 @dataclass(frozen=True)

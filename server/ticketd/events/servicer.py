@@ -43,6 +43,7 @@ STATUS_TO_PROTO = {
 SEAT_STATUS_TO_PROTO = {
     SeatStatus.AVAILABLE: event_pb2.SEAT_STATUS_AVAILABLE,
     SeatStatus.SOLD: event_pb2.SEAT_STATUS_SOLD,
+    SeatStatus.HELD: event_pb2.SEAT_STATUS_HELD,
 }
 SEAT_STATUS_FROM_PROTO = {v: k for k, v in SEAT_STATUS_TO_PROTO.items()}
 
@@ -79,6 +80,7 @@ def event_to_proto(event: EventRecord) -> event_pb2.Event:
                 capacity=s.capacity,
                 available_count=s.available_count,
                 sold_count=s.sold_count,
+                held_count=s.held_count,
             )
             for s in event.sections
         ],
