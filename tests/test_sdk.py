@@ -297,8 +297,8 @@ async def test_decode_error_names_the_sold_seats(
     )
     assert sold.metadata == {"seat_ids": f"{ids[1]},{ids[2]}"}
     assert sold.precondition_violations == (
-        PreconditionViolation("SEAT", str(ids[1]), "already sold"),
-        PreconditionViolation("SEAT", str(ids[2]), "already sold"),
+        PreconditionViolation("SEAT", str(ids[1]), "already sold or held"),
+        PreconditionViolation("SEAT", str(ids[2]), "already sold or held"),
     )
     assert sold.seat_ids == (ids[1], ids[2])
     assert not sold.retryable
