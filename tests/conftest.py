@@ -101,6 +101,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         admin_email=ADMIN_EMAIL,
         admin_password=ADMIN_PASSWORD,
         grace_seconds=2,
+        # No sweeper on the shared server: the hold tests prove expiry is a query condition
+        # (tests/test_streams.py sweeps on purpose).
+        hold_sweep_interval_seconds=0,
         # Production defaults throttle sign-ins per address; every test call comes from
         # 127.0.0.1, so the shared server is generous (tests/test_auth_flood.py builds its own
         # strict ones).

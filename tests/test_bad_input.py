@@ -372,6 +372,7 @@ def _realistic(w: World, full: str) -> Message:
             start_before=future(365),
             include_cancelled=True,
         ),
+        "WatchSeats": lambda: event_pb2.WatchSeatsRequest(event_id=w.event.id),
         "ListSeats": lambda: event_pb2.ListSeatsRequest(
             event_id=w.event.id,
             section_id=w.ga_section_id,
@@ -873,15 +874,31 @@ class Outcome:
     fields: tuple[str, ...] = ()  # BadRequest field violations
 
 
-async def send(channel: aio.Channel, full: str, request: Message, md: Any) -> Outcome:
+async def call_once(
+    channel: aio.Channel, full: str, payload: Any, md: Any, serializer: Callable[[Any], bytes]
+) -> None:
+    """One call of `full` with `payload`; a server-streaming method is judged by its first
+    message (WatchSeats never ends by itself), then cancelled."""
     out_cls = message_factory.GetMessageClass(_method(full).output_type)
+    if _method(full).server_streaming:
+        call = channel.unary_stream(
+            full, request_serializer=serializer, response_deserializer=out_cls.FromString
+        )(payload, metadata=md, timeout=30)
+        try:
+            async for _ in call:
+                break
+        finally:
+            call.cancel()
+        return
     rpc = channel.unary_unary(
-        full,
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=out_cls.FromString,
+        full, request_serializer=serializer, response_deserializer=out_cls.FromString
     )
+    await rpc(payload, metadata=md, timeout=30)
+
+
+async def send(channel: aio.Channel, full: str, request: Message, md: Any) -> Outcome:
     try:
-        await rpc(request, metadata=md, timeout=30)
+        await call_once(channel, full, request, md, lambda m: m.SerializeToString())
     except aio.AioRpcError as err:
         details = error_details(err)
         fields = tuple(f for f, _ in details.field_violations)
@@ -1315,13 +1332,9 @@ UTF8_CASES = [
 
 
 async def send_raw(channel: aio.Channel, full: str, raw: bytes, md: Any) -> Outcome:
-    """One unary call whose request bytes go out exactly as given."""
-    out_cls = message_factory.GetMessageClass(_method(full).output_type)
-    rpc = channel.unary_unary(
-        full, request_serializer=lambda b: b, response_deserializer=out_cls.FromString
-    )
+    """One call whose request bytes go out exactly as given."""
     try:
-        await rpc(raw, metadata=md, timeout=30)
+        await call_once(channel, full, raw, md, lambda b: b)
     except aio.AioRpcError as err:
         details = error_details(err)
         return Outcome(

@@ -114,6 +114,26 @@ class Outcome:
     response: Message | None
 
 
+async def first_of_stream(
+    channel: aio.Channel, full_method: str, request: Message, metadata: tuple[tuple[str, str], ...]
+) -> Message:
+    """A server-streaming call judged by its first message (the stream itself may never end:
+    WatchSeats follows changes until the reader goes), then cancelled."""
+    rpc = channel.unary_stream(
+        full_method,
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=response_class(full_method).FromString,
+    )
+    call = rpc(request, metadata=metadata, timeout=30)
+    try:
+        async for first in call:
+            assert isinstance(first, Message)
+            return first
+    finally:
+        call.cancel()
+    raise AssertionError(f"{full_method} ended without a message")
+
+
 async def generic_call(
     channel: aio.Channel,
     full_method: str,
@@ -123,13 +143,16 @@ async def generic_call(
     """One unary call with classes looked up from the method descriptor."""
     expected_input = method_descriptor(full_method).input_type.full_name
     assert request.DESCRIPTOR.full_name == expected_input, (full_method, expected_input)
-    rpc = channel.unary_unary(
-        full_method,
-        request_serializer=lambda message: message.SerializeToString(),
-        response_deserializer=response_class(full_method).FromString,
-    )
     try:
-        response = await rpc(request, metadata=metadata, timeout=30)
+        if method_descriptor(full_method).server_streaming:
+            response = await first_of_stream(channel, full_method, request, metadata)
+        else:
+            rpc = channel.unary_unary(
+                full_method,
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=response_class(full_method).FromString,
+            )
+            response = await rpc(request, metadata=metadata, timeout=30)
     except aio.AioRpcError as err:
         details = error_details(err)
         return Outcome(err.code(), details.reason, details.message, details.metadata, None)
@@ -485,6 +508,11 @@ _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
 
+
+async def _watch_seats(w: World) -> Message:
+    return event_pb2.WatchSeatsRequest(event_id=w.event.id)
+
+
 REALISTIC: dict[str, RequestBuilder] = {
     _AUTH + "Register": _register,
     _AUTH + "Login": _login,
@@ -501,6 +529,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "GetEvent": _get_event,
     _EVENT + "ListEvents": _list_events,
     _EVENT + "ListSeats": _list_seats,
+    _EVENT + "WatchSeats": _watch_seats,
     _EVENT + "UpdateEvent": _update_event,
     _EVENT + "AssignStaff": _assign_staff,
     _EVENT + "UnassignStaff": _unassign_staff,
@@ -574,6 +603,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _EVENT + "GetEvent": _PUBLIC,
     _EVENT + "ListEvents": _PUBLIC,
     _EVENT + "ListSeats": _PUBLIC,
+    _EVENT + "WatchSeats": _PUBLIC,
     _EVENT + "UpdateEvent": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "AssignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "UnassignStaff": frozenset({"ADMIN", "ORGANIZER"}),

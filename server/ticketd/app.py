@@ -186,6 +186,7 @@ class TicketServer:
             contract_rules(),
             self.admission,
             load_device=components.devices.principal_for,
+            max_streams=settings.max_streams,
         )
         self.server = aio.server(
             interceptors=[interceptor],
@@ -208,7 +209,13 @@ class TicketServer:
             VenueServicer(components.venues, pages), self.server
         )
         event_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(components.events, pages), self.server
+            EventServicer(
+                components.events,
+                pages,
+                send_timeout=settings.stream_send_timeout_seconds,
+                poll_seconds=settings.stream_poll_seconds,
+            ),
+            self.server,
         )
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
             BookingServicer(components.booking, pages), self.server
@@ -223,6 +230,7 @@ class TicketServer:
             (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server
         )
         self.port = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, listen: str | None = None, *, serving: bool = True) -> int:
         """Bind and start; returns the bound port. With `serving=False` health says
@@ -241,6 +249,10 @@ class TicketServer:
             raise OSError(f"could not bind {address}")
         await self.server.start()
         await self.set_serving(serving)
+        if settings.hold_sweep_interval_seconds > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(
+                sweep_holds(self.components.booking, settings.hold_sweep_interval_seconds)
+            )
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -255,10 +267,29 @@ class TicketServer:
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first (balancers drain), then let in-flight calls finish."""
         await self.set_serving(False)
+        # Streams never end by themselves: tell them to end (with where to resume) now.
+        self.components.events.stop_streams()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+async def sweep_holds(booking: BookingService, interval: float) -> None:
+    """Every `interval` seconds, tidy expired holds' places (so seat streams show expiry);
+    a failure (database away) is logged and retried next round: nothing depends on it."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while await booking.sweep_expired_holds() > 0:
+                pass
+        except Exception as exc:  # the next round retries; sales never depend on it
+            log.warning("hold sweep failed: %s", exc)
 
 
 async def ensure_bootstrap_admin(components: Components) -> None:

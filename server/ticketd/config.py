@@ -83,6 +83,17 @@ class Settings:
     hold_max_ttl_seconds: int = 1800
     """`TICKETING_HOLD_MAX_TTL`: the longest ttl, and the longest a hold lives from its
     creation however often it is extended."""
+    hold_sweep_interval_seconds: float = 1.0
+    """`TICKETING_HOLD_SWEEP_INTERVAL`: how often expired holds' places are turned AVAILABLE
+    and recorded for the seat streams (0: never; sales do not depend on it)."""
+    max_streams: int = 1000
+    """`TICKETING_MAX_STREAMS`: open streaming calls (WatchSeats) per server process."""
+    stream_send_timeout_seconds: float = 30.0
+    """`TICKETING_STREAM_SEND_TIMEOUT`: how long a stream waits for its reader to take the
+    next message before ending it (STREAM_TOO_SLOW): what bounds a stream's memory."""
+    stream_poll_seconds: float = 2.0
+    """`TICKETING_STREAM_POLL`: a stream re-reads the outbox at least this often, in case a
+    NOTIFY wake-up was lost."""
     bcrypt_rounds: int = 12
     """`TICKETING_BCRYPT_ROUNDS`: 12 costs ~0.25 s of CPU per hash here, by design."""
     admin_email: str | None = None
@@ -209,6 +220,12 @@ class Settings:
             bcrypt_rounds=_int(env, "TICKETING_BCRYPT_ROUNDS", 12, 4, 16),
             hold_ttl_seconds=_int(env, "TICKETING_HOLD_TTL", 600, 1, 86_400),
             hold_max_ttl_seconds=_int(env, "TICKETING_HOLD_MAX_TTL", 1800, 1, 86_400),
+            hold_sweep_interval_seconds=_float(env, "TICKETING_HOLD_SWEEP_INTERVAL", 1.0, 0, 3600),
+            max_streams=_int(env, "TICKETING_MAX_STREAMS", 1000, 1, 100_000),
+            stream_send_timeout_seconds=_float(
+                env, "TICKETING_STREAM_SEND_TIMEOUT", 30.0, 0.1, 3600
+            ),
+            stream_poll_seconds=_float(env, "TICKETING_STREAM_POLL", 2.0, 0.05, 60),
             admin_email=admin_email,
             admin_password=admin_password,
             tls_cert=Path(cert) if cert else None,

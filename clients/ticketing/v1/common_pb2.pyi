@@ -219,6 +219,24 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ExtendHold past TICKETING_HOLD_MAX_TTL from the hold's creation."""
     HOLD_NOT_ACTIVE: _ErrorReason.ValueType  # 104
     """The hold was released or already confirmed (metadata "status")."""
+    STREAM_TOO_SLOW: _ErrorReason.ValueType  # 130
+    """A stream's reader fell behind: the server waited
+    TICKETING_STREAM_SEND_TIMEOUT for it to take the next change and gave up.
+    Reconnect with after_sequence = metadata "resume_after_sequence" (or the
+    last sequence received): nothing is lost.
+    """
+    STREAM_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 131
+    """This server already serves TICKETING_MAX_STREAMS streams; retry later or
+    elsewhere (RetryInfo).
+    """
+    SEQUENCE_AHEAD: _ErrorReason.ValueType  # 132
+    """after_sequence is beyond the last change of the stream (metadata
+    "last_sequence"): it names no change this stream ever had.
+    """
+    SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 133
+    """The server is shutting down; reconnect (to another server) with
+    after_sequence = metadata "resume_after_sequence".
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -360,6 +378,24 @@ HOLD_LIMIT_EXCEEDED: ErrorReason.ValueType  # 103
 """ExtendHold past TICKETING_HOLD_MAX_TTL from the hold's creation."""
 HOLD_NOT_ACTIVE: ErrorReason.ValueType  # 104
 """The hold was released or already confirmed (metadata "status")."""
+STREAM_TOO_SLOW: ErrorReason.ValueType  # 130
+"""A stream's reader fell behind: the server waited
+TICKETING_STREAM_SEND_TIMEOUT for it to take the next change and gave up.
+Reconnect with after_sequence = metadata "resume_after_sequence" (or the
+last sequence received): nothing is lost.
+"""
+STREAM_LIMIT_EXCEEDED: ErrorReason.ValueType  # 131
+"""This server already serves TICKETING_MAX_STREAMS streams; retry later or
+elsewhere (RetryInfo).
+"""
+SEQUENCE_AHEAD: ErrorReason.ValueType  # 132
+"""after_sequence is beyond the last change of the stream (metadata
+"last_sequence"): it names no change this stream ever had.
+"""
+SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 133
+"""The server is shutting down; reconnect (to another server) with
+after_sequence = metadata "resume_after_sequence".
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -309,6 +309,82 @@ class Seat(_message.Message):
 Global___Seat: _TypeAlias = Seat  # noqa: Y015
 
 @_typing.final
+class WatchSeatsRequest(_message.Message):
+    """WatchSeatsRequest names the event and where to start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event (UUID)."""
+    after_sequence: _builtins.int
+    """0: a snapshot first, then changes; N: the changes after sequence N."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSeatsRequest: _TypeAlias = WatchSeatsRequest  # noqa: Y015
+
+@_typing.final
+class SeatChange(_message.Message):
+    """SeatChange is one seat's new state (or, in a snapshot, its current state)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SEAT_ID_FIELD_NUMBER: _builtins.int
+    SECTION_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the event's stream (1, 2, ...); in a snapshot, the last change
+    the snapshot includes (0 when the event has had none).
+    """
+    seat_id: _builtins.int
+    """The seat."""
+    section_id: _builtins.str
+    """Its section."""
+    status: Global___SeatStatus.ValueType
+    """AVAILABLE, HELD or SOLD."""
+    snapshot: _builtins.bool
+    """Part of the initial snapshot."""
+    snapshot_complete: _builtins.bool
+    """The last entry of the snapshot: live changes follow."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change committed (database clock); in a snapshot, when it was read."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        seat_id: _builtins.int = ...,
+        section_id: _builtins.str = ...,
+        status: Global___SeatStatus.ValueType = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+        snapshot: _builtins.bool = ...,
+        snapshot_complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "seat_id", b"seat_id", "section_id", b"section_id", "sequence", b"sequence", "snapshot", b"snapshot", "snapshot_complete", b"snapshot_complete", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeatChange: _TypeAlias = SeatChange  # noqa: Y015
+
+@_typing.final
 class CreateEventRequest(_message.Message):
     """CreateEventRequest describes the event to create."""
 

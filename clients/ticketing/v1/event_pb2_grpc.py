@@ -59,6 +59,11 @@ class EventServiceStub:
                 request_serializer=ticketing_dot_v1_dot_event__pb2.ListSeatsRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_event__pb2.ListSeatsResponse.FromString,
                 _registered_method=True)
+        self.WatchSeats = channel.unary_stream(
+                '/ticketing.v1.EventService/WatchSeats',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.WatchSeatsRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.SeatChange.FromString,
+                _registered_method=True)
         self.CancelEvent = channel.unary_unary(
                 '/ticketing.v1.EventService/CancelEvent',
                 request_serializer=ticketing_dot_v1_dot_event__pb2.CancelEventRequest.SerializeToString,
@@ -129,6 +134,31 @@ class EventServiceServicer:
     def ListSeats(self, request, context):
         """ListSeats pages through the seat map of an event, ordered by seat id. Public.
         General-admission places are included (they have a section but no row or number).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSeats(self, request, context):
+        """WatchSeats follows an event's seat map live. Public, like ListSeats: who
+        holds or bought a seat is never shown.
+        With after_sequence 0 it first sends a snapshot: every seat's state, each
+        entry with snapshot = true and sequence = the change the whole snapshot is
+        consistent with; the last entry has snapshot_complete = true. Then (or at
+        once, with after_sequence N > 0) every change after that sequence, in
+        sequence order, as each commits: HELD, SOLD, AVAILABLE (released,
+        refunded, or an expired hold tidied). Sequences are dense per event and
+        commit-ordered, so a client that reconnects with the last sequence it
+        received gets exactly the changes it missed: no gap, no repeat.
+        The stream does not end by itself. A reader too slow to take changes for
+        TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+        STREAM_TOO_SLOW; a server shutting down ends streams with UNAVAILABLE
+        SERVER_SHUTTING_DOWN; both say where to resume (metadata
+        "resume_after_sequence"). after_sequence beyond the stream:
+        FAILED_PRECONDITION SEQUENCE_AHEAD. At most TICKETING_MAX_STREAMS streams
+        per server: RESOURCE_EXHAUSTED STREAM_LIMIT_EXCEEDED.
+        The contract names the streamed message SeatChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +242,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.ListSeats,
                     request_deserializer=ticketing_dot_v1_dot_event__pb2.ListSeatsRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_event__pb2.ListSeatsResponse.SerializeToString,
+            ),
+            'WatchSeats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSeats,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.WatchSeatsRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.SeatChange.SerializeToString,
             ),
             'CancelEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelEvent,
@@ -352,6 +387,33 @@ class EventService:
             '/ticketing.v1.EventService/ListSeats',
             ticketing_dot_v1_dot_event__pb2.ListSeatsRequest.SerializeToString,
             ticketing_dot_v1_dot_event__pb2.ListSeatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSeats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ticketing.v1.EventService/WatchSeats',
+            ticketing_dot_v1_dot_event__pb2.WatchSeatsRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.SeatChange.FromString,
             options,
             channel_credentials,
             insecure,

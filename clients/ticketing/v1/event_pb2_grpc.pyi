@@ -61,6 +61,27 @@ class EventServiceStub:
     """ListSeats pages through the seat map of an event, ordered by seat id. Public.
     General-admission places are included (they have a section but no row or number).
     """
+    WatchSeats: _grpc.UnaryStreamMultiCallable[_event_pb2.WatchSeatsRequest, _event_pb2.SeatChange]
+    """WatchSeats follows an event's seat map live. Public, like ListSeats: who
+    holds or bought a seat is never shown.
+    With after_sequence 0 it first sends a snapshot: every seat's state, each
+    entry with snapshot = true and sequence = the change the whole snapshot is
+    consistent with; the last entry has snapshot_complete = true. Then (or at
+    once, with after_sequence N > 0) every change after that sequence, in
+    sequence order, as each commits: HELD, SOLD, AVAILABLE (released,
+    refunded, or an expired hold tidied). Sequences are dense per event and
+    commit-ordered, so a client that reconnects with the last sequence it
+    received gets exactly the changes it missed: no gap, no repeat.
+    The stream does not end by itself. A reader too slow to take changes for
+    TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+    STREAM_TOO_SLOW; a server shutting down ends streams with UNAVAILABLE
+    SERVER_SHUTTING_DOWN; both say where to resume (metadata
+    "resume_after_sequence"). after_sequence beyond the stream:
+    FAILED_PRECONDITION SEQUENCE_AHEAD. At most TICKETING_MAX_STREAMS streams
+    per server: RESOURCE_EXHAUSTED STREAM_LIMIT_EXCEEDED.
+    The contract names the streamed message SeatChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     CancelEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
     Only before the event's start (database clock, judged at the write): after it,
@@ -130,6 +151,27 @@ class EventServiceAsyncStub(EventServiceStub):
     ListSeats: _aio.UnaryUnaryMultiCallable[_event_pb2.ListSeatsRequest, _event_pb2.ListSeatsResponse]  # type: ignore[assignment]
     """ListSeats pages through the seat map of an event, ordered by seat id. Public.
     General-admission places are included (they have a section but no row or number).
+    """
+    WatchSeats: _aio.UnaryStreamMultiCallable[_event_pb2.WatchSeatsRequest, _event_pb2.SeatChange]  # type: ignore[assignment]
+    """WatchSeats follows an event's seat map live. Public, like ListSeats: who
+    holds or bought a seat is never shown.
+    With after_sequence 0 it first sends a snapshot: every seat's state, each
+    entry with snapshot = true and sequence = the change the whole snapshot is
+    consistent with; the last entry has snapshot_complete = true. Then (or at
+    once, with after_sequence N > 0) every change after that sequence, in
+    sequence order, as each commits: HELD, SOLD, AVAILABLE (released,
+    refunded, or an expired hold tidied). Sequences are dense per event and
+    commit-ordered, so a client that reconnects with the last sequence it
+    received gets exactly the changes it missed: no gap, no repeat.
+    The stream does not end by itself. A reader too slow to take changes for
+    TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+    STREAM_TOO_SLOW; a server shutting down ends streams with UNAVAILABLE
+    SERVER_SHUTTING_DOWN; both say where to resume (metadata
+    "resume_after_sequence"). after_sequence beyond the stream:
+    FAILED_PRECONDITION SEQUENCE_AHEAD. At most TICKETING_MAX_STREAMS streams
+    per server: RESOURCE_EXHAUSTED STREAM_LIMIT_EXCEEDED.
+    The contract names the streamed message SeatChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CancelEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]  # type: ignore[assignment]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
@@ -221,6 +263,33 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_pb2.ListSeatsResponse, _abc.Awaitable[_event_pb2.ListSeatsResponse]]:
         """ListSeats pages through the seat map of an event, ordered by seat id. Public.
         General-admission places are included (they have a section but no row or number).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSeats(
+        self,
+        request: _event_pb2.WatchSeatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_event_pb2.SeatChange], _abc.AsyncIterator[_event_pb2.SeatChange]]:
+        """WatchSeats follows an event's seat map live. Public, like ListSeats: who
+        holds or bought a seat is never shown.
+        With after_sequence 0 it first sends a snapshot: every seat's state, each
+        entry with snapshot = true and sequence = the change the whole snapshot is
+        consistent with; the last entry has snapshot_complete = true. Then (or at
+        once, with after_sequence N > 0) every change after that sequence, in
+        sequence order, as each commits: HELD, SOLD, AVAILABLE (released,
+        refunded, or an expired hold tidied). Sequences are dense per event and
+        commit-ordered, so a client that reconnects with the last sequence it
+        received gets exactly the changes it missed: no gap, no repeat.
+        The stream does not end by itself. A reader too slow to take changes for
+        TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+        STREAM_TOO_SLOW; a server shutting down ends streams with UNAVAILABLE
+        SERVER_SHUTTING_DOWN; both say where to resume (metadata
+        "resume_after_sequence"). after_sequence beyond the stream:
+        FAILED_PRECONDITION SEQUENCE_AHEAD. At most TICKETING_MAX_STREAMS streams
+        per server: RESOURCE_EXHAUSTED STREAM_LIMIT_EXCEEDED.
+        The contract names the streamed message SeatChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod

@@ -271,10 +271,13 @@ async def insert_order(
             FROM o, unnest($9::uuid[], $10::bigint[], $11::text[], $12::bigint[])
                  AS u(tid, sid, code, price)
             RETURNING 1
+        ), changes AS (
+            SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
         )
         SELECT EXISTS (SELECT 1 FROM sale) AS on_sale,
                (SELECT create_time FROM o) AS create_time,
-               (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued
+               (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued,
+               (SELECT n FROM changes) AS recorded
         """,
         order_id,
         event_id,
@@ -410,9 +413,11 @@ _REFUND = """
         INSERT INTO refunds (order_id, request_id, refunded_by, reason, amount_minor, create_time)
         SELECT id, $4, $2, $3, total_minor, at FROM o
         RETURNING 1
+    ), changes AS (
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'AVAILABLE') AS n
     )
     SELECT (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM t) AS tickets,
-           (SELECT count(*) FROM s) AS seats
+           (SELECT count(*) FROM s) AS seats, (SELECT n FROM changes) AS recorded
 """
 
 
@@ -650,11 +655,14 @@ async def insert_hold(
             UPDATE seats SET status = 'HELD', hold_id = h.id, held_until = h.expire_time
             FROM h WHERE seats.id = ANY($10::bigint[])
             RETURNING seats.id
+        ), changes AS (
+            SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'HELD') AS n FROM h
         )
         SELECT EXISTS (SELECT 1 FROM sale) AS on_sale,
                (SELECT create_time FROM h) AS create_time,
                (SELECT expire_time FROM h) AS expire_time,
-               (SELECT count(*) FROM hs) AS listed, (SELECT count(*) FROM s) AS held
+               (SELECT count(*) FROM hs) AS listed, (SELECT count(*) FROM s) AS held,
+               (SELECT n FROM changes) AS recorded
         """,
         hold_id,
         event_id,
@@ -813,9 +821,11 @@ async def release_hold(conn: Conn, hold_id: uuid.UUID) -> None:
         WITH h AS (
             UPDATE holds SET status = 'RELEASED', release_time = clock_timestamp()
             WHERE id = $1 RETURNING id
+        ), s AS (
+            UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL
+            WHERE hold_id = $1 RETURNING id
         )
-        UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL
-        WHERE hold_id = $1
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'AVAILABLE')
         """,
         hold_id,
     )
@@ -831,14 +841,38 @@ async def release_event_holds(conn: Conn, event_id: uuid.UUID) -> int:
             WHERE event_id = $1 AND status = 'ACTIVE' RETURNING id
         ), s AS (
             UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL
-            WHERE event_id = $1 AND status = 'HELD' RETURNING 1
+            WHERE event_id = $1 AND status = 'HELD' RETURNING id
         )
-        SELECT (SELECT count(*) FROM h) AS holds
+        SELECT (SELECT count(*) FROM h) AS holds,
+               record_seat_changes(ARRAY(SELECT id FROM s), 'AVAILABLE') AS recorded
         """,
         event_id,
     )
     count: int = row["holds"]
     return count
+
+
+async def sweep_expired_holds(conn: Conn, limit: int) -> int:
+    """Turn up to `limit` places of expired holds AVAILABLE and record that (so watchers
+    see expiry); places someone is locking right now are skipped (SKIP LOCKED), so several
+    sweepers and the sales never wait for each other. Only tidies: an expired hold's place
+    is free by seat_is_free whether or not this ran. Returns the places swept."""
+    row = await conn.fetchrow(
+        """
+        WITH due AS (
+            SELECT id FROM seats
+            WHERE status = 'HELD' AND held_until <= clock_timestamp()
+            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+        ), s AS (
+            UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL
+            FROM due WHERE seats.id = due.id RETURNING seats.id
+        )
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'AVAILABLE') AS swept
+        """,
+        limit,
+    )
+    swept: int = row["swept"]
+    return swept
 
 
 @dataclass(frozen=True)

@@ -428,6 +428,12 @@ class BookingService:
 
     # Holds (issue 12) ----------------------------------------------------------------------
 
+    async def sweep_expired_holds(self, limit: int = 500) -> int:
+        """Tidy up to `limit` places of expired holds (AVAILABLE, recorded for the seat
+        streams); returns how many. Sales never depend on it: expiry is a query condition."""
+        async with self._db.transaction() as conn:
+            return await repo.sweep_expired_holds(conn, limit)
+
     def hold_ttl(self, requested: dt.timedelta | None) -> dt.timedelta:
         return resolve_hold_ttl(requested, default=self._hold_ttl, maximum=self._hold_max_ttl)
 

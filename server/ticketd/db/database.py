@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 
 from ticketd.db import sqlstate
+from ticketd.db.listener import Listener
 from ticketd.deadline import remaining_seconds
 from ticketd.errors import Reason, Unavailable
 
@@ -117,6 +118,8 @@ class Database:
         self._ping_conn: Connection | None = None
         self._ping_lock = asyncio.Lock()
         self._public = asyncio.Semaphore(self.options.public_connections)
+        # Streams' wake-ups: one more connection, opened only while something is watched.
+        self.listener = Listener(self.url)
 
     @property
     def display_url(self) -> str:
@@ -226,6 +229,7 @@ class Database:
             await self._pool.expire_connections()
 
     async def dispose(self) -> None:
+        await self.listener.close()
         if self._ping_conn is not None:
             self._ping_conn.terminate()
             self._ping_conn = None

@@ -33,6 +33,10 @@ from ticketd.edge.textcheck import nul_field
 
 log = logging.getLogger("ticketd.rpc")
 
+# Methods of the contract (server streaming ones get the full treatment; other streaming
+# methods are infrastructure: health Watch, reflection).
+OUR_PACKAGE = "/ticketing.v1."
+
 # grpc's runtime class is not generic; only its stubs are.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -65,12 +69,15 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         contract: ContractRules,
         admission: Admission | None = None,
         load_device: DeviceLoader = _no_devices,
+        max_streams: int = 1000,
     ) -> None:
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
         self._admission = admission
         self._load_device = load_device
+        self._max_streams = max_streams
+        self._streams = 0
 
     async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
         if rule.public:
@@ -128,11 +135,85 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_stream is not None and method.startswith(OUR_PACKAGE):
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(
+                    method,
+                    rule,
+                    handler.unary_stream,  # type: ignore[arg-type]
+                    handler.request_deserializer,
+                ),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
         if rule.public:
             # Streaming infrastructure (health Watch, reflection): nothing to bind, but its
             # requests are decoded the same way.
             return decoding_handler(handler)
         return _deny_handler(handler, method)
+
+    async def _prepare(
+        self, method: str, rule: Access, raw: Any, deserializer: Deserializer | None, metadata: Any
+    ) -> tuple[Any, Principal | None]:
+        """Every call's checks in order: the policy, then the request's bytes, NUL characters
+        and declared rules. Returns the decoded request and the caller."""
+        principal = await self._authorize(method, rule, metadata)
+        # After the policy check, like the NUL check: a refused caller learns that.
+        request = decode_request(raw, deserializer)
+        bad = nul_field(request)
+        if bad is not None:
+            raise errors.InvalidArgument.one(bad, "must not contain NUL characters")
+        declared = self._contract.violations(request)
+        if declared:
+            raise errors.InvalidArgument([v.field_violation() for v in declared])
+        return request, principal
+
+    def _wrap_stream(
+        self,
+        method: str,
+        rule: Access,
+        behavior: Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[None]],
+        deserializer: Deserializer | None = None,
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[None]]:
+        """Server streaming: the same checks and error mapping as a unary call. A stream
+        lives long, so it takes no place of the per-call admission budget: it counts toward
+        the server's `max_streams` instead."""
+
+        async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> None:
+            bound: object | None = None
+            counted = False
+            deadline = set_call_deadline(time_remaining(context))
+            try:
+                if self._streams >= self._max_streams:
+                    raise errors.ResourceExhausted(
+                        f"this server already serves {self._max_streams} streams",
+                        reason=errors.Reason.STREAM_LIMIT_EXCEEDED,
+                        retry_after=1.0,
+                    )
+                self._streams += 1
+                counted = True
+                request, principal = await self._prepare(
+                    method, rule, raw, deserializer, context.invocation_metadata()
+                )
+                bound = bind_principal(principal)
+                await behavior(request, context)
+            except (asyncio.CancelledError, aio.AbortError):
+                raise
+            except Exception as exc:
+                status = (
+                    to_status(exc)
+                    if isinstance(exc, errors.DomainError)
+                    else internal_status(exc, method)
+                )
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                if counted:
+                    self._streams -= 1
+                reset_call_deadline(deadline)
+                if bound is not None:
+                    unbind_principal(bound)
+
+        return wrapped
 
     def _wrap_unary(
         self,
@@ -148,15 +229,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 if self._admission is not None:
                     admitted = self._admission.enter(method)
-                principal = await self._authorize(method, rule, context.invocation_metadata())
-                # After the policy check, like the NUL check: a refused caller learns that.
-                request = decode_request(raw, deserializer)
-                bad = nul_field(request)
-                if bad is not None:
-                    raise errors.InvalidArgument.one(bad, "must not contain NUL characters")
-                declared = self._contract.violations(request)
-                if declared:
-                    raise errors.InvalidArgument([v.field_violation() for v in declared])
+                request, principal = await self._prepare(
+                    method, rule, raw, deserializer, context.invocation_metadata()
+                )
                 bound = bind_principal(principal)
                 return await behavior(request, context)
             except (asyncio.CancelledError, aio.AbortError):

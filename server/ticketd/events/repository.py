@@ -16,6 +16,7 @@ from ticketd.events.rules import (
     EventSectionRecord,
     EventSpec,
     EventStatus,
+    SeatChangeRecord,
     SeatRecord,
     SeatStatus,
     StaffRecord,
@@ -391,3 +392,56 @@ async def list_staff(
         *arg,
     )
     return [_staff(r) for r in rows]
+
+
+async def seat_snapshot(
+    conn: Connection, event_id: uuid.UUID
+) -> tuple[int, dt.datetime, list[Any]] | None:
+    """(last change number, read time, every seat's (id, section_id, status)) in ONE
+    statement, so the map is exactly the state after that change; None: no such event."""
+    rows = await conn.fetch(
+        f"""
+        SELECT s.id, s.section_id, {_SEAT_STATUS} AS status,
+               coalesce((SELECT last_sequence FROM seat_streams WHERE event_id = $1), 0)
+                   AS sequence,
+               clock_timestamp() AS read_time
+        FROM seats s WHERE s.event_id = $1 ORDER BY s.id
+        """,
+        event_id,
+    )
+    if not rows:
+        return None
+    return rows[0]["sequence"], rows[0]["read_time"], list(rows)
+
+
+async def last_seat_change(conn: Connection, event_id: uuid.UUID) -> int | None:
+    """The event's last change number (0: none yet); None: no such event."""
+    row = await conn.fetchrow(
+        "SELECT coalesce(ss.last_sequence, 0) AS n FROM events e "
+        "LEFT JOIN seat_streams ss ON ss.event_id = e.id WHERE e.id = $1",
+        event_id,
+    )
+    return None if row is None else int(row["n"])
+
+
+async def seat_changes_after(
+    conn: Connection, event_id: uuid.UUID, after: int, limit: int
+) -> list[SeatChangeRecord]:
+    """The event's committed changes numbered after `after`, in order, at most `limit`."""
+    rows = await conn.fetch(
+        "SELECT sequence, seat_id, section_id, status, change_time FROM seat_changes "
+        "WHERE event_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        event_id,
+        after,
+        limit,
+    )
+    return [
+        record_from_row(
+            SeatChangeRecord,
+            r,
+            status=SeatStatus(r["status"]),
+            snapshot=False,
+            snapshot_complete=False,
+        )
+        for r in rows
+    ]

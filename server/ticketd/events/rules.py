@@ -127,6 +127,20 @@ class SeatRecord:
     status: SeatStatus
 
 
+@dataclass(frozen=True)
+class SeatChangeRecord:
+    """One entry of an event's seat stream: a change, or (snapshot) a seat's state as of
+    change `sequence`."""
+
+    sequence: int
+    seat_id: int
+    section_id: uuid.UUID
+    status: SeatStatus
+    change_time: dt.datetime
+    snapshot: bool = False
+    snapshot_complete: bool = False
+
+
 def _control_free(value: str) -> bool:
     return not any((ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 for ch in value)
 

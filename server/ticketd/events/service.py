@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
+from collections.abc import AsyncGenerator
 
 from ticketd.accounts.service import AccountService
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import BookingService
 from ticketd.db.database import Budget, Connection, Database
-from ticketd.errors import Aborted, FailedPrecondition, InvalidArgument, Reason
+from ticketd.errors import Aborted, FailedPrecondition, InvalidArgument, Reason, Unavailable
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
     MAX_REPORTED_ATTENDED_ORDERS,
@@ -19,6 +22,7 @@ from ticketd.events.rules import (
     EventRecord,
     EventSpec,
     EventTimesUpdate,
+    SeatChangeRecord,
     SeatRecord,
     SeatStatus,
     StaffRecord,
@@ -41,6 +45,19 @@ from ticketd.venues.service import VenueService
 
 # Defaults when the caller passes none: what ticketd.config documents.
 DEFAULT_QUOTAS = EventQuotas(places_per_event=200_000, live_events=100)
+# NOTIFY channel of record_seat_changes (migration 0013); the payload is the event id.
+SEAT_CHANGES_CHANNEL = "ticketing_seat_changes"
+# Changes read from the outbox per query: what a stream holds in memory at most.
+STREAM_PAGE = 500
+
+
+def shutting_down(after: int) -> Unavailable:
+    """A stream ended by the server's shutdown, with where its reader resumes."""
+    return Unavailable(
+        "the server is shutting down; reconnect with after_sequence",
+        reason=Reason.SERVER_SHUTTING_DOWN,
+        metadata={"resume_after_sequence": str(after)},
+    )
 
 
 class _TwinCommittedFirst(Exception):
@@ -75,6 +92,79 @@ class EventService:
         self._accounts = accounts
         self._window = window
         self._quotas = quotas
+        self._closing = asyncio.Event()
+
+    def stop_streams(self) -> None:
+        """Server shutdown: every seat stream ends (SERVER_SHUTTING_DOWN, with where to
+        resume) instead of holding the shutdown for its whole grace period."""
+        self._closing.set()
+
+    async def watch_seats(
+        self, event_id: uuid.UUID, after_sequence: int, *, poll_seconds: float
+    ) -> AsyncGenerator[list[SeatChangeRecord], None]:
+        """The seat stream of an event, page by page: with `after_sequence` 0 a snapshot
+        first (every seat as of one change number), then every committed change after it,
+        in order, for as long as the caller reads. Each page is read from the outbox when
+        a NOTIFY says the event changed, or every `poll_seconds` in case one was lost."""
+        listener = self._db.listener
+        with listener.subscribe(SEAT_CHANGES_CHANNEL, str(event_id)) as wake:
+            await listener.ensure_listening(SEAT_CHANGES_CHANNEL)
+            after = after_sequence
+            if after == 0:
+                async with self._db.connection(Budget.PUBLIC) as conn:
+                    snap = await repo.seat_snapshot(conn, event_id)
+                if snap is None:
+                    raise event_not_found(event_id)
+                after, read_time, rows = snap
+                for start in range(0, len(rows), STREAM_PAGE):
+                    page = rows[start : start + STREAM_PAGE]
+                    yield [
+                        SeatChangeRecord(
+                            sequence=after,
+                            seat_id=r["id"],
+                            section_id=r["section_id"],
+                            status=SeatStatus(r["status"]),
+                            change_time=read_time,
+                            snapshot=True,
+                            snapshot_complete=start + i == len(rows) - 1,
+                        )
+                        for i, r in enumerate(page)
+                    ]
+            else:
+                async with self._db.connection(Budget.PUBLIC) as conn:
+                    last = await repo.last_seat_change(conn, event_id)
+                if last is None:
+                    raise event_not_found(event_id)
+                if after > last:
+                    raise FailedPrecondition(
+                        f"after_sequence {after} is beyond the stream's last change {last}",
+                        reason=Reason.SEQUENCE_AHEAD,
+                        metadata={"last_sequence": str(last)},
+                    )
+            while True:
+                if self._closing.is_set():
+                    raise shutting_down(after)
+                # Cleared before the read: a NOTIFY that lands during it makes us read again.
+                wake.clear()
+                async with self._db.connection(Budget.PUBLIC) as conn:
+                    changes = await repo.seat_changes_after(conn, event_id, after, STREAM_PAGE)
+                if changes:
+                    yield changes
+                    after = changes[-1].sequence
+                    if len(changes) == STREAM_PAGE:
+                        continue
+                await listener.ensure_listening(SEAT_CHANGES_CHANNEL)
+                closing = asyncio.ensure_future(self._closing.wait())
+                woken = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait(
+                        (woken, closing), timeout=poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for task in (woken, closing):
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
 
     async def create(
         self, principal: Principal, spec: EventSpec, request_id: uuid.UUID | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -14,13 +15,14 @@ from ticketd.edge.convert import (
     parse_uuid,
     timestamp,
 )
-from ticketd.errors import InvalidArgument
+from ticketd.errors import InvalidArgument, Reason, ResourceExhausted
 from ticketd.events.rules import (
     EventFilter,
     EventRecord,
     EventSpec,
     EventStatus,
     EventTimesUpdate,
+    SeatChangeRecord,
     SeatRecord,
     SeatStatus,
     StaffRecord,
@@ -163,12 +165,64 @@ def staff_to_proto(staff: StaffRecord) -> event_pb2.StaffMember:
     )
 
 
+def seat_change_to_proto(change: SeatChangeRecord) -> event_pb2.SeatChange:
+    return event_pb2.SeatChange(
+        sequence=change.sequence,
+        seat_id=change.seat_id,
+        section_id=str(change.section_id),
+        status=SEAT_STATUS_TO_PROTO[change.status],
+        change_time=timestamp(change.change_time),
+        snapshot=change.snapshot,
+        snapshot_complete=change.snapshot_complete,
+    )
+
+
 class EventServicer(event_pb2_grpc.EventServiceServicer):
     """Implements ticketing.v1.EventService; access rules are in ticketd.auth.policy."""
 
-    def __init__(self, events: EventService, pages: PageTokens) -> None:
+    def __init__(
+        self,
+        events: EventService,
+        pages: PageTokens,
+        *,
+        send_timeout: float = 30.0,
+        poll_seconds: float = 2.0,
+    ) -> None:
         self._events = events
         self._pages = pages
+        self._send_timeout = send_timeout
+        self._poll_seconds = poll_seconds
+
+    # Written with context.write rather than as a generator, so that each write can be
+    # bounded in time (a generator's yield gives the send to grpc, out of our reach).
+    async def WatchSeats(  # type: ignore[override]
+        self, request: event_pb2.WatchSeatsRequest, context: Any
+    ) -> None:
+        event_id = parse_uuid(request.event_id, "event_id")
+        delivered = request.after_sequence
+        pages = self._events.watch_seats(
+            event_id, request.after_sequence, poll_seconds=self._poll_seconds
+        )
+        try:
+            async for page in pages:
+                for change in page:
+                    # The wait for the reader is what bounds a stream's memory: one page
+                    # read from the outbox plus what HTTP/2 flow control lets through.
+                    try:
+                        await asyncio.wait_for(
+                            context.write(seat_change_to_proto(change)), self._send_timeout
+                        )
+                    except TimeoutError:
+                        raise ResourceExhausted(
+                            f"the reader took no change for {self._send_timeout:g} s; "
+                            "reconnect with after_sequence",
+                            reason=Reason.STREAM_TOO_SLOW,
+                            metadata={"resume_after_sequence": str(delivered)},
+                        ) from None
+                    if not change.snapshot or change.snapshot_complete:
+                        delivered = change.sequence
+        finally:
+            await pages.aclose()
 
     async def CreateEvent(
         self, request: event_pb2.CreateEventRequest, context: Any

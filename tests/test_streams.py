@@ -1,0 +1,338 @@
+"""WatchSeats (issue 15) through the real server: a snapshot then every committed change in
+order, dense commit-ordered sequences, exact resumption, rolled-back changes never seen, a
+slow reader ended with a resume point instead of buffered without bound, expiry shown once
+swept, stream limits and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+from sqlalchemy import text
+
+from tests.conftest import RunningServer, second_server
+from tests.support import Account, Stubs, client_pool, error_details, small_layout
+from ticketd.db.database import PoolOptions
+from ticketing.v1 import booking_pb2, event_pb2
+
+SOLD, AVAILABLE, HELD = (
+    event_pb2.SEAT_STATUS_SOLD,
+    event_pb2.SEAT_STATUS_AVAILABLE,
+    event_pb2.SEAT_STATUS_HELD,
+)
+READ_TIMEOUT_S = 20.0
+
+
+async def new_event(
+    stubs: Stubs, admin: Account, rows: int = 4, seats: int = 10
+) -> tuple[str, list[int]]:
+    venue = await stubs.create_venue(admin, small_layout(rows=rows, seats=seats, ga=0))
+    event = await stubs.create_event(admin, venue, max_per_order=10)
+    return event.id, [s.id for s in await stubs.all_seats(event.id)]
+
+
+class Watcher:
+    """A WatchSeats call read in the background into a list, with helpers to wait."""
+
+    def __init__(self, stubs: Stubs, event_id: str, after: int = 0) -> None:
+        self.call = stubs.events.WatchSeats(
+            event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after)
+        )
+        self.items: list[event_pb2.SeatChange] = []
+        self.error: aio.AioRpcError | None = None
+        self._grew = asyncio.Event()
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for item in self.call:
+                self.items.append(item)
+                self._grew.set()
+        except aio.AioRpcError as err:
+            self.error = err
+            self._grew.set()
+
+    @property
+    def changes(self) -> list[event_pb2.SeatChange]:
+        return [c for c in self.items if not c.snapshot]
+
+    async def until(self, done: Any) -> None:
+        """Wait (bounded) until done(self) holds."""
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            while not done(self):
+                if self.error is not None:
+                    raise self.error
+                self._grew.clear()
+                await self._grew.wait()
+
+    async def stop(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def watchers() -> AsyncIterator[list[Watcher]]:
+    made: list[Watcher] = []
+    yield made
+    for w in made:
+        await w.stop()
+
+
+def book(event_id: str, seats: list[int]) -> booking_pb2.BookSeatsRequest:
+    return booking_pb2.BookSeatsRequest(
+        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=seats)
+    )
+
+
+async def last_sequence(running: RunningServer, event_id: str) -> int:
+    async with running.engine.connect() as conn:
+        value = (
+            await conn.execute(
+                text("SELECT coalesce(max(sequence), 0) FROM seat_changes WHERE event_id = :e"),
+                {"e": uuid.UUID(event_id)},
+            )
+        ).scalar_one()
+    return int(value)
+
+
+async def test_snapshot_then_every_kind_of_change_in_order(
+    stubs: Stubs, admin: Account, watchers: list[Watcher]
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("watched")
+    w = Watcher(stubs, event_id)
+    watchers.append(w)
+    await w.until(lambda w: any(c.snapshot_complete for c in w.items))
+    snapshot = [c for c in w.items if c.snapshot]
+    assert [c.seat_id for c in snapshot] == ids and {c.status for c in snapshot} == {AVAILABLE}
+    assert {c.sequence for c in snapshot} == {0} and snapshot[-1].snapshot_complete
+    assert sum(c.snapshot_complete for c in snapshot) == 1
+
+    order = (await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)).order
+    hold_req = booking_pb2.HoldSeatsRequest(
+        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=[ids[5]])
+    )
+    held = (await stubs.booking.HoldSeats(hold_req, metadata=buyer.md)).hold
+    await stubs.booking.ReleaseHold(
+        booking_pb2.ReleaseHoldRequest(hold_id=held.id), metadata=buyer.md
+    )
+    await stubs.booking.RefundOrder(
+        booking_pb2.RefundOrderRequest(
+            order_id=order.id, request_id=str(uuid.uuid4()), reason="changed my mind"
+        ),
+        metadata=buyer.md,
+    )
+    await w.until(lambda w: len(w.changes) >= 6)
+    got = [(c.sequence, c.seat_id, c.status) for c in w.changes]
+    assert got == [
+        (1, ids[0], SOLD),
+        (2, ids[1], SOLD),
+        (3, ids[5], HELD),
+        (4, ids[5], AVAILABLE),
+        (5, ids[0], AVAILABLE),
+        (6, ids[1], AVAILABLE),
+    ]
+    # Public, like ListSeats: a seat change never names a holder or a buyer.
+    assert set(event_pb2.SeatChange.DESCRIPTOR.fields_by_name) == {
+        "sequence", "seat_id", "section_id", "status", "change_time", "snapshot",
+        "snapshot_complete",
+    }  # fmt: skip
+
+
+async def test_a_watcher_sees_every_sale_of_a_200_buyer_rush_once_in_order(
+    stubs: Stubs, admin: Account, running: RunningServer, watchers: list[Watcher]
+) -> None:
+    event_id, ids = await new_event(stubs, admin, rows=10, seats=20)
+    buyers = list(await asyncio.gather(*(stubs.register("rusher") for _ in range(40))))
+    w = Watcher(stubs, event_id)
+    watchers.append(w)
+    await w.until(lambda w: any(c.snapshot_complete for c in w.items))
+    rng = random.Random(15)
+    async with client_pool(running.target, 8) as pool:
+        results = await asyncio.gather(
+            *(
+                pool[i % 8].booking.BookSeats(
+                    book(event_id, rng.sample(ids, rng.randint(1, 3))),
+                    metadata=buyers[i % 40].md,
+                    timeout=30,
+                )
+                for i in range(200)
+            ),
+            return_exceptions=True,
+        )
+    sold = [t.seat_id for r in results if not isinstance(r, BaseException) for t in r.order.tickets]
+    assert len(sold) == len(set(sold)) > 20
+    last = await last_sequence(running, event_id)
+    assert last == len(sold)  # every sale recorded once, and nothing for the refusals
+    await w.until(lambda w: len(w.changes) >= last)
+    changes = w.changes
+    assert [c.sequence for c in changes] == list(range(1, last + 1))  # no gap, no repeat
+    assert sorted(c.seat_id for c in changes) == sorted(sold)
+    assert {c.status for c in changes} == {SOLD}
+    # The stream's final map is ListSeats.
+    state = {c.seat_id: c.status for c in w.items}
+    assert state == {s.id: s.status for s in await stubs.all_seats(event_id)}
+
+
+async def test_resuming_with_the_last_sequence_gets_exactly_the_missed_changes(
+    stubs: Stubs, admin: Account, watchers: list[Watcher]
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("resumer")
+    first = Watcher(stubs, event_id)
+    watchers.append(first)
+    await stubs.booking.BookSeats(book(event_id, ids[:3]), metadata=buyer.md)
+    await first.until(lambda w: len(w.changes) >= 3)
+    await first.stop()  # disconnect
+    resume_from = first.changes[-1].sequence
+    await stubs.booking.BookSeats(book(event_id, ids[3:5]), metadata=buyer.md)
+    await stubs.booking.BookSeats(book(event_id, ids[5:6]), metadata=buyer.md)
+    again = Watcher(stubs, event_id, after=resume_from)
+    watchers.append(again)
+    await again.until(lambda w: len(w.items) >= 3)
+    await asyncio.sleep(0.3)  # nothing more may arrive
+    assert [(c.sequence, c.seat_id) for c in again.items] == [
+        (4, ids[3]),
+        (5, ids[4]),
+        (6, ids[5]),
+    ]
+    assert not any(c.snapshot for c in again.items)
+    # Resuming at the end waits for the next change; beyond it is refused.
+    with pytest.raises(aio.AioRpcError) as err:
+        async for _ in stubs.events.WatchSeats(
+            event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=7), timeout=5
+        ):
+            pass
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = error_details(err.value)
+    assert details.reason == "SEQUENCE_AHEAD" and details.metadata["last_sequence"] == "6"
+
+
+async def test_a_rolled_back_change_never_appears_and_leaves_no_gap(
+    stubs: Stubs, admin: Account, running: RunningServer, watchers: list[Watcher]
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("rollback")
+    w = Watcher(stubs, event_id)
+    watchers.append(w)
+    await stubs.booking.BookSeats(book(event_id, ids[:1]), metadata=buyer.md)
+    # A sale refused (one seat taken) writes nothing, so records nothing.
+    with pytest.raises(aio.AioRpcError):
+        await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)
+    # A writer that recorded a change and then rolled back (as a killed connection does).
+    async with running.engine.connect() as conn:
+        tx = await conn.begin()
+        await conn.execute(text("UPDATE seats SET status = 'SOLD' WHERE id = :s"), {"s": ids[7]})
+        await conn.execute(
+            text("SELECT record_seat_changes(ARRAY[:s]::bigint[], 'SOLD')"), {"s": ids[7]}
+        )
+        await tx.rollback()
+    await stubs.booking.BookSeats(book(event_id, ids[2:3]), metadata=buyer.md)
+    await w.until(lambda w: len(w.changes) >= 2)
+    await asyncio.sleep(0.3)
+    assert [(c.sequence, c.seat_id) for c in w.changes] == [(1, ids[0]), (2, ids[2])]
+
+
+async def test_an_expired_hold_shows_available_once_swept(
+    stubs: Stubs, admin: Account, running: RunningServer, watchers: list[Watcher]
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("expiring")
+    request = booking_pb2.HoldSeatsRequest(
+        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=ids[:2])
+    )
+    request.ttl.FromSeconds(1)
+    await stubs.booking.HoldSeats(request, metadata=buyer.md)
+    w = Watcher(stubs, event_id)
+    watchers.append(w)
+    await w.until(lambda w: any(c.snapshot_complete for c in w.items))
+    await asyncio.sleep(1.2)
+    while await running.components.booking.sweep_expired_holds() > 0:
+        pass
+    await w.until(lambda w: len(w.changes) >= 2)
+    assert [(c.seat_id, c.status) for c in w.changes] == [(ids[0], AVAILABLE), (ids[1], AVAILABLE)]
+    state = {c.seat_id: c.status for c in w.items}
+    assert state == {s.id: s.status for s in await stubs.all_seats(event_id)}
+
+
+async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
+    admin: Account, running: RunningServer
+) -> None:
+    # A client window of 64 KiB with no auto-tuning (as a slow mobile link) and a snapshot
+    # of 4,160 seats, far more than that: the server must stop and end the stream instead
+    # of queueing the rest for a reader that never takes it.
+    async with second_server(
+        running, PoolOptions(pool_size=4), stream_send_timeout_seconds=0.5
+    ) as srv:
+        channel = aio.insecure_channel(
+            srv.target,
+            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65_536)],
+        )
+        stubs = Stubs(channel)
+        try:
+            event_id, ids = await new_event(stubs, admin, rows=26, seats=160)
+            call = stubs.events.WatchSeats(event_pb2.WatchSeatsRequest(event_id=event_id))
+            await asyncio.sleep(2.0)  # never reads meanwhile
+            received = 0
+            with pytest.raises(aio.AioRpcError) as err:
+                async with asyncio.timeout(READ_TIMEOUT_S):
+                    async for _ in call:
+                        received += 1
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (received, err.value)
+            details = error_details(err.value)
+            assert details.reason == "STREAM_TOO_SLOW"
+            assert details.metadata["resume_after_sequence"] == "0"
+            assert 0 < received < len(ids)
+        finally:
+            await channel.close(None)
+
+
+async def test_stream_limit_and_shutdown_say_where_to_resume(
+    admin: Account, running: RunningServer, stubs: Stubs
+) -> None:
+    event_id, _ = await new_event(stubs, admin)
+    async with second_server(running, PoolOptions(pool_size=4), max_streams=1) as srv:
+        channel = aio.insecure_channel(srv.target)
+        other = Stubs(channel)
+        try:
+            first = Watcher(other, event_id)
+            await first.until(lambda w: any(c.snapshot_complete for c in w.items))
+            with pytest.raises(aio.AioRpcError) as err:
+                async for _ in other.events.WatchSeats(
+                    event_pb2.WatchSeatsRequest(event_id=event_id), timeout=5
+                ):
+                    pass
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_details(err.value).reason == "STREAM_LIMIT_EXCEEDED"
+            await srv.server.stop(2)
+            await asyncio.wait_for(first.task, 10)
+            assert first.error is not None
+            assert first.error.code() == grpc.StatusCode.UNAVAILABLE
+            details = error_details(first.error)
+            assert details.reason == "SERVER_SHUTTING_DOWN"
+            assert details.metadata["resume_after_sequence"] == "0"
+        finally:
+            await channel.close(None)
+
+
+async def test_unknown_event_and_bad_input(stubs: Stubs) -> None:
+    with pytest.raises(aio.AioRpcError) as err:
+        async for _ in stubs.events.WatchSeats(
+            event_pb2.WatchSeatsRequest(event_id=str(uuid.uuid4())), timeout=5
+        ):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for bad in (
+        event_pb2.WatchSeatsRequest(event_id="nope"),
+        event_pb2.WatchSeatsRequest(event_id=str(uuid.uuid4()), after_sequence=-1),
+    ):
+        with pytest.raises(aio.AioRpcError) as err:
+            async for _ in stubs.events.WatchSeats(bad, timeout=5):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
