@@ -156,6 +156,7 @@ class Kiosk:
         kit: OfflineKit | None = None,
         kit_path: Path | None = None,
         link: Link | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.event_id = event_id
         self.gate_id = gate_id
@@ -172,6 +173,8 @@ class Kiosk:
         self.kit = kit
         self.kit_path = kit_path
         self.link = link or Link()
+        # The kiosk's wall clock for offline verdicts and scan times (a test may move it).
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.device_revoked = False
         self.sync_error = ""
         """Why the last sync failed ("" when it worked)."""
@@ -228,7 +231,7 @@ class Kiosk:
 
     def _judge_offline(self, base: dict[str, Any], code: str, attempt: int) -> ScanResultView:
         assert self.kit is not None
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         verdict, ticket = self.kit.judge(code, now, self.journal.admitted_here())
         outcome = offline_outcome(verdict)
         here = verdict is OfflineVerdict.ALREADY_ADMITTED_HERE

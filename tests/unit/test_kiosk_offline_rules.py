@@ -1,0 +1,142 @@
+"""The kiosk's offline switching rules and the journal's upload bookkeeping (no server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ticketing.kiosk.device import DeviceFile, device_path
+from ticketing.kiosk.journal import Journal
+from ticketing.kiosk.offline import OfflineVerdict
+from ticketing.kiosk.switching import (
+    UPLOAD_BATCH,
+    Link,
+    Mode,
+    batches,
+    goes_offline,
+    offline_outcome,
+)
+from ticketing.kiosk.views import Outcome, reason_text
+
+
+@pytest.mark.parametrize(
+    ("status", "offline"),
+    [
+        ("UNAVAILABLE", True),
+        ("DEADLINE_EXCEEDED", True),
+        ("NOT_SERVING", True),
+        # The server answered: it is there, the kiosk retries online.
+        ("RESOURCE_EXHAUSTED", False),
+        ("ABORTED", False),
+        ("PERMISSION_DENIED", False),
+        ("UNAUTHENTICATED", False),
+        ("", False),
+    ],
+)
+def test_only_an_absent_server_switches_offline(status: str, offline: bool) -> None:
+    assert goes_offline(status) is offline
+    link = Link()
+    assert link.call_failed(status) is offline
+    assert link.offline is offline
+
+
+def test_offline_then_back_online_makes_a_sync_due_at_once() -> None:
+    link = Link(sync_interval=30)
+    assert link.sync_due(0.0)
+    link.synced(0.0)
+    assert not link.sync_due(10.0)
+    assert link.call_failed("UNAVAILABLE")
+    assert not link.call_failed("DEADLINE_EXCEEDED")  # already offline: no second switch
+    assert not link.sync_due(100.0)  # never while offline
+    assert link.server_answered(12.0)
+    assert link.mode is Mode.ONLINE
+    assert link.sync_due(12.0)  # revocations may have been written meanwhile
+    assert not link.server_answered(13.0)
+    link.synced(13.0)
+    assert not link.sync_due(42.9) and link.sync_due(43.0)
+
+
+def test_every_offline_verdict_has_a_screen() -> None:
+    for verdict in OfflineVerdict:
+        outcome = offline_outcome(verdict)
+        assert reason_text(outcome)
+    assert offline_outcome(OfflineVerdict.ADMIT) is Outcome.ADMITTED
+    assert offline_outcome(OfflineVerdict.NOT_VERIFIABLE) is Outcome.PLAIN_CODE
+    assert offline_outcome(OfflineVerdict.OFFLINE_REFUSED) is Outcome.OFFLINE_REFUSED
+    assert offline_outcome(OfflineVerdict.ALREADY_ADMITTED_HERE) is Outcome.ALREADY_USED
+    assert reason_text(Outcome.PLAIN_CODE).startswith("PLAIN CODE")
+    assert reason_text(Outcome.OFFLINE_REFUSED).startswith("OFFLINE ADMISSION NOT ALLOWED")
+    assert reason_text(Outcome.DEVICE_REVOKED).startswith("DEVICE REVOKED")
+
+
+@pytest.mark.parametrize("n", [0, 1, 99, 100, 101, 250])
+def test_batches_respect_the_upload_limit_and_keep_order(n: int) -> None:
+    items = list(range(n))
+    cut = list(batches(items))
+    assert all(1 <= len(b) <= UPLOAD_BATCH for b in cut)
+    assert [x for b in cut for x in b] == items
+    assert len(cut) == -(-n // UPLOAD_BATCH)
+    with pytest.raises(ValueError):
+        list(batches(items, 0))
+
+
+def _admit(journal: Journal, scan_id: str, code: str, ticket: str, *, offline: bool) -> None:
+    journal.record_read(scan_id, code, "event", "gate")
+    journal.record_result(
+        scan_id,
+        {
+            "result": "ADMITTED",
+            "ticket_id": ticket,
+            "scan_time": f"2026-01-01T00:00:0{scan_id[-1]}+00:00",
+            "offline": offline,
+        },
+    )
+
+
+def test_journal_keeps_offline_admissions_waiting_until_uploaded_across_restarts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal.open(path)
+    _admit(journal, "s1", "TK1.a", "t1", offline=True)
+    _admit(journal, "s2", "plain", "t2", offline=False)
+    _admit(journal, "s3", "TK1.c", "t3", offline=True)
+    journal.record_read("s4", "TK1.d", "event", "gate")
+    journal.record_result("s4", {"result": "FORGED", "ticket_id": "t4", "offline": True})
+    assert [w.scan_id for w in journal.waiting_uploads()] == ["s1", "s3"]
+    assert journal.admitted_here() == {"t1", "t2", "t3"}
+    journal.record_upload("s1", {"upload_result": "ACCEPTED"})
+    assert journal.waiting_count == 1
+    journal.close()
+
+    # A restart (or a kill -9 after the last fsync) sees the same.
+    again = Journal.open(path)
+    assert [(w.scan_id, w.code) for w in again.waiting_uploads()] == [("s3", "TK1.c")]
+    assert again.admitted_here() == {"t1", "t2", "t3"}
+    assert again.pending() == []
+    again.record_upload("s3", {"upload_result": "CONFLICT"})
+    again.close()
+    assert Journal.open(path).waiting_count == 0
+    uploads = [json.loads(x) for x in path.read_text().splitlines() if '"upload"' in x]
+    assert [u["upload_result"] for u in uploads] == ["ACCEPTED", "CONFLICT"]
+
+
+def test_device_file_is_0600_and_refuses_junk(tmp_path: Path) -> None:
+    path = device_path(tmp_path, "ev/../1", "north gate")
+    assert path.parent == tmp_path and "/" not in path.name[len("kiosk-device-") :]
+    device = DeviceFile("d", "ev", "north", "North", "tkd_secret")
+    device.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    os.chmod(path, 0o644)
+    assert DeviceFile.load(path) == device
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    path.write_text('{"device_id": "d"}')
+    with pytest.raises(ValueError):
+        DeviceFile.load(path)
+    path.write_text(json.dumps({**device.__dict__, "credential": "Bearer x"}))
+    with pytest.raises(ValueError):
+        DeviceFile.load(path)
