@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from grpc_health.v1 import health_pb2_grpc
 
@@ -36,10 +37,13 @@ from ticketing.kiosk.device import device_path
 from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.main import CHANNEL_OPTIONS, kit_path_for
 from ticketing.kiosk.offline import OfflineKit
-from ticketing.kiosk.switching import Mode
+from ticketing.kiosk.switching import Link, Mode
 from ticketing.kiosk.validation import Kiosk, RetryPolicy
 from ticketing.kiosk.views import Outcome
 from ticketing.v1 import booking_pb2, gate_pb2
+
+if TYPE_CHECKING:
+    from ticketing.v1 import gate_pb2_grpc
 
 R = gate_pb2
 WAIT = 20.0
@@ -365,3 +369,83 @@ async def test_enroll_stores_the_credential_0600_and_later_starts_need_no_passwo
     assert code == 1, (out, err)
     assert "STATUS DEVICE REVOKED" in out and "DEVICE REVOKED" in err
     assert "Traceback" not in err
+
+
+class CountingGate:
+    """The real GateService stub, noting the after_sequence of every ListRevocations."""
+
+    def __init__(self, gate: gate_pb2_grpc.GateServiceAsyncStub) -> None:
+        self.gate = gate
+        self.after: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.gate, name)
+
+    async def ListRevocations(
+        self, request: gate_pb2.ListRevocationsRequest, timeout: float | None = None
+    ) -> gate_pb2.ListRevocationsResponse:
+        self.after.append(request.after_sequence)
+        return await self.gate.ListRevocations(request, timeout=timeout)
+
+
+async def test_periodic_sync_fetches_only_new_revocations_and_the_offline_policy(
+    tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account
+) -> None:
+    event_id, _, buyer, order_id = await open_event(stubs, admin, 2)
+    _, cred = await enrolled(stubs, admin, event_id, "sync")
+    client = connect(running.target, device_credential=cred, timeout=2)
+    gate = CountingGate(client.gate)
+    journal = tmp_path / "sync.jsonl"
+    kiosk = Kiosk(
+        cast("gate_pb2_grpc.GateServiceAsyncStub", gate),
+        Journal.open(journal),
+        event_id=event_id,
+        gate_id="sync",
+        health=health_pb2_grpc.HealthStub(client.channel),
+        kit=OfflineKit(event_id),
+        kit_path=kit_path_for(journal),
+        link=Link(sync_interval=0.1),
+    )
+    maintain = asyncio.create_task(kiosk.maintain(0.05, check_timeout=0.5))
+
+    async def rotate() -> list[booking_pb2.Ticket]:
+        await stubs.booking.RotateTicketCodes(
+            booking_pb2.RotateTicketCodesRequest(order_id=order_id, request_id=str(uuid.uuid4())),
+            metadata=buyer.md,
+        )
+        return await signed_tickets(stubs, buyer, order_id)
+
+    try:
+        assert kiosk.kit is not None
+        kit = kiosk.kit
+        await until(lambda: kit.synced, "the first sync")
+        assert gate.after == []  # nothing revoked yet: no ListRevocations at all
+        fresh = await rotate()
+        await until(lambda: kit.last_sequence == 2, "the rotation's revocations")
+        second = await rotate()
+        await until(lambda: kit.last_sequence == 4, "the second rotation's")
+        await asyncio.sleep(0.3)  # a few more syncs: nothing new, so no more pages asked
+        assert gate.after == [0, 2]
+        assert len(kit.reissued) == 4
+        assert OfflineKit.load(kit_path_for(journal), event_id).last_sequence == 4
+
+        await stubs.gate.SetOfflineAdmission(
+            R.SetOfflineAdmissionRequest(event_id=event_id, allowed=False), metadata=admin.md
+        )
+        await until(lambda: not kit.allowed, "the offline policy")
+        maintain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintain
+        kiosk.link.call_failed("UNAVAILABLE")  # as if the network dropped now
+        refused = await kiosk.scan(second[0].signed_code)
+        assert refused.outcome is Outcome.OFFLINE_REFUSED and refused.offline
+        assert "OFFLINE ADMISSION NOT ALLOWED" in refused.reason
+        kit.allowed = True  # what the next sync would bring after --allow
+        assert (await kiosk.scan(fresh[0].signed_code)).outcome is Outcome.REVOKED
+        assert (await kiosk.scan(second[0].signed_code)).admitted
+    finally:
+        maintain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintain
+        kiosk.journal.close()
+        await client.close()

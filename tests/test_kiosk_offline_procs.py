@@ -110,7 +110,7 @@ ARGS = ("--attempt-timeout", "1", "--health-interval", "0.3", "--connect-timeout
 async def test_server_killed_mid_run_the_kiosk_admits_offline_and_uploads_when_it_returns(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    event_id, tickets, device = await _gate_setup(server, tmp_path, [4], "west")
+    event_id, tickets, device = await _gate_setup(server, tmp_path, [5], "west")
     journal = tmp_path / "west.jsonl"
     args = ("--device", str(device), "--journal", str(journal), *ARGS)
     async with kiosk(tmp_path, server.target, event_id, *args, env=kiosk_env(tmp_path)) as run:
@@ -148,9 +148,36 @@ async def test_server_killed_mid_run_the_kiosk_admits_offline_and_uploads_when_i
     stats, scans = await _server_view(server, event_id)
     west = {g.gate_id: g for g in stats.gates}["west"]
     assert (west.admitted, west.offline_admitted, west.conflicts) == (4, 2, 0)
-    assert stats.tickets_outstanding == 0
+    assert stats.tickets_outstanding == 1  # the fifth, for the restart below
     # The scan log has the kiosk's scan ids: its online scans and its uploaded ones.
     assert set(admitted_offline) <= {s.scan_id for s in scans}
+
+    # Restarted while the server is away: the saved kit lets it start OFFLINE and admit.
+    await server.kill()
+    env = kiosk_env(tmp_path)
+    async with kiosk(
+        tmp_path, server.target, event_id, *args, "--connect-timeout", "1", env=env
+    ) as run:
+        await run.expect(r"^WARN .*starting OFFLINE with the saved kit$")
+        await run.expect(r"^STATUS OFFLINE waiting=0$")
+        await run.feed(tickets[4].signed_code, tickets[0].signed_code)
+        await run.expect(r"^OFFLINE waiting=1$")
+        await run.expect(rf"^REJECT ALREADY_USED {UUID_RE} ALREADY USED at west")
+        code, err = await run.finish()
+    assert code == 0, err
+    assert "OFFLINE admitted=1 waiting=1" in run.lines
+    await server.start()
+    async with kiosk(tmp_path, server.target, event_id, *args, env=env) as run:
+        await run.expect(r"^INFO 1 offline scan\(s\) from an earlier run to upload$")
+        await run.expect(r"^UPLOAD accepted=1 conflict=0 revoked=0 invalid=0 waiting=0$")
+        code, err = await run.finish()
+    assert code == 0, err
+    stats, _ = await _server_view(server, event_id)
+    assert (stats.total_admitted, stats.total_offline_admitted, stats.tickets_outstanding) == (
+        5,
+        3,
+        0,
+    )
 
 
 async def test_kiosk_killed_mid_upload_loses_nothing_and_counts_nothing_twice(

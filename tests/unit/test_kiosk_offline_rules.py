@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from ticketing.kiosk.device import DeviceFile, device_path
 from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.offline import OfflineVerdict
+from ticketing.kiosk.render import PlainRenderer, RichRenderer
 from ticketing.kiosk.switching import (
     UPLOAD_BATCH,
     Link,
@@ -20,7 +24,7 @@ from ticketing.kiosk.switching import (
     goes_offline,
     offline_outcome,
 )
-from ticketing.kiosk.views import Outcome, reason_text
+from ticketing.kiosk.views import Counts, Outcome, ScanResultView, SeatView, reason_text
 
 
 @pytest.mark.parametrize(
@@ -140,3 +144,48 @@ def test_device_file_is_0600_and_refuses_junk(tmp_path: Path) -> None:
     path.write_text(json.dumps({**device.__dict__, "credential": "Bearer x"}))
     with pytest.raises(ValueError):
         DeviceFile.load(path)
+
+
+def test_offline_screens_plain_and_rich() -> None:
+    out = io.StringIO()
+    plain = PlainRenderer(out)
+    counts = Counts()
+    admitted = ScanResultView(
+        "s1", "h", Outcome.ADMITTED, "ADMIT", seat=SeatView("Standing"), offline=True
+    )
+    counts.add(admitted)
+    counts.waiting = 1
+    plain.mode_changed(Mode.OFFLINE, 0)
+    plain.show(admitted, counts)
+    refused = ScanResultView(
+        "s2", "h", Outcome.PLAIN_CODE, reason_text(Outcome.PLAIN_CODE), offline=True
+    )
+    counts.add(refused)
+    plain.show(refused, counts)
+    plain.uploaded(Counter({"ACCEPTED": 1}), 0)
+    plain.mode_changed(Mode.ONLINE, 1)
+    plain.device_revoked()
+    counts.waiting = 0
+    plain.summary(counts, 0)
+    assert out.getvalue().splitlines() == [
+        "STATUS OFFLINE waiting=0",
+        "ADMIT s1 Standing",
+        "OFFLINE waiting=1",
+        "REJECT PLAIN_CODE s2 PLAIN CODE: cannot be verified offline, scan the ticket's QR code",
+        "OFFLINE waiting=1",
+        "UPLOAD accepted=1 conflict=0 revoked=0 invalid=0 waiting=0",
+        "STATUS ONLINE waiting=1",
+        "STATUS DEVICE REVOKED",
+        "OFFLINE admitted=1 waiting=0",
+        "SUMMARY admitted=1 rejected=1 unresolved=0 empty_lines=0 PLAIN_CODE=1",
+    ]
+
+    screen = io.StringIO()
+    rich = RichRenderer(Console(file=screen, width=100, color_system=None))
+    rich.mode_changed(Mode.OFFLINE, 3)
+    rich.show(admitted, counts)
+    rich.device_revoked()
+    text = screen.getvalue()
+    assert "OFFLINE" in text and "waiting=" in text
+    assert "OFFLINE (checked by this kiosk)" in text
+    assert "DEVICE REVOKED" in text and "\u2588" in text  # the big block letters

@@ -528,6 +528,11 @@ async def _serve(
             await watcher
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if exit_code == 0 and not kiosk.link.offline and journal.waiting_count:
+        # One last, bounded upload on the way out; whatever is left goes at the next start
+        # (and a cut-off batch is answered from the server's record then).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kiosk.upload(), STOP_GRACE_SECONDS)
     renderer.summary(kiosk.counts, len(journal.pending()))
     return exit_code
 

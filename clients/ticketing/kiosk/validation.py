@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -127,6 +127,8 @@ def _timestamp(iso: str) -> Timestamp:
         ts.GetCurrentTime()
     return ts
 
+
+ResponseT = TypeVar("ResponseT")
 
 Reauthenticate = Callable[[], Awaitable[bool]]
 """Signs in again (after an expired token); True when a fresh token is in place."""
@@ -411,8 +413,10 @@ class Kiosk:
             return False
         timeout = self.policy.attempt_timeout
         try:
-            keys = await self._gate.GetVerificationKeys(
-                gate_pb2.GetVerificationKeysRequest(event_id=self.event_id), timeout=timeout
+            keys = await self._signed_in(
+                self._gate.GetVerificationKeys,
+                gate_pb2.GetVerificationKeysRequest(event_id=self.event_id),
+                timeout,
             )
             revocations: list[gate_pb2.Revocation] = []
             if keys.last_revocation_sequence > self.kit.last_sequence:
@@ -421,7 +425,7 @@ class Kiosk:
                     event_id=self.event_id, after_sequence=self.kit.last_sequence
                 )
                 while True:
-                    page = await self._gate.ListRevocations(request, timeout=timeout)
+                    page = await self._signed_in(self._gate.ListRevocations, request, timeout)
                     revocations.extend(page.revocations)
                     if not page.next_page_token:
                         break
@@ -436,9 +440,29 @@ class Kiosk:
         self.kit.apply_keys(keys)
         self.kit.apply_revocations(revocations)
         if self.kit_path is not None:
-            self.kit.save(self.kit_path)
+            try:
+                self.kit.save(self.kit_path)
+            except OSError as exc:
+                # The kit in memory still admits; only a restart while offline would miss it.
+                self.sync_error = f"cannot save the kit: {exc.strerror}"
         self.link.synced(time.monotonic())
         return True
+
+    async def _signed_in(
+        self, method: Callable[..., Awaitable[ResponseT]], request: Any, deadline_s: float
+    ) -> ResponseT:
+        """One call; an expired token (a person's, not a device's) is renewed once first."""
+        try:
+            return await method(request, timeout=deadline_s)
+        except aio.AioRpcError as err:
+            if (
+                err.code() != grpc.StatusCode.UNAUTHENTICATED
+                or self._reauthenticate is None
+                or _is_device_revoked(decode_error(err))
+                or not await self._reauthenticate()
+            ):
+                raise
+        return await method(request, timeout=deadline_s)
 
     def kit_doors(self) -> dt.datetime | None:
         """The scan window's start as last synced, if any."""
@@ -465,8 +489,8 @@ class Kiosk:
                 ],
             )
             try:
-                reply = await self._gate.UploadOfflineScans(
-                    request, timeout=self.policy.attempt_timeout
+                reply = await self._signed_in(
+                    self._gate.UploadOfflineScans, request, self.policy.attempt_timeout
                 )
             except aio.AioRpcError as err:
                 self._call_failed(decode_error(err))
