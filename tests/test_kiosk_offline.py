@@ -40,7 +40,7 @@ from ticketing.kiosk.offline import OfflineKit
 from ticketing.kiosk.switching import Link, Mode
 from ticketing.kiosk.validation import Kiosk, RetryPolicy
 from ticketing.kiosk.views import Outcome
-from ticketing.v1 import booking_pb2, gate_pb2
+from ticketing.v1 import booking_pb2, common_pb2, gate_pb2
 
 if TYPE_CHECKING:
     from ticketing.v1 import gate_pb2_grpc
@@ -449,3 +449,46 @@ async def test_periodic_sync_fetches_only_new_revocations_and_the_offline_policy
             await maintain
         kiosk.journal.close()
         await client.close()
+
+
+async def test_an_entry_manager_kiosk_admits_offline_uploads_and_warns_about_its_clock(
+    tmp_path: Path, running: RunningServer, stubs: Stubs, admin: Account
+) -> None:
+    event_id, tickets, _, _ = await open_event(stubs, admin, 2)
+    manager = await stubs.account_with_roles(admin, common_pb2.ROLE_ENTRY_MANAGER, tag="off-em")
+    await stubs.assign_staff(admin, event_id, manager)
+    port = free_port()
+    client = connect(f"127.0.0.1:{port}", manager.token, timeout=2, options=CHANNEL_OPTIONS)
+    journal = tmp_path / "staff.jsonl"
+    kiosk = Kiosk(
+        client.gate,
+        Journal.open(journal),
+        event_id=event_id,
+        gate_id="staff",
+        health=health_pb2_grpc.HealthStub(client.channel),
+        kit=OfflineKit(event_id),
+        kit_path=kit_path_for(journal),
+    )
+    try:
+        async with server_on(running, port):
+            assert await kiosk.sync()
+            assert kiosk.clock_skew_seconds is not None and abs(kiosk.clock_skew_seconds) < 30
+            kiosk.clock = lambda: dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+            assert await kiosk.sync()
+            assert 270 < (kiosk.clock_skew_seconds or 0) < 330  # the kiosk is 5 min behind
+            kiosk.clock = lambda: dt.datetime.now(dt.UTC)
+        view = await kiosk.scan(tickets[0].signed_code)
+        assert view.admitted and view.offline
+        async with server_on(running, port):
+            for _ in range(100):  # until the channel has reconnected (bounded)
+                if await kiosk.upload():
+                    break
+                await asyncio.sleep(0.1)
+        assert kiosk.upload_results == {"ACCEPTED": 1}
+    finally:
+        kiosk.journal.close()
+        await client.close()
+    log = await stubs.gate.ListScans(R.ListScansRequest(event_id=event_id), metadata=admin.md)
+    assert [(s.offline, s.entry_manager_id, s.gate_id) for s in log.scans] == [
+        (True, manager.user.id, "staff")
+    ]

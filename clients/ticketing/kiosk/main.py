@@ -399,12 +399,10 @@ async def run_device(
                 observer=renderer,
                 policy=RetryPolicy(attempt_timeout=args.attempt_timeout, budget=args.retry_budget),
                 health=health,
-                kit=kit if kit is not None else OfflineKit(device.event_id),
+                kit=kit,
                 kit_path=kit_path,
                 link=link,
             )
-            if args.no_offline:
-                kiosk.kit = None
             if not link.offline:
                 await kiosk.sync()
                 if kiosk.device_revoked:
@@ -414,6 +412,7 @@ async def run_device(
                     )
                 if kiosk.sync_error and not kiosk.offline_ready:
                     raise StartupError(f"the server refused this device: {kiosk.sync_error}")
+            _warn_clock(kiosk, renderer)
             doors = kiosk.kit_doors()
             info = StartInfo(
                 target=target,
@@ -431,6 +430,20 @@ async def run_device(
             journal.close()
     finally:
         await client.close()
+
+
+CLOCK_WARNING_SECONDS = 60.0
+
+
+def _warn_clock(kiosk: Kiosk, renderer: Renderer) -> None:
+    # Offline verdicts (doors open? event over?) and uploaded scan times use this clock.
+    skew = kiosk.clock_skew_seconds
+    if skew is not None and abs(skew) > CLOCK_WARNING_SECONDS:
+        side = "behind" if skew > 0 else "ahead of"
+        renderer.warning(
+            f"this kiosk's clock is {abs(skew):.0f} s {side} the server's: offline checks "
+            "of the scan window use it; set the clock (NTP)"
+        )
 
 
 async def _serve_person(
@@ -475,6 +488,7 @@ async def _serve_person(
     )
     if kiosk.kit is not None and not await kiosk.sync():
         renderer.warning(f"offline kit not synced ({kiosk.sync_error}); retrying later")
+    _warn_clock(kiosk, renderer)
     info = StartInfo(
         target=target,
         event_id=event.id,

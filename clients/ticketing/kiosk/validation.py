@@ -180,6 +180,8 @@ class Kiosk:
         self.device_revoked = False
         self.sync_error = ""
         """Why the last sync failed ("" when it worked)."""
+        self.clock_skew_seconds: float | None = None
+        """Server clock minus this kiosk's at the last sync (positive: the kiosk is behind)."""
         self.upload_results: Counter[str] = Counter()
         self.counts.waiting = journal.waiting_count
 
@@ -437,6 +439,9 @@ class Kiosk:
             return False
         self.sync_error = ""
         self._set_reachable(True, "")
+        if keys.HasField("server_time"):
+            server_now = keys.server_time.ToDatetime(tzinfo=dt.UTC)
+            self.clock_skew_seconds = (server_now - self.clock()).total_seconds()
         self.kit.apply_keys(keys)
         self.kit.apply_revocations(revocations)
         if self.kit_path is not None:
