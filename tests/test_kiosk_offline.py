@@ -278,11 +278,13 @@ async def test_device_scope_and_a_revoked_device_at_the_kiosk(
     # Another gate: its offline admission is not taken, and stays waiting in the journal.
     gate_c, client_c, _ = device_kiosk(target, cred, event_a, "gate-c", tmp_path / "c.jsonl")
     try:
-        gate_c.journal.record_read("c-1", tickets[0].signed_code, event_a, "gate-c")
+        scan_id = str(uuid.uuid4())
+        gate_c.journal.record_read(scan_id, tickets[0].signed_code, event_a, "gate-c")
         gate_c.journal.record_result(
-            "c-1", {"result": "ADMITTED", "offline": True, "scan_time": None}
+            scan_id, {"result": "ADMITTED", "offline": True, "scan_time": None}
         )
         assert await gate_c.upload() == 0 and gate_c.journal.waiting_count == 1
+        assert gate_c.upload_error == "PERMISSION_DENIED DEVICE_SCOPE"
     finally:
         gate_c.journal.close()
         await client_c.close()

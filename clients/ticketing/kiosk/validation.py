@@ -180,6 +180,9 @@ class Kiosk:
         self.device_revoked = False
         self.sync_error = ""
         """Why the last sync failed ("" when it worked)."""
+        self.upload_error = ""
+        """Why the server refused the last upload ("" when it took it)."""
+        self._upload_after = 0.0
         self.clock_skew_seconds: float | None = None
         """Server clock minus this kiosk's at the last sync (positive: the kiosk is behind)."""
         self.upload_results: Counter[str] = Counter()
@@ -498,8 +501,15 @@ class Kiosk:
                     self._gate.UploadOfflineScans, request, self.policy.attempt_timeout
                 )
             except aio.AioRpcError as err:
-                self._call_failed(decode_error(err))
+                error = decode_error(err)
+                self._call_failed(error)
+                if error.code not in UNREACHABLE:
+                    # A refusal (scope, role) will not change by itself: ask again only
+                    # after a sync interval, not on every probe.
+                    self.upload_error = f"{error.code.name} {error.reason}".rstrip()
+                    self._upload_after = time.monotonic() + self.link.sync_interval
                 return done
+            self.upload_error = ""
             self._set_reachable(True, "")
             results: Counter[str] = Counter()
             for outcome in reply.outcomes:
@@ -546,7 +556,7 @@ class Kiosk:
                 why_not = await check_gate_service(self._health, check_timeout)
                 self._set_reachable(not why_not, why_not)
             if not self.link.offline and not self.device_revoked:
-                if self.journal.waiting_count:
+                if self.journal.waiting_count and time.monotonic() >= self._upload_after:
                     await self.upload()
                 if self.kit is not None and self.link.sync_due(time.monotonic()):
                     await self.sync()
