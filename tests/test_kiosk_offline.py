@@ -33,7 +33,7 @@ from tests.test_offline_gates import device_md, enrolled, open_event, signed_tic
 from ticketd.app import TicketServer, build_components
 from ticketd.db.database import Database, PoolOptions
 from ticketing.client import Client, connect
-from ticketing.kiosk.device import device_path
+from ticketing.kiosk.device import DeviceFile, device_path
 from ticketing.kiosk.journal import Journal
 from ticketing.kiosk.main import CHANNEL_OPTIONS, kit_path_for
 from ticketing.kiosk.offline import OfflineKit
@@ -371,6 +371,15 @@ async def test_enroll_stores_the_credential_0600_and_later_starts_need_no_passwo
     assert code == 1, (out, err)
     assert "STATUS DEVICE REVOKED" in out and "DEVICE REVOKED" in err
     assert "Traceback" not in err
+
+    # A forged credential file, and one that is not a credential at all.
+    forged = tmp_path / "forged.json"
+    DeviceFile(created.device.id, event_id, "east", "east door", "tkd_forged").save(forged)
+    code, _, err = await _kiosk_cli(tmp_path, "--target", running.target, "--device", str(forged))
+    assert code == 1 and "the server refused this device: UNAUTHENTICATED" in err, err
+    forged.write_text("{}")
+    code, _, err = await _kiosk_cli(tmp_path, "--target", running.target, "--device", str(forged))
+    assert code == 1 and "is not a kiosk device file" in err, err
 
 
 class CountingGate:

@@ -410,8 +410,14 @@ async def run_device(
                         f"DEVICE REVOKED: device {device.device_id} ({device.display_name}) "
                         "may no longer admit; ask the organizer for a new enrollment token"
                     )
-                if kiosk.sync_error and not kiosk.offline_ready:
+                if kiosk.sync_error and not kiosk.link.offline:
+                    # Refused, not unreachable: a saved kit must not outlive its credential.
                     raise StartupError(f"the server refused this device: {kiosk.sync_error}")
+                if kiosk.sync_error and not kiosk.offline_ready:
+                    # The server went away again since the health check, and nothing saved.
+                    raise StartupError(
+                        f"server {target} unreachable ({kiosk.sync_error})", EXIT_UNREACHABLE
+                    )
             _warn_clock(kiosk, renderer)
             doors = kiosk.kit_doors()
             info = StartInfo(
@@ -436,6 +442,8 @@ CLOCK_WARNING_SECONDS = 60.0
 
 
 def _warn_clock(kiosk: Kiosk, renderer: Renderer) -> None:
+    if kiosk.kit_save_error:
+        renderer.warning(f"{kiosk.kit_save_error}: a restart while offline could not admit")
     # Offline verdicts (doors open? event over?) and uploaded scan times use this clock.
     skew = kiosk.clock_skew_seconds
     if skew is not None and abs(skew) > CLOCK_WARNING_SECONDS:

@@ -182,6 +182,8 @@ class Kiosk:
         """Why the last sync failed ("" when it worked)."""
         self.upload_error = ""
         """Why the server refused the last upload ("" when it took it)."""
+        self.kit_save_error = ""
+        """Why the kit could not be written to kit_path ("" when it could)."""
         self._upload_after = 0.0
         self.clock_skew_seconds: float | None = None
         """Server clock minus this kiosk's at the last sync (positive: the kiosk is behind)."""
@@ -452,7 +454,7 @@ class Kiosk:
                 self.kit.save(self.kit_path)
             except OSError as exc:
                 # The kit in memory still admits; only a restart while offline would miss it.
-                self.sync_error = f"cannot save the kit: {exc.strerror}"
+                self.kit_save_error = f"cannot save the kit: {exc.strerror}"
         self.link.synced(time.monotonic())
         return True
 
