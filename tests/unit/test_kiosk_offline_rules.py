@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from ticketing.kiosk.device import DeviceFile, device_path
@@ -189,3 +191,39 @@ def test_offline_screens_plain_and_rich() -> None:
     assert "OFFLINE" in text and "waiting=" in text
     assert "OFFLINE (checked by this kiosk)" in text
     assert "DEVICE REVOKED" in text and "\u2588" in text  # the big block letters
+
+
+EVENTS = st.lists(
+    st.one_of(
+        st.sampled_from(["UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_SERVING", "ABORTED", "OK"]),
+        st.floats(min_value=0, max_value=100),
+    ),
+    max_size=40,
+)
+
+
+@given(EVENTS)
+def test_the_link_follows_the_last_answer_or_absence(events: list[str | float]) -> None:
+    """Model check: OFFLINE exactly when the last decisive event was an absence; a switch is
+    reported once per change; never a sync while offline."""
+    link = Link(sync_interval=10)
+    model_offline = False
+    now = 0.0
+    for event in events:
+        if isinstance(event, float):
+            now += event
+            assert not (link.offline and link.sync_due(now))
+            if link.sync_due(now):
+                link.synced(now)
+            continue
+        if event == "OK":
+            assert link.server_answered(now) is model_offline
+            if model_offline:
+                assert link.sync_due(now)
+            model_offline = False
+        else:
+            switched = link.call_failed(event)
+            decisive = goes_offline(event)
+            assert switched is (decisive and not model_offline)
+            model_offline = model_offline or decisive
+        assert link.offline is model_offline
