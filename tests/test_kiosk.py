@@ -727,6 +727,7 @@ async def test_kiosk_reports_an_outage_and_finishes_the_scan_when_the_server_ret
             "0.3",
             "--retry-budget",
             "60",
+            "--no-offline",  # the online retry loop itself (offline: test_kiosk_offline*.py)
             env=env,
         ) as run:
             await run.feed(codes[0])
@@ -799,7 +800,8 @@ async def test_rate_limits_wait_unanswered_scans_are_unresolved_and_stops_leave_
         TICKETING_KIOSK_EMAIL=gatekeeper.email,
         TICKETING_KIOSK_PASSWORD=gatekeeper.password,
     )
-    args = ["--gate", "slow", "--journal", str(journal), "--attempt-timeout", "1"]
+    # The online retry loop itself; offline admission is in test_kiosk_offline*.py.
+    args = ["--gate", "slow", "--journal", str(journal), "--attempt-timeout", "1", "--no-offline"]
     await server.start()
     try:
         async with kiosk(

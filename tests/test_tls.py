@@ -14,10 +14,11 @@ import pytest
 from grpc import aio
 
 from tests.conftest import RunningServer
-from tests.support import PASSWORD, unique_email
+from tests.support import PASSWORD, Account, Stubs, unique_email
+from tests.test_offline_gates import enrolled, open_event
 from ticketd.app import TicketServer
 from ticketing import connect
-from ticketing.v1 import auth_pb2, auth_pb2_grpc
+from ticketing.v1 import auth_pb2, auth_pb2_grpc, gate_pb2
 
 
 @pytest.fixture
@@ -73,3 +74,22 @@ async def test_tls_round_trip_with_call_credentials(tls_server: tuple[int, bytes
                 auth_pb2.LoginRequest(email=email, password=PASSWORD), timeout=3
             )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_tls_sends_a_device_credential_as_call_credentials(
+    tls_server: tuple[int, bytes], stubs: Stubs, admin: Account
+) -> None:
+    event_id, _, _, _ = await open_event(stubs, admin, 1)
+    _, credential = await enrolled(stubs, admin, event_id, "tls-gate")
+    port, root = tls_server
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    request = gate_pb2.GetVerificationKeysRequest(event_id=event_id)
+    async with connect(f"localhost:{port}", tls=creds, device_credential=credential) as client:
+        keys = await client.gate.GetVerificationKeys(request)
+        assert keys.event_id == event_id and keys.keys
+    async with connect(f"localhost:{port}", tls=creds, device_credential="tkd_forged") as client:
+        with pytest.raises(aio.AioRpcError) as err:
+            await client.gate.GetVerificationKeys(request)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(ValueError):
+        connect(f"localhost:{port}", "a-token", device_credential=credential)

@@ -25,7 +25,7 @@ from ticketing.retry import (
     retry_once_on_aborted,
 )
 from ticketing.sdk import new_request_id
-from ticketing.stubs import Stubs, bearer
+from ticketing.stubs import CallMetadata, Stubs, bearer, device
 from ticketing.v1 import auth_pb2, booking_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -35,12 +35,19 @@ ResponseT = TypeVar("ResponseT")
 
 
 class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Adds `authorization: Bearer` (plaintext only) and a default deadline to each call."""
+    """Adds `authorization` (plaintext only) and a default deadline to each call."""
 
-    def __init__(self, token: Callable[[], str | None], timeout: float, add_token: bool) -> None:
+    def __init__(
+        self,
+        token: Callable[[], str | None],
+        timeout: float,
+        add_token: bool,
+        header: Callable[[str], CallMetadata] = bearer,
+    ) -> None:
         self._token = token
         self._timeout = timeout
         self._add_token = add_token
+        self._header = header
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
@@ -48,7 +55,7 @@ class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-ar
         metadata = list(client_call_details.metadata or [])
         token = self._token()
         if self._add_token and token and not any(k == "authorization" for k, _ in metadata):
-            metadata += bearer(token)
+            metadata += self._header(token)
         details = aio.ClientCallDetails(
             method=client_call_details.method,
             timeout=client_call_details.timeout
@@ -62,14 +69,17 @@ class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-ar
 
 
 class _TokenCallCredentials(grpc.AuthMetadataPlugin):
-    def __init__(self, token: Callable[[], str | None]) -> None:
+    def __init__(
+        self, token: Callable[[], str | None], header: Callable[[str], CallMetadata] = bearer
+    ) -> None:
         self._token = token
+        self._header = header
 
     def __call__(
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
         token = self._token()
-        callback(bearer(token) if token else (), None)
+        callback(self._header(token) if token else (), None)
 
 
 class Client(Stubs):
@@ -324,6 +334,7 @@ def connect(
     options: Sequence[tuple[str, Any]] = (),
     abort_backoff_seconds: float = DEFAULT_ABORT_BACKOFF_SECONDS,
     on_abort_retry: RetryHook | None = None,
+    device_credential: str | None = None,
 ) -> Client:
     """Open a channel to `target` (host:port) and return ready-to-use stubs.
 
@@ -331,10 +342,18 @@ def connect(
     gets `timeout` seconds unless it passes its own, and UNAVAILABLE is retried with backoff
     where a resend cannot act twice (`ticketing.retry.SERVICE_CONFIG`). The last two settings
     shape the booking helpers' one retry on ABORTED (see `Client`).
+
+    `device_credential` (a kiosk's "tkd_..." from GateService.EnrollDevice) is sent as
+    `authorization: Device <credential>` on every call instead of a bearer token.
     """
     holder: dict[str, Client] = {}
+    if device_credential and token:
+        raise ValueError("give a token or a device credential, not both")
+    header = device if device_credential else bearer
 
     def current_token() -> str | None:
+        if device_credential:
+            return device_credential
         return holder["client"].token if "client" in holder else token
 
     channel_options = [
@@ -345,9 +364,9 @@ def connect(
     if tls:
         base = grpc.ssl_channel_credentials() if tls is True else tls
         creds = grpc.composite_channel_credentials(
-            base, grpc.metadata_call_credentials(_TokenCallCredentials(current_token))
+            base, grpc.metadata_call_credentials(_TokenCallCredentials(current_token, header))
         )
-        interceptor = _AuthAndDeadline(current_token, timeout, add_token=False)
+        interceptor = _AuthAndDeadline(current_token, timeout, add_token=False, header=header)
         channel = aio.secure_channel(
             target,
             creds,
@@ -355,7 +374,7 @@ def connect(
             interceptors=[interceptor],  # type: ignore[list-item]
         )
     else:
-        interceptor = _AuthAndDeadline(current_token, timeout, add_token=True)
+        interceptor = _AuthAndDeadline(current_token, timeout, add_token=True, header=header)
         channel = aio.insecure_channel(
             target,
             options=channel_options,

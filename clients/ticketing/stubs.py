@@ -17,7 +17,7 @@ from ticketing.v1 import (
     venue_pb2_grpc,
 )
 
-__all__ = ["CallMetadata", "Stubs", "bearer"]
+__all__ = ["CallMetadata", "Stubs", "bearer", "device"]
 
 CallMetadata = tuple[tuple[str, str], ...]
 """Metadata for one call, e.g. `bearer(token)`."""
@@ -26,6 +26,11 @@ CallMetadata = tuple[tuple[str, str], ...]
 def bearer(token: str) -> CallMetadata:
     """Call metadata carrying an access token: `authorization: Bearer <token>`."""
     return (("authorization", f"Bearer {token}"),)
+
+
+def device(credential: str) -> CallMetadata:
+    """Call metadata carrying a kiosk device credential: `authorization: Device <tkd_...>`."""
+    return (("authorization", f"Device {credential}"),)
 
 
 class Stubs:

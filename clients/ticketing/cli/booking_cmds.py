@@ -31,6 +31,7 @@ from ticketing.cli.common import (
     take,
 )
 from ticketing.cli.event_cmds import show_time
+from ticketing.cli.qr import show_order_qr
 from ticketing.cli.seatmap import format_money
 from ticketing.client import Client
 from ticketing.errors import TicketingError, ticketing_errors
@@ -229,6 +230,8 @@ async def cmd_orders_show(args: argparse.Namespace) -> int:
         order = await client.get_order(args.order_id)
         event = (await _events_by_id(client, [order.event_id])).get(order.event_id)
     print_order(order, event)
+    if args.qr:
+        await show_order_qr(args)
     return 0
 
 
@@ -327,6 +330,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = orders_sub.add_parser("show", help="one order with its tickets and codes")
     p.add_argument("order_id")
+    p.add_argument(
+        "--qr", action="store_true", help="also draw each valid ticket's signed code as a QR"
+    )
     add_target_args(p)
     p.set_defaults(handler=cmd_orders_show)
 

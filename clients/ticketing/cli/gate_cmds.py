@@ -4,12 +4,12 @@ list, revoke) and an event's offline policy (issue 14)."""
 from __future__ import annotations
 
 import argparse
-import io
 
 from rich.console import Console
 from rich.table import Table
 
 from ticketing.cli.common import add_target_args, open_client
+from ticketing.cli.qr import terminal_qr
 from ticketing.v1 import gate_pb2
 
 console = Console()
@@ -20,15 +20,6 @@ _STATES = {
     gate_pb2.DEVICE_STATE_EXPIRED: "expired",
     gate_pb2.DEVICE_STATE_REVOKED: "revoked",
 }
-
-
-def terminal_qr(text: str) -> str:
-    """`text` as a QR code drawn with block characters (segno), for a phone or kiosk camera."""
-    import segno
-
-    out = io.StringIO()
-    segno.make(text, error="m").terminal(out=out, compact=True)
-    return out.getvalue()
 
 
 async def _create(args: argparse.Namespace) -> int:

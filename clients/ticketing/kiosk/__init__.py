@@ -35,9 +35,16 @@ server's scan log keeps only a hash; this file is local to the kiosk, 0600, and 
 on the kiosk's own (ideally encrypted) disk. Every line also has `code_hash`, the server's
 hash, for reconciliation without the code.
 
+Offline (issue 14, docs/offline-gates.md "Kiosk"): `--enroll TOKEN` stores a device credential
+(0600) used by later starts instead of a password; with a synced kit (keys, revocations) the
+kiosk admits signed codes by itself while the server is unreachable and uploads them when it
+answers again (`--no-offline` keeps the old retry-then-UNRESOLVED loop).
+
 Modules: `validation` (the Kiosk loop, no UI), `views` (results and counts), `render`
 (rich panel or plain lines), `journal`, `signin` (credentials and start-up checks), `health`
-(the gate service's health check), `lines` (input), `main` (the command line).
+(the gate service's health check), `lines` (input), `main` (the command line), `device`
+(enrollment and the credential file), `offline` (the kit and local verdicts), `switching` (when
+to go offline; pure rules).
 """
 
 from ticketing.kiosk.journal import Journal, PendingScan, code_hash

@@ -2,7 +2,7 @@
 
 A poll with a short deadline rather than Health/Watch: a stream on a frozen server or a
 silently dropped connection just goes quiet, while a Check times out. The kiosk polls while it
-runs (`Kiosk.watch_health`) and, before it signs in, until the server serves
+runs (`Kiosk.maintain`) and, before it signs in, until the server serves
 (`ticketing.kiosk.signin.wait_for_server`).
 """
 

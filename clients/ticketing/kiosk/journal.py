@@ -8,6 +8,16 @@ Every physical scan writes two lines:
      "ticket_id": ..., "scan_time": ..., "first_gate_id": ..., "first_scan_time": ...,
      "attempts": 1, "error": null, "time": ...}
 
+A scan the kiosk admitted by itself while offline has `"offline": true` in its result line
+and waits for upload (GateService.UploadOfflineScans) until an "upload" line says what the
+server made of it:
+
+    {"type": "upload", "scan_id": ..., "upload_result": "ACCEPTED", "logged_result": ...,
+     "first_gate_id": ..., "first_scan_time": ..., "repeat": false, "detail": ..., "time": ...}
+
+Uploads are idempotent by scan_id, so a crash between the server's answer and this line only
+means the next start uploads the scan again and gets the stored answer.
+
 The "read" line is on disk before the first request leaves the kiosk, so a crash at any point
 leaves a scan that was read but has no result: on the next start the kiosk re-submits it with
 the same scan_id, and the server answers with the original result if it had processed it.
@@ -30,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Journal", "JournalError", "PendingScan", "code_hash"]
+__all__ = ["Journal", "JournalError", "OfflineAdmission", "PendingScan", "code_hash"]
 
 
 class JournalError(Exception):
@@ -58,11 +68,38 @@ class PendingScan:
     read_time: str
 
 
+@dataclass(frozen=True)
+class OfflineAdmission:
+    """A scan admitted offline that the server has not acknowledged yet."""
+
+    scan_id: str
+    code: str
+    scan_time: str
+    """ISO 8601, the kiosk's clock when it admitted."""
+
+
 @dataclass
 class _Replay:
     pending: dict[str, PendingScan] = field(default_factory=dict)
+    codes: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, OfflineAdmission] = field(default_factory=dict)
+    admitted: set[str] = field(default_factory=set)
     results: int = 0
     damaged_lines: int = 0
+
+    def result(self, scan_id: str, entry: dict[str, Any]) -> None:
+        """Account for a result line (at replay and as it is written)."""
+        self.results += 1
+        self.pending.pop(scan_id, None)
+        code = self.codes.pop(scan_id, None)
+        if entry.get("result") != "ADMITTED":
+            return
+        ticket = entry.get("ticket_id")
+        if isinstance(ticket, str) and ticket:
+            self.admitted.add(ticket)
+        if entry.get("offline") and code is not None:
+            when = entry.get("scan_time") or entry.get("time") or ""
+            self.waiting[scan_id] = OfflineAdmission(scan_id, code, str(when))
 
 
 class Journal:
@@ -72,6 +109,7 @@ class Journal:
         self.path = path
         self._fd = fd
         self._pending = replay.pending
+        self._replay = replay
         self.results_before = replay.results
         self.damaged_lines = replay.damaged_lines
 
@@ -126,11 +164,32 @@ class Journal:
             }
         )
         self._pending[scan_id] = PendingScan(scan_id, code, event_id, gate_id, read_time)
+        self._replay.codes[scan_id] = code
 
     def record_result(self, scan_id: str, result: dict[str, Any]) -> None:
-        """Durably note how a scan ended; it is no longer pending afterwards."""
-        self._append({"type": "result", "scan_id": scan_id, **result, "time": now_iso()})
-        self._pending.pop(scan_id, None)
+        """Durably note how a scan ended; it is no longer pending afterwards (and, if it was
+        admitted offline, waits for upload)."""
+        entry = {"type": "result", "scan_id": scan_id, **result, "time": now_iso()}
+        self._append(entry)
+        self._replay.result(scan_id, entry)
+
+    def record_upload(self, scan_id: str, outcome: dict[str, Any]) -> None:
+        """Durably note the server's answer to an uploaded offline admission."""
+        self._append({"type": "upload", "scan_id": scan_id, **outcome, "time": now_iso()})
+        self._replay.waiting.pop(scan_id, None)
+
+    def waiting_uploads(self) -> list[OfflineAdmission]:
+        """Offline admissions the server has not acknowledged, oldest first."""
+        return sorted(self._replay.waiting.values(), key=lambda w: w.scan_time)
+
+    @property
+    def waiting_count(self) -> int:
+        """How many offline admissions wait for upload."""
+        return len(self._replay.waiting)
+
+    def admitted_here(self) -> set[str]:
+        """Ticket ids this journal admitted (online or offline): never admitted again offline."""
+        return self._replay.admitted
 
     def _append(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -164,11 +223,13 @@ def _replay(path: Path) -> _Replay:
                     gate_id=str(entry["gate_id"]),
                     read_time=str(entry.get("time", "")),
                 )
+                out.codes[scan_id] = str(entry["code"])
             except KeyError:
                 out.damaged_lines += 1
         elif entry.get("type") == "result":
-            out.results += 1
-            out.pending.pop(scan_id, None)
+            out.result(scan_id, entry)
+        elif entry.get("type") == "upload":
+            out.waiting.pop(scan_id, None)
     return out
 
 

@@ -14,6 +14,12 @@ field may contain spaces):
     ADMIT <scan_id> <seat>
     REJECT <RESULT> <scan_id> <reason>[ | <seat>]
     UNRESOLVED <scan_id> <last error>
+    OFFLINE waiting=<n>                       (after a scan judged offline)
+    STATUS OFFLINE waiting=<n>                (switched to offline admission)
+    STATUS ONLINE waiting=<n>                 (the server answers again)
+    UPLOAD accepted=<n> conflict=<n> revoked=<n> invalid=<n> waiting=<n>
+    STATUS DEVICE REVOKED
+    OFFLINE admitted=<n> waiting=<n>          (before SUMMARY, if any)
     SUMMARY admitted=<n> rejected=<n> unresolved=<n> empty_lines=<n> [<RESULT>=<n> ...]
     PENDING <n> scan(s) left for the next start
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -35,7 +42,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ticketing.kiosk.switching import Mode
 from ticketing.kiosk.views import REJECTIONS, Counts, Outcome, ScanResultView, local_clock
+
+UPLOAD_RESULTS = ("ACCEPTED", "CONFLICT", "REVOKED", "INVALID")
+
+
+def upload_text(results: Counter[str], waiting: int) -> str:
+    """accepted=<n> conflict=<n> revoked=<n> invalid=<n> waiting=<n>"""
+    counts = " ".join(f"{r.lower()}={results[r]}" for r in UPLOAD_RESULTS)
+    return f"{counts} waiting={waiting}"
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,15 @@ class PlainRenderer:
     def retrying(self, scan_id: str, attempt: int, status: str, remaining: float) -> None:
         self._line(f"RETRY {scan_id} attempt={attempt} {status} {remaining:.1f}s left")
 
+    def mode_changed(self, mode: Mode, waiting: int) -> None:
+        self._line(f"STATUS {mode.value} waiting={waiting}")
+
+    def uploaded(self, results: Counter[str], waiting: int) -> None:
+        self._line(f"UPLOAD {upload_text(results, waiting)}")
+
+    def device_revoked(self) -> None:
+        self._line("STATUS DEVICE REVOKED")
+
     def show(self, view: ScanResultView, counts: Counts) -> None:
         seat = view.seat.compact() if view.seat else ""
         if view.outcome is Outcome.ADMITTED:
@@ -101,8 +126,12 @@ class PlainRenderer:
         else:
             tail = f" | {seat}" if seat else ""
             self._line(f"REJECT {view.outcome.value} {view.scan_id} {view.reason}{tail}")
+        if view.offline:
+            self._line(f"OFFLINE waiting={counts.waiting}")
 
     def summary(self, counts: Counts, pending: int) -> None:
+        if counts.offline_admitted or counts.waiting:
+            self._line(f"OFFLINE admitted={counts.offline_admitted} waiting={counts.waiting}")
         by_reason = " ".join(
             f"{o.value}={counts.rejected[o]}" for o in REJECTIONS if counts.rejected[o]
         )
@@ -123,12 +152,14 @@ _FONT: dict[str, tuple[str, ...]] = {
     "E": ("#####", "#    ", "#### ", "#    ", "#####"),
     "I": ("#####", "  #  ", "  #  ", "  #  ", "#####"),
     "J": ("#####", "   # ", "   # ", "#  # ", " ##  "),
+    "K": ("#   #", "#  # ", "###  ", "#  # ", "#   #"),
     "M": ("#   #", "## ##", "# # #", "#   #", "#   #"),
     "N": ("#   #", "##  #", "# # #", "#  ##", "#   #"),
     "O": (" ### ", "#   #", "#   #", "#   #", " ### "),
     "R": ("#### ", "#   #", "#### ", "#  # ", "#   #"),
     "S": (" ####", "#    ", " ### ", "    #", "#### "),
     "T": ("#####", "  #  ", "  #  ", "  #  ", "  #  "),
+    "V": ("#   #", "#   #", "#   #", " # # ", "  #  "),
     "W": ("#   #", "#   #", "# # #", "## ##", "#   #"),
     " ": ("  ", "  ", "  ", "  ", "  "),
 }
@@ -161,6 +192,9 @@ class RichRenderer:
         self._info: StartInfo | None = None
         self._reachable: bool | None = None
         self._detail = ""
+        self._mode = Mode.ONLINE
+        self._waiting = 0
+        self._revoked = False
 
     def _header(self) -> Text:
         info = self._info
@@ -178,6 +212,13 @@ class RichRenderer:
         )
 
     def _link_line(self) -> Text:
+        if self._revoked:
+            return Text(" DEVICE REVOKED ", style="bold white on red")
+        if self._mode is Mode.OFFLINE:
+            return Text(
+                f" OFFLINE — admitting signed codes by itself  ·  waiting={self._waiting} ",
+                style="bold black on yellow3",
+            )
         if self._reachable is False:
             return Text(
                 f" SERVER UNREACHABLE — retrying  ({self._detail}) ", style="bold white on red"
@@ -212,6 +253,46 @@ class RichRenderer:
         elif was is False:
             self.console.print(Text(" SERVER REACHABLE AGAIN ", style="bold white on green4"))
 
+    def mode_changed(self, mode: Mode, waiting: int) -> None:
+        self._mode = mode
+        self._waiting = waiting
+        self.console.print(
+            self._link_line()
+            if mode is Mode.OFFLINE
+            else Text(
+                f" ONLINE again  ·  {waiting} offline scan(s) to upload ",
+                style="bold white on green4",
+            )
+        )
+
+    def uploaded(self, results: Counter[str], waiting: int) -> None:
+        self._waiting = waiting
+        self.console.print(f"[cyan]uploaded offline scans: {upload_text(results, waiting)}")
+
+    def device_revoked(self) -> None:
+        self._revoked = True
+        self.console.print(self.revoked_panel())
+
+    def revoked_panel(self) -> Panel:
+        """The screen of a kiosk whose device credential was revoked."""
+        big = block_letters("REVOKED") if self.console.width >= 70 else None
+        style = _STYLES["REJECT"]
+        return Panel(
+            Group(
+                Align.center(Text(big or "DEVICE REVOKED", style=style)),
+                Text(""),
+                Align.center(
+                    Text("DEVICE REVOKED: this kiosk may no longer admit anyone.", style=style)
+                ),
+                Align.center(
+                    Text("Ask the organizer for a new enrollment token (--enroll).", style=style)
+                ),
+            ),
+            box=HEAVY,
+            style=style,
+            expand=True,
+        )
+
     def retrying(self, scan_id: str, attempt: int, status: str, remaining: float) -> None:
         self.console.print(
             f"[yellow]scan {scan_id[:8]}… attempt {attempt} failed ({status}); "
@@ -235,6 +316,8 @@ class RichRenderer:
         parts.append(Text(""))
         if view.outcome is not Outcome.ADMITTED:
             parts.append(Align.center(Text(view.reason, style=style)))
+        if view.offline:
+            parts.append(Align.center(Text("OFFLINE (checked by this kiosk)", style=style)))
         if view.seat is not None:
             parts.append(Align.center(Text(view.seat.text(), style=style)))
         if view.repeat:
@@ -260,15 +343,19 @@ class RichRenderer:
         if counts.unresolved:
             text.append("   unresolved ", style="dim")
             text.append(str(counts.unresolved), style="bold yellow")
+        if counts.offline_admitted or counts.waiting:
+            text.append(f"   offline {counts.offline_admitted}", style="yellow")
+            text.append(f"   waiting={counts.waiting}", style="bold yellow")
         return text
 
     def show(self, view: ScanResultView, counts: Counts) -> None:
         if self.console.is_terminal:
             self.console.clear()
             self.console.print(self._header())
+        self._waiting = counts.waiting
         self.console.print(self.panel(view))
         self.console.print(self.counts_line(counts))
-        if self.console.is_terminal:
+        if self.console.is_terminal or view.offline:
             self.console.print(self._link_line())
 
     def summary(self, counts: Counts, pending: int) -> None:
@@ -283,6 +370,9 @@ class RichRenderer:
         if counts.unresolved:
             table.add_row(Text("UNRESOLVED", style="yellow"), str(counts.unresolved))
         table.add_row(Text("total", style="bold"), str(counts.scans))
+        if counts.offline_admitted or counts.waiting:
+            table.add_row(Text("admitted offline", style="yellow"), str(counts.offline_admitted))
+            table.add_row(Text("waiting for upload", style="yellow"), str(counts.waiting))
         self.console.print(table)
         if pending:
             self.console.print(

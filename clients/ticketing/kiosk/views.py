@@ -28,6 +28,17 @@ class Outcome(StrEnum):
     ERROR = "ERROR"
     # No answer within the retry budget: the server may or may not have burned the ticket.
     UNRESOLVED = "UNRESOLVED"
+    # Offline only (the kiosk's own verdicts, `ticketing.kiosk.switching`):
+    # a plain code, which only the server can check;
+    PLAIN_CODE = "PLAIN_CODE"
+    # a signed code whose signature does not verify with a synced key of this event;
+    FORGED = "FORGED"
+    # the ticket, or this signed code of it, is on the synced revocation list (also online);
+    REVOKED = "REVOKED"
+    # the event does not allow offline admission (GateService.SetOfflineAdmission).
+    OFFLINE_REFUSED = "OFFLINE_REFUSED"
+    # This kiosk's device credential was revoked (GateService.RevokeDevice).
+    DEVICE_REVOKED = "DEVICE_REVOKED"
 
 
 FROM_PROTO: dict[int, Outcome] = {
@@ -39,6 +50,7 @@ FROM_PROTO: dict[int, Outcome] = {
     gate_pb2.VALIDATION_RESULT_NOT_YET_OPEN: Outcome.NOT_YET_OPEN,
     gate_pb2.VALIDATION_RESULT_EVENT_OVER: Outcome.EVENT_OVER,
     gate_pb2.VALIDATION_RESULT_EVENT_CANCELLED: Outcome.EVENT_CANCELLED,
+    gate_pb2.VALIDATION_RESULT_REVOKED: Outcome.REVOKED,
 }
 
 
@@ -125,6 +137,16 @@ def reason_text(
             return f"ERROR: {error}" if error else "ERROR"
         case Outcome.UNRESOLVED:
             return "NO ANSWER FROM SERVER: check the ticket by hand"
+        case Outcome.PLAIN_CODE:
+            return "PLAIN CODE: cannot be verified offline, scan the ticket's QR code"
+        case Outcome.FORGED:
+            return "FORGED OR UNKNOWN SIGNED CODE"
+        case Outcome.REVOKED:
+            return "REVOKED (refunded or reissued)"
+        case Outcome.OFFLINE_REFUSED:
+            return "OFFLINE ADMISSION NOT ALLOWED for this event: wait for the server"
+        case Outcome.DEVICE_REVOKED:
+            return "DEVICE REVOKED: this kiosk may no longer admit; enroll it again"
 
 
 def _iso(when: dt.datetime | None) -> str | None:
@@ -148,6 +170,8 @@ class ScanResultView:
     attempts: int = 1
     error: str = ""
     resubmitted: bool = False
+    offline: bool = False
+    """Judged by the kiosk itself, without the server (uploaded later if admitted)."""
 
     @property
     def admitted(self) -> bool:
@@ -167,6 +191,7 @@ class ScanResultView:
             "attempts": self.attempts,
             "error": self.error or None,
             "resubmitted": self.resubmitted,
+            "offline": self.offline,
         }
 
 
@@ -180,6 +205,11 @@ REJECTIONS = (
     Outcome.EVENT_CANCELLED,
     Outcome.INVALID,
     Outcome.ERROR,
+    Outcome.PLAIN_CODE,
+    Outcome.FORGED,
+    Outcome.REVOKED,
+    Outcome.OFFLINE_REFUSED,
+    Outcome.DEVICE_REVOKED,
 )
 
 
@@ -191,10 +221,14 @@ class Counts:
     rejected: Counter[Outcome] = field(default_factory=Counter)
     unresolved: int = 0
     empty_lines: int = 0
+    offline_admitted: int = 0
+    waiting: int = 0
+    """Offline admissions not yet acknowledged by the server (kept by the kiosk)."""
 
     def add(self, view: ScanResultView) -> None:
         if view.outcome is Outcome.ADMITTED:
             self.admitted += 1
+            self.offline_admitted += view.offline
         elif view.outcome is Outcome.UNRESOLVED:
             self.unresolved += 1
         else:
