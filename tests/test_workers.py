@@ -11,12 +11,14 @@ import json
 import os
 import signal
 import tempfile
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from grpc import aio
+from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.benchlib.process import ServerProcess, ServerStartError, free_port, new_jwt_secret
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
@@ -42,7 +44,12 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _supervised(database_url: str, data_dir: Path, port: int, workers: int) -> ServerProcess:
+def _supervised(
+    database_url: str, data_dir: Path, port: int, workers: int, metrics_port: int = 0
+) -> ServerProcess:
+    env = {"TICKETING_LOG_FORMAT": "json"}
+    if metrics_port:
+        env["TICKETING_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
     return ServerProcess(
         database_url,
         data_dir,
@@ -52,7 +59,7 @@ def _supervised(database_url: str, data_dir: Path, port: int, workers: int) -> S
         admin_password=ADMIN_PASSWORD,
         shutdown_grace_s=3,
         pool_size=8,
-        extra_env={"TICKETING_LOG_FORMAT": "json"},
+        extra_env=env,
         args=("serve", "--workers", str(workers)),
         name="supervisor",
     )
@@ -61,12 +68,17 @@ def _supervised(database_url: str, data_dir: Path, port: int, workers: int) -> S
 @pytest.fixture
 async def supervisor(database_url: str) -> AsyncIterator[ServerProcess]:
     with tempfile.TemporaryDirectory(prefix="ticketd-workers-") as tmp:
-        proc = _supervised(database_url, Path(tmp), free_port(), 2)
+        proc = _supervised(database_url, Path(tmp), free_port(), 2, metrics_port=free_port())
         await proc.start(timeout_s=90)
         try:
             yield proc
         finally:
             await proc.stop(timeout=30)
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 def _access_lines(proc: ServerProcess) -> list[dict[str, Any]]:
@@ -109,6 +121,17 @@ async def test_two_workers_serve_and_a_killed_one_is_replaced(supervisor: Server
     first = lines[0]
     assert first["code"] == "OK" and first["principal"] is None
     assert first["duration_ms"] > 0 and first["correlation_id"] is None
+
+    # The supervisor's /metrics sums both workers' samples.
+    metrics = supervisor.extra_env["TICKETING_METRICS_LISTEN"]
+    text = await asyncio.to_thread(_fetch, f"http://{metrics}/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    handled = sum(
+        s.value
+        for s in families["ticketd_rpc_handled"].samples
+        if s.name == "ticketd_rpc_handled_total" and s.labels["method"].endswith("/ListEvents")
+    )
+    assert handled == 24
 
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)

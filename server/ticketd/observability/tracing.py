@@ -18,6 +18,7 @@ from typing import Any
 log = logging.getLogger("ticketd.tracing")
 
 _on = False
+_provider_set = False
 _interceptors: list[Any] | None = None
 
 
@@ -38,22 +39,13 @@ def wanted(environ: dict[str, str] | None = None) -> bool:
 
 def server_interceptors() -> list[Any]:
     """The tracing interceptor to put first on the server, or none when tracing is off."""
-    global _on, _interceptors
-    if not wanted():
-        return []
     if _interceptors is not None:
         # One tracer provider per process (the SDK allows only one), whatever the servers.
         return list(_interceptors)
+    if not wanted():
+        return []
     try:
-        from opentelemetry import trace
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            ConsoleSpanExporter,
-            SpanExporter,
-        )
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
     except ImportError:
         log.warning("OTEL_* is set but the otel extra is missing: pip install 'ticketing[otel]'")
         return []
@@ -64,14 +56,39 @@ def server_interceptors() -> list[Any]:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
+    install(exporter)
+    return list(_interceptors or [])
+
+
+def install(exporter: Any, *, batch: bool = True) -> None:
+    """Trace every server built from now on into `exporter` (an SDK SpanExporter). Called
+    by `server_interceptors` from the OTEL_* settings; tests pass an in-memory exporter."""
+    global _on, _interceptors, _provider_set
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "ticketd")})
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    if not _provider_set:
+        # The SDK takes one global provider per process; later installs (tests) only
+        # change which provider the interceptor uses.
+        trace.set_tracer_provider(provider)
+        _provider_set = True
     _on = True
     log.info("OpenTelemetry tracing on")
     _interceptors = [aio_server_interceptor(tracer_provider=provider)]  # type: ignore[no-untyped-call]
-    return list(_interceptors)
+
+
+def uninstall() -> None:
+    """Servers built from now on are untraced again (tests)."""
+    global _on, _interceptors
+    _on = False
+    _interceptors = None
 
 
 def current_trace_id() -> str | None:
