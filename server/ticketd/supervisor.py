@@ -359,7 +359,9 @@ class Supervisor:
         first = self.workers[0]
         await self._spawn(first)
         # Worker 0 alone until it serves: it migrates, and the others must not race it.
-        if not await self._wait_serving(first) and not self.stopping.is_set():
+        if not await self._wait_serving(first):
+            if self.stopping.is_set():
+                return await self.drain()
             log.error("worker 0 exited before serving; see its log above")
             return 1
         for worker in self.workers[1:]:
