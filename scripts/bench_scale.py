@@ -312,9 +312,11 @@ def render(result: dict[str, Any]) -> str:
         "```",
         "",
         f"**Setup.** {m.get('nproc', '?')} cores ({m.get('cpu_model') or 'unknown'}), "
-        f"PostgreSQL {m.get('postgresql_version', '?')}; {m.get('layout')}. "
+        f"PostgreSQL {m.get('postgresql_version', '?')}; {m.get('layout')}; "
+        f"{m.get('busy_cores_before_start') or 0:.2f} cores busy with other work at the start. "
         f"Each leg: `ticketing-rush specific`, closed loop, {a['concurrency']} users, "
-        f"{a['duration']:g} s, a fresh {a['seats']:,}-seat event, {a['buyers']} buyers; total "
+        f"{a['duration']:g} s, {a['connections']} connections, a fresh {a['seats']:,}-seat "
+        f"event, {a['buyers']} buyers; total "
         f"pool {a['pool_size']} connections, divided between workers or servers. nginx: "
         f"{result.get('nginx', {}).get('version', result.get('nginx', {}).get('status'))}, "
         "config docs/deploy/nginx-grpc.conf.",
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seats", type=int, default=20_000, help="places per event")
     parser.add_argument("--buyers", type=int, default=500, help="customer accounts")
     parser.add_argument("--pool-size", type=int, default=20, help="total database pool")
+    parser.add_argument("--connections", type=int, default=16, help="client connections")
     parser.add_argument("--json", type=Path, default=DOCS / "bench_scale.json")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     args = parser.parse_args(argv)
