@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer
 from tests.support import Account, Stubs, book_request, error_details, small_layout
-from ticketd.db.database import PoolOptions
+from ticketd.app import TicketServer, build_components
+from ticketd.db.database import Database, PoolOptions
 from ticketd.edge.status import internal_status
 from ticketd.observability import logs, metrics, tracing
 from ticketing.v1 import auth_pb2, event_pb2
@@ -161,3 +162,42 @@ def test_internal_status_uses_the_given_correlation_id() -> None:
     info = error_details_pb2.ErrorInfo()
     proto.details[0].Unpack(info)
     assert info.metadata["correlation_id"] == "ab" * 16
+
+
+async def test_an_internal_error_under_tracing_names_the_trace(
+    running: RunningServer, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault injected where the edge loads the caller (a bug, not a client's doing): the
+    client sees INTERNAL whose correlation id is the trace id of the call's span."""
+    buyer = await stubs.register("traced")
+    spans = InMemorySpanExporter()
+    tracing.install(spans, batch=False)
+    db = Database(running.components.db.url, PoolOptions(pool_size=2))
+    try:
+        settings = running.components.settings
+        components = build_components(settings, db, settings.jwt_secret or "")
+
+        async def broken(claims: object) -> None:
+            raise RuntimeError("injected fault")
+
+        monkeypatch.setattr(components.accounts, "principal_for", broken)
+        server = TicketServer(components)
+        port = await server.start("127.0.0.1:0")
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(aio.AioRpcError) as failed:
+                    await Stubs(channel).auth.GetCurrentUser(
+                        auth_pb2.GetCurrentUserRequest(), metadata=buyer.md
+                    )
+        finally:
+            await server.stop(0)
+    finally:
+        tracing.uninstall()
+        await db.dispose()
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    details = error_details(failed.value)
+    assert details.reason == "INTERNAL"
+    (span,) = [s for s in spans.get_finished_spans() if s.name.endswith("/GetCurrentUser")]
+    trace_id = f"{span.context.trace_id:032x}"
+    assert details.metadata["correlation_id"] == trace_id
+    assert trace_id in (failed.value.details() or "")
