@@ -198,3 +198,33 @@ async def test_second_ticketd_on_the_port_is_refused_and_sigterm_drains(
         again.args = ("serve",)
         await again.start(timeout_s=60)
         assert await again.stop() == 0
+
+
+async def test_workers_of_a_killed_supervisor_stop_and_free_the_port(database_url: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="ticketd-workers-") as tmp:
+        port = free_port()
+        proc = _supervised(database_url, Path(tmp) / "a", port, 2)
+        await proc.start(timeout_s=90)
+        assert proc.pid is not None
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        await proc.kill()  # SIGKILL: no drain, the workers are orphaned
+        await _wait_for(
+            lambda: not any(_alive(pid) for pid in workers),
+            30,
+            "the orphaned workers' exit",
+            proc,
+        )
+        again = _supervised(database_url, Path(tmp) / "b", port, 1)
+        again.args = ("serve",)
+        await again.start(timeout_s=60)
+        assert await again.stop() == 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
