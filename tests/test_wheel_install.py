@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What a partner's install may depend on, and nothing more (issue 11).
 LEAN_BASE = {"grpcio", "grpcio-status", "protobuf"}
-EXTRAS = {"server", "cli", "kiosk", "rush", "dev"}
+EXTRAS = {"server", "cli", "kiosk", "rush", "otel", "dev"}
 # Modules that only extras bring: none may be importable from the partner install.
 EXTRA_ONLY_MODULES = [
     "sqlalchemy",
@@ -49,6 +49,8 @@ EXTRA_ONLY_MODULES = [
     "yaml",
     "hdrh",
     "matplotlib",
+    "prometheus_client",
+    "opentelemetry",
 ]
 HINTS = {
     "ticketd": "ticketd needs the server extra: pip install 'ticketing[server]'",

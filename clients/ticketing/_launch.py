@@ -80,6 +80,7 @@ TOOLS: dict[str, Tool] = {
                 "grpc_reflection",
                 "tzdata",
                 "cryptography",
+                "prometheus_client",
             ),
             entry="ticketd.__main__:main",
         ),

@@ -10,6 +10,7 @@ request_id, retry a lost lock race once and raise `ticketing.TicketingError`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -325,8 +326,45 @@ class Client(Stubs):
         await self.close()
 
 
+def balanced_target(targets: str | Sequence[str]) -> tuple[str, bool]:
+    """The gRPC target for one or several servers, and whether to balance over it.
+
+    Several servers (a list, or `HOST:PORT,HOST:PORT` text) must be IP literals (127.0.0.1:
+    50051, [::1]:50051): they become one `ipv4:`/`ipv6:` target that gRPC's client-side
+    `round_robin` spreads calls over, one connection per server, skipping a server that is
+    down. One server, or a target that already names a resolver (`dns:///name:port`,
+    `ipv4:a,b`), is kept as it is; `ipv4:`/`ipv6:` with several addresses is balanced.
+    """
+    if isinstance(targets, str):
+        if targets.startswith(("ipv4:", "ipv6:", "dns:", "unix:")):
+            return targets, targets.startswith(("ipv4:", "ipv6:")) and "," in targets
+        parts = [t.strip() for t in targets.split(",") if t.strip()]
+    else:
+        parts = [t.strip() for t in targets if t.strip()]
+    if not parts:
+        raise ValueError("connect needs at least one HOST:PORT target")
+    if len(parts) == 1:
+        return parts[0], False
+    families = set()
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"target {part!r} is not HOST:PORT")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            raise ValueError(
+                f"several targets must be IP addresses ({part!r} is not); for a name, use "
+                "one dns:///NAME:PORT target resolving to every server, with round_robin=True"
+            ) from None
+    if len(families) != 1:
+        raise ValueError("several targets must be all IPv4 or all IPv6")
+    scheme = "ipv4" if families == {4} else "ipv6"
+    return f"{scheme}:{','.join(parts)}", True
+
+
 def connect(
-    target: str,
+    target: str | Sequence[str],
     token: str | None = None,
     *,
     tls: bool | grpc.ChannelCredentials = False,
@@ -335,8 +373,13 @@ def connect(
     abort_backoff_seconds: float = DEFAULT_ABORT_BACKOFF_SECONDS,
     on_abort_retry: RetryHook | None = None,
     device_credential: str | None = None,
+    round_robin: bool | None = None,
 ) -> Client:
     """Open a channel to `target` (host:port) and return ready-to-use stubs.
+
+    Several servers (a list of HOST:PORT, or comma-separated) are balanced call by call
+    with gRPC's client-side `round_robin` (see `balanced_target`); `round_robin=True` also
+    balances a single `dns:///` target over every address the name resolves to.
 
     `tls=True` uses the system roots; pass ChannelCredentials for a private CA. Every call
     gets `timeout` seconds unless it passes its own, and UNAVAILABLE is retried with backoff
@@ -356,9 +399,13 @@ def connect(
             return device_credential
         return holder["client"].token if "client" in holder else token
 
+    target, several = balanced_target(target)
+    balance = several if round_robin is None else round_robin
     channel_options = [
         ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
+        # The service config names no load-balancing policy, so this one applies.
+        *([("grpc.lb_policy_name", "round_robin")] if balance else []),
         *options,
     ]
     if tls:

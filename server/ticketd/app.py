@@ -35,6 +35,7 @@ from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.gate.signing.service import SigningService
+from ticketd.observability import tracing
 from ticketd.pagination import PageTokens
 from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
@@ -173,7 +174,9 @@ def build_components(
 class TicketServer:
     """A running (or ready to run) ticketd gRPC server."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: bind with SO_REUSEPORT, as a worker of `serve --workers N` does
+        (the supervisor guards the port against anything else; ticketd.supervisor)."""
         self.components = components
         settings = components.settings
         pages = components.pages
@@ -189,12 +192,14 @@ class TicketServer:
             max_streams=settings.max_streams,
         )
         self.server = aio.server(
-            interceptors=[interceptor],
+            # Tracing first, so its span is current while ours maps errors (trace id =
+            # correlation id); an empty list unless OTEL_* asks for it.
+            interceptors=[*tracing.server_interceptors(), interceptor],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # A fixed port must not be bound twice silently; scale-out opts in explicitly.
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.http2.max_pings_without_data", 0),
             ],
@@ -231,20 +236,37 @@ class TicketServer:
         )
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._health_server: aio.Server | None = None
+
+    async def start_health_only(self, listen: str) -> int:
+        """Also serve health alone on `listen` (a worker's private loopback port, where its
+        supervisor checks this very process). Returns the bound port."""
+        self._health_server = aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        port = self._health_server.add_insecure_port(listen)
+        await self._health_server.start()
+        return port
 
     async def start(self, listen: str | None = None, *, serving: bool = True) -> int:
         """Bind and start; returns the bound port. With `serving=False` health says
         NOT_SERVING until `set_serving(True)` (the database is not ready yet)."""
         settings = self.components.settings
         address = listen or settings.listen
-        if settings.tls_enabled:
-            assert settings.tls_cert is not None and settings.tls_key is not None
-            creds = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
-            )
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if settings.tls_enabled:
+                assert settings.tls_cert is not None and settings.tls_key is not None
+                creds = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                )
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            # grpc says only "Failed to bind"; the usual cause is another server on it.
+            raise OSError(
+                f"could not bind {address}: the address is in use (another ticketd, or a "
+                "ticketd --workers supervisor, already serves this port?)"
+            ) from None
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self.server.start()
@@ -275,6 +297,9 @@ class TicketServer:
                 await self._sweeper
             self._sweeper = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        tracing.shutdown()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

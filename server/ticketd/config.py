@@ -56,6 +56,30 @@ def default_auth_concurrency() -> int:
     return max(2, cpus // 2)
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (what `TICKETING_WORKERS=auto` starts)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(raw: str | None, name: str = "TICKETING_WORKERS") -> int:
+    """A worker count from 1 to 256, or `auto` (the usable cores); empty means 1."""
+    value = (raw or "").strip().lower()
+    if not value:
+        return 1
+    if value == "auto":
+        return usable_cores()
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number or 'auto', got {raw!r}") from None
+    if not 1 <= count <= 256:
+        raise ConfigError(f"{name} must be between 1 and 256, got {count}")
+    return count
+
+
 def default_data_dir() -> Path:
     """Where the server keeps its generated JWT secret and embedded database."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -170,6 +194,14 @@ class Settings:
     offline_clock_skew_seconds: int = 300
     """`TICKETING_OFFLINE_CLOCK_SKEW`: how far ahead of the server's clock an uploaded
     offline scan time may be (a kiosk's clock runs a little fast) before it is INVALID."""
+    workers: int = 1
+    """`TICKETING_WORKERS` (or `serve --workers`): server processes on the one port; `auto`
+    is one per usable core. Pool and per-process limits are divided by it (docs/scaling.md)."""
+    metrics_listen: str | None = None
+    """`TICKETING_METRICS_LISTEN`: host:port of the Prometheus /metrics endpoint; unset, off."""
+    log_format: str = "text"
+    """`TICKETING_LOG_FORMAT`: `text`, or `json` for one JSON object per line and a
+    structured access line per RPC (docs/observability.md)."""
 
     @property
     def auth_rpc_limit(self) -> int:
@@ -211,6 +243,16 @@ class Settings:
         if keys_secret is not None and len(keys_secret.encode()) < 32:
             raise ConfigError("TICKETING_KEYS_SECRET must be at least 32 bytes")
         data_dir = env.get("TICKETING_DATA_DIR")
+        log_format = (env.get("TICKETING_LOG_FORMAT") or "text").strip().lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"TICKETING_LOG_FORMAT must be text or json, got {log_format!r}")
+        metrics_listen = (env.get("TICKETING_METRICS_LISTEN") or "").strip() or None
+        if metrics_listen is not None:
+            _, sep, port = metrics_listen.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(
+                    f"TICKETING_METRICS_LISTEN must be host:port, got {metrics_listen!r}"
+                )
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             listen=env.get("TICKETING_LISTEN") or "127.0.0.1:50051",
@@ -265,4 +307,7 @@ class Settings:
                 env, "TICKETING_DEVICE_ENROLL_TTL", 86_400, 60, 30 * 86400
             ),
             offline_clock_skew_seconds=_int(env, "TICKETING_OFFLINE_CLOCK_SKEW", 300, 0, 3600),
+            workers=parse_workers(env.get("TICKETING_WORKERS")),
+            metrics_listen=metrics_listen,
+            log_format=log_format,
         )

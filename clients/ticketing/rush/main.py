@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ticketing.client import balanced_target
 from ticketing.errors import TicketingError, ticketing_errors
 from ticketing.rush.audit import audit_event
 from ticketing.rush.choice import Skew, parse_order_size
@@ -158,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "`audit` only audits --event",
     )
     parser.add_argument("--target", required=True, help="HOST:PORT[,HOST:PORT...] of ticketd")
+    parser.add_argument(
+        "--round-robin",
+        action="store_true",
+        help="several --target IPs as one round_robin target (calls, not connections, spread)",
+    )
     parser.add_argument("--admin-email", required=True)
     parser.add_argument("--admin-password", required=True)
     parser.add_argument("--seats", type=_positive_int, default=1_000, help="places of a new event")
@@ -209,6 +215,8 @@ def parse_options(argv: Sequence[str] | None = None) -> RushOptions:
     args = parser.parse_args(argv)
     try:
         targets = parse_targets(args.target)
+        if args.round_robin:
+            targets = [balanced_target(targets)[0]]
         skew = Skew.parse(args.skew)
         order_size = parse_order_size(args.order_size)
         mix = Mix.parse(args.mix)

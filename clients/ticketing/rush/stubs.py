@@ -8,6 +8,7 @@ on the wire, and a refusal is reported as the server gave it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from grpc import aio
 
@@ -34,4 +35,11 @@ def open_channels(targets: Sequence[str], count: int) -> list[aio.Channel]:
     # Without a local subchannel pool, channels to one target share a single connection,
     # and --connections would measure nothing.
     options = [("grpc.use_local_subchannel_pool", 1)]
-    return [aio.insecure_channel(targets[i % len(targets)], options=options) for i in range(count)]
+
+    def for_target(target: str) -> list[tuple[str, Any]]:
+        # --round-robin: one ipv4:/ipv6: target over several servers (ticketing.client).
+        balanced = target.startswith(("ipv4:", "ipv6:")) and "," in target
+        return [*options, ("grpc.lb_policy_name", "round_robin")] if balanced else options
+
+    picked = [targets[i % len(targets)] for i in range(count)]
+    return [aio.insecure_channel(t, options=for_target(t)) for t in picked]

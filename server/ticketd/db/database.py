@@ -41,6 +41,7 @@ from ticketd.db import sqlstate
 from ticketd.db.listener import Listener
 from ticketd.deadline import remaining_seconds
 from ticketd.errors import Reason, Unavailable
+from ticketd.observability import metrics
 
 Connection = Any
 """An asyncpg connection (the library ships no type information)."""
@@ -150,32 +151,35 @@ class Database:
             started = time.monotonic()
             acquired = False
             try:
-                async with asyncio.timeout(self.options.pool_timeout_seconds):
-                    await self._public.acquire()
-                    acquired = True
+                with metrics.pool_wait("public_share"):
+                    async with asyncio.timeout(self.options.pool_timeout_seconds):
+                        await self._public.acquire()
+                        acquired = True
             except TimeoutError:
                 # (A slot won at the very instant of the timeout is kept, not leaked.)
                 if not acquired:
                     raise _pool_exhausted() from None
             try:
                 left = self.options.pool_timeout_seconds - (time.monotonic() - started)
-                async with self._pooled(max(0.0, left)) as conn:
+                async with self._pooled(max(0.0, left), budget.value) as conn:
                     yield conn
             finally:
                 self._public.release()
         else:
-            async with self._pooled(self.options.pool_timeout_seconds) as conn:
+            async with self._pooled(self.options.pool_timeout_seconds, budget.value) as conn:
                 yield conn
 
     @contextlib.asynccontextmanager
-    async def _pooled(self, wait_seconds: float) -> AsyncIterator[Connection]:
+    async def _pooled(self, wait_seconds: float, budget: str) -> AsyncIterator[Connection]:
         pool = await self._get_pool_or_unavailable()
         try:
-            conn = await pool.acquire(timeout=wait_seconds)
+            with metrics.pool_wait(budget):
+                conn = await pool.acquire(timeout=wait_seconds)
         except TimeoutError:
             raise _pool_exhausted() from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise sqlstate.classify(exc, connection_lost=True) or sqlstate.db_unavailable() from exc
+        metrics.DB_POOL_IN_USE.inc()
         try:
             yield conn
         except Exception as exc:
@@ -184,6 +188,7 @@ class Database:
                 raise
             raise mapped from exc
         finally:
+            metrics.DB_POOL_IN_USE.dec()
             await pool.release(conn)
 
     async def _get_pool_or_unavailable(self) -> asyncpg.Pool:
@@ -197,9 +202,14 @@ class Database:
         """One READ COMMITTED transaction: commits when the block ends normally, rolls back
         on any exception (cancellation included). Lock waits and statements are kept inside
         the current call's deadline."""
-        async with self.connection() as conn, conn.transaction():
-            await _bound_waits(conn, remaining_seconds(), self.options.lock_timeout_ms)
-            yield conn
+        async with self.connection() as conn:
+            started = time.perf_counter()
+            try:
+                async with conn.transaction():
+                    await _bound_waits(conn, remaining_seconds(), self.options.lock_timeout_ms)
+                    yield conn
+            finally:
+                metrics.DB_TRANSACTION.observe(time.perf_counter() - started)
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query, on a connection outside the pool:

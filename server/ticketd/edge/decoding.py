@@ -14,8 +14,9 @@ decoding, for the methods the interceptor passes through unwrapped (health Watch
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from grpc import aio
 
 from ticketd import errors
 from ticketd.edge.status import to_status
+from ticketd.observability import metrics
 
 Deserializer = Callable[[bytes], Any]
 
@@ -140,10 +142,13 @@ async def _refuse(exc: errors.InvalidArgument, context: aio.ServicerContext[Any,
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def decoding_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+def decoding_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], name: str = ""
+) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler, decoding its requests itself: bad bytes end the call with
     INVALID_ARGUMENT instead of UNKNOWN. For handlers the interceptor does not otherwise wrap
-    (public streaming infrastructure); every RPC kind keeps its kind and its response side."""
+    (public streaming infrastructure); every RPC kind keeps its kind and its response side.
+    Open server-streaming calls of `name` are counted (ticketd_streams_active)."""
     deserializer = handler.request_deserializer
     if deserializer is None:
         return handler
@@ -164,20 +169,22 @@ def decoding_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethod
         # grpc tells a servicer that yields its responses from one that writes them with
         # context.write by the function's kind: the wrapper must be of the same kind.
         async def generator(raw: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            try:
-                async for response in method(request_of(raw), context):
-                    yield response
-            except errors.InvalidArgument as exc:
-                await _refuse(exc, context)
+            with _open_stream(name, bool(handler.response_streaming)):
+                try:
+                    async for response in method(request_of(raw), context):
+                        yield response
+                except errors.InvalidArgument as exc:
+                    await _refuse(exc, context)
 
         behavior = generator
     else:
 
         async def coroutine(raw: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                return await method(request_of(raw), context)
-            except errors.InvalidArgument as exc:
-                await _refuse(exc, context)
+            with _open_stream(name, bool(handler.response_streaming)):
+                try:
+                    return await method(request_of(raw), context)
+                except errors.InvalidArgument as exc:
+                    await _refuse(exc, context)
 
         behavior = coroutine
     kinds = {
@@ -188,3 +195,17 @@ def decoding_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethod
     }
     make: Any = kinds[(request_streaming, bool(handler.response_streaming))]
     return make(behavior, request_deserializer=None, response_serializer=serializer)  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _open_stream(name: str, streaming: bool) -> Iterator[None]:
+    """Count a server-streaming call as open while it runs."""
+    if not streaming:
+        yield
+        return
+    gauge = metrics.STREAMS_ACTIVE.labels(name or "unknown")
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeAlias
 
@@ -30,6 +32,7 @@ from ticketd.edge.convert import time_remaining
 from ticketd.edge.decoding import Deserializer, decode_request, decoding_handler
 from ticketd.edge.status import internal_status, to_status
 from ticketd.edge.textcheck import nul_field
+from ticketd.observability import logs, metrics, tracing
 
 log = logging.getLogger("ticketd.rpc")
 
@@ -149,7 +152,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if rule.public:
             # Streaming infrastructure (health Watch, reflection): nothing to bind, but its
             # requests are decoded the same way.
-            return decoding_handler(handler)
+            return decoding_handler(handler, method)
         return _deny_handler(handler, method)
 
     async def _prepare(
@@ -182,6 +185,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> None:
             bound: object | None = None
             counted = False
+            started = time.perf_counter()
+            code = "OK"
+            reason: str | None = None
             deadline = set_call_deadline(time_remaining(context))
             try:
                 if self._streams >= self._max_streams:
@@ -192,23 +198,32 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     )
                 self._streams += 1
                 counted = True
+                metrics.STREAMS_ACTIVE.labels(method).inc()
                 request, principal = await self._prepare(
                     method, rule, raw, deserializer, context.invocation_metadata()
                 )
                 bound = bind_principal(principal)
                 await behavior(request, context)
-            except (asyncio.CancelledError, aio.AbortError):
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except aio.AbortError:
+                code = _code_name(context)
                 raise
             except Exception as exc:
-                status = (
-                    to_status(exc)
-                    if isinstance(exc, errors.DomainError)
-                    else internal_status(exc, method)
-                )
+                if isinstance(exc, errors.DomainError):
+                    status = to_status(exc)
+                    reason = exc.reason.value
+                else:
+                    status = internal_status(exc, method)
+                    reason = errors.Reason.INTERNAL.value
+                code = status.code.name
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if counted:
                     self._streams -= 1
+                    metrics.STREAMS_ACTIVE.labels(method).dec()
+                metrics.observe_rpc(method, code, time.perf_counter() - started, reason)
                 reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)
@@ -225,6 +240,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             bound: object | None = None
             admitted: Admitted | None = None
+            principal: Principal | None = None
+            started = time.perf_counter()
+            code = "OK"
+            reason: str | None = None
+            correlation_id: str | None = None
             deadline = set_call_deadline(time_remaining(context))
             try:
                 if self._admission is not None:
@@ -234,18 +254,28 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 )
                 bound = bind_principal(principal)
                 return await behavior(request, context)
-            except (asyncio.CancelledError, aio.AbortError):
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except aio.AbortError:
+                # The servicer aborted with its own status (rare: the edge maps errors).
+                code = _code_name(context)
                 raise
             except Exception as exc:
                 # A refused call gives its admission place back before its status is sent:
                 # writing thousands of refusals must not fill the budget it protects.
                 if admitted is not None:
                     admitted.release()
-                status = (
-                    to_status(exc)
-                    if isinstance(exc, errors.DomainError)
-                    else internal_status(exc, method)
-                )
+                if isinstance(exc, errors.DomainError):
+                    status = to_status(exc)
+                    reason = exc.reason.value
+                else:
+                    # With tracing on, the trace id is the correlation id: the client's
+                    # message leads the operator straight to the trace.
+                    correlation_id = tracing.current_trace_id() or uuid.uuid4().hex
+                    status = internal_status(exc, method, correlation_id=correlation_id)
+                    reason = errors.Reason.INTERNAL.value
+                code = status.code.name
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if admitted is not None:
@@ -253,8 +283,33 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)
+                elapsed = time.perf_counter() - started
+                metrics.observe_rpc(method, code, elapsed, reason)
+                if logs.access_enabled():
+                    logs.access(
+                        method=method,
+                        principal=_principal_label(principal),
+                        duration_s=elapsed,
+                        code=code,
+                        reason=reason,
+                        correlation_id=correlation_id or tracing.current_trace_id(),
+                    )
 
         return wrapped
+
+
+def _code_name(context: aio.ServicerContext[Any, Any]) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "UNKNOWN"
+
+
+def _principal_label(principal: Principal | None) -> str | None:
+    """Who called, for logs: kind and id, never the email (logs are not a user directory)."""
+    if principal is None:
+        return None
+    return f"{principal.kind.value.lower()}:{principal.user_id}"
 
 
 def _deny_handler(

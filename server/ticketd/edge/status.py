@@ -106,9 +106,12 @@ def to_status(error: errors.DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def internal_status(exc: BaseException, method: str) -> grpc.Status:
-    """INTERNAL with a correlation id; the stack goes to the log, never to the client."""
-    correlation_id = uuid.uuid4().hex
+def internal_status(
+    exc: BaseException, method: str, *, correlation_id: str | None = None
+) -> grpc.Status:
+    """INTERNAL with a correlation id (a new random one unless given: the trace id when
+    tracing is on); the stack goes to the log, never to the client."""
+    correlation_id = correlation_id or uuid.uuid4().hex
     log.error("internal error in %s [correlation_id=%s]", method, correlation_id, exc_info=exc)
     status = status_pb2.Status(
         code=code_pb2.INTERNAL,

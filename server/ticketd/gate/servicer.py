@@ -22,6 +22,7 @@ from ticketd.gate.rules import (
 )
 from ticketd.gate.service import GateService
 from ticketd.gate.signing.service import KeyRow, RevocationRow, SigningService
+from ticketd.observability import metrics
 from ticketd.pagination import (
     PageTokens,
     decode_time_keyset,
@@ -175,6 +176,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         )
         self._service.admit_rate(principal, scan.event_id, scan.gate_id)
         outcome = await self._service.validate(principal, scan)
+        metrics.GATE_SCANS.labels(outcome.result.name).inc()
         response = gate_pb2.ValidateTicketResponse(
             result=RESULT_TO_PROTO[outcome.result],
             scan_time=timestamp(outcome.scan_time),

@@ -1,0 +1,1 @@
+"""Metrics, structured access logs and tracing: what operators watch (docs/observability.md)."""
