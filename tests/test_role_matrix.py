@@ -44,12 +44,24 @@ from tests.support import (
 from ticketd.app import SERVICE_NAMES
 from ticketd.auth.policy import POLICY
 from ticketd.auth.principal import PrincipalKind, Role
-from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, gate_pb2, venue_pb2
+from ticketing.stubs import api_key
+from ticketing.v1 import (
+    auth_pb2,
+    booking_pb2,
+    common_pb2,
+    event_pb2,
+    gate_pb2,
+    partner_pb2,
+    venue_pb2,
+)
 
 ANONYMOUS = "ANONYMOUS"
 # An enrolled kiosk (`authorization: Device ...`, issue 14): not a role, a principal kind.
 DEVICE = "DEVICE"
-CALLERS: tuple[str, ...] = (*(role.value for role in Role), DEVICE, ANONYMOUS)
+# A partner reseller's API key (`authorization: ApiKey ...`, issue 13): ROLE_PARTNER, which
+# no account can hold; like a device it is a principal kind, granted methods by name.
+PARTNER = "PARTNER"
+CALLERS: tuple[str, ...] = (*(role.value for role in Role), DEVICE, PARTNER, ANONYMOUS)
 ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
     "ADMIN": common_pb2.ROLE_ADMIN,
     "ORGANIZER": common_pb2.ROLE_ORGANIZER,
@@ -102,6 +114,8 @@ def policy_allows(full_method: str, caller: str) -> bool:
         return False
     if caller == DEVICE:
         return PrincipalKind.DEVICE in rule.kinds
+    if caller == PARTNER:
+        return PrincipalKind.PARTNER in rule.kinds
     return rule.roles is None or Role(caller) in rule.roles
 
 
@@ -150,6 +164,9 @@ class World:
     order: booking_pb2.Order
     spare_staff: Account  # a second ENTRY_MANAGER, assigned and unassigned by the matrix
     device_md: tuple[tuple[str, str], ...]  # a kiosk of the event's "matrix-gate"
+    partner: partner_pb2.Partner  # the PARTNER caller's own partner
+    partner_md: tuple[tuple[str, str], ...]  # an API key of `partner`
+    scratch_partner: partner_pb2.Partner  # the only partner SetPartnerStatus is offered
 
     @property
     def ga_section_id(self) -> str:
@@ -158,6 +175,8 @@ class World:
     def md(self, caller: str) -> tuple[tuple[str, str], ...]:
         if caller == DEVICE:
             return self.device_md
+        if caller == PARTNER:
+            return self.partner_md
         return () if caller == ANONYMOUS else self.accounts[caller].md
 
     async def enrollment_token(self) -> str:
@@ -206,7 +225,35 @@ async def world(stubs: Stubs, admin: Account) -> World:
     spare = await stubs.account_with_roles(
         admin, common_pb2.ROLE_ENTRY_MANAGER, tag="matrix-spare-staff"
     )
-    world = World(stubs, admin, accounts, venue, scratch, event, order, spare, ())
+    partners = [
+        (
+            await stubs.partners.CreatePartner(
+                partner_pb2.CreatePartnerRequest(
+                    display_name=name, contact_email=unique_email("matrix-partner")
+                ),
+                metadata=admin.md,
+            )
+        ).partner
+        for name in ("Matrix Reseller", "Matrix Scratch Reseller")
+    ]
+    key = await stubs.partners.CreateApiKey(
+        partner_pb2.CreateApiKeyRequest(partner_id=partners[0].id, display_name="matrix"),
+        metadata=admin.md,
+    )
+    world = World(
+        stubs,
+        admin,
+        accounts,
+        venue,
+        scratch,
+        event,
+        order,
+        spare,
+        (),
+        partners[0],
+        api_key(key.secret),
+        partners[1],
+    )
     enrolled = await stubs.gate.EnrollDevice(
         gate_pb2.EnrollDeviceRequest(enrollment_token=await world.enrollment_token())
     )
@@ -484,6 +531,45 @@ _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
+_PARTNER = "/ticketing.v1.PartnerService/"
+
+
+async def _create_partner(w: World) -> Message:
+    return partner_pb2.CreatePartnerRequest(
+        display_name="Matrix New Reseller", contact_email=unique_email("matrix-new-partner")
+    )
+
+
+async def _list_partners(w: World) -> Message:
+    return partner_pb2.ListPartnersRequest(page_size=5)
+
+
+async def _get_partner(w: World) -> Message:
+    return partner_pb2.GetPartnerRequest(partner_id=w.partner.id)
+
+
+async def _set_partner_status(w: World) -> Message:
+    return partner_pb2.SetPartnerStatusRequest(
+        partner_id=w.scratch_partner.id, status=partner_pb2.PARTNER_STATUS_SUSPENDED
+    )
+
+
+async def _create_api_key(w: World) -> Message:
+    return partner_pb2.CreateApiKeyRequest(partner_id=w.partner.id, display_name="matrix spare")
+
+
+async def _list_api_keys(w: World) -> Message:
+    return partner_pb2.ListApiKeysRequest(partner_id=w.partner.id, page_size=5)
+
+
+async def _revoke_api_key(w: World) -> Message:
+    # A fresh key of the PARTNER caller's partner: never the key the matrix calls with.
+    created = await w.stubs.partners.CreateApiKey(
+        partner_pb2.CreateApiKeyRequest(partner_id=w.partner.id, display_name="to revoke"),
+        metadata=w.admin.md,
+    )
+    return partner_pb2.RevokeApiKeyRequest(key_id=created.api_key.key_id)
+
 
 REALISTIC: dict[str, RequestBuilder] = {
     _AUTH + "Register": _register,
@@ -525,6 +611,13 @@ REALISTIC: dict[str, RequestBuilder] = {
     _GATE + "RevokeDevice": _revoke_device,
     _GATE + "RotateSigningKey": _rotate_signing_key,
     _GATE + "SetOfflineAdmission": _set_offline_admission,
+    _PARTNER + "CreatePartner": _create_partner,
+    _PARTNER + "ListPartners": _list_partners,
+    _PARTNER + "GetPartner": _get_partner,
+    _PARTNER + "SetPartnerStatus": _set_partner_status,
+    _PARTNER + "CreateApiKey": _create_api_key,
+    _PARTNER + "ListApiKeys": _list_api_keys,
+    _PARTNER + "RevokeApiKey": _revoke_api_key,
 }
 
 
@@ -601,6 +694,13 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _GATE + "RevokeDevice": frozenset({"ORGANIZER", "ADMIN"}),
     _GATE + "RotateSigningKey": frozenset({"ORGANIZER", "ADMIN"}),
     _GATE + "SetOfflineAdmission": frozenset({"ORGANIZER", "ADMIN"}),
+    _PARTNER + "CreatePartner": frozenset({"ADMIN"}),
+    _PARTNER + "ListPartners": frozenset({"ADMIN"}),
+    _PARTNER + "GetPartner": frozenset({"ADMIN", "PARTNER"}),
+    _PARTNER + "SetPartnerStatus": frozenset({"ADMIN"}),
+    _PARTNER + "CreateApiKey": frozenset({"ADMIN", "PARTNER"}),
+    _PARTNER + "ListApiKeys": frozenset({"ADMIN", "PARTNER"}),
+    _PARTNER + "RevokeApiKey": frozenset({"ADMIN", "PARTNER"}),
 }
 
 
@@ -611,8 +711,9 @@ def test_policy_table_matches_the_documented_contract() -> None:
             return True
         if caller == ANONYMOUS:
             return False
-        # "any signed-in user" means users: a device reaches only what names it.
-        return (rule == _ANY and caller != DEVICE) or caller in rule
+        # "any signed-in user" means users: a device or a partner's key reaches only what
+        # names it.
+        return (rule == _ANY and caller not in (DEVICE, PARTNER)) or caller in rule
 
     assert set(DOCUMENTED) == set(TICKETING_METHODS)
     differences = [

@@ -14,10 +14,11 @@ from ticketing.v1 import (
     booking_pb2_grpc,
     event_pb2_grpc,
     gate_pb2_grpc,
+    partner_pb2_grpc,
     venue_pb2_grpc,
 )
 
-__all__ = ["CallMetadata", "Stubs", "bearer"]
+__all__ = ["CallMetadata", "Stubs", "api_key", "bearer"]
 
 CallMetadata = tuple[tuple[str, str], ...]
 """Metadata for one call, e.g. `bearer(token)`."""
@@ -26,6 +27,11 @@ CallMetadata = tuple[tuple[str, str], ...]
 def bearer(token: str) -> CallMetadata:
     """Call metadata carrying an access token: `authorization: Bearer <token>`."""
     return (("authorization", f"Bearer {token}"),)
+
+
+def api_key(secret: str) -> CallMetadata:
+    """Call metadata carrying a partner's API key: `authorization: ApiKey <secret>`."""
+    return (("authorization", f"ApiKey {secret}"),)
 
 
 class Stubs:
@@ -40,3 +46,6 @@ class Stubs:
             booking_pb2_grpc.BookingServiceStub(channel)
         )
         self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
+        self.partners: partner_pb2_grpc.PartnerServiceAsyncStub = (
+            partner_pb2_grpc.PartnerServiceStub(channel)
+        )

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
-from ticketd.auth.credentials import SecretHasher, derive_key
+from ticketd.auth.credentials import Scheme, SecretHasher, derive_key
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.throttle import SignInThrottle
 from ticketd.auth.tokens import TokenService
@@ -36,6 +36,8 @@ from ticketd.gate.service import GateService
 from ticketd.gate.servicer import GateServicer
 from ticketd.gate.signing.service import SigningService
 from ticketd.pagination import PageTokens
+from ticketd.partners.service import PartnerService
+from ticketd.partners.servicer import PartnerServicer
 from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
 from ticketd.venues.servicer import VenueServicer, venue_response_bytes
@@ -48,6 +50,8 @@ from ticketing.v1 import (
     event_pb2_grpc,
     gate_pb2,
     gate_pb2_grpc,
+    partner_pb2,
+    partner_pb2_grpc,
     venue_pb2,
     venue_pb2_grpc,
 )
@@ -57,10 +61,11 @@ log = logging.getLogger("ticketd")
 # HKDF purposes of the keys secret: one key each, never shared between uses.
 KEK_PURPOSE = "ticketing.v1 event signing key seal"
 DEVICE_HMAC_PURPOSE = "ticketing.v1 device credential hmac"
+API_KEY_HMAC_PURPOSE = "ticketing.v1 partner api key hmac"
 
 _SERVICES = tuple(
     service
-    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2)
+    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2, partner_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
@@ -87,6 +92,7 @@ class Components:
     gate: GateService
     signing: SigningService
     devices: DeviceService
+    partners: PartnerService
 
 
 def build_components(
@@ -94,9 +100,10 @@ def build_components(
 ) -> Components:
     """The services, wired to each other: a domain reaches another only through its service.
 
-    `keys_secret` (else settings.keys_secret) seals signing keys and keys device credential
-    hashes; embedders that pass neither (tests) get one derived from the JWT secret, under
-    its own HKDF purpose. `ticketd` itself always has its own (see __main__)."""
+    `keys_secret` (else settings.keys_secret) seals signing keys and keys the hashes of
+    device credentials and partner API keys; embedders that pass neither (tests) get one
+    derived from the JWT secret, under its own HKDF purpose. `ticketd` itself always has
+    its own (see __main__)."""
     tokens = TokenService(
         jwt_secret,
         issuer=settings.jwt_issuer,
@@ -167,6 +174,7 @@ def build_components(
         ),
         signing=signing,
         devices=devices,
+        partners=PartnerService(db, hasher=SecretHasher(derive_key(keys, API_KEY_HMAC_PURPOSE))),
     )
 
 
@@ -185,7 +193,10 @@ class TicketServer:
             components.accounts.principal_for,
             contract_rules(),
             self.admission,
-            load_device=components.devices.principal_for,
+            secret_loaders={
+                Scheme.DEVICE: components.devices.principal_for,
+                Scheme.API_KEY: components.partners.principal_for,
+            },
         )
         self.server = aio.server(
             interceptors=[interceptor],
@@ -216,6 +227,9 @@ class TicketServer:
         gate_pb2_grpc.add_GateServiceServicer_to_server(
             GateServicer(components.gate, components.signing, components.devices, pages),
             self.server,
+        )
+        partner_pb2_grpc.add_PartnerServiceServicer_to_server(
+            PartnerServicer(components.partners, pages), self.server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

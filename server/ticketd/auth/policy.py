@@ -51,12 +51,16 @@ ENTRY_MANAGER = Role.ENTRY_MANAGER
 # Not a user role: an enrolled kiosk (`authorization: Device ...`), scoped to one event and
 # gate (ticketd.gate.rules checks the scope on every call).
 DEVICE = PrincipalKind.DEVICE
+# ROLE_PARTNER: a partner reseller's API key (`authorization: ApiKey ...`), acting for its own
+# partner only (ticketd.partners.rules checks the partner on every call).
+PARTNER = PrincipalKind.PARTNER
 
 _AUTH = "/ticketing.v1.AuthService/"
 _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
+_PARTNER = "/ticketing.v1.PartnerService/"
 
 POLICY: dict[str, Access] = {
     # Infrastructure: load balancers and tools must reach these without a token.
@@ -125,6 +129,15 @@ POLICY: dict[str, Access] = {
     _GATE + "RevokeDevice": roles(ORGANIZER, ADMIN),
     _GATE + "RotateSigningKey": roles(ORGANIZER, ADMIN),
     _GATE + "SetOfflineAdmission": roles(ORGANIZER, ADMIN),
+    # PartnerService (issue 13): ADMIN manages partners; a partner reads itself and manages
+    # its own keys (ticketd.partners.rules.check_may_manage_partner).
+    _PARTNER + "CreatePartner": roles(ADMIN),
+    _PARTNER + "ListPartners": roles(ADMIN),
+    _PARTNER + "GetPartner": roles(ADMIN, PARTNER),
+    _PARTNER + "SetPartnerStatus": roles(ADMIN),
+    _PARTNER + "CreateApiKey": roles(ADMIN, PARTNER),
+    _PARTNER + "ListApiKeys": roles(ADMIN, PARTNER),
+    _PARTNER + "RevokeApiKey": roles(ADMIN, PARTNER),
 }
 
 

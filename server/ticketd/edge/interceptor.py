@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -44,15 +44,12 @@ class PrincipalLoader(Protocol):
     async def __call__(self, claims: TokenClaims) -> Principal | None: ...
 
 
-class DeviceLoader(Protocol):
-    """The device principal behind a device credential; None if unknown (raises
-    UNAUTHENTICATED DEVICE_REVOKED for a revoked one)."""
+class SecretLoader(Protocol):
+    """The principal behind a high-entropy secret of one scheme (a device credential, an
+    API key); None if unknown. Raises UNAUTHENTICATED with its own reason for a revoked or
+    suspended one (DEVICE_REVOKED, API_KEY_REVOKED, PARTNER_SUSPENDED)."""
 
-    async def __call__(self, credential: str) -> Principal | None: ...
-
-
-async def _no_devices(credential: str) -> Principal | None:
-    return None
+    async def __call__(self, secret: str, /) -> Principal | None: ...
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -64,13 +61,15 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         load_principal: PrincipalLoader,
         contract: ContractRules,
         admission: Admission | None = None,
-        load_device: DeviceLoader = _no_devices,
+        secret_loaders: Mapping[Scheme, SecretLoader] | None = None,
     ) -> None:
+        """`secret_loaders` maps each non-Bearer scheme to its loader; a scheme without one
+        authenticates nobody."""
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
         self._admission = admission
-        self._load_device = load_device
+        self._secret_loaders = dict(secret_loaders or {})
 
     async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
         if rule.public:
@@ -91,10 +90,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return principal
 
     async def _authenticate(self, credential: Credential) -> Principal:
-        if credential.scheme is Scheme.DEVICE:
-            principal = await self._load_device(credential.secret)
-        else:
+        principal: Principal | None = None
+        if credential.scheme is Scheme.BEARER:
             principal = await self._load_principal(self._tokens.verify(credential.secret))
+        else:
+            loader = self._secret_loaders.get(credential.scheme)
+            if loader is not None:
+                principal = await loader(credential.secret)
         if principal is None:
             raise errors.Unauthenticated(
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
