@@ -7,6 +7,7 @@ its very next call, and a partner manages its own keys but never sees another's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 
@@ -15,10 +16,18 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.conftest import RunningServer
-from tests.support import Account, Stubs, all_pages, error_details, unique_email
+from tests.conftest import RunningServer, second_server
+from tests.support import (
+    Account,
+    Stubs,
+    all_pages,
+    error_details,
+    retry_delay,
+    unique_email,
+)
 from ticketd.app import API_KEY_HMAC_PURPOSE
 from ticketd.auth.credentials import SecretHasher, derive_key
+from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata, api_key
 from ticketing.v1 import auth_pb2, common_pb2, event_pb2, partner_pb2
 
@@ -297,3 +306,48 @@ async def test_partner_input_is_validated_and_listing_pages(stubs: Stubs, admin:
     assert all(len(page.partners) <= 2 for page in pages) and len(pages) >= 2
     seen = [p.id for page in pages for p in page.partners]
     assert len(seen) == len(set(seen)) and made <= set(seen)
+
+
+async def test_a_flooding_partner_is_refused_and_another_still_served(
+    running: RunningServer, stubs: Stubs, admin: Account, raw: asyncpg.Connection
+) -> None:
+    """Per-partner admission: the flooder gets RESOURCE_EXHAUSTED PARTNER_BUDGET_EXCEEDED
+    with a RetryInfo (never INTERNAL); another partner and the public are still served; a
+    partner's own rate column overrides the default."""
+    flooder, calm, big = [await new_partner(stubs, admin, n) for n in ("Flood", "Calm", "Big")]
+    keys = {p.id: (await new_key(stubs, admin.md, p.id)).secret for p in (flooder, calm, big)}
+    await raw.execute("UPDATE partners SET rate_per_second = 1000 WHERE id = $1", uuid.UUID(big.id))
+    # A rate of one call a second with a burst of 5: deterministic on any machine, since
+    # the flood below is sent at once (refills add at most a call or two).
+    async with (
+        second_server(
+            running, PoolOptions(pool_size=5), partner_rate=1.0, partner_burst=5
+        ) as server,
+        aio.insecure_channel(server.target) as channel,
+    ):
+        other = Stubs(channel)
+
+        async def call(secret: str) -> grpc.StatusCode | aio.AioRpcError:
+            try:
+                await whoami(other, secret)
+            except aio.AioRpcError as err:
+                return err
+            return S.OK
+
+        flood = await asyncio.gather(*(call(keys[flooder.id]) for _ in range(40)))
+        refused = [r for r in flood if isinstance(r, aio.AioRpcError)]
+        assert 0 < len(refused) < 40
+        for err in refused:
+            details = error_details(err)
+            assert (details.code, details.reason) == (
+                S.RESOURCE_EXHAUSTED,
+                "PARTNER_BUDGET_EXCEEDED",
+            )
+            assert details.metadata["partner_id"] == flooder.id
+            delay = retry_delay(err)
+            assert delay is not None and delay > 0
+        # The flooder's budget is its own: the calm partner and the public get through.
+        assert [await call(keys[calm.id]) for _ in range(3)] == [S.OK] * 3
+        await other.events.ListEvents(event_pb2.ListEventsRequest(page_size=1))
+        # Its own column: 1,000 calls a second (burst scaled to 5,000) is never refused here.
+        assert await asyncio.gather(*(call(keys[big.id]) for _ in range(40))) == [S.OK] * 40

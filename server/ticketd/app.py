@@ -24,7 +24,7 @@ from ticketd.booking.service import BookingService
 from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.database import Database
-from ticketd.edge.admission import Admission
+from ticketd.edge.admission import Admission, CallerBudgets
 from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.rules import EventQuotas
@@ -186,7 +186,13 @@ class TicketServer:
         settings = components.settings
         pages = components.pages
         self.admission = Admission(
-            general_limit=settings.max_concurrent_rpcs, password_limit=settings.auth_rpc_limit
+            general_limit=settings.max_concurrent_rpcs,
+            password_limit=settings.auth_rpc_limit,
+            partners=CallerBudgets(
+                max_in_flight=settings.partner_max_concurrent_rpcs,
+                rate=settings.partner_rate,
+                burst=settings.partner_burst,
+            ),
         )
         interceptor = AuthInterceptor(
             components.tokens,

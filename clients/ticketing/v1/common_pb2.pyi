@@ -239,6 +239,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The partner is suspended (PartnerService.SetPartnerStatus): every key of
     it is refused until an ADMIN sets it ACTIVE again.
     """
+    PARTNER_BUDGET_EXCEEDED: _ErrorReason.ValueType  # 114
+    """One partner's own admission budget is used up: its calls in flight
+    (metadata "budget" = "concurrency") or its call rate ("rate"); other
+    partners and the public are not affected. Retry after RetryInfo.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -391,6 +396,11 @@ next call on; use another key of the partner.
 PARTNER_SUSPENDED: ErrorReason.ValueType  # 113
 """The partner is suspended (PartnerService.SetPartnerStatus): every key of
 it is refused until an ADMIN sets it ACTIVE again.
+"""
+PARTNER_BUDGET_EXCEEDED: ErrorReason.ValueType  # 114
+"""One partner's own admission budget is used up: its calls in flight
+(metadata "budget" = "concurrency") or its call rate ("rate"); other
+partners and the public are not affected. Retry after RetryInfo.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -47,6 +47,10 @@ class PartnerScope:
 
     partner_id: uuid.UUID
     key_id: uuid.UUID
+    max_in_flight: int | None = None
+    """The partner's own concurrency budget; None = the server's default."""
+    rate_per_second: float | None = None
+    """The partner's own sustained call rate; None = the server's default."""
 
 
 @dataclass(frozen=True)

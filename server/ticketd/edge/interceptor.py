@@ -146,11 +146,20 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             bound: object | None = None
             admitted: Admitted | None = None
+            partner_admitted: Admitted | None = None
             deadline = set_call_deadline(time_remaining(context))
             try:
                 if self._admission is not None:
                     admitted = self._admission.enter(method)
                 principal = await self._authorize(method, rule, context.invocation_metadata())
+                scope = principal.partner if principal is not None else None
+                if self._admission is not None and scope is not None:
+                    # Only now is the partner known: its own budget, on top of the shared one.
+                    partner_admitted = self._admission.enter_partner(
+                        scope.partner_id,
+                        max_in_flight=scope.max_in_flight,
+                        rate=scope.rate_per_second,
+                    )
                 # After the policy check, like the NUL check: a refused caller learns that.
                 request = decode_request(raw, deserializer)
                 bad = nul_field(request)
@@ -168,6 +177,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 # writing thousands of refusals must not fill the budget it protects.
                 if admitted is not None:
                     admitted.release()
+                if partner_admitted is not None:
+                    partner_admitted.release()
                 status = (
                     to_status(exc)
                     if isinstance(exc, errors.DomainError)
@@ -177,6 +188,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 if admitted is not None:
                     admitted.release()
+                if partner_admitted is not None:
+                    partner_admitted.release()
                 reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)

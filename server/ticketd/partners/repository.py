@@ -156,7 +156,7 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
         """
         WITH found AS (
             SELECT k.id, k.partner_id, k.revoke_time IS NOT NULL AS revoked, p.status,
-                   k.last_used_time
+                   k.last_used_time, p.max_concurrent_rpcs, p.rate_per_second
             FROM partner_api_keys k JOIN partners p ON p.id = k.partner_id
             WHERE k.secret_hash = $1
         ), touched AS (
@@ -167,7 +167,8 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
                    OR f.last_used_time < clock_timestamp() - $2::interval)
             RETURNING k.id
         )
-        SELECT id, partner_id, revoked, status, (SELECT count(*) FROM touched) AS touched
+        SELECT id, partner_id, revoked, status, max_concurrent_rpcs, rate_per_second,
+               (SELECT count(*) FROM touched) AS touched
         FROM found
         """,
         secret_hash,
@@ -180,6 +181,8 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
         partner_id=row["partner_id"],
         revoked=row["revoked"],
         partner_status=PartnerStatus(row["status"]),
+        max_in_flight=row["max_concurrent_rpcs"],
+        rate_per_second=row["rate_per_second"],
     )
 
 

@@ -57,6 +57,8 @@ class KeyLookup:
     partner_id: uuid.UUID
     revoked: bool
     partner_status: PartnerStatus
+    max_in_flight: int | None = None
+    rate_per_second: int | None = None
 
 
 def _name_violation(value: str, field: str) -> FieldViolation | None:

@@ -123,5 +123,10 @@ class PartnerService:
             email="",
             roles=frozenset(),
             kind=PrincipalKind.PARTNER,
-            partner=PartnerScope(partner_id=lookup.partner_id, key_id=lookup.key_id),
+            partner=PartnerScope(
+                partner_id=lookup.partner_id,
+                key_id=lookup.key_id,
+                max_in_flight=lookup.max_in_flight,
+                rate_per_second=lookup.rate_per_second,
+            ),
         )

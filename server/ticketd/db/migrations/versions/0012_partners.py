@@ -6,6 +6,9 @@
   hash (HMAC-SHA-256, 32 bytes, unique: a lookup is one indexed equality). `revoke_time`
   set = revoked; `last_used_time` is refreshed at most once a minute per key, so a busy key
   does not turn every call into a write.
+- `partners.max_concurrent_rpcs` / `rate_per_second`: the partner's own admission budget
+  (calls in flight, sustained calls per second); NULL = the server's defaults
+  (TICKETING_PARTNER_MAX_CONCURRENT_RPCS, TICKETING_PARTNER_RATE). Set by the operator.
 
 Revision ID: 0012
 Revises: 0011
@@ -29,6 +32,8 @@ def upgrade() -> None:
             display_name  text NOT NULL CHECK (char_length(display_name) BETWEEN 1 AND 100),
             contact_email text NOT NULL CHECK (char_length(contact_email) BETWEEN 3 AND 254),
             status        text NOT NULL CHECK (status IN ('ACTIVE', 'SUSPENDED')),
+            max_concurrent_rpcs integer CHECK (max_concurrent_rpcs BETWEEN 1 AND 100000),
+            rate_per_second     integer CHECK (rate_per_second BETWEEN 1 AND 1000000),
             created_by    uuid NOT NULL REFERENCES users (id),
             create_time   timestamptz NOT NULL,
             update_time   timestamptz NOT NULL
