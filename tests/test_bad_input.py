@@ -223,6 +223,7 @@ class World:
             "partner_id": [self.partner_id],
             "key_id": [self.api_key_id],
             "contact_email": ["fuzz-partner@example.test"],
+            "external_customer_id": ["fuzz-end-customer"],
             "user_id": [self.victim.user.id],
             "organizer_id": [self.organizer.user.id],
             "id": [self.scratch_venue.id],

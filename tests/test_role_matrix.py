@@ -62,6 +62,8 @@ DEVICE = "DEVICE"
 # no account can hold; like a device it is a principal kind, granted methods by name.
 PARTNER = "PARTNER"
 CALLERS: tuple[str, ...] = (*(role.value for role in Role), DEVICE, PARTNER, ANONYMOUS)
+# Whom the PARTNER caller sells to (`on_behalf_of`, required on its sales).
+END_CUSTOMER = booking_pb2.EndCustomer(external_customer_id="matrix-end-customer")
 ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
     "ADMIN": common_pb2.ROLE_ADMIN,
     "ORGANIZER": common_pb2.ROLE_ORGANIZER,
@@ -189,18 +191,26 @@ class World:
         return created.enrollment_token
 
     async def fresh_hold(self, caller: str = "CUSTOMER") -> booking_pb2.Hold:
-        """A live hold of `caller` if they may hold seats, else of the CUSTOMER."""
-        who = self.accounts[caller if caller in ("CUSTOMER", "ADMIN") else "CUSTOMER"]
+        """A live hold of `caller` if they may hold seats (a partner's for an end customer),
+        else of the CUSTOMER."""
         request = booking_pb2.HoldSeatsRequest(
             event_id=self.event.id,
             request_id=str(uuid.uuid4()),
             best_available=booking_pb2.BestAvailable(section_id=self.ga_section_id, quantity=1),
         )
+        if caller == PARTNER:
+            request.on_behalf_of.CopyFrom(END_CUSTOMER)
+            return (await self.stubs.booking.HoldSeats(request, metadata=self.partner_md)).hold
+        who = self.accounts[caller if caller in ("CUSTOMER", "ADMIN") else "CUSTOMER"]
         return (await self.stubs.booking.HoldSeats(request, metadata=who.md)).hold
 
-    async def fresh_order(self) -> booking_pb2.Order:
-        customer = self.accounts["CUSTOMER"]
+    async def fresh_order(self, caller: str = "CUSTOMER") -> booking_pb2.Order:
+        """A new order of the CUSTOMER, or for the PARTNER caller one it sold."""
         request = best_request(self.event.id, self.ga_section_id, 1)
+        if caller == PARTNER:
+            request.on_behalf_of.CopyFrom(END_CUSTOMER)
+            return (await self.stubs.booking.BookSeats(request, metadata=self.partner_md)).order
+        customer = self.accounts["CUSTOMER"]
         return (await self.stubs.booking.BookSeats(request, metadata=customer.md)).order
 
 
@@ -329,16 +339,63 @@ async def _extend_hold(w: World, caller: str) -> Message:
 
 
 async def _confirm_hold(w: World, caller: str) -> Message:
-    return booking_pb2.ConfirmHoldRequest(
+    request = booking_pb2.ConfirmHoldRequest(
         hold_id=(await w.fresh_hold(caller)).id, request_id=str(uuid.uuid4())
     )
+    if caller == PARTNER:
+        request.on_behalf_of.CopyFrom(END_CUSTOMER)
+    return request
 
 
 async def _release_hold(w: World, caller: str) -> Message:
     return booking_pb2.ReleaseHoldRequest(hold_id=(await w.fresh_hold(caller)).id)
 
 
+async def _book_seats(w: World, caller: str) -> Message:
+    request: booking_pb2.BookSeatsRequest = best_request(w.event.id, w.ga_section_id, 1)
+    if caller == PARTNER:
+        request.on_behalf_of.CopyFrom(END_CUSTOMER)
+    return request
+
+
+async def _hold_seats(w: World, caller: str) -> Message:
+    request = booking_pb2.HoldSeatsRequest(
+        event_id=w.event.id,
+        request_id=str(uuid.uuid4()),
+        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+    )
+    if caller == PARTNER:
+        request.on_behalf_of.CopyFrom(END_CUSTOMER)
+    return request
+
+
+async def _get_order(w: World, caller: str) -> Message:
+    # The CUSTOMER's order of the ORGANIZER's event: every allowed role may read it; a
+    # partner reads the orders it sold.
+    order_id = (await w.fresh_order(PARTNER)).id if caller == PARTNER else w.order.id
+    return booking_pb2.GetOrderRequest(order_id=order_id)
+
+
+async def _refund_order(w: World, caller: str) -> Message:
+    order = await w.fresh_order(PARTNER if caller == PARTNER else "CUSTOMER")
+    return booking_pb2.RefundOrderRequest(
+        order_id=order.id, request_id=str(uuid.uuid4()), reason="matrix test"
+    )
+
+
+async def _get_hold(w: World, caller: str) -> Message:
+    # The CUSTOMER's hold of the ORGANIZER's event: read where its orders are read.
+    return booking_pb2.GetHoldRequest(
+        hold_id=(await w.fresh_hold(PARTNER if caller == PARTNER else "CUSTOMER")).id
+    )
+
+
 REALISTIC_FOR_CALLER: dict[str, CallerBuilder] = {
+    "/ticketing.v1.BookingService/BookSeats": _book_seats,
+    "/ticketing.v1.BookingService/HoldSeats": _hold_seats,
+    "/ticketing.v1.BookingService/GetOrder": _get_order,
+    "/ticketing.v1.BookingService/RefundOrder": _refund_order,
+    "/ticketing.v1.BookingService/GetHold": _get_hold,
     "/ticketing.v1.BookingService/ExtendHold": _extend_hold,
     "/ticketing.v1.BookingService/ConfirmHold": _confirm_hold,
     "/ticketing.v1.BookingService/ReleaseHold": _release_hold,
@@ -419,44 +476,14 @@ async def _list_staff(w: World) -> Message:
     return event_pb2.ListStaffRequest(event_id=w.event.id, page_size=5)
 
 
-async def _book_seats(w: World) -> Message:
-    request: booking_pb2.BookSeatsRequest = best_request(w.event.id, w.ga_section_id, 1)
-    return request
-
-
-async def _get_order(w: World) -> Message:
-    # The CUSTOMER's order of the ORGANIZER's event: every allowed role may read it.
-    return booking_pb2.GetOrderRequest(order_id=w.order.id)
-
-
 async def _list_orders(w: World) -> Message:
     return booking_pb2.ListOrdersRequest(page_size=5, event_id=w.event.id)
-
-
-async def _refund_order(w: World) -> Message:
-    order = await w.fresh_order()
-    return booking_pb2.RefundOrderRequest(
-        order_id=order.id, request_id=str(uuid.uuid4()), reason="matrix test"
-    )
 
 
 async def _rotate_ticket_codes(w: World) -> Message:
     # A fresh order of the CUSTOMER: the owner, SUPPORT and ADMIN may rotate its codes.
     order = await w.fresh_order()
     return booking_pb2.RotateTicketCodesRequest(order_id=order.id, request_id=str(uuid.uuid4()))
-
-
-async def _hold_seats(w: World) -> Message:
-    return booking_pb2.HoldSeatsRequest(
-        event_id=w.event.id,
-        request_id=str(uuid.uuid4()),
-        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
-    )
-
-
-async def _get_hold(w: World) -> Message:
-    # The CUSTOMER's hold of the ORGANIZER's event: read where its orders are read.
-    return booking_pb2.GetHoldRequest(hold_id=(await w.fresh_hold()).id)
 
 
 async def _list_holds(w: World) -> Message:
@@ -591,13 +618,8 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "AssignStaff": _assign_staff,
     _EVENT + "UnassignStaff": _unassign_staff,
     _EVENT + "ListStaff": _list_staff,
-    _BOOKING + "BookSeats": _book_seats,
-    _BOOKING + "GetOrder": _get_order,
     _BOOKING + "ListOrders": _list_orders,
-    _BOOKING + "RefundOrder": _refund_order,
     _BOOKING + "RotateTicketCodes": _rotate_ticket_codes,
-    _BOOKING + "HoldSeats": _hold_seats,
-    _BOOKING + "GetHold": _get_hold,
     _BOOKING + "ListHolds": _list_holds,
     _GATE + "ValidateTicket": _validate_ticket,
     _GATE + "ListScans": _list_scans,
@@ -671,17 +693,17 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _EVENT + "AssignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "UnassignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "ListStaff": frozenset({"ADMIN", "ORGANIZER"}),
-    _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
-    _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
-    _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),
+    _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
+    _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
     _BOOKING + "RotateTicketCodes": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
-    _BOOKING + "HoldSeats": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "ExtendHold": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "ConfirmHold": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "ReleaseHold": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "GetHold": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
-    _BOOKING + "ListHolds": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _BOOKING + "HoldSeats": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "ExtendHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "ConfirmHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "ReleaseHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "GetHold": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),
+    _BOOKING + "ListHolds": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
     _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),

@@ -131,9 +131,11 @@ def build_components(
         hasher=SecretHasher(derive_key(keys, DEVICE_HMAC_PURPOSE)),
         enroll_ttl=dt.timedelta(seconds=settings.device_enroll_ttl_seconds),
     )
+    partners = PartnerService(db, hasher=SecretHasher(derive_key(keys, API_KEY_HMAC_PURPOSE)))
     booking = BookingService(
         db,
         customers=accounts,
+        end_customers=partners,
         signed_codes=signing,
         hold_ttl=dt.timedelta(seconds=settings.hold_ttl_seconds),
         hold_max_ttl=dt.timedelta(seconds=settings.hold_max_ttl_seconds),
@@ -174,7 +176,7 @@ def build_components(
         ),
         signing=signing,
         devices=devices,
-        partners=PartnerService(db, hasher=SecretHasher(derive_key(keys, API_KEY_HMAC_PURPOSE))),
+        partners=partners,
     )
 
 

@@ -97,20 +97,21 @@ POLICY: dict[str, Access] = {
     _EVENT + "UnassignStaff": roles(ADMIN, ORGANIZER),
     _EVENT + "ListStaff": roles(ADMIN, ORGANIZER),
     # BookingService: ownership of orders is checked in ticketd.booking.rules.
-    _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN),
-    _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
-    _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN),
-    _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN),
+    # A partner's key (issue 13) sells for its end customers and manages what it sold.
+    _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER, PARTNER),
+    _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
+    _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
     # The owner replaces leaked codes; SUPPORT/ADMIN re-send them (they never read codes).
     _BOOKING + "RotateTicketCodes": roles(CUSTOMER, SUPPORT, ADMIN),
     # Holds (issue 12): made, extended, confirmed and released by who may book, and only
     # the hold's own customer (ticketd.booking.rules.ensure_hold_owner); read where orders are.
-    _BOOKING + "HoldSeats": roles(CUSTOMER, ADMIN),
-    _BOOKING + "ExtendHold": roles(CUSTOMER, ADMIN),
-    _BOOKING + "ConfirmHold": roles(CUSTOMER, ADMIN),
-    _BOOKING + "ReleaseHold": roles(CUSTOMER, ADMIN),
-    _BOOKING + "GetHold": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
-    _BOOKING + "ListHolds": roles(CUSTOMER, SUPPORT, ADMIN),
+    _BOOKING + "HoldSeats": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "ExtendHold": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "ConfirmHold": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "ReleaseHold": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "GetHold": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER, PARTNER),
+    _BOOKING + "ListHolds": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
     # GateService: only gate staff burn tickets, and an ENTRY_MANAGER only at the events they
     # are assigned to; supervisors and the event's own organizer read the log
     # (ticketd.gate.rules checks the event).

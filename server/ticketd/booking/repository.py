@@ -36,6 +36,7 @@ from ticketd.db.database import Connection as Conn
 from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
 from ticketd.db.records import record_from_row
+from ticketd.shared import EndCustomer
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ async def insert_order(
     tickets: Sequence[NewTicket],
     hold_id: uuid.UUID | None = None,
     payment_reference: str | None = None,
+    partner_id: uuid.UUID | None = None,
 ) -> OrderWrite:
     """Write the order, mark its seats SOLD and insert its tickets in ONE statement, only if
     the event is still on sale at the instant of the write.
@@ -246,8 +248,8 @@ async def insert_order(
         ), o AS (
             INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
                                 total_minor, currency_code, ticket_count, create_time,
-                                payment_reference)
-            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t, $14 FROM sale
+                                payment_reference, partner_id)
+            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t, $14, $15 FROM sale
             ON CONFLICT (customer_id, request_id) DO NOTHING
             RETURNING id, create_time
         ), s AS (
@@ -283,6 +285,7 @@ async def insert_order(
         [t.price_minor for t in tickets],
         hold_id,
         payment_reference,
+        partner_id,
     )
     if not row["on_sale"]:
         return OrderWrite(on_sale=False, create_time=None)
@@ -296,12 +299,32 @@ async def insert_order(
 
 _ORDER_COLUMNS = (
     "o.id, o.event_id, o.customer_id, o.request_id, o.status, o.total_minor, "
-    "o.currency_code, o.create_time, o.refund_time, o.refund_reason, o.payment_reference"
+    "o.currency_code, o.create_time, o.refund_time, o.refund_reason, o.payment_reference, "
+    "o.partner_id, pc.external_customer_id, pc.display_name AS end_customer_name, "
+    "pc.email AS end_customer_email"
 )
+# The end customer of a partner's order or hold (issue 13); no row for public ones.
+_END_CUSTOMER_OF_ORDER = "LEFT JOIN partner_customers pc ON pc.id = o.end_customer_id"
+_END_CUSTOMER_OF_HOLD = "LEFT JOIN partner_customers pc ON pc.id = h.end_customer_id"
+
+
+def end_customer_of(row: Any) -> EndCustomer | None:
+    """The end customer columns of an order or hold row, or None on the public channel."""
+    if row["external_customer_id"] is None:
+        return None
+    return EndCustomer(
+        row["external_customer_id"], row["end_customer_name"], row["end_customer_email"]
+    )
 
 
 def _order(row: Any, tickets: tuple[TicketRecord, ...]) -> OrderRecord:
-    return record_from_row(OrderRecord, row, status=OrderStatus(row["status"]), tickets=tickets)
+    return record_from_row(
+        OrderRecord,
+        row,
+        status=OrderStatus(row["status"]),
+        tickets=tickets,
+        end_customer=end_customer_of(row),
+    )
 
 
 async def _tickets_of(
@@ -347,7 +370,8 @@ async def get_order(
     row = await conn.fetchrow(
         f"SELECT {_ORDER_COLUMNS}, o.request_hash, e.organizer_id, "
         "e.start_time <= clock_timestamp() AS started, e.cancel_time IS NOT NULL AS cancelled "
-        "FROM orders o JOIN events e ON e.id = o.event_id WHERE o.id = $1" + suffix,
+        f"FROM orders o JOIN events e ON e.id = o.event_id {_END_CUSTOMER_OF_ORDER} "
+        "WHERE o.id = $1" + suffix,
         order_id,
     )
     if row is None:
@@ -400,8 +424,9 @@ _REFUND = """
         WHERE id IN (SELECT seat_id FROM t)
         RETURNING id
     ), r AS (
-        INSERT INTO refunds (order_id, request_id, refunded_by, reason, amount_minor, create_time)
-        SELECT id, $4, $2, $3, total_minor, at FROM o
+        INSERT INTO refunds (order_id, request_id, refunded_by, refunded_by_partner, reason,
+                             amount_minor, create_time)
+        SELECT id, $4, $2, $5, $3, total_minor, at FROM o
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM t) AS tickets,
@@ -413,18 +438,21 @@ async def refund_order(
     conn: Conn,
     order_id: uuid.UUID,
     *,
-    refunded_by: uuid.UUID,
+    refunded_by: uuid.UUID | None,
     reason: str,
     request_id: uuid.UUID | None,
+    refunded_by_partner: uuid.UUID | None = None,
 ) -> bool:
     """Refund one order (caller holds the order and its tickets locked). False when the
-    event had started at the instant of the write: then nothing was written."""
+    event had started at the instant of the write: then nothing was written. Exactly one
+    of `refunded_by` (an account) and `refunded_by_partner` is set."""
     row = await conn.fetchrow(
         _REFUND.format(where="o.id = $1", guard="AND e.start_time > clock.t"),
         order_id,
         refunded_by,
         reason,
         request_id,
+        refunded_by_partner,
     )
     refunded: bool = row["orders"] == 1
     return refunded
@@ -452,7 +480,12 @@ async def refund_event_orders(
     count. There is no start-time guard here: the cancel itself was judged at its write.
     """
     row = await conn.fetchrow(
-        _REFUND.format(where="o.event_id = $1", guard=""), event_id, refunded_by, reason, None
+        _REFUND.format(where="o.event_id = $1", guard=""),
+        event_id,
+        refunded_by,
+        reason,
+        None,
+        None,
     )
     # After the refund, the event's CONFIRMED orders are exactly the attended ones.
     kept = await conn.fetchrow(
@@ -550,6 +583,9 @@ async def replace_codes(
 class OrderFilter:
     customer_id: uuid.UUID | None
     event_id: uuid.UUID | None
+    partner_id: uuid.UUID | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
 
 
 async def list_orders(
@@ -566,10 +602,17 @@ async def list_orders(
         clauses.append(f"o.customer_id = {arg(filters.customer_id)}")
     if filters.event_id is not None:
         clauses.append(f"o.event_id = {arg(filters.event_id)}")
+    if filters.partner_id is not None:
+        clauses.append(f"o.partner_id = {arg(filters.partner_id)}")
+    if filters.created_after is not None:
+        clauses.append(f"o.create_time >= {arg(filters.created_after)}")
+    if filters.created_before is not None:
+        clauses.append(f"o.create_time < {arg(filters.created_before)}")
     if before is not None:
         clauses.append(f"(o.create_time, o.id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
-        f"SELECT {_ORDER_COLUMNS} FROM orders o WHERE {' AND '.join(clauses)} "
+        f"SELECT {_ORDER_COLUMNS} FROM orders o {_END_CUSTOMER_OF_ORDER} "
+        f"WHERE {' AND '.join(clauses)} "
         f"ORDER BY o.create_time DESC, o.id DESC LIMIT {arg(limit)}",
         *arg,
     )
@@ -583,6 +626,8 @@ async def list_orders(
 # read the seat's own copy of its hold's expiry (seats.held_until) under the seat lock.
 
 _HOLD_COLUMNS = (
+    "h.partner_id, pc.external_customer_id, pc.display_name AS end_customer_name, "
+    "pc.email AS end_customer_email, "
     "h.id, h.event_id, h.customer_id, h.request_id, h.seat_count, h.total_minor, "
     "h.currency_code, h.create_time, h.expire_time, h.order_id, h.release_time, "
     "CASE WHEN h.status = 'ACTIVE' AND hold_expired(h.expire_time) THEN 'EXPIRED' "
@@ -616,6 +661,7 @@ async def insert_hold(
     currency_code: str,
     ttl: dt.timedelta,
     seats: Sequence[NewHoldSeat],
+    partner_id: uuid.UUID | None = None,
 ) -> HoldWrite:
     """Write the hold, list its seats and mark them HELD by it in ONE statement, only if the
     event is on sale at the instant of the write; the hold expires `ttl` after that instant.
@@ -629,8 +675,9 @@ async def insert_hold(
             WHERE e.id = $2 AND e.cancel_time IS NULL AND e.start_time > clock.t
         ), h AS (
             INSERT INTO holds (id, event_id, customer_id, request_id, request_hash, status,
-                               seat_count, total_minor, currency_code, create_time, expire_time)
-            SELECT $1, $2, $3, $4, $5, 'ACTIVE', $6, $7, $8, sale.t, sale.t + $9::interval
+                               seat_count, total_minor, currency_code, create_time, expire_time,
+                               partner_id)
+            SELECT $1, $2, $3, $4, $5, 'ACTIVE', $6, $7, $8, sale.t, sale.t + $9::interval, $12
             FROM sale
             ON CONFLICT (customer_id, request_id) DO NOTHING
             RETURNING id, create_time, expire_time
@@ -660,6 +707,7 @@ async def insert_hold(
         ttl,
         [s.seat_id for s in seats],
         [s.price_minor for s in seats],
+        partner_id,
     )
     if not row["on_sale"]:
         return HoldWrite(on_sale=False, create_time=None, expire_time=None)
@@ -715,7 +763,8 @@ async def get_hold(conn: Conn, hold_id: uuid.UUID, *, lock: bool = False) -> Hol
     row = await conn.fetchrow(
         f"SELECT {_HOLD_COLUMNS}, h.request_hash, e.organizer_id, "
         "clock_timestamp() AS db_time "
-        "FROM holds h JOIN events e ON e.id = h.event_id WHERE h.id = $1" + suffix,
+        f"FROM holds h JOIN events e ON e.id = h.event_id {_END_CUSTOMER_OF_HOLD} "
+        "WHERE h.id = $1" + suffix,
         hold_id,
     )
     if row is None:
@@ -807,6 +856,7 @@ async def release_event_holds(conn: Conn, event_id: uuid.UUID) -> int:
 class HoldFilter:
     customer_id: uuid.UUID | None
     event_id: uuid.UUID | None
+    partner_id: uuid.UUID | None = None
 
 
 async def list_holds(
@@ -823,10 +873,13 @@ async def list_holds(
         clauses.append(f"h.customer_id = {arg(filters.customer_id)}")
     if filters.event_id is not None:
         clauses.append(f"h.event_id = {arg(filters.event_id)}")
+    if filters.partner_id is not None:
+        clauses.append(f"h.partner_id = {arg(filters.partner_id)}")
     if before is not None:
         clauses.append(f"(h.create_time, h.id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
-        f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE {' AND '.join(clauses)} "
+        f"SELECT {_HOLD_COLUMNS} FROM holds h {_END_CUSTOMER_OF_HOLD} "
+        f"WHERE {' AND '.join(clauses)} "
         f"ORDER BY h.create_time DESC, h.id DESC LIMIT {arg(limit)}",
         *arg,
     )

@@ -29,6 +29,7 @@ from ticketd.booking.rules import (
     can_read_order,
     check_can_rotate,
     check_customer_limit,
+    check_on_behalf_of,
     check_order_limit,
     ensure_can_refund,
     ensure_can_rotate,
@@ -56,7 +57,7 @@ from ticketd.errors import (
     Precondition,
     Reason,
 )
-from ticketd.shared import event_not_found
+from ticketd.shared import EndCustomer, event_not_found
 
 # Outcomes a concurrent twin of the same request_id can cause; on these we look again for
 # the twin's order before answering.
@@ -109,6 +110,30 @@ class CustomerLookup(Protocol):
     async def user_id_by_email(self, email: str) -> uuid.UUID | None: ...
 
 
+class EndCustomers(Protocol):
+    """A partner's end customers (the partners domain answers): the id booking stores as
+    the customer of the partner's orders and holds."""
+
+    async def end_customer_id(
+        self, partner_id: uuid.UUID, customer: EndCustomer
+    ) -> tuple[uuid.UUID, EndCustomer]: ...
+
+    async def find_end_customer(
+        self, partner_id: uuid.UUID, external_customer_id: str
+    ) -> uuid.UUID | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Buyer:
+    """Whom a sale is for: an account on the public channel, or a partner's end customer
+    (`customer_id` is then the partner_customers id). Every rule keyed on the customer (the
+    request_id, the per-customer cap) keys on `customer_id`."""
+
+    customer_id: uuid.UUID
+    partner_id: uuid.UUID | None = None
+    end_customer: EndCustomer | None = None
+
+
 class BookingService:
     """Sells seats and refunds orders; every method is one database transaction."""
 
@@ -120,12 +145,25 @@ class BookingService:
         *,
         hold_ttl: dt.timedelta = dt.timedelta(seconds=600),
         hold_max_ttl: dt.timedelta = dt.timedelta(seconds=1800),
+        end_customers: EndCustomers | None = None,
     ) -> None:
         self._db = db
         self._customers = customers
         self._signed_codes = signed_codes
         self._hold_ttl = hold_ttl
         self._hold_max_ttl = hold_max_ttl
+        self._end_customers = end_customers
+
+    async def _buyer(self, principal: Principal, on_behalf_of: EndCustomer | None) -> Buyer:
+        check_on_behalf_of(principal, on_behalf_of)
+        if principal.partner_id is None or on_behalf_of is None:
+            return Buyer(principal.user_id)
+        if self._end_customers is None:
+            raise RuntimeError("partner sales need the partners domain (ticketd.app wires it)")
+        customer_id, customer = await self._end_customers.end_customer_id(
+            principal.partner_id, on_behalf_of
+        )
+        return Buyer(customer_id, principal.partner_id, customer)
 
     async def book(
         self,
@@ -133,15 +171,17 @@ class BookingService:
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
+        on_behalf_of: EndCustomer | None = None,
     ) -> OrderRecord:
         fingerprint = request_fingerprint(event_id, selection)
+        buyer = await self._buyer(principal, on_behalf_of)
         try:
-            return await self._book_once(principal, event_id, request_id, selection, fingerprint)
+            return await self._book_once(buyer, event_id, request_id, selection, fingerprint)
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
             # A retry that raced its own original: answer with the original order.
-            twin = await self._order_for_request(principal.user_id, request_id, fingerprint)
+            twin = await self._order_for_request(buyer.customer_id, request_id, fingerprint)
             if twin is not None:
                 return twin
             if isinstance(exc, _TwinCommittedFirst):
@@ -164,13 +204,13 @@ class BookingService:
 
     async def _book_once(
         self,
-        principal: Principal,
+        buyer: Buyer,
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
         fingerprint: str,
     ) -> OrderRecord:
-        customer_id = principal.user_id
+        customer_id = buyer.customer_id
         async with self._db.transaction() as conn:
             event = await repo.event_for_sale(conn, event_id, customer_id, request_id)
             if event is None:
@@ -200,6 +240,7 @@ class BookingService:
                 request_hash=fingerprint,
                 currency_code=event.currency_code,
                 tickets=new,
+                partner_id=buyer.partner_id,
             )
             if not written.on_sale:
                 # The seat locks may have been waited for across the start (or nothing was
@@ -219,6 +260,8 @@ class BookingService:
                 create_time=created,
                 refund_time=None,
                 refund_reason=None,
+                partner_id=buyer.partner_id,
+                end_customer=buyer.end_customer,
                 tickets=tuple(
                     TicketRecord(
                         id=t.id,
@@ -304,9 +347,13 @@ class BookingService:
             got = await repo.get_order(conn, order_id)
         if got is None:
             raise order_not_found(order_id)
-        if not can_read_order(principal, got.order.customer_id, got.organizer_id):
+        order = got.order
+        if not can_read_order(principal, order.customer_id, got.organizer_id, order.partner_id):
+            if principal.partner_id is not None:
+                # A partner is not told which order ids other channels hold.
+                raise order_not_found(order_id)
             raise PermissionDenied("you may not read this order", reason=Reason.NOT_ORDER_OWNER)
-        show = may_see_codes(principal, got.order.customer_id)
+        show = may_see_codes(principal, order.customer_id, order.partner_id)
         if not (show and signed_codes) or self._signed_codes is None:
             return got.order, show
         # Derived after the read, outside its connection: signing needs no lock, and a code
@@ -325,14 +372,37 @@ class BookingService:
         customer_email: str | None,
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
+        external_customer_id: str | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
     ) -> list[OrderRecord]:
+        """Own orders (a partner: the orders it sold, optionally to one end customer);
+        SUPPORT and ADMIN anyone's (optionally one customer's)."""
         staff = principal.has(Role.ADMIN, Role.SUPPORT)
-        if not staff:
+        partner_id = principal.partner_id
+        if external_customer_id and partner_id is None:
+            raise InvalidArgument.one(
+                "external_customer_id", "only a partner lists orders by its end customers"
+            )
+        if partner_id is not None:
+            if customer_email:
+                raise InvalidArgument.one(
+                    "customer_email", "a partner filters by external_customer_id instead"
+                )
+            customer_id: uuid.UUID | None = None
+            if external_customer_id:
+                assert self._end_customers is not None
+                customer_id = await self._end_customers.find_end_customer(
+                    partner_id, external_customer_id
+                )
+                if customer_id is None:
+                    return []
+        elif not staff:
             if customer_email and customer_email != principal.email:
                 raise PermissionDenied(
                     "customers may list only their own orders", reason=Reason.NOT_ORDER_OWNER
                 )
-            customer_id: uuid.UUID | None = principal.user_id
+            customer_id = principal.user_id
         elif customer_email:
             customer_id = await self._customers.user_id_by_email(customer_email)
             if customer_id is None:
@@ -342,7 +412,13 @@ class BookingService:
         async with self._db.connection() as conn:
             return await repo.list_orders(
                 conn,
-                repo.OrderFilter(customer_id=customer_id, event_id=event_id),
+                repo.OrderFilter(
+                    customer_id=customer_id,
+                    event_id=event_id,
+                    partner_id=partner_id,
+                    created_after=created_after,
+                    created_before=created_before,
+                ),
                 before=before,
                 limit=limit,
             )
@@ -358,7 +434,12 @@ class BookingService:
             got = await repo.get_order(conn, order_id, lock=True)
             if got is None:
                 raise order_not_found(order_id)
-            ensure_can_refund(principal, got.order.customer_id)
+            try:
+                ensure_can_refund(principal, got.order.customer_id, got.order.partner_id)
+            except PermissionDenied:
+                if principal.partner_id is not None:
+                    raise order_not_found(order_id) from None
+                raise
             if got.order.status is OrderStatus.REFUNDED:
                 if await repo.refund_request_of(conn, order_id) == request_id:
                     return got.order  # a retry of the refund that already happened
@@ -372,8 +453,14 @@ class BookingService:
                 raise FailedPrecondition(
                     "a ticket of this order was already used at a gate", reason=Reason.TICKET_USED
                 )
+            by_partner = principal.partner_id
             if not await repo.refund_order(
-                conn, order_id, refunded_by=principal.user_id, reason=reason, request_id=request_id
+                conn,
+                order_id,
+                refunded_by=None if by_partner else principal.user_id,
+                refunded_by_partner=by_partner,
+                reason=reason,
+                request_id=request_id,
             ):
                 # The order and its tickets are locked by us and had no used ticket, so the
                 # only way the write refused is the clock: the event started meanwhile.
@@ -394,7 +481,7 @@ class BookingService:
             got = await repo.get_order(conn, order_id, lock=True)
             if got is None:
                 raise order_not_found(order_id)
-            ensure_can_rotate(principal, got.order.customer_id)
+            ensure_can_rotate(principal, got.order.customer_id, got.order.partner_id)
             earlier = await repo.rotation_of(conn, principal.user_id, request_id)
             if earlier is not None:
                 if earlier[0] != order_id:
@@ -463,20 +550,22 @@ class BookingService:
         request_id: uuid.UUID,
         selection: Selection,
         ttl: dt.timedelta | None,
+        on_behalf_of: EndCustomer | None = None,
     ) -> HoldRecord:
         """Lock seats for the caller until expiry: the same rules, locks and errors as
         BookSeats, in one transaction. A repeated request_id returns the first hold."""
         lifetime = self.hold_ttl(ttl)
         fingerprint = request_fingerprint(event_id, selection)
+        buyer = await self._buyer(principal, on_behalf_of)
         try:
             return await self._hold_once(
-                principal, event_id, request_id, selection, fingerprint, lifetime
+                buyer, event_id, request_id, selection, fingerprint, lifetime
             )
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
             async with self._db.connection() as conn:
-                found = await repo.existing_hold_request(conn, principal.user_id, request_id)
+                found = await repo.existing_hold_request(conn, buyer.customer_id, request_id)
                 if found is not None:
                     if found[1] != fingerprint:
                         raise _mismatch(request_id) from None
@@ -489,14 +578,14 @@ class BookingService:
 
     async def _hold_once(
         self,
-        principal: Principal,
+        buyer: Buyer,
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
         fingerprint: str,
         ttl: dt.timedelta,
     ) -> HoldRecord:
-        customer_id = principal.user_id
+        customer_id = buyer.customer_id
         async with self._db.transaction() as conn:
             event = await repo.event_for_sale(conn, event_id, customer_id, request_id, made="holds")
             if event is None:
@@ -523,6 +612,7 @@ class BookingService:
                 currency_code=event.currency_code,
                 ttl=ttl,
                 seats=[repo.NewHoldSeat(s["id"], s["price_minor"]) for s in seats],
+                partner_id=buyer.partner_id,
             )
             if not written.on_sale:
                 raise not_on_sale(event_id, "it has started")
@@ -539,6 +629,8 @@ class BookingService:
                 create_time=written.create_time,
                 expire_time=written.expire_time,
                 order_id=None,
+                partner_id=buyer.partner_id,
+                end_customer=buyer.end_customer,
                 seats=tuple(
                     HoldSeatRecord(
                         seat_id=s["id"],
@@ -558,7 +650,10 @@ class BookingService:
             got = await repo.get_hold(conn, hold_id)
         if got is None:
             raise hold_not_found(hold_id)
-        if not can_read_hold(principal, got.hold["customer_id"], got.organizer_id):
+        hold = got.hold
+        if not can_read_hold(principal, hold["customer_id"], got.organizer_id, hold["partner_id"]):
+            if principal.partner_id is not None:
+                raise hold_not_found(hold_id)
             raise PermissionDenied("you may not read this hold", reason=Reason.NOT_HOLD_OWNER)
         return _hold_record(got.hold, got.seats)
 
@@ -571,13 +666,19 @@ class BookingService:
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[HoldRecord]:
-        """Own holds; SUPPORT and ADMIN anyone's (optionally one customer's)."""
-        if not principal.has(Role.ADMIN, Role.SUPPORT):
+        """Own holds (a partner: the holds it made); SUPPORT and ADMIN anyone's
+        (optionally one customer's)."""
+        partner_id = principal.partner_id
+        if partner_id is not None:
+            if customer_email:
+                raise InvalidArgument.one("customer_email", "partners list their own holds")
+            customer_id: uuid.UUID | None = None
+        elif not principal.has(Role.ADMIN, Role.SUPPORT):
             if customer_email and customer_email != principal.email:
                 raise PermissionDenied(
                     "customers may list only their own holds", reason=Reason.NOT_HOLD_OWNER
                 )
-            customer_id: uuid.UUID | None = principal.user_id
+            customer_id = principal.user_id
         elif customer_email:
             customer_id = await self._customers.user_id_by_email(customer_email)
             if customer_id is None:
@@ -587,7 +688,7 @@ class BookingService:
         async with self._db.connection() as conn:
             rows = await repo.list_holds(
                 conn,
-                repo.HoldFilter(customer_id=customer_id, event_id=event_id),
+                repo.HoldFilter(customer_id=customer_id, event_id=event_id, partner_id=partner_id),
                 before=before,
                 limit=limit,
             )
@@ -599,7 +700,12 @@ class BookingService:
         got = await repo.get_hold(conn, hold_id, lock=True)
         if got is None:
             raise hold_not_found(hold_id)
-        ensure_hold_owner(principal, got.hold["customer_id"])
+        try:
+            ensure_hold_owner(principal, got.hold["customer_id"], got.hold["partner_id"])
+        except PermissionDenied:
+            if principal.partner_id is not None:
+                raise hold_not_found(hold_id) from None
+            raise
         return got
 
     async def extend_hold(
@@ -653,6 +759,7 @@ class BookingService:
         hold_id: uuid.UUID,
         request_id: uuid.UUID,
         payment_reference: str | None,
+        on_behalf_of: EndCustomer | None = None,
     ) -> OrderRecord:
         """The hold becomes a CONFIRMED order with its tickets, in one transaction.
 
@@ -661,19 +768,37 @@ class BookingService:
         the seats, and nothing is written. A repeated request_id returns the same order.
         """
         fingerprint = hold_confirm_fingerprint(hold_id)
+        buyer = await self._confirming_buyer(principal, on_behalf_of)
         try:
             return await self._confirm_once(
-                principal, hold_id, request_id, fingerprint, payment_reference
+                principal, buyer, hold_id, request_id, fingerprint, payment_reference
             )
         except _TwinCommittedFirst:
-            twin = await self._order_for_request(principal.user_id, request_id, fingerprint)
+            twin = await self._order_for_request(buyer.customer_id, request_id, fingerprint)
             if twin is not None:
                 return twin
             raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
 
+    async def _confirming_buyer(
+        self, principal: Principal, on_behalf_of: EndCustomer | None
+    ) -> Buyer:
+        """Who a confirmation is for: the caller, or the partner's end customer named, who
+        must already be known (the hold was made for them; checked against the hold)."""
+        check_on_behalf_of(principal, on_behalf_of)
+        if principal.partner_id is None or on_behalf_of is None:
+            return Buyer(principal.user_id)
+        assert self._end_customers is not None
+        found = await self._end_customers.find_end_customer(
+            principal.partner_id, on_behalf_of.external_customer_id
+        )
+        if found is None:
+            raise _not_the_holds_customer()
+        return Buyer(found, principal.partner_id)
+
     async def _confirm_once(
         self,
         principal: Principal,
+        buyer: Buyer,
         hold_id: uuid.UUID,
         request_id: uuid.UUID,
         fingerprint: str,
@@ -682,7 +807,9 @@ class BookingService:
         async with self._db.transaction() as conn:
             got = await self._locked_own_hold(conn, principal, hold_id)
             hold = got.hold
-            earlier = await repo.existing_request(conn, principal.user_id, request_id)
+            if hold["customer_id"] != buyer.customer_id:
+                raise _not_the_holds_customer()
+            earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
             if earlier is not None:
                 if earlier[1] != fingerprint:
                     raise _mismatch(request_id)
@@ -692,7 +819,7 @@ class BookingService:
             status = HoldStatus(hold["status"])
             if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
                 raise hold_not_active(hold_id, status)
-            event = await repo.event_for_sale(conn, hold["event_id"], principal.user_id, request_id)
+            event = await repo.event_for_sale(conn, hold["event_id"], buyer.customer_id, request_id)
             assert event is not None
             if event.cancelled:
                 raise not_on_sale(hold["event_id"], "it was cancelled")
@@ -706,7 +833,7 @@ class BookingService:
                 # A live hold already counted toward the cap when it was made; an expired
                 # one did not count while others were held meanwhile: count again.
                 others = await repo.serialize_customer(
-                    conn, hold["event_id"], principal.user_id, except_hold=hold_id
+                    conn, hold["event_id"], buyer.customer_id, except_hold=hold_id
                 )
                 check_customer_limit(others, len(seats), event.max_tickets_per_customer)
             prices = {s["seat_id"]: s["price_minor"] for s in got.seats}
@@ -719,13 +846,14 @@ class BookingService:
                 conn,
                 order_id=order_id,
                 event_id=hold["event_id"],
-                customer_id=principal.user_id,
+                customer_id=buyer.customer_id,
                 request_id=request_id,
                 request_hash=fingerprint,
                 currency_code=hold["currency_code"],
                 tickets=new,
                 hold_id=hold_id,
                 payment_reference=payment_reference,
+                partner_id=buyer.partner_id,
             )
             if not written.on_sale:
                 raise not_on_sale(hold["event_id"], "it has started")
@@ -736,8 +864,16 @@ class BookingService:
         return after.order
 
 
+def _not_the_holds_customer() -> InvalidArgument:
+    return InvalidArgument.one(
+        "on_behalf_of.external_customer_id", "is not the end customer this hold was made for"
+    )
+
+
 def _hold_record(row: Any, seats: list[Any]) -> HoldRecord:
     return HoldRecord(
+        partner_id=row["partner_id"],
+        end_customer=repo.end_customer_of(row),
         id=row["id"],
         event_id=row["event_id"],
         customer_id=row["customer_id"],

@@ -19,6 +19,7 @@ from ticketd.partners.rules import (
     PartnerRecord,
     PartnerStatus,
 )
+from ticketd.shared import EndCustomer
 
 _PARTNER = "id, display_name, contact_email, status, create_time"
 _KEY = "id, partner_id, display_name, create_time, last_used_time, revoke_time"
@@ -184,6 +185,48 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
         max_in_flight=row["max_concurrent_rpcs"],
         rate_per_second=row["rate_per_second"],
     )
+
+
+async def upsert_end_customer(
+    conn: Conn, partner_id: uuid.UUID, customer: EndCustomer
+) -> uuid.UUID:
+    """The id of the partner's end customer, made on first use; the latest name and email
+    given are kept (one statement: concurrent first uses of one id agree on one row)."""
+    value: uuid.UUID = await conn.fetchval(
+        "INSERT INTO partner_customers (id, partner_id, external_customer_id, display_name, "
+        "email, create_time, update_time) "
+        "VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp()) "
+        "ON CONFLICT (partner_id, external_customer_id) DO UPDATE "
+        "SET display_name = EXCLUDED.display_name, email = EXCLUDED.email, "
+        "update_time = EXCLUDED.update_time "
+        "WHERE (partner_customers.display_name, partner_customers.email) "
+        "IS DISTINCT FROM (EXCLUDED.display_name, EXCLUDED.email) "
+        "RETURNING id",
+        uuid.uuid4(),
+        partner_id,
+        customer.external_customer_id,
+        customer.display_name,
+        customer.email,
+    )
+    if value is None:
+        # Unchanged: ON CONFLICT ... WHERE skipped the write, so nothing was returned.
+        value = await conn.fetchval(
+            "SELECT id FROM partner_customers WHERE partner_id = $1 AND external_customer_id = $2",
+            partner_id,
+            customer.external_customer_id,
+        )
+    return value
+
+
+async def end_customer_id(
+    conn: Conn, partner_id: uuid.UUID, external_customer_id: str
+) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval(
+        "SELECT id FROM partner_customers WHERE partner_id = $1 AND external_customer_id = $2",
+        partner_id,
+        external_customer_id,
+    )
+    return value
 
 
 async def clock(conn: Conn) -> dt.datetime:

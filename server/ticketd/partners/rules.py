@@ -17,6 +17,7 @@ from ticketd.errors import (
     Unauthenticated,
     not_found,
 )
+from ticketd.shared import EndCustomer
 
 MAX_NAME = 100
 MAX_EMAIL = 254
@@ -99,6 +100,34 @@ def validate_partner_input(display_name: str, contact_email: str) -> tuple[str, 
     if out:
         raise InvalidArgument(out)
     return name, email
+
+
+MAX_EXTERNAL_ID = 200
+
+
+def validate_end_customer(customer: EndCustomer, field: str = "on_behalf_of") -> EndCustomer:
+    """Trimmed id and name, normalised email (may be empty); INVALID_ARGUMENT per field."""
+    ext = customer.external_customer_id.strip()
+    name = customer.display_name.strip()
+    email = normalize_contact_email(customer.email)
+    out: list[FieldViolation] = []
+    if not ext or len(ext) > MAX_EXTERNAL_ID or not ext.isprintable():
+        out.append(
+            FieldViolation(
+                f"{field}.external_customer_id", f"1..{MAX_EXTERNAL_ID} printable characters"
+            )
+        )
+    if len(name) > MAX_NAME or not name.isprintable():
+        out.append(
+            FieldViolation(f"{field}.display_name", f"at most {MAX_NAME} printable characters")
+        )
+    if email:
+        bad = _email_violation(email, f"{field}.email")
+        if bad is not None:
+            out.append(bad)
+    if out:
+        raise InvalidArgument(out)
+    return EndCustomer(ext, name, email)
 
 
 def validate_key_name(display_name: str) -> str:

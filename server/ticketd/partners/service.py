@@ -21,9 +21,11 @@ from ticketd.partners.rules import (
     key_not_found,
     partner_not_found,
     resolve_partner_id,
+    validate_end_customer,
     validate_key_name,
     validate_partner_input,
 )
+from ticketd.shared import EndCustomer
 
 Keyset = tuple[dt.datetime, uuid.UUID] | None
 
@@ -105,6 +107,22 @@ class PartnerService:
             except NotFound:
                 raise key_not_found(key_id) from None
             return await repo.revoke_key(conn, key_id)
+
+    async def end_customer_id(
+        self, partner_id: uuid.UUID, customer: EndCustomer
+    ) -> tuple[uuid.UUID, EndCustomer]:
+        """The buyer id of a partner's end customer (made on first use) and the customer as
+        stored: what booking records as the customer of the partner's orders and holds."""
+        valid = validate_end_customer(customer)
+        async with self._db.transaction() as conn:
+            return await repo.upsert_end_customer(conn, partner_id, valid), valid
+
+    async def find_end_customer(
+        self, partner_id: uuid.UUID, external_customer_id: str
+    ) -> uuid.UUID | None:
+        """The buyer id of an end customer the partner has sold to, or None."""
+        async with self._db.connection() as conn:
+            return await repo.end_customer_id(conn, partner_id, external_customer_id.strip())
 
     async def principal_for(self, secret: str) -> Principal | None:
         """The partner principal of an API key; None if unknown; API_KEY_REVOKED or
