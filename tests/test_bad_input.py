@@ -153,6 +153,7 @@ class World:
     seat_ids: list[int]
     partner_id: str  # the only partner offered (issue 13)
     api_key_id: str  # a key of that partner, what RevokeApiKey is offered
+    allocation_id: str  # an allocation of `event` to that partner
     replayed_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     strategies: dict[tuple[str, str, bool, int], Any] = field(default_factory=dict)
 
@@ -222,6 +223,7 @@ class World:
             "hold_id": [FRESH_HOLD],
             "partner_id": [self.partner_id],
             "key_id": [self.api_key_id],
+            "allocation_id": [self.allocation_id],
             "contact_email": ["fuzz-partner@example.test"],
             "external_customer_id": ["fuzz-end-customer"],
             "user_id": [self.victim.user.id],
@@ -317,6 +319,15 @@ async def world(stubs: Stubs, admin: Account) -> World:
         partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="fuzz"),
         metadata=admin.md,
     )
+    allocation = await stubs.events.AllocateSeats(
+        event_pb2.AllocateSeatsRequest(
+            event_id=event.id,
+            partner_id=partner.id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=ga, quantity=1),
+        ),
+        metadata=organizer.md,
+    )
     return World(
         stubs=stubs,
         admin=fuzz_admin,
@@ -337,6 +348,7 @@ async def world(stubs: Stubs, admin: Account) -> World:
         seat_ids=[s.id for s in seats[:6]],
         partner_id=partner.id,
         api_key_id=key.api_key.key_id,
+        allocation_id=allocation.allocation.id,
     )
 
 
@@ -486,6 +498,18 @@ def _realistic(w: World, full: str) -> Message:
         ),
         "ListApiKeys": lambda: partner_pb2.ListApiKeysRequest(partner_id=w.partner_id, page_size=3),
         "RevokeApiKey": lambda: partner_pb2.RevokeApiKeyRequest(key_id=w.api_key_id),
+        "AllocateSeats": lambda: event_pb2.AllocateSeatsRequest(
+            event_id=w.event.id,
+            partner_id=w.partner_id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+        ),
+        "ListAllocations": lambda: event_pb2.ListAllocationsRequest(
+            event_id=w.event.id, page_size=3
+        ),
+        "ReleaseAllocation": lambda: event_pb2.ReleaseAllocationRequest(
+            allocation_id=w.allocation_id
+        ),
     }
     return builders[name]()
 
@@ -875,7 +899,10 @@ SNAPSHOT_SQL = text(
       (SELECT count(*) FROM partners),
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM partners t),
       (SELECT count(*) FROM partner_api_keys),
-      (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM partner_api_keys t)
+      (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM partner_api_keys t),
+      (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM allocations t),
+      (SELECT count(*) FROM allocation_seats),
+      (SELECT coalesce(sum(id), 0) FROM seats WHERE allocation_id IS NOT NULL)
     """
 )
 SNAPSHOT_NAMES = (
@@ -906,6 +933,9 @@ SNAPSHOT_NAMES = (
     "partners md5",
     "partner_api_keys",
     "partner_api_keys md5",
+    "allocations md5",
+    "allocation_seats",
+    "seats allocated id sum",
 )
 
 

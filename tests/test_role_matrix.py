@@ -472,6 +472,31 @@ async def _unassign_staff(w: World) -> Message:
     return event_pb2.UnassignStaffRequest(event_id=w.event.id, user_id=w.spare_staff.user.id)
 
 
+async def _allocate_seats(w: World) -> Message:
+    return _allocation_request(w)
+
+
+def _allocation_request(w: World) -> event_pb2.AllocateSeatsRequest:
+    return event_pb2.AllocateSeatsRequest(
+        event_id=w.event.id,
+        partner_id=w.partner.id,
+        request_id=str(uuid.uuid4()),
+        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+    )
+
+
+async def _list_allocations(w: World) -> Message:
+    return event_pb2.ListAllocationsRequest(event_id=w.event.id, page_size=5)
+
+
+async def _release_allocation(w: World) -> Message:
+    # A fresh allocation of the ORGANIZER's event: its owner and ADMIN may release it.
+    made = await w.stubs.events.AllocateSeats(
+        _allocation_request(w), metadata=w.accounts["ORGANIZER"].md
+    )
+    return event_pb2.ReleaseAllocationRequest(allocation_id=made.allocation.id)
+
+
 async def _list_staff(w: World) -> Message:
     return event_pb2.ListStaffRequest(event_id=w.event.id, page_size=5)
 
@@ -618,6 +643,9 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "AssignStaff": _assign_staff,
     _EVENT + "UnassignStaff": _unassign_staff,
     _EVENT + "ListStaff": _list_staff,
+    _EVENT + "AllocateSeats": _allocate_seats,
+    _EVENT + "ListAllocations": _list_allocations,
+    _EVENT + "ReleaseAllocation": _release_allocation,
     _BOOKING + "ListOrders": _list_orders,
     _BOOKING + "RotateTicketCodes": _rotate_ticket_codes,
     _BOOKING + "ListHolds": _list_holds,
@@ -693,6 +721,9 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _EVENT + "AssignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "UnassignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "ListStaff": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "AllocateSeats": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "ListAllocations": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "ReleaseAllocation": frozenset({"ADMIN", "ORGANIZER"}),
     _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
     _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),
     _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),

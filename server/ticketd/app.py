@@ -165,6 +165,7 @@ def build_components(
                 places_per_event=settings.quota_event_places,
                 live_events=settings.quota_live_events,
             ),
+            partners=partners,
         ),
         booking=booking,
         gate=GateService(

@@ -244,6 +244,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (metadata "budget" = "concurrency") or its call rate ("rate"); other
     partners and the public are not affected. Retry after RetryInfo.
     """
+    ALLOCATION_NOT_FOUND: _ErrorReason.ValueType  # 115
+    """No such allocation (EventService.ReleaseAllocation)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -402,6 +404,8 @@ PARTNER_BUDGET_EXCEEDED: ErrorReason.ValueType  # 114
 (metadata "budget" = "concurrency") or its call rate ("rate"); other
 partners and the public are not affected. Retry after RetryInfo.
 """
+ALLOCATION_NOT_FOUND: ErrorReason.ValueType  # 115
+"""No such allocation (EventService.ReleaseAllocation)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

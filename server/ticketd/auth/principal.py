@@ -51,6 +51,8 @@ class PartnerScope:
     """The partner's own concurrency budget; None = the server's default."""
     rate_per_second: float | None = None
     """The partner's own sustained call rate; None = the server's default."""
+    public_sales: bool = True
+    """The partner may also sell from the public pool, not only its allocations."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ from typing import Any, Literal
 import asyncpg
 
 from ticketd.booking.rules import (
+    PUBLIC,
+    AllocationRecord,
+    Channel,
     EventRefunds,
     OrderRecord,
     OrderStatus,
@@ -139,24 +142,40 @@ async def serialize_customer(
 
 # `free` is THE condition (SQL function seat_is_free, migration 0011): AVAILABLE, or HELD by
 # a hold that has expired. Computed on the row version the lock returns.
-_SEAT_COLUMNS = (
-    "s.id, s.status, s.hold_id, seat_is_free(s.status, s.held_until) AS free, "
-    "s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
-)
+# With allocations (issue 13) "free" depends on who asks: seat_is_free_for (migration 0012)
+# adds the channel to seat_is_free; `caller` and `public` are the placeholders of the
+# caller's partner id and public-pool permission in the statement at hand.
+def _free_for(caller: str, public: str, s: str = "s.") -> str:
+    return (
+        f"seat_is_free_for({s}status, {s}held_until, {s}allocation_partner_id, "
+        f"{s}allocated_until, {caller}::uuid, {public}::boolean)"
+    )
 
 
-async def lock_seats(conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int]) -> list[Any]:
+def _seat_columns(caller: str, public: str) -> str:
+    return (
+        f"s.id, s.status, s.hold_id, {_free_for(caller, public)} AS free, "
+        "s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
+    )
+
+
+async def lock_seats(
+    conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int], channel: Channel = PUBLIC
+) -> list[Any]:
     """Lock the requested places of this event in one statement, in id order (so two
     buyers with overlapping selections queue instead of deadlocking), waiting at most
-    lock_timeout. Seats of other events are simply not returned."""
+    lock_timeout. Seats of other events are simply not returned. `free` is judged for
+    `channel`."""
     try:
         return list(
             await conn.fetch(
-                f"SELECT {_SEAT_COLUMNS} FROM seats s "
+                f"SELECT {_seat_columns('$3', '$4')} FROM seats s "
                 "WHERE s.id = ANY($2::bigint[]) AND s.event_id = $1 "
                 "ORDER BY s.id FOR UPDATE",
                 event_id,
                 list(seat_ids),
+                channel.partner_id,
+                channel.public_pool,
             )
         )
     except asyncpg.LockNotAvailableError:
@@ -164,31 +183,47 @@ async def lock_seats(conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int]) -
 
 
 async def claim_best_available(
-    conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID, quantity: int
+    conn: Conn,
+    event_id: uuid.UUID,
+    section_id: uuid.UUID,
+    quantity: int,
+    channel: Channel = PUBLIC,
 ) -> list[Any]:
     """The lowest free places of a section (row by row, seat by seat), skipping places
     other buyers have locked right now, so concurrent buyers never queue behind each
     other. Served by the partial index on places not SOLD; held places whose hold is live
-    are passed over."""
+    are passed over, and so are places `channel` may not take. A partner's own allocated
+    places come first."""
+    order = "s.ordinal"
+    if channel.partner_id is not None:
+        order = "(s.allocation_partner_id = $4 AND allocation_open(s.allocated_until)) "
+        order += "IS TRUE DESC, s.ordinal"
     rows = await conn.fetch(
-        f"SELECT {_SEAT_COLUMNS} FROM seats s "
+        f"SELECT {_seat_columns('$4', '$5')} FROM seats s "
         "WHERE s.event_id = $1 AND s.section_id = $2 AND s.status <> 'SOLD' "
-        "AND seat_is_free(s.status, s.held_until) "
-        "ORDER BY s.ordinal LIMIT $3 FOR UPDATE SKIP LOCKED",
+        f"AND {_free_for('$4', '$5')} "
+        f"ORDER BY {order} LIMIT $3 FOR UPDATE SKIP LOCKED",
         event_id,
         section_id,
         quantity,
+        channel.partner_id,
+        channel.public_pool,
     )
     return sorted(rows, key=lambda r: r["id"])
 
 
-async def count_available(conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID) -> int:
-    """Free places including those locked by in-flight buyers (who may still roll back)."""
+async def count_available(
+    conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID, channel: Channel = PUBLIC
+) -> int:
+    """Free places for `channel` including those locked by in-flight buyers (who may still
+    roll back)."""
     value: int = await conn.fetchval(
         "SELECT count(*) FROM seats WHERE event_id = $1 AND section_id = $2 "
-        "AND status <> 'SOLD' AND seat_is_free(status, held_until)",
+        f"AND status <> 'SOLD' AND {_free_for('$3', '$4', '')}",
         event_id,
         section_id,
+        channel.partner_id,
+        channel.public_pool,
     )
     return value
 
@@ -779,16 +814,19 @@ async def get_hold(conn: Conn, hold_id: uuid.UUID, *, lock: bool = False) -> Hol
     )
 
 
-async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID) -> list[Any]:
-    """Lock every place the hold listed, in id order, whoever has it now; `free` and
-    `hold_id` tell whether it can still be this hold's (a late confirmation re-takes it)."""
+async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID, channel: Channel = PUBLIC) -> list[Any]:
+    """Lock every place the hold listed, in id order, whoever has it now; `free` (for the
+    hold's channel) and `hold_id` tell whether it can still be this hold's (a late
+    confirmation re-takes it)."""
     try:
         return list(
             await conn.fetch(
-                f"SELECT {_SEAT_COLUMNS} FROM seats s "
+                f"SELECT {_seat_columns('$2', '$3')} FROM seats s "
                 "WHERE s.id IN (SELECT seat_id FROM hold_seats WHERE hold_id = $1) "
                 "ORDER BY s.id FOR UPDATE",
                 hold_id,
+                channel.partner_id,
+                channel.public_pool,
             )
         )
     except asyncpg.LockNotAvailableError:
@@ -885,3 +923,157 @@ async def list_holds(
     )
     seats = await _hold_seats_of(conn, [r["id"] for r in rows]) if rows else {}
     return [(r, seats.get(r["id"], [])) for r in rows]
+
+
+# Allocations (issue 13). The same locks as a sale: the event KEY SHARE, then the seats in
+# id order (specific ids) or SKIP LOCKED (best available), judged free for the public pool;
+# then one statement writes the allocation, lists its seats and marks them.
+
+_ALLOCATION_COLUMNS = (
+    "a.id, a.event_id, a.partner_id, a.request_id, a.create_time, a.release_time, "
+    "a.release_time IS NOT NULL AND NOT allocation_open(a.release_time) AS released, "
+    "ARRAY(SELECT seat_id FROM allocation_seats x WHERE x.allocation_id = a.id "
+    "ORDER BY seat_id) AS seat_ids"
+)
+
+
+def _allocation(row: Any) -> AllocationRecord:
+    return record_from_row(AllocationRecord, row, seat_ids=tuple(row["seat_ids"]))
+
+
+@dataclass(frozen=True)
+class AllocationEvent:
+    cancelled: bool
+    started: bool
+    section_ids: frozenset[uuid.UUID]
+    existing_id: uuid.UUID | None
+    existing_hash: str | None
+
+
+async def allocation_event(
+    conn: Conn, event_id: uuid.UUID, created_by: uuid.UUID, request_id: uuid.UUID
+) -> AllocationEvent | None:
+    """The event under KEY SHARE (a cancel waits for us), and any allocation this caller
+    already made with this request_id."""
+    row = await conn.fetchrow(
+        """
+        SELECT e.cancel_time IS NOT NULL AS cancelled,
+               e.start_time <= clock_timestamp() AS started,
+               ARRAY(SELECT section_id FROM event_sections WHERE event_id = e.id) AS sections,
+               a.id AS existing_id, a.request_hash AS existing_hash
+        FROM events e
+        LEFT JOIN allocations a ON a.created_by = $2 AND a.request_id = $3
+        WHERE e.id = $1
+        FOR KEY SHARE OF e
+        """,
+        event_id,
+        created_by,
+        request_id,
+    )
+    if row is None:
+        return None
+    return AllocationEvent(
+        cancelled=row["cancelled"],
+        started=row["started"],
+        section_ids=frozenset(row["sections"]),
+        existing_id=row["existing_id"],
+        existing_hash=row["existing_hash"],
+    )
+
+
+async def insert_allocation(
+    conn: Conn,
+    *,
+    allocation_id: uuid.UUID,
+    event_id: uuid.UUID,
+    partner_id: uuid.UUID,
+    created_by: uuid.UUID,
+    request_id: uuid.UUID,
+    request_hash: str,
+    seat_ids: Sequence[int],
+    release_time: dt.datetime | None,
+) -> bool:
+    """Write the allocation, list its seats and give them to the partner in ONE statement
+    (the caller holds them locked and judged them free). False: the caller's request_id
+    was committed by a concurrent call first (nothing written)."""
+    row = await conn.fetchrow(
+        """
+        WITH a AS (
+            INSERT INTO allocations (id, event_id, partner_id, created_by, request_id,
+                                     request_hash, seat_count, create_time, release_time)
+            VALUES ($1, $2, $3, $4, $5, $6, cardinality($7::bigint[]), clock_timestamp(), $8)
+            ON CONFLICT (created_by, request_id) DO NOTHING
+            RETURNING id
+        ), l AS (
+            INSERT INTO allocation_seats (allocation_id, seat_id)
+            SELECT a.id, u.sid FROM a, unnest($7::bigint[]) AS u(sid)
+            RETURNING seat_id
+        ), s AS (
+            UPDATE seats SET allocation_id = a.id, allocation_partner_id = $3,
+                             allocated_until = $8
+            FROM a WHERE seats.id = ANY($7::bigint[])
+            RETURNING seats.id
+        )
+        SELECT (SELECT count(*) FROM a) AS written, (SELECT count(*) FROM l) AS listed,
+               (SELECT count(*) FROM s) AS marked
+        """,
+        allocation_id,
+        event_id,
+        partner_id,
+        created_by,
+        request_id,
+        request_hash,
+        list(seat_ids),
+        release_time,
+    )
+    if row["written"] == 0:
+        return False
+    if row["listed"] != len(seat_ids) or row["marked"] != len(seat_ids):
+        raise RuntimeError(f"allocation {allocation_id}: {row['listed']}/{row['marked']}")
+    return True
+
+
+async def get_allocation(
+    conn: Conn, allocation_id: uuid.UUID, *, lock: bool = False
+) -> AllocationRecord | None:
+    suffix = " FOR UPDATE OF a" if lock else ""
+    row = await conn.fetchrow(
+        f"SELECT {_ALLOCATION_COLUMNS} FROM allocations a WHERE a.id = $1{suffix}", allocation_id
+    )
+    return _allocation(row) if row else None
+
+
+async def release_allocation(conn: Conn, allocation_id: uuid.UUID) -> None:
+    """Return its places now: release_time becomes this instant (unless already past) and
+    the seats still marked as its own leave it (sold ones keep their tickets)."""
+    await conn.execute(
+        "UPDATE allocations SET release_time = clock_timestamp() WHERE id = $1 "
+        "AND (release_time IS NULL OR release_time > clock_timestamp())",
+        allocation_id,
+    )
+    await conn.execute(
+        "UPDATE seats SET allocation_id = NULL, allocation_partner_id = NULL, "
+        "allocated_until = NULL WHERE allocation_id = $1",
+        allocation_id,
+    )
+
+
+async def list_allocations(
+    conn: Conn, event_id: uuid.UUID, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+) -> list[AllocationRecord]:
+    """Oldest first, keyset on (create_time, id)."""
+    arg = Params()
+    clauses = [f"a.event_id = {arg(event_id)}"]
+    if after is not None:
+        clauses.append(f"(a.create_time, a.id) > ({arg(after[0])}, {arg(after[1])})")
+    rows = await conn.fetch(
+        f"SELECT {_ALLOCATION_COLUMNS} FROM allocations a WHERE {' AND '.join(clauses)} "
+        f"ORDER BY a.create_time, a.id LIMIT {arg(limit)}",
+        *arg,
+    )
+    return [_allocation(r) for r in rows]
+
+
+async def db_clock(conn: Conn) -> dt.datetime:
+    value: dt.datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return value

@@ -58,6 +58,39 @@ Selection = SpecificSeats | BestAvailable
 
 
 @dataclass(frozen=True)
+class Channel:
+    """Which places a caller may take (issue 13), passed to SQL seat_is_free_for: an open
+    allocation's places only by its partner; the rest (the public pool) by accounts, and by
+    a partner whose `public_sales` flag is set."""
+
+    partner_id: uuid.UUID | None = None
+    public_pool: bool = True
+
+
+PUBLIC = Channel()
+
+
+@dataclass(frozen=True)
+class AllocationRecord:
+    """Places of an event set aside for one partner's channel (issue 13)."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID
+    partner_id: uuid.UUID
+    request_id: uuid.UUID
+    create_time: dt.datetime
+    release_time: dt.datetime | None
+    """When its unsold places return (or returned) to the public pool; None = never."""
+    released: bool
+    """release_time has passed (database clock at the read)."""
+    seat_ids: tuple[int, ...]
+
+
+def allocation_not_found(allocation_id: uuid.UUID) -> NotFound:
+    return not_found(Reason.ALLOCATION_NOT_FOUND, "allocation", allocation_id=allocation_id)
+
+
+@dataclass(frozen=True)
 class EventRefunds:
     """What cancelling an event did to its orders."""
 

@@ -14,7 +14,9 @@ from typing import Any, Protocol
 from ticketd.auth.principal import Principal, Role
 from ticketd.booking import repository as repo
 from ticketd.booking.rules import (
+    PUBLIC,
     BestAvailable,
+    Channel,
     EventRefunds,
     HoldRecord,
     HoldSeatRecord,
@@ -25,6 +27,7 @@ from ticketd.booking.rules import (
     SpecificSeats,
     TicketRecord,
     TicketStatus,
+    allocation_not_found,
     can_read_hold,
     can_read_order,
     check_can_rotate,
@@ -45,6 +48,10 @@ from ticketd.booking.rules import (
     order_not_found,
     request_fingerprint,
     resolve_hold_ttl,
+    validate_selection,
+)
+from ticketd.booking.rules import (
+    AllocationRecord as AllocationRecord,  # re-exported: EventService answers with it
 )
 from ticketd.db.database import Connection, Database
 from ticketd.errors import (
@@ -132,6 +139,7 @@ class Buyer:
     customer_id: uuid.UUID
     partner_id: uuid.UUID | None = None
     end_customer: EndCustomer | None = None
+    channel: Channel = PUBLIC
 
 
 class BookingService:
@@ -163,7 +171,7 @@ class BookingService:
         customer_id, customer = await self._end_customers.end_customer_id(
             principal.partner_id, on_behalf_of
         )
-        return Buyer(customer_id, principal.partner_id, customer)
+        return Buyer(customer_id, principal.partner_id, customer, _channel_of(principal))
 
     async def book(
         self,
@@ -225,7 +233,9 @@ class BookingService:
                 raise not_on_sale(event_id, "it was cancelled")
             if event.started:
                 raise not_on_sale(event_id, "it has started")
-            seats = await self._take_seats(conn, event, event_id, customer_id, selection)
+            seats = await self._take_seats(
+                conn, event, event_id, customer_id, selection, buyer.channel
+            )
             order_id = uuid.uuid4()
             new = [
                 repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), s["price_minor"])
@@ -286,17 +296,31 @@ class BookingService:
         event_id: uuid.UUID,
         customer_id: uuid.UUID,
         selection: Selection,
+        channel: Channel,
     ) -> list[Any]:
         """The one step BookSeats and HoldSeats share: the limits (live holds count), then
-        the seats locked and checked free (SQL seat_is_free). Caller: inside the
-        transaction, the event KEY SHARE locked and judged on sale."""
+        the seats locked and checked free for the caller's channel (SQL seat_is_free_for).
+        Caller: inside the transaction, the event KEY SHARE locked and judged on sale."""
         check_order_limit(selection.quantity, event.max_tickets_per_order)
         if event.max_tickets_per_customer is not None:
             held = await repo.serialize_customer(conn, event_id, customer_id)
             check_customer_limit(held, selection.quantity, event.max_tickets_per_customer)
+        return await self._lock_selection(
+            conn, frozenset(event.section_names), event_id, selection, channel
+        )
 
+    async def _lock_selection(
+        self,
+        conn: Connection,
+        section_ids: frozenset[uuid.UUID],
+        event_id: uuid.UUID,
+        selection: Selection,
+        channel: Channel,
+    ) -> list[Any]:
+        """The selected seats locked (ids in id order; best available SKIP LOCKED) and
+        checked free for `channel`: what sales, holds and allocations all go through."""
         if isinstance(selection, SpecificSeats):
-            seats = await repo.lock_seats(conn, event_id, selection.seat_ids)
+            seats = await repo.lock_seats(conn, event_id, selection.seat_ids, channel)
             found = {s["id"] for s in seats}
             missing = [
                 FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
@@ -317,15 +341,15 @@ class BookingService:
                 )
         else:
             assert isinstance(selection, BestAvailable)
-            if selection.section_id not in event.section_names:
+            if selection.section_id not in section_ids:
                 raise InvalidArgument.one(
                     "best_available.section_id", "not a section of this event"
                 )
             seats = await repo.claim_best_available(
-                conn, event_id, selection.section_id, selection.quantity
+                conn, event_id, selection.section_id, selection.quantity, channel
             )
             if len(seats) < selection.quantity:
-                free = await repo.count_available(conn, event_id, selection.section_id)
+                free = await repo.count_available(conn, event_id, selection.section_id, channel)
                 if free >= selection.quantity:
                     raise Aborted(
                         "the remaining places are being booked right now; retry",
@@ -538,6 +562,86 @@ class BookingService:
             conn, event_id, refunded_by=refunded_by, reason=reason, report_limit=report_limit
         )
 
+    # Allocations (issue 13) ----------------------------------------------------------------
+    # Who may allocate is the events domain's call (EventService checks the event's owner
+    # and the partner); here: the seats, under the same locks as every sale.
+
+    async def allocate(
+        self,
+        *,
+        event_id: uuid.UUID,
+        partner_id: uuid.UUID,
+        created_by: uuid.UUID,
+        request_id: uuid.UUID,
+        seat_ids: list[int] | None,
+        best_available: tuple[uuid.UUID, int] | None,
+        release_time: dt.datetime | None,
+    ) -> AllocationRecord:
+        """Set places aside for a partner's channel, in one transaction: each must be free
+        for the public pool (not sold, held or in another open allocation). A repeated
+        request_id of the same caller returns the first allocation."""
+        selection = validate_selection(
+            seat_ids, BestAvailable(*best_available) if best_available else None
+        )
+        fingerprint = request_fingerprint(event_id, selection) + f"|{partner_id}|{release_time}"
+        async with self._db.transaction() as conn:
+            event = await repo.allocation_event(conn, event_id, created_by, request_id)
+            if event is None:
+                raise event_not_found(event_id)
+            if event.existing_id is not None:
+                if event.existing_hash != fingerprint:
+                    raise _mismatch(request_id)
+                found = await repo.get_allocation(conn, event.existing_id)
+                assert found is not None
+                return found
+            if event.cancelled:
+                raise not_on_sale(event_id, "it was cancelled")
+            if event.started:
+                raise not_on_sale(event_id, "it has started")
+            if release_time is not None and release_time <= await repo.db_clock(conn):
+                raise InvalidArgument.one("release_time", "must be in the future")
+            seats = await self._lock_selection(conn, event.section_ids, event_id, selection, PUBLIC)
+            allocation_id = uuid.uuid4()
+            written = await repo.insert_allocation(
+                conn,
+                allocation_id=allocation_id,
+                event_id=event_id,
+                partner_id=partner_id,
+                created_by=created_by,
+                request_id=request_id,
+                request_hash=fingerprint,
+                seat_ids=sorted(s["id"] for s in seats),
+                release_time=release_time,
+            )
+            if not written:
+                raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY)
+            made = await repo.get_allocation(conn, allocation_id)
+        assert made is not None
+        return made
+
+    async def get_allocation(self, allocation_id: uuid.UUID) -> AllocationRecord:
+        async with self._db.connection() as conn:
+            found = await repo.get_allocation(conn, allocation_id)
+        if found is None:
+            raise allocation_not_found(allocation_id)
+        return found
+
+    async def release_allocation(self, allocation_id: uuid.UUID) -> AllocationRecord:
+        """Its unsold places return to the public pool now (idempotent)."""
+        async with self._db.transaction() as conn:
+            if await repo.get_allocation(conn, allocation_id, lock=True) is None:
+                raise allocation_not_found(allocation_id)
+            await repo.release_allocation(conn, allocation_id)
+        # Read after the commit: `released` is judged on now(), which inside the releasing
+        # transaction is its start, before the release_time it just wrote.
+        return await self.get_allocation(allocation_id)
+
+    async def list_allocations(
+        self, event_id: uuid.UUID, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+    ) -> list[AllocationRecord]:
+        async with self._db.connection() as conn:
+            return await repo.list_allocations(conn, event_id, after, limit)
+
     # Holds (issue 12) ----------------------------------------------------------------------
 
     def hold_ttl(self, requested: dt.timedelta | None) -> dt.timedelta:
@@ -600,7 +704,9 @@ class BookingService:
                 raise not_on_sale(event_id, "it was cancelled")
             if event.started:
                 raise not_on_sale(event_id, "it has started")
-            seats = await self._take_seats(conn, event, event_id, customer_id, selection)
+            seats = await self._take_seats(
+                conn, event, event_id, customer_id, selection, buyer.channel
+            )
             hold_id = uuid.uuid4()
             written = await repo.insert_hold(
                 conn,
@@ -793,7 +899,7 @@ class BookingService:
         )
         if found is None:
             raise _not_the_holds_customer()
-        return Buyer(found, principal.partner_id)
+        return Buyer(found, principal.partner_id, channel=_channel_of(principal))
 
     async def _confirm_once(
         self,
@@ -825,7 +931,7 @@ class BookingService:
                 raise not_on_sale(hold["event_id"], "it was cancelled")
             if event.started:
                 raise not_on_sale(hold["event_id"], "it has started")
-            seats = await repo.lock_hold_seats(conn, hold_id)
+            seats = await repo.lock_hold_seats(conn, hold_id, buyer.channel)
             taken = [s["id"] for s in seats if s["hold_id"] != hold_id and not s["free"]]
             if taken:
                 raise hold_expired_error(hold_id, taken)
@@ -862,6 +968,15 @@ class BookingService:
             after = await repo.get_order(conn, order_id)
         assert after is not None
         return after.order
+
+
+def _channel_of(principal: Principal) -> Channel:
+    """Which places a caller may take: a partner its allocations (and the public pool if
+    its flag allows), everyone else the public pool."""
+    scope = principal.partner
+    if scope is None:
+        return PUBLIC
+    return Channel(scope.partner_id, scope.public_sales)
 
 
 def _not_the_holds_customer() -> InvalidArgument:

@@ -157,7 +157,8 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
         """
         WITH found AS (
             SELECT k.id, k.partner_id, k.revoke_time IS NOT NULL AS revoked, p.status,
-                   k.last_used_time, p.max_concurrent_rpcs, p.rate_per_second
+                   k.last_used_time, p.max_concurrent_rpcs, p.rate_per_second,
+                   p.public_sales
             FROM partner_api_keys k JOIN partners p ON p.id = k.partner_id
             WHERE k.secret_hash = $1
         ), touched AS (
@@ -169,6 +170,7 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
             RETURNING k.id
         )
         SELECT id, partner_id, revoked, status, max_concurrent_rpcs, rate_per_second,
+               public_sales,
                (SELECT count(*) FROM touched) AS touched
         FROM found
         """,
@@ -184,6 +186,7 @@ async def authenticate(conn: Conn, secret_hash: bytes) -> KeyLookup | None:
         partner_status=PartnerStatus(row["status"]),
         max_in_flight=row["max_concurrent_rpcs"],
         rate_per_second=row["rate_per_second"],
+        public_sales=row["public_sales"],
     )
 
 
@@ -225,6 +228,13 @@ async def end_customer_id(
         "SELECT id FROM partner_customers WHERE partner_id = $1 AND external_customer_id = $2",
         partner_id,
         external_customer_id,
+    )
+    return value
+
+
+async def partner_exists(conn: Conn, partner_id: uuid.UUID) -> bool:
+    value: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1)", partner_id
     )
     return value
 

@@ -60,6 +60,7 @@ class KeyLookup:
     partner_status: PartnerStatus
     max_in_flight: int | None = None
     rate_per_second: int | None = None
+    public_sales: bool = True
 
 
 def _name_violation(value: str, field: str) -> FieldViolation | None:

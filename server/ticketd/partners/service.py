@@ -117,6 +117,11 @@ class PartnerService:
         async with self._db.transaction() as conn:
             return await repo.upsert_end_customer(conn, partner_id, valid), valid
 
+    async def exists(self, partner_id: uuid.UUID) -> bool:
+        """Whether the partner exists (events name partners in allocations)."""
+        async with self._db.connection() as conn:
+            return await repo.partner_exists(conn, partner_id)
+
     async def find_end_customer(
         self, partner_id: uuid.UUID, external_customer_id: str
     ) -> uuid.UUID | None:
@@ -146,5 +151,6 @@ class PartnerService:
                 key_id=lookup.key_id,
                 max_in_flight=lookup.max_in_flight,
                 rate_per_second=lookup.rate_per_second,
+                public_sales=lookup.public_sales,
             ),
         )

@@ -20,6 +20,19 @@
 - `refunds.refunded_by_partner`: a partner refunding its own order (exactly one of
   refunded_by / refunded_by_partner is set).
 
+- Allocations (EventService.AllocateSeats): `allocations` (one per allocation; `release_time`
+  when its unsold places return to the public pool, NULL = never; ReleaseAllocation moves
+  it to now) and `allocation_seats` (which places it took). `seats.allocation_id` /
+  `allocation_partner_id` / `allocated_until` are the allocation a place belongs to right
+  now (one column: a place is in at most one allocation), its partner and the copy of its
+  release_time, so "who may take this seat" reads one row; composite keys prove the
+  allocation lists the seat and belongs to that partner.
+- `allocation_open(allocated_until)` and `seat_is_free_for(...)`: THE definition of "this
+  seat can be taken by this caller": seat_is_free (not sold, not under a live hold) AND
+  (an open allocation's partner is the caller; else the public pool, which a partner
+  reaches only with `partners.public_sales`). A release_time in the past is a query
+  condition, like hold expiry: no job has to run for the places to return.
+
 Downgrading with partner sales on record fails on the restored customer_id -> users keys
 (those orders have no account): export and remove them first.
 
@@ -29,6 +42,8 @@ Revises: 0011
 
 from __future__ import annotations
 
+from alembic import op
+
 from ticketd.db.migrations.sqlscript import run_script
 
 revision = "0012"
@@ -37,7 +52,27 @@ branch_labels = None
 depends_on = None
 
 
+ALLOCATION_OPEN = """
+CREATE FUNCTION allocation_open(allocated_until timestamptz) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT allocated_until IS NULL OR allocated_until > now() $$
+"""
+
+SEAT_IS_FREE_FOR = """
+CREATE FUNCTION seat_is_free_for(status text, held_until timestamptz,
+                                 allocation_partner uuid, allocated_until timestamptz,
+                                 caller_partner uuid, public_pool boolean) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT seat_is_free(status, held_until) AND CASE
+        WHEN allocation_partner IS NOT NULL AND allocation_open(allocated_until)
+        THEN (allocation_partner = caller_partner) IS TRUE
+        ELSE public_pool END $$
+"""
+
+
 def upgrade() -> None:
+    op.execute(ALLOCATION_OPEN)
+    op.execute(SEAT_IS_FREE_FOR)
     run_script(
         """
         CREATE TABLE partners (
@@ -45,6 +80,7 @@ def upgrade() -> None:
             display_name  text NOT NULL CHECK (char_length(display_name) BETWEEN 1 AND 100),
             contact_email text NOT NULL CHECK (char_length(contact_email) BETWEEN 3 AND 254),
             status        text NOT NULL CHECK (status IN ('ACTIVE', 'SUSPENDED')),
+            public_sales  boolean NOT NULL DEFAULT true,
             max_concurrent_rpcs integer CHECK (max_concurrent_rpcs BETWEEN 1 AND 100000),
             rate_per_second     integer CHECK (rate_per_second BETWEEN 1 AND 1000000),
             created_by    uuid NOT NULL REFERENCES users (id),
@@ -107,7 +143,42 @@ def upgrade() -> None:
         ALTER TABLE refunds ALTER COLUMN refunded_by DROP NOT NULL,
             ADD COLUMN refunded_by_partner uuid REFERENCES partners (id),
             ADD CONSTRAINT refunds_one_refunder
-                CHECK (num_nonnulls(refunded_by, refunded_by_partner) = 1)
+                CHECK (num_nonnulls(refunded_by, refunded_by_partner) = 1);
+
+        CREATE TABLE allocations (
+            id           uuid PRIMARY KEY,
+            event_id     uuid NOT NULL REFERENCES events (id),
+            partner_id   uuid NOT NULL REFERENCES partners (id),
+            created_by   uuid NOT NULL REFERENCES users (id),
+            request_id   uuid NOT NULL,
+            request_hash text NOT NULL,
+            seat_count   integer NOT NULL CHECK (seat_count BETWEEN 1 AND 100000),
+            create_time  timestamptz NOT NULL,
+            release_time timestamptz,
+            UNIQUE (created_by, request_id),
+            UNIQUE (id, partner_id)
+        );
+        CREATE INDEX allocations_event ON allocations (event_id, create_time, id);
+
+        CREATE TABLE allocation_seats (
+            allocation_id uuid NOT NULL REFERENCES allocations (id),
+            seat_id       bigint NOT NULL REFERENCES seats (id),
+            PRIMARY KEY (allocation_id, seat_id)
+        );
+
+        ALTER TABLE seats
+            ADD COLUMN allocation_id uuid,
+            ADD COLUMN allocation_partner_id uuid,
+            ADD COLUMN allocated_until timestamptz,
+            ADD CONSTRAINT seats_allocation_lists_seat FOREIGN KEY (allocation_id, id)
+                REFERENCES allocation_seats (allocation_id, seat_id),
+            ADD CONSTRAINT seats_allocation_of_partner
+                FOREIGN KEY (allocation_id, allocation_partner_id)
+                REFERENCES allocations (id, partner_id),
+            ADD CONSTRAINT seats_allocation_whole
+                CHECK ((allocation_id IS NULL) = (allocation_partner_id IS NULL)
+                       AND (allocated_until IS NULL OR allocation_id IS NOT NULL));
+        CREATE INDEX seats_allocation ON seats (allocation_id) WHERE allocation_id IS NOT NULL
         """
     )
 
@@ -115,6 +186,15 @@ def upgrade() -> None:
 def downgrade() -> None:
     run_script(
         """
+        ALTER TABLE seats DROP CONSTRAINT seats_allocation_whole,
+            DROP CONSTRAINT seats_allocation_of_partner,
+            DROP CONSTRAINT seats_allocation_lists_seat,
+            DROP COLUMN allocated_until, DROP COLUMN allocation_partner_id,
+            DROP COLUMN allocation_id;
+        DROP TABLE allocation_seats;
+        DROP TABLE allocations;
+        DROP FUNCTION seat_is_free_for(text, timestamptz, uuid, timestamptz, uuid, boolean);
+        DROP FUNCTION allocation_open(timestamptz);
         DELETE FROM refunds WHERE refunded_by_partner IS NOT NULL;
         ALTER TABLE refunds DROP CONSTRAINT refunds_one_refunder,
             DROP COLUMN refunded_by_partner, ALTER COLUMN refunded_by SET NOT NULL;
