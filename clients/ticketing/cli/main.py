@@ -8,11 +8,27 @@ import sys
 
 from rich.markup import escape
 
-from ticketing.cli import auth_cmds, booking_cmds, event_cmds, gate_cmds, hold_cmds, venue_cmds
+from ticketing.cli import (
+    auth_cmds,
+    booking_cmds,
+    event_cmds,
+    gate_cmds,
+    hold_cmds,
+    partner_cmds,
+    venue_cmds,
+)
 from ticketing.cli.common import CliError, describe_error, err_console
 from ticketing.errors import TicketingError, ticketing_errors
 
-COMMAND_MODULES = [auth_cmds, venue_cmds, event_cmds, booking_cmds, hold_cmds, gate_cmds]
+COMMAND_MODULES = [
+    auth_cmds,
+    venue_cmds,
+    event_cmds,
+    booking_cmds,
+    hold_cmds,
+    gate_cmds,
+    partner_cmds,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
