@@ -4,6 +4,9 @@ One run measures, on this machine:
   * BookSeats, specific seats and best available, at each concurrency (default 64, 256):
     a closed loop of N buyers (each its own account and token) over a few channels, each
     booking 1 or 2 places with a fresh request_id, for a fixed time after a warm-up;
+  * the checkout: HoldSeats of specific seats then at once ConfirmHold, the same way, with
+    each step's rate and p99, and the CPU per sold seat (all our processes together) as a
+    ratio of BookSeats's in the same run (goal <= 1.5x);
   * the transport ceiling: grpc.health.v1.Health/Check on the same server, same client,
     same channels and concurrency (the cheapest unary RPC the server has);
   * the database ceiling: the same booking transaction sent straight at PostgreSQL with
@@ -73,6 +76,7 @@ from scripts.benchlib.pgbench import pgbench_clients, run_booking_pgbench
 from scripts.benchlib.process import benchmark_server
 from scripts.benchlib.provision import Metadata, channel, create_event, login, register_buyers
 from scripts.benchlib.report import header, log, write_json
+from scripts.benchlib.stats import latency_summary
 from ticketing.sdk import decode_error
 from ticketing.v1 import booking_pb2, booking_pb2_grpc
 
@@ -95,7 +99,9 @@ GOALS = {
     "transport_ratio_at_64": 0.30,
     "database_ratio_at_64": 0.20,
     "p99_ms_at_256": 100.0,
+    "checkout_cpu_ratio": 1.5,
 }
+CHECKOUT_KIND = "HoldSeats+ConfirmHold"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,9 +122,30 @@ def scenario_result(
         "tickets_per_s": figures.pop("items_per_s"),
         **figures,
         "unexpected_errors": sum(unexpected.values()),
+        "cpu_ms_per_seat": None,
         "first_message_per_status": window.messages,
         "cpu": window.cpu,
     }
+
+
+def step_figures(done: list[tuple[float, bool]], duration_s: float) -> dict[str, Any]:
+    """One step of a multi-call scenario: its calls and OK rate over the window, latency."""
+    ok = sum(1 for _, good in done if good)
+    return {
+        "calls": len(done),
+        "rps_ok": round(ok / duration_s, 1) if duration_s else 0.0,
+        **latency_summary([lat for lat, _ in done]),
+    }
+
+
+def cpu_ms_per_seat(s: dict[str, Any]) -> float | None:
+    """CPU of all our processes together (server, PostgreSQL, client, kernel) per place
+    sold in the window: the cost the checkout goal compares."""
+    cpu, sold = s.get("cpu"), float(s["tickets_per_s"]) * float(s["duration_s"])
+    if not cpu or not sold:
+        return None
+    cores = sum(float(v) for v in cpu["cores_used"].values())
+    return round(1000 * cores * float(cpu["window_s"]) / sold, 3)
 
 
 def failure(err: aio.AioRpcError) -> tuple[Outcome, list[int]]:
@@ -179,15 +206,21 @@ async def load_seat_ids(conn: asyncpg.Connection, event_id: str) -> list[int]:
 
 
 async def reset_inventory(conn: asyncpg.Connection, event_id: str) -> None:
-    """Undo every sale of the event, then VACUUM ANALYZE and CHECKPOINT, so each scenario
+    """Undo every sale and hold of the event, then VACUUM ANALYZE and CHECKPOINT, so each scenario
     starts from the same fresh inventory with no checkpoint debt."""
-    await conn.execute("DELETE FROM tickets WHERE event_id = $1::uuid", event_id)
-    await conn.execute("DELETE FROM orders WHERE event_id = $1::uuid", event_id)
     await conn.execute(
-        "UPDATE seats SET status = 'AVAILABLE' WHERE event_id = $1::uuid AND status <> 'AVAILABLE'",
+        "UPDATE seats SET status = 'AVAILABLE', hold_id = NULL, held_until = NULL"
+        " WHERE event_id = $1::uuid AND status <> 'AVAILABLE'",
         event_id,
     )
-    await conn.execute("VACUUM (ANALYZE) seats, orders, tickets")
+    await conn.execute(
+        "DELETE FROM hold_seats WHERE hold_id IN (SELECT id FROM holds WHERE event_id = $1::uuid)",
+        event_id,
+    )
+    await conn.execute("DELETE FROM holds WHERE event_id = $1::uuid", event_id)
+    await conn.execute("DELETE FROM tickets WHERE event_id = $1::uuid", event_id)
+    await conn.execute("DELETE FROM orders WHERE event_id = $1::uuid", event_id)
+    await conn.execute("VACUUM (ANALYZE) seats, orders, tickets, holds, hold_seats")
     await conn.execute("CHECKPOINT")
 
 
@@ -285,6 +318,64 @@ class Driver:
             return Outcome(items=len(response.order.tickets))
 
         return call
+
+    async def checkout(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+        """Two-phase sales in a closed loop: HoldSeats of 1 or 2 places the client believes
+        free, then at once ConfirmHold (no think time: this measures the cost of the two
+        calls, not a crowd). One loop call is the pair; each step's own rate and latency
+        are reported in `steps`, over the pairs that completed in the measured window."""
+        stubs = self.booking_stubs()
+        pool = SeatPool(self.inventory.seat_ids)
+        event_id = self.inventory.event_id
+        steps: dict[str, list[tuple[float, float, bool]]] = {"HoldSeats": [], "ConfirmHold": []}
+
+        async def call(i: int) -> Outcome | None:
+            seats = pool.pick(random.choice((1, 2)))
+            if not seats:
+                return None
+            stub, md = stubs[i % len(stubs)], self.buyers[i % len(self.buyers)]
+            hold_request = booking_pb2.HoldSeatsRequest(
+                event_id=event_id,
+                request_id=str(uuid.uuid4()),
+                seat_ids=booking_pb2.SeatIds(ids=seats),
+            )
+            t0 = time.perf_counter()
+            try:
+                held = await stub.HoldSeats(hold_request, metadata=md, timeout=CALL_TIMEOUT_S)
+            except aio.AioRpcError as err:
+                steps["HoldSeats"].append((time.perf_counter(), time.perf_counter() - t0, False))
+                outcome, taken = failure(err)
+                if outcome.status == "FAILED_PRECONDITION/SEAT_UNAVAILABLE":
+                    pool.discard(taken)
+                return outcome
+            t1 = time.perf_counter()
+            steps["HoldSeats"].append((t1, t1 - t0, True))
+            pool.discard(seats)
+            confirm_request = booking_pb2.ConfirmHoldRequest(
+                hold_id=held.hold.id, request_id=str(uuid.uuid4()), payment_reference="bench"
+            )
+            try:
+                response = await stub.ConfirmHold(
+                    confirm_request, metadata=md, timeout=CALL_TIMEOUT_S
+                )
+            except aio.AioRpcError as err:
+                steps["ConfirmHold"].append((time.perf_counter(), time.perf_counter() - t1, False))
+                return failure(err)[0]
+            t2 = time.perf_counter()
+            steps["ConfirmHold"].append((t2, t2 - t1, True))
+            return Outcome(items=len(response.order.tickets))
+
+        started = time.perf_counter()
+        result = await self._closed(CHECKOUT_KIND, call, concurrency, warmup, duration)
+        begin = started + warmup
+        end = begin + result["duration_s"]
+        result["steps"] = {
+            name: step_figures(
+                [(lat, ok) for t, lat, ok in done if begin <= t < end], result["duration_s"]
+            )
+            for name, done in steps.items()
+        }
+        return result
 
     async def specific(self, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
         """BookSeats of specific seats in a closed loop."""
@@ -511,7 +602,32 @@ def ratios_and_goals(
                     "met": s["p99_ms"] is not None and s["p99_ms"] < GOALS["p99_ms_at_256"],
                 }
             )
-    unexpected = sum(s["unexpected_errors"] for s in scenarios if s["kind"].startswith("Book"))
+    for s in scenarios:
+        if s["kind"] != CHECKOUT_KIND:
+            continue
+        book = next(
+            (
+                b
+                for b in scenarios
+                if b["kind"] == "BookSeats:specific" and b["concurrency"] == s["concurrency"]
+            ),
+            None,
+        )
+        ratio = None
+        if book and book.get("cpu_ms_per_seat") and s.get("cpu_ms_per_seat"):
+            ratio = round(s["cpu_ms_per_seat"] / book["cpu_ms_per_seat"], 3)
+        s["cpu_per_seat_of_bookseats"] = ratio
+        goals["checks"].append(
+            {
+                "goal": f"hold + confirm CPU per sold seat at {s['concurrency']} <= 1.5x "
+                "BookSeats:specific",
+                "value": ratio,
+                "met": ratio is not None and ratio <= GOALS["checkout_cpu_ratio"],
+            }
+        )
+    unexpected = sum(
+        s["unexpected_errors"] for s in scenarios if s["kind"].startswith(("Book", "Hold"))
+    )
     goals["checks"].append(
         {
             "goal": "no errors besides SEAT_UNAVAILABLE/SEAT_LOCKED/SOLD_OUT",
@@ -547,6 +663,7 @@ class Scenarios:
             result = await scenario()
             if books:
                 result["audit"] = await audit(self.conn, self.event_id)
+                result["cpu_ms_per_seat"] = cpu_ms_per_seat(result)
             log(_line(result))
             result["disturbed"] = disturbed(result["cpu"], DISTURBED_CORES)
             if not result["disturbed"] or attempt or self.reruns_left <= 0:
@@ -634,6 +751,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         await runs.run(functools.partial(driver.transport, c, w, d), False)
                         await runs.run(functools.partial(driver.specific, c, w, d), True)
                         await runs.run(functools.partial(driver.best, c, w, d), True)
+                        await runs.run(functools.partial(driver.checkout, c, w, d), True)
                     for rate in rates:
                         # At most as many in flight as the largest closed loop had buyers.
                         open_run = functools.partial(
@@ -736,6 +854,11 @@ def render_table(report: dict[str, Any]) -> str:
             f"{s['cpu']['cores_used_other']:>6.2f}  "
             + ", ".join(f"{k}={v}" for k, v in s["statuses"].items())
         )
+        for name, step in s.get("steps", {}).items():
+            lines.append(
+                f"  {name:<24} {'':>5} {step['rps_ok']:>9.1f} {'':>9} "
+                f"{step['p50_ms'] or 0:>8.2f} {step['p99_ms'] or 0:>8.2f}"
+            )
     db = report["database_ceiling"]
     if db:
         lines.append(
@@ -746,6 +869,11 @@ def render_table(report: dict[str, Any]) -> str:
             f"latency avg {db['latency_avg_ms']} ms, ok fraction {db['ok_fraction']}"
         )
     lines.append("")
+    for s in report["scenarios"]:
+        if s.get("cpu_ms_per_seat"):
+            lines.append(
+                f"{s['kind']:<26} {_load(s):>5}  CPU per sold seat {s['cpu_ms_per_seat']} ms"
+            )
     for r in report["ratios"]:
         lines.append(
             f"{r['kind']:<26} {r['concurrency']:>5}  of transport {r['of_transport']}  "

@@ -10,7 +10,7 @@ import signal
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,12 @@ async def _world(
 def _outcome(r: Any) -> str:
     """OK, or code:reason; every UNAVAILABLE is one outcome (retry later, whatever the cause:
     server gone, connection killed, connection slots exhausted)."""
-    if isinstance(r, booking_pb2.BookSeatsResponse):
+    if isinstance(
+        r,
+        booking_pb2.BookSeatsResponse
+        | booking_pb2.HoldSeatsResponse
+        | booking_pb2.ConfirmHoldResponse,
+    ):
         return "OK"
     assert isinstance(r, aio.AioRpcError), repr(r)
     assert r.code() not in NEVER, (r.code(), r.details())
@@ -128,7 +133,7 @@ async def _rush(
     return tasks
 
 
-async def _when_done(tasks: list[asyncio.Task[Any]], count: int) -> None:
+async def _when_done(tasks: Sequence[asyncio.Future[Any]], count: int) -> None:
     for _ in range(2000):
         if sum(t.done() for t in tasks) >= count:
             return
@@ -154,6 +159,103 @@ async def test_server_killed_mid_rush_loses_nothing(
     }, outcomes
     await server.start()
     assert await _confirmed_exist(stubs, buyers, results) == outcomes["OK"]
+    assert await audit(running.engine, event_id) == {}
+
+
+async def test_server_killed_mid_checkout_loses_nothing(
+    stubs: Stubs, admin: Account, server: ServerProcess, running: RunningServer
+) -> None:
+    """Issue 12: holds and confirmations racing when the server is SIGKILLed. Every hold
+    and every order a client saw acknowledged is there, as acknowledged; nothing is
+    half-written (a hold without its seats, a confirmed hold without its order)."""
+    event_id, ids, buyers = await _world(stubs, admin, 40)
+    rng = random.Random(12)
+    channels = [aio.insecure_channel(server.target) for _ in range(4)]
+    pool = [Stubs(ch) for ch in channels]
+
+    def hold_call(i: int, seats: list[int]) -> asyncio.Future[Any]:
+        request = booking_pb2.HoldSeatsRequest(
+            event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=seats)
+        )
+        request.ttl.FromSeconds(600)
+        return asyncio.ensure_future(
+            pool[i % 4].booking.HoldSeats(request, metadata=buyers[i % 40].md, timeout=20)
+        )
+
+    try:
+        # Phase 1 (the server is up): 60 holds of disjoint seats to confirm later.
+        first = await asyncio.gather(
+            *(hold_call(i, ids[2 * i : 2 * i + 2]) for i in range(60)), return_exceptions=True
+        )
+        held = [
+            (i, r.hold) for i, r in enumerate(first) if isinstance(r, booking_pb2.HoldSeatsResponse)
+        ]
+        assert len(held) == 60, Counter(_outcome(r) for r in first)
+        # Phase 2: the 60 confirmations and 200 more holds of the other seats race; kill -9.
+        confirms = [
+            asyncio.ensure_future(
+                pool[i % 4].booking.ConfirmHold(
+                    booking_pb2.ConfirmHoldRequest(
+                        hold_id=h.id, request_id=str(uuid.uuid4()), payment_reference=f"pay-{i}"
+                    ),
+                    metadata=buyers[i % 40].md,
+                    timeout=20,
+                )
+            )
+            for i, h in held
+        ]
+        rest = ids[120:]
+        holds = [hold_call(i, rng.sample(rest, rng.randint(1, 3))) for i in range(200)]
+        everything = [*confirms, *holds]
+        await _when_done(everything, 40)
+        await server.kill()
+        confirmed = await asyncio.gather(*confirms, return_exceptions=True)
+        later = await asyncio.gather(*holds, return_exceptions=True)
+    finally:
+        for ch in channels:
+            await ch.close(None)
+    outcomes = Counter(_outcome(r) for r in [*confirmed, *later])
+    assert outcomes["UNAVAILABLE"] >= 1, outcomes
+    assert set(outcomes) <= {
+        "OK",
+        "FAILED_PRECONDITION:SEAT_UNAVAILABLE",
+        "ABORTED:SEAT_LOCKED",
+        "UNAVAILABLE",
+    }, outcomes
+    await server.start()
+    owner = {b.user.id: b for b in buyers}
+    for (i, h), r in zip(held, confirmed, strict=True):
+        stored = (
+            await stubs.booking.GetHold(
+                booking_pb2.GetHoldRequest(hold_id=h.id), metadata=buyers[i % 40].md
+            )
+        ).hold
+        assert [s.seat_id for s in stored.seats] == [s.seat_id for s in h.seats]
+        if isinstance(r, booking_pb2.ConfirmHoldResponse):
+            assert stored.status == booking_pb2.HOLD_STATUS_CONFIRMED
+            assert stored.order_id == r.order.id
+            order = (
+                await stubs.booking.GetOrder(
+                    booking_pb2.GetOrderRequest(order_id=r.order.id),
+                    metadata=owner[r.order.customer_id].md,
+                )
+            ).order
+            assert [t.seat_id for t in order.tickets] == [s.seat_id for s in h.seats]
+        else:  # lost with the server: either it committed first or the hold is intact
+            assert stored.status in (
+                booking_pb2.HOLD_STATUS_ACTIVE,
+                booking_pb2.HOLD_STATUS_CONFIRMED,
+            )
+    for r in later:
+        if isinstance(r, booking_pb2.HoldSeatsResponse):
+            stored = (
+                await stubs.booking.GetHold(
+                    booking_pb2.GetHoldRequest(hold_id=r.hold.id),
+                    metadata=owner[r.hold.customer_id].md,
+                )
+            ).hold
+            assert stored.status == booking_pb2.HOLD_STATUS_ACTIVE
+            assert [s.seat_id for s in stored.seats] == [s.seat_id for s in r.hold.seats]
     assert await audit(running.engine, event_id) == {}
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, RunningServer
 from ticketing.rush.audit import check_invariants
 from ticketing.rush.choice import RankPool, RankSampler, Skew, parse_order_size
-from ticketing.rush.main import EXIT_AUDIT_FAILED, EXIT_OK, EXIT_USAGE, async_main
+from ticketing.rush.main import EXIT_AUDIT_FAILED, EXIT_OK, EXIT_USAGE, async_main, parse_think
 from ticketing.rush.workload import Mix, Observed
 from ticketing.v1 import booking_pb2, event_pb2, gate_pb2
 
@@ -29,6 +29,9 @@ INVARIANTS = [
     "refunded_seats_available",
     "orders_consistent",
     "acknowledged_writes_durable",
+    "no_seat_in_live_hold_and_ticket",
+    "confirmed_holds_have_their_order",
+    "no_expired_hold_blocks_a_seat",
 ]
 GHZ_FIELDS = {
     "count",
@@ -70,6 +73,7 @@ OUR_FIELDS = {
     "skew",
     "stopReason",
     "sent",
+    "skippedArrivals",
     "gates",
     "event",
     "setup",
@@ -82,6 +86,7 @@ EXPECTED_REFUSALS = {
     "FAILED_PRECONDITION/SOLD_OUT",
     "ABORTED/SEAT_LOCKED",
 }
+CHECKOUT_REFUSALS = EXPECTED_REFUSALS | {"FAILED_PRECONDITION/HOLD_EXPIRED"}
 
 
 def rush_args(running: RunningServer, tmp_path: Path, scenario: str, *extra: str) -> list[str]:
@@ -117,7 +122,9 @@ def check_names(report: dict[str, Any]) -> dict[str, bool]:
     return {c["name"]: c["passed"] for c in report["audit"]["checks"]}
 
 
-@pytest.mark.parametrize("scenario", ["specific", "best-available", "mixed", "gate", "sale"])
+@pytest.mark.parametrize(
+    "scenario", ["specific", "best-available", "mixed", "gate", "sale", "checkout"]
+)
 @pytest.mark.slow
 async def test_each_scenario_runs_and_audits_clean(
     running: RunningServer, tmp_path: Path, scenario: str
@@ -128,18 +135,22 @@ async def test_each_scenario_runs_and_audits_clean(
         scenario,
         *("--seats", "60", "--buyers", "6", "--concurrency", "4", "--requests", "60"),
         *("--seed", "7", "--dup-share", "0.3", "--mix", "book=0.5,refund=0.25,scan=0.25"),
-        *("--gates", "3", "--duration", "20"),
+        *("--gates", "3", "--duration", "20", "--hold-ttl", "1", "--think", "0-0.1"),
     )
     assert code == EXIT_OK, report["audit"]
     assert report["scenario"] == scenario and report["exitCode"] == EXIT_OK
     assert report["audit"]["passed"] and report["audit"]["failed"] == []
     assert list(check_names(report)) == INVARIANTS
     assert report["stopReason"] in {"requests", "exhausted"}
-    assert report["sent"] <= 60 and report["count"] == report["sent"]  # no warm-up
+    # A checkout started before the bound is finished (its payment or release follows).
+    assert report["sent"] <= (120 if scenario == "checkout" else 60)
+    assert report["count"] == report["sent"]  # no warm-up
     assert sum(report["statusCodeDistribution"].values()) == report["count"]
     assert report["ok"] + report["errors"] == report["count"]
     assert report["unexpectedErrors"] == 0, report["errorDistribution"]
-    assert set(report["errorDistribution"]) <= EXPECTED_REFUSALS
+    assert set(report["errorDistribution"]) <= CHECKOUT_REFUSALS
+    if scenario != "checkout":
+        assert set(report["errorDistribution"]) <= EXPECTED_REFUSALS
     assert report["capacity"] == 60 and report["event"]["created"]
     counts = report["audit"]["counts"]
     assert counts["soldSeats"] == report["sold"] == counts["liveTickets"]
@@ -161,6 +172,43 @@ async def test_each_scenario_runs_and_audits_clean(
         assert {"refund", "scan"} <= set(actions), actions
         assert counts["refundedOrders"] == actions["refund"]["ok"] > 0
         assert counts["usedTickets"] == report["scanResults"]["ADMITTED"] > 0
+    if scenario == "checkout":
+        assert set(actions) <= {"hold_specific", "hold_best", "confirm", "confirm_late", "release"}
+        confirms = sum(actions[a]["ok"] for a in ("confirm", "confirm_late") if a in actions)
+        assert counts["confirmedHolds"] == confirms == counts["confirmedOrders"] > 0
+        assert report["tickets"] == report["sold"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_checkout_rush_with_abandonment_and_expiry_under_load(
+    running: RunningServer, tmp_path: Path
+) -> None:
+    """Issue 12: 500 buyers, 300 seats, 30% of holders abandon (half walk away and let the
+    hold expire, half release it); every abandoned seat comes back and is sold, and the
+    audit (holds included) passes."""
+    code, report = await rush(
+        running,
+        tmp_path,
+        "checkout",
+        *("--seats", "300", "--buyers", "500", "--concurrency", "32", "--duration", "90"),
+        *("--seed", "12", "--order-size", "1-2", "--hold-ttl", "1", "--think", "0.05-0.3"),
+        *("--abandon-share", "0.3", "--release-share", "0.5", "--late-share", "0.1"),
+    )
+    assert code == EXIT_OK, report["audit"]
+    assert list(check_names(report)) == INVARIANTS
+    assert report["stopReason"] == "exhausted", report["stopReason"]
+    assert report["unexpectedErrors"] == 0, report["errorDistribution"]
+    actions = report["actions"]
+    holds = actions["hold_specific"]["ok"] + actions["hold_best"]["ok"]
+    counts = report["audit"]["counts"]
+    assert counts["holds"] == holds > 300  # abandoned seats were held again
+    assert counts["expiredHolds"] > 0 and counts["releasedHolds"] == actions["release"]["ok"] > 0
+    assert counts["activeHolds"] == 0 and counts["heldSeats"] == 0
+    # Every place was sold in the end, each once: abandoned ones after their hold ran out.
+    assert report["sold"] == counts["liveTickets"] == 300
+    assert counts["confirmedOrders"] == counts["confirmedHolds"]
+    assert "confirm_late" in actions  # the late-payment path ran under load
 
 
 @pytest.mark.slow
@@ -397,14 +445,23 @@ async def test_audit_fails_loudly_on_a_seat_in_two_live_orders(
 
 
 def _world() -> dict[str, Any]:
-    """A consistent little event: order A holds seats 1-2, order B was refunded (seat 3)."""
-    event = event_pb2.Event(id="e", capacity=4, sold_count=2, available_count=2)
+    """A consistent little event: order A holds seats 1-2 (it came from hold HA), order B was
+    refunded (seat 3), seat 4 is under the live hold HB, hold HC expired on seat 3."""
+    event = event_pb2.Event(
+        id="e",
+        capacity=4,
+        sold_count=2,
+        available_count=1,
+        sections=[event_pb2.EventSection(held_count=1)],
+    )
     sold, free = event_pb2.SEAT_STATUS_SOLD, event_pb2.SEAT_STATUS_AVAILABLE
-    seats = [event_pb2.Seat(id=i, status=sold if i <= 2 else free) for i in range(1, 5)]
+    status = {1: sold, 2: sold, 3: free, 4: event_pb2.SEAT_STATUS_HELD}
+    seats = [event_pb2.Seat(id=i, status=status[i]) for i in range(1, 5)]
     valid, void = booking_pb2.TICKET_STATUS_VALID, booking_pb2.TICKET_STATUS_VOID
     orders = [
         booking_pb2.Order(
             id="A",
+            customer_id="u1",
             status=booking_pb2.ORDER_STATUS_CONFIRMED,
             total_minor=20,
             tickets=[
@@ -420,9 +477,34 @@ def _world() -> dict[str, Any]:
         ),
     ]
     stats = gate_pb2.GetGateStatsResponse(total_admitted=0, tickets_outstanding=2)
-    observed = Observed(orders={"A": (1, 2), "B": (3,)}, refunded={"B"})
+    holds = [
+        _hold("HA", booking_pb2.HOLD_STATUS_CONFIRMED, (1, 2), order_id="A"),
+        _hold("HB", booking_pb2.HOLD_STATUS_ACTIVE, (4,)),
+        _hold("HC", booking_pb2.HOLD_STATUS_EXPIRED, (3,)),
+    ]
+    observed = Observed(
+        orders={"A": (1, 2), "B": (3,)},
+        refunded={"B"},
+        holds={"HA": (1, 2), "HB": (4,), "HC": (3,)},
+        confirmed={"HA": "A"},
+    )
     return {"event": event, "seats": seats, "orders": orders, "scans": [], "stats": stats,
-            "observed": observed}  # fmt: skip
+            "observed": observed, "holds": holds}  # fmt: skip
+
+
+def _hold(
+    hold_id: str,
+    status: booking_pb2.HoldStatus.ValueType,
+    seats: tuple[int, ...],
+    order_id: str = "",
+) -> booking_pb2.Hold:
+    return booking_pb2.Hold(
+        id=hold_id,
+        customer_id="u1",
+        status=status,
+        order_id=order_id,
+        seats=[booking_pb2.HoldSeat(seat_id=s) for s in seats],
+    )
 
 
 def _double_sell(w: dict[str, Any]) -> None:
@@ -468,6 +550,22 @@ def _lost_order(w: dict[str, Any]) -> None:
     w["observed"].orders["lost"] = (4,)
 
 
+def _lost_release(w: dict[str, Any]) -> None:
+    w["observed"].released.add("HC")  # acknowledged as released, but the server says EXPIRED
+
+
+def _held_and_sold(w: dict[str, Any]) -> None:
+    w["holds"].append(_hold("HD", booking_pb2.HOLD_STATUS_ACTIVE, (2,)))
+
+
+def _hold_without_its_order(w: dict[str, Any]) -> None:
+    w["holds"][0].order_id = "B"  # the refunded order of seat 3, not the hold's seats
+
+
+def _expired_hold_blocks(w: dict[str, Any]) -> None:
+    w["holds"][1].status = booking_pb2.HOLD_STATUS_EXPIRED  # seat 4 still shows HELD
+
+
 @pytest.mark.parametrize(
     ("corrupt", "invariant"),
     [
@@ -478,6 +576,10 @@ def _lost_order(w: dict[str, Any]) -> None:
         (_refund_keeps_seat, "refunded_seats_available"),
         (_wrong_total, "orders_consistent"),
         (_lost_order, "acknowledged_writes_durable"),
+        (_lost_release, "acknowledged_writes_durable"),
+        (_held_and_sold, "no_seat_in_live_hold_and_ticket"),
+        (_hold_without_its_order, "confirmed_holds_have_their_order"),
+        (_expired_hold_blocks, "no_expired_hold_blocks_a_seat"),
     ],
 )
 def test_every_invariant_can_fail(corrupt: Any, invariant: str) -> None:
@@ -537,3 +639,7 @@ def test_option_parsers() -> None:
             parse_order_size(bad)
     with pytest.raises(ValueError):
         Mix.parse("book=0")
+    assert parse_think("0.5") == (0.5, 0.5) and parse_think("0-2") == (0.0, 2.0)
+    for bad in ("2-1", "-1", "x", "0-61"):
+        with pytest.raises(ValueError):
+            parse_think(bad)

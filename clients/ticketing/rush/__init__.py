@@ -23,6 +23,14 @@ Scenarios (every booking goes through the public BookSeats RPC, as a signed-in c
 - ``gate``: sell the event first (untimed), then kiosks at ``--gates`` gates validate every
   ticket, with ``--dup-share`` of scans re-showing an already scanned ticket at another gate.
 - ``sale``: bookings, refunds (by the owner) and scans together (``--mix``).
+- ``checkout``: two-phase sales. A buyer holds seats (HoldSeats, specific or best available
+  as in ``mixed``, ``--hold-ttl`` seconds), thinks (``--think``), then pays (ConfirmHold) or
+  abandons (``--abandon-share``): ``--release-share`` of the abandoners call ReleaseHold, the
+  others walk away and the hold expires under load. ``--late-share`` of the payers pay only
+  after their hold ran out (the late-confirmation path: confirmed while the seats are free,
+  HOLD_EXPIRED when someone else took one). Think time is not latency: the payment is a
+  request of its own, timed from when it was due. The run ends when every place is sold and
+  no hold is pending.
 - ``audit``: no load; only the invariant audit of ``--event``.
 
 The server bounds scans per gate (``TICKETING_GATE_SCAN_RATE``, 100/s with a burst of 200, per
@@ -58,7 +66,8 @@ latencies exclude the warm-up (requests whose send was due before ``--warmup`` s
 - ``scanResults``: ValidationResult of answered scans -> count (ADMITTED, ALREADY_USED, ...).
   A rejected scan is a normal answer (status OK), not an error.
 - ``actions``: per kind of request (``book_specific``, ``book_best``, ``refund``, ``scan``,
-  ``scan_duplicate``): count, ok, tickets, rps, outcomes, average and p50/p90/p99.
+  ``scan_duplicate``, ``hold_specific``, ``hold_best``, ``confirm``, ``confirm_late``,
+  ``release``): count, ok, tickets, rps, outcomes, average and p50/p90/p99.
 - ``warmup``: ``{"seconds", "count"}`` (requests left out of the figures above).
 - ``timeSeries``: one entry per second since the start, by completion time, warm-up included
   and flagged: ``{"second", "warmup", "requests", "ok", "errors", "tickets", "p50", "p99",
@@ -70,8 +79,9 @@ latencies exclude the warm-up (requests whose send was due before ``--warmup`` s
   (see ``ticketing.rush.audit``).
 - Run description: ``name``, ``scenario``, ``date``, ``target``, ``loadModel`` (closed/open),
   ``concurrency``, ``rate``, ``connections``, ``seed``, ``skew``, ``gates``, ``sent`` (requests
-  sent, warm-up included), ``stopReason`` (duration, requests, exhausted = sold out or all
-  tickets scanned), ``event`` (id, created, ...), ``setup`` (accounts from the token cache or
-  registered, seconds; ``sellPhase`` of a gate run), ``options``, ``exitCode``,
-  ``wallSeconds``.
+  sent, warm-up included), ``skippedArrivals`` (open-loop arrivals that found nothing to do
+  while checkout holds were pending), ``stopReason`` (duration, requests, exhausted = sold
+  out or all tickets scanned), ``event`` (id, created, ...), ``setup`` (accounts from the
+  token cache or registered, seconds; ``sellPhase`` of a gate run), ``options``,
+  ``exitCode``, ``wallSeconds``.
 """

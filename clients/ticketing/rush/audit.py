@@ -6,7 +6,7 @@ checks the promises of the README under load:
 
 - `no_seat_in_two_live_orders`: no place is held by two live (VALID or USED) tickets.
 - `sold_within_capacity`: the seat map has `capacity` places, no more are sold than exist,
-  and the event's live counts agree with its seat map.
+  and the event's live counts agree with its seat map (available + sold + held = capacity).
 - `sold_seats_match_live_tickets`: the SOLD places are exactly the places of live tickets.
 - `admitted_once`: every admitted ticket was admitted by exactly one scan (scan log), every
   USED ticket has that scan, the gate totals agree, and the harness never saw two scans of
@@ -14,8 +14,15 @@ checks the promises of the README under load:
 - `refunded_seats_available`: a refunded ticket's place is AVAILABLE again (or sold anew).
 - `orders_consistent`: confirmed orders hold only live tickets, refunded orders only void
   ones, and every total is the sum of its tickets' prices.
-- `acknowledged_writes_durable`: every order, refund and admission the server acknowledged
-  to the harness during the run is there, as acknowledged.
+- `acknowledged_writes_durable`: every order, refund, admission, hold, confirmation and
+  release the server acknowledged to the harness during the run is there, as acknowledged.
+- `no_seat_in_live_hold_and_ticket`: no place is under a live (ACTIVE) hold and a live
+  ticket at once, nor under two live holds.
+- `confirmed_holds_have_their_order`: every CONFIRMED hold names exactly one order, of its
+  customer, with exactly its places; no order came from two holds.
+- `no_expired_hold_blocks_a_seat`: every place the seat map shows HELD is in a live hold
+  (holds are read before the seat map, so a hold that ran out in between cannot make a false
+  alarm, while one that is over and still blocks its seat is caught).
 
 A failed check lists up to five examples; the command exits non-zero.
 """
@@ -39,6 +46,12 @@ AUDIT_CALL_TIMEOUT_S = 60.0
 MAX_EXAMPLES = 5
 
 LIVE = (booking_pb2.TICKET_STATUS_VALID, booking_pb2.TICKET_STATUS_USED)
+_HOLD_STATES = {
+    "active": booking_pb2.HOLD_STATUS_ACTIVE,
+    "confirmed": booking_pb2.HOLD_STATUS_CONFIRMED,
+    "released": booking_pb2.HOLD_STATUS_RELEASED,
+    "expired": booking_pb2.HOLD_STATUS_EXPIRED,
+}
 
 RequestT = TypeVar("RequestT", bound=PageRequest)
 ResponseT = TypeVar("ResponseT", bound=PageResponse)
@@ -98,11 +111,20 @@ async def _read_all(
     return [item async for item in pages]
 
 
+async def list_holds(stubs: Stubs, admin: Account, event_id: str) -> list[booking_pb2.Hold]:
+    """Every hold of the event (any customer), page by page."""
+    request = booking_pb2.ListHoldsRequest(event_id=event_id, page_size=500)
+    return await _read_all(stubs.booking.ListHolds, request, lambda p: p.holds, admin)
+
+
 async def audit_event(
     stubs: Stubs, admin: Account, event_id: str, observed: Observed | None = None
 ) -> dict[str, Any]:
     """Read the event back and check every invariant. Returns the report's "audit" object:
     `passed`, `checks` (one per invariant) and `counts`."""
+    # Holds first: a hold live now is live at every later read unless it runs out, and a
+    # place of a hold that ran out may only look freer later, never more blocked.
+    holds = await list_holds(stubs, admin, event_id)
     event = (
         await stubs.events.GetEvent(
             event_pb2.GetEventRequest(event_id=event_id), timeout=AUDIT_CALL_TIMEOUT_S
@@ -116,7 +138,7 @@ async def audit_event(
         metadata=admin.md,
         timeout=AUDIT_CALL_TIMEOUT_S,
     )
-    checks = check_invariants(event, seats, orders, scans, stats, observed or Observed())
+    checks = check_invariants(event, seats, orders, scans, stats, observed or Observed(), holds)
     status = {s.id: s.status for s in seats}
     tickets = [t for o in orders for t in o.tickets]
     counts = {
@@ -136,6 +158,12 @@ async def audit_event(
         "gateTotalAdmitted": stats.total_admitted,
         "gateTotalRejected": stats.total_rejected,
         "ticketsOutstanding": stats.tickets_outstanding,
+        "heldSeats": sum(1 for s in status.values() if s == event_pb2.SEAT_STATUS_HELD),
+        "holds": len(holds),
+        **{
+            f"{name.lower()}Holds": sum(h.status == value for h in holds)
+            for name, value in _HOLD_STATES.items()
+        },
     }
     return {
         "passed": all(c.passed for c in checks),
@@ -152,8 +180,10 @@ def check_invariants(
     scans: list[gate_pb2.Scan],
     stats: gate_pb2.GetGateStatsResponse,
     observed: Observed,
+    holds: list[booking_pb2.Hold] | None = None,
 ) -> list[Check]:
     """Pure part of the audit: every invariant over data already read from the API."""
+    holds = holds or []
     status = {s.id: s.status for s in seats}
     sold = {sid for sid, st in status.items() if st == event_pb2.SEAT_STATUS_SOLD}
     live_by_seat: dict[int, list[str]] = collections.defaultdict(list)
@@ -184,10 +214,11 @@ def check_invariants(
         capacity.fail(f"{live_count} live tickets, capacity {event.capacity}")
     if event.sold_count != len(sold):
         capacity.fail(f"event sold_count {event.sold_count}, seat map has {len(sold)} SOLD")
-    if event.sold_count + event.available_count != event.capacity:
+    held_count = sum(section.held_count for section in event.sections)
+    if event.sold_count + event.available_count + held_count != event.capacity:
         capacity.fail(
             f"sold_count {event.sold_count} + available_count {event.available_count} "
-            f"!= capacity {event.capacity}"
+            f"+ held {held_count} != capacity {event.capacity}"
         )
 
     matching = Check(
@@ -249,8 +280,94 @@ def check_invariants(
         ticket = tickets.get(ticket_id)
         if ticket is None or ticket.status != booking_pb2.TICKET_STATUS_USED:
             durable.fail(f"ticket {ticket_id} was admitted but is not USED")
+    hold_of = {h.id: h for h in holds}
+    _check_acknowledged_holds(durable, hold_of, observed)
 
-    return [double, capacity, matching, admitted, refunded, consistent, durable]
+    return [
+        double,
+        capacity,
+        matching,
+        admitted,
+        refunded,
+        consistent,
+        durable,
+        *_check_holds(holds, status, live_by_seat, order_of),
+    ]
+
+
+def _hold_seats(hold: booking_pb2.Hold) -> tuple[int, ...]:
+    return tuple(sorted(s.seat_id for s in hold.seats))
+
+
+def _check_acknowledged_holds(
+    durable: Check, hold_of: dict[str, booking_pb2.Hold], observed: Observed
+) -> None:
+    for hold_id, seat_ids in observed.holds.items():
+        found = hold_of.get(hold_id)
+        if found is None:
+            durable.fail(f"acknowledged hold {hold_id} is missing")
+        elif _hold_seats(found) != seat_ids:
+            durable.fail(f"hold {hold_id} holds other seats than acknowledged")
+    for hold_id, order_id in observed.confirmed.items():
+        found = hold_of.get(hold_id)
+        if found is None or found.status != booking_pb2.HOLD_STATUS_CONFIRMED:
+            durable.fail(f"acknowledged confirmation of hold {hold_id} is not CONFIRMED")
+        elif found.order_id != order_id:
+            durable.fail(f"hold {hold_id} names order {found.order_id}, acknowledged {order_id}")
+    for hold_id in observed.released:
+        found = hold_of.get(hold_id)
+        if found is None or found.status != booking_pb2.HOLD_STATUS_RELEASED:
+            durable.fail(f"acknowledged release of hold {hold_id} is not RELEASED")
+
+
+def _check_holds(
+    holds: list[booking_pb2.Hold],
+    status: dict[int, event_pb2.SeatStatus.ValueType],
+    live_by_seat: dict[int, list[str]],
+    order_of: dict[str, booking_pb2.Order],
+) -> list[Check]:
+    both = Check(
+        "no_seat_in_live_hold_and_ticket",
+        "no place is under a live hold and a live ticket, nor under two live holds",
+    )
+    live_hold_of: dict[int, str] = {}
+    for hold in holds:
+        if hold.status != booking_pb2.HOLD_STATUS_ACTIVE:
+            continue
+        for seat_id in _hold_seats(hold):
+            if seat_id in live_by_seat:
+                both.fail(f"seat {seat_id}: live hold {hold.id} and {live_by_seat[seat_id][0]}")
+            other = live_hold_of.setdefault(seat_id, hold.id)
+            if other != hold.id:
+                both.fail(f"seat {seat_id} is under live holds {other} and {hold.id}")
+
+    confirmed = Check(
+        "confirmed_holds_have_their_order",
+        "every confirmed hold names exactly one order of its customer with exactly its places",
+    )
+    source_of: dict[str, str] = {}
+    for hold in holds:
+        if hold.status != booking_pb2.HOLD_STATUS_CONFIRMED:
+            if hold.order_id:
+                confirmed.fail(f"hold {hold.id} is not CONFIRMED but names order {hold.order_id}")
+            continue
+        order = order_of.get(hold.order_id)
+        if order is None:
+            confirmed.fail(f"confirmed hold {hold.id} names no existing order")
+            continue
+        if order.customer_id != hold.customer_id:
+            confirmed.fail(f"order {order.id} of hold {hold.id} belongs to another customer")
+        if tuple(sorted(t.seat_id for t in order.tickets)) != _hold_seats(hold):
+            confirmed.fail(f"order {order.id} has other places than its hold {hold.id}")
+        first = source_of.setdefault(order.id, hold.id)
+        if first != hold.id:
+            confirmed.fail(f"order {order.id} came from holds {first} and {hold.id}")
+
+    blocked = Check("no_expired_hold_blocks_a_seat", "every place shown HELD is in a live hold")
+    for seat_id, state in sorted(status.items()):
+        if state == event_pb2.SEAT_STATUS_HELD and seat_id not in live_hold_of:
+            blocked.fail(f"seat {seat_id} is HELD but in no live hold")
+    return [both, confirmed, blocked]
 
 
 def _check_admissions(

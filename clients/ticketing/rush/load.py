@@ -14,6 +14,13 @@ beyond that the due requests wait, and that wait counts as latency too.
 Every run ends by itself: at `duration`, after `requests` sends, or when the scenario has
 nothing left to do (sold out, all tickets scanned), whichever comes first. Requests still in
 flight then get their deadline to finish; the harness never waits longer than that.
+
+Multi-step users (the checkout: hold, think, pay): an answer may carry a `FollowUp`, the same
+user's next request after its think time. It is sent after the delay (also once the run's
+bounds are reached: a started checkout is finished, not abandoned by the harness), counted
+in `sent`, and timed from when it was due. A `Pause` from the scenario means nothing to send
+yet: a closed-loop user waits and asks again; an open-loop arrival that finds nothing to do
+is skipped and counted in `clock.skipped`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ticketing.rush.stats import Outcome, Recorder
+from ticketing.rush.stats import Outcome, Pause, Recorder
 from ticketing.rush.workload import Call
 
 # Slack on top of the per-call deadline when draining in-flight calls at the end.
@@ -43,6 +50,8 @@ class LoadPlan:
     warmup_s: float
     timeout_s: float
     max_inflight: int = 10_000
+    # Longest think time before a follow-up: the end-of-run drain waits for it too.
+    think_max_s: float = 0.0
 
     @property
     def model(self) -> str:
@@ -57,6 +66,7 @@ class RunClock:
     started: float = 0.0
     sent: int = 0
     inflight: int = 0
+    skipped: int = 0
     stop_reason: str = ""
     done: bool = False
 
@@ -65,7 +75,7 @@ class RunClock:
         return time.perf_counter() - self.started if self.started else 0.0
 
 
-async def _timed(call: Call, recorder: Recorder, clock: RunClock, due_offset: float) -> None:
+async def _timed(call: Call, recorder: Recorder, clock: RunClock, due_offset: float) -> Outcome:
     """Perform one call and record it; latency runs from `due_offset` seconds after the
     start (the intended send time: the actual one in a closed loop)."""
     clock.inflight += 1
@@ -80,11 +90,22 @@ async def _timed(call: Call, recorder: Recorder, clock: RunClock, due_offset: fl
     end_offset = time.perf_counter() - clock.started
     latency_us = math.ceil((end_offset - due_offset) * 1e6)
     recorder.record(outcome, due_offset, end_offset, latency_us)
+    return outcome
+
+
+async def _journey(call: Call, recorder: Recorder, clock: RunClock, due_offset: float) -> None:
+    """One call and the follow-ups its answers ask for, each timed from when it was due."""
+    outcome = await _timed(call, recorder, clock, due_offset)
+    while outcome.follow_up is not None:
+        step = outcome.follow_up
+        await asyncio.sleep(step.delay_s)
+        clock.sent += 1
+        outcome = await _timed(step.call, recorder, clock, time.perf_counter() - clock.started)
 
 
 async def run_load(
     plan: LoadPlan,
-    next_call: Callable[[], Call | None],
+    next_call: Callable[[], Call | Pause | None],
     recorder: Recorder,
     clock: RunClock,
 ) -> str:
@@ -100,7 +121,10 @@ async def run_load(
 
 
 async def _closed(
-    plan: LoadPlan, next_call: Callable[[], Call | None], recorder: Recorder, clock: RunClock
+    plan: LoadPlan,
+    next_call: Callable[[], Call | Pause | None],
+    recorder: Recorder,
+    clock: RunClock,
 ) -> None:
     deadline = clock.started + plan.duration_s if plan.duration_s is not None else math.inf
 
@@ -117,20 +141,28 @@ async def _closed(
             if call is None:
                 clock.stop_reason = clock.stop_reason or "exhausted"
                 return
+            if isinstance(call, Pause):
+                await asyncio.sleep(min(call.seconds, max(0.0, deadline - time.perf_counter())))
+                continue
             clock.sent += 1
-            await _timed(call, recorder, clock, time.perf_counter() - clock.started)
+            await _journey(call, recorder, clock, time.perf_counter() - clock.started)
 
     users = [asyncio.create_task(user()) for _ in range(plan.concurrency or 1)]
     # Users run for the whole duration; without one, `requests` and the per-call deadline
-    # bound them already.
+    # bound them already (a follow-up adds its think time and one more deadline).
     limit = (
-        plan.duration_s + plan.timeout_s + DRAIN_SLACK_S if plan.duration_s is not None else None
+        plan.duration_s + 2 * plan.timeout_s + plan.think_max_s + DRAIN_SLACK_S
+        if plan.duration_s is not None
+        else None
     )
     await _drain(users, limit)
 
 
 async def _open(
-    plan: LoadPlan, next_call: Callable[[], Call | None], recorder: Recorder, clock: RunClock
+    plan: LoadPlan,
+    next_call: Callable[[], Call | Pause | None],
+    recorder: Recorder,
+    clock: RunClock,
 ) -> None:
     assert plan.rate is not None
     rate = plan.rate
@@ -147,8 +179,10 @@ async def _open(
         due_total = min(due_total, plan.requests)
 
     async def one(call: Call, due_offset: float) -> None:
+        # The slot stays taken through the user's follow-ups: max_inflight bounds users in
+        # the middle of something, as it bounds requests in flight without them.
         try:
-            await _timed(call, recorder, clock, due_offset)
+            await _journey(call, recorder, clock, due_offset)
         finally:
             slots.release()
 
@@ -177,12 +211,17 @@ async def _open(
             slots.release()
             clock.stop_reason = clock.stop_reason or "exhausted"
             break
+        if isinstance(call, Pause):
+            slots.release()
+            clock.skipped += 1
+            i += 1
+            continue
         clock.sent += 1
         i += 1
         task = asyncio.create_task(one(call, due_offset))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    await _drain(list(tasks), plan.timeout_s + DRAIN_SLACK_S)
+    await _drain(list(tasks), 2 * plan.timeout_s + plan.think_max_s + DRAIN_SLACK_S)
 
 
 def _record_backlog(

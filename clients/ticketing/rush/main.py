@@ -41,6 +41,7 @@ from ticketing.rush.stats import Recorder
 from ticketing.rush.stubs import open_channels, parse_targets
 from ticketing.rush.workload import (
     SCENARIOS,
+    Checkout,
     Mix,
     Observed,
     Workload,
@@ -92,6 +93,7 @@ class RushOptions:
     order_size: tuple[int, int] = (1, 4)
     best_share: float = 0.5
     mix: Mix = field(default_factory=Mix)
+    checkout: Checkout = field(default_factory=Checkout)
     gates: int | None = None
     gate_tickets: int | None = None
     max_inflight: int = 10_000
@@ -126,6 +128,19 @@ def _share(text: str) -> float:
     return value
 
 
+def parse_think(text: str) -> tuple[float, float]:
+    """`S` or `LO-HI` seconds of think time (0 <= LO <= HI <= 60)."""
+    low_text, sep, high_text = text.partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if sep else low
+    except ValueError:
+        raise ValueError(f"bad --think {text!r}: use S or LO-HI seconds") from None
+    if not 0 <= low <= high <= 60:
+        raise ValueError(f"bad --think {text!r}: need 0 <= LO <= HI <= 60 seconds")
+    return low, high
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `ticketing-rush`."""
     parser = argparse.ArgumentParser(
@@ -139,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "scenario",
         choices=(*SCENARIOS, "audit"),
-        help="specific | best-available | mixed | gate | sale; `audit` only audits --event",
+        help="specific | best-available | mixed | gate | sale | checkout; "
+        "`audit` only audits --event",
     )
     parser.add_argument("--target", required=True, help="HOST:PORT[,HOST:PORT...] of ticketd")
     parser.add_argument("--admin-email", required=True)
@@ -167,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mix", default="book=0.7,refund=0.15,scan=0.15", help="sale: shares of each action"
     )
+    checkout = parser.add_argument_group("checkout scenario (hold, think, pay or abandon)")
+    checkout.add_argument("--abandon-share", type=_share, default=0.3, help="holders who never pay")
+    checkout.add_argument(
+        "--release-share", type=_share, default=0.5, help="abandoners who release (others expire)"
+    )
+    checkout.add_argument("--late-share", type=_share, default=0.05, help="payers paying late")
+    checkout.add_argument("--think", default="0.05-0.5", help="seconds before paying: S or LO-HI")
+    checkout.add_argument(
+        "--hold-ttl", type=_positive_float, default=5.0, help="seconds a hold lasts (>= 1)"
+    )
     parser.add_argument("--gates", type=_positive_int, help="gates (default: from the rate)")
     parser.add_argument("--gate-tickets", type=_positive_int, help="gate: tickets to sell first")
     parser.add_argument("--max-inflight", type=_positive_int, default=10_000, help="open loop cap")
@@ -186,8 +212,11 @@ def parse_options(argv: Sequence[str] | None = None) -> RushOptions:
         skew = Skew.parse(args.skew)
         order_size = parse_order_size(args.order_size)
         mix = Mix.parse(args.mix)
+        think = parse_think(args.think)
     except ValueError as exc:
         parser.error(str(exc))
+    if not 1 <= args.hold_ttl <= 1800:
+        parser.error("--hold-ttl must be 1..1800 s (the server's limits)")
     if args.scenario == "audit" and not args.event:
         parser.error("audit needs --event")
     if not 0 <= args.warmup <= 3600:
@@ -231,6 +260,13 @@ def parse_options(argv: Sequence[str] | None = None) -> RushOptions:
         order_size=order_size,
         best_share=args.best_share,
         mix=mix,
+        checkout=Checkout(
+            abandon=args.abandon_share,
+            release=args.release_share,
+            late=args.late_share,
+            think_s=think,
+            hold_ttl_s=args.hold_ttl,
+        ),
         gates=args.gates,
         gate_tickets=args.gate_tickets,
         max_inflight=args.max_inflight,
@@ -347,6 +383,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
             mix=options.mix,
             gates=max(1, gates),
             timeout_s=options.timeout_s,
+            checkout=options.checkout,
         ),
         stubs,
         accounts.buyers,
@@ -390,6 +427,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         warmup_s=options.warmup_s,
         timeout_s=options.timeout_s,
         max_inflight=options.max_inflight,
+        think_max_s=options.checkout.think_max_s if options.scenario == "checkout" else 0.0,
     )
     stop_reason = "audit only"
     if rush:
@@ -413,6 +451,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         skew=str(options.skew),
         stopReason=stop_reason,
         sent=clock.sent,
+        skippedArrivals=clock.skipped,
         gates=gates,
         event={
             "id": event.id,

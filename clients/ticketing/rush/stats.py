@@ -8,6 +8,7 @@ in nanoseconds, as ghz does.
 from __future__ import annotations
 
 import collections
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,27 @@ MAX_LATENCY_US = 600_000_000
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99, 99.9)
 
 # Refusals that are the point of a rush (someone else got the seat first), not failures of
-# the system under test. Everything else that is not OK counts as unexpected.
-CONTENTION_REASONS = frozenset({"SEAT_UNAVAILABLE", "SEAT_LOCKED", "SOLD_OUT"})
+# the system under test. Everything else that is not OK counts as unexpected. HOLD_EXPIRED
+# is the checkout's late payment whose seat someone else took after the hold ran out.
+CONTENTION_REASONS = frozenset({"SEAT_UNAVAILABLE", "SEAT_LOCKED", "SOLD_OUT", "HOLD_EXPIRED"})
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The same simulated user's next request, `delay_s` of think time after an answer (a
+    checkout: pay for the hold a moment after it was granted). The load loop sends it as a
+    request of its own, timed from when it is due, so think time is never latency."""
+
+    delay_s: float
+    call: Callable[[], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Nothing to send right now, but the scenario is not over: ask again in `seconds` (a
+    checkout crowd that sees no free seat while abandoned holds are about to run out)."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -29,7 +49,8 @@ class Outcome:
 
     `code` is "OK" or a grpc.StatusCode name; `reason` the server's ErrorInfo.reason (empty
     when none); `scan_result` the ValidationResult name of a gate scan without the prefix
-    (ADMITTED, ALREADY_USED, ...); `tickets` the places a successful booking bought.
+    (ADMITTED, ALREADY_USED, ...); `tickets` the places a successful booking bought;
+    `follow_up` what the same user sends next, after think time (None: the user is done).
     """
 
     action: str
@@ -37,6 +58,7 @@ class Outcome:
     reason: str = ""
     scan_result: str = ""
     tickets: int = 0
+    follow_up: FollowUp | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,4 @@
-"""What the simulated crowd sends: bookings, refunds and gate scans, chosen request by request.
+"""What the simulated crowd sends: bookings, holds, refunds and gate scans, request by request.
 
 `Workload.next_call()` makes every random choice synchronously, at send time, from one seeded
 generator (so a seed reproduces the sequence of choices given the same answers), and returns
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import heapq
 import random
 import time
 import uuid
@@ -27,11 +28,18 @@ from grpc import aio
 from ticketing.errors import decode_error
 from ticketing.rush.inventory import EventView
 from ticketing.rush.provision import Account
-from ticketing.rush.stats import Outcome
+from ticketing.rush.stats import FollowUp, Outcome, Pause
 from ticketing.stubs import CallMetadata, Stubs
 from ticketing.v1 import booking_pb2, gate_pb2
 
-SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale")
+SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale", "checkout")
+
+# The harness gives an abandoned hold's seats back to its view this long after the hold's
+# expiry: the server decides expiry on the database clock, and a seat picked a moment too
+# early is refused as taken and would leave the view for good.
+EXPIRY_MARGIN_S = 0.25
+# How often a checkout user with nothing believed free looks again while holds are pending.
+PAUSE_S = 0.05
 
 Call = Callable[[], Awaitable[Outcome]]
 
@@ -62,10 +70,43 @@ class Observed:
     orders: dict[str, tuple[int, ...]] = field(default_factory=dict)
     refunded: set[str] = field(default_factory=set)
     admitted: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Checkout: holds granted (id -> seats), confirmed (hold id -> order id), released.
+    holds: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    confirmed: dict[str, str] = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)
 
     def booked(self, order: booking_pb2.Order) -> None:
         """A confirmed order came back."""
         self.orders[order.id] = tuple(sorted(t.seat_id for t in order.tickets))
+
+    def held(self, hold: booking_pb2.Hold) -> None:
+        """A hold was granted."""
+        self.holds[hold.id] = tuple(sorted(s.seat_id for s in hold.seats))
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """How the checkout crowd behaves once it holds seats (see `ticketing-rush --help`).
+
+    `abandon` of the holders never pay; `release` of those give the seats back with
+    ReleaseHold, the others walk away and let the hold expire after `hold_ttl_s`. `late` of
+    the payers pay only after their hold expired (the late confirmation path); the others
+    think for `think_s` (low, high) seconds, uniformly, then pay."""
+
+    abandon: float = 0.3
+    release: float = 0.5
+    late: float = 0.05
+    think_s: tuple[float, float] = (0.05, 0.5)
+    hold_ttl_s: float = 5.0
+
+    @property
+    def think_max_s(self) -> float:
+        """The longest a holder waits before its next request."""
+        return max(self.think_s[1], self.hold_ttl_s + EXPIRY_MARGIN_S)
+
+    def late_delay_s(self, rng: random.Random) -> float:
+        """A late payer's think time: a little past its hold's expiry."""
+        return self.hold_ttl_s + EXPIRY_MARGIN_S + rng.uniform(0, self.hold_ttl_s / 2)
 
 
 @dataclass(frozen=True)
@@ -102,6 +143,7 @@ class WorkloadOptions:
     mix: Mix = Mix()
     gates: int = 16
     timeout_s: float = 10.0
+    checkout: Checkout = Checkout()
 
 
 def gate_name(g: int) -> str:
@@ -136,13 +178,21 @@ class Workload:
         self.unscanned: collections.deque[TicketRef] = collections.deque()
         self.scanned: list[tuple[TicketRef, int]] = []
         self.refundable: list[OrderRef] = []
+        # Checkout: holds whose fate (pay, release, expiry) is still to come, and the
+        # walked-away ones by when their seats are free again (monotonic clock).
+        self.pending_holds = 0
+        self.expiring: list[tuple[float, int, tuple[int, ...]]] = []
+        self._expiry_seq = 0
 
     # -- choosing ------------------------------------------------------------------------------
 
-    def next_call(self) -> Call | None:
-        """The next request to send, or None when the scenario has nothing left to do
-        (sold out, every ticket scanned)."""
+    def next_call(self) -> Call | Pause | None:
+        """The next request to send, a Pause when there is nothing to send yet (checkout:
+        no seat believed free while holds are pending), or None when the scenario has
+        nothing left to do (sold out, every ticket scanned)."""
         scenario = self.options.scenario
+        if scenario == "checkout":
+            return self._checkout()
         if scenario == "specific":
             return self._specific()
         if scenario == "best-available":
@@ -202,6 +252,37 @@ class Workload:
         )
         return functools.partial(self._book, self._stub(), "book_best", request, buyer, section)
 
+    def _checkout(self) -> Call | Pause | None:
+        now = time.monotonic()
+        while self.expiring and self.expiring[0][0] <= now:
+            _, _, expired = heapq.heappop(self.expiring)
+            self.view.released(expired)
+            self.pending_holds -= 1
+        request = booking_pb2.HoldSeatsRequest(
+            event_id=self.view.event_id, request_id=str(uuid.uuid4())
+        )
+        request.ttl.FromNanoseconds(round(self.options.checkout.hold_ttl_s * 1e9))
+        section = ""
+        best = self.rng.random() < self.options.best_share
+        # Like `mixed`: best available or specific seats, falling back to the other.
+        seats = [] if best else self.view.pick_seats(self.rng, self._quantity())
+        picked = None if seats else self.view.pick_section(self.rng, self._quantity())
+        if best and picked is None:
+            seats = self.view.pick_seats(self.rng, self._quantity())
+        if seats:
+            request.seat_ids.ids.extend(seats)
+        elif picked is not None:
+            section, quantity = picked
+            request.best_available.section_id = section
+            request.best_available.quantity = quantity
+        elif self.pending_holds > 0:
+            return Pause(PAUSE_S)
+        else:
+            return None
+        action = "hold_best" if section else "hold_specific"
+        buyer = self.rng.randrange(len(self.buyers))
+        return functools.partial(self._hold, self._stub(), action, request, buyer, section)
+
     def _refund(self) -> Call | None:
         if not self.refundable:
             return None
@@ -255,19 +336,116 @@ class Workload:
                 request, metadata=self.buyers[buyer].md, timeout=self.options.timeout_s
             )
         except aio.AioRpcError as err:
-            failure = decode_error(err)
-            if failure.reason == "SEAT_UNAVAILABLE":
-                self.view.taken(failure.seat_ids)
-            elif failure.reason == "SOLD_OUT" and section:
-                available = failure.metadata.get("available", "0")
-                self.view.section_available(section, int(available) if available.isdigit() else 0)
-            return Outcome(action, failure.code.name, failure.reason)
+            return self._refused(action, err, section)
         order = response.order
         self.view.taken(t.seat_id for t in order.tickets)
         self.observed.booked(order)
         if self.options.scenario == "sale":
             self._keep_for_later(order, buyer)
         return Outcome(action, "OK", tickets=len(order.tickets))
+
+    async def _hold(
+        self,
+        stub: Stubs,
+        action: str,
+        request: booking_pb2.HoldSeatsRequest,
+        buyer: int,
+        section: str,
+    ) -> Outcome:
+        try:
+            response = await stub.booking.HoldSeats(
+                request, metadata=self.buyers[buyer].md, timeout=self.options.timeout_s
+            )
+        except aio.AioRpcError as err:
+            return self._refused(action, err, section)
+        hold = response.hold
+        seats = tuple(sorted(s.seat_id for s in hold.seats))
+        self.view.taken(seats)
+        self.observed.held(hold)
+        self.pending_holds += 1
+        plan = self.options.checkout
+        # Every choice is made now, at send time of the hold, from the seeded generator.
+        if self.rng.random() < plan.abandon:
+            if self.rng.random() < plan.release:
+                call = functools.partial(self._release, stub, hold.id, buyer, seats)
+                return Outcome(action, "OK", follow_up=FollowUp(self._think(), call))
+            self._expire_later(seats, plan.hold_ttl_s + EXPIRY_MARGIN_S)
+            return Outcome(action, "OK")
+        late = self.rng.random() < plan.late
+        delay = plan.late_delay_s(self.rng) if late else self._think()
+        confirm = booking_pb2.ConfirmHoldRequest(
+            hold_id=hold.id, request_id=str(uuid.uuid4()), payment_reference=f"rush-{uuid.uuid4()}"
+        )
+        call = functools.partial(
+            self._confirm, stub, "confirm_late" if late else "confirm", confirm, buyer, seats
+        )
+        return Outcome(action, "OK", follow_up=FollowUp(delay, call))
+
+    def _think(self) -> float:
+        low, high = self.options.checkout.think_s
+        return self.rng.uniform(low, high)
+
+    def _expire_later(self, seats: tuple[int, ...], after_s: float) -> None:
+        self._expiry_seq += 1
+        heapq.heappush(self.expiring, (time.monotonic() + after_s, self._expiry_seq, seats))
+
+    async def _confirm(
+        self,
+        stub: Stubs,
+        action: str,
+        request: booking_pb2.ConfirmHoldRequest,
+        buyer: int,
+        seats: tuple[int, ...],
+    ) -> Outcome:
+        try:
+            response = await stub.booking.ConfirmHold(
+                request, metadata=self.buyers[buyer].md, timeout=self.options.timeout_s
+            )
+        except aio.AioRpcError as err:
+            failure = decode_error(err)
+            if failure.reason == "HOLD_EXPIRED":
+                # Someone else took some of the seats after the hold ran out; the rest
+                # are free again.
+                self.view.taken(failure.seat_ids)
+                self.view.released(set(seats) - set(failure.seat_ids))
+                self.pending_holds -= 1
+            else:
+                # Not confirmed (deadline, lock...): the buyer gives up; the hold expires.
+                self._expire_later(seats, self.options.checkout.hold_ttl_s + EXPIRY_MARGIN_S)
+            return Outcome(action, failure.code.name, failure.reason)
+        order = response.order
+        self.observed.booked(order)
+        self.observed.confirmed[request.hold_id] = order.id
+        self.pending_holds -= 1
+        return Outcome(action, "OK", tickets=len(order.tickets))
+
+    async def _release(
+        self, stub: Stubs, hold_id: str, buyer: int, seats: tuple[int, ...]
+    ) -> Outcome:
+        try:
+            await stub.booking.ReleaseHold(
+                booking_pb2.ReleaseHoldRequest(hold_id=hold_id),
+                metadata=self.buyers[buyer].md,
+                timeout=self.options.timeout_s,
+            )
+        except aio.AioRpcError as err:
+            failure = decode_error(err)
+            self._expire_later(seats, self.options.checkout.hold_ttl_s + EXPIRY_MARGIN_S)
+            return Outcome("release", failure.code.name, failure.reason)
+        self.observed.released.add(hold_id)
+        self.view.released(seats)
+        self.pending_holds -= 1
+        return Outcome("release", "OK")
+
+    def _refused(self, action: str, err: aio.AioRpcError, section: str) -> Outcome:
+        """A refused hold or booking: learn what the refusal says about the seat map."""
+        failure = decode_error(err)
+        if failure.reason == "SEAT_UNAVAILABLE":
+            self.view.taken(failure.seat_ids)
+        elif failure.reason == "SOLD_OUT" and section:
+            available = failure.metadata.get("available", "0")
+            self.view.section_available(section, int(available) if available.isdigit() else 0)
+        return Outcome(action, failure.code.name, failure.reason)
 
     def _keep_for_later(self, order: booking_pb2.Order, buyer: int) -> None:
         tickets = tuple(TicketRef(t.id, t.code, order.id) for t in order.tickets)

@@ -54,6 +54,33 @@ class EventForSale:
     existing_hash: str | None
 
 
+# The sale terms of event `e`, read with its KEY SHARE lock by BookSeats, HoldSeats and
+# ConfirmHold (their first statement), and the join that lists its sections.
+_SALE_TERMS = """
+    e.currency_code AS sale_currency_code, e.max_tickets_per_order, e.max_tickets_per_customer,
+    e.cancel_time IS NOT NULL AS cancelled, e.start_time <= clock_timestamp() AS started,
+    es.section_ids, es.section_names"""
+_SECTIONS_OF_E = """
+    CROSS JOIN LATERAL (
+        SELECT array_agg(section_id ORDER BY position) AS section_ids,
+               array_agg(name ORDER BY position) AS section_names
+        FROM event_sections WHERE event_id = e.id
+    ) es"""
+
+
+def _sale_terms(row: Any) -> EventForSale:
+    return EventForSale(
+        currency_code=row["sale_currency_code"],
+        max_tickets_per_order=row["max_tickets_per_order"],
+        max_tickets_per_customer=row["max_tickets_per_customer"],
+        cancelled=row["cancelled"],
+        started=row["started"],
+        section_names=dict(zip(row["section_ids"] or [], row["section_names"] or [], strict=True)),
+        existing_order_id=row["existing_id"],
+        existing_hash=row["existing_hash"],
+    )
+
+
 async def event_for_sale(
     conn: Conn,
     event_id: uuid.UUID,
@@ -67,17 +94,8 @@ async def event_for_sale(
     request_id."""
     row = await conn.fetchrow(
         f"""
-        SELECT e.currency_code, e.max_tickets_per_order, e.max_tickets_per_customer,
-               e.cancel_time IS NOT NULL AS cancelled,
-               e.start_time <= clock_timestamp() AS started,
-               es.section_ids, es.section_names,
-               o.id AS existing_id, o.request_hash AS existing_hash
-        FROM events e
-        CROSS JOIN LATERAL (
-            SELECT array_agg(section_id ORDER BY position) AS section_ids,
-                   array_agg(name ORDER BY position) AS section_names
-            FROM event_sections WHERE event_id = e.id
-        ) es
+        SELECT {_SALE_TERMS}, o.id AS existing_id, o.request_hash AS existing_hash
+        FROM events e {_SECTIONS_OF_E}
         LEFT JOIN {made} o ON o.customer_id = $2 AND o.request_id = $3
         WHERE e.id = $1
         FOR KEY SHARE OF e
@@ -86,18 +104,7 @@ async def event_for_sale(
         customer_id,
         request_id,
     )
-    if row is None:
-        return None
-    return EventForSale(
-        currency_code=row["currency_code"],
-        max_tickets_per_order=row["max_tickets_per_order"],
-        max_tickets_per_customer=row["max_tickets_per_customer"],
-        cancelled=row["cancelled"],
-        started=row["started"],
-        section_names=dict(zip(row["section_ids"] or [], row["section_names"] or [], strict=True)),
-        existing_order_id=row["existing_id"],
-        existing_hash=row["existing_hash"],
-    )
+    return None if row is None else _sale_terms(row)
 
 
 async def existing_request(
@@ -814,16 +821,47 @@ async def get_hold(conn: Conn, hold_id: uuid.UUID, *, lock: bool = False) -> Hol
     )
 
 
+@dataclass(frozen=True)
+class HoldToConfirm:
+    """ConfirmHold's first read: the hold (status derived as in get_hold) and its event's
+    sale terms, whose `existing_order_id` is the caller's order made with the request_id."""
+
+    hold: Any
+    event: EventForSale
+
+
+async def hold_to_confirm(
+    conn: Conn, hold_id: uuid.UUID, customer_id: uuid.UUID, request_id: uuid.UUID
+) -> HoldToConfirm | None:
+    """One statement: the event KEY SHARE and the hold FOR UPDATE (the order get_hold(lock)
+    takes them in), the sale terms, and the caller's order already made with request_id."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_HOLD_COLUMNS}, {_SALE_TERMS},
+               o.id AS existing_id, o.request_hash AS existing_hash
+        FROM holds h JOIN events e ON e.id = h.event_id {_SECTIONS_OF_E}
+        {_END_CUSTOMER_OF_HOLD}
+        LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
+        WHERE h.id = $1
+        FOR KEY SHARE OF e FOR UPDATE OF h
+        """,
+        hold_id,
+        customer_id,
+        request_id,
+    )
+    return None if row is None else HoldToConfirm(hold=row, event=_sale_terms(row))
+
+
 async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID, channel: Channel = PUBLIC) -> list[Any]:
     """Lock every place the hold listed, in id order, whoever has it now; `free` (for the
     hold's channel) and `hold_id` tell whether it can still be this hold's (a late
-    confirmation re-takes it)."""
+    confirmation re-takes it); `held_price` is the price the hold keeps."""
     try:
         return list(
             await conn.fetch(
-                f"SELECT {_seat_columns('$2', '$3')} FROM seats s "
-                "WHERE s.id IN (SELECT seat_id FROM hold_seats WHERE hold_id = $1) "
-                "ORDER BY s.id FOR UPDATE",
+                f"SELECT {_seat_columns('$2', '$3')}, hs.price_minor AS held_price FROM seats s "
+                "JOIN hold_seats hs ON hs.seat_id = s.id WHERE hs.hold_id = $1 "
+                "ORDER BY s.id FOR UPDATE OF s",
                 hold_id,
                 channel.partner_id,
                 channel.public_pool,

@@ -256,37 +256,19 @@ class BookingService:
                 # The seat locks may have been waited for across the start (or nothing was
                 # in the way and the start fell between the checks): the write decides.
                 raise not_on_sale(event_id, "it has started")
-            created = written.create_time
-            if created is None:
+            if written.create_time is None:
                 raise _TwinCommittedFirst()
-            return OrderRecord(
-                id=order_id,
-                event_id=event_id,
-                customer_id=customer_id,
-                request_id=request_id,
-                status=OrderStatus.CONFIRMED,
-                total_minor=sum(t.price_minor for t in new),
-                currency_code=event.currency_code,
-                create_time=created,
-                refund_time=None,
-                refund_reason=None,
+            return _new_order(
+                order_id,
+                event_id,
+                customer_id,
+                request_id,
+                event,
+                written.create_time,
+                new,
+                seats,
                 partner_id=buyer.partner_id,
                 end_customer=buyer.end_customer,
-                tickets=tuple(
-                    TicketRecord(
-                        id=t.id,
-                        seat_id=t.seat_id,
-                        section_id=s["section_id"],
-                        section_name=event.section_names[s["section_id"]],
-                        row_label=s["row_label"],
-                        seat_number=s["seat_number"],
-                        seat_label=s["seat_label"],
-                        code=t.code,
-                        status=TicketStatus.VALID,
-                        price_minor=t.price_minor,
-                    )
-                    for t, s in zip(new, seats, strict=True)
-                ),
             )
 
     async def _take_seats(
@@ -806,12 +788,7 @@ class BookingService:
         got = await repo.get_hold(conn, hold_id, lock=True)
         if got is None:
             raise hold_not_found(hold_id)
-        try:
-            ensure_hold_owner(principal, got.hold["customer_id"], got.hold["partner_id"])
-        except PermissionDenied:
-            if principal.partner_id is not None:
-                raise hold_not_found(hold_id) from None
-            raise
+        _ensure_own_hold(principal, hold_id, got.hold)
         return got
 
     async def extend_hold(
@@ -910,23 +887,33 @@ class BookingService:
         fingerprint: str,
         payment_reference: str | None,
     ) -> OrderRecord:
+        # Three statements, as BookSeats: hold + event + earlier request, the seats, the write.
         async with self._db.transaction() as conn:
-            got = await self._locked_own_hold(conn, principal, hold_id)
-            hold = got.hold
+            got = await repo.hold_to_confirm(conn, hold_id, buyer.customer_id, request_id)
+            if got is None:
+                raise hold_not_found(hold_id)
+            hold, event = got.hold, got.event
+            _ensure_own_hold(principal, hold_id, hold)
             if hold["customer_id"] != buyer.customer_id:
                 raise _not_the_holds_customer()
-            earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
+            status = HoldStatus(hold["status"])
+            earlier = (
+                (event.existing_order_id, event.existing_hash)
+                if event.existing_order_id is not None and event.existing_hash is not None
+                else None
+            )
+            if earlier is None and status is HoldStatus.CONFIRMED:
+                # A twin confirmed it while we waited for the hold's lock: the locked row was
+                # re-read at the lock, the joined orders were not; look again.
+                earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
             if earlier is not None:
                 if earlier[1] != fingerprint:
                     raise _mismatch(request_id)
                 done = await repo.get_order(conn, earlier[0])
                 assert done is not None
                 return done.order
-            status = HoldStatus(hold["status"])
             if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
                 raise hold_not_active(hold_id, status)
-            event = await repo.event_for_sale(conn, hold["event_id"], buyer.customer_id, request_id)
-            assert event is not None
             if event.cancelled:
                 raise not_on_sale(hold["event_id"], "it was cancelled")
             if event.started:
@@ -942,10 +929,9 @@ class BookingService:
                     conn, hold["event_id"], buyer.customer_id, except_hold=hold_id
                 )
                 check_customer_limit(others, len(seats), event.max_tickets_per_customer)
-            prices = {s["seat_id"]: s["price_minor"] for s in got.seats}
             order_id = uuid.uuid4()
             new = [
-                repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), prices[s["id"]])
+                repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), s["held_price"])
                 for s in seats
             ]
             written = await repo.insert_order(
@@ -965,9 +951,78 @@ class BookingService:
                 raise not_on_sale(hold["event_id"], "it has started")
             if written.create_time is None:
                 raise _TwinCommittedFirst()
-            after = await repo.get_order(conn, order_id)
-        assert after is not None
-        return after.order
+            return _new_order(
+                order_id,
+                hold["event_id"],
+                buyer.customer_id,
+                request_id,
+                event,
+                written.create_time,
+                new,
+                seats,
+                payment_reference=payment_reference,
+                partner_id=buyer.partner_id,
+                end_customer=repo.end_customer_of(hold),
+            )
+
+
+def _new_order(
+    order_id: uuid.UUID,
+    event_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    request_id: uuid.UUID,
+    event: repo.EventForSale,
+    created: dt.datetime,
+    tickets: list[repo.NewTicket],
+    seats: list[Any],
+    *,
+    payment_reference: str | None = None,
+    partner_id: uuid.UUID | None = None,
+    end_customer: EndCustomer | None = None,
+) -> OrderRecord:
+    """The order a sale just wrote, from what the transaction already holds (no read back):
+    `seats` are the locked seat rows, in the order of `tickets`."""
+    return OrderRecord(
+        partner_id=partner_id,
+        end_customer=end_customer,
+        id=order_id,
+        event_id=event_id,
+        customer_id=customer_id,
+        request_id=request_id,
+        status=OrderStatus.CONFIRMED,
+        total_minor=sum(t.price_minor for t in tickets),
+        currency_code=event.currency_code,
+        create_time=created,
+        refund_time=None,
+        refund_reason=None,
+        payment_reference=payment_reference,
+        tickets=tuple(
+            TicketRecord(
+                id=t.id,
+                seat_id=t.seat_id,
+                section_id=s["section_id"],
+                section_name=event.section_names[s["section_id"]],
+                row_label=s["row_label"],
+                seat_number=s["seat_number"],
+                seat_label=s["seat_label"],
+                code=t.code,
+                status=TicketStatus.VALID,
+                price_minor=t.price_minor,
+            )
+            for t, s in zip(tickets, seats, strict=True)
+        ),
+    )
+
+
+def _ensure_own_hold(principal: Principal, hold_id: uuid.UUID, hold: Any) -> None:
+    """The hold is the caller's (a partner's: one it made); a partner is told NOT_FOUND
+    for any other, so hold ids of other channels are never confirmed."""
+    try:
+        ensure_hold_owner(principal, hold["customer_id"], hold["partner_id"])
+    except PermissionDenied:
+        if principal.partner_id is not None:
+            raise hold_not_found(hold_id) from None
+        raise
 
 
 def _channel_of(principal: Principal) -> Channel:
