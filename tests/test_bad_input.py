@@ -66,7 +66,15 @@ from ticketd.app import SERVICE_NAMES
 from ticketd.auth.policy import POLICY
 from ticketd.auth.principal import Role
 from ticketd.events.currencies import ACTIVE_CURRENCIES
-from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, gate_pb2, venue_pb2
+from ticketing.v1 import (
+    auth_pb2,
+    booking_pb2,
+    common_pb2,
+    event_pb2,
+    gate_pb2,
+    partner_pb2,
+    venue_pb2,
+)
 
 # A failing example with a 10,000-element list has a large repr.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -143,6 +151,9 @@ class World:
     used_code: str
     page_tokens: list[str]
     seat_ids: list[int]
+    partner_id: str  # the only partner offered (issue 13)
+    api_key_id: str  # a key of that partner, what RevokeApiKey is offered
+    allocation_id: str  # an allocation of `event` to that partner
     replayed_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     strategies: dict[tuple[str, str, bool, int], Any] = field(default_factory=dict)
 
@@ -210,6 +221,11 @@ class World:
             "section_id": [s.id for s in self.venue.sections],
             "order_id": [self.order.id, self.refund_order.id, FRESH_ORDER],
             "hold_id": [FRESH_HOLD],
+            "partner_id": [self.partner_id],
+            "key_id": [self.api_key_id],
+            "allocation_id": [self.allocation_id],
+            "contact_email": ["fuzz-partner@example.test"],
+            "external_customer_id": ["fuzz-end-customer"],
             "user_id": [self.victim.user.id],
             "organizer_id": [self.organizer.user.id],
             "id": [self.scratch_venue.id],
@@ -291,6 +307,27 @@ async def world(stubs: Stubs, admin: Account) -> World:
         ).next_page_token,
     ]
     seats = await stubs.all_seats(event.id, section_id=venue.sections[0].id)
+    partner = (
+        await stubs.partners.CreatePartner(
+            partner_pb2.CreatePartnerRequest(
+                display_name="Fuzz Reseller", contact_email=unique_email("fuzz-partner")
+            ),
+            metadata=admin.md,
+        )
+    ).partner
+    key = await stubs.partners.CreateApiKey(
+        partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="fuzz"),
+        metadata=admin.md,
+    )
+    allocation = await stubs.events.AllocateSeats(
+        event_pb2.AllocateSeatsRequest(
+            event_id=event.id,
+            partner_id=partner.id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=ga, quantity=1),
+        ),
+        metadata=organizer.md,
+    )
     return World(
         stubs=stubs,
         admin=fuzz_admin,
@@ -309,6 +346,9 @@ async def world(stubs: Stubs, admin: Account) -> World:
         used_code=used,
         page_tokens=[t for t in tokens if t],
         seat_ids=[s.id for s in seats[:6]],
+        partner_id=partner.id,
+        api_key_id=key.api_key.key_id,
+        allocation_id=allocation.allocation.id,
     )
 
 
@@ -444,6 +484,32 @@ def _realistic(w: World, full: str) -> Message:
         "RotateSigningKey": lambda: gate_pb2.RotateSigningKeyRequest(event_id=w.event.id),
         "SetOfflineAdmission": lambda: gate_pb2.SetOfflineAdmissionRequest(
             event_id=w.event.id, allowed=True
+        ),
+        # Partner resellers (issue 13).
+        "CreatePartner": lambda: partner_pb2.CreatePartnerRequest(
+            display_name="Fuzzy", contact_email="fuzz-partner@example.test"
+        ),
+        "ListPartners": lambda: partner_pb2.ListPartnersRequest(page_size=3),
+        "GetPartner": lambda: partner_pb2.GetPartnerRequest(partner_id=w.partner_id),
+        "SetPartnerStatus": lambda: partner_pb2.SetPartnerStatusRequest(
+            partner_id=w.partner_id, status=partner_pb2.PARTNER_STATUS_ACTIVE
+        ),
+        "CreateApiKey": lambda: partner_pb2.CreateApiKeyRequest(
+            partner_id=w.partner_id, display_name="fuzz key"
+        ),
+        "ListApiKeys": lambda: partner_pb2.ListApiKeysRequest(partner_id=w.partner_id, page_size=3),
+        "RevokeApiKey": lambda: partner_pb2.RevokeApiKeyRequest(key_id=w.api_key_id),
+        "AllocateSeats": lambda: event_pb2.AllocateSeatsRequest(
+            event_id=w.event.id,
+            partner_id=w.partner_id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+        ),
+        "ListAllocations": lambda: event_pb2.ListAllocationsRequest(
+            event_id=w.event.id, page_size=3
+        ),
+        "ReleaseAllocation": lambda: event_pb2.ReleaseAllocationRequest(
+            allocation_id=w.allocation_id
         ),
     }
     return builders[name]()
@@ -830,7 +896,14 @@ SNAPSHOT_SQL = text(
       (SELECT count(*) FROM refunds),
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM refunds t),
       (SELECT count(*) FROM scans),
-      (SELECT md5(string_agg(t::text, '|' ORDER BY t.scan_id)) FROM scans t)
+      (SELECT md5(string_agg(t::text, '|' ORDER BY t.scan_id)) FROM scans t),
+      (SELECT count(*) FROM partners),
+      (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM partners t),
+      (SELECT count(*) FROM partner_api_keys),
+      (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM partner_api_keys t),
+      (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM allocations t),
+      (SELECT count(*) FROM allocation_seats),
+      (SELECT coalesce(sum(id), 0) FROM seats WHERE allocation_id IS NOT NULL)
     """
 )
 SNAPSHOT_NAMES = (
@@ -857,6 +930,13 @@ SNAPSHOT_NAMES = (
     "refunds md5",
     "scans",
     "scans md5",
+    "partners",
+    "partners md5",
+    "partner_api_keys",
+    "partner_api_keys md5",
+    "allocations md5",
+    "allocation_seats",
+    "seats allocated id sum",
 )
 
 

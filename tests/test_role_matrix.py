@@ -44,12 +44,26 @@ from tests.support import (
 from ticketd.app import SERVICE_NAMES
 from ticketd.auth.policy import POLICY
 from ticketd.auth.principal import PrincipalKind, Role
-from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, gate_pb2, venue_pb2
+from ticketing.stubs import api_key
+from ticketing.v1 import (
+    auth_pb2,
+    booking_pb2,
+    common_pb2,
+    event_pb2,
+    gate_pb2,
+    partner_pb2,
+    venue_pb2,
+)
 
 ANONYMOUS = "ANONYMOUS"
 # An enrolled kiosk (`authorization: Device ...`, issue 14): not a role, a principal kind.
 DEVICE = "DEVICE"
-CALLERS: tuple[str, ...] = (*(role.value for role in Role), DEVICE, ANONYMOUS)
+# A partner reseller's API key (`authorization: ApiKey ...`, issue 13): ROLE_PARTNER, which
+# no account can hold; like a device it is a principal kind, granted methods by name.
+PARTNER = "PARTNER"
+CALLERS: tuple[str, ...] = (*(role.value for role in Role), DEVICE, PARTNER, ANONYMOUS)
+# Whom the PARTNER caller sells to (`on_behalf_of`, required on its sales).
+END_CUSTOMER = booking_pb2.EndCustomer(external_customer_id="matrix-end-customer")
 ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
     "ADMIN": common_pb2.ROLE_ADMIN,
     "ORGANIZER": common_pb2.ROLE_ORGANIZER,
@@ -102,6 +116,8 @@ def policy_allows(full_method: str, caller: str) -> bool:
         return False
     if caller == DEVICE:
         return PrincipalKind.DEVICE in rule.kinds
+    if caller == PARTNER:
+        return PrincipalKind.PARTNER in rule.kinds
     return rule.roles is None or Role(caller) in rule.roles
 
 
@@ -173,6 +189,9 @@ class World:
     order: booking_pb2.Order
     spare_staff: Account  # a second ENTRY_MANAGER, assigned and unassigned by the matrix
     device_md: tuple[tuple[str, str], ...]  # a kiosk of the event's "matrix-gate"
+    partner: partner_pb2.Partner  # the PARTNER caller's own partner
+    partner_md: tuple[tuple[str, str], ...]  # an API key of `partner`
+    scratch_partner: partner_pb2.Partner  # the only partner SetPartnerStatus is offered
 
     @property
     def ga_section_id(self) -> str:
@@ -181,6 +200,8 @@ class World:
     def md(self, caller: str) -> tuple[tuple[str, str], ...]:
         if caller == DEVICE:
             return self.device_md
+        if caller == PARTNER:
+            return self.partner_md
         return () if caller == ANONYMOUS else self.accounts[caller].md
 
     async def enrollment_token(self) -> str:
@@ -193,18 +214,26 @@ class World:
         return created.enrollment_token
 
     async def fresh_hold(self, caller: str = "CUSTOMER") -> booking_pb2.Hold:
-        """A live hold of `caller` if they may hold seats, else of the CUSTOMER."""
-        who = self.accounts[caller if caller in ("CUSTOMER", "ADMIN") else "CUSTOMER"]
+        """A live hold of `caller` if they may hold seats (a partner's for an end customer),
+        else of the CUSTOMER."""
         request = booking_pb2.HoldSeatsRequest(
             event_id=self.event.id,
             request_id=str(uuid.uuid4()),
             best_available=booking_pb2.BestAvailable(section_id=self.ga_section_id, quantity=1),
         )
+        if caller == PARTNER:
+            request.on_behalf_of.CopyFrom(END_CUSTOMER)
+            return (await self.stubs.booking.HoldSeats(request, metadata=self.partner_md)).hold
+        who = self.accounts[caller if caller in ("CUSTOMER", "ADMIN") else "CUSTOMER"]
         return (await self.stubs.booking.HoldSeats(request, metadata=who.md)).hold
 
-    async def fresh_order(self) -> booking_pb2.Order:
-        customer = self.accounts["CUSTOMER"]
+    async def fresh_order(self, caller: str = "CUSTOMER") -> booking_pb2.Order:
+        """A new order of the CUSTOMER, or for the PARTNER caller one it sold."""
         request = best_request(self.event.id, self.ga_section_id, 1)
+        if caller == PARTNER:
+            request.on_behalf_of.CopyFrom(END_CUSTOMER)
+            return (await self.stubs.booking.BookSeats(request, metadata=self.partner_md)).order
+        customer = self.accounts["CUSTOMER"]
         return (await self.stubs.booking.BookSeats(request, metadata=customer.md)).order
 
 
@@ -229,7 +258,35 @@ async def world(stubs: Stubs, admin: Account) -> World:
     spare = await stubs.account_with_roles(
         admin, common_pb2.ROLE_ENTRY_MANAGER, tag="matrix-spare-staff"
     )
-    world = World(stubs, admin, accounts, venue, scratch, event, order, spare, ())
+    partners = [
+        (
+            await stubs.partners.CreatePartner(
+                partner_pb2.CreatePartnerRequest(
+                    display_name=name, contact_email=unique_email("matrix-partner")
+                ),
+                metadata=admin.md,
+            )
+        ).partner
+        for name in ("Matrix Reseller", "Matrix Scratch Reseller")
+    ]
+    key = await stubs.partners.CreateApiKey(
+        partner_pb2.CreateApiKeyRequest(partner_id=partners[0].id, display_name="matrix"),
+        metadata=admin.md,
+    )
+    world = World(
+        stubs,
+        admin,
+        accounts,
+        venue,
+        scratch,
+        event,
+        order,
+        spare,
+        (),
+        partners[0],
+        api_key(key.secret),
+        partners[1],
+    )
     enrolled = await stubs.gate.EnrollDevice(
         gate_pb2.EnrollDeviceRequest(enrollment_token=await world.enrollment_token())
     )
@@ -305,16 +362,63 @@ async def _extend_hold(w: World, caller: str) -> Message:
 
 
 async def _confirm_hold(w: World, caller: str) -> Message:
-    return booking_pb2.ConfirmHoldRequest(
+    request = booking_pb2.ConfirmHoldRequest(
         hold_id=(await w.fresh_hold(caller)).id, request_id=str(uuid.uuid4())
     )
+    if caller == PARTNER:
+        request.on_behalf_of.CopyFrom(END_CUSTOMER)
+    return request
 
 
 async def _release_hold(w: World, caller: str) -> Message:
     return booking_pb2.ReleaseHoldRequest(hold_id=(await w.fresh_hold(caller)).id)
 
 
+async def _book_seats(w: World, caller: str) -> Message:
+    request: booking_pb2.BookSeatsRequest = best_request(w.event.id, w.ga_section_id, 1)
+    if caller == PARTNER:
+        request.on_behalf_of.CopyFrom(END_CUSTOMER)
+    return request
+
+
+async def _hold_seats(w: World, caller: str) -> Message:
+    request = booking_pb2.HoldSeatsRequest(
+        event_id=w.event.id,
+        request_id=str(uuid.uuid4()),
+        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+    )
+    if caller == PARTNER:
+        request.on_behalf_of.CopyFrom(END_CUSTOMER)
+    return request
+
+
+async def _get_order(w: World, caller: str) -> Message:
+    # The CUSTOMER's order of the ORGANIZER's event: every allowed role may read it; a
+    # partner reads the orders it sold.
+    order_id = (await w.fresh_order(PARTNER)).id if caller == PARTNER else w.order.id
+    return booking_pb2.GetOrderRequest(order_id=order_id)
+
+
+async def _refund_order(w: World, caller: str) -> Message:
+    order = await w.fresh_order(PARTNER if caller == PARTNER else "CUSTOMER")
+    return booking_pb2.RefundOrderRequest(
+        order_id=order.id, request_id=str(uuid.uuid4()), reason="matrix test"
+    )
+
+
+async def _get_hold(w: World, caller: str) -> Message:
+    # The CUSTOMER's hold of the ORGANIZER's event: read where its orders are read.
+    return booking_pb2.GetHoldRequest(
+        hold_id=(await w.fresh_hold(PARTNER if caller == PARTNER else "CUSTOMER")).id
+    )
+
+
 REALISTIC_FOR_CALLER: dict[str, CallerBuilder] = {
+    "/ticketing.v1.BookingService/BookSeats": _book_seats,
+    "/ticketing.v1.BookingService/HoldSeats": _hold_seats,
+    "/ticketing.v1.BookingService/GetOrder": _get_order,
+    "/ticketing.v1.BookingService/RefundOrder": _refund_order,
+    "/ticketing.v1.BookingService/GetHold": _get_hold,
     "/ticketing.v1.BookingService/ExtendHold": _extend_hold,
     "/ticketing.v1.BookingService/ConfirmHold": _confirm_hold,
     "/ticketing.v1.BookingService/ReleaseHold": _release_hold,
@@ -391,48 +495,43 @@ async def _unassign_staff(w: World) -> Message:
     return event_pb2.UnassignStaffRequest(event_id=w.event.id, user_id=w.spare_staff.user.id)
 
 
+async def _allocate_seats(w: World) -> Message:
+    return _allocation_request(w)
+
+
+def _allocation_request(w: World) -> event_pb2.AllocateSeatsRequest:
+    return event_pb2.AllocateSeatsRequest(
+        event_id=w.event.id,
+        partner_id=w.partner.id,
+        request_id=str(uuid.uuid4()),
+        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
+    )
+
+
+async def _list_allocations(w: World) -> Message:
+    return event_pb2.ListAllocationsRequest(event_id=w.event.id, page_size=5)
+
+
+async def _release_allocation(w: World) -> Message:
+    # A fresh allocation of the ORGANIZER's event: its owner and ADMIN may release it.
+    made = await w.stubs.events.AllocateSeats(
+        _allocation_request(w), metadata=w.accounts["ORGANIZER"].md
+    )
+    return event_pb2.ReleaseAllocationRequest(allocation_id=made.allocation.id)
+
+
 async def _list_staff(w: World) -> Message:
     return event_pb2.ListStaffRequest(event_id=w.event.id, page_size=5)
-
-
-async def _book_seats(w: World) -> Message:
-    request: booking_pb2.BookSeatsRequest = best_request(w.event.id, w.ga_section_id, 1)
-    return request
-
-
-async def _get_order(w: World) -> Message:
-    # The CUSTOMER's order of the ORGANIZER's event: every allowed role may read it.
-    return booking_pb2.GetOrderRequest(order_id=w.order.id)
 
 
 async def _list_orders(w: World) -> Message:
     return booking_pb2.ListOrdersRequest(page_size=5, event_id=w.event.id)
 
 
-async def _refund_order(w: World) -> Message:
-    order = await w.fresh_order()
-    return booking_pb2.RefundOrderRequest(
-        order_id=order.id, request_id=str(uuid.uuid4()), reason="matrix test"
-    )
-
-
 async def _rotate_ticket_codes(w: World) -> Message:
     # A fresh order of the CUSTOMER: the owner, SUPPORT and ADMIN may rotate its codes.
     order = await w.fresh_order()
     return booking_pb2.RotateTicketCodesRequest(order_id=order.id, request_id=str(uuid.uuid4()))
-
-
-async def _hold_seats(w: World) -> Message:
-    return booking_pb2.HoldSeatsRequest(
-        event_id=w.event.id,
-        request_id=str(uuid.uuid4()),
-        best_available=booking_pb2.BestAvailable(section_id=w.ga_section_id, quantity=1),
-    )
-
-
-async def _get_hold(w: World) -> Message:
-    # The CUSTOMER's hold of the ORGANIZER's event: read where its orders are read.
-    return booking_pb2.GetHoldRequest(hold_id=(await w.fresh_hold()).id)
 
 
 async def _list_holds(w: World) -> Message:
@@ -507,6 +606,44 @@ _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
+_PARTNER = "/ticketing.v1.PartnerService/"
+
+
+async def _create_partner(w: World) -> Message:
+    return partner_pb2.CreatePartnerRequest(
+        display_name="Matrix New Reseller", contact_email=unique_email("matrix-new-partner")
+    )
+
+
+async def _list_partners(w: World) -> Message:
+    return partner_pb2.ListPartnersRequest(page_size=5)
+
+
+async def _get_partner(w: World) -> Message:
+    return partner_pb2.GetPartnerRequest(partner_id=w.partner.id)
+
+
+async def _set_partner_status(w: World) -> Message:
+    return partner_pb2.SetPartnerStatusRequest(
+        partner_id=w.scratch_partner.id, status=partner_pb2.PARTNER_STATUS_SUSPENDED
+    )
+
+
+async def _create_api_key(w: World) -> Message:
+    return partner_pb2.CreateApiKeyRequest(partner_id=w.partner.id, display_name="matrix spare")
+
+
+async def _list_api_keys(w: World) -> Message:
+    return partner_pb2.ListApiKeysRequest(partner_id=w.partner.id, page_size=5)
+
+
+async def _revoke_api_key(w: World) -> Message:
+    # A fresh key of the PARTNER caller's partner: never the key the matrix calls with.
+    created = await w.stubs.partners.CreateApiKey(
+        partner_pb2.CreateApiKeyRequest(partner_id=w.partner.id, display_name="to revoke"),
+        metadata=w.admin.md,
+    )
+    return partner_pb2.RevokeApiKeyRequest(key_id=created.api_key.key_id)
 
 
 async def _watch_seats(w: World) -> Message:
@@ -534,13 +671,11 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "AssignStaff": _assign_staff,
     _EVENT + "UnassignStaff": _unassign_staff,
     _EVENT + "ListStaff": _list_staff,
-    _BOOKING + "BookSeats": _book_seats,
-    _BOOKING + "GetOrder": _get_order,
+    _EVENT + "AllocateSeats": _allocate_seats,
+    _EVENT + "ListAllocations": _list_allocations,
+    _EVENT + "ReleaseAllocation": _release_allocation,
     _BOOKING + "ListOrders": _list_orders,
-    _BOOKING + "RefundOrder": _refund_order,
     _BOOKING + "RotateTicketCodes": _rotate_ticket_codes,
-    _BOOKING + "HoldSeats": _hold_seats,
-    _BOOKING + "GetHold": _get_hold,
     _BOOKING + "ListHolds": _list_holds,
     _GATE + "ValidateTicket": _validate_ticket,
     _GATE + "ListScans": _list_scans,
@@ -554,6 +689,13 @@ REALISTIC: dict[str, RequestBuilder] = {
     _GATE + "RevokeDevice": _revoke_device,
     _GATE + "RotateSigningKey": _rotate_signing_key,
     _GATE + "SetOfflineAdmission": _set_offline_admission,
+    _PARTNER + "CreatePartner": _create_partner,
+    _PARTNER + "ListPartners": _list_partners,
+    _PARTNER + "GetPartner": _get_partner,
+    _PARTNER + "SetPartnerStatus": _set_partner_status,
+    _PARTNER + "CreateApiKey": _create_api_key,
+    _PARTNER + "ListApiKeys": _list_api_keys,
+    _PARTNER + "RevokeApiKey": _revoke_api_key,
 }
 
 
@@ -608,17 +750,20 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _EVENT + "AssignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "UnassignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "ListStaff": frozenset({"ADMIN", "ORGANIZER"}),
-    _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
-    _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
-    _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _EVENT + "AllocateSeats": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "ListAllocations": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "ReleaseAllocation": frozenset({"ADMIN", "ORGANIZER"}),
+    _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),
+    _BOOKING + "ListOrders": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
+    _BOOKING + "RefundOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
     _BOOKING + "RotateTicketCodes": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
-    _BOOKING + "HoldSeats": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "ExtendHold": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "ConfirmHold": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "ReleaseHold": frozenset({"CUSTOMER", "ADMIN"}),
-    _BOOKING + "GetHold": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER"}),
-    _BOOKING + "ListHolds": frozenset({"CUSTOMER", "SUPPORT", "ADMIN"}),
+    _BOOKING + "HoldSeats": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "ExtendHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "ConfirmHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "ReleaseHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
+    _BOOKING + "GetHold": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),
+    _BOOKING + "ListHolds": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
     _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
@@ -631,6 +776,13 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _GATE + "RevokeDevice": frozenset({"ORGANIZER", "ADMIN"}),
     _GATE + "RotateSigningKey": frozenset({"ORGANIZER", "ADMIN"}),
     _GATE + "SetOfflineAdmission": frozenset({"ORGANIZER", "ADMIN"}),
+    _PARTNER + "CreatePartner": frozenset({"ADMIN"}),
+    _PARTNER + "ListPartners": frozenset({"ADMIN"}),
+    _PARTNER + "GetPartner": frozenset({"ADMIN", "PARTNER"}),
+    _PARTNER + "SetPartnerStatus": frozenset({"ADMIN"}),
+    _PARTNER + "CreateApiKey": frozenset({"ADMIN", "PARTNER"}),
+    _PARTNER + "ListApiKeys": frozenset({"ADMIN", "PARTNER"}),
+    _PARTNER + "RevokeApiKey": frozenset({"ADMIN", "PARTNER"}),
 }
 
 
@@ -641,8 +793,9 @@ def test_policy_table_matches_the_documented_contract() -> None:
             return True
         if caller == ANONYMOUS:
             return False
-        # "any signed-in user" means users: a device reaches only what names it.
-        return (rule == _ANY and caller != DEVICE) or caller in rule
+        # "any signed-in user" means users: a device or a partner's key reaches only what
+        # names it.
+        return (rule == _ANY and caller not in (DEVICE, PARTNER)) or caller in rule
 
     assert set(DOCUMENTED) == set(TICKETING_METHODS)
     differences = [

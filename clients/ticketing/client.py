@@ -1,7 +1,8 @@
 """The typed SDK entry point: `connect(target, token)` -> stubs with auth, deadlines and retry.
 
 gRPC refuses call credentials on insecure channels, so on plaintext (loopback development)
-the bearer token is attached by a client interceptor, and over TLS by call credentials.
+the credential (a bearer token, or a partner's `api_key`) is attached by a client
+interceptor, and over TLS by call credentials.
 
 A `Client` is a `ticketing.stubs.Stubs` (`client.auth`, `.venues`, `.events`, `.booking`,
 `.gate`: raw stubs, which raise `grpc.aio.AioRpcError`) plus helpers that choose the
@@ -26,8 +27,8 @@ from ticketing.retry import (
     retry_once_on_aborted,
 )
 from ticketing.sdk import new_request_id
-from ticketing.stubs import CallMetadata, Stubs, bearer, device
-from ticketing.v1 import auth_pb2, booking_pb2
+from ticketing.stubs import CallMetadata, Stubs, api_key, bearer, device
+from ticketing.v1 import auth_pb2, booking_pb2, event_pb2, partner_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -38,25 +39,17 @@ ResponseT = TypeVar("ResponseT")
 class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     """Adds `authorization` (plaintext only) and a default deadline to each call."""
 
-    def __init__(
-        self,
-        token: Callable[[], str | None],
-        timeout: float,
-        add_token: bool,
-        header: Callable[[str], CallMetadata] = bearer,
-    ) -> None:
-        self._token = token
+    def __init__(self, auth: Callable[[], CallMetadata], timeout: float, add_token: bool) -> None:
+        self._auth = auth
         self._timeout = timeout
         self._add_token = add_token
-        self._header = header
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         metadata = list(client_call_details.metadata or [])
-        token = self._token()
-        if self._add_token and token and not any(k == "authorization" for k, _ in metadata):
-            metadata += self._header(token)
+        if self._add_token and not any(k == "authorization" for k, _ in metadata):
+            metadata += self._auth()
         details = aio.ClientCallDetails(
             method=client_call_details.method,
             timeout=client_call_details.timeout
@@ -70,17 +63,23 @@ class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-ar
 
 
 class _TokenCallCredentials(grpc.AuthMetadataPlugin):
-    def __init__(
-        self, token: Callable[[], str | None], header: Callable[[str], CallMetadata] = bearer
-    ) -> None:
-        self._token = token
-        self._header = header
+    def __init__(self, auth: Callable[[], CallMetadata]) -> None:
+        self._auth = auth
 
     def __call__(
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
-        token = self._token()
-        callback(self._header(token) if token else (), None)
+        callback(self._auth(), None)
+
+
+def end_customer(
+    external_customer_id: str, display_name: str = "", email: str = ""
+) -> booking_pb2.EndCustomer:
+    """The `on_behalf_of` of a partner's sale: its own id for its customer (1..200
+    characters), optionally a name and an email."""
+    return booking_pb2.EndCustomer(
+        external_customer_id=external_customer_id, display_name=display_name, email=email
+    )
 
 
 class Client(Stubs):
@@ -120,8 +119,12 @@ class Client(Stubs):
         *,
         request_id: str | None = None,
         attempt_timeout: float | None = None,
+        on_behalf_of: booking_pb2.EndCustomer | None = None,
     ) -> booking_pb2.Order:
         """Buy these seats (inventory ids from EventService.ListSeats) in one order.
+
+        A partner (connected with `api_key`) names its end customer in `on_behalf_of`
+        (`end_customer(...)`); nobody else may.
 
         `request_id` defaults to a fresh UUID; pass your own (and keep it) to retry a call
         whose outcome you never saw without booking twice. An ABORTED (SEAT_LOCKED: someone
@@ -134,6 +137,7 @@ class Client(Stubs):
             event_id=event_id,
             request_id=request_id or new_request_id(),
             seat_ids=booking_pb2.SeatIds(ids=list(seat_ids)),
+            on_behalf_of=on_behalf_of,
         )
         return (await self._mutate(self.booking.BookSeats, request, attempt_timeout)).order
 
@@ -145,6 +149,7 @@ class Client(Stubs):
         *,
         request_id: str | None = None,
         attempt_timeout: float | None = None,
+        on_behalf_of: booking_pb2.EndCustomer | None = None,
     ) -> booking_pb2.Order:
         """Buy the `quantity` best free places of one section (EventSection.section_id).
 
@@ -154,6 +159,7 @@ class Client(Stubs):
             event_id=event_id,
             request_id=request_id or new_request_id(),
             best_available=booking_pb2.BestAvailable(section_id=section_id, quantity=quantity),
+            on_behalf_of=on_behalf_of,
         )
         return (await self._mutate(self.booking.BookSeats, request, attempt_timeout)).order
 
@@ -185,6 +191,7 @@ class Client(Stubs):
         ttl_seconds: float | None = None,
         request_id: str | None = None,
         attempt_timeout: float | None = None,
+        on_behalf_of: booking_pb2.EndCustomer | None = None,
     ) -> booking_pb2.Hold:
         """Hold seats for the caller until confirmed, released or expired: these `seat_ids`,
         or the `quantity` best free places of section `best_section_id`.
@@ -194,7 +201,7 @@ class Client(Stubs):
         per-customer cap): a repeat returns the first hold.
         """
         request = booking_pb2.HoldSeatsRequest(
-            event_id=event_id, request_id=request_id or new_request_id()
+            event_id=event_id, request_id=request_id or new_request_id(), on_behalf_of=on_behalf_of
         )
         if best_section_id is not None:
             if seat_ids is not None:
@@ -232,6 +239,7 @@ class Client(Stubs):
         *,
         request_id: str | None = None,
         attempt_timeout: float | None = None,
+        on_behalf_of: booking_pb2.EndCustomer | None = None,
     ) -> booking_pb2.Order:
         """Turn the hold into a CONFIRMED order (its tickets), storing `payment_reference`.
 
@@ -243,6 +251,7 @@ class Client(Stubs):
             hold_id=hold_id,
             request_id=request_id or new_request_id(),
             payment_reference=payment_reference,
+            on_behalf_of=on_behalf_of,
         )
         return (await self._mutate(self.booking.ConfirmHold, request, attempt_timeout)).order
 
@@ -283,16 +292,141 @@ class Client(Stubs):
         event_id: str = "",
         customer_email: str = "",
         page_size: int = 0,
+        external_customer_id: str = "",
     ) -> AsyncIterator[booking_pb2.Order]:
         """Every order the caller may see, newest first, fetching pages as it goes.
 
-        A CUSTOMER sees their own; SUPPORT and ADMIN see all and may filter by email.
+        A CUSTOMER sees their own; SUPPORT and ADMIN see all and may filter by email; a
+        partner sees what it sold and may filter by `external_customer_id` (reconciliation).
         `page_size` 0 is the server default; stop iterating early to fetch no more pages.
         A failed page raises TicketingError.
         """
-        request = booking_pb2.ListOrdersRequest(event_id=event_id, customer_email=customer_email)
+        request = booking_pb2.ListOrdersRequest(
+            event_id=event_id,
+            customer_email=customer_email,
+            external_customer_id=external_customer_id,
+        )
         return paginate(
             self.booking.ListOrders, request, lambda page: page.orders, page_size=page_size
+        )
+
+    # Partner resellers (issue 13) ---------------------------------------------------------
+
+    async def create_partner(self, display_name: str, contact_email: str) -> partner_pb2.Partner:
+        """A new ACTIVE partner (ADMIN)."""
+        with ticketing_errors():
+            reply = await self.partners.CreatePartner(
+                partner_pb2.CreatePartnerRequest(
+                    display_name=display_name, contact_email=contact_email
+                )
+            )
+        return reply.partner
+
+    async def get_partner(self, partner_id: str = "") -> partner_pb2.Partner:
+        """One partner (ADMIN); with a partner's api_key and no id, the partner itself."""
+        with ticketing_errors():
+            reply = await self.partners.GetPartner(
+                partner_pb2.GetPartnerRequest(partner_id=partner_id)
+            )
+        return reply.partner
+
+    async def set_partner_status(self, partner_id: str, *, suspended: bool) -> partner_pb2.Partner:
+        """Suspend a partner (its keys are refused from their next call) or re-activate it."""
+        status = (
+            partner_pb2.PARTNER_STATUS_SUSPENDED if suspended else partner_pb2.PARTNER_STATUS_ACTIVE
+        )
+        with ticketing_errors():
+            reply = await self.partners.SetPartnerStatus(
+                partner_pb2.SetPartnerStatusRequest(partner_id=partner_id, status=status)
+            )
+        return reply.partner
+
+    def iter_partners(self, *, page_size: int = 0) -> AsyncIterator[partner_pb2.Partner]:
+        """Every partner, oldest first (ADMIN)."""
+        return paginate(
+            self.partners.ListPartners,
+            partner_pb2.ListPartnersRequest(),
+            lambda page: page.partners,
+            page_size=page_size,
+        )
+
+    async def create_api_key(
+        self, display_name: str, *, partner_id: str = ""
+    ) -> partner_pb2.CreateApiKeyResponse:
+        """A new key (ADMIN for any partner; a partner for itself, `partner_id` empty). The
+        response's `secret` is shown only here: store it like a password."""
+        with ticketing_errors():
+            return await self.partners.CreateApiKey(
+                partner_pb2.CreateApiKeyRequest(partner_id=partner_id, display_name=display_name)
+            )
+
+    def iter_api_keys(
+        self, *, partner_id: str = "", page_size: int = 0
+    ) -> AsyncIterator[partner_pb2.ApiKey]:
+        """A partner's keys, oldest first, revoked ones included."""
+        return paginate(
+            self.partners.ListApiKeys,
+            partner_pb2.ListApiKeysRequest(partner_id=partner_id),
+            lambda page: page.api_keys,
+            page_size=page_size,
+        )
+
+    async def revoke_api_key(self, key_id: str) -> partner_pb2.ApiKey:
+        """Revoke a key: refused from its next call on (a repeat changes nothing)."""
+        with ticketing_errors():
+            reply = await self.partners.RevokeApiKey(partner_pb2.RevokeApiKeyRequest(key_id=key_id))
+        return reply.api_key
+
+    async def allocate_seats(
+        self,
+        event_id: str,
+        partner_id: str,
+        seat_ids: Iterable[int] | None = None,
+        *,
+        best_section_id: str | None = None,
+        quantity: int = 0,
+        release_time: Any = None,
+        request_id: str | None = None,
+    ) -> event_pb2.Allocation:
+        """Set places aside for a partner's channel (the event's ORGANIZER or ADMIN):
+        these `seat_ids`, or the `quantity` best free places of `best_section_id`.
+        `release_time` (a datetime or Timestamp) returns unsold places to the public then."""
+        request = event_pb2.AllocateSeatsRequest(
+            event_id=event_id, partner_id=partner_id, request_id=request_id or new_request_id()
+        )
+        if best_section_id is not None:
+            request.best_available.section_id = best_section_id
+            request.best_available.quantity = quantity
+        elif seat_ids is not None:
+            request.seat_ids.ids.extend(seat_ids)
+        else:
+            raise ValueError("give seat_ids or best_section_id")
+        if release_time is not None:
+            if hasattr(release_time, "ToDatetime"):
+                request.release_time.CopyFrom(release_time)
+            else:
+                request.release_time.FromDatetime(release_time)
+        with ticketing_errors():
+            reply = await self.events.AllocateSeats(request)
+        return reply.allocation
+
+    async def release_allocation(self, allocation_id: str) -> event_pb2.Allocation:
+        """Return an allocation's unsold places to the public pool now."""
+        with ticketing_errors():
+            reply = await self.events.ReleaseAllocation(
+                event_pb2.ReleaseAllocationRequest(allocation_id=allocation_id)
+            )
+        return reply.allocation
+
+    def iter_allocations(
+        self, event_id: str, *, page_size: int = 0
+    ) -> AsyncIterator[event_pb2.Allocation]:
+        """An event's allocations, oldest first (its ORGANIZER or ADMIN)."""
+        return paginate(
+            self.events.ListAllocations,
+            event_pb2.ListAllocationsRequest(event_id=event_id),
+            lambda page: page.allocations,
+            page_size=page_size,
         )
 
     async def _mutate(
@@ -363,6 +497,10 @@ def balanced_target(targets: str | Sequence[str]) -> tuple[str, bool]:
     return f"{scheme}:{','.join(parts)}", True
 
 
+def _api_key_metadata(secret: str) -> CallMetadata:
+    return api_key(secret)
+
+
 def connect(
     target: str | Sequence[str],
     token: str | None = None,
@@ -374,8 +512,13 @@ def connect(
     on_abort_retry: RetryHook | None = None,
     device_credential: str | None = None,
     round_robin: bool | None = None,
+    api_key: str | None = None,
 ) -> Client:
     """Open a channel to `target` (host:port) and return ready-to-use stubs.
+
+    Authenticate with a signed-in user's `token`, as a partner reseller with its
+    `api_key` (PartnerService.CreateApiKey; sent as `authorization: ApiKey <secret>`), or
+    as a kiosk with its `device_credential`: one of them at most.
 
     Several servers (a list of HOST:PORT, or comma-separated) are balanced call by call
     with gRPC's client-side `round_robin` (see `balanced_target`); `round_robin=True` also
@@ -389,15 +532,17 @@ def connect(
     `device_credential` (a kiosk's "tkd_..." from GateService.EnrollDevice) is sent as
     `authorization: Device <credential>` on every call instead of a bearer token.
     """
+    if sum(1 for given in (token, api_key, device_credential) if given) > 1:
+        raise ValueError("give a token, an api_key or a device credential, not several")
     holder: dict[str, Client] = {}
-    if device_credential and token:
-        raise ValueError("give a token or a device credential, not both")
-    header = device if device_credential else bearer
 
-    def current_token() -> str | None:
+    def current_token() -> CallMetadata:
+        if api_key:
+            return _api_key_metadata(api_key)
         if device_credential:
-            return device_credential
-        return holder["client"].token if "client" in holder else token
+            return device(device_credential)
+        current = holder["client"].token if "client" in holder else token
+        return bearer(current) if current else ()
 
     target, several = balanced_target(target)
     balance = several if round_robin is None else round_robin
@@ -411,9 +556,9 @@ def connect(
     if tls:
         base = grpc.ssl_channel_credentials() if tls is True else tls
         creds = grpc.composite_channel_credentials(
-            base, grpc.metadata_call_credentials(_TokenCallCredentials(current_token, header))
+            base, grpc.metadata_call_credentials(_TokenCallCredentials(current_token))
         )
-        interceptor = _AuthAndDeadline(current_token, timeout, add_token=False, header=header)
+        interceptor = _AuthAndDeadline(current_token, timeout, add_token=False)
         channel = aio.secure_channel(
             target,
             creds,
@@ -421,7 +566,7 @@ def connect(
             interceptors=[interceptor],  # type: ignore[list-item]
         )
     else:
-        interceptor = _AuthAndDeadline(current_token, timeout, add_token=True, header=header)
+        interceptor = _AuthAndDeadline(current_token, timeout, add_token=True)
         channel = aio.insecure_channel(
             target,
             options=channel_options,

@@ -14,10 +14,11 @@ from ticketing.v1 import (
     booking_pb2_grpc,
     event_pb2_grpc,
     gate_pb2_grpc,
+    partner_pb2_grpc,
     venue_pb2_grpc,
 )
 
-__all__ = ["CallMetadata", "Stubs", "bearer", "device"]
+__all__ = ["CallMetadata", "Stubs", "api_key", "bearer", "device"]
 
 CallMetadata = tuple[tuple[str, str], ...]
 """Metadata for one call, e.g. `bearer(token)`."""
@@ -33,6 +34,11 @@ def device(credential: str) -> CallMetadata:
     return (("authorization", f"Device {credential}"),)
 
 
+def api_key(secret: str) -> CallMetadata:
+    """Call metadata carrying a partner's API key: `authorization: ApiKey <secret>`."""
+    return (("authorization", f"ApiKey {secret}"),)
+
+
 class Stubs:
     """Typed stubs for every service over one channel; the channel is the caller's to close."""
 
@@ -45,3 +51,6 @@ class Stubs:
             booking_pb2_grpc.BookingServiceStub(channel)
         )
         self.gate: gate_pb2_grpc.GateServiceAsyncStub = gate_pb2_grpc.GateServiceStub(channel)
+        self.partners: partner_pb2_grpc.PartnerServiceAsyncStub = (
+            partner_pb2_grpc.PartnerServiceStub(channel)
+        )

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
-from ticketd.auth.credentials import SecretHasher, derive_key
+from ticketd.auth.credentials import Scheme, SecretHasher, derive_key
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.throttle import SignInThrottle
 from ticketd.auth.tokens import TokenService
@@ -24,7 +24,7 @@ from ticketd.booking.service import BookingService
 from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
 from ticketd.db.database import Database
-from ticketd.edge.admission import Admission
+from ticketd.edge.admission import Admission, CallerBudgets
 from ticketd.edge.contract_rules import ContractRules
 from ticketd.edge.interceptor import AuthInterceptor
 from ticketd.events.rules import EventQuotas
@@ -37,6 +37,8 @@ from ticketd.gate.servicer import GateServicer
 from ticketd.gate.signing.service import SigningService
 from ticketd.observability import tracing
 from ticketd.pagination import PageTokens
+from ticketd.partners.service import PartnerService
+from ticketd.partners.servicer import PartnerServicer
 from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
 from ticketd.venues.servicer import VenueServicer, venue_response_bytes
@@ -49,6 +51,8 @@ from ticketing.v1 import (
     event_pb2_grpc,
     gate_pb2,
     gate_pb2_grpc,
+    partner_pb2,
+    partner_pb2_grpc,
     venue_pb2,
     venue_pb2_grpc,
 )
@@ -58,10 +62,11 @@ log = logging.getLogger("ticketd")
 # HKDF purposes of the keys secret: one key each, never shared between uses.
 KEK_PURPOSE = "ticketing.v1 event signing key seal"
 DEVICE_HMAC_PURPOSE = "ticketing.v1 device credential hmac"
+API_KEY_HMAC_PURPOSE = "ticketing.v1 partner api key hmac"
 
 _SERVICES = tuple(
     service
-    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2)
+    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2, partner_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
@@ -88,6 +93,7 @@ class Components:
     gate: GateService
     signing: SigningService
     devices: DeviceService
+    partners: PartnerService
 
 
 def build_components(
@@ -95,9 +101,10 @@ def build_components(
 ) -> Components:
     """The services, wired to each other: a domain reaches another only through its service.
 
-    `keys_secret` (else settings.keys_secret) seals signing keys and keys device credential
-    hashes; embedders that pass neither (tests) get one derived from the JWT secret, under
-    its own HKDF purpose. `ticketd` itself always has its own (see __main__)."""
+    `keys_secret` (else settings.keys_secret) seals signing keys and keys the hashes of
+    device credentials and partner API keys; embedders that pass neither (tests) get one
+    derived from the JWT secret, under its own HKDF purpose. `ticketd` itself always has
+    its own (see __main__)."""
     tokens = TokenService(
         jwt_secret,
         issuer=settings.jwt_issuer,
@@ -125,9 +132,11 @@ def build_components(
         hasher=SecretHasher(derive_key(keys, DEVICE_HMAC_PURPOSE)),
         enroll_ttl=dt.timedelta(seconds=settings.device_enroll_ttl_seconds),
     )
+    partners = PartnerService(db, hasher=SecretHasher(derive_key(keys, API_KEY_HMAC_PURPOSE)))
     booking = BookingService(
         db,
         customers=accounts,
+        end_customers=partners,
         signed_codes=signing,
         hold_ttl=dt.timedelta(seconds=settings.hold_ttl_seconds),
         hold_max_ttl=dt.timedelta(seconds=settings.hold_max_ttl_seconds),
@@ -157,6 +166,7 @@ def build_components(
                 places_per_event=settings.quota_event_places,
                 live_events=settings.quota_live_events,
             ),
+            partners=partners,
         ),
         booking=booking,
         gate=GateService(
@@ -168,6 +178,7 @@ def build_components(
         ),
         signing=signing,
         devices=devices,
+        partners=partners,
     )
 
 
@@ -181,14 +192,23 @@ class TicketServer:
         settings = components.settings
         pages = components.pages
         self.admission = Admission(
-            general_limit=settings.max_concurrent_rpcs, password_limit=settings.auth_rpc_limit
+            general_limit=settings.max_concurrent_rpcs,
+            password_limit=settings.auth_rpc_limit,
+            partners=CallerBudgets(
+                max_in_flight=settings.partner_max_concurrent_rpcs,
+                rate=settings.partner_rate,
+                burst=settings.partner_burst,
+            ),
         )
         interceptor = AuthInterceptor(
             components.tokens,
             components.accounts.principal_for,
             contract_rules(),
             self.admission,
-            load_device=components.devices.principal_for,
+            secret_loaders={
+                Scheme.DEVICE: components.devices.principal_for,
+                Scheme.API_KEY: components.partners.principal_for,
+            },
             max_streams=settings.max_streams,
         )
         self.server = aio.server(
@@ -228,6 +248,9 @@ class TicketServer:
         gate_pb2_grpc.add_GateServiceServicer_to_server(
             GateServicer(components.gate, components.signing, components.devices, pages),
             self.server,
+        )
+        partner_pb2_grpc.add_PartnerServiceServicer_to_server(
+            PartnerServicer(components.partners, pages), self.server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

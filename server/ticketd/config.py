@@ -191,6 +191,15 @@ class Settings:
     data_dir (0600). Losing it loses every signing key and device credential."""
     device_enroll_ttl_seconds: int = 86_400
     """`TICKETING_DEVICE_ENROLL_TTL`: how long a device's enrollment token works."""
+    partner_max_concurrent_rpcs: int = 50
+    """`TICKETING_PARTNER_MAX_CONCURRENT_RPCS`: calls one partner's API keys may have in
+    flight at once (per process; a partner's own `max_concurrent_rpcs` column overrides)."""
+    partner_rate: float = 100.0
+    """`TICKETING_PARTNER_RATE`: sustained calls per second per partner (per process; the
+    partner's `rate_per_second` column overrides)."""
+    partner_burst: int = 200
+    """`TICKETING_PARTNER_BURST`: calls a partner may make at once above its rate (scaled
+    with a partner's own rate)."""
     offline_clock_skew_seconds: int = 300
     """`TICKETING_OFFLINE_CLOCK_SKEW`: how far ahead of the server's clock an uploaded
     offline scan time may be (a kiosk's clock runs a little fast) before it is INVALID."""
@@ -310,4 +319,9 @@ class Settings:
             workers=parse_workers(env.get("TICKETING_WORKERS")),
             metrics_listen=metrics_listen,
             log_format=log_format,
+            partner_max_concurrent_rpcs=_int(
+                env, "TICKETING_PARTNER_MAX_CONCURRENT_RPCS", 50, 1, 100_000
+            ),
+            partner_rate=_float(env, "TICKETING_PARTNER_RATE", 100.0, 0.001, 1_000_000),
+            partner_burst=_int(env, "TICKETING_PARTNER_BURST", 200, 1, 1_000_000),
         )

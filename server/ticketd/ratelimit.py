@@ -37,18 +37,28 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
 
-    def try_take(self, key: Hashable, tokens: float = 1.0) -> bool:
-        """Take tokens if the bucket has them; False means: refuse this call."""
+    def try_take(
+        self,
+        key: Hashable,
+        tokens: float = 1.0,
+        *,
+        rate: float | None = None,
+        burst: float | None = None,
+    ) -> bool:
+        """Take tokens if the bucket has them; False means: refuse this call. `rate` and
+        `burst` override the defaults for this key (a partner's own budget, say)."""
+        rate = self.rate if rate is None else rate
+        burst = self.burst if burst is None else burst
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = _Bucket(self.burst, now)
+            bucket = _Bucket(burst, now)
             self._buckets[key] = bucket
             if len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
         if bucket.tokens >= tokens:
             bucket.tokens -= tokens

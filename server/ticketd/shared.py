@@ -32,3 +32,13 @@ class ScanWindowDefaults:
     """Gates open this long before start when the event sets no doors_open_time."""
     default_duration: dt.timedelta
     """Gates close this long after start when the event sets no end_time."""
+
+
+@dataclass(frozen=True)
+class EndCustomer:
+    """A partner reseller's customer, as the partner names them (issue 13): booking records
+    orders for them, the partners domain keeps them."""
+
+    external_customer_id: str
+    display_name: str = ""
+    email: str = ""

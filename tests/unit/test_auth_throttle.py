@@ -3,10 +3,12 @@ admission classes. No database, no server; a fake clock where time matters."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from ticketd.auth.throttle import BackoffPolicy, FailureBackoff, Outcome, SignInThrottle
-from ticketd.edge.admission import Admission, CallClass, classify
+from ticketd.edge.admission import Admission, CallClass, CallerBudgets, classify
 from ticketd.edge.peer import peer_address
 from ticketd.errors import Reason, ResourceExhausted
 
@@ -241,3 +243,49 @@ def test_admission_limits_each_class_on_its_own_and_never_health() -> None:
     assert admission.in_flight(CallClass.PASSWORD) == 0
     admission.enter(login)
     assert admission.in_flight(CallClass.GENERAL) == 2
+
+
+def test_partner_budgets_are_per_partner_and_overridable() -> None:
+    """Issue 13: a partner's calls in flight and its rate are its own, on top of the shared
+    budget; a refusal names the budget; counters go away when no call is in flight."""
+    admission = Admission(
+        general_limit=100,
+        password_limit=1,
+        partners=CallerBudgets(max_in_flight=2, rate=1_000_000.0, burst=1_000_000.0),
+    )
+    flooder, other = uuid.uuid4(), uuid.uuid4()
+    held = [admission.enter_partner(flooder), admission.enter_partner(flooder)]
+    with pytest.raises(ResourceExhausted) as err:
+        admission.enter_partner(flooder)
+    assert err.value.reason is Reason.PARTNER_BUDGET_EXCEEDED
+    assert err.value.metadata["budget"] == "concurrency"
+    assert err.value.retry_after is not None and err.value.retry_after > 0
+    # Another partner is not affected, and one with its own larger budget gets it.
+    admission.enter_partner(other).release()
+    big = [admission.enter_partner(other, max_in_flight=5) for _ in range(5)]
+    for call in (*held, *big):
+        call.release()
+    assert admission.in_flight(("partner", flooder)) == 0
+    assert ("partner", flooder) not in admission._in_flight
+
+
+def test_partner_rate_refuses_past_its_burst_with_retry_info() -> None:
+    admission = Admission(
+        general_limit=100,
+        password_limit=1,
+        partners=CallerBudgets(max_in_flight=1_000, rate=1.0, burst=3.0),
+    )
+    partner = uuid.uuid4()
+    for _ in range(3):
+        admission.enter_partner(partner).release()
+    with pytest.raises(ResourceExhausted) as err:
+        admission.enter_partner(partner)
+    assert (err.value.reason, err.value.metadata["budget"]) == (
+        Reason.PARTNER_BUDGET_EXCEEDED,
+        "rate",
+    )
+    assert err.value.retry_after == pytest.approx(1.0)
+    # A partner's own rate (and a burst scaled like the default's) replaces the default.
+    fast = uuid.uuid4()
+    for _ in range(300):
+        admission.enter_partner(fast, rate=100.0).release()

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.markup import escape
 from rich.table import Table
 
+from ticketing.cli import partner_cmds
 from ticketing.cli.common import (
     CliError,
     add_target_args,
@@ -522,3 +523,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("event_id")
     add_target_args(p)
     p.set_defaults(handler=cmd_events_staff_list)
+    # Allocations to partners' channels (issue 13) live with the partner commands.
+    partner_cmds.register_event_commands(events_sub)

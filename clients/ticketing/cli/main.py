@@ -14,13 +14,23 @@ from ticketing.cli import (
     event_cmds,
     gate_cmds,
     hold_cmds,
+    partner_cmds,
     qr,
     venue_cmds,
 )
 from ticketing.cli.common import CliError, describe_error, err_console
 from ticketing.errors import TicketingError, ticketing_errors
 
-COMMAND_MODULES = [auth_cmds, venue_cmds, event_cmds, booking_cmds, hold_cmds, gate_cmds, qr]
+COMMAND_MODULES = [
+    auth_cmds,
+    venue_cmds,
+    event_cmds,
+    booking_cmds,
+    hold_cmds,
+    gate_cmds,
+    qr,
+    partner_cmds,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

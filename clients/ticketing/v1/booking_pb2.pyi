@@ -57,6 +57,30 @@ for anyone; ConfirmHold still succeeds while they all stay free.
 """
 Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
 
+class _SalesChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SalesChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SalesChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SALES_CHANNEL_UNSPECIFIED: _SalesChannel.ValueType  # 0
+    """Never returned."""
+    SALES_CHANNEL_PUBLIC: _SalesChannel.ValueType  # 1
+    """A signed-in account bought for itself."""
+    SALES_CHANNEL_PARTNER: _SalesChannel.ValueType  # 2
+    """A partner reseller sold it to one of its end customers (partner_id, end_customer)."""
+
+class SalesChannel(_SalesChannel, metaclass=_SalesChannelEnumTypeWrapper):
+    """SalesChannel says who sold an order (or made a hold)."""
+
+SALES_CHANNEL_UNSPECIFIED: SalesChannel.ValueType  # 0
+"""Never returned."""
+SALES_CHANNEL_PUBLIC: SalesChannel.ValueType  # 1
+"""A signed-in account bought for itself."""
+SALES_CHANNEL_PARTNER: SalesChannel.ValueType  # 2
+"""A partner reseller sold it to one of its end customers (partner_id, end_customer)."""
+Global___SalesChannel: _TypeAlias = SalesChannel  # noqa: Y015
+
 class _OrderStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -174,6 +198,9 @@ class Hold(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     ORDER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SALES_CHANNEL_FIELD_NUMBER: _builtins.int
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    END_CUSTOMER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
     event_id: _builtins.str
@@ -190,6 +217,10 @@ class Hold(_message.Message):
     """The order it became, once CONFIRMED."""
     request_id: _builtins.str
     """The request_id it was made with."""
+    sales_channel: Global___SalesChannel.ValueType
+    """PUBLIC, or PARTNER for a hold a partner made for an end customer."""
+    partner_id: _builtins.str
+    """The partner that made it (SALES_CHANNEL_PARTNER only)."""
     @_builtins.property
     def seats(self) -> _containers.RepeatedCompositeFieldContainer[Global___HoldSeat]:
         """The places, ordered by seat id."""
@@ -201,6 +232,10 @@ class Hold(_message.Message):
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When it stops holding its seats (database clock)."""
+
+    @_builtins.property
+    def end_customer(self) -> Global___EndCustomer:
+        """The partner's end customer it is for (SALES_CHANNEL_PARTNER only)."""
 
     def __init__(
         self,
@@ -216,14 +251,51 @@ class Hold(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         order_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        sales_channel: Global___SalesChannel.ValueType = ...,
+        partner_id: _builtins.str = ...,
+        end_customer: Global___EndCustomer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_customer", b"end_customer", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "event_id", b"event_id", "expire_time", b"expire_time", "id", b"id", "order_id", b"order_id", "request_id", b"request_id", "seats", b"seats", "status", b"status", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "end_customer", b"end_customer", "event_id", b"event_id", "expire_time", b"expire_time", "id", b"id", "order_id", b"order_id", "partner_id", b"partner_id", "request_id", b"request_id", "sales_channel", b"sales_channel", "seats", b"seats", "status", b"status", "total_minor", b"total_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hold: _TypeAlias = Hold  # noqa: Y015
+
+@_typing.final
+class EndCustomer(_message.Message):
+    """EndCustomer is the customer of a partner reseller an order or hold is for.
+    The partner knows them; the server has no account for them. The per-customer
+    cap of an event counts per end customer within the partner
+    (external_customer_id); the latest display_name and email given are kept.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    external_customer_id: _builtins.str
+    """The partner's own id for its customer, 1..200 printable characters."""
+    display_name: _builtins.str
+    """Name shown to people, at most 100 characters; may be empty."""
+    email: _builtins.str
+    """At most 254 characters; may be empty, else an email address."""
+    def __init__(
+        self,
+        *,
+        external_customer_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "external_customer_id", b"external_customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndCustomer: _TypeAlias = EndCustomer  # noqa: Y015
 
 @_typing.final
 class HoldSeatsRequest(_message.Message):
@@ -236,6 +308,7 @@ class HoldSeatsRequest(_message.Message):
     SEAT_IDS_FIELD_NUMBER: _builtins.int
     BEST_AVAILABLE_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event."""
     request_id: _builtins.str
@@ -252,6 +325,10 @@ class HoldSeatsRequest(_message.Message):
     def ttl(self) -> _duration_pb2.Duration:
         """How long to hold; unset = TICKETING_HOLD_TTL; 1 s .. TICKETING_HOLD_MAX_TTL."""
 
+    @_builtins.property
+    def on_behalf_of(self) -> Global___EndCustomer:
+        """Required when a partner calls: the end customer it holds for (as BookSeats)."""
+
     def __init__(
         self,
         *,
@@ -260,10 +337,11 @@ class HoldSeatsRequest(_message.Message):
         seat_ids: Global___SeatIds | None = ...,
         best_available: Global___BestAvailable | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        on_behalf_of: Global___EndCustomer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "seat_ids", b"seat_ids", "selection", b"selection", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "on_behalf_of", b"on_behalf_of", "seat_ids", b"seat_ids", "selection", b"selection", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "event_id", b"event_id", "request_id", b"request_id", "seat_ids", b"seat_ids", "selection", b"selection", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "event_id", b"event_id", "on_behalf_of", b"on_behalf_of", "request_id", b"request_id", "seat_ids", b"seat_ids", "selection", b"selection", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["seat_ids", "best_available"]  # noqa: Y015
     _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
@@ -356,6 +434,7 @@ class ConfirmHoldRequest(_message.Message):
     HOLD_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The hold."""
     request_id: _builtins.str
@@ -364,16 +443,23 @@ class ConfirmHoldRequest(_message.Message):
     """The payment provider's id for this payment (free text, at most 200
     characters), stored on the order. This engine does not process payments.
     """
+    @_builtins.property
+    def on_behalf_of(self) -> Global___EndCustomer:
+        """Required when a partner calls: the end customer of the hold (its
+        external_customer_id must be the hold's, else INVALID_ARGUMENT).
+        """
+
     def __init__(
         self,
         *,
         hold_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         payment_reference: _builtins.str = ...,
+        on_behalf_of: Global___EndCustomer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["on_behalf_of", b"on_behalf_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "payment_reference", b"payment_reference", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "on_behalf_of", b"on_behalf_of", "payment_reference", b"payment_reference", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,12 +782,15 @@ class Order(_message.Message):
     REFUND_REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
+    SALES_CHANNEL_FIELD_NUMBER: _builtins.int
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    END_CUSTOMER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
     event_id: _builtins.str
     """The event."""
     customer_id: _builtins.str
-    """The buying user."""
+    """The buying user; empty for a partner's order (see end_customer)."""
     status: Global___OrderStatus.ValueType
     """CONFIRMED or REFUNDED."""
     total_minor: _builtins.int
@@ -714,6 +803,10 @@ class Order(_message.Message):
     """The request_id it was booked with."""
     payment_reference: _builtins.str
     """The payment provider's id given to ConfirmHold; empty for BookSeats."""
+    sales_channel: Global___SalesChannel.ValueType
+    """PUBLIC, or PARTNER when a partner reseller sold it."""
+    partner_id: _builtins.str
+    """The partner that sold it (SALES_CHANNEL_PARTNER only)."""
     @_builtins.property
     def tickets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ticket]:
         """One ticket per place, ordered by seat id."""
@@ -725,6 +818,10 @@ class Order(_message.Message):
     @_builtins.property
     def refund_time(self) -> _timestamp_pb2.Timestamp:
         """When it was refunded, if it was."""
+
+    @_builtins.property
+    def end_customer(self) -> Global___EndCustomer:
+        """The partner's end customer it was sold to (SALES_CHANNEL_PARTNER only)."""
 
     def __init__(
         self,
@@ -741,10 +838,13 @@ class Order(_message.Message):
         refund_reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
         payment_reference: _builtins.str = ...,
+        sales_channel: Global___SalesChannel.ValueType = ...,
+        partner_id: _builtins.str = ...,
+        end_customer: Global___EndCustomer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "refund_time", b"refund_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_customer", b"end_customer", "refund_time", b"refund_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "event_id", b"event_id", "id", b"id", "payment_reference", b"payment_reference", "refund_reason", b"refund_reason", "refund_time", b"refund_time", "request_id", b"request_id", "status", b"status", "tickets", b"tickets", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "end_customer", b"end_customer", "event_id", b"event_id", "id", b"id", "partner_id", b"partner_id", "payment_reference", b"payment_reference", "refund_reason", b"refund_reason", "refund_time", b"refund_time", "request_id", b"request_id", "sales_channel", b"sales_channel", "status", b"status", "tickets", b"tickets", "total_minor", b"total_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -760,6 +860,7 @@ class BookSeatsRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SEAT_IDS_FIELD_NUMBER: _builtins.int
     BEST_AVAILABLE_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event."""
     request_id: _builtins.str
@@ -774,6 +875,13 @@ class BookSeatsRequest(_message.Message):
     def best_available(self) -> Global___BestAvailable:
         """The best free places of one section."""
 
+    @_builtins.property
+    def on_behalf_of(self) -> Global___EndCustomer:
+        """Required when a partner calls (ROLE_PARTNER): the end customer it sells to.
+        Refused (INVALID_ARGUMENT) from anyone else. The request_id is unique per
+        end customer of the partner.
+        """
+
     def __init__(
         self,
         *,
@@ -781,10 +889,11 @@ class BookSeatsRequest(_message.Message):
         request_id: _builtins.str = ...,
         seat_ids: Global___SeatIds | None = ...,
         best_available: Global___BestAvailable | None = ...,
+        on_behalf_of: Global___EndCustomer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "seat_ids", b"seat_ids", "selection", b"selection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "on_behalf_of", b"on_behalf_of", "seat_ids", b"seat_ids", "selection", b"selection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "event_id", b"event_id", "request_id", b"request_id", "seat_ids", b"seat_ids", "selection", b"selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "event_id", b"event_id", "on_behalf_of", b"on_behalf_of", "request_id", b"request_id", "seat_ids", b"seat_ids", "selection", b"selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["seat_ids", "best_available"]  # noqa: Y015
     _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
@@ -878,6 +987,9 @@ class ListOrdersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_EMAIL_FIELD_NUMBER: _builtins.int
+    EXTERNAL_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """0 means the default (50); above 500 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
@@ -886,6 +998,16 @@ class ListOrdersRequest(_message.Message):
     """Only orders of this event."""
     customer_email: _builtins.str
     """Only orders of this customer (SUPPORT and ADMIN; a customer may name only themself)."""
+    external_customer_id: _builtins.str
+    """Only orders of this end customer (partners: their own end customers' ids)."""
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only orders created at or after this instant."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only orders created before this instant."""
+
     def __init__(
         self,
         *,
@@ -893,10 +1015,13 @@ class ListOrdersRequest(_message.Message):
         page_token: _builtins.str = ...,
         event_id: _builtins.str = ...,
         customer_email: _builtins.str = ...,
+        external_customer_id: _builtins.str = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_email", b"customer_email", "event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "customer_email", b"customer_email", "event_id", b"event_id", "external_customer_id", b"external_customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -115,7 +115,9 @@ class BookingServiceServicer:
         SEAT_LOCKED (retry with the same request_id); event cancelled or started ->
         FAILED_PRECONDITION EVENT_NOT_ON_SALE; per-order or per-customer limit ->
         FAILED_PRECONDITION LIMIT_EXCEEDED; the same request_id with another
-        selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+        selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH. A partner's API key
+        (ROLE_PARTNER) books for an end customer named in on_behalf_of; the
+        order's sales_channel is then PARTNER and its codes are the partner's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,7 +134,8 @@ class BookingServiceServicer:
 
     def ListOrders(self, request, context):
         """ListOrders pages through orders, newest first. A CUSTOMER sees only their
-        own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+        own; SUPPORT and ADMIN see anyone's and may filter by customer_email; a
+        partner sees its own orders only and may filter by external_customer_id.
         Ticket codes are filled in only on the caller's own orders (see Ticket.code).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -142,7 +145,8 @@ class BookingServiceServicer:
     def RefundOrder(self, request, context):
         """RefundOrder refunds a whole order: order REFUNDED, tickets VOID, seats
         AVAILABLE again, and a refund record (who, why, when), in one transaction.
-        The owning customer, or SUPPORT/ADMIN on the customer's behalf. Only before
+        The owning customer (or partner, for the orders it sold), or SUPPORT/ADMIN
+        on the customer's behalf. Only before
         the event starts (database clock) and only if no ticket was used at a gate.
         Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
         ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.

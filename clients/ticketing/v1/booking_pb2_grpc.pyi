@@ -49,7 +49,9 @@ class BookingServiceStub:
     SEAT_LOCKED (retry with the same request_id); event cancelled or started ->
     FAILED_PRECONDITION EVENT_NOT_ON_SALE; per-order or per-customer limit ->
     FAILED_PRECONDITION LIMIT_EXCEEDED; the same request_id with another
-    selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+    selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH. A partner's API key
+    (ROLE_PARTNER) books for an end customer named in on_behalf_of; the
+    order's sales_channel is then PARTNER and its codes are the partner's.
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_booking_pb2.GetOrderRequest, _booking_pb2.GetOrderResponse]
     """GetOrder returns one order with its tickets. The owning customer, SUPPORT,
@@ -58,13 +60,15 @@ class BookingServiceStub:
     """
     ListOrders: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ListOrdersRequest, _booking_pb2.ListOrdersResponse]
     """ListOrders pages through orders, newest first. A CUSTOMER sees only their
-    own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+    own; SUPPORT and ADMIN see anyone's and may filter by customer_email; a
+    partner sees its own orders only and may filter by external_customer_id.
     Ticket codes are filled in only on the caller's own orders (see Ticket.code).
     """
     RefundOrder: _grpc.UnaryUnaryMultiCallable[_booking_pb2.RefundOrderRequest, _booking_pb2.RefundOrderResponse]
     """RefundOrder refunds a whole order: order REFUNDED, tickets VOID, seats
     AVAILABLE again, and a refund record (who, why, when), in one transaction.
-    The owning customer, or SUPPORT/ADMIN on the customer's behalf. Only before
+    The owning customer (or partner, for the orders it sold), or SUPPORT/ADMIN
+    on the customer's behalf. Only before
     the event starts (database clock) and only if no ticket was used at a gate.
     Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
     ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.
@@ -149,7 +153,9 @@ class BookingServiceAsyncStub(BookingServiceStub):
     SEAT_LOCKED (retry with the same request_id); event cancelled or started ->
     FAILED_PRECONDITION EVENT_NOT_ON_SALE; per-order or per-customer limit ->
     FAILED_PRECONDITION LIMIT_EXCEEDED; the same request_id with another
-    selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+    selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH. A partner's API key
+    (ROLE_PARTNER) books for an end customer named in on_behalf_of; the
+    order's sales_channel is then PARTNER and its codes are the partner's.
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_booking_pb2.GetOrderRequest, _booking_pb2.GetOrderResponse]  # type: ignore[assignment]
     """GetOrder returns one order with its tickets. The owning customer, SUPPORT,
@@ -158,13 +164,15 @@ class BookingServiceAsyncStub(BookingServiceStub):
     """
     ListOrders: _aio.UnaryUnaryMultiCallable[_booking_pb2.ListOrdersRequest, _booking_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """ListOrders pages through orders, newest first. A CUSTOMER sees only their
-    own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+    own; SUPPORT and ADMIN see anyone's and may filter by customer_email; a
+    partner sees its own orders only and may filter by external_customer_id.
     Ticket codes are filled in only on the caller's own orders (see Ticket.code).
     """
     RefundOrder: _aio.UnaryUnaryMultiCallable[_booking_pb2.RefundOrderRequest, _booking_pb2.RefundOrderResponse]  # type: ignore[assignment]
     """RefundOrder refunds a whole order: order REFUNDED, tickets VOID, seats
     AVAILABLE again, and a refund record (who, why, when), in one transaction.
-    The owning customer, or SUPPORT/ADMIN on the customer's behalf. Only before
+    The owning customer (or partner, for the orders it sold), or SUPPORT/ADMIN
+    on the customer's behalf. Only before
     the event starts (database clock) and only if no ticket was used at a gate.
     Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
     ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.
@@ -252,7 +260,9 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         SEAT_LOCKED (retry with the same request_id); event cancelled or started ->
         FAILED_PRECONDITION EVENT_NOT_ON_SALE; per-order or per-customer limit ->
         FAILED_PRECONDITION LIMIT_EXCEEDED; the same request_id with another
-        selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH.
+        selection -> FAILED_PRECONDITION REQUEST_ID_MISMATCH. A partner's API key
+        (ROLE_PARTNER) books for an end customer named in on_behalf_of; the
+        order's sales_channel is then PARTNER and its codes are the partner's.
         """
 
     @_abc_1.abstractmethod
@@ -273,7 +283,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_booking_pb2.ListOrdersResponse, _abc.Awaitable[_booking_pb2.ListOrdersResponse]]:
         """ListOrders pages through orders, newest first. A CUSTOMER sees only their
-        own; SUPPORT and ADMIN see anyone's and may filter by customer_email.
+        own; SUPPORT and ADMIN see anyone's and may filter by customer_email; a
+        partner sees its own orders only and may filter by external_customer_id.
         Ticket codes are filled in only on the caller's own orders (see Ticket.code).
         """
 
@@ -285,7 +296,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_booking_pb2.RefundOrderResponse, _abc.Awaitable[_booking_pb2.RefundOrderResponse]]:
         """RefundOrder refunds a whole order: order REFUNDED, tickets VOID, seats
         AVAILABLE again, and a refund record (who, why, when), in one transaction.
-        The owning customer, or SUPPORT/ADMIN on the customer's behalf. Only before
+        The owning customer (or partner, for the orders it sold), or SUPPORT/ADMIN
+        on the customer's behalf. Only before
         the event starts (database clock) and only if no ticket was used at a gate.
         Refusals are FAILED_PRECONDITION with reason EVENT_STARTED, TICKET_USED or
         ALREADY_REFUNDED. Repeating the same request_id returns the refunded order.

@@ -38,6 +38,10 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """Support executive: reads users and orders, refunds on a customer's behalf."""
     ROLE_ENTRY_MANAGER: _Role.ValueType  # 5
     """Runs the gates: validates tickets at entry."""
+    ROLE_PARTNER: _Role.ValueType  # 6
+    """A partner reseller calling with `authorization: ApiKey <secret>`
+    (PartnerService). Never held by an account: SetUserRoles refuses it.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role is what a signed-in user may do. A user may hold several roles; the
@@ -56,6 +60,10 @@ ROLE_SUPPORT: Role.ValueType  # 4
 """Support executive: reads users and orders, refunds on a customer's behalf."""
 ROLE_ENTRY_MANAGER: Role.ValueType  # 5
 """Runs the gates: validates tickets at entry."""
+ROLE_PARTNER: Role.ValueType  # 6
+"""A partner reseller calling with `authorization: ApiKey <secret>`
+(PartnerService). Never held by an account: SetUserRoles refuses it.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _UserStatus:
@@ -219,6 +227,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ExtendHold past TICKETING_HOLD_MAX_TTL from the hold's creation."""
     HOLD_NOT_ACTIVE: _ErrorReason.ValueType  # 104
     """The hold was released or already confirmed (metadata "status")."""
+    PARTNER_NOT_FOUND: _ErrorReason.ValueType  # 110
+    """No such partner (or, for a partner's API key, not the caller itself)."""
+    API_KEY_NOT_FOUND: _ErrorReason.ValueType  # 111
+    """No such API key (or not one of the caller's partner)."""
+    API_KEY_REVOKED: _ErrorReason.ValueType  # 112
+    """The API key was revoked (PartnerService.RevokeApiKey): refused from the
+    next call on; use another key of the partner.
+    """
+    PARTNER_SUSPENDED: _ErrorReason.ValueType  # 113
+    """The partner is suspended (PartnerService.SetPartnerStatus): every key of
+    it is refused until an ADMIN sets it ACTIVE again.
+    """
+    PARTNER_BUDGET_EXCEEDED: _ErrorReason.ValueType  # 114
+    """One partner's own admission budget is used up: its calls in flight
+    (metadata "budget" = "concurrency") or its call rate ("rate"); other
+    partners and the public are not affected. Retry after RetryInfo.
+    """
+    ALLOCATION_NOT_FOUND: _ErrorReason.ValueType  # 115
+    """No such allocation (EventService.ReleaseAllocation)."""
     STREAM_TOO_SLOW: _ErrorReason.ValueType  # 130
     """A stream's reader fell behind: the server waited
     TICKETING_STREAM_SEND_TIMEOUT for it to take the next change and gave up.
@@ -378,6 +405,25 @@ HOLD_LIMIT_EXCEEDED: ErrorReason.ValueType  # 103
 """ExtendHold past TICKETING_HOLD_MAX_TTL from the hold's creation."""
 HOLD_NOT_ACTIVE: ErrorReason.ValueType  # 104
 """The hold was released or already confirmed (metadata "status")."""
+PARTNER_NOT_FOUND: ErrorReason.ValueType  # 110
+"""No such partner (or, for a partner's API key, not the caller itself)."""
+API_KEY_NOT_FOUND: ErrorReason.ValueType  # 111
+"""No such API key (or not one of the caller's partner)."""
+API_KEY_REVOKED: ErrorReason.ValueType  # 112
+"""The API key was revoked (PartnerService.RevokeApiKey): refused from the
+next call on; use another key of the partner.
+"""
+PARTNER_SUSPENDED: ErrorReason.ValueType  # 113
+"""The partner is suspended (PartnerService.SetPartnerStatus): every key of
+it is refused until an ADMIN sets it ACTIVE again.
+"""
+PARTNER_BUDGET_EXCEEDED: ErrorReason.ValueType  # 114
+"""One partner's own admission budget is used up: its calls in flight
+(metadata "budget" = "concurrency") or its call rate ("rate"); other
+partners and the public are not affected. Retry after RetryInfo.
+"""
+ALLOCATION_NOT_FOUND: ErrorReason.ValueType  # 115
+"""No such allocation (EventService.ReleaseAllocation)."""
 STREAM_TOO_SLOW: ErrorReason.ValueType  # 130
 """A stream's reader fell behind: the server waited
 TICKETING_STREAM_SEND_TIMEOUT for it to take the next change and gave up.

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from ticketing.v1 import booking_pb2 as _booking_pb2
 from ticketing.v1 import venue_pb2 as _venue_pb2
 import builtins as _builtins
 import sys
@@ -68,6 +69,10 @@ class _SeatStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeatStatus
     is AVAILABLE again at once (database clock), whether or not anything
     tidied it.
     """
+    SEAT_STATUS_ALLOCATED: _SeatStatus.ValueType  # 4
+    """Free, but in an open allocation of a partner's channel
+    (EventService.AllocateSeats): not available to the public.
+    """
 
 class SeatStatus(_SeatStatus, metaclass=_SeatStatusEnumTypeWrapper):
     """SeatStatus is the state of one place of an event's inventory."""
@@ -84,7 +89,247 @@ released or expires; who holds it is not shown. A seat whose hold expired
 is AVAILABLE again at once (database clock), whether or not anything
 tidied it.
 """
+SEAT_STATUS_ALLOCATED: SeatStatus.ValueType  # 4
+"""Free, but in an open allocation of a partner's channel
+(EventService.AllocateSeats): not available to the public.
+"""
 Global___SeatStatus: _TypeAlias = SeatStatus  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    """Allocation is a set of places reserved for one partner's sales channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    SEAT_IDS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned id (UUID)."""
+    event_id: _builtins.str
+    """The event."""
+    partner_id: _builtins.str
+    """The partner whose channel the places belong to."""
+    released: _builtins.bool
+    """release_time has passed (database clock at the read)."""
+    request_id: _builtins.str
+    """The request_id it was made with."""
+    @_builtins.property
+    def seat_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The places it took, by inventory id, ascending."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made (database clock)."""
+
+    @_builtins.property
+    def release_time(self) -> _timestamp_pb2.Timestamp:
+        """When its unsold places return (or returned) to the public pool; unset: not
+        before ReleaseAllocation.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        partner_id: _builtins.str = ...,
+        seat_ids: _abc.Iterable[_builtins.int] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        release_time: _timestamp_pb2.Timestamp | None = ...,
+        released: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "release_time", b"release_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_id", b"event_id", "id", b"id", "partner_id", b"partner_id", "release_time", b"release_time", "released", b"released", "request_id", b"request_id", "seat_ids", b"seat_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
+
+@_typing.final
+class AllocateSeatsRequest(_message.Message):
+    """AllocateSeatsRequest names the event, the partner and the places."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEAT_IDS_FIELD_NUMBER: _builtins.int
+    BEST_AVAILABLE_FIELD_NUMBER: _builtins.int
+    RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    partner_id: _builtins.str
+    """The partner (PartnerService)."""
+    request_id: _builtins.str
+    """Required UUID chosen by the client: a retry returns the first allocation."""
+    @_builtins.property
+    def seat_ids(self) -> _booking_pb2.SeatIds:
+        """These specific seats."""
+
+    @_builtins.property
+    def best_available(self) -> _booking_pb2.BestAvailable:
+        """The best free places of one section."""
+
+    @_builtins.property
+    def release_time(self) -> _timestamp_pb2.Timestamp:
+        """When unsold places return to the public pool; unset = never by themselves."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        partner_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        seat_ids: _booking_pb2.SeatIds | None = ...,
+        best_available: _booking_pb2.BestAvailable | None = ...,
+        release_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "release_time", b"release_time", "seat_ids", b"seat_ids", "selection", b"selection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_available", b"best_available", "event_id", b"event_id", "partner_id", b"partner_id", "release_time", b"release_time", "request_id", b"request_id", "seat_ids", b"seat_ids", "selection", b"selection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["seat_ids", "best_available"]  # noqa: Y015
+    _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selection) -> _WhichOneofReturnType_selection | None: ...
+
+Global___AllocateSeatsRequest: _TypeAlias = AllocateSeatsRequest  # noqa: Y015
+
+@_typing.final
+class AllocateSeatsResponse(_message.Message):
+    """AllocateSeatsResponse holds the new (or, on a retry, the first) allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allocation(self) -> Global___Allocation:
+        """The allocation."""
+
+    def __init__(
+        self,
+        *,
+        allocation: Global___Allocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocateSeatsResponse: _TypeAlias = AllocateSeatsResponse  # noqa: Y015
+
+@_typing.final
+class ListAllocationsRequest(_message.Message):
+    """ListAllocationsRequest pages an event's allocations (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    page_size: _builtins.int
+    """0 means the default (100); above 1,000 is clamped; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """From a previous response with the same event_id."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAllocationsRequest: _TypeAlias = ListAllocationsRequest  # noqa: Y015
+
+@_typing.final
+class ListAllocationsResponse(_message.Message):
+    """ListAllocationsResponse holds one page of allocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]:
+        """Allocations, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        allocations: _abc.Iterable[Global___Allocation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAllocationsResponse: _TypeAlias = ListAllocationsResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseAllocationRequest(_message.Message):
+    """ReleaseAllocationRequest names the allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATION_ID_FIELD_NUMBER: _builtins.int
+    allocation_id: _builtins.str
+    """The allocation."""
+    def __init__(
+        self,
+        *,
+        allocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_id", b"allocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAllocationRequest: _TypeAlias = ReleaseAllocationRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseAllocationResponse(_message.Message):
+    """ReleaseAllocationResponse holds the allocation as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allocation(self) -> Global___Allocation:
+        """Released."""
+
+    def __init__(
+        self,
+        *,
+        allocation: Global___Allocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAllocationResponse: _TypeAlias = ReleaseAllocationResponse  # noqa: Y015
 
 @_typing.final
 class EventSection(_message.Message):

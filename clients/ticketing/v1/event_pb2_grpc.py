@@ -89,6 +89,21 @@ class EventServiceStub:
                 request_serializer=ticketing_dot_v1_dot_event__pb2.ListStaffRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_event__pb2.ListStaffResponse.FromString,
                 _registered_method=True)
+        self.AllocateSeats = channel.unary_unary(
+                '/ticketing.v1.EventService/AllocateSeats',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.AllocateSeatsRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.AllocateSeatsResponse.FromString,
+                _registered_method=True)
+        self.ListAllocations = channel.unary_unary(
+                '/ticketing.v1.EventService/ListAllocations',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.ListAllocationsRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.ListAllocationsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAllocation = channel.unary_unary(
+                '/ticketing.v1.EventService/ReleaseAllocation',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.ReleaseAllocationRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.ReleaseAllocationResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -220,6 +235,40 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AllocateSeats(self, request, context):
+        """AllocateSeats sets places of an event aside for one partner's sales
+        channel (issue 13): specific seats, or the best free places of a section.
+        Each place must be free for the public (not sold, held or in another open
+        allocation: else FAILED_PRECONDITION SEAT_UNAVAILABLE / SOLD_OUT, nothing
+        written). Until release_time (unset: until ReleaseAllocation) only that
+        partner may hold or book them; everyone else gets SEAT_UNAVAILABLE, and
+        the seat map shows them SEAT_STATUS_ALLOCATED. At release_time the unsold
+        places return to the public pool (database clock; no job needed). At most
+        100 places per call. The owning organizer or ADMIN. A retry with the same
+        request_id returns the first allocation; another request with it is
+        REQUEST_ID_MISMATCH. An unknown partner is NOT_FOUND (PARTNER_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAllocations(self, request, context):
+        """ListAllocations pages through an event's allocations, oldest first. The
+        owning organizer or ADMIN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAllocation(self, request, context):
+        """ReleaseAllocation returns an allocation's unsold places to the public
+        pool now (sold ones keep their tickets). The owning organizer or ADMIN.
+        Releasing a released allocation changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +321,21 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.ListStaff,
                     request_deserializer=ticketing_dot_v1_dot_event__pb2.ListStaffRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_event__pb2.ListStaffResponse.SerializeToString,
+            ),
+            'AllocateSeats': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllocateSeats,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.AllocateSeatsRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.AllocateSeatsResponse.SerializeToString,
+            ),
+            'ListAllocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllocations,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.ListAllocationsRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.ListAllocationsResponse.SerializeToString,
+            ),
+            'ReleaseAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAllocation,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.ReleaseAllocationRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.ReleaseAllocationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -549,6 +613,87 @@ class EventService:
             '/ticketing.v1.EventService/ListStaff',
             ticketing_dot_v1_dot_event__pb2.ListStaffRequest.SerializeToString,
             ticketing_dot_v1_dot_event__pb2.ListStaffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllocateSeats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/AllocateSeats',
+            ticketing_dot_v1_dot_event__pb2.AllocateSeatsRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.AllocateSeatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/ListAllocations',
+            ticketing_dot_v1_dot_event__pb2.ListAllocationsRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.ListAllocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.EventService/ReleaseAllocation',
+            ticketing_dot_v1_dot_event__pb2.ReleaseAllocationRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.ReleaseAllocationResponse.FromString,
             options,
             channel_credentials,
             insecure,

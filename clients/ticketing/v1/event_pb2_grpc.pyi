@@ -118,6 +118,28 @@ class EventServiceStub:
     """ListStaff pages through the staff assigned to an event, by user id.
     The owning organizer or ADMIN.
     """
+    AllocateSeats: _grpc.UnaryUnaryMultiCallable[_event_pb2.AllocateSeatsRequest, _event_pb2.AllocateSeatsResponse]
+    """AllocateSeats sets places of an event aside for one partner's sales
+    channel (issue 13): specific seats, or the best free places of a section.
+    Each place must be free for the public (not sold, held or in another open
+    allocation: else FAILED_PRECONDITION SEAT_UNAVAILABLE / SOLD_OUT, nothing
+    written). Until release_time (unset: until ReleaseAllocation) only that
+    partner may hold or book them; everyone else gets SEAT_UNAVAILABLE, and
+    the seat map shows them SEAT_STATUS_ALLOCATED. At release_time the unsold
+    places return to the public pool (database clock; no job needed). At most
+    100 places per call. The owning organizer or ADMIN. A retry with the same
+    request_id returns the first allocation; another request with it is
+    REQUEST_ID_MISMATCH. An unknown partner is NOT_FOUND (PARTNER_NOT_FOUND).
+    """
+    ListAllocations: _grpc.UnaryUnaryMultiCallable[_event_pb2.ListAllocationsRequest, _event_pb2.ListAllocationsResponse]
+    """ListAllocations pages through an event's allocations, oldest first. The
+    owning organizer or ADMIN.
+    """
+    ReleaseAllocation: _grpc.UnaryUnaryMultiCallable[_event_pb2.ReleaseAllocationRequest, _event_pb2.ReleaseAllocationResponse]
+    """ReleaseAllocation returns an allocation's unsold places to the public
+    pool now (sold ones keep their tickets). The owning organizer or ADMIN.
+    Releasing a released allocation changes nothing.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -208,6 +230,28 @@ class EventServiceAsyncStub(EventServiceStub):
     ListStaff: _aio.UnaryUnaryMultiCallable[_event_pb2.ListStaffRequest, _event_pb2.ListStaffResponse]  # type: ignore[assignment]
     """ListStaff pages through the staff assigned to an event, by user id.
     The owning organizer or ADMIN.
+    """
+    AllocateSeats: _aio.UnaryUnaryMultiCallable[_event_pb2.AllocateSeatsRequest, _event_pb2.AllocateSeatsResponse]  # type: ignore[assignment]
+    """AllocateSeats sets places of an event aside for one partner's sales
+    channel (issue 13): specific seats, or the best free places of a section.
+    Each place must be free for the public (not sold, held or in another open
+    allocation: else FAILED_PRECONDITION SEAT_UNAVAILABLE / SOLD_OUT, nothing
+    written). Until release_time (unset: until ReleaseAllocation) only that
+    partner may hold or book them; everyone else gets SEAT_UNAVAILABLE, and
+    the seat map shows them SEAT_STATUS_ALLOCATED. At release_time the unsold
+    places return to the public pool (database clock; no job needed). At most
+    100 places per call. The owning organizer or ADMIN. A retry with the same
+    request_id returns the first allocation; another request with it is
+    REQUEST_ID_MISMATCH. An unknown partner is NOT_FOUND (PARTNER_NOT_FOUND).
+    """
+    ListAllocations: _aio.UnaryUnaryMultiCallable[_event_pb2.ListAllocationsRequest, _event_pb2.ListAllocationsResponse]  # type: ignore[assignment]
+    """ListAllocations pages through an event's allocations, oldest first. The
+    owning organizer or ADMIN.
+    """
+    ReleaseAllocation: _aio.UnaryUnaryMultiCallable[_event_pb2.ReleaseAllocationRequest, _event_pb2.ReleaseAllocationResponse]  # type: ignore[assignment]
+    """ReleaseAllocation returns an allocation's unsold places to the public
+    pool now (sold ones keep their tickets). The owning organizer or ADMIN.
+    Releasing a released allocation changes nothing.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +400,46 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_pb2.ListStaffResponse, _abc.Awaitable[_event_pb2.ListStaffResponse]]:
         """ListStaff pages through the staff assigned to an event, by user id.
         The owning organizer or ADMIN.
+        """
+
+    @_abc_1.abstractmethod
+    def AllocateSeats(
+        self,
+        request: _event_pb2.AllocateSeatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.AllocateSeatsResponse, _abc.Awaitable[_event_pb2.AllocateSeatsResponse]]:
+        """AllocateSeats sets places of an event aside for one partner's sales
+        channel (issue 13): specific seats, or the best free places of a section.
+        Each place must be free for the public (not sold, held or in another open
+        allocation: else FAILED_PRECONDITION SEAT_UNAVAILABLE / SOLD_OUT, nothing
+        written). Until release_time (unset: until ReleaseAllocation) only that
+        partner may hold or book them; everyone else gets SEAT_UNAVAILABLE, and
+        the seat map shows them SEAT_STATUS_ALLOCATED. At release_time the unsold
+        places return to the public pool (database clock; no job needed). At most
+        100 places per call. The owning organizer or ADMIN. A retry with the same
+        request_id returns the first allocation; another request with it is
+        REQUEST_ID_MISMATCH. An unknown partner is NOT_FOUND (PARTNER_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAllocations(
+        self,
+        request: _event_pb2.ListAllocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.ListAllocationsResponse, _abc.Awaitable[_event_pb2.ListAllocationsResponse]]:
+        """ListAllocations pages through an event's allocations, oldest first. The
+        owning organizer or ADMIN.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseAllocation(
+        self,
+        request: _event_pb2.ReleaseAllocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.ReleaseAllocationResponse, _abc.Awaitable[_event_pb2.ReleaseAllocationResponse]]:
+        """ReleaseAllocation returns an allocation's unsold places to the public
+        pool now (sold ones keep their tickets). The owning organizer or ADMIN.
+        Releasing a released allocation changes nothing.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

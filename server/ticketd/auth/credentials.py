@@ -4,11 +4,12 @@
 
     authorization: Bearer <JWT>            a signed-in user (ticketd.auth.tokens)
     authorization: Device tkd_<secret>     an enrolled gate kiosk (GateService.EnrollDevice)
+    authorization: ApiKey tkp_<secret>     a partner reseller (PartnerService.CreateApiKey)
 
-A new kind of caller (partner API keys, say) adds a scheme here and a loader in the
-interceptor; the interceptor itself only dispatches on the scheme.
+A new kind of caller adds a scheme here and a loader for it in the interceptor's table
+(ticketd.app); the interceptor itself only dispatches on the scheme.
 
-Secrets the server hands out (enrollment tokens, device credentials) are 256 random bits
+Secrets the server hands out (enrollment tokens, device credentials, API keys) are 256 random bits
 behind a recognisable prefix, shown once, and stored only as HMAC-SHA-256 under a key derived
 from the server's keys secret (`SecretHasher`): a copy of the database authenticates nobody,
 and a lookup is one indexed equality on the hash.
@@ -29,6 +30,7 @@ MAX_HEADER_CHARS = 4096
 
 ENROLLMENT_PREFIX = "tke_"
 DEVICE_CREDENTIAL_PREFIX = "tkd_"
+API_KEY_PREFIX = "tkp_"
 
 
 class Scheme(enum.StrEnum):
@@ -36,6 +38,7 @@ class Scheme(enum.StrEnum):
 
     BEARER = "bearer"
     DEVICE = "device"
+    API_KEY = "apikey"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Credential:
         return f"Credential({self.scheme.value}, <redacted>)"
 
 
-_MALFORMED = "authorization must be 'Bearer <token>' or 'Device <credential>'"
+_MALFORMED = "authorization must be 'Bearer <token>', 'Device <credential>' or 'ApiKey <secret>'"
 
 
 def parse_authorization(metadata: Any) -> Credential | None:

@@ -51,12 +51,16 @@ ENTRY_MANAGER = Role.ENTRY_MANAGER
 # Not a user role: an enrolled kiosk (`authorization: Device ...`), scoped to one event and
 # gate (ticketd.gate.rules checks the scope on every call).
 DEVICE = PrincipalKind.DEVICE
+# ROLE_PARTNER: a partner reseller's API key (`authorization: ApiKey ...`), acting for its own
+# partner only (ticketd.partners.rules checks the partner on every call).
+PARTNER = PrincipalKind.PARTNER
 
 _AUTH = "/ticketing.v1.AuthService/"
 _VENUE = "/ticketing.v1.VenueService/"
 _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
+_PARTNER = "/ticketing.v1.PartnerService/"
 
 POLICY: dict[str, Access] = {
     # Infrastructure: load balancers and tools must reach these without a token.
@@ -94,21 +98,26 @@ POLICY: dict[str, Access] = {
     _EVENT + "AssignStaff": roles(ADMIN, ORGANIZER),
     _EVENT + "UnassignStaff": roles(ADMIN, ORGANIZER),
     _EVENT + "ListStaff": roles(ADMIN, ORGANIZER),
+    # Allocations to partners' channels (issue 13): the event's owner or ADMIN.
+    _EVENT + "AllocateSeats": roles(ADMIN, ORGANIZER),
+    _EVENT + "ListAllocations": roles(ADMIN, ORGANIZER),
+    _EVENT + "ReleaseAllocation": roles(ADMIN, ORGANIZER),
     # BookingService: ownership of orders is checked in ticketd.booking.rules.
-    _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN),
-    _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
-    _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN),
-    _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN),
+    # A partner's key (issue 13) sells for its end customers and manages what it sold.
+    _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER, PARTNER),
+    _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
+    _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
     # The owner replaces leaked codes; SUPPORT/ADMIN re-send them (they never read codes).
     _BOOKING + "RotateTicketCodes": roles(CUSTOMER, SUPPORT, ADMIN),
     # Holds (issue 12): made, extended, confirmed and released by who may book, and only
     # the hold's own customer (ticketd.booking.rules.ensure_hold_owner); read where orders are.
-    _BOOKING + "HoldSeats": roles(CUSTOMER, ADMIN),
-    _BOOKING + "ExtendHold": roles(CUSTOMER, ADMIN),
-    _BOOKING + "ConfirmHold": roles(CUSTOMER, ADMIN),
-    _BOOKING + "ReleaseHold": roles(CUSTOMER, ADMIN),
-    _BOOKING + "GetHold": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER),
-    _BOOKING + "ListHolds": roles(CUSTOMER, SUPPORT, ADMIN),
+    _BOOKING + "HoldSeats": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "ExtendHold": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "ConfirmHold": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "ReleaseHold": roles(CUSTOMER, ADMIN, PARTNER),
+    _BOOKING + "GetHold": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER, PARTNER),
+    _BOOKING + "ListHolds": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
     # GateService: only gate staff burn tickets, and an ENTRY_MANAGER only at the events they
     # are assigned to; supervisors and the event's own organizer read the log
     # (ticketd.gate.rules checks the event).
@@ -127,6 +136,15 @@ POLICY: dict[str, Access] = {
     _GATE + "RevokeDevice": roles(ORGANIZER, ADMIN),
     _GATE + "RotateSigningKey": roles(ORGANIZER, ADMIN),
     _GATE + "SetOfflineAdmission": roles(ORGANIZER, ADMIN),
+    # PartnerService (issue 13): ADMIN manages partners; a partner reads itself and manages
+    # its own keys (ticketd.partners.rules.check_may_manage_partner).
+    _PARTNER + "CreatePartner": roles(ADMIN),
+    _PARTNER + "ListPartners": roles(ADMIN),
+    _PARTNER + "GetPartner": roles(ADMIN, PARTNER),
+    _PARTNER + "SetPartnerStatus": roles(ADMIN),
+    _PARTNER + "CreateApiKey": roles(ADMIN, PARTNER),
+    _PARTNER + "ListApiKeys": roles(ADMIN, PARTNER),
+    _PARTNER + "RevokeApiKey": roles(ADMIN, PARTNER),
 }
 
 

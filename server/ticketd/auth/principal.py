@@ -28,6 +28,9 @@ class PrincipalKind(enum.StrEnum):
     """`authorization: Bearer <JWT>`: a signed-in account."""
     DEVICE = "DEVICE"
     """`authorization: Device <credential>`: an enrolled gate kiosk (GateService.EnrollDevice)."""
+    PARTNER = "PARTNER"
+    """`authorization: ApiKey <secret>`: a partner reseller (PartnerService.CreateApiKey); the
+    policy table calls it ROLE_PARTNER."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,27 @@ class DeviceScope:
 
 
 @dataclass(frozen=True)
+class PartnerScope:
+    """The partner an API key principal acts for, and the key it called with."""
+
+    partner_id: uuid.UUID
+    key_id: uuid.UUID
+    max_in_flight: int | None = None
+    """The partner's own concurrency budget; None = the server's default."""
+    rate_per_second: float | None = None
+    """The partner's own sustained call rate; None = the server's default."""
+    public_sales: bool = True
+    """The partner may also sell from the public pool, not only its allocations."""
+
+
+@dataclass(frozen=True)
 class Principal:
     """The caller, with roles as the database holds them at the start of this call.
 
     For kind USER, `user_id` is the account. For kind DEVICE, `user_id` is the device's id
     (scan logs and rate limits key on it), `email` is empty, `roles` is empty (so no role
-    check ever passes) and `device` is its scope.
+    check ever passes) and `device` is its scope. For kind PARTNER, `user_id` is the
+    partner's id, `email` is empty, `roles` is empty and `partner` names partner and key.
     """
 
     user_id: uuid.UUID
@@ -52,6 +70,7 @@ class Principal:
     roles: frozenset[Role]
     kind: PrincipalKind = PrincipalKind.USER
     device: DeviceScope | None = None
+    partner: PartnerScope | None = None
 
     def has(self, *roles: Role) -> bool:
         return not self.roles.isdisjoint(roles)
@@ -59,6 +78,11 @@ class Principal:
     @property
     def is_device(self) -> bool:
         return self.kind is PrincipalKind.DEVICE
+
+    @property
+    def partner_id(self) -> uuid.UUID | None:
+        """The partner of an API key principal; None for every other caller."""
+        return self.partner.partner_id if self.partner is not None else None
 
 
 _current: ContextVar[Principal | None] = ContextVar("ticketd_principal", default=None)

@@ -25,6 +25,9 @@ from typing import Any, Literal
 import asyncpg
 
 from ticketd.booking.rules import (
+    PUBLIC,
+    AllocationRecord,
+    Channel,
     EventRefunds,
     OrderRecord,
     OrderStatus,
@@ -36,6 +39,7 @@ from ticketd.db.database import Connection as Conn
 from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
 from ticketd.db.records import record_from_row
+from ticketd.shared import EndCustomer
 
 
 @dataclass(frozen=True)
@@ -145,24 +149,40 @@ async def serialize_customer(
 
 # `free` is THE condition (SQL function seat_is_free, migration 0011): AVAILABLE, or HELD by
 # a hold that has expired. Computed on the row version the lock returns.
-_SEAT_COLUMNS = (
-    "s.id, s.status, s.hold_id, seat_is_free(s.status, s.held_until) AS free, "
-    "s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
-)
+# With allocations (issue 13) "free" depends on who asks: seat_is_free_for (migration 0012)
+# adds the channel to seat_is_free; `caller` and `public` are the placeholders of the
+# caller's partner id and public-pool permission in the statement at hand.
+def _free_for(caller: str, public: str, s: str = "s.") -> str:
+    return (
+        f"seat_is_free_for({s}status, {s}held_until, {s}allocation_partner_id, "
+        f"{s}allocated_until, {caller}::uuid, {public}::boolean)"
+    )
 
 
-async def lock_seats(conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int]) -> list[Any]:
+def _seat_columns(caller: str, public: str) -> str:
+    return (
+        f"s.id, s.status, s.hold_id, {_free_for(caller, public)} AS free, "
+        "s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label"
+    )
+
+
+async def lock_seats(
+    conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int], channel: Channel = PUBLIC
+) -> list[Any]:
     """Lock the requested places of this event in one statement, in id order (so two
     buyers with overlapping selections queue instead of deadlocking), waiting at most
-    lock_timeout. Seats of other events are simply not returned."""
+    lock_timeout. Seats of other events are simply not returned. `free` is judged for
+    `channel`."""
     try:
         return list(
             await conn.fetch(
-                f"SELECT {_SEAT_COLUMNS} FROM seats s "
+                f"SELECT {_seat_columns('$3', '$4')} FROM seats s "
                 "WHERE s.id = ANY($2::bigint[]) AND s.event_id = $1 "
                 "ORDER BY s.id FOR UPDATE",
                 event_id,
                 list(seat_ids),
+                channel.partner_id,
+                channel.public_pool,
             )
         )
     except asyncpg.LockNotAvailableError:
@@ -170,31 +190,47 @@ async def lock_seats(conn: Conn, event_id: uuid.UUID, seat_ids: Sequence[int]) -
 
 
 async def claim_best_available(
-    conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID, quantity: int
+    conn: Conn,
+    event_id: uuid.UUID,
+    section_id: uuid.UUID,
+    quantity: int,
+    channel: Channel = PUBLIC,
 ) -> list[Any]:
     """The lowest free places of a section (row by row, seat by seat), skipping places
     other buyers have locked right now, so concurrent buyers never queue behind each
     other. Served by the partial index on places not SOLD; held places whose hold is live
-    are passed over."""
+    are passed over, and so are places `channel` may not take. A partner's own allocated
+    places come first."""
+    order = "s.ordinal"
+    if channel.partner_id is not None:
+        order = "(s.allocation_partner_id = $4 AND allocation_open(s.allocated_until)) "
+        order += "IS TRUE DESC, s.ordinal"
     rows = await conn.fetch(
-        f"SELECT {_SEAT_COLUMNS} FROM seats s "
+        f"SELECT {_seat_columns('$4', '$5')} FROM seats s "
         "WHERE s.event_id = $1 AND s.section_id = $2 AND s.status <> 'SOLD' "
-        "AND seat_is_free(s.status, s.held_until) "
-        "ORDER BY s.ordinal LIMIT $3 FOR UPDATE SKIP LOCKED",
+        f"AND {_free_for('$4', '$5')} "
+        f"ORDER BY {order} LIMIT $3 FOR UPDATE SKIP LOCKED",
         event_id,
         section_id,
         quantity,
+        channel.partner_id,
+        channel.public_pool,
     )
     return sorted(rows, key=lambda r: r["id"])
 
 
-async def count_available(conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID) -> int:
-    """Free places including those locked by in-flight buyers (who may still roll back)."""
+async def count_available(
+    conn: Conn, event_id: uuid.UUID, section_id: uuid.UUID, channel: Channel = PUBLIC
+) -> int:
+    """Free places for `channel` including those locked by in-flight buyers (who may still
+    roll back)."""
     value: int = await conn.fetchval(
         "SELECT count(*) FROM seats WHERE event_id = $1 AND section_id = $2 "
-        "AND status <> 'SOLD' AND seat_is_free(status, held_until)",
+        f"AND status <> 'SOLD' AND {_free_for('$3', '$4', '')}",
         event_id,
         section_id,
+        channel.partner_id,
+        channel.public_pool,
     )
     return value
 
@@ -230,6 +266,7 @@ async def insert_order(
     tickets: Sequence[NewTicket],
     hold_id: uuid.UUID | None = None,
     payment_reference: str | None = None,
+    partner_id: uuid.UUID | None = None,
 ) -> OrderWrite:
     """Write the order, mark its seats SOLD and insert its tickets in ONE statement, only if
     the event is still on sale at the instant of the write.
@@ -253,8 +290,8 @@ async def insert_order(
         ), o AS (
             INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
                                 total_minor, currency_code, ticket_count, create_time,
-                                payment_reference)
-            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t, $14 FROM sale
+                                payment_reference, partner_id)
+            SELECT $1, $2, $3, $4, $5, 'CONFIRMED', $6, $7, $8, sale.t, $14, $15 FROM sale
             ON CONFLICT (customer_id, request_id) DO NOTHING
             RETURNING id, create_time
         ), s AS (
@@ -293,6 +330,7 @@ async def insert_order(
         [t.price_minor for t in tickets],
         hold_id,
         payment_reference,
+        partner_id,
     )
     if not row["on_sale"]:
         return OrderWrite(on_sale=False, create_time=None)
@@ -306,12 +344,32 @@ async def insert_order(
 
 _ORDER_COLUMNS = (
     "o.id, o.event_id, o.customer_id, o.request_id, o.status, o.total_minor, "
-    "o.currency_code, o.create_time, o.refund_time, o.refund_reason, o.payment_reference"
+    "o.currency_code, o.create_time, o.refund_time, o.refund_reason, o.payment_reference, "
+    "o.partner_id, pc.external_customer_id, pc.display_name AS end_customer_name, "
+    "pc.email AS end_customer_email"
 )
+# The end customer of a partner's order or hold (issue 13); no row for public ones.
+_END_CUSTOMER_OF_ORDER = "LEFT JOIN partner_customers pc ON pc.id = o.end_customer_id"
+_END_CUSTOMER_OF_HOLD = "LEFT JOIN partner_customers pc ON pc.id = h.end_customer_id"
+
+
+def end_customer_of(row: Any) -> EndCustomer | None:
+    """The end customer columns of an order or hold row, or None on the public channel."""
+    if row["external_customer_id"] is None:
+        return None
+    return EndCustomer(
+        row["external_customer_id"], row["end_customer_name"], row["end_customer_email"]
+    )
 
 
 def _order(row: Any, tickets: tuple[TicketRecord, ...]) -> OrderRecord:
-    return record_from_row(OrderRecord, row, status=OrderStatus(row["status"]), tickets=tickets)
+    return record_from_row(
+        OrderRecord,
+        row,
+        status=OrderStatus(row["status"]),
+        tickets=tickets,
+        end_customer=end_customer_of(row),
+    )
 
 
 async def _tickets_of(
@@ -357,7 +415,8 @@ async def get_order(
     row = await conn.fetchrow(
         f"SELECT {_ORDER_COLUMNS}, o.request_hash, e.organizer_id, "
         "e.start_time <= clock_timestamp() AS started, e.cancel_time IS NOT NULL AS cancelled "
-        "FROM orders o JOIN events e ON e.id = o.event_id WHERE o.id = $1" + suffix,
+        f"FROM orders o JOIN events e ON e.id = o.event_id {_END_CUSTOMER_OF_ORDER} "
+        "WHERE o.id = $1" + suffix,
         order_id,
     )
     if row is None:
@@ -410,8 +469,9 @@ _REFUND = """
         WHERE id IN (SELECT seat_id FROM t)
         RETURNING id
     ), r AS (
-        INSERT INTO refunds (order_id, request_id, refunded_by, reason, amount_minor, create_time)
-        SELECT id, $4, $2, $3, total_minor, at FROM o
+        INSERT INTO refunds (order_id, request_id, refunded_by, refunded_by_partner, reason,
+                             amount_minor, create_time)
+        SELECT id, $4, $2, $5, $3, total_minor, at FROM o
         RETURNING 1
     ), changes AS (
         SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'AVAILABLE') AS n
@@ -425,18 +485,21 @@ async def refund_order(
     conn: Conn,
     order_id: uuid.UUID,
     *,
-    refunded_by: uuid.UUID,
+    refunded_by: uuid.UUID | None,
     reason: str,
     request_id: uuid.UUID | None,
+    refunded_by_partner: uuid.UUID | None = None,
 ) -> bool:
     """Refund one order (caller holds the order and its tickets locked). False when the
-    event had started at the instant of the write: then nothing was written."""
+    event had started at the instant of the write: then nothing was written. Exactly one
+    of `refunded_by` (an account) and `refunded_by_partner` is set."""
     row = await conn.fetchrow(
         _REFUND.format(where="o.id = $1", guard="AND e.start_time > clock.t"),
         order_id,
         refunded_by,
         reason,
         request_id,
+        refunded_by_partner,
     )
     refunded: bool = row["orders"] == 1
     return refunded
@@ -464,7 +527,12 @@ async def refund_event_orders(
     count. There is no start-time guard here: the cancel itself was judged at its write.
     """
     row = await conn.fetchrow(
-        _REFUND.format(where="o.event_id = $1", guard=""), event_id, refunded_by, reason, None
+        _REFUND.format(where="o.event_id = $1", guard=""),
+        event_id,
+        refunded_by,
+        reason,
+        None,
+        None,
     )
     # After the refund, the event's CONFIRMED orders are exactly the attended ones.
     kept = await conn.fetchrow(
@@ -562,6 +630,9 @@ async def replace_codes(
 class OrderFilter:
     customer_id: uuid.UUID | None
     event_id: uuid.UUID | None
+    partner_id: uuid.UUID | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
 
 
 async def list_orders(
@@ -578,10 +649,17 @@ async def list_orders(
         clauses.append(f"o.customer_id = {arg(filters.customer_id)}")
     if filters.event_id is not None:
         clauses.append(f"o.event_id = {arg(filters.event_id)}")
+    if filters.partner_id is not None:
+        clauses.append(f"o.partner_id = {arg(filters.partner_id)}")
+    if filters.created_after is not None:
+        clauses.append(f"o.create_time >= {arg(filters.created_after)}")
+    if filters.created_before is not None:
+        clauses.append(f"o.create_time < {arg(filters.created_before)}")
     if before is not None:
         clauses.append(f"(o.create_time, o.id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
-        f"SELECT {_ORDER_COLUMNS} FROM orders o WHERE {' AND '.join(clauses)} "
+        f"SELECT {_ORDER_COLUMNS} FROM orders o {_END_CUSTOMER_OF_ORDER} "
+        f"WHERE {' AND '.join(clauses)} "
         f"ORDER BY o.create_time DESC, o.id DESC LIMIT {arg(limit)}",
         *arg,
     )
@@ -595,6 +673,8 @@ async def list_orders(
 # read the seat's own copy of its hold's expiry (seats.held_until) under the seat lock.
 
 _HOLD_COLUMNS = (
+    "h.partner_id, pc.external_customer_id, pc.display_name AS end_customer_name, "
+    "pc.email AS end_customer_email, "
     "h.id, h.event_id, h.customer_id, h.request_id, h.seat_count, h.total_minor, "
     "h.currency_code, h.create_time, h.expire_time, h.order_id, h.release_time, "
     "CASE WHEN h.status = 'ACTIVE' AND hold_expired(h.expire_time) THEN 'EXPIRED' "
@@ -628,6 +708,7 @@ async def insert_hold(
     currency_code: str,
     ttl: dt.timedelta,
     seats: Sequence[NewHoldSeat],
+    partner_id: uuid.UUID | None = None,
 ) -> HoldWrite:
     """Write the hold, list its seats and mark them HELD by it in ONE statement, only if the
     event is on sale at the instant of the write; the hold expires `ttl` after that instant.
@@ -641,8 +722,9 @@ async def insert_hold(
             WHERE e.id = $2 AND e.cancel_time IS NULL AND e.start_time > clock.t
         ), h AS (
             INSERT INTO holds (id, event_id, customer_id, request_id, request_hash, status,
-                               seat_count, total_minor, currency_code, create_time, expire_time)
-            SELECT $1, $2, $3, $4, $5, 'ACTIVE', $6, $7, $8, sale.t, sale.t + $9::interval
+                               seat_count, total_minor, currency_code, create_time, expire_time,
+                               partner_id)
+            SELECT $1, $2, $3, $4, $5, 'ACTIVE', $6, $7, $8, sale.t, sale.t + $9::interval, $12
             FROM sale
             ON CONFLICT (customer_id, request_id) DO NOTHING
             RETURNING id, create_time, expire_time
@@ -675,6 +757,7 @@ async def insert_hold(
         ttl,
         [s.seat_id for s in seats],
         [s.price_minor for s in seats],
+        partner_id,
     )
     if not row["on_sale"]:
         return HoldWrite(on_sale=False, create_time=None, expire_time=None)
@@ -730,7 +813,8 @@ async def get_hold(conn: Conn, hold_id: uuid.UUID, *, lock: bool = False) -> Hol
     row = await conn.fetchrow(
         f"SELECT {_HOLD_COLUMNS}, h.request_hash, e.organizer_id, "
         "clock_timestamp() AS db_time "
-        "FROM holds h JOIN events e ON e.id = h.event_id WHERE h.id = $1" + suffix,
+        f"FROM holds h JOIN events e ON e.id = h.event_id {_END_CUSTOMER_OF_HOLD} "
+        "WHERE h.id = $1" + suffix,
         hold_id,
     )
     if row is None:
@@ -764,6 +848,7 @@ async def hold_to_confirm(
         SELECT {_HOLD_COLUMNS}, {_SALE_TERMS},
                o.id AS existing_id, o.request_hash AS existing_hash
         FROM holds h JOIN events e ON e.id = h.event_id {_SECTIONS_OF_E}
+        {_END_CUSTOMER_OF_HOLD}
         LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
         WHERE h.id = $1
         FOR KEY SHARE OF e FOR UPDATE OF h
@@ -775,17 +860,19 @@ async def hold_to_confirm(
     return None if row is None else HoldToConfirm(hold=row, event=_sale_terms(row))
 
 
-async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID) -> list[Any]:
-    """Lock every place the hold listed, in id order, whoever has it now; `free` and
-    `hold_id` tell whether it can still be this hold's (a late confirmation re-takes it);
-    `held_price` is the price the hold keeps."""
+async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID, channel: Channel = PUBLIC) -> list[Any]:
+    """Lock every place the hold listed, in id order, whoever has it now; `free` (for the
+    hold's channel) and `hold_id` tell whether it can still be this hold's (a late
+    confirmation re-takes it); `held_price` is the price the hold keeps."""
     try:
         return list(
             await conn.fetch(
-                f"SELECT {_SEAT_COLUMNS}, hs.price_minor AS held_price FROM seats s "
+                f"SELECT {_seat_columns('$2', '$3')}, hs.price_minor AS held_price FROM seats s "
                 "JOIN hold_seats hs ON hs.seat_id = s.id WHERE hs.hold_id = $1 "
                 "ORDER BY s.id FOR UPDATE OF s",
                 hold_id,
+                channel.partner_id,
+                channel.public_pool,
             )
         )
     except asyncpg.LockNotAvailableError:
@@ -879,6 +966,7 @@ async def sweep_expired_holds(conn: Conn, limit: int) -> int:
 class HoldFilter:
     customer_id: uuid.UUID | None
     event_id: uuid.UUID | None
+    partner_id: uuid.UUID | None = None
 
 
 async def list_holds(
@@ -895,12 +983,169 @@ async def list_holds(
         clauses.append(f"h.customer_id = {arg(filters.customer_id)}")
     if filters.event_id is not None:
         clauses.append(f"h.event_id = {arg(filters.event_id)}")
+    if filters.partner_id is not None:
+        clauses.append(f"h.partner_id = {arg(filters.partner_id)}")
     if before is not None:
         clauses.append(f"(h.create_time, h.id) < ({arg(before[0])}, {arg(before[1])})")
     rows = await conn.fetch(
-        f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE {' AND '.join(clauses)} "
+        f"SELECT {_HOLD_COLUMNS} FROM holds h {_END_CUSTOMER_OF_HOLD} "
+        f"WHERE {' AND '.join(clauses)} "
         f"ORDER BY h.create_time DESC, h.id DESC LIMIT {arg(limit)}",
         *arg,
     )
     seats = await _hold_seats_of(conn, [r["id"] for r in rows]) if rows else {}
     return [(r, seats.get(r["id"], [])) for r in rows]
+
+
+# Allocations (issue 13). The same locks as a sale: the event KEY SHARE, then the seats in
+# id order (specific ids) or SKIP LOCKED (best available), judged free for the public pool;
+# then one statement writes the allocation, lists its seats and marks them.
+
+_ALLOCATION_COLUMNS = (
+    "a.id, a.event_id, a.partner_id, a.request_id, a.create_time, a.release_time, "
+    "a.release_time IS NOT NULL AND NOT allocation_open(a.release_time) AS released, "
+    "ARRAY(SELECT seat_id FROM allocation_seats x WHERE x.allocation_id = a.id "
+    "ORDER BY seat_id) AS seat_ids"
+)
+
+
+def _allocation(row: Any) -> AllocationRecord:
+    return record_from_row(AllocationRecord, row, seat_ids=tuple(row["seat_ids"]))
+
+
+@dataclass(frozen=True)
+class AllocationEvent:
+    cancelled: bool
+    started: bool
+    section_ids: frozenset[uuid.UUID]
+    existing_id: uuid.UUID | None
+    existing_hash: str | None
+
+
+async def allocation_event(
+    conn: Conn, event_id: uuid.UUID, created_by: uuid.UUID, request_id: uuid.UUID
+) -> AllocationEvent | None:
+    """The event under KEY SHARE (a cancel waits for us), and any allocation this caller
+    already made with this request_id."""
+    row = await conn.fetchrow(
+        """
+        SELECT e.cancel_time IS NOT NULL AS cancelled,
+               e.start_time <= clock_timestamp() AS started,
+               ARRAY(SELECT section_id FROM event_sections WHERE event_id = e.id) AS sections,
+               a.id AS existing_id, a.request_hash AS existing_hash
+        FROM events e
+        LEFT JOIN allocations a ON a.created_by = $2 AND a.request_id = $3
+        WHERE e.id = $1
+        FOR KEY SHARE OF e
+        """,
+        event_id,
+        created_by,
+        request_id,
+    )
+    if row is None:
+        return None
+    return AllocationEvent(
+        cancelled=row["cancelled"],
+        started=row["started"],
+        section_ids=frozenset(row["sections"]),
+        existing_id=row["existing_id"],
+        existing_hash=row["existing_hash"],
+    )
+
+
+async def insert_allocation(
+    conn: Conn,
+    *,
+    allocation_id: uuid.UUID,
+    event_id: uuid.UUID,
+    partner_id: uuid.UUID,
+    created_by: uuid.UUID,
+    request_id: uuid.UUID,
+    request_hash: str,
+    seat_ids: Sequence[int],
+    release_time: dt.datetime | None,
+) -> bool:
+    """Write the allocation, list its seats and give them to the partner in ONE statement
+    (the caller holds them locked and judged them free). False: the caller's request_id
+    was committed by a concurrent call first (nothing written)."""
+    row = await conn.fetchrow(
+        """
+        WITH a AS (
+            INSERT INTO allocations (id, event_id, partner_id, created_by, request_id,
+                                     request_hash, seat_count, create_time, release_time)
+            VALUES ($1, $2, $3, $4, $5, $6, cardinality($7::bigint[]), clock_timestamp(), $8)
+            ON CONFLICT (created_by, request_id) DO NOTHING
+            RETURNING id
+        ), l AS (
+            INSERT INTO allocation_seats (allocation_id, seat_id)
+            SELECT a.id, u.sid FROM a, unnest($7::bigint[]) AS u(sid)
+            RETURNING seat_id
+        ), s AS (
+            UPDATE seats SET allocation_id = a.id, allocation_partner_id = $3,
+                             allocated_until = $8
+            FROM a WHERE seats.id = ANY($7::bigint[])
+            RETURNING seats.id
+        )
+        SELECT (SELECT count(*) FROM a) AS written, (SELECT count(*) FROM l) AS listed,
+               (SELECT count(*) FROM s) AS marked
+        """,
+        allocation_id,
+        event_id,
+        partner_id,
+        created_by,
+        request_id,
+        request_hash,
+        list(seat_ids),
+        release_time,
+    )
+    if row["written"] == 0:
+        return False
+    if row["listed"] != len(seat_ids) or row["marked"] != len(seat_ids):
+        raise RuntimeError(f"allocation {allocation_id}: {row['listed']}/{row['marked']}")
+    return True
+
+
+async def get_allocation(
+    conn: Conn, allocation_id: uuid.UUID, *, lock: bool = False
+) -> AllocationRecord | None:
+    suffix = " FOR UPDATE OF a" if lock else ""
+    row = await conn.fetchrow(
+        f"SELECT {_ALLOCATION_COLUMNS} FROM allocations a WHERE a.id = $1{suffix}", allocation_id
+    )
+    return _allocation(row) if row else None
+
+
+async def release_allocation(conn: Conn, allocation_id: uuid.UUID) -> None:
+    """Return its places now: release_time becomes this instant (unless already past) and
+    the seats still marked as its own leave it (sold ones keep their tickets)."""
+    await conn.execute(
+        "UPDATE allocations SET release_time = clock_timestamp() WHERE id = $1 "
+        "AND (release_time IS NULL OR release_time > clock_timestamp())",
+        allocation_id,
+    )
+    await conn.execute(
+        "UPDATE seats SET allocation_id = NULL, allocation_partner_id = NULL, "
+        "allocated_until = NULL WHERE allocation_id = $1",
+        allocation_id,
+    )
+
+
+async def list_allocations(
+    conn: Conn, event_id: uuid.UUID, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+) -> list[AllocationRecord]:
+    """Oldest first, keyset on (create_time, id)."""
+    arg = Params()
+    clauses = [f"a.event_id = {arg(event_id)}"]
+    if after is not None:
+        clauses.append(f"(a.create_time, a.id) > ({arg(after[0])}, {arg(after[1])})")
+    rows = await conn.fetch(
+        f"SELECT {_ALLOCATION_COLUMNS} FROM allocations a WHERE {' AND '.join(clauses)} "
+        f"ORDER BY a.create_time, a.id LIMIT {arg(limit)}",
+        *arg,
+    )
+    return [_allocation(r) for r in rows]
+
+
+async def db_clock(conn: Conn) -> dt.datetime:
+    value: dt.datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return value

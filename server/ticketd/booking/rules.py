@@ -21,6 +21,7 @@ from ticketd.errors import (
     Reason,
     not_found,
 )
+from ticketd.shared import EndCustomer
 
 # Ticket codes: 24 random bytes = 192 bits, 32 URL-safe characters, never derived from ids.
 TICKET_CODE_BYTES = 24
@@ -54,6 +55,39 @@ class BestAvailable:
 
 
 Selection = SpecificSeats | BestAvailable
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Which places a caller may take (issue 13), passed to SQL seat_is_free_for: an open
+    allocation's places only by its partner; the rest (the public pool) by accounts, and by
+    a partner whose `public_sales` flag is set."""
+
+    partner_id: uuid.UUID | None = None
+    public_pool: bool = True
+
+
+PUBLIC = Channel()
+
+
+@dataclass(frozen=True)
+class AllocationRecord:
+    """Places of an event set aside for one partner's channel (issue 13)."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID
+    partner_id: uuid.UUID
+    request_id: uuid.UUID
+    create_time: dt.datetime
+    release_time: dt.datetime | None
+    """When its unsold places return (or returned) to the public pool; None = never."""
+    released: bool
+    """release_time has passed (database clock at the read)."""
+    seat_ids: tuple[int, ...]
+
+
+def allocation_not_found(allocation_id: uuid.UUID) -> NotFound:
+    return not_found(Reason.ALLOCATION_NOT_FOUND, "allocation", allocation_id=allocation_id)
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,10 @@ class OrderRecord:
     payment_reference: str | None = None
     """ConfirmHold's payment_reference (the payment provider's id); None for BookSeats."""
     tickets: tuple[TicketRecord, ...] = field(default=())
+    partner_id: uuid.UUID | None = None
+    """The partner that sold it (issue 13); None for the public channel. Then
+    `customer_id` is the partner's end customer's id (partner_customers), not an account."""
+    end_customer: EndCustomer | None = None
 
 
 def new_ticket_code() -> str:
@@ -163,28 +201,60 @@ def check_customer_limit(held: int, quantity: int, max_per_customer: int | None)
         )
 
 
+def is_owner(principal: Principal, customer_id: uuid.UUID, partner_id: uuid.UUID | None) -> bool:
+    """Whose an order or hold is: a partner's API key owns what its partner sold (for any
+    of its end customers); an account owns what it bought itself on the public channel."""
+    if principal.partner_id is not None:
+        return partner_id == principal.partner_id
+    return partner_id is None and principal.user_id == customer_id
+
+
+def check_on_behalf_of(principal: Principal, on_behalf_of: EndCustomer | None) -> None:
+    """A partner sells only for a named end customer; nobody else names one."""
+    if principal.partner_id is not None and on_behalf_of is None:
+        raise InvalidArgument.one(
+            "on_behalf_of", "is required: a partner sells to one of its end customers"
+        )
+    if principal.partner_id is None and on_behalf_of is not None:
+        raise InvalidArgument.one(
+            "on_behalf_of", "only a partner's API key sells on behalf of an end customer"
+        )
+
+
 def can_read_order(
-    principal: Principal, customer_id: uuid.UUID, event_organizer_id: uuid.UUID
+    principal: Principal,
+    customer_id: uuid.UUID,
+    event_organizer_id: uuid.UUID,
+    partner_id: uuid.UUID | None = None,
 ) -> bool:
-    if principal.has(Role.ADMIN, Role.SUPPORT) or principal.user_id == customer_id:
+    if is_owner(principal, customer_id, partner_id):
+        return True
+    if principal.partner_id is not None:
+        return False
+    if principal.has(Role.ADMIN, Role.SUPPORT):
         return True
     return principal.has(Role.ORGANIZER) and principal.user_id == event_organizer_id
 
 
-def may_see_codes(principal: Principal, customer_id: uuid.UUID) -> bool:
+def may_see_codes(
+    principal: Principal, customer_id: uuid.UUID, partner_id: uuid.UUID | None = None
+) -> bool:
     """Ticket codes are bearer credentials: only the order's owner reads them.
 
     Not SUPPORT (who can list every customer's orders), not the event's organizer, and not
     ADMIN either: nothing an admin does needs a customer's live code, and an admin token is
     the one worth stealing. Staff replace codes instead (RotateTicketCodes); the owner then
-    reads the new ones. (Partners' own orders will be theirs to read when partners exist.)
+    reads the new ones. A partner's orders are the partner's: it delivers the codes to its
+    end customers (SUPPORT sees those orders, not their codes).
     """
-    return principal.user_id == customer_id
+    return is_owner(principal, customer_id, partner_id)
 
 
-def ensure_can_rotate(principal: Principal, customer_id: uuid.UUID) -> None:
+def ensure_can_rotate(
+    principal: Principal, customer_id: uuid.UUID, partner_id: uuid.UUID | None = None
+) -> None:
     """The owner, or SUPPORT/ADMIN on the owner's behalf (re-sending codes), may rotate."""
-    if principal.user_id == customer_id or principal.has(Role.ADMIN, Role.SUPPORT):
+    if is_owner(principal, customer_id, partner_id) or principal.has(Role.ADMIN, Role.SUPPORT):
         return
     raise PermissionDenied(
         "you may not rotate the codes of this order", reason=Reason.NOT_ORDER_OWNER
@@ -206,10 +276,15 @@ def check_can_rotate(*, refunded: bool, event_cancelled: bool, event_started: bo
         )
 
 
-def ensure_can_refund(principal: Principal, customer_id: uuid.UUID) -> None:
+def ensure_can_refund(
+    principal: Principal, customer_id: uuid.UUID, partner_id: uuid.UUID | None = None
+) -> None:
+    """SUPPORT/ADMIN; the customer who bought it; the partner that sold it (under the same
+    rules as customers: before the start, no ticket used)."""
     if principal.has(Role.ADMIN, Role.SUPPORT):
         return
-    if principal.user_id == customer_id and principal.has(Role.CUSTOMER):
+    owner = is_owner(principal, customer_id, partner_id)
+    if owner and (principal.has(Role.CUSTOMER) or principal.partner_id is not None):
         return
     raise PermissionDenied("you may not refund this order", reason=Reason.NOT_ORDER_OWNER)
 
@@ -269,6 +344,9 @@ class HoldRecord:
     expire_time: dt.datetime
     order_id: uuid.UUID | None
     seats: tuple[HoldSeatRecord, ...] = field(default=())
+    partner_id: uuid.UUID | None = None
+    """The partner that made it; None for the public channel (as OrderRecord)."""
+    end_customer: EndCustomer | None = None
 
 
 def resolve_hold_ttl(
@@ -289,15 +367,20 @@ def hold_not_found(hold_id: uuid.UUID) -> NotFound:
 
 
 def can_read_hold(
-    principal: Principal, customer_id: uuid.UUID, event_organizer_id: uuid.UUID
+    principal: Principal,
+    customer_id: uuid.UUID,
+    event_organizer_id: uuid.UUID,
+    partner_id: uuid.UUID | None = None,
 ) -> bool:
     """Whoever may read the orders of this customer at this event may read their holds."""
-    return can_read_order(principal, customer_id, event_organizer_id)
+    return can_read_order(principal, customer_id, event_organizer_id, partner_id)
 
 
-def ensure_hold_owner(principal: Principal, customer_id: uuid.UUID) -> None:
-    """A hold is its customer's: only they extend, confirm or release it."""
-    if principal.user_id != customer_id:
+def ensure_hold_owner(
+    principal: Principal, customer_id: uuid.UUID, partner_id: uuid.UUID | None = None
+) -> None:
+    """A hold is its customer's (or its partner's): only they extend, confirm or release it."""
+    if not is_owner(principal, customer_id, partner_id):
         raise PermissionDenied("this hold is not yours", reason=Reason.NOT_HOLD_OWNER)
 
 

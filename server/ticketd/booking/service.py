@@ -14,7 +14,9 @@ from typing import Any, Protocol
 from ticketd.auth.principal import Principal, Role
 from ticketd.booking import repository as repo
 from ticketd.booking.rules import (
+    PUBLIC,
     BestAvailable,
+    Channel,
     EventRefunds,
     HoldRecord,
     HoldSeatRecord,
@@ -25,10 +27,12 @@ from ticketd.booking.rules import (
     SpecificSeats,
     TicketRecord,
     TicketStatus,
+    allocation_not_found,
     can_read_hold,
     can_read_order,
     check_can_rotate,
     check_customer_limit,
+    check_on_behalf_of,
     check_order_limit,
     ensure_can_refund,
     ensure_can_rotate,
@@ -44,6 +48,10 @@ from ticketd.booking.rules import (
     order_not_found,
     request_fingerprint,
     resolve_hold_ttl,
+    validate_selection,
+)
+from ticketd.booking.rules import (
+    AllocationRecord as AllocationRecord,  # re-exported: EventService answers with it
 )
 from ticketd.db.database import Connection, Database
 from ticketd.errors import (
@@ -56,7 +64,7 @@ from ticketd.errors import (
     Precondition,
     Reason,
 )
-from ticketd.shared import event_not_found
+from ticketd.shared import EndCustomer, event_not_found
 
 # Outcomes a concurrent twin of the same request_id can cause; on these we look again for
 # the twin's order before answering.
@@ -109,6 +117,31 @@ class CustomerLookup(Protocol):
     async def user_id_by_email(self, email: str) -> uuid.UUID | None: ...
 
 
+class EndCustomers(Protocol):
+    """A partner's end customers (the partners domain answers): the id booking stores as
+    the customer of the partner's orders and holds."""
+
+    async def end_customer_id(
+        self, partner_id: uuid.UUID, customer: EndCustomer
+    ) -> tuple[uuid.UUID, EndCustomer]: ...
+
+    async def find_end_customer(
+        self, partner_id: uuid.UUID, external_customer_id: str
+    ) -> uuid.UUID | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Buyer:
+    """Whom a sale is for: an account on the public channel, or a partner's end customer
+    (`customer_id` is then the partner_customers id). Every rule keyed on the customer (the
+    request_id, the per-customer cap) keys on `customer_id`."""
+
+    customer_id: uuid.UUID
+    partner_id: uuid.UUID | None = None
+    end_customer: EndCustomer | None = None
+    channel: Channel = PUBLIC
+
+
 class BookingService:
     """Sells seats and refunds orders; every method is one database transaction."""
 
@@ -120,12 +153,25 @@ class BookingService:
         *,
         hold_ttl: dt.timedelta = dt.timedelta(seconds=600),
         hold_max_ttl: dt.timedelta = dt.timedelta(seconds=1800),
+        end_customers: EndCustomers | None = None,
     ) -> None:
         self._db = db
         self._customers = customers
         self._signed_codes = signed_codes
         self._hold_ttl = hold_ttl
         self._hold_max_ttl = hold_max_ttl
+        self._end_customers = end_customers
+
+    async def _buyer(self, principal: Principal, on_behalf_of: EndCustomer | None) -> Buyer:
+        check_on_behalf_of(principal, on_behalf_of)
+        if principal.partner_id is None or on_behalf_of is None:
+            return Buyer(principal.user_id)
+        if self._end_customers is None:
+            raise RuntimeError("partner sales need the partners domain (ticketd.app wires it)")
+        customer_id, customer = await self._end_customers.end_customer_id(
+            principal.partner_id, on_behalf_of
+        )
+        return Buyer(customer_id, principal.partner_id, customer, _channel_of(principal))
 
     async def book(
         self,
@@ -133,15 +179,17 @@ class BookingService:
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
+        on_behalf_of: EndCustomer | None = None,
     ) -> OrderRecord:
         fingerprint = request_fingerprint(event_id, selection)
+        buyer = await self._buyer(principal, on_behalf_of)
         try:
-            return await self._book_once(principal, event_id, request_id, selection, fingerprint)
+            return await self._book_once(buyer, event_id, request_id, selection, fingerprint)
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
             # A retry that raced its own original: answer with the original order.
-            twin = await self._order_for_request(principal.user_id, request_id, fingerprint)
+            twin = await self._order_for_request(buyer.customer_id, request_id, fingerprint)
             if twin is not None:
                 return twin
             if isinstance(exc, _TwinCommittedFirst):
@@ -164,13 +212,13 @@ class BookingService:
 
     async def _book_once(
         self,
-        principal: Principal,
+        buyer: Buyer,
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
         fingerprint: str,
     ) -> OrderRecord:
-        customer_id = principal.user_id
+        customer_id = buyer.customer_id
         async with self._db.transaction() as conn:
             event = await repo.event_for_sale(conn, event_id, customer_id, request_id)
             if event is None:
@@ -185,7 +233,9 @@ class BookingService:
                 raise not_on_sale(event_id, "it was cancelled")
             if event.started:
                 raise not_on_sale(event_id, "it has started")
-            seats = await self._take_seats(conn, event, event_id, customer_id, selection)
+            seats = await self._take_seats(
+                conn, event, event_id, customer_id, selection, buyer.channel
+            )
             order_id = uuid.uuid4()
             new = [
                 repo.NewTicket(uuid.uuid4(), s["id"], new_ticket_code(), s["price_minor"])
@@ -200,6 +250,7 @@ class BookingService:
                 request_hash=fingerprint,
                 currency_code=event.currency_code,
                 tickets=new,
+                partner_id=buyer.partner_id,
             )
             if not written.on_sale:
                 # The seat locks may have been waited for across the start (or nothing was
@@ -208,7 +259,16 @@ class BookingService:
             if written.create_time is None:
                 raise _TwinCommittedFirst()
             return _new_order(
-                order_id, event_id, customer_id, request_id, event, written.create_time, new, seats
+                order_id,
+                event_id,
+                customer_id,
+                request_id,
+                event,
+                written.create_time,
+                new,
+                seats,
+                partner_id=buyer.partner_id,
+                end_customer=buyer.end_customer,
             )
 
     async def _take_seats(
@@ -218,17 +278,31 @@ class BookingService:
         event_id: uuid.UUID,
         customer_id: uuid.UUID,
         selection: Selection,
+        channel: Channel,
     ) -> list[Any]:
         """The one step BookSeats and HoldSeats share: the limits (live holds count), then
-        the seats locked and checked free (SQL seat_is_free). Caller: inside the
-        transaction, the event KEY SHARE locked and judged on sale."""
+        the seats locked and checked free for the caller's channel (SQL seat_is_free_for).
+        Caller: inside the transaction, the event KEY SHARE locked and judged on sale."""
         check_order_limit(selection.quantity, event.max_tickets_per_order)
         if event.max_tickets_per_customer is not None:
             held = await repo.serialize_customer(conn, event_id, customer_id)
             check_customer_limit(held, selection.quantity, event.max_tickets_per_customer)
+        return await self._lock_selection(
+            conn, frozenset(event.section_names), event_id, selection, channel
+        )
 
+    async def _lock_selection(
+        self,
+        conn: Connection,
+        section_ids: frozenset[uuid.UUID],
+        event_id: uuid.UUID,
+        selection: Selection,
+        channel: Channel,
+    ) -> list[Any]:
+        """The selected seats locked (ids in id order; best available SKIP LOCKED) and
+        checked free for `channel`: what sales, holds and allocations all go through."""
         if isinstance(selection, SpecificSeats):
-            seats = await repo.lock_seats(conn, event_id, selection.seat_ids)
+            seats = await repo.lock_seats(conn, event_id, selection.seat_ids, channel)
             found = {s["id"] for s in seats}
             missing = [
                 FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
@@ -249,15 +323,15 @@ class BookingService:
                 )
         else:
             assert isinstance(selection, BestAvailable)
-            if selection.section_id not in event.section_names:
+            if selection.section_id not in section_ids:
                 raise InvalidArgument.one(
                     "best_available.section_id", "not a section of this event"
                 )
             seats = await repo.claim_best_available(
-                conn, event_id, selection.section_id, selection.quantity
+                conn, event_id, selection.section_id, selection.quantity, channel
             )
             if len(seats) < selection.quantity:
-                free = await repo.count_available(conn, event_id, selection.section_id)
+                free = await repo.count_available(conn, event_id, selection.section_id, channel)
                 if free >= selection.quantity:
                     raise Aborted(
                         "the remaining places are being booked right now; retry",
@@ -279,9 +353,13 @@ class BookingService:
             got = await repo.get_order(conn, order_id)
         if got is None:
             raise order_not_found(order_id)
-        if not can_read_order(principal, got.order.customer_id, got.organizer_id):
+        order = got.order
+        if not can_read_order(principal, order.customer_id, got.organizer_id, order.partner_id):
+            if principal.partner_id is not None:
+                # A partner is not told which order ids other channels hold.
+                raise order_not_found(order_id)
             raise PermissionDenied("you may not read this order", reason=Reason.NOT_ORDER_OWNER)
-        show = may_see_codes(principal, got.order.customer_id)
+        show = may_see_codes(principal, order.customer_id, order.partner_id)
         if not (show and signed_codes) or self._signed_codes is None:
             return got.order, show
         # Derived after the read, outside its connection: signing needs no lock, and a code
@@ -300,14 +378,37 @@ class BookingService:
         customer_email: str | None,
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
+        external_customer_id: str | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
     ) -> list[OrderRecord]:
+        """Own orders (a partner: the orders it sold, optionally to one end customer);
+        SUPPORT and ADMIN anyone's (optionally one customer's)."""
         staff = principal.has(Role.ADMIN, Role.SUPPORT)
-        if not staff:
+        partner_id = principal.partner_id
+        if external_customer_id and partner_id is None:
+            raise InvalidArgument.one(
+                "external_customer_id", "only a partner lists orders by its end customers"
+            )
+        if partner_id is not None:
+            if customer_email:
+                raise InvalidArgument.one(
+                    "customer_email", "a partner filters by external_customer_id instead"
+                )
+            customer_id: uuid.UUID | None = None
+            if external_customer_id:
+                assert self._end_customers is not None
+                customer_id = await self._end_customers.find_end_customer(
+                    partner_id, external_customer_id
+                )
+                if customer_id is None:
+                    return []
+        elif not staff:
             if customer_email and customer_email != principal.email:
                 raise PermissionDenied(
                     "customers may list only their own orders", reason=Reason.NOT_ORDER_OWNER
                 )
-            customer_id: uuid.UUID | None = principal.user_id
+            customer_id = principal.user_id
         elif customer_email:
             customer_id = await self._customers.user_id_by_email(customer_email)
             if customer_id is None:
@@ -317,7 +418,13 @@ class BookingService:
         async with self._db.connection() as conn:
             return await repo.list_orders(
                 conn,
-                repo.OrderFilter(customer_id=customer_id, event_id=event_id),
+                repo.OrderFilter(
+                    customer_id=customer_id,
+                    event_id=event_id,
+                    partner_id=partner_id,
+                    created_after=created_after,
+                    created_before=created_before,
+                ),
                 before=before,
                 limit=limit,
             )
@@ -333,7 +440,12 @@ class BookingService:
             got = await repo.get_order(conn, order_id, lock=True)
             if got is None:
                 raise order_not_found(order_id)
-            ensure_can_refund(principal, got.order.customer_id)
+            try:
+                ensure_can_refund(principal, got.order.customer_id, got.order.partner_id)
+            except PermissionDenied:
+                if principal.partner_id is not None:
+                    raise order_not_found(order_id) from None
+                raise
             if got.order.status is OrderStatus.REFUNDED:
                 if await repo.refund_request_of(conn, order_id) == request_id:
                     return got.order  # a retry of the refund that already happened
@@ -347,8 +459,14 @@ class BookingService:
                 raise FailedPrecondition(
                     "a ticket of this order was already used at a gate", reason=Reason.TICKET_USED
                 )
+            by_partner = principal.partner_id
             if not await repo.refund_order(
-                conn, order_id, refunded_by=principal.user_id, reason=reason, request_id=request_id
+                conn,
+                order_id,
+                refunded_by=None if by_partner else principal.user_id,
+                refunded_by_partner=by_partner,
+                reason=reason,
+                request_id=request_id,
             ):
                 # The order and its tickets are locked by us and had no used ticket, so the
                 # only way the write refused is the clock: the event started meanwhile.
@@ -369,7 +487,7 @@ class BookingService:
             got = await repo.get_order(conn, order_id, lock=True)
             if got is None:
                 raise order_not_found(order_id)
-            ensure_can_rotate(principal, got.order.customer_id)
+            ensure_can_rotate(principal, got.order.customer_id, got.order.partner_id)
             earlier = await repo.rotation_of(conn, principal.user_id, request_id)
             if earlier is not None:
                 if earlier[0] != order_id:
@@ -426,6 +544,86 @@ class BookingService:
             conn, event_id, refunded_by=refunded_by, reason=reason, report_limit=report_limit
         )
 
+    # Allocations (issue 13) ----------------------------------------------------------------
+    # Who may allocate is the events domain's call (EventService checks the event's owner
+    # and the partner); here: the seats, under the same locks as every sale.
+
+    async def allocate(
+        self,
+        *,
+        event_id: uuid.UUID,
+        partner_id: uuid.UUID,
+        created_by: uuid.UUID,
+        request_id: uuid.UUID,
+        seat_ids: list[int] | None,
+        best_available: tuple[uuid.UUID, int] | None,
+        release_time: dt.datetime | None,
+    ) -> AllocationRecord:
+        """Set places aside for a partner's channel, in one transaction: each must be free
+        for the public pool (not sold, held or in another open allocation). A repeated
+        request_id of the same caller returns the first allocation."""
+        selection = validate_selection(
+            seat_ids, BestAvailable(*best_available) if best_available else None
+        )
+        fingerprint = request_fingerprint(event_id, selection) + f"|{partner_id}|{release_time}"
+        async with self._db.transaction() as conn:
+            event = await repo.allocation_event(conn, event_id, created_by, request_id)
+            if event is None:
+                raise event_not_found(event_id)
+            if event.existing_id is not None:
+                if event.existing_hash != fingerprint:
+                    raise _mismatch(request_id)
+                found = await repo.get_allocation(conn, event.existing_id)
+                assert found is not None
+                return found
+            if event.cancelled:
+                raise not_on_sale(event_id, "it was cancelled")
+            if event.started:
+                raise not_on_sale(event_id, "it has started")
+            if release_time is not None and release_time <= await repo.db_clock(conn):
+                raise InvalidArgument.one("release_time", "must be in the future")
+            seats = await self._lock_selection(conn, event.section_ids, event_id, selection, PUBLIC)
+            allocation_id = uuid.uuid4()
+            written = await repo.insert_allocation(
+                conn,
+                allocation_id=allocation_id,
+                event_id=event_id,
+                partner_id=partner_id,
+                created_by=created_by,
+                request_id=request_id,
+                request_hash=fingerprint,
+                seat_ids=sorted(s["id"] for s in seats),
+                release_time=release_time,
+            )
+            if not written:
+                raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY)
+            made = await repo.get_allocation(conn, allocation_id)
+        assert made is not None
+        return made
+
+    async def get_allocation(self, allocation_id: uuid.UUID) -> AllocationRecord:
+        async with self._db.connection() as conn:
+            found = await repo.get_allocation(conn, allocation_id)
+        if found is None:
+            raise allocation_not_found(allocation_id)
+        return found
+
+    async def release_allocation(self, allocation_id: uuid.UUID) -> AllocationRecord:
+        """Its unsold places return to the public pool now (idempotent)."""
+        async with self._db.transaction() as conn:
+            if await repo.get_allocation(conn, allocation_id, lock=True) is None:
+                raise allocation_not_found(allocation_id)
+            await repo.release_allocation(conn, allocation_id)
+        # Read after the commit: `released` is judged on now(), which inside the releasing
+        # transaction is its start, before the release_time it just wrote.
+        return await self.get_allocation(allocation_id)
+
+    async def list_allocations(
+        self, event_id: uuid.UUID, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+    ) -> list[AllocationRecord]:
+        async with self._db.connection() as conn:
+            return await repo.list_allocations(conn, event_id, after, limit)
+
     # Holds (issue 12) ----------------------------------------------------------------------
 
     async def sweep_expired_holds(self, limit: int = 500) -> int:
@@ -444,20 +642,22 @@ class BookingService:
         request_id: uuid.UUID,
         selection: Selection,
         ttl: dt.timedelta | None,
+        on_behalf_of: EndCustomer | None = None,
     ) -> HoldRecord:
         """Lock seats for the caller until expiry: the same rules, locks and errors as
         BookSeats, in one transaction. A repeated request_id returns the first hold."""
         lifetime = self.hold_ttl(ttl)
         fingerprint = request_fingerprint(event_id, selection)
+        buyer = await self._buyer(principal, on_behalf_of)
         try:
             return await self._hold_once(
-                principal, event_id, request_id, selection, fingerprint, lifetime
+                buyer, event_id, request_id, selection, fingerprint, lifetime
             )
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
             async with self._db.connection() as conn:
-                found = await repo.existing_hold_request(conn, principal.user_id, request_id)
+                found = await repo.existing_hold_request(conn, buyer.customer_id, request_id)
                 if found is not None:
                     if found[1] != fingerprint:
                         raise _mismatch(request_id) from None
@@ -470,14 +670,14 @@ class BookingService:
 
     async def _hold_once(
         self,
-        principal: Principal,
+        buyer: Buyer,
         event_id: uuid.UUID,
         request_id: uuid.UUID,
         selection: Selection,
         fingerprint: str,
         ttl: dt.timedelta,
     ) -> HoldRecord:
-        customer_id = principal.user_id
+        customer_id = buyer.customer_id
         async with self._db.transaction() as conn:
             event = await repo.event_for_sale(conn, event_id, customer_id, request_id, made="holds")
             if event is None:
@@ -492,7 +692,9 @@ class BookingService:
                 raise not_on_sale(event_id, "it was cancelled")
             if event.started:
                 raise not_on_sale(event_id, "it has started")
-            seats = await self._take_seats(conn, event, event_id, customer_id, selection)
+            seats = await self._take_seats(
+                conn, event, event_id, customer_id, selection, buyer.channel
+            )
             hold_id = uuid.uuid4()
             written = await repo.insert_hold(
                 conn,
@@ -504,6 +706,7 @@ class BookingService:
                 currency_code=event.currency_code,
                 ttl=ttl,
                 seats=[repo.NewHoldSeat(s["id"], s["price_minor"]) for s in seats],
+                partner_id=buyer.partner_id,
             )
             if not written.on_sale:
                 raise not_on_sale(event_id, "it has started")
@@ -520,6 +723,8 @@ class BookingService:
                 create_time=written.create_time,
                 expire_time=written.expire_time,
                 order_id=None,
+                partner_id=buyer.partner_id,
+                end_customer=buyer.end_customer,
                 seats=tuple(
                     HoldSeatRecord(
                         seat_id=s["id"],
@@ -539,7 +744,10 @@ class BookingService:
             got = await repo.get_hold(conn, hold_id)
         if got is None:
             raise hold_not_found(hold_id)
-        if not can_read_hold(principal, got.hold["customer_id"], got.organizer_id):
+        hold = got.hold
+        if not can_read_hold(principal, hold["customer_id"], got.organizer_id, hold["partner_id"]):
+            if principal.partner_id is not None:
+                raise hold_not_found(hold_id)
             raise PermissionDenied("you may not read this hold", reason=Reason.NOT_HOLD_OWNER)
         return _hold_record(got.hold, got.seats)
 
@@ -552,13 +760,19 @@ class BookingService:
         before: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[HoldRecord]:
-        """Own holds; SUPPORT and ADMIN anyone's (optionally one customer's)."""
-        if not principal.has(Role.ADMIN, Role.SUPPORT):
+        """Own holds (a partner: the holds it made); SUPPORT and ADMIN anyone's
+        (optionally one customer's)."""
+        partner_id = principal.partner_id
+        if partner_id is not None:
+            if customer_email:
+                raise InvalidArgument.one("customer_email", "partners list their own holds")
+            customer_id: uuid.UUID | None = None
+        elif not principal.has(Role.ADMIN, Role.SUPPORT):
             if customer_email and customer_email != principal.email:
                 raise PermissionDenied(
                     "customers may list only their own holds", reason=Reason.NOT_HOLD_OWNER
                 )
-            customer_id: uuid.UUID | None = principal.user_id
+            customer_id = principal.user_id
         elif customer_email:
             customer_id = await self._customers.user_id_by_email(customer_email)
             if customer_id is None:
@@ -568,7 +782,7 @@ class BookingService:
         async with self._db.connection() as conn:
             rows = await repo.list_holds(
                 conn,
-                repo.HoldFilter(customer_id=customer_id, event_id=event_id),
+                repo.HoldFilter(customer_id=customer_id, event_id=event_id, partner_id=partner_id),
                 before=before,
                 limit=limit,
             )
@@ -580,7 +794,7 @@ class BookingService:
         got = await repo.get_hold(conn, hold_id, lock=True)
         if got is None:
             raise hold_not_found(hold_id)
-        ensure_hold_owner(principal, got.hold["customer_id"])
+        _ensure_own_hold(principal, hold_id, got.hold)
         return got
 
     async def extend_hold(
@@ -634,6 +848,7 @@ class BookingService:
         hold_id: uuid.UUID,
         request_id: uuid.UUID,
         payment_reference: str | None,
+        on_behalf_of: EndCustomer | None = None,
     ) -> OrderRecord:
         """The hold becomes a CONFIRMED order with its tickets, in one transaction.
 
@@ -642,19 +857,37 @@ class BookingService:
         the seats, and nothing is written. A repeated request_id returns the same order.
         """
         fingerprint = hold_confirm_fingerprint(hold_id)
+        buyer = await self._confirming_buyer(principal, on_behalf_of)
         try:
             return await self._confirm_once(
-                principal, hold_id, request_id, fingerprint, payment_reference
+                principal, buyer, hold_id, request_id, fingerprint, payment_reference
             )
         except _TwinCommittedFirst:
-            twin = await self._order_for_request(principal.user_id, request_id, fingerprint)
+            twin = await self._order_for_request(buyer.customer_id, request_id, fingerprint)
             if twin is not None:
                 return twin
             raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
 
+    async def _confirming_buyer(
+        self, principal: Principal, on_behalf_of: EndCustomer | None
+    ) -> Buyer:
+        """Who a confirmation is for: the caller, or the partner's end customer named, who
+        must already be known (the hold was made for them; checked against the hold)."""
+        check_on_behalf_of(principal, on_behalf_of)
+        if principal.partner_id is None or on_behalf_of is None:
+            return Buyer(principal.user_id)
+        assert self._end_customers is not None
+        found = await self._end_customers.find_end_customer(
+            principal.partner_id, on_behalf_of.external_customer_id
+        )
+        if found is None:
+            raise _not_the_holds_customer()
+        return Buyer(found, principal.partner_id, channel=_channel_of(principal))
+
     async def _confirm_once(
         self,
         principal: Principal,
+        buyer: Buyer,
         hold_id: uuid.UUID,
         request_id: uuid.UUID,
         fingerprint: str,
@@ -662,11 +895,13 @@ class BookingService:
     ) -> OrderRecord:
         # Three statements, as BookSeats: hold + event + earlier request, the seats, the write.
         async with self._db.transaction() as conn:
-            got = await repo.hold_to_confirm(conn, hold_id, principal.user_id, request_id)
+            got = await repo.hold_to_confirm(conn, hold_id, buyer.customer_id, request_id)
             if got is None:
                 raise hold_not_found(hold_id)
             hold, event = got.hold, got.event
-            ensure_hold_owner(principal, hold["customer_id"])
+            _ensure_own_hold(principal, hold_id, hold)
+            if hold["customer_id"] != buyer.customer_id:
+                raise _not_the_holds_customer()
             status = HoldStatus(hold["status"])
             earlier = (
                 (event.existing_order_id, event.existing_hash)
@@ -676,7 +911,7 @@ class BookingService:
             if earlier is None and status is HoldStatus.CONFIRMED:
                 # A twin confirmed it while we waited for the hold's lock: the locked row was
                 # re-read at the lock, the joined orders were not; look again.
-                earlier = await repo.existing_request(conn, principal.user_id, request_id)
+                earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
             if earlier is not None:
                 if earlier[1] != fingerprint:
                     raise _mismatch(request_id)
@@ -689,7 +924,7 @@ class BookingService:
                 raise not_on_sale(hold["event_id"], "it was cancelled")
             if event.started:
                 raise not_on_sale(hold["event_id"], "it has started")
-            seats = await repo.lock_hold_seats(conn, hold_id)
+            seats = await repo.lock_hold_seats(conn, hold_id, buyer.channel)
             taken = [s["id"] for s in seats if s["hold_id"] != hold_id and not s["free"]]
             if taken:
                 raise hold_expired_error(hold_id, taken)
@@ -697,7 +932,7 @@ class BookingService:
                 # A live hold already counted toward the cap when it was made; an expired
                 # one did not count while others were held meanwhile: count again.
                 others = await repo.serialize_customer(
-                    conn, hold["event_id"], principal.user_id, except_hold=hold_id
+                    conn, hold["event_id"], buyer.customer_id, except_hold=hold_id
                 )
                 check_customer_limit(others, len(seats), event.max_tickets_per_customer)
             order_id = uuid.uuid4()
@@ -709,13 +944,14 @@ class BookingService:
                 conn,
                 order_id=order_id,
                 event_id=hold["event_id"],
-                customer_id=principal.user_id,
+                customer_id=buyer.customer_id,
                 request_id=request_id,
                 request_hash=fingerprint,
                 currency_code=hold["currency_code"],
                 tickets=new,
                 hold_id=hold_id,
                 payment_reference=payment_reference,
+                partner_id=buyer.partner_id,
             )
             if not written.on_sale:
                 raise not_on_sale(hold["event_id"], "it has started")
@@ -724,13 +960,15 @@ class BookingService:
             return _new_order(
                 order_id,
                 hold["event_id"],
-                principal.user_id,
+                buyer.customer_id,
                 request_id,
                 event,
                 written.create_time,
                 new,
                 seats,
                 payment_reference=payment_reference,
+                partner_id=buyer.partner_id,
+                end_customer=repo.end_customer_of(hold),
             )
 
 
@@ -745,10 +983,14 @@ def _new_order(
     seats: list[Any],
     *,
     payment_reference: str | None = None,
+    partner_id: uuid.UUID | None = None,
+    end_customer: EndCustomer | None = None,
 ) -> OrderRecord:
     """The order a sale just wrote, from what the transaction already holds (no read back):
     `seats` are the locked seat rows, in the order of `tickets`."""
     return OrderRecord(
+        partner_id=partner_id,
+        end_customer=end_customer,
         id=order_id,
         event_id=event_id,
         customer_id=customer_id,
@@ -778,8 +1020,36 @@ def _new_order(
     )
 
 
+def _ensure_own_hold(principal: Principal, hold_id: uuid.UUID, hold: Any) -> None:
+    """The hold is the caller's (a partner's: one it made); a partner is told NOT_FOUND
+    for any other, so hold ids of other channels are never confirmed."""
+    try:
+        ensure_hold_owner(principal, hold["customer_id"], hold["partner_id"])
+    except PermissionDenied:
+        if principal.partner_id is not None:
+            raise hold_not_found(hold_id) from None
+        raise
+
+
+def _channel_of(principal: Principal) -> Channel:
+    """Which places a caller may take: a partner its allocations (and the public pool if
+    its flag allows), everyone else the public pool."""
+    scope = principal.partner
+    if scope is None:
+        return PUBLIC
+    return Channel(scope.partner_id, scope.public_sales)
+
+
+def _not_the_holds_customer() -> InvalidArgument:
+    return InvalidArgument.one(
+        "on_behalf_of.external_customer_id", "is not the end customer this hold was made for"
+    )
+
+
 def _hold_record(row: Any, seats: list[Any]) -> HoldRecord:
     return HoldRecord(
+        partner_id=row["partner_id"],
+        end_customer=repo.end_customer_of(row),
         id=row["id"],
         event_id=row["event_id"],
         customer_id=row["customer_id"],

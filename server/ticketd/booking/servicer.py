@@ -19,7 +19,7 @@ from ticketd.booking.rules import (
     validate_selection,
 )
 from ticketd.booking.service import BookingService
-from ticketd.edge.convert import optional_uuid, parse_uuid, timestamp
+from ticketd.edge.convert import optional_time, optional_uuid, parse_uuid, timestamp
 from ticketd.errors import InvalidArgument
 from ticketd.pagination import (
     PageTokens,
@@ -27,6 +27,7 @@ from ticketd.pagination import (
     resolve_page_size,
     time_keyset,
 )
+from ticketd.shared import EndCustomer
 from ticketing.v1 import booking_pb2, booking_pb2_grpc
 
 ORDER_STATUS = {
@@ -40,6 +41,31 @@ TICKET_STATUS = {
 }
 
 
+def end_customer_to_proto(customer: EndCustomer | None) -> booking_pb2.EndCustomer | None:
+    if customer is None:
+        return None
+    return booking_pb2.EndCustomer(
+        external_customer_id=customer.external_customer_id,
+        display_name=customer.display_name,
+        email=customer.email,
+    )
+
+
+def on_behalf_of(request: Any) -> EndCustomer | None:
+    """The end customer a partner's request names; None when the field is unset."""
+    if not request.HasField("on_behalf_of"):
+        return None
+    given = request.on_behalf_of
+    return EndCustomer(given.external_customer_id, given.display_name, given.email)
+
+
+def _channel(partner_id: Any) -> dict[str, Any]:
+    """The sales channel fields of an order or hold (issue 13)."""
+    if partner_id is None:
+        return {"sales_channel": booking_pb2.SALES_CHANNEL_PUBLIC}
+    return {"sales_channel": booking_pb2.SALES_CHANNEL_PARTNER, "partner_id": str(partner_id)}
+
+
 def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order:
     """The order as a client sees it; ticket codes only when `show_codes` (the caller owns
     the order: `ticketd.booking.rules.may_see_codes`). No default, so that no call site can
@@ -47,7 +73,10 @@ def order_to_proto(order: OrderRecord, *, show_codes: bool) -> booking_pb2.Order
     msg = booking_pb2.Order(
         id=str(order.id),
         event_id=str(order.event_id),
-        customer_id=str(order.customer_id),
+        # A partner's order has no account: its buyer is end_customer.
+        customer_id="" if order.partner_id else str(order.customer_id),
+        end_customer=end_customer_to_proto(order.end_customer),
+        **_channel(order.partner_id),
         request_id=str(order.request_id),
         status=ORDER_STATUS[order.status],
         total_minor=order.total_minor,
@@ -93,7 +122,9 @@ def hold_to_proto(hold: HoldRecord) -> booking_pb2.Hold:
     return booking_pb2.Hold(
         id=str(hold.id),
         event_id=str(hold.event_id),
-        customer_id=str(hold.customer_id),
+        customer_id="" if hold.partner_id else str(hold.customer_id),
+        end_customer=end_customer_to_proto(hold.end_customer),
+        **_channel(hold.partner_id),
         request_id=str(hold.request_id),
         status=HOLD_STATUS[hold.status],
         total_minor=hold.total_minor,
@@ -142,7 +173,9 @@ def selection_from(request: Any) -> Any:
 def order_for(principal: Principal, order: OrderRecord) -> booking_pb2.Order:
     """The order as `principal` sees it: ticket codes on their own orders only (staff see
     anyone's orders, without codes)."""
-    return order_to_proto(order, show_codes=may_see_codes(principal, order.customer_id))
+    return order_to_proto(
+        order, show_codes=may_see_codes(principal, order.customer_id, order.partner_id)
+    )
 
 
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
@@ -159,7 +192,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         event_id = parse_uuid(request.event_id, "event_id")
         request_id = parse_uuid(request.request_id, "request_id")
         selection = selection_from(request)
-        order = await self._service.book(principal, event_id, request_id, selection)
+        order = await self._service.book(
+            principal, event_id, request_id, selection, on_behalf_of(request)
+        )
         return booking_pb2.BookSeatsResponse(order=order_for(principal, order))
 
     async def GetOrder(
@@ -181,7 +216,19 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         email = request.customer_email.strip().lower()
         if len(email) > 254:
             raise InvalidArgument.one("customer_email", "must be at most 254 characters")
-        query = {"event": str(event_id), "email": email, "caller": str(principal.user_id)}
+        external = request.external_customer_id.strip()
+        if len(external) > 200:
+            raise InvalidArgument.one("external_customer_id", "must be at most 200 characters")
+        after = optional_time(request, "created_after")
+        until = optional_time(request, "created_before")
+        query = {
+            "event": str(event_id),
+            "email": email,
+            "caller": str(principal.user_id),
+            "external": external,
+            "after": after.isoformat() if after else "",
+            "before": until.isoformat() if until else "",
+        }
         before = decode_time_keyset(self._pages, "orders", query, request.page_token)
         rows = await self._service.list_orders(
             principal,
@@ -189,6 +236,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             customer_email=email or None,
             before=before,
             limit=size + 1,
+            external_customer_id=external or None,
+            created_after=after,
+            created_before=until,
         )
         orders, token = self._pages.page(
             "orders",
@@ -230,7 +280,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         request_id = parse_uuid(request.request_id, "request_id")
         selection = selection_from(request)
         hold = await self._service.hold(
-            principal, event_id, request_id, selection, ttl_from(request)
+            principal, event_id, request_id, selection, ttl_from(request), on_behalf_of(request)
         )
         return booking_pb2.HoldSeatsResponse(hold=hold_to_proto(hold))
 
@@ -249,7 +299,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         hold_id = parse_uuid(request.hold_id, "hold_id")
         request_id = parse_uuid(request.request_id, "request_id")
         reference = validate_payment_reference(request.payment_reference)
-        order = await self._service.confirm_hold(principal, hold_id, request_id, reference)
+        order = await self._service.confirm_hold(
+            principal, hold_id, request_id, reference, on_behalf_of(request)
+        )
         return booking_pb2.ConfirmHoldResponse(order=order_for(principal, order))
 
     async def ReleaseHold(

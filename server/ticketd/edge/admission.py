@@ -9,7 +9,12 @@ limit lives here, where the method is known:
 - password RPCs (Register, Login, ChangePassword) have their own budget, so a sign-in
   flood cannot use up the budget of bookings and scans (and the password pool behind them
   refuses fast on its own);
-- everything else shares TICKETING_MAX_CONCURRENT_RPCS.
+- everything else shares TICKETING_MAX_CONCURRENT_RPCS;
+- a partner's API key calls (issue 13) also count against that partner's own budget: calls
+  in flight (TICKETING_PARTNER_MAX_CONCURRENT_RPCS) and a token-bucket rate
+  (TICKETING_PARTNER_RATE / _BURST, ticketd.ratelimit), each overridable per partner, so
+  one partner's burst cannot starve the others or the public. Refused with
+  RESOURCE_EXHAUSTED `PARTNER_BUDGET_EXCEEDED` and a RetryInfo.
 
 Over a budget the call is refused at once with RESOURCE_EXHAUSTED `OVERLOADED` and a
 RetryInfo. grpc's own limit stays configured far above these (`Settings.grpc_hard_limit`),
@@ -19,8 +24,12 @@ as a last resort only. Counters are per process.
 from __future__ import annotations
 
 import enum
+import uuid
+from collections.abc import Hashable
+from dataclasses import dataclass
 
 from ticketd.errors import Reason, ResourceExhausted
+from ticketd.ratelimit import TokenBuckets
 
 _EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -56,12 +65,21 @@ def classify(method: str) -> CallClass:
     return CallClass.GENERAL
 
 
+@dataclass(frozen=True)
+class CallerBudgets:
+    """Default budgets of one kind of keyed caller (partners); each caller may override."""
+
+    max_in_flight: int = 50
+    rate: float = 100.0
+    burst: float = 200.0
+
+
 class Admitted:
     """One admitted call; `release` it exactly once when the call ends."""
 
     __slots__ = ("_admission", "_kind")
 
-    def __init__(self, admission: Admission | None, kind: CallClass) -> None:
+    def __init__(self, admission: Admission | None, kind: CallClass | Hashable) -> None:
         self._admission = admission
         self._kind = kind
 
@@ -78,13 +96,27 @@ _EXEMPT = Admitted(None, CallClass.EXEMPT)
 class Admission:
     """In-flight counters per call class with fixed limits."""
 
-    def __init__(self, *, general_limit: int, password_limit: int) -> None:
+    def __init__(
+        self,
+        *,
+        general_limit: int,
+        password_limit: int,
+        partners: CallerBudgets | None = None,
+    ) -> None:
         if general_limit < 1 or password_limit < 1:
             raise ValueError("limits must be >= 1")
-        self._limits = {CallClass.GENERAL: general_limit, CallClass.PASSWORD: password_limit}
-        self._in_flight = {CallClass.GENERAL: 0, CallClass.PASSWORD: 0}
+        self._limits: dict[CallClass | Hashable, int] = {
+            CallClass.GENERAL: general_limit,
+            CallClass.PASSWORD: password_limit,
+        }
+        self._in_flight: dict[CallClass | Hashable, int] = {
+            CallClass.GENERAL: 0,
+            CallClass.PASSWORD: 0,
+        }
+        self._partners = partners or CallerBudgets()
+        self._partner_rates = TokenBuckets(self._partners.rate, self._partners.burst)
 
-    def in_flight(self, kind: CallClass) -> int:
+    def in_flight(self, kind: CallClass | Hashable) -> int:
         """Calls of `kind` admitted and not yet released."""
         return self._in_flight.get(kind, 0)
 
@@ -104,5 +136,46 @@ class Admission:
         self._in_flight[kind] += 1
         return Admitted(self, kind)
 
-    def _release(self, kind: CallClass) -> None:
-        self._in_flight[kind] -= 1
+    def enter_partner(
+        self,
+        partner_id: uuid.UUID,
+        *,
+        max_in_flight: int | None = None,
+        rate: float | None = None,
+    ) -> Admitted:
+        """Admit one call of a partner against its own budgets (after its key is known),
+        or raise RESOURCE_EXHAUSTED PARTNER_BUDGET_EXCEEDED. The in-flight place is taken
+        before the rate token, so a call refused for concurrency costs no token."""
+        key = ("partner", partner_id)
+        limit = max_in_flight or self._partners.max_in_flight
+        in_flight = self._in_flight.get(key, 0)
+        if in_flight >= limit:
+            raise _partner_refusal(partner_id, "concurrency", limit, _RETRY_AFTER_SECONDS)
+        # A partner's own rate gets a burst in the same proportion as the default's.
+        burst = None
+        if rate is not None:
+            burst = max(1.0, rate * self._partners.burst / self._partners.rate)
+        if not self._partner_rates.try_take(key, rate=rate, burst=burst):
+            per_second = rate or self._partners.rate
+            raise _partner_refusal(partner_id, "rate", per_second, 1.0 / per_second)
+        self._in_flight[key] = in_flight + 1
+        return Admitted(self, key)
+
+    def _release(self, kind: CallClass | Hashable) -> None:
+        left = self._in_flight[kind] - 1
+        if left or isinstance(kind, CallClass):
+            self._in_flight[kind] = left
+        else:
+            # Keyed counters exist only while a call is in flight: memory stays bounded.
+            del self._in_flight[kind]
+
+
+def _partner_refusal(
+    partner_id: uuid.UUID, budget: str, limit: float, retry_after: float
+) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"this partner's {budget} budget is used up; retry shortly",
+        reason=Reason.PARTNER_BUDGET_EXCEEDED,
+        metadata={"partner_id": str(partner_id), "budget": budget, "limit": f"{limit:g}"},
+        retry_after=max(retry_after, 0.05),
+    )

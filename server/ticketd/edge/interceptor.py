@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -51,15 +51,12 @@ class PrincipalLoader(Protocol):
     async def __call__(self, claims: TokenClaims) -> Principal | None: ...
 
 
-class DeviceLoader(Protocol):
-    """The device principal behind a device credential; None if unknown (raises
-    UNAUTHENTICATED DEVICE_REVOKED for a revoked one)."""
+class SecretLoader(Protocol):
+    """The principal behind a high-entropy secret of one scheme (a device credential, an
+    API key); None if unknown. Raises UNAUTHENTICATED with its own reason for a revoked or
+    suspended one (DEVICE_REVOKED, API_KEY_REVOKED, PARTNER_SUSPENDED)."""
 
-    async def __call__(self, credential: str) -> Principal | None: ...
-
-
-async def _no_devices(credential: str) -> Principal | None:
-    return None
+    async def __call__(self, secret: str, /) -> Principal | None: ...
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -71,14 +68,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         load_principal: PrincipalLoader,
         contract: ContractRules,
         admission: Admission | None = None,
-        load_device: DeviceLoader = _no_devices,
+        secret_loaders: Mapping[Scheme, SecretLoader] | None = None,
         max_streams: int = 1000,
     ) -> None:
+        """`secret_loaders` maps each non-Bearer scheme to its loader; a scheme without one
+        authenticates nobody."""
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
         self._admission = admission
-        self._load_device = load_device
+        self._secret_loaders = dict(secret_loaders or {})
         self._max_streams = max_streams
         self._streams = 0
 
@@ -101,10 +100,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return principal
 
     async def _authenticate(self, credential: Credential) -> Principal:
-        if credential.scheme is Scheme.DEVICE:
-            principal = await self._load_device(credential.secret)
-        else:
+        principal: Principal | None = None
+        if credential.scheme is Scheme.BEARER:
             principal = await self._load_principal(self._tokens.verify(credential.secret))
+        else:
+            loader = self._secret_loaders.get(credential.scheme)
+            if loader is not None:
+                principal = await loader(credential.secret)
         if principal is None:
             raise errors.Unauthenticated(
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
@@ -155,13 +157,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return decoding_handler(handler, method)
         return _deny_handler(handler, method)
 
-    async def _prepare(
-        self, method: str, rule: Access, raw: Any, deserializer: Deserializer | None, metadata: Any
-    ) -> tuple[Any, Principal | None]:
-        """Every call's checks in order: the policy, then the request's bytes, NUL characters
-        and declared rules. Returns the decoded request and the caller."""
-        principal = await self._authorize(method, rule, metadata)
-        # After the policy check, like the NUL check: a refused caller learns that.
+    def _checked_request(self, raw: Any, deserializer: Deserializer | None) -> Any:
+        """The request's checks, after the policy's (a refused caller learns only that): its
+        bytes, NUL characters and declared rules. Returns the decoded request."""
         request = decode_request(raw, deserializer)
         bad = nul_field(request)
         if bad is not None:
@@ -169,7 +167,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         declared = self._contract.violations(request)
         if declared:
             raise errors.InvalidArgument([v.field_violation() for v in declared])
-        return request, principal
+        return request
 
     def _wrap_stream(
         self,
@@ -199,9 +197,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._streams += 1
                 counted = True
                 metrics.STREAMS_ACTIVE.labels(method).inc()
-                request, principal = await self._prepare(
-                    method, rule, raw, deserializer, context.invocation_metadata()
-                )
+                principal = await self._authorize(method, rule, context.invocation_metadata())
+                request = self._checked_request(raw, deserializer)
                 bound = bind_principal(principal)
                 await behavior(request, context)
             except asyncio.CancelledError:
@@ -241,6 +238,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             bound: object | None = None
             admitted: Admitted | None = None
             principal: Principal | None = None
+            partner_admitted: Admitted | None = None
             started = time.perf_counter()
             code = "OK"
             reason: str | None = None
@@ -249,9 +247,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 if self._admission is not None:
                     admitted = self._admission.enter(method)
-                request, principal = await self._prepare(
-                    method, rule, raw, deserializer, context.invocation_metadata()
-                )
+                principal = await self._authorize(method, rule, context.invocation_metadata())
+                scope = principal.partner if principal is not None else None
+                if self._admission is not None and scope is not None:
+                    # Only now is the partner known: its own budget, on top of the shared one.
+                    partner_admitted = self._admission.enter_partner(
+                        scope.partner_id,
+                        max_in_flight=scope.max_in_flight,
+                        rate=scope.rate_per_second,
+                    )
+                request = self._checked_request(raw, deserializer)
                 bound = bind_principal(principal)
                 return await behavior(request, context)
             except asyncio.CancelledError:
@@ -266,6 +271,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 # writing thousands of refusals must not fill the budget it protects.
                 if admitted is not None:
                     admitted.release()
+                if partner_admitted is not None:
+                    partner_admitted.release()
                 if isinstance(exc, errors.DomainError):
                     status = to_status(exc)
                     reason = exc.reason.value
@@ -280,6 +287,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 if admitted is not None:
                     admitted.release()
+                if partner_admitted is not None:
+                    partner_admitted.release()
                 reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)

@@ -167,7 +167,16 @@ def _event(row: Any, sections: tuple[EventSectionRecord, ...] = ()) -> EventReco
 
 # What a seat map shows: a seat under a hold that expired is AVAILABLE (booking's own
 # condition, SQL seat_is_free from migration 0011), never who holds it.
-_SEAT_STATUS = "CASE WHEN seat_is_free(s.status, s.held_until) THEN 'AVAILABLE' ELSE s.status END"
+# A seat map is public (no caller), so it shows the public's view: a free place in an open
+# allocation (seat_is_free_for, migration 0012) is ALLOCATED, not AVAILABLE.
+_PUBLIC_FREE = (
+    "seat_is_free_for(s.status, s.held_until, s.allocation_partner_id, s.allocated_until, "
+    "NULL, true)"
+)
+_SEAT_STATUS = (
+    f"CASE WHEN {_PUBLIC_FREE} THEN 'AVAILABLE' "
+    "WHEN seat_is_free(s.status, s.held_until) THEN 'ALLOCATED' ELSE s.status END"
+)
 
 
 async def event(
@@ -258,7 +267,9 @@ async def list_seats(
     if section_id is not None:
         clauses.append(f"s.section_id = {arg(section_id)}")
     if status is SeatStatus.AVAILABLE:
-        clauses.append("seat_is_free(s.status, s.held_until)")
+        clauses.append(_PUBLIC_FREE)
+    elif status is SeatStatus.ALLOCATED:
+        clauses.append(f"seat_is_free(s.status, s.held_until) AND NOT {_PUBLIC_FREE}")
     elif status is SeatStatus.HELD:
         clauses.append("s.status = 'HELD' AND NOT seat_is_free(s.status, s.held_until)")
     elif status is not None:

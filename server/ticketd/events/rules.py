@@ -45,6 +45,9 @@ class SeatStatus(StrEnum):
     SOLD = "SOLD"
     HELD = "HELD"
     """Under a live hold; a seat whose hold expired reads AVAILABLE (SQL seat_is_free)."""
+    ALLOCATED = "ALLOCATED"
+    """Free but in an open allocation of a partner (SQL seat_is_free_for, issue 13): not
+    available to the public. Never stored: derived on the database clock."""
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,21 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
 from ticketd.accounts.service import AccountService
 from ticketd.auth.principal import Principal
-from ticketd.booking.service import BookingService
+from ticketd.booking.service import AllocationRecord, BookingService
 from ticketd.db.database import Budget, Connection, Database
-from ticketd.errors import Aborted, FailedPrecondition, InvalidArgument, Reason, Unavailable
+from ticketd.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+    Unavailable,
+    not_found,
+)
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
     MAX_REPORTED_ATTENDED_ORDERS,
@@ -72,6 +81,12 @@ def _mismatch(request_id: uuid.UUID) -> FailedPrecondition:
     )
 
 
+class PartnerDirectory(Protocol):
+    """Whether a partner exists (the partners domain answers)."""
+
+    async def exists(self, partner_id: uuid.UUID) -> bool: ...
+
+
 class EventService:
     """Puts events on sale and takes them off; reads events and seat maps; sets their scan
     window and who works their gates."""
@@ -85,7 +100,9 @@ class EventService:
         accounts: AccountService,
         window: ScanWindowDefaults,
         quotas: EventQuotas = DEFAULT_QUOTAS,
+        partners: PartnerDirectory | None = None,
     ) -> None:
+        self._partners = partners
         self._db = db
         self._venues = venues
         self._booking = booking
@@ -320,6 +337,57 @@ class EventService:
             changed = await repo.event(conn, event_id)
         assert changed is not None
         return changed
+
+    # Allocations (issue 13): the event's owner decides, booking locks the seats.
+
+    async def allocate(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        partner_id: uuid.UUID,
+        request_id: uuid.UUID,
+        seat_ids: list[int] | None,
+        best_available: tuple[uuid.UUID, int] | None,
+        release_time: dt.datetime | None,
+    ) -> AllocationRecord:
+        async with self._db.connection() as conn:
+            await self._check_manager(conn, principal, event_id)
+        if self._partners is None or not await self._partners.exists(partner_id):
+            raise not_found(Reason.PARTNER_NOT_FOUND, "partner", partner_id=partner_id)
+        return await self._booking.allocate(
+            event_id=event_id,
+            partner_id=partner_id,
+            created_by=principal.user_id,
+            request_id=request_id,
+            seat_ids=seat_ids,
+            best_available=best_available,
+            release_time=release_time,
+        )
+
+    async def list_allocations(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        after: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[AllocationRecord]:
+        async with self._db.connection() as conn:
+            await self._check_manager(conn, principal, event_id)
+        return await self._booking.list_allocations(event_id, after, limit)
+
+    async def release_allocation(
+        self, principal: Principal, allocation_id: uuid.UUID
+    ) -> AllocationRecord:
+        """Someone else's event's allocation is NOT_FOUND, like an unknown one."""
+        found = await self._booking.get_allocation(allocation_id)
+        try:
+            async with self._db.connection() as conn:
+                await self._check_manager(conn, principal, found.event_id)
+        except PermissionDenied:
+            raise not_found(
+                Reason.ALLOCATION_NOT_FOUND, "allocation", allocation_id=allocation_id
+            ) from None
+        return await self._booking.release_allocation(allocation_id)
 
     async def _check_manager(
         self, conn: Connection, principal: Principal, event_id: uuid.UUID

@@ -46,6 +46,7 @@ SEAT_STATUS_TO_PROTO = {
     SeatStatus.AVAILABLE: event_pb2.SEAT_STATUS_AVAILABLE,
     SeatStatus.SOLD: event_pb2.SEAT_STATUS_SOLD,
     SeatStatus.HELD: event_pb2.SEAT_STATUS_HELD,
+    SeatStatus.ALLOCATED: event_pb2.SEAT_STATUS_ALLOCATED,
 }
 SEAT_STATUS_FROM_PROTO = {v: k for k, v in SEAT_STATUS_TO_PROTO.items()}
 
@@ -175,6 +176,22 @@ def seat_change_to_proto(change: SeatChangeRecord) -> event_pb2.SeatChange:
         snapshot=change.snapshot,
         snapshot_complete=change.snapshot_complete,
     )
+
+
+def allocation_to_proto(a: Any) -> event_pb2.Allocation:
+    """An allocation record (ticketd.booking.rules.AllocationRecord) as the API shows it."""
+    msg = event_pb2.Allocation(
+        id=str(a.id),
+        event_id=str(a.event_id),
+        partner_id=str(a.partner_id),
+        seat_ids=list(a.seat_ids),
+        create_time=timestamp(a.create_time),
+        released=a.released,
+        request_id=str(a.request_id),
+    )
+    if a.release_time is not None:
+        msg.release_time.CopyFrom(timestamp(a.release_time))
+    return msg
 
 
 class EventServicer(event_pb2_grpc.EventServiceServicer):
@@ -324,6 +341,56 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         user_id = parse_uuid(request.user_id, "user_id")
         removed = await self._events.unassign_staff(current_principal(), event_id, user_id)
         return event_pb2.UnassignStaffResponse(removed=removed)
+
+    async def AllocateSeats(
+        self, request: event_pb2.AllocateSeatsRequest, context: Any
+    ) -> event_pb2.AllocateSeatsResponse:
+        event_id = parse_uuid(request.event_id, "event_id")
+        partner_id = parse_uuid(request.partner_id, "partner_id")
+        request_id = parse_uuid(request.request_id, "request_id")
+        which = request.WhichOneof("selection")
+        best = None
+        if which == "best_available":
+            best = (
+                parse_uuid(request.best_available.section_id, "best_available.section_id"),
+                request.best_available.quantity,
+            )
+        made = await self._events.allocate(
+            current_principal(),
+            event_id,
+            partner_id,
+            request_id,
+            list(request.seat_ids.ids) if which == "seat_ids" else None,
+            best,
+            optional_time(request, "release_time"),
+        )
+        return event_pb2.AllocateSeatsResponse(allocation=allocation_to_proto(made))
+
+    async def ListAllocations(
+        self, request: event_pb2.ListAllocationsRequest, context: Any
+    ) -> event_pb2.ListAllocationsResponse:
+        event_id = parse_uuid(request.event_id, "event_id")
+        size = resolve_page_size(request.page_size, 100, 1_000)
+        query = {"event": str(event_id)}
+        after = decode_time_keyset(self._pages, "allocations", query, request.page_token)
+        rows = await self._events.list_allocations(current_principal(), event_id, after, size + 1)
+        items, token = self._pages.page(
+            "allocations",
+            query,
+            rows,
+            size,
+            allocation_to_proto,
+            lambda a: time_keyset(a.create_time, a.id),
+        )
+        return event_pb2.ListAllocationsResponse(allocations=items, next_page_token=token)
+
+    async def ReleaseAllocation(
+        self, request: event_pb2.ReleaseAllocationRequest, context: Any
+    ) -> event_pb2.ReleaseAllocationResponse:
+        released = await self._events.release_allocation(
+            current_principal(), parse_uuid(request.allocation_id, "allocation_id")
+        )
+        return event_pb2.ReleaseAllocationResponse(allocation=allocation_to_proto(released))
 
     async def ListStaff(
         self, request: event_pb2.ListStaffRequest, context: Any

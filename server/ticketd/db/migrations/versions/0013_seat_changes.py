@@ -20,7 +20,7 @@ is undone), so sequences are dense: no gaps at all.
   depends on it (seat_is_free stays the condition).
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from alembic import op
 from ticketd.db.migrations.sqlscript import run_script
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+"""Partner resellers (issue 13): partners, their API keys, the partner principal."""
