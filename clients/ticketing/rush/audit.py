@@ -20,6 +20,10 @@ checks the promises of the README under load:
   ticket at once, nor under two live holds.
 - `confirmed_holds_have_their_order`: every CONFIRMED hold names exactly one order, of its
   customer, with exactly its places; no order came from two holds.
+- `sales_within_channels`: no live ticket on a place of a partner's allocation (open when
+  the order was made) belongs to anyone but that partner; a partner of the run (which may
+  not sell publicly) sold only its own allocated places; no place is in two open
+  allocations.
 - `no_expired_hold_blocks_a_seat`: every place the seat map shows HELD is in a live hold
   (holds are read before the seat map, so a hold that ran out in between cannot make a false
   alarm, while one that is over and still blocks its seat is caught).
@@ -117,6 +121,14 @@ async def list_holds(stubs: Stubs, admin: Account, event_id: str) -> list[bookin
     return await _read_all(stubs.booking.ListHolds, request, lambda p: p.holds, admin)
 
 
+async def list_allocations(
+    stubs: Stubs, admin: Account, event_id: str
+) -> list[event_pb2.Allocation]:
+    """Every allocation of the event to a partner, page by page."""
+    request = event_pb2.ListAllocationsRequest(event_id=event_id, page_size=1_000)
+    return await _read_all(stubs.events.ListAllocations, request, lambda p: p.allocations, admin)
+
+
 async def audit_event(
     stubs: Stubs, admin: Account, event_id: str, observed: Observed | None = None
 ) -> dict[str, Any]:
@@ -138,7 +150,10 @@ async def audit_event(
         metadata=admin.md,
         timeout=AUDIT_CALL_TIMEOUT_S,
     )
-    checks = check_invariants(event, seats, orders, scans, stats, observed or Observed(), holds)
+    allocations = await list_allocations(stubs, admin, event_id)
+    checks = check_invariants(
+        event, seats, orders, scans, stats, observed or Observed(), holds, allocations
+    )
     status = {s.id: s.status for s in seats}
     tickets = [t for o in orders for t in o.tickets]
     counts = {
@@ -160,6 +175,9 @@ async def audit_event(
         "ticketsOutstanding": stats.tickets_outstanding,
         "heldSeats": sum(1 for s in status.values() if s == event_pb2.SEAT_STATUS_HELD),
         "holds": len(holds),
+        "allocations": len(allocations),
+        "allocatedSeats": sum(len(a.seat_ids) for a in allocations),
+        "partnerOrders": sum(o.sales_channel == booking_pb2.SALES_CHANNEL_PARTNER for o in orders),
         **{
             f"{name.lower()}Holds": sum(h.status == value for h in holds)
             for name, value in _HOLD_STATES.items()
@@ -181,6 +199,7 @@ def check_invariants(
     stats: gate_pb2.GetGateStatsResponse,
     observed: Observed,
     holds: list[booking_pb2.Hold] | None = None,
+    allocations: list[event_pb2.Allocation] | None = None,
 ) -> list[Check]:
     """Pure part of the audit: every invariant over data already read from the API."""
     holds = holds or []
@@ -291,8 +310,51 @@ def check_invariants(
         refunded,
         consistent,
         durable,
+        _check_channels(orders, allocations or [], observed.partner_only),
         *_check_holds(holds, status, live_by_seat, order_of),
     ]
+
+
+def _open_at(allocation: event_pb2.Allocation, when: Any) -> bool:
+    """Whether the allocation still held its places at `when` (a Timestamp)."""
+    if not allocation.HasField("release_time"):
+        return True
+    return bool(when.ToNanoseconds() < allocation.release_time.ToNanoseconds())
+
+
+def _check_channels(
+    orders: list[booking_pb2.Order],
+    allocations: list[event_pb2.Allocation],
+    partner_only: set[str],
+) -> Check:
+    check = Check(
+        "sales_within_channels",
+        "allocated places are sold only by their partner; partners sell only their places",
+    )
+    of_seat: dict[int, list[event_pb2.Allocation]] = collections.defaultdict(list)
+    for a in allocations:
+        for seat_id in a.seat_ids:
+            of_seat[seat_id].append(a)
+    for seat_id, held in sorted(of_seat.items()):
+        still = [a.id for a in held if not a.released]
+        if len(still) > 1:
+            check.fail(f"seat {seat_id} is in open allocations {still}")
+    for o in orders:
+        partner = o.partner_id if o.sales_channel == booking_pb2.SALES_CHANNEL_PARTNER else ""
+        for t in o.tickets:
+            if t.status not in LIVE:
+                continue
+            owners = [
+                a.partner_id for a in of_seat.get(t.seat_id, []) if _open_at(a, o.create_time)
+            ]
+            if owners and partner not in owners:
+                check.fail(
+                    f"seat {t.seat_id} of partner {owners[0]}'s allocation sold in order "
+                    f"{o.id} ({'partner ' + partner if partner else 'public'})"
+                )
+            if partner in partner_only and partner not in owners:
+                check.fail(f"partner {partner} sold seat {t.seat_id} outside its allocations")
+    return check
 
 
 def _hold_seats(hold: booking_pb2.Hold) -> tuple[int, ...]:

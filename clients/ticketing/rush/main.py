@@ -29,6 +29,7 @@ from ticketing.rush.load import LoadPlan, RunClock, run_load
 from ticketing.rush.progress import live_progress
 from ticketing.rush.provision import (
     Accounts,
+    PartnerSeller,
     TokenCache,
     assign_gate_staff,
     create_event,
@@ -36,6 +37,7 @@ from ticketing.rush.provision import (
     get_event,
     load_seat_map,
     provision_accounts,
+    provision_partners,
 )
 from ticketing.rush.report import build_report, write_chart, write_csv, write_json
 from ticketing.rush.stats import Recorder
@@ -50,6 +52,7 @@ from ticketing.rush.workload import (
     sell_out,
 )
 from ticketing.stubs import Stubs
+from ticketing.v1 import event_pb2
 
 EXIT_OK = 0
 EXIT_AUDIT_FAILED = 1
@@ -95,6 +98,9 @@ class RushOptions:
     best_share: float = 0.5
     mix: Mix = field(default_factory=Mix)
     checkout: Checkout = field(default_factory=Checkout)
+    partners: int = 2
+    partner_share: float = 0.3
+    partner_places: int | None = None
     gates: int | None = None
     gate_tickets: int | None = None
     max_inflight: int = 10_000
@@ -155,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "scenario",
         choices=(*SCENARIOS, "audit"),
-        help="specific | best-available | mixed | gate | sale | checkout; "
+        help="specific | best-available | mixed | gate | sale | checkout | partners; "
         "`audit` only audits --event",
     )
     parser.add_argument("--target", required=True, help="HOST:PORT[,HOST:PORT...] of ticketd")
@@ -198,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     checkout.add_argument("--think", default="0.05-0.5", help="seconds before paying: S or LO-HI")
     checkout.add_argument(
         "--hold-ttl", type=_positive_float, default=5.0, help="seconds a hold lasts (>= 1)"
+    )
+    resellers = parser.add_argument_group("partners scenario (resellers with allocations)")
+    resellers.add_argument("--partners", type=_positive_int, default=2, help="partner resellers")
+    resellers.add_argument(
+        "--partner-share", type=_share, default=0.3, help="share of requests by partners"
+    )
+    resellers.add_argument(
+        "--partner-places", type=_positive_int, help="places allocated to each (default 10%%)"
     )
     parser.add_argument("--gates", type=_positive_int, help="gates (default: from the rate)")
     parser.add_argument("--gate-tickets", type=_positive_int, help="gate: tickets to sell first")
@@ -275,6 +289,9 @@ def parse_options(argv: Sequence[str] | None = None) -> RushOptions:
             think_s=think,
             hold_ttl_s=args.hold_ttl,
         ),
+        partners=args.partners,
+        partner_share=args.partner_share,
+        partner_places=args.partner_places,
         gates=args.gates,
         gate_tickets=args.gate_tickets,
         max_inflight=args.max_inflight,
@@ -379,8 +396,25 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         min(options.order_size[1], event.max_tickets_per_order),
     )
     seats = await load_seat_map(stubs[0], event.id)
-    view = EventView(event, seats, options.skew)
     observed = Observed()
+    sellers: list[PartnerSeller] = []
+    if options.scenario == "partners":
+        free = [s.id for s in seats if s.status == event_pb2.SEAT_STATUS_AVAILABLE]
+        each = options.partner_places or max(1, len(free) // 10)
+        each = min(each, len(free) // (2 * options.partners))  # the public keeps half
+        sellers = await provision_partners(
+            stubs[0],
+            accounts.admin,
+            event.id,
+            free,
+            partners=options.partners,
+            places_each=each,
+            label=uuid.uuid4().hex[:6],
+        )
+        observed.partner_only.update(seller.partner_id for seller in sellers)
+        _say(options, f"partners: {len(sellers)} with {each} allocated places each")
+        seats = await load_seat_map(stubs[0], event.id)
+    view = EventView(event, seats, options.skew)
     sell: dict[str, Any] | None = None
     workload = Workload(
         WorkloadOptions(
@@ -392,6 +426,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
             gates=max(1, gates),
             timeout_s=options.timeout_s,
             checkout=options.checkout,
+            partner_share=options.partner_share,
         ),
         stubs,
         accounts.buyers,
@@ -399,6 +434,7 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         view,
         rng,
         observed,
+        sellers,
     )
     if options.scenario == "gate":
         target = options.gate_tickets or view.believed_free

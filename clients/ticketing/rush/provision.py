@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +31,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from ticketing.pagination import paginate
-from ticketing.stubs import CallMetadata, Stubs, bearer
-from ticketing.v1 import auth_pb2, common_pb2, event_pb2, venue_pb2
+from ticketing.stubs import CallMetadata, Stubs, api_key, bearer
+from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, partner_pb2, venue_pb2
 
 SETUP_CALL_TIMEOUT_S = 60.0
+# AllocateSeats takes at most this many places per call.
+ALLOCATION_CHUNK = 100
 # Tokens this close to expiry are not reused: a run must not lose its buyers half-way.
 TOKEN_MARGIN_S = 300.0
 PARALLEL_SIGNUPS = 16
@@ -442,3 +445,63 @@ async def load_seat_map(stubs: Stubs, event_id: str) -> list[event_pb2.Seat]:
         page_timeout=SETUP_CALL_TIMEOUT_S,
     )
     return [seat async for seat in pages]
+
+
+@dataclass
+class PartnerSeller:
+    """A partner reseller of the run: its API key and the places allocated to it."""
+
+    partner_id: str
+    secret: str
+    seat_ids: list[int]
+
+    @property
+    def md(self) -> CallMetadata:
+        """Call metadata with this partner's API key."""
+        return api_key(self.secret)
+
+
+async def provision_partners(
+    stubs: Stubs,
+    admin: Account,
+    event_id: str,
+    free_seat_ids: Sequence[int],
+    *,
+    partners: int,
+    places_each: int,
+    label: str,
+) -> list[PartnerSeller]:
+    """`partners` new partners, each with one API key and `places_each` of the event's free
+    places allocated to it (consecutive ids: a block of the house, as a reseller gets).
+    Created through the public API as the admin (PartnerService, AllocateSeats)."""
+    sellers: list[PartnerSeller] = []
+    for k in range(partners):
+        partner = (
+            await stubs.partners.CreatePartner(
+                partner_pb2.CreatePartnerRequest(
+                    display_name=f"Rush partner {k} {label}",
+                    contact_email=f"rush-partner-{k}-{label}@example.test",
+                ),
+                metadata=admin.md,
+                timeout=SETUP_CALL_TIMEOUT_S,
+            )
+        ).partner
+        key = await stubs.partners.CreateApiKey(
+            partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="rush"),
+            metadata=admin.md,
+            timeout=SETUP_CALL_TIMEOUT_S,
+        )
+        block = list(free_seat_ids[k * places_each : (k + 1) * places_each])
+        for start in range(0, len(block), ALLOCATION_CHUNK):
+            await stubs.events.AllocateSeats(
+                event_pb2.AllocateSeatsRequest(
+                    event_id=event_id,
+                    partner_id=partner.id,
+                    request_id=str(uuid.uuid4()),
+                    seat_ids=booking_pb2.SeatIds(ids=block[start : start + ALLOCATION_CHUNK]),
+                ),
+                metadata=admin.md,
+                timeout=SETUP_CALL_TIMEOUT_S,
+            )
+        sellers.append(PartnerSeller(partner.id, key.secret, block))
+    return sellers

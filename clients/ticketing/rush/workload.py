@@ -20,19 +20,19 @@ import heapq
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from grpc import aio
 
 from ticketing.errors import decode_error
 from ticketing.rush.inventory import EventView
-from ticketing.rush.provision import Account
+from ticketing.rush.provision import Account, PartnerSeller
 from ticketing.rush.stats import FollowUp, Outcome, Pause
 from ticketing.stubs import CallMetadata, Stubs
 from ticketing.v1 import booking_pb2, gate_pb2
 
-SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale", "checkout")
+SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale", "checkout", "partners")
 
 # The harness gives an abandoned hold's seats back to its view this long after the hold's
 # expiry: the server decides expiry on the database clock, and a seat picked a moment too
@@ -74,6 +74,8 @@ class Observed:
     holds: dict[str, tuple[int, ...]] = field(default_factory=dict)
     confirmed: dict[str, str] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
+    # Partners of the run, none of which may sell outside its allocations.
+    partner_only: set[str] = field(default_factory=set)
 
     def booked(self, order: booking_pb2.Order) -> None:
         """A confirmed order came back."""
@@ -144,6 +146,8 @@ class WorkloadOptions:
     gates: int = 16
     timeout_s: float = 10.0
     checkout: Checkout = Checkout()
+    # partners: the share of requests sent by the partner resellers (the rest is the public).
+    partner_share: float = 0.3
 
 
 def gate_name(g: int) -> str:
@@ -163,6 +167,7 @@ class Workload:
         view: EventView,
         rng: random.Random,
         observed: Observed,
+        partners: Sequence[PartnerSeller] = (),
     ) -> None:
         if options.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {options.scenario!r}")
@@ -178,6 +183,10 @@ class Workload:
         self.unscanned: collections.deque[TicketRef] = collections.deque()
         self.scanned: list[tuple[TicketRef, int]] = []
         self.refundable: list[OrderRef] = []
+        # partners: each reseller's places it has not seen sold (it sells only from them).
+        self.partners = list(partners)
+        self.partner_free = [list(p.seat_ids) for p in self.partners]
+        self._end_customers = 0
         # Checkout: holds whose fate (pay, release, expiry) is still to come, and the
         # walked-away ones by when their seats are free again (monotonic clock).
         self.pending_holds = 0
@@ -193,6 +202,8 @@ class Workload:
         scenario = self.options.scenario
         if scenario == "checkout":
             return self._checkout()
+        if scenario == "partners":
+            return self._partners_or_public()
         if scenario == "specific":
             return self._specific()
         if scenario == "best-available":
@@ -251,6 +262,56 @@ class Workload:
             best_available=booking_pb2.BestAvailable(section_id=section, quantity=quantity),
         )
         return functools.partial(self._book, self._stub(), "book_best", request, buyer, section)
+
+    def _partners_or_public(self) -> Call | None:
+        selling = [k for k, free in enumerate(self.partner_free) if free]
+        by_partner = self.rng.random() < self.options.partner_share
+        if selling and (by_partner or not self._public_left):
+            return self._partner_sale(self.rng.choice(selling))
+        public = self._booking()
+        if public is None and selling:
+            return self._partner_sale(self.rng.choice(selling))
+        return public
+
+    @property
+    def _public_left(self) -> bool:
+        return self.view.believed_free > 0 or self.view.sections_open
+
+    def _partner_sale(self, k: int) -> Call:
+        free = self.partner_free[k]
+        seats = sorted(self.rng.sample(free, min(len(free), self._quantity())))
+        self._end_customers += 1
+        request = booking_pb2.BookSeatsRequest(
+            event_id=self.view.event_id,
+            request_id=str(uuid.uuid4()),
+            seat_ids=booking_pb2.SeatIds(ids=seats),
+            on_behalf_of=booking_pb2.EndCustomer(
+                external_customer_id=f"rush-end-customer-{self._end_customers}"
+            ),
+        )
+        return functools.partial(self._partner_book, self._stub(), k, request)
+
+    async def _partner_book(
+        self, stub: Stubs, k: int, request: booking_pb2.BookSeatsRequest
+    ) -> Outcome:
+        seller = self.partners[k]
+        try:
+            response = await stub.booking.BookSeats(
+                request, metadata=seller.md, timeout=self.options.timeout_s
+            )
+        except aio.AioRpcError as err:
+            failure = decode_error(err)
+            if failure.reason == "SEAT_UNAVAILABLE":
+                self._partner_taken(k, failure.seat_ids)
+            return Outcome("partner_book", failure.code.name, failure.reason)
+        order = response.order
+        self._partner_taken(k, [t.seat_id for t in order.tickets])
+        self.observed.booked(order)
+        return Outcome("partner_book", "OK", tickets=len(order.tickets))
+
+    def _partner_taken(self, k: int, seat_ids: Iterable[int]) -> None:
+        gone = set(seat_ids)
+        self.partner_free[k] = [s for s in self.partner_free[k] if s not in gone]
 
     def _checkout(self) -> Call | Pause | None:
         now = time.monotonic()
