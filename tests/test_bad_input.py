@@ -879,6 +879,16 @@ def requests_for(w: World, full: str) -> st.SearchStrategy[Message]:
 
 SNAPSHOT_SQL = text(
     """
+    -- seats can be large: one scan gives count, id sum and the id sums of the sold, held
+    -- and allocated ones, which catch any change of membership or status without hashing
+    -- every row (materialized once, read by four columns below).
+    WITH s AS MATERIALIZED (
+        SELECT count(*) AS n, coalesce(sum(id), 0) AS ids,
+               coalesce(sum(id) FILTER (WHERE status = 'SOLD'), 0) AS sold,
+               coalesce(sum(id) FILTER (WHERE status = 'HELD'), 0) AS held,
+               coalesce(sum(id) FILTER (WHERE allocation_id IS NOT NULL), 0) AS allocated
+        FROM seats
+    )
     SELECT
       (SELECT count(*) FROM users),
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM users t),
@@ -893,11 +903,9 @@ SNAPSHOT_SQL = text(
       (SELECT count(*) FROM event_sections),
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.event_id, t.section_id))
          FROM event_sections t),
-      -- seats can be large: count, id sum and the id sum of the sold ones catch any change
-      -- of membership or status without hashing every row.
-      (SELECT count(*) FROM seats),
-      (SELECT coalesce(sum(id), 0) FROM seats),
-      (SELECT coalesce(sum(id), 0) FROM seats WHERE status = 'SOLD'),
+      (SELECT n FROM s),
+      (SELECT ids FROM s),
+      (SELECT sold FROM s),
       (SELECT count(*) FROM orders),
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM orders t),
       (SELECT count(*) FROM tickets),
@@ -912,7 +920,8 @@ SNAPSHOT_SQL = text(
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM partner_api_keys t),
       (SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM allocations t),
       (SELECT count(*) FROM allocation_seats),
-      (SELECT coalesce(sum(id), 0) FROM seats WHERE allocation_id IS NOT NULL)
+      (SELECT allocated FROM s),
+      (SELECT held FROM s)
     """
 )
 SNAPSHOT_NAMES = (
@@ -946,6 +955,7 @@ SNAPSHOT_NAMES = (
     "allocations md5",
     "allocation_seats",
     "seats allocated id sum",
+    "seats held id sum",
 )
 
 
@@ -1204,7 +1214,10 @@ def test_every_rpc_is_fuzzed() -> None:
 
 @pytest.mark.slow  # many generated requests per case
 @pytest.mark.parametrize(("full", "first_caller"), FUZZ_CASES)
-@settings(FUZZ, max_examples=60)
+# 40 per case (the FUZZ default): with the partner, allocation and stream RPCs the cases
+# grew by a third, and 60 each took the suite's budget; the random-seed test below keeps
+# exploring new examples every run.
+@settings(FUZZ)
 @given(data=st.data())
 async def test_generated_requests_get_a_clean_answer(
     world: World,
