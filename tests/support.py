@@ -27,6 +27,7 @@ from ticketing.v1 import (
     common_pb2,
     event_pb2,
     gate_pb2,
+    partner_pb2,
     venue_pb2,
 )
 
@@ -169,6 +170,22 @@ class Stubs(sdk_stubs.Stubs):
                 event_pb2.AssignStaffRequest(event_id=event_id, user_id=member.user.id),
                 metadata=owner.md,
             )
+
+    async def create_partner(self, admin: Account, name: str) -> tuple[partner_pb2.Partner, str]:
+        """A new partner reseller (as the admin) and the secret of one API key of it."""
+        partner = (
+            await self.partners.CreatePartner(
+                partner_pb2.CreatePartnerRequest(
+                    display_name=name, contact_email=unique_email("partner")
+                ),
+                metadata=admin.md,
+            )
+        ).partner
+        key = await self.partners.CreateApiKey(
+            partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="k"),
+            metadata=admin.md,
+        )
+        return partner, key.secret
 
     async def account_with_roles(
         self, admin: Account, *roles: common_pb2.Role.ValueType, tag: str = "user"

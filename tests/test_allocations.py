@@ -29,7 +29,6 @@ from tests.support import (
     client_pool,
     error_details,
     small_layout,
-    unique_email,
 )
 from ticketing.stubs import CallMetadata, api_key
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, partner_pb2, venue_pb2
@@ -48,27 +47,13 @@ class Stage:
     other_md: CallMetadata
 
 
-async def _partner(stubs: Stubs, admin: Account, name: str) -> tuple[partner_pb2.Partner, str]:
-    partner = (
-        await stubs.partners.CreatePartner(
-            partner_pb2.CreatePartnerRequest(display_name=name, contact_email=unique_email("a")),
-            metadata=admin.md,
-        )
-    ).partner
-    key = await stubs.partners.CreateApiKey(
-        partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="k"),
-        metadata=admin.md,
-    )
-    return partner, key.secret
-
-
 @pytest.fixture(scope="module")
 async def stage(stubs: Stubs, admin: Account) -> Stage:
     organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="al-org")
     customer = await stubs.register("al-customer")
     venue = await stubs.create_venue(admin, small_layout(name="Allocation Hall", ga=300))
-    seller, seller_key = await _partner(stubs, admin, "Allocated Seller")
-    other, other_key = await _partner(stubs, admin, "Other Seller")
+    seller, seller_key = await stubs.create_partner(admin, "Allocated Seller")
+    other, other_key = await stubs.create_partner(admin, "Other Seller")
     return Stage(organizer, customer, venue, seller, api_key(seller_key), other, api_key(other_key))
 
 
@@ -255,7 +240,7 @@ async def test_allocation_refusals_and_retries(
 async def test_a_partner_without_public_sales_sells_only_its_allocation(
     stubs: Stubs, stage: Stage, admin: Account, raw: asyncpg.Connection
 ) -> None:
-    partner, secret = await _partner(stubs, admin, "Allocation Only")
+    partner, secret = await stubs.create_partner(admin, "Allocation Only")
     await raw.execute(
         "UPDATE partners SET public_sales = false WHERE id = $1", uuid.UUID(partner.id)
     )

@@ -20,7 +20,6 @@ from tests.support import (
     best_request,
     error_details,
     small_layout,
-    unique_email,
 )
 from ticketing.stubs import CallMetadata, api_key
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2, partner_pb2
@@ -40,20 +39,6 @@ class Shop:
     rival_md: CallMetadata
 
 
-async def _partner(stubs: Stubs, admin: Account, name: str) -> tuple[partner_pb2.Partner, str]:
-    partner = (
-        await stubs.partners.CreatePartner(
-            partner_pb2.CreatePartnerRequest(display_name=name, contact_email=unique_email("p")),
-            metadata=admin.md,
-        )
-    ).partner
-    key = await stubs.partners.CreateApiKey(
-        partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="k"),
-        metadata=admin.md,
-    )
-    return partner, key.secret
-
-
 @pytest.fixture(scope="module")
 async def shop(stubs: Stubs, admin: Account) -> Shop:
     organizer = await stubs.account_with_roles(admin, common_pb2.ROLE_ORGANIZER, tag="ps-org")
@@ -61,8 +46,8 @@ async def shop(stubs: Stubs, admin: Account) -> Shop:
     event = await stubs.create_event(
         organizer, venue, name="Partner Night", max_per_order=4, max_per_customer=2
     )
-    partner, secret = await _partner(stubs, admin, "Seller")
-    rival, rival_secret = await _partner(stubs, admin, "Rival")
+    partner, secret = await stubs.create_partner(admin, "Seller")
+    rival, rival_secret = await stubs.create_partner(admin, "Rival")
     return Shop(event, venue.sections[1].id, partner, api_key(secret), rival, api_key(rival_secret))
 
 
