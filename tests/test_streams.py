@@ -9,6 +9,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
+from tests.procs import ticketd_process
 from tests.support import Account, Stubs, client_pool, error_details, small_layout
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import booking_pb2, event_pb2
@@ -336,3 +338,42 @@ async def test_unknown_event_and_bad_input(stubs: Stubs) -> None:
             async for _ in stubs.events.WatchSeats(bad, timeout=5):
                 pass
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.slow
+async def test_watchers_resume_on_the_restarted_server_after_a_kill_9(
+    stubs: Stubs, admin: Account, running: RunningServer, database_url: str, tmp_path: Path
+) -> None:
+    proc = ticketd_process(
+        database_url, tmp_path, jwt_secret=running.components.settings.jwt_secret or ""
+    )
+    await proc.start()
+    channel = aio.insecure_channel(proc.target)
+    try:
+        event_id, ids = await new_event(stubs, admin)
+        buyer = await stubs.register("restarted")
+        watcher = Watcher(Stubs(channel), event_id)
+        await watcher.until(lambda w: any(c.snapshot_complete for c in w.items))
+        await stubs.booking.BookSeats(book(event_id, ids[:3]), metadata=buyer.md)
+        await watcher.until(lambda w: len(w.changes) >= 3)
+        await proc.kill()  # SIGKILL: the stream just breaks
+        await asyncio.wait_for(watcher.task, 10)
+        assert watcher.error is not None
+        assert watcher.error.code() == grpc.StatusCode.UNAVAILABLE
+        last = watcher.changes[-1].sequence
+        # Sales go on elsewhere while the watcher's server is down.
+        await stubs.booking.BookSeats(book(event_id, ids[3:5]), metadata=buyer.md)
+        await proc.start()
+        again = Watcher(Stubs(channel), event_id, after=last)
+        try:
+            await again.until(lambda w: len(w.items) >= 2)
+            await asyncio.sleep(0.3)
+            assert [(c.sequence, c.seat_id) for c in again.items] == [
+                (last + 1, ids[3]),
+                (last + 2, ids[4]),
+            ]
+        finally:
+            await again.stop()
+    finally:
+        await channel.close(None)
+        await proc.kill()
