@@ -238,12 +238,41 @@ async def test_allocation_refusals_and_retries(
 
 
 async def test_a_partner_without_public_sales_sells_only_its_allocation(
-    stubs: Stubs, stage: Stage, admin: Account, raw: asyncpg.Connection
+    stubs: Stubs, stage: Stage, admin: Account
 ) -> None:
     partner, secret = await stubs.create_partner(admin, "Allocation Only")
-    await raw.execute(
-        "UPDATE partners SET public_sales = false WHERE id = $1", uuid.UUID(partner.id)
+    assert partner.public_sales and not partner.HasField("rate_per_second")
+    closed = (
+        await stubs.partners.UpdatePartner(
+            partner_pb2.UpdatePartnerRequest(
+                partner_id=partner.id, public_sales=False, rate_per_second=50
+            ),
+            metadata=admin.md,
+        )
+    ).partner
+    assert not closed.public_sales and closed.rate_per_second == 50
+    # Only the fields set change; a budget of 0 is the server default again.
+    cleared = (
+        await stubs.partners.UpdatePartner(
+            partner_pb2.UpdatePartnerRequest(partner_id=partner.id, rate_per_second=0),
+            metadata=admin.md,
+        )
+    ).partner
+    assert not cleared.public_sales and not cleared.HasField("rate_per_second")
+    nothing = stubs.partners.UpdatePartner(
+        partner_pb2.UpdatePartnerRequest(partner_id=partner.id), metadata=admin.md
     )
+    assert await refusal(nothing) == (S.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    unknown = stubs.partners.UpdatePartner(
+        partner_pb2.UpdatePartnerRequest(partner_id=str(uuid.uuid4()), public_sales=True),
+        metadata=admin.md,
+    )
+    assert await refusal(unknown) == (S.NOT_FOUND, "PARTNER_NOT_FOUND")
+    too_many = stubs.partners.UpdatePartner(
+        partner_pb2.UpdatePartnerRequest(partner_id=partner.id, max_concurrent_rpcs=100_001),
+        metadata=admin.md,
+    )
+    assert (await refusal(too_many))[0] == S.INVALID_ARGUMENT
     event = await stubs.create_event(stage.organizer, stage.venue, name="Closed Channel")
     seats = await stubs.all_seats(event.id, section_id=stage.venue.sections[0].id)
     await allocate(stubs, stage, event.id, seat_ids=[seats[0].id], partner_id=partner.id)

@@ -500,6 +500,9 @@ def _realistic(w: World, full: str) -> Message:
         ),
         "ListPartners": lambda: partner_pb2.ListPartnersRequest(page_size=3),
         "GetPartner": lambda: partner_pb2.GetPartnerRequest(partner_id=w.partner_id),
+        "UpdatePartner": lambda: partner_pb2.UpdatePartnerRequest(
+            partner_id=w.partner_id, public_sales=True
+        ),
         "SetPartnerStatus": lambda: partner_pb2.SetPartnerStatusRequest(
             partner_id=w.partner_id, status=partner_pb2.PARTNER_STATUS_ACTIVE
         ),

@@ -629,6 +629,11 @@ async def _set_partner_status(w: World) -> Message:
     )
 
 
+async def _update_partner(w: World) -> Message:
+    # 0: back to the server's default budget (what the scratch partner has anyway).
+    return partner_pb2.UpdatePartnerRequest(partner_id=w.scratch_partner.id, rate_per_second=0)
+
+
 async def _create_api_key(w: World) -> Message:
     return partner_pb2.CreateApiKeyRequest(partner_id=w.partner.id, display_name="matrix spare")
 
@@ -693,6 +698,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _PARTNER + "ListPartners": _list_partners,
     _PARTNER + "GetPartner": _get_partner,
     _PARTNER + "SetPartnerStatus": _set_partner_status,
+    _PARTNER + "UpdatePartner": _update_partner,
     _PARTNER + "CreateApiKey": _create_api_key,
     _PARTNER + "ListApiKeys": _list_api_keys,
     _PARTNER + "RevokeApiKey": _revoke_api_key,
@@ -780,6 +786,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _PARTNER + "ListPartners": frozenset({"ADMIN"}),
     _PARTNER + "GetPartner": frozenset({"ADMIN", "PARTNER"}),
     _PARTNER + "SetPartnerStatus": frozenset({"ADMIN"}),
+    _PARTNER + "UpdatePartner": frozenset({"ADMIN"}),
     _PARTNER + "CreateApiKey": frozenset({"ADMIN", "PARTNER"}),
     _PARTNER + "ListApiKeys": frozenset({"ADMIN", "PARTNER"}),
     _PARTNER + "RevokeApiKey": frozenset({"ADMIN", "PARTNER"}),

@@ -174,7 +174,9 @@ async def test_each_scenario_runs_and_audits_clean(
         assert counts["refundedOrders"] == actions["refund"]["ok"] > 0
         assert counts["usedTickets"] == report["scanResults"]["ADMITTED"] > 0
     if scenario == "partners":
-        assert set(actions) <= {"book_specific", "book_best", "partner_book"}, actions
+        assert set(actions) <= {"book_specific", "book_best", "partner_book", "partner_probe"}
+        # A partner reaching for a public seat is refused, every time.
+        assert actions.get("partner_probe", {"ok": 0})["ok"] == 0, actions
         assert counts["partnerOrders"] == actions["partner_book"]["ok"] > 0
         assert counts["allocations"] == 2 and counts["allocatedSeats"] == 12
         assert report["tickets"] == report["sold"]

@@ -35,7 +35,10 @@ Scenarios (every booking goes through the public BookSeats RPC, as a signed-in c
   ``--partner-places`` places allocated (default a tenth of the event each, at most half in
   all) and sell them on behalf of end customers (BookSeats with ``on_behalf_of``) in
   ``--partner-share`` of the requests, while the public books the rest (as ``mixed``). The
-  audit checks that no allocated place went to anyone but its partner.
+  partners may not sell publicly (UpdatePartner public_sales=false), and a tenth of their
+  requests reach for a public seat anyway (``partner_probe``, to be refused). The audit
+  checks that no allocated place went to anyone but its partner, and no partner sold
+  outside its allocations.
 - ``audit``: no load; only the invariant audit of ``--event``.
 
 The server bounds scans per gate (``TICKETING_GATE_SCAN_RATE``, 100/s with a burst of 200, per
@@ -72,7 +75,8 @@ latencies exclude the warm-up (requests whose send was due before ``--warmup`` s
   A rejected scan is a normal answer (status OK), not an error.
 - ``actions``: per kind of request (``book_specific``, ``book_best``, ``refund``, ``scan``,
   ``scan_duplicate``, ``hold_specific``, ``hold_best``, ``confirm``, ``confirm_late``,
-  ``release``, ``partner_book``): count, ok, tickets, rps, outcomes, average and p50/p90/p99.
+  ``release``, ``partner_book``, ``partner_probe``): count, ok, tickets, rps, outcomes,
+  average and p50/p90/p99.
 - ``warmup``: ``{"seconds", "count"}`` (requests left out of the figures above).
 - ``timeSeries``: one entry per second since the start, by completion time, warm-up included
   and flagged: ``{"second", "warmup", "requests", "ok", "errors", "tickets", "p50", "p99",

@@ -471,8 +471,9 @@ async def provision_partners(
     places_each: int,
     label: str,
 ) -> list[PartnerSeller]:
-    """`partners` new partners, each with one API key and `places_each` of the event's free
-    places allocated to it (consecutive ids: a block of the house, as a reseller gets).
+    """`partners` new partners that may not sell outside their allocations, each with one API
+    key and `places_each` of the event's free places allocated to it (consecutive ids: a
+    block of the house, as a reseller gets).
     Created through the public API as the admin (PartnerService, AllocateSeats)."""
     sellers: list[PartnerSeller] = []
     for k in range(partners):
@@ -486,6 +487,12 @@ async def provision_partners(
                 timeout=SETUP_CALL_TIMEOUT_S,
             )
         ).partner
+        # Allocation-only: the audit then proves the server never lets it sell elsewhere.
+        await stubs.partners.UpdatePartner(
+            partner_pb2.UpdatePartnerRequest(partner_id=partner.id, public_sales=False),
+            metadata=admin.md,
+            timeout=SETUP_CALL_TIMEOUT_S,
+        )
         key = await stubs.partners.CreateApiKey(
             partner_pb2.CreateApiKeyRequest(partner_id=partner.id, display_name="rush"),
             metadata=admin.md,

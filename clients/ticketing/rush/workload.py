@@ -40,6 +40,8 @@ SCENARIOS = ("specific", "best-available", "mixed", "gate", "sale", "checkout", 
 EXPIRY_MARGIN_S = 0.25
 # How often a checkout user with nothing believed free looks again while holds are pending.
 PAUSE_S = 0.05
+# partners: the share of a partner's requests that reach for a public seat (refused).
+PARTNER_PROBE_SHARE = 0.1
 
 Call = Callable[[], Awaitable[Outcome]]
 
@@ -266,6 +268,10 @@ class Workload:
     def _partners_or_public(self) -> Call | None:
         selling = [k for k, free in enumerate(self.partner_free) if free]
         by_partner = self.rng.random() < self.options.partner_share
+        if by_partner and self.partners and self.rng.random() < PARTNER_PROBE_SHARE:
+            probe = self._partner_probe()
+            if probe is not None:
+                return probe
         if selling and (by_partner or not self._public_left):
             return self._partner_sale(self.rng.choice(selling))
         public = self._booking()
@@ -276,6 +282,24 @@ class Workload:
     @property
     def _public_left(self) -> bool:
         return self.view.believed_free > 0 or self.view.sections_open
+
+    def _partner_probe(self) -> Call | None:
+        """A partner reaching for a public seat it may not sell: must be refused (the audit
+        fails the run if the server sold it)."""
+        seats = self.view.pick_seats(self.rng, 1)
+        if not seats:
+            return None
+        k = self.rng.randrange(len(self.partners))
+        self._end_customers += 1
+        request = booking_pb2.BookSeatsRequest(
+            event_id=self.view.event_id,
+            request_id=str(uuid.uuid4()),
+            seat_ids=booking_pb2.SeatIds(ids=seats),
+            on_behalf_of=booking_pb2.EndCustomer(
+                external_customer_id=f"rush-end-customer-{self._end_customers}"
+            ),
+        )
+        return functools.partial(self._partner_book, self._stub(), k, request, "partner_probe")
 
     def _partner_sale(self, k: int) -> Call:
         free = self.partner_free[k]
@@ -292,7 +316,11 @@ class Workload:
         return functools.partial(self._partner_book, self._stub(), k, request)
 
     async def _partner_book(
-        self, stub: Stubs, k: int, request: booking_pb2.BookSeatsRequest
+        self,
+        stub: Stubs,
+        k: int,
+        request: booking_pb2.BookSeatsRequest,
+        action: str = "partner_book",
     ) -> Outcome:
         seller = self.partners[k]
         try:
@@ -303,11 +331,12 @@ class Workload:
             failure = decode_error(err)
             if failure.reason == "SEAT_UNAVAILABLE":
                 self._partner_taken(k, failure.seat_ids)
-            return Outcome("partner_book", failure.code.name, failure.reason)
+            return Outcome(action, failure.code.name, failure.reason)
         order = response.order
         self._partner_taken(k, [t.seat_id for t in order.tickets])
+        self.view.taken(t.seat_id for t in order.tickets)
         self.observed.booked(order)
-        return Outcome("partner_book", "OK", tickets=len(order.tickets))
+        return Outcome(action, "OK", tickets=len(order.tickets))
 
     def _partner_taken(self, k: int, seat_ids: Iterable[int]) -> None:
         gone = set(seat_ids)

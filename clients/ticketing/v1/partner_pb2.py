@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aticketing/v1/partner.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\x07Partner\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rcontact_email\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.ticketing.v1.PartnerStatus\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npartner_id\x18\x05 \x01(\t\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x14\x43reatePartnerRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x15\n\rcontact_email\x18\x02 \x01(\t\"?\n\x15\x43reatePartnerResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"E\n\x13ListPartnersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListPartnersResponse\x12\'\n\x08partners\x18\x01 \x03(\x0b\x32\x15.ticketing.v1.Partner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetPartnerRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\"<\n\x12GetPartnerResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"Z\n\x17SetPartnerStatusRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.ticketing.v1.PartnerStatus\"B\n\x18SetPartnerStatusResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"?\n\x13\x43reateApiKeyRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.ticketing.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"X\n\x12ListApiKeysRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListApiKeysResponse\x12&\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x14.ticketing.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.ticketing.v1.ApiKey*h\n\rPartnerStatus\x12\x1e\n\x1aPARTNER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15PARTNER_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18PARTNER_STATUS_SUSPENDED\x10\x02\x32\xf7\x04\n\x0ePartnerService\x12X\n\rCreatePartner\x12\".ticketing.v1.CreatePartnerRequest\x1a#.ticketing.v1.CreatePartnerResponse\x12U\n\x0cListPartners\x12!.ticketing.v1.ListPartnersRequest\x1a\".ticketing.v1.ListPartnersResponse\x12O\n\nGetPartner\x12\x1f.ticketing.v1.GetPartnerRequest\x1a .ticketing.v1.GetPartnerResponse\x12\x61\n\x10SetPartnerStatus\x12%.ticketing.v1.SetPartnerStatusRequest\x1a&.ticketing.v1.SetPartnerStatusResponse\x12U\n\x0c\x43reateApiKey\x12!.ticketing.v1.CreateApiKeyRequest\x1a\".ticketing.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .ticketing.v1.ListApiKeysRequest\x1a!.ticketing.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12!.ticketing.v1.RevokeApiKeyRequest\x1a\".ticketing.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aticketing/v1/partner.proto\x12\x0cticketing.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\x07Partner\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rcontact_email\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.ticketing.v1.PartnerStatus\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpublic_sales\x18\x06 \x01(\x08\x12 \n\x13max_concurrent_rpcs\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0frate_per_second\x18\x08 \x01(\x05H\x01\x88\x01\x01\x42\x16\n\x14_max_concurrent_rpcsB\x12\n\x10_rate_per_second\"\xd8\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npartner_id\x18\x05 \x01(\t\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x14\x43reatePartnerRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x15\n\rcontact_email\x18\x02 \x01(\t\"?\n\x15\x43reatePartnerResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"E\n\x13ListPartnersRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListPartnersResponse\x12\'\n\x08partners\x18\x01 \x03(\x0b\x32\x15.ticketing.v1.Partner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetPartnerRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\"<\n\x12GetPartnerResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"\xdc\x01\n\x14UpdatePartnerRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x19\n\x0cpublic_sales\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12-\n\x13max_concurrent_rpcs\x18\x03 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x00H\x01\x88\x01\x01\x12)\n\x0frate_per_second\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x84=(\x00H\x02\x88\x01\x01\x42\x0f\n\r_public_salesB\x16\n\x14_max_concurrent_rpcsB\x12\n\x10_rate_per_second\"?\n\x15UpdatePartnerResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"Z\n\x17SetPartnerStatusRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.ticketing.v1.PartnerStatus\"B\n\x18SetPartnerStatusResponse\x12&\n\x07partner\x18\x01 \x01(\x0b\x32\x15.ticketing.v1.Partner\"?\n\x13\x43reateApiKeyRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.ticketing.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"X\n\x12ListApiKeysRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListApiKeysResponse\x12&\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x14.ticketing.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.ticketing.v1.ApiKey*h\n\rPartnerStatus\x12\x1e\n\x1aPARTNER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15PARTNER_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18PARTNER_STATUS_SUSPENDED\x10\x02\x32\xd1\x05\n\x0ePartnerService\x12X\n\rCreatePartner\x12\".ticketing.v1.CreatePartnerRequest\x1a#.ticketing.v1.CreatePartnerResponse\x12U\n\x0cListPartners\x12!.ticketing.v1.ListPartnersRequest\x1a\".ticketing.v1.ListPartnersResponse\x12O\n\nGetPartner\x12\x1f.ticketing.v1.GetPartnerRequest\x1a .ticketing.v1.GetPartnerResponse\x12\x61\n\x10SetPartnerStatus\x12%.ticketing.v1.SetPartnerStatusRequest\x1a&.ticketing.v1.SetPartnerStatusResponse\x12X\n\rUpdatePartner\x12\".ticketing.v1.UpdatePartnerRequest\x1a#.ticketing.v1.UpdatePartnerResponse\x12U\n\x0c\x43reateApiKey\x12!.ticketing.v1.CreateApiKeyRequest\x1a\".ticketing.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .ticketing.v1.ListApiKeysRequest\x1a!.ticketing.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12!.ticketing.v1.RevokeApiKeyRequest\x1a\".ticketing.v1.RevokeApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,42 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTPARTNERSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTPARTNERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_UPDATEPARTNERREQUEST'].fields_by_name['max_concurrent_rpcs']._loaded_options = None
+  _globals['_UPDATEPARTNERREQUEST'].fields_by_name['max_concurrent_rpcs']._serialized_options = b'\272H\010\032\006\030\240\215\006(\000'
+  _globals['_UPDATEPARTNERREQUEST'].fields_by_name['rate_per_second']._loaded_options = None
+  _globals['_UPDATEPARTNERREQUEST'].fields_by_name['rate_per_second']._serialized_options = b'\272H\010\032\006\030\300\204=(\000'
   _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
-  _globals['_PARTNERSTATUS']._serialized_start=1470
-  _globals['_PARTNERSTATUS']._serialized_end=1574
+  _globals['_PARTNERSTATUS']._serialized_start=1888
+  _globals['_PARTNERSTATUS']._serialized_end=1992
   _globals['_PARTNER']._serialized_start=107
-  _globals['_PARTNER']._serialized_end=267
-  _globals['_APIKEY']._serialized_start=270
-  _globals['_APIKEY']._serialized_end=486
-  _globals['_CREATEPARTNERREQUEST']._serialized_start=488
-  _globals['_CREATEPARTNERREQUEST']._serialized_end=555
-  _globals['_CREATEPARTNERRESPONSE']._serialized_start=557
-  _globals['_CREATEPARTNERRESPONSE']._serialized_end=620
-  _globals['_LISTPARTNERSREQUEST']._serialized_start=622
-  _globals['_LISTPARTNERSREQUEST']._serialized_end=691
-  _globals['_LISTPARTNERSRESPONSE']._serialized_start=693
-  _globals['_LISTPARTNERSRESPONSE']._serialized_end=781
-  _globals['_GETPARTNERREQUEST']._serialized_start=783
-  _globals['_GETPARTNERREQUEST']._serialized_end=822
-  _globals['_GETPARTNERRESPONSE']._serialized_start=824
-  _globals['_GETPARTNERRESPONSE']._serialized_end=884
-  _globals['_SETPARTNERSTATUSREQUEST']._serialized_start=886
-  _globals['_SETPARTNERSTATUSREQUEST']._serialized_end=976
-  _globals['_SETPARTNERSTATUSRESPONSE']._serialized_start=978
-  _globals['_SETPARTNERSTATUSRESPONSE']._serialized_end=1044
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1046
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1109
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1111
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1188
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1190
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1278
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1280
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1366
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1368
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1405
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1407
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1468
-  _globals['_PARTNERSERVICE']._serialized_start=1577
-  _globals['_PARTNERSERVICE']._serialized_end=2208
+  _globals['_PARTNER']._serialized_end=397
+  _globals['_APIKEY']._serialized_start=400
+  _globals['_APIKEY']._serialized_end=616
+  _globals['_CREATEPARTNERREQUEST']._serialized_start=618
+  _globals['_CREATEPARTNERREQUEST']._serialized_end=685
+  _globals['_CREATEPARTNERRESPONSE']._serialized_start=687
+  _globals['_CREATEPARTNERRESPONSE']._serialized_end=750
+  _globals['_LISTPARTNERSREQUEST']._serialized_start=752
+  _globals['_LISTPARTNERSREQUEST']._serialized_end=821
+  _globals['_LISTPARTNERSRESPONSE']._serialized_start=823
+  _globals['_LISTPARTNERSRESPONSE']._serialized_end=911
+  _globals['_GETPARTNERREQUEST']._serialized_start=913
+  _globals['_GETPARTNERREQUEST']._serialized_end=952
+  _globals['_GETPARTNERRESPONSE']._serialized_start=954
+  _globals['_GETPARTNERRESPONSE']._serialized_end=1014
+  _globals['_UPDATEPARTNERREQUEST']._serialized_start=1017
+  _globals['_UPDATEPARTNERREQUEST']._serialized_end=1237
+  _globals['_UPDATEPARTNERRESPONSE']._serialized_start=1239
+  _globals['_UPDATEPARTNERRESPONSE']._serialized_end=1302
+  _globals['_SETPARTNERSTATUSREQUEST']._serialized_start=1304
+  _globals['_SETPARTNERSTATUSREQUEST']._serialized_end=1394
+  _globals['_SETPARTNERSTATUSRESPONSE']._serialized_start=1396
+  _globals['_SETPARTNERSTATUSRESPONSE']._serialized_end=1462
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1464
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1527
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1529
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1606
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1608
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1696
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1698
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1784
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1786
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1823
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1825
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1886
+  _globals['_PARTNERSERVICE']._serialized_start=1995
+  _globals['_PARTNERSERVICE']._serialized_end=2716
 # @@protoc_insertion_point(module_scope)

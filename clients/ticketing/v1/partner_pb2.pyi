@@ -55,6 +55,9 @@ class Partner(_message.Message):
     CONTACT_EMAIL_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PUBLIC_SALES_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_RPCS_FIELD_NUMBER: _builtins.int
+    RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
     display_name: _builtins.str
@@ -63,6 +66,14 @@ class Partner(_message.Message):
     """Where the operator reaches the partner, stored normalised (NFKC, case-folded)."""
     status: Global___PartnerStatus.ValueType
     """Whether its keys work."""
+    public_sales: _builtins.bool
+    """Whether it may also sell from the public pool (UpdatePartner); otherwise
+    only its allocated places.
+    """
+    max_concurrent_rpcs: _builtins.int
+    """Its own calls-in-flight budget; unset: the server's default."""
+    rate_per_second: _builtins.int
+    """Its own calls-per-second budget; unset: the server's default."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created (database clock)."""
@@ -75,12 +86,22 @@ class Partner(_message.Message):
         contact_email: _builtins.str = ...,
         status: Global___PartnerStatus.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        public_sales: _builtins.bool = ...,
+        max_concurrent_rpcs: _builtins.int | None = ...,
+        rate_per_second: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent_rpcs", b"_max_concurrent_rpcs", "_rate_per_second", b"_rate_per_second", "create_time", b"create_time", "max_concurrent_rpcs", b"max_concurrent_rpcs", "rate_per_second", b"rate_per_second"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_email", b"contact_email", "create_time", b"create_time", "display_name", b"display_name", "id", b"id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent_rpcs", b"_max_concurrent_rpcs", "_rate_per_second", b"_rate_per_second", "contact_email", b"contact_email", "create_time", b"create_time", "display_name", b"display_name", "id", b"id", "max_concurrent_rpcs", b"max_concurrent_rpcs", "public_sales", b"public_sales", "rate_per_second", b"rate_per_second", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_concurrent_rpcs: _TypeAlias = _typing.Literal["max_concurrent_rpcs"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_rpcs: _TypeAlias = _typing.Literal["_max_concurrent_rpcs", b"_max_concurrent_rpcs"]  # noqa: Y015
+    _WhichOneofReturnType__rate_per_second: _TypeAlias = _typing.Literal["rate_per_second"]  # noqa: Y015
+    _WhichOneofArgType__rate_per_second: _TypeAlias = _typing.Literal["_rate_per_second", b"_rate_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_rpcs) -> _WhichOneofReturnType__max_concurrent_rpcs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_per_second) -> _WhichOneofReturnType__rate_per_second | None: ...
 
 Global___Partner: _TypeAlias = Partner  # noqa: Y015
 
@@ -283,6 +304,77 @@ class GetPartnerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPartnerResponse: _TypeAlias = GetPartnerResponse  # noqa: Y015
+
+@_typing.final
+class UpdatePartnerRequest(_message.Message):
+    """UpdatePartnerRequest names the partner and the settings to change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_SALES_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_RPCS_FIELD_NUMBER: _builtins.int
+    RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
+    partner_id: _builtins.str
+    """The partner."""
+    public_sales: _builtins.bool
+    """May it book and hold places of the public pool too (not only its
+    allocations)? Unset: unchanged.
+    """
+    max_concurrent_rpcs: _builtins.int
+    """Its calls in flight at most; 0: the server default. Unset: unchanged."""
+    rate_per_second: _builtins.int
+    """Its calls per second at most; 0: the server default. Unset: unchanged."""
+    def __init__(
+        self,
+        *,
+        partner_id: _builtins.str = ...,
+        public_sales: _builtins.bool | None = ...,
+        max_concurrent_rpcs: _builtins.int | None = ...,
+        rate_per_second: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent_rpcs", b"_max_concurrent_rpcs", "_public_sales", b"_public_sales", "_rate_per_second", b"_rate_per_second", "max_concurrent_rpcs", b"max_concurrent_rpcs", "public_sales", b"public_sales", "rate_per_second", b"rate_per_second"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent_rpcs", b"_max_concurrent_rpcs", "_public_sales", b"_public_sales", "_rate_per_second", b"_rate_per_second", "max_concurrent_rpcs", b"max_concurrent_rpcs", "partner_id", b"partner_id", "public_sales", b"public_sales", "rate_per_second", b"rate_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_concurrent_rpcs: _TypeAlias = _typing.Literal["max_concurrent_rpcs"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_rpcs: _TypeAlias = _typing.Literal["_max_concurrent_rpcs", b"_max_concurrent_rpcs"]  # noqa: Y015
+    _WhichOneofReturnType__public_sales: _TypeAlias = _typing.Literal["public_sales"]  # noqa: Y015
+    _WhichOneofArgType__public_sales: _TypeAlias = _typing.Literal["_public_sales", b"_public_sales"]  # noqa: Y015
+    _WhichOneofReturnType__rate_per_second: _TypeAlias = _typing.Literal["rate_per_second"]  # noqa: Y015
+    _WhichOneofArgType__rate_per_second: _TypeAlias = _typing.Literal["_rate_per_second", b"_rate_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_rpcs) -> _WhichOneofReturnType__max_concurrent_rpcs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__public_sales) -> _WhichOneofReturnType__public_sales | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_per_second) -> _WhichOneofReturnType__rate_per_second | None: ...
+
+Global___UpdatePartnerRequest: _TypeAlias = UpdatePartnerRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePartnerResponse(_message.Message):
+    """UpdatePartnerResponse holds the partner as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTNER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partner(self) -> Global___Partner:
+        """The partner."""
+
+    def __init__(
+        self,
+        *,
+        partner: Global___Partner | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partner", b"partner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partner", b"partner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePartnerResponse: _TypeAlias = UpdatePartnerResponse  # noqa: Y015
 
 @_typing.final
 class SetPartnerStatusRequest(_message.Message):

@@ -62,6 +62,11 @@ class PartnerServiceStub:
                 request_serializer=ticketing_dot_v1_dot_partner__pb2.SetPartnerStatusRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_partner__pb2.SetPartnerStatusResponse.FromString,
                 _registered_method=True)
+        self.UpdatePartner = channel.unary_unary(
+                '/ticketing.v1.PartnerService/UpdatePartner',
+                request_serializer=ticketing_dot_v1_dot_partner__pb2.UpdatePartnerRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_partner__pb2.UpdatePartnerResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/ticketing.v1.PartnerService/CreateApiKey',
                 request_serializer=ticketing_dot_v1_dot_partner__pb2.CreateApiKeyRequest.SerializeToString,
@@ -123,6 +128,18 @@ class PartnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdatePartner(self, request, context):
+        """UpdatePartner changes a partner's channel settings: whether it may also
+        sell from the public pool (besides its allocations), and its own admission
+        budget (calls in flight, calls per second; 0 = back to the server's
+        TICKETING_PARTNER_* defaults). Only the fields set in the request change;
+        a request that sets none is INVALID_ARGUMENT. Takes effect on the
+        partner's next call. ADMIN only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateApiKey(self, request, context):
         """CreateApiKey makes a new API key for a partner and returns its secret,
         once: the server stores only a keyed hash (HMAC-SHA-256) of it. The
@@ -174,6 +191,11 @@ def add_PartnerServiceServicer_to_server(servicer, server):
                     servicer.SetPartnerStatus,
                     request_deserializer=ticketing_dot_v1_dot_partner__pb2.SetPartnerStatusRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_partner__pb2.SetPartnerStatusResponse.SerializeToString,
+            ),
+            'UpdatePartner': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePartner,
+                    request_deserializer=ticketing_dot_v1_dot_partner__pb2.UpdatePartnerRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_partner__pb2.UpdatePartnerResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -307,6 +329,33 @@ class PartnerService:
             '/ticketing.v1.PartnerService/SetPartnerStatus',
             ticketing_dot_v1_dot_partner__pb2.SetPartnerStatusRequest.SerializeToString,
             ticketing_dot_v1_dot_partner__pb2.SetPartnerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePartner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ticketing.v1.PartnerService/UpdatePartner',
+            ticketing_dot_v1_dot_partner__pb2.UpdatePartnerRequest.SerializeToString,
+            ticketing_dot_v1_dot_partner__pb2.UpdatePartnerResponse.FromString,
             options,
             channel_credentials,
             insecure,

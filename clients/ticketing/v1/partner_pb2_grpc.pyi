@@ -57,6 +57,14 @@ class PartnerServiceStub:
     setting ACTIVE again makes its unrevoked keys work again. ADMIN only.
     Setting the status it already has changes nothing.
     """
+    UpdatePartner: _grpc.UnaryUnaryMultiCallable[_partner_pb2.UpdatePartnerRequest, _partner_pb2.UpdatePartnerResponse]
+    """UpdatePartner changes a partner's channel settings: whether it may also
+    sell from the public pool (besides its allocations), and its own admission
+    budget (calls in flight, calls per second; 0 = back to the server's
+    TICKETING_PARTNER_* defaults). Only the fields set in the request change;
+    a request that sets none is INVALID_ARGUMENT. Takes effect on the
+    partner's next call. ADMIN only.
+    """
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_partner_pb2.CreateApiKeyRequest, _partner_pb2.CreateApiKeyResponse]
     """CreateApiKey makes a new API key for a partner and returns its secret,
     once: the server stores only a keyed hash (HMAC-SHA-256) of it. The
@@ -103,6 +111,14 @@ class PartnerServiceAsyncStub(PartnerServiceStub):
     key of it is refused at once (UNAUTHENTICATED, reason PARTNER_SUSPENDED);
     setting ACTIVE again makes its unrevoked keys work again. ADMIN only.
     Setting the status it already has changes nothing.
+    """
+    UpdatePartner: _aio.UnaryUnaryMultiCallable[_partner_pb2.UpdatePartnerRequest, _partner_pb2.UpdatePartnerResponse]  # type: ignore[assignment]
+    """UpdatePartner changes a partner's channel settings: whether it may also
+    sell from the public pool (besides its allocations), and its own admission
+    budget (calls in flight, calls per second; 0 = back to the server's
+    TICKETING_PARTNER_* defaults). Only the fields set in the request change;
+    a request that sets none is INVALID_ARGUMENT. Takes effect on the
+    partner's next call. ADMIN only.
     """
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_partner_pb2.CreateApiKeyRequest, _partner_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """CreateApiKey makes a new API key for a partner and returns its secret,
@@ -171,6 +187,20 @@ class PartnerServiceServicer(metaclass=_abc_1.ABCMeta):
         key of it is refused at once (UNAUTHENTICATED, reason PARTNER_SUSPENDED);
         setting ACTIVE again makes its unrevoked keys work again. ADMIN only.
         Setting the status it already has changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePartner(
+        self,
+        request: _partner_pb2.UpdatePartnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_partner_pb2.UpdatePartnerResponse, _abc.Awaitable[_partner_pb2.UpdatePartnerResponse]]:
+        """UpdatePartner changes a partner's channel settings: whether it may also
+        sell from the public pool (besides its allocations), and its own admission
+        budget (calls in flight, calls per second; 0 = back to the server's
+        TICKETING_PARTNER_* defaults). Only the fields set in the request change;
+        a request that sets none is INVALID_ARGUMENT. Takes effect on the
+        partner's next call. ADMIN only.
         """
 
     @_abc_1.abstractmethod

@@ -142,6 +142,7 @@ POLICY: dict[str, Access] = {
     _PARTNER + "ListPartners": roles(ADMIN),
     _PARTNER + "GetPartner": roles(ADMIN, PARTNER),
     _PARTNER + "SetPartnerStatus": roles(ADMIN),
+    _PARTNER + "UpdatePartner": roles(ADMIN),
     _PARTNER + "CreateApiKey": roles(ADMIN, PARTNER),
     _PARTNER + "ListApiKeys": roles(ADMIN, PARTNER),
     _PARTNER + "RevokeApiKey": roles(ADMIN, PARTNER),

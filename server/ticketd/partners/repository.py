@@ -17,11 +17,15 @@ from ticketd.partners.rules import (
     ApiKeyRecord,
     KeyLookup,
     PartnerRecord,
+    PartnerSettings,
     PartnerStatus,
 )
 from ticketd.shared import EndCustomer
 
-_PARTNER = "id, display_name, contact_email, status, create_time"
+_PARTNER = (
+    "id, display_name, contact_email, status, create_time, public_sales, max_concurrent_rpcs, "
+    "rate_per_second"
+)
 _KEY = "id, partner_id, display_name, create_time, last_used_time, revoke_time"
 
 
@@ -32,6 +36,9 @@ def _partner(row: Any) -> PartnerRecord:
         contact_email=row["contact_email"],
         status=PartnerStatus(row["status"]),
         create_time=row["create_time"],
+        public_sales=row["public_sales"],
+        max_concurrent_rpcs=row["max_concurrent_rpcs"],
+        rate_per_second=row["rate_per_second"],
     )
 
 
@@ -66,6 +73,27 @@ async def partner(conn: Conn, partner_id: uuid.UUID, *, lock: bool = False) -> P
     suffix = " FOR UPDATE" if lock else ""
     row = await conn.fetchrow(f"SELECT {_PARTNER} FROM partners WHERE id = $1{suffix}", partner_id)
     return _partner(row) if row else None
+
+
+async def update_settings(
+    conn: Conn, partner_id: uuid.UUID, settings: PartnerSettings
+) -> PartnerRecord:
+    """Apply UpdatePartner's changes (a NULL parameter leaves its column alone; a budget of
+    0 clears the override)."""
+    row = await conn.fetchrow(
+        "UPDATE partners SET public_sales = coalesce($2, public_sales), "
+        "max_concurrent_rpcs = CASE WHEN $3::integer IS NULL THEN max_concurrent_rpcs "
+        "  ELSE nullif($3::integer, 0) END, "
+        "rate_per_second = CASE WHEN $4::integer IS NULL THEN rate_per_second "
+        "  ELSE nullif($4::integer, 0) END, "
+        "update_time = clock_timestamp() "
+        f"WHERE id = $1 RETURNING {_PARTNER}",
+        partner_id,
+        settings.public_sales,
+        settings.max_concurrent_rpcs,
+        settings.rate_per_second,
+    )
+    return _partner(row)
 
 
 async def set_status(conn: Conn, partner_id: uuid.UUID, status: PartnerStatus) -> PartnerRecord:

@@ -38,6 +38,31 @@ class PartnerRecord:
     contact_email: str
     status: PartnerStatus
     create_time: dt.datetime
+    public_sales: bool = True
+    max_concurrent_rpcs: int | None = None
+    rate_per_second: int | None = None
+
+
+@dataclass(frozen=True)
+class PartnerSettings:
+    """UpdatePartner's changes: None leaves a setting alone; a budget of 0 means the
+    server's default again (stored as no override)."""
+
+    public_sales: bool | None = None
+    max_concurrent_rpcs: int | None = None
+    rate_per_second: int | None = None
+
+    def check(self) -> None:
+        """A request that changes nothing is a mistake worth telling."""
+        if (
+            self.public_sales is None
+            and self.max_concurrent_rpcs is None
+            and (self.rate_per_second is None)
+        ):
+            raise InvalidArgument.one(
+                "public_sales",
+                "set at least one of public_sales, max_concurrent_rpcs, rate_per_second",
+            )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ticketd.partners import repository as repo
 from ticketd.partners.rules import (
     ApiKeyRecord,
     PartnerRecord,
+    PartnerSettings,
     PartnerStatus,
     authentication_refusal,
     check_may_manage_partner,
@@ -59,6 +60,17 @@ class PartnerService:
         if found is None:
             raise partner_not_found(pid)
         return found
+
+    async def update_settings(
+        self, partner_id: uuid.UUID, settings: PartnerSettings
+    ) -> PartnerRecord:
+        """Change whether the partner sells publicly and its own budget (ADMIN: policy).
+        Read at each of its calls, so the next call already follows it."""
+        settings.check()
+        async with self._db.transaction() as conn:
+            if await repo.partner(conn, partner_id, lock=True) is None:
+                raise partner_not_found(partner_id)
+            return await repo.update_settings(conn, partner_id, settings)
 
     async def set_status(self, partner_id: uuid.UUID, status: PartnerStatus) -> PartnerRecord:
         async with self._db.transaction() as conn:

@@ -8,7 +8,7 @@ from ticketd.auth.principal import current_principal
 from ticketd.edge.convert import parse_uuid, timestamp
 from ticketd.errors import InvalidArgument
 from ticketd.pagination import PageTokens, decode_time_keyset, resolve_page_size, time_keyset
-from ticketd.partners.rules import ApiKeyRecord, PartnerRecord, PartnerStatus
+from ticketd.partners.rules import ApiKeyRecord, PartnerRecord, PartnerSettings, PartnerStatus
 from ticketd.partners.service import PartnerService
 from ticketing.v1 import partner_pb2, partner_pb2_grpc
 
@@ -20,13 +20,19 @@ PROTO_TO_STATUS = {v: k for k, v in STATUS_TO_PROTO.items()}
 
 
 def partner_to_proto(p: PartnerRecord) -> partner_pb2.Partner:
-    return partner_pb2.Partner(
+    msg = partner_pb2.Partner(
         id=str(p.id),
         display_name=p.display_name,
         contact_email=p.contact_email,
         status=STATUS_TO_PROTO[p.status],
         create_time=timestamp(p.create_time),
+        public_sales=p.public_sales,
     )
+    if p.max_concurrent_rpcs is not None:
+        msg.max_concurrent_rpcs = p.max_concurrent_rpcs
+    if p.rate_per_second is not None:
+        msg.rate_per_second = p.rate_per_second
+    return msg
 
 
 def key_to_proto(k: ApiKeyRecord) -> partner_pb2.ApiKey:
@@ -95,6 +101,23 @@ class PartnerServicer(partner_pb2_grpc.PartnerServiceServicer):
             raise InvalidArgument.one("status", "must be ACTIVE or SUSPENDED")
         updated = await self._partners.set_status(partner_id, status)
         return partner_pb2.SetPartnerStatusResponse(partner=partner_to_proto(updated))
+
+    async def UpdatePartner(
+        self, request: partner_pb2.UpdatePartnerRequest, context: Any
+    ) -> partner_pb2.UpdatePartnerResponse:
+        settings = PartnerSettings(
+            public_sales=request.public_sales if request.HasField("public_sales") else None,
+            max_concurrent_rpcs=request.max_concurrent_rpcs
+            if request.HasField("max_concurrent_rpcs")
+            else None,
+            rate_per_second=request.rate_per_second
+            if request.HasField("rate_per_second")
+            else None,
+        )
+        updated = await self._partners.update_settings(
+            parse_uuid(request.partner_id, "partner_id"), settings
+        )
+        return partner_pb2.UpdatePartnerResponse(partner=partner_to_proto(updated))
 
     async def CreateApiKey(
         self, request: partner_pb2.CreateApiKeyRequest, context: Any
