@@ -62,6 +62,16 @@ async def test_partners_and_keys_from_the_command_line(
     assert refused.code == 1 and "PARTNER_SUSPENDED" in refused.err
     ok(await admin_cli("partners", "activate", partner_id))
     ok(await admin_cli("partners", "keys", "list", TICKETING_API_KEY=new_secret.group(1)))
+    closed = ok(
+        await admin_cli("partners", "update", partner_id, "--no-public-sales", "--rate", "20")
+    ).out
+    assert "allocations only" in closed and "20/s" in closed
+    reopened = ok(
+        await admin_cli("partners", "update", partner_id, "--public-sales", "--rate", "0")
+    )
+    assert "may sell publicly" in reopened.out and "default/s" in reopened.out
+    nothing = await admin_cli("partners", "update", partner_id)
+    assert nothing.code != 0 and "INVALID_ARGUMENT" in nothing.err
 
 
 async def test_allocations_from_the_command_line(

@@ -341,6 +341,27 @@ class Client(Stubs):
             )
         return reply.partner
 
+    async def update_partner(
+        self,
+        partner_id: str,
+        *,
+        public_sales: bool | None = None,
+        max_concurrent_rpcs: int | None = None,
+        rate_per_second: int | None = None,
+    ) -> partner_pb2.Partner:
+        """Change a partner's public-pool permission and its own budget (ADMIN); None leaves
+        a setting alone, a budget of 0 means the server default again."""
+        request = partner_pb2.UpdatePartnerRequest(partner_id=partner_id)
+        if public_sales is not None:
+            request.public_sales = public_sales
+        if max_concurrent_rpcs is not None:
+            request.max_concurrent_rpcs = max_concurrent_rpcs
+        if rate_per_second is not None:
+            request.rate_per_second = rate_per_second
+        with ticketing_errors():
+            reply = await self.partners.UpdatePartner(request)
+        return reply.partner
+
     def iter_partners(self, *, page_size: int = 0) -> AsyncIterator[partner_pb2.Partner]:
         """Every partner, oldest first (ADMIN)."""
         return paginate(

@@ -77,6 +77,24 @@ async def _set_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _update(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        partner = await client.update_partner(
+            args.partner,
+            public_sales=args.public_sales,
+            max_concurrent_rpcs=args.max_concurrent,
+            rate_per_second=args.rate,
+        )
+    in_flight = (
+        partner.max_concurrent_rpcs if partner.HasField("max_concurrent_rpcs") else "default"
+    )
+    rate = partner.rate_per_second if partner.HasField("rate_per_second") else "default"
+    budget = f"{in_flight} in flight, {rate}/s"
+    public = "may sell publicly" if partner.public_sales else "allocations only"
+    console.print(f"partner {partner.id}: {public}; budget {budget}")
+    return 0
+
+
 async def _keys_create(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         created = await client.create_api_key(args.name, partner_id=args.partner or "")
@@ -214,7 +232,8 @@ def register_event_commands(
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `partners create|list|suspend|activate` and `partners keys create|list|revoke`."""
+    """Add `partners create|list|suspend|activate|update` and `partners keys
+    create|list|revoke`."""
     partners = sub.add_parser("partners", help="partner resellers and their API keys")
     partners_sub = partners.add_subparsers(dest="partners_command", required=True)
 
@@ -237,6 +256,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("partner", help="partner id")
         add_target_args(p)
         p.set_defaults(handler=_set_status, suspend=suspend)
+
+    p = partners_sub.add_parser(
+        "update", help="public-pool permission and own budget of a partner (ADMIN)"
+    )
+    p.add_argument("partner", help="partner id")
+    p.add_argument(
+        "--public-sales",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="may it sell from the public pool too (--no-public-sales: allocations only)",
+    )
+    p.add_argument("--max-concurrent", type=int, help="its calls in flight (0: server default)")
+    p.add_argument("--rate", type=int, help="its calls per second (0: server default)")
+    add_target_args(p)
+    p.set_defaults(handler=_update)
 
     keys = partners_sub.add_parser("keys", help=f"API keys (as the partner: set {API_KEY_ENV})")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
