@@ -243,6 +243,25 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code = "OK"
             reason: str | None = None
             correlation_id: str | None = None
+            recorded = False
+
+            def record() -> None:
+                nonlocal recorded
+                if recorded:
+                    return
+                recorded = True
+                elapsed = time.perf_counter() - started
+                metrics.observe_rpc(method, code, elapsed, reason)
+                if logs.access_enabled():
+                    logs.access(
+                        method=method,
+                        principal=_principal_label(principal),
+                        duration_s=elapsed,
+                        code=code,
+                        reason=reason,
+                        correlation_id=correlation_id or tracing.current_trace_id(),
+                    )
+
             deadline = set_call_deadline(time_remaining(context))
             try:
                 if self._admission is not None:
@@ -283,6 +302,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     status = internal_status(exc, method, correlation_id=correlation_id)
                     reason = errors.Reason.INTERNAL.value
                 code = status.code.name
+                # Recorded before the status goes out: whoever sees the answer can already
+                # see the access line and the counters.
+                record()
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if admitted is not None:
@@ -292,17 +314,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 reset_call_deadline(deadline)
                 if bound is not None:
                     unbind_principal(bound)
-                elapsed = time.perf_counter() - started
-                metrics.observe_rpc(method, code, elapsed, reason)
-                if logs.access_enabled():
-                    logs.access(
-                        method=method,
-                        principal=_principal_label(principal),
-                        duration_s=elapsed,
-                        code=code,
-                        reason=reason,
-                        correlation_id=correlation_id or tracing.current_trace_id(),
-                    )
+                record()
 
         return wrapped
 
