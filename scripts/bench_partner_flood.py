@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import sys
 import tempfile
 import time
@@ -143,7 +144,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             assert server.admin_password is not None and server.pid is not None
             try:
                 ch = channel(server.target)
-                flood_ch = channel(server.target)
                 md = await login(ch, ADMIN_EMAIL, server.admin_password)
                 event = await create_event(ch, md, PLACES, "Partner flood", max_per_order=4)
                 seats = [
@@ -165,7 +165,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await _allocate(ch, md, event.id, quiet_id, seats[:half])
                 await _allocate(ch, md, event.id, flood_id, seats[half:])
                 quiet = Seller(ch, event.id, quiet_secret, seats[:half])
-                flooder = Seller(flood_ch, event.id, flood_secret, seats[half:])
                 groups = CpuGroups((server.pid,), (), database_name(url))
                 w, d = args.warmup, args.duration
                 await wait_for_quiet(5)
@@ -178,16 +177,27 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     cpu=groups,
                 )
                 quiet.outcomes.clear()
-                flood_task = asyncio.create_task(
-                    closed_loop(
-                        args.flood_users,
-                        flooder.call,
-                        duration_s=d + w + 1,
-                        warmup_s=0,
-                        call_timeout_s=CALL_TIMEOUT_S,
-                    )
+                # The flooder runs in a process of its own, as another company's client would:
+                # in this process its workers would also slow the quiet client's event loop.
+                flood_proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "scripts.bench_partner_flood",
+                    "--flood-only",
+                    json.dumps(
+                        {
+                            "target": server.target,
+                            "event_id": event.id,
+                            "secret": flood_secret,
+                            "seat_ids": seats[half:],
+                            "users": args.flood_users,
+                            "seconds": d + w + 1,
+                        }
+                    ),
+                    stdout=asyncio.subprocess.PIPE,
+                    cwd=str(ROOT),
                 )
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
                 flooded = await closed_loop(
                     args.quiet_users,
                     quiet.call,
@@ -196,9 +206,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     call_timeout_s=CALL_TIMEOUT_S,
                     cpu=groups,
                 )
-                flood = await flood_task
+                out, _ = await asyncio.wait_for(flood_proc.communicate(), d + w + 60)
+                flood = json.loads(out.decode())
                 await ch.close(None)
-                await flood_ch.close(None)
             finally:
                 await server.stop(timeout=15)
     base, under = alone.figures(), flooded.figures()
@@ -207,8 +217,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if base.get("p99_ms") and under.get("p99_ms")
         else None
     )
-    internal = sum(n for k, n in flooder.outcomes.items() if k.startswith(("INTERNAL", "UNKNOWN")))
-    refused = sum(n for k, n in flooder.outcomes.items() if "PARTNER_BUDGET_EXCEEDED" in k)
+    outcomes: dict[str, int] = flood["outcomes"]
+    internal = sum(n for k, n in outcomes.items() if k.startswith(("INTERNAL", "UNKNOWN")))
+    refused = sum(n for k, n in outcomes.items() if "PARTNER_BUDGET_EXCEEDED" in k)
     return {
         **header("one partner flooding next to another", "scripts/bench_partner_flood"),
         "setup": {
@@ -223,7 +234,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "quiet_alone": base | {"cpu": alone.cpu},
         "quiet_under_flood": under | {"cpu": flooded.cpu},
-        "flooder": flood.figures() | {"outcomes": dict(flooder.outcomes)},
+        "flooder": flood,
         "p99_ratio": ratio,
         "goals": {
             "quiet p99 under flood within noise (<= 1.25x alone)": {
@@ -238,6 +249,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def flood_only(spec: dict[str, Any]) -> dict[str, Any]:
+    """The flooding partner's side, in its own process: a closed loop as fast as it goes for
+    `seconds`; its figures and outcomes as JSON on stdout."""
+    ch = channel(spec["target"])
+    try:
+        seller = Seller(ch, spec["event_id"], spec["secret"], list(spec["seat_ids"]))
+        window = await closed_loop(
+            spec["users"],
+            seller.call,
+            duration_s=spec["seconds"],
+            warmup_s=0,
+            call_timeout_s=CALL_TIMEOUT_S,
+        )
+    finally:
+        await ch.close(None)
+    return window.figures() | {"outcomes": dict(seller.outcomes)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print a summary, write the JSON (exit 0)."""
     parser = argparse.ArgumentParser(prog="bench_partner_flood", description=__doc__.split("\n")[0])
@@ -249,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-budget", type=int, default=8, help="its calls in flight")
     parser.add_argument("--flood-rate", type=int, default=50, help="its calls per second")
     parser.add_argument("--wait-quiet", type=float, default=20.0, help="wait for a quiet box")
+    parser.add_argument("--flood-only", help=argparse.SUPPRESS)  # the flooder's own process
     args = parser.parse_args(argv)
+    if args.flood_only:
+        print(json.dumps(asyncio.run(flood_only(json.loads(args.flood_only)))))
+        return 0
     if not 1 <= args.duration <= 60 or not 0 <= args.warmup <= 30:
         parser.error("--duration must be 1..60 s and --warmup 0..30 s")
     if not 1 <= args.quiet_users <= 256 or not 1 <= args.flood_users <= 1024:

@@ -210,6 +210,7 @@ class TicketServer:
                 Scheme.API_KEY: components.partners.principal_for,
             },
             max_streams=settings.max_streams,
+            partner_hint=components.partners.budget_hint,
         )
         self.server = aio.server(
             # Tracing first, so its span is current while ours maps errors (trace id =

@@ -23,7 +23,7 @@ from grpc import aio
 from ticketd import errors
 from ticketd.auth.credentials import Credential, Scheme, parse_authorization
 from ticketd.auth.policy import Access, access_for
-from ticketd.auth.principal import Principal, bind_principal, unbind_principal
+from ticketd.auth.principal import PartnerScope, Principal, bind_principal, unbind_principal
 from ticketd.auth.tokens import TokenClaims, TokenService
 from ticketd.deadline import reset_call_deadline, set_call_deadline
 from ticketd.edge.admission import Admission, Admitted
@@ -70,6 +70,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         admission: Admission | None = None,
         secret_loaders: Mapping[Scheme, SecretLoader] | None = None,
         max_streams: int = 1000,
+        partner_hint: Callable[[str], PartnerScope | None] | None = None,
     ) -> None:
         """`secret_loaders` maps each non-Bearer scheme to its loader; a scheme without one
         authenticates nobody."""
@@ -78,6 +79,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._contract = contract
         self._admission = admission
         self._secret_loaders = dict(secret_loaders or {})
+        self._partner_hint = partner_hint
         self._max_streams = max_streams
         self._streams = 0
 
@@ -98,6 +100,19 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 metadata={"method": method},
             )
         return principal
+
+    def _known_partner(self, rule: Access, metadata: Any) -> PartnerScope | None:
+        """The partner budget hint of an API key call (None for anything else; a malformed
+        header is left for _authorize to refuse properly)."""
+        if rule.public or self._partner_hint is None:
+            return None
+        try:
+            credential = parse_authorization(metadata)
+        except errors.DomainError:
+            return None
+        if credential is None or credential.scheme is not Scheme.API_KEY:
+            return None
+        return self._partner_hint(credential.secret)
 
     async def _authenticate(self, credential: Credential) -> Principal:
         principal: Principal | None = None
@@ -266,9 +281,18 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 if self._admission is not None:
                     admitted = self._admission.enter(method)
+                    # A partner known from an earlier call is held to its budget before its
+                    # key is looked up: a flood's refusals cost no database connection.
+                    hint = self._known_partner(rule, context.invocation_metadata())
+                    if hint is not None:
+                        partner_admitted = self._admission.enter_partner(
+                            hint.partner_id,
+                            max_in_flight=hint.max_in_flight,
+                            rate=hint.rate_per_second,
+                        )
                 principal = await self._authorize(method, rule, context.invocation_metadata())
                 scope = principal.partner if principal is not None else None
-                if self._admission is not None and scope is not None:
+                if self._admission is not None and scope is not None and partner_admitted is None:
                     # Only now is the partner known: its own budget, on top of the shared one.
                     partner_admitted = self._admission.enter_partner(
                         scope.partner_id,

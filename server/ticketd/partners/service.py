@@ -29,6 +29,8 @@ from ticketd.partners.rules import (
 from ticketd.shared import EndCustomer
 
 Keyset = tuple[dt.datetime, uuid.UUID] | None
+# Keys whose budgets the edge may check before their lookup (one entry per key in use).
+MAX_BUDGET_HINTS = 10_000
 
 
 class PartnerService:
@@ -37,6 +39,18 @@ class PartnerService:
     def __init__(self, db: Database, *, hasher: SecretHasher) -> None:
         self._db = db
         self._hasher = hasher
+        # Key hash -> the partner and budgets its last accepted call had: used only to
+        # REFUSE over-budget calls before any database work (never to admit one), so a
+        # revoked or suspended key gains nothing from it. Bounded: dropped when full.
+        self._budgets: dict[bytes, PartnerScope] = {}
+
+    def budget_hint(self, secret: str) -> PartnerScope | None:
+        """The partner and budgets behind this API key as its last accepted call saw them,
+        or None when unknown: the edge admits against them before looking the key up, so a
+        flooding partner's refused calls cost no database round trip."""
+        if not secret.startswith(API_KEY_PREFIX):
+            return None
+        return self._budgets.get(self._hasher.digest(secret))
 
     async def create(
         self, principal: Principal, display_name: str, contact_email: str
@@ -146,23 +160,30 @@ class PartnerService:
         PARTNER_SUSPENDED (UNAUTHENTICATED) if it may not be used now."""
         if not secret.startswith(API_KEY_PREFIX):
             return None
+        digest = self._hasher.digest(secret)
         async with self._db.connection() as conn:
-            lookup = await repo.authenticate(conn, self._hasher.digest(secret))
+            lookup = await repo.authenticate(conn, digest)
         if lookup is None:
+            self._budgets.pop(digest, None)
             return None
         refusal = authentication_refusal(lookup)
         if refusal is not None:
+            self._budgets.pop(digest, None)
             raise refusal
+        scope = PartnerScope(
+            partner_id=lookup.partner_id,
+            key_id=lookup.key_id,
+            max_in_flight=lookup.max_in_flight,
+            rate_per_second=lookup.rate_per_second,
+            public_sales=lookup.public_sales,
+        )
+        if len(self._budgets) >= MAX_BUDGET_HINTS:
+            self._budgets.clear()
+        self._budgets[digest] = scope
         return Principal(
             user_id=lookup.partner_id,
             email="",
             roles=frozenset(),
             kind=PrincipalKind.PARTNER,
-            partner=PartnerScope(
-                partner_id=lookup.partner_id,
-                key_id=lookup.key_id,
-                max_in_flight=lookup.max_in_flight,
-                rate_per_second=lookup.rate_per_second,
-                public_sales=lookup.public_sales,
-            ),
+            partner=scope,
         )
