@@ -72,7 +72,12 @@ from scripts.benchlib.database import (
 from scripts.benchlib.loops import Call as LoopCall
 from scripts.benchlib.loops import Outcome, Window, closed_loop, open_loop
 from scripts.benchlib.machine import machine_info
-from scripts.benchlib.pgbench import pgbench_clients, run_booking_pgbench
+from scripts.benchlib.pgbench import (
+    MINIMAL_SCRIPT,
+    PGBENCH_SCRIPT,
+    pgbench_clients,
+    run_booking_pgbench,
+)
 from scripts.benchlib.process import benchmark_server
 from scripts.benchlib.provision import Metadata, channel, create_event, login, register_buyers
 from scripts.benchlib.report import header, log, write_json
@@ -100,6 +105,8 @@ GOALS = {
     "database_ratio_at_64": 0.20,
     "p99_ms_at_256": 100.0,
     "checkout_cpu_ratio": 1.5,
+    "cpu_vs_trivial": 2.5,
+    "pgbench_own_vs_minimal": 0.5,
 }
 CHECKOUT_KIND = "HoldSeats+ConfirmHold"
 
@@ -639,6 +646,51 @@ def ratios_and_goals(
     return ratios, goals
 
 
+def cpu_goals(
+    scenarios: list[dict[str, Any]],
+    database: dict[str, Any] | None,
+    minimal: dict[str, Any] | None,
+    goals: dict[str, Any],
+) -> None:
+    """Issue 16's two ratios, added to `goals`: CPU per BookSeats (all processes together)
+    as a multiple of CPU per trivial RPC at the same concurrency (goal <= 2.5x), and our
+    booking statements' pgbench rate as a share of the minimal booking transaction's
+    (goal >= 50%)."""
+
+    def per_call(s: dict[str, Any]) -> float | None:
+        cpu = s.get("cpu") or {}
+        per = cpu.get("cpu_ms_per_call")
+        return sum(float(v) for v in per.values()) if per else None
+
+    trivial = {
+        s["concurrency"]: per_call(s) for s in scenarios if s["kind"].startswith("transport")
+    }
+    for s in scenarios:
+        if s["kind"] != "BookSeats:specific" or s["concurrency"] is None:
+            continue
+        booking, base = per_call(s), trivial.get(s["concurrency"])
+        ratio = round(booking / base, 2) if booking and base else None
+        s["cpu_vs_trivial"] = ratio
+        goals["checks"].append(
+            {
+                "goal": f"CPU per BookSeats at {s['concurrency']} <= 2.5x a trivial RPC's",
+                "value": ratio,
+                "met": ratio is not None and ratio <= GOALS["cpu_vs_trivial"],
+            }
+        )
+    share = None
+    if database and minimal and minimal.get("bookings_per_s"):
+        share = round(database["bookings_per_s"] / minimal["bookings_per_s"], 3)
+    goals["pgbench_own_vs_minimal"] = share
+    goals["checks"].append(
+        {
+            "goal": "our booking statements in pgbench >= 50% of the minimal transaction's rate",
+            "value": share,
+            "met": share is not None and share >= GOALS["pgbench_own_vs_minimal"],
+        }
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Orchestration and report
 
@@ -675,8 +727,11 @@ class Scenarios:
         self.results.append(result)
 
 
-async def database_ceiling(url: str, event_id: str, duration: int) -> dict[str, Any]:
-    """pgbench_booking.sql on the reset inventory (rerun once if disturbed)."""
+async def database_ceiling(
+    url: str, event_id: str, duration: int, script: Path = PGBENCH_SCRIPT
+) -> dict[str, Any]:
+    """`script` (pgbench_booking.sql: our statements; pgbench_minimal.sql: the least a
+    booking could be) on the reset inventory (rerun once if disturbed)."""
     result: dict[str, Any] = {}
     for attempt in range(2):
         await wait_for_quiet(5)
@@ -685,7 +740,12 @@ async def database_ceiling(url: str, event_id: str, duration: int) -> dict[str, 
             await reset_inventory(conn, event_id)
             clients = await pgbench_clients(url, PGBENCH_CLIENTS)
             result = await run_booking_pgbench(
-                url, event_id, clients=clients, duration_s=duration, price_minor=PRICE_MINOR
+                url,
+                event_id,
+                clients=clients,
+                duration_s=duration,
+                price_minor=PRICE_MINOR,
+                script=script,
             )
             result["clients_wanted"] = PGBENCH_CLIENTS
             result["audit"] = await audit(conn, event_id)
@@ -697,7 +757,7 @@ async def database_ceiling(url: str, event_id: str, duration: int) -> dict[str, 
             continue
         break
     log(
-        f"pgbench: {result['tps']} tps, {result['bookings_per_s']} bookings/s "
+        f"pgbench {script.name}: {result['tps']} tps, {result['bookings_per_s']} bookings/s "
         f"(ok fraction {result['ok_fraction']})"
     )
     return result
@@ -711,6 +771,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     machine = await machine_info(admin, await wait_for_quiet(args.wait_quiet))
     database: dict[str, Any] | None = None
+    minimal: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
     async with throwaway_database(admin) as url:
         with tempfile.TemporaryDirectory(prefix="ticketing-bench-booking-") as data_dir:
@@ -774,8 +835,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 server_log = server.log(40).splitlines()
             if not args.skip_pgbench:
                 database = await database_ceiling(url, inventory.event_id, args.pgbench_duration)
+                minimal = await database_ceiling(
+                    url, inventory.event_id, args.pgbench_duration, MINIMAL_SCRIPT
+                )
     scenarios = runs.results
     ratios, goals = ratios_and_goals(scenarios, database)
+    cpu_goals(scenarios, database, minimal, goals)
     report: dict[str, Any] = {
         **header(
             "booking throughput (BookSeats over gRPC) against transport and DB ceilings",
@@ -810,6 +875,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for d in runs.disturbed
         ],
         "database_ceiling": database,
+        "database_minimal": minimal,
         "ratios": ratios,
         "goals": goals,
         "machine": machine,
@@ -859,6 +925,12 @@ def render_table(report: dict[str, Any]) -> str:
                 f"  {name:<24} {'':>5} {step['rps_ok']:>9.1f} {'':>9} "
                 f"{step['p50_ms'] or 0:>8.2f} {step['p99_ms'] or 0:>8.2f}"
             )
+    minimal = report.get("database_minimal")
+    if minimal:
+        lines.append(
+            f"{'minimal txn (pgbench)':<26} {minimal['clients']:>5} "
+            f"{minimal['bookings_per_s']:>9.1f} {minimal['tps'] or 0:>9.1f}"
+        )
     db = report["database_ceiling"]
     if db:
         lines.append(

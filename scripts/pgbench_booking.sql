@@ -73,10 +73,13 @@ WITH o AS (
     ON CONFLICT (customer_id, request_id) DO NOTHING
     RETURNING id, create_time
 ), s AS (
-    UPDATE seats SET status = 'SOLD'
+    UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
     WHERE id = ANY(array_remove(ARRAY[:s1::bigint, :s2::bigint], 0))
       AND EXISTS (SELECT 1 FROM o)
     RETURNING id
+), changes AS (
+    -- The seat-change outbox record (migration 0013), as the server's statement writes it.
+    SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
 ), t AS (
     INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
     SELECT gen_random_uuid(), o.id, :event_id::uuid, u.sid,
@@ -86,6 +89,7 @@ WITH o AS (
     RETURNING 1
 )
 SELECT (SELECT create_time FROM o) AS create_time,
-       (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued;
+       (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued,
+       (SELECT n FROM changes) AS recorded;
 
 COMMIT;

@@ -23,7 +23,7 @@ def ticketd_process(
     shutdown_grace_s: float = 5,
 ) -> ServerProcess:
     """ticketd on a fixed free port (a restart keeps the address), with the tests' admin,
-    bcrypt rounds 4, a pool of 20 and its own JWT secret unless given one (share the
+    bcrypt rounds 4, a pool of 20, seat streams on, and its own JWT secret unless given one (share the
     in-process server's so tokens work on both, as behind a load balancer)."""
     return ServerProcess(
         database_url,
@@ -34,6 +34,8 @@ def ticketd_process(
         admin_password=ADMIN_PASSWORD,
         shutdown_grace_s=shutdown_grace_s,
         pool_size=20,
-        extra_env=dict(extra_env or {}),
+        # Seat streams on, as on the in-process servers: every server writing to the test
+        # database records seat changes alike.
+        extra_env={"TICKETING_SEAT_STREAMS": "on", **(extra_env or {})},
         inherit_ticketing_env=True,
     )

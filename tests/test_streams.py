@@ -230,6 +230,7 @@ async def test_a_rolled_back_change_never_appears_and_leaves_no_gap(
     # A writer that recorded a change and then rolled back (as a killed connection does).
     async with running.engine.connect() as conn:
         tx = await conn.begin()
+        await conn.execute(text("SET LOCAL ticketing.seat_streams = 'on'"))
         await conn.execute(text("UPDATE seats SET status = 'SOLD' WHERE id = :s"), {"s": ids[7]})
         await conn.execute(
             text("SELECT record_seat_changes(ARRAY[:s]::bigint[], 'SOLD')"), {"s": ids[7]}
@@ -377,3 +378,27 @@ async def test_watchers_resume_on_the_restarted_server_after_a_kill_9(
     finally:
         await channel.close(None)
         await proc.kill()
+
+
+async def test_a_server_with_seat_streams_off_records_nothing_and_says_so(
+    admin: Account, running: RunningServer, stubs: Stubs
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("unstreamed")
+    async with second_server(
+        running, PoolOptions(pool_size=2, seat_streams=False), seat_streams=False
+    ) as srv:
+        channel = aio.insecure_channel(srv.target)
+        try:
+            off = Stubs(channel)
+            await off.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)
+            with pytest.raises(aio.AioRpcError) as err:
+                async for _ in off.events.WatchSeats(
+                    event_pb2.WatchSeatsRequest(event_id=event_id), timeout=5
+                ):
+                    pass
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_details(err.value).reason == "SEAT_STREAMS_OFF"
+        finally:
+            await channel.close(None)
+    assert await last_sequence(running, event_id) == 0

@@ -23,6 +23,8 @@ from scripts.benchlib.cpu import CpuGroups, cpu_between, sample
 from scripts.benchlib.database import connect_db, database_name, wait_for_slots
 
 PGBENCH_SCRIPT = ROOT / "scripts" / "pgbench_booking.sql"
+# The least a booking could cost PostgreSQL (lock, update, insert): the reference of issue 16.
+MINIMAL_SCRIPT = ROOT / "scripts" / "pgbench_minimal.sql"
 # CPU is sampled inside the run, after the connections are up and well before pgbench
 # closes them: a backend that exits inside the window would be under-counted.
 SAMPLE_AFTER_S = 1.0
@@ -91,9 +93,10 @@ async def run_booking_pgbench(
     jobs: int = 2,
     price_minor: int = 5_000,
     server_pids: tuple[int, ...] = (),
+    script: Path = PGBENCH_SCRIPT,
 ) -> dict[str, Any]:
-    """Run pgbench_booking.sql at `clients` connections for `duration_s` on the event's
-    inventory as it is now (reset it first for a fresh one).
+    """Run `script` (pgbench_booking.sql by default) at `clients` connections for
+    `duration_s` on the event's inventory as it is now (reset it first for a fresh one).
 
     Returns `command` (as shown: no host or password), `clients`, `jobs`, `duration_s`,
     pgbench's `transactions`, `failed`, `tps`, `latency_avg_ms`, `latency_stddev_ms`, the
@@ -125,7 +128,7 @@ async def run_booking_pgbench(
             "i": 0,
         }
         args = ["-n", "-M", "prepared", "-c", str(clients), "-j", str(jobs)]
-        args += ["-T", str(duration_s), "-f", str(PGBENCH_SCRIPT)]
+        args += ["-T", str(duration_s), "-f", str(script)]
         for key, value in defines.items():
             args += ["-D", f"{key}={value}"]
         target = ["-h", parsed.host or "127.0.0.1", "-p", str(parsed.port or 5432)]
@@ -169,9 +172,9 @@ async def run_booking_pgbench(
     ok_fraction = orders / transactions if transactions else 0.0
     tps = result["tps"] or 0.0
     window = last.wall - first.wall
-    shown = " ".join(["pgbench", *args]).replace(str(PGBENCH_SCRIPT), "scripts/pgbench_booking.sql")
+    shown = " ".join(["pgbench", *args]).replace(str(script), f"scripts/{script.name}")
     return {
-        "kind": "database:pgbench_booking.sql",
+        "kind": f"database:{script.name}",
         "command": shown,
         "clients": clients,
         "jobs": jobs,

@@ -48,6 +48,7 @@ async def database_for(settings: Settings) -> AsyncIterator[Database]:
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
             public_share_percent=settings.db_public_share_percent,
+            seat_streams=settings.seat_streams,
         ),
     )
     try:

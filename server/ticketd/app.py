@@ -240,6 +240,7 @@ class TicketServer:
                 pages,
                 send_timeout=settings.stream_send_timeout_seconds,
                 poll_seconds=settings.stream_poll_seconds,
+                seat_streams=settings.seat_streams,
             ),
             self.server,
         )

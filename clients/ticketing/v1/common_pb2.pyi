@@ -264,6 +264,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The server is shutting down; reconnect (to another server) with
     after_sequence = metadata "resume_after_sequence".
     """
+    SEAT_STREAMS_OFF: _ErrorReason.ValueType  # 134
+    """WatchSeats on a server that does not record seat changes
+    (TICKETING_SEAT_STREAMS is off).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -441,6 +445,10 @@ SEQUENCE_AHEAD: ErrorReason.ValueType  # 132
 SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 133
 """The server is shutting down; reconnect (to another server) with
 after_sequence = metadata "resume_after_sequence".
+"""
+SEAT_STREAMS_OFF: ErrorReason.ValueType  # 134
+"""WatchSeats on a server that does not record seat changes
+(TICKETING_SEAT_STREAMS is off).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

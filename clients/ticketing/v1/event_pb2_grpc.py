@@ -171,7 +171,9 @@ class EventServiceServicer:
         SERVER_SHUTTING_DOWN; both say where to resume (metadata
         "resume_after_sequence"). after_sequence beyond the stream:
         FAILED_PRECONDITION SEQUENCE_AHEAD. At most TICKETING_MAX_STREAMS streams
-        per server: RESOURCE_EXHAUSTED STREAM_LIMIT_EXCEEDED.
+        per server: RESOURCE_EXHAUSTED STREAM_LIMIT_EXCEEDED. A server started
+        without TICKETING_SEAT_STREAMS=on records no changes and answers
+        FAILED_PRECONDITION SEAT_STREAMS_OFF.
         The contract names the streamed message SeatChange (one per change, no wrapper).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """

@@ -66,6 +66,9 @@ class PoolOptions:
     lock_timeout_ms: int = 2_000
     public_share_percent: int = 50
     """Most of the pool (in percent, at least one connection) public reads may hold."""
+    seat_streams: bool = True
+    """Record seat changes for WatchSeats (the connection setting record_seat_changes reads;
+    ticketd passes TICKETING_SEAT_STREAMS, off by default)."""
 
     @property
     def public_connections(self) -> int:
@@ -113,6 +116,7 @@ class Database:
             "statement_timeout": str(self.options.statement_timeout_ms),
             "lock_timeout": str(self.options.lock_timeout_ms),
             "idle_in_transaction_session_timeout": "60000",
+            "ticketing.seat_streams": "on" if self.options.seat_streams else "off",
         }
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()

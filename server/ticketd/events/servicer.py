@@ -15,7 +15,7 @@ from ticketd.edge.convert import (
     parse_uuid,
     timestamp,
 )
-from ticketd.errors import InvalidArgument, Reason, ResourceExhausted
+from ticketd.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 from ticketd.events.rules import (
     EventFilter,
     EventRecord,
@@ -204,11 +204,13 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         *,
         send_timeout: float = 30.0,
         poll_seconds: float = 2.0,
+        seat_streams: bool = True,
     ) -> None:
         self._events = events
         self._pages = pages
         self._send_timeout = send_timeout
         self._poll_seconds = poll_seconds
+        self._seat_streams = seat_streams
 
     # Written with context.write rather than as a generator, so that each write can be
     # bounded in time (a generator's yield gives the send to grpc, out of our reach).
@@ -216,6 +218,11 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         self, request: event_pb2.WatchSeatsRequest, context: Any
     ) -> None:
         event_id = parse_uuid(request.event_id, "event_id")
+        if not self._seat_streams:
+            raise FailedPrecondition(
+                "this server does not record seat changes (TICKETING_SEAT_STREAMS is off)",
+                reason=Reason.SEAT_STREAMS_OFF,
+            )
         delivered = request.after_sequence
         pages = self._events.watch_seats(
             event_id, request.after_sequence, poll_seconds=self._poll_seconds

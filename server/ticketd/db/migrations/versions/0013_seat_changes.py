@@ -15,6 +15,10 @@ lock is taken in each sale's last statement, so writers of one event queue only 
 commit itself. A rolled-back writer's numbers are rolled back with it (the counter update
 is undone), so sequences are dense: no gaps at all.
 
+- Recording is on only for connections with `ticketing.seat_streams = on` (ticketd sets it
+  from TICKETING_SEAT_STREAMS): it serializes each event's writers from their last statement
+  to their commit, which cost 75% of the booking statements' pgbench rate on the 2-core test
+  machine (docs/streams.md), so a deployment opts in.
 - `seats_held_until`: the sweeper's index (HELD places by expiry): a sweeper turns expired
   holds' places AVAILABLE and records that, so watchers see expiry; correctness never
   depends on it (seat_is_free stays the condition).
@@ -65,6 +69,11 @@ def upgrade() -> None:
             last bigint;
             total integer := 0;
         BEGIN
+            -- Off unless the writing server turned seat streams on (TICKETING_SEAT_STREAMS):
+            -- recording serializes each event's writers up to their commit.
+            IF current_setting('ticketing.seat_streams', true) IS DISTINCT FROM 'on' THEN
+                RETURN 0;
+            END IF;
             FOR ev IN
                 SELECT s.event_id, array_agg(s.id ORDER BY s.id) AS ids,
                        array_agg(s.section_id ORDER BY s.id) AS sections
