@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from grpc import aio
 from scripts.benchlib import ROOT
 from scripts.benchlib.cpu import CpuGroups, wait_for_quiet
 from scripts.benchlib.database import admin_url, database_name, throwaway_database
-from scripts.benchlib.loops import Outcome, closed_loop
+from scripts.benchlib.loops import Outcome, Window, closed_loop
 from scripts.benchlib.machine import machine_info
 from scripts.benchlib.process import benchmark_server
 from scripts.benchlib.provision import channel, create_event, login
@@ -168,14 +169,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 groups = CpuGroups((server.pid,), (), database_name(url))
                 w, d = args.warmup, args.duration
                 await wait_for_quiet(5)
-                alone = await closed_loop(
-                    args.quiet_users,
-                    quiet.call,
-                    duration_s=d,
-                    warmup_s=w,
-                    call_timeout_s=CALL_TIMEOUT_S,
-                    cpu=groups,
-                )
+
+                def quiet_window() -> Awaitable[Window]:
+                    return closed_loop(
+                        args.quiet_users,
+                        quiet.call,
+                        duration_s=d,
+                        warmup_s=w,
+                        call_timeout_s=CALL_TIMEOUT_S,
+                        cpu=groups,
+                    )
+
+                alone = await quiet_window()
                 quiet.outcomes.clear()
                 # The flooder runs in a process of its own, as another company's client would:
                 # in this process its workers would also slow the quiet client's event loop.
@@ -198,14 +203,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     cwd=str(ROOT),
                 )
                 await asyncio.sleep(1.0)
-                flooded = await closed_loop(
-                    args.quiet_users,
-                    quiet.call,
-                    duration_s=d,
-                    warmup_s=w,
-                    call_timeout_s=CALL_TIMEOUT_S,
-                    cpu=groups,
-                )
+                flooded = await quiet_window()
                 out, _ = await asyncio.wait_for(flood_proc.communicate(), d + w + 60)
                 flood = json.loads(out.decode())
                 await ch.close(None)

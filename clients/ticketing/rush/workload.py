@@ -290,8 +290,13 @@ class Workload:
         if not seats:
             return None
         k = self.rng.randrange(len(self.partners))
+        request = self._end_customer_booking(seats)
+        return functools.partial(self._partner_book, self._stub(), k, request, "partner_probe")
+
+    def _end_customer_booking(self, seats: list[int]) -> booking_pb2.BookSeatsRequest:
+        """A partner's BookSeats of `seats` for a new end customer of its own."""
         self._end_customers += 1
-        request = booking_pb2.BookSeatsRequest(
+        return booking_pb2.BookSeatsRequest(
             event_id=self.view.event_id,
             request_id=str(uuid.uuid4()),
             seat_ids=booking_pb2.SeatIds(ids=seats),
@@ -299,21 +304,13 @@ class Workload:
                 external_customer_id=f"rush-end-customer-{self._end_customers}"
             ),
         )
-        return functools.partial(self._partner_book, self._stub(), k, request, "partner_probe")
 
     def _partner_sale(self, k: int) -> Call:
         free = self.partner_free[k]
         seats = sorted(self.rng.sample(free, min(len(free), self._quantity())))
-        self._end_customers += 1
-        request = booking_pb2.BookSeatsRequest(
-            event_id=self.view.event_id,
-            request_id=str(uuid.uuid4()),
-            seat_ids=booking_pb2.SeatIds(ids=seats),
-            on_behalf_of=booking_pb2.EndCustomer(
-                external_customer_id=f"rush-end-customer-{self._end_customers}"
-            ),
+        return functools.partial(
+            self._partner_book, self._stub(), k, self._end_customer_booking(seats)
         )
-        return functools.partial(self._partner_book, self._stub(), k, request)
 
     async def _partner_book(
         self,

@@ -83,13 +83,19 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._max_streams = max_streams
         self._streams = 0
 
-    async def _authorize(self, method: str, rule: Access, metadata: Any) -> Principal | None:
+    @staticmethod
+    def _credential(rule: Access, metadata: Any) -> Credential | None:
+        """The call's credential, parsed once; None for a public method, whose calls ignore
+        any token: no servicer of a public method reads the caller, and a health check must
+        answer without the database and without failing on the expired token a kiosk's SDK
+        attaches to every call."""
+        return None if rule.public else parse_authorization(metadata)
+
+    async def _authorize(
+        self, method: str, rule: Access, credential: Credential | None
+    ) -> Principal | None:
         if rule.public:
-            # Public calls ignore any token: no servicer of a public method reads the caller,
-            # and a health check must answer without the database and without failing on
-            # the expired token a kiosk's SDK attaches to every call.
             return None
-        credential = parse_authorization(metadata)
         if credential is None:
             raise errors.Unauthenticated("this call needs 'authorization: Bearer <token>'")
         principal = await self._authenticate(credential)
@@ -101,16 +107,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return principal
 
-    def _known_partner(self, rule: Access, metadata: Any) -> PartnerScope | None:
-        """The partner budget hint of an API key call (None for anything else; a malformed
-        header is left for _authorize to refuse properly)."""
-        if rule.public or self._partner_hint is None:
-            return None
-        try:
-            credential = parse_authorization(metadata)
-        except errors.DomainError:
-            return None
+    def _known_partner(self, credential: Credential | None) -> PartnerScope | None:
+        """The partner budget hint of an API key call; None for anything else."""
         if credential is None or credential.scheme is not Scheme.API_KEY:
+            return None
+        if self._partner_hint is None:
             return None
         return self._partner_hint(credential.secret)
 
@@ -212,7 +213,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._streams += 1
                 counted = True
                 metrics.STREAMS_ACTIVE.labels(method).inc()
-                principal = await self._authorize(method, rule, context.invocation_metadata())
+                credential = self._credential(rule, context.invocation_metadata())
+                principal = await self._authorize(method, rule, credential)
                 request = self._checked_request(raw, deserializer)
                 bound = bind_principal(principal)
                 await behavior(request, context)
@@ -281,16 +283,18 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 if self._admission is not None:
                     admitted = self._admission.enter(method)
+                credential = self._credential(rule, context.invocation_metadata())
+                if self._admission is not None:
                     # A partner known from an earlier call is held to its budget before its
                     # key is looked up: a flood's refusals cost no database connection.
-                    hint = self._known_partner(rule, context.invocation_metadata())
+                    hint = self._known_partner(credential)
                     if hint is not None:
                         partner_admitted = self._admission.enter_partner(
                             hint.partner_id,
                             max_in_flight=hint.max_in_flight,
                             rate=hint.rate_per_second,
                         )
-                principal = await self._authorize(method, rule, context.invocation_metadata())
+                principal = await self._authorize(method, rule, credential)
                 scope = principal.partner if principal is not None else None
                 if self._admission is not None and scope is not None and partner_admitted is None:
                     # Only now is the partner known: its own budget, on top of the shared one.
