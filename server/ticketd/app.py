@@ -15,6 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
+from ticketd.audit.service import AuditService
+from ticketd.audit.servicer import AuditServicer
 from ticketd.auth.credentials import Scheme, SecretHasher, derive_key
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.throttle import SignInThrottle
@@ -43,6 +45,8 @@ from ticketd.shared import ScanWindowDefaults
 from ticketd.venues.service import VenueService
 from ticketd.venues.servicer import VenueServicer, venue_response_bytes
 from ticketing.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     booking_pb2,
@@ -66,7 +70,7 @@ API_KEY_HMAC_PURPOSE = "ticketing.v1 partner api key hmac"
 
 _SERVICES = tuple(
     service
-    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2, partner_pb2)
+    for module in (auth_pb2, venue_pb2, event_pb2, booking_pb2, gate_pb2, partner_pb2, audit_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
@@ -94,6 +98,7 @@ class Components:
     signing: SigningService
     devices: DeviceService
     partners: PartnerService
+    audit: AuditService
 
 
 def build_components(
@@ -179,6 +184,7 @@ def build_components(
         signing=signing,
         devices=devices,
         partners=partners,
+        audit=AuditService(db),
     )
 
 
@@ -253,6 +259,9 @@ class TicketServer:
         )
         partner_pb2_grpc.add_PartnerServiceServicer_to_server(
             PartnerServicer(components.partners, pages), self.server
+        )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(components.audit, pages), self.server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -201,3 +201,10 @@ async def list_users(
 async def lock_user_by_email(conn: Connection, email: str) -> UserRecord | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE email = $1 FOR UPDATE", email)
     return None if row is None else _record(row)
+
+
+async def lock_user(conn: Connection, user_id: uuid.UUID) -> UserRecord | None:
+    """The user as it is now, locked FOR UPDATE until the transaction ends (so a change can
+    be compared with what it replaced, e.g. for the audit log)."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+    return None if row is None else _record(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 
 from ticketd.accounts import repository as repo
 from ticketd.accounts.rules import (
@@ -17,6 +18,7 @@ from ticketd.accounts.rules import (
     normalize_email,
     validate_registration,
 )
+from ticketd.audit import service as audit
 from ticketd.auth.passwords import (
     LOCAL_PEER,
     MAX_PASSWORD_BYTES,
@@ -26,7 +28,7 @@ from ticketd.auth.passwords import (
 from ticketd.auth.principal import Principal, Role
 from ticketd.auth.throttle import Outcome, SignInThrottle
 from ticketd.auth.tokens import IssuedToken, TokenClaims, TokenService
-from ticketd.db.database import Database
+from ticketd.db.database import Connection, Database
 from ticketd.errors import (
     Aborted,
     AlreadyExists,
@@ -47,6 +49,26 @@ _INVALID_TOKEN = "invalid or expired access token"
 
 def _user_not_found(user_id: uuid.UUID) -> NotFound:
     return not_found(Reason.USER_NOT_FOUND, "user", user_id=user_id)
+
+
+async def _record_role_changes(
+    conn: Connection,
+    actor: audit.Actor,
+    user_id: uuid.UUID,
+    before: Iterable[Role],
+    after: Iterable[Role],
+) -> None:
+    """One audit entry per role granted and per role revoked (none for an unchanged set)."""
+    old, new = set(before), set(after)
+    subject = audit.Subject.of(audit.SubjectKind.USER, user_id)
+    for role in sorted(new - old):
+        await audit.record(
+            conn, actor, audit.Action.USER_ROLE_GRANTED, subject, details={"role": role}
+        )
+    for role in sorted(old - new):
+        await audit.record(
+            conn, actor, audit.Action.USER_ROLE_REVOKED, subject, details={"role": role}
+        )
 
 
 class AccountService:
@@ -161,6 +183,13 @@ class AccountService:
             changed = await repo.replace_password(
                 conn, caller.user_id, expected_hash=found.password_hash, new_hash=new_hash
             )
+            if changed is not None:
+                await audit.record(
+                    conn,
+                    caller,
+                    audit.Action.USER_PASSWORD_CHANGED,
+                    audit.Subject.of(audit.SubjectKind.USER, caller.user_id),
+                )
         if changed is None:
             # Another ChangePassword (or a disable) committed between our read and write.
             raise Aborted(
@@ -175,6 +204,13 @@ class AccountService:
         check_may_revoke_tokens(caller, user_id)
         async with self._db.transaction() as conn:
             user = await repo.bump_token_generation(conn, user_id)
+            if user is not None:
+                await audit.record(
+                    conn,
+                    caller,
+                    audit.Action.USER_TOKENS_REVOKED,
+                    audit.Subject.of(audit.SubjectKind.USER, user_id),
+                )
         if user is None:
             raise _user_not_found(user_id)
         return user
@@ -184,7 +220,17 @@ class AccountService:
         async with self._db.transaction() as conn:
             if status is UserStatus.DISABLED:
                 check_keeps_an_admin(await repo.lock_admins(conn), user_id, stays=False)
+            before = await repo.lock_user(conn, user_id)
             user = await repo.update_status(conn, user_id, status)
+            if before is not None and before.status is not status:
+                await audit.record(
+                    conn,
+                    audit.current_actor(),
+                    audit.Action.USER_DISABLED
+                    if status is UserStatus.DISABLED
+                    else audit.Action.USER_ENABLED,
+                    audit.Subject.of(audit.SubjectKind.USER, user_id),
+                )
         if user is None:
             raise _user_not_found(user_id)
         return user
@@ -218,7 +264,12 @@ class AccountService:
         async with self._db.transaction() as conn:
             if Role.ADMIN not in roles:
                 check_keeps_an_admin(await repo.lock_admins(conn), user_id, stays=False)
+            before = await repo.lock_user(conn, user_id)
             user = await repo.update_roles(conn, user_id, roles)
+            if before is not None:
+                await _record_role_changes(
+                    conn, audit.current_actor(), user_id, before.roles, roles
+                )
         if user is None:
             raise _user_not_found(user_id)
         return user
@@ -257,12 +308,16 @@ class AccountService:
                 roles={Role.ADMIN},
             )
             if created is not None:
+                await _record_role_changes(conn, audit.SYSTEM, created.id, (), created.roles)
                 return created, True
             user = await repo.lock_user_by_email(conn, normalized)
             assert user is not None  # the insert conflicted on this email
             if Role.ADMIN not in user.roles:
                 updated = await repo.update_roles(conn, user.id, {*user.roles, Role.ADMIN})
                 assert updated is not None
+                await _record_role_changes(
+                    conn, audit.SYSTEM, user.id, set(user.roles), set(updated.roles)
+                )
                 user = updated
         if user.status is not UserStatus.ACTIVE:
             log.warning("bootstrap admin %s is disabled; enable it with SetUserStatus", user.email)

@@ -61,6 +61,7 @@ _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
 _PARTNER = "/ticketing.v1.PartnerService/"
+_AUDIT = "/ticketing.v1.AuditService/"
 
 POLICY: dict[str, Access] = {
     # Infrastructure: load balancers and tools must reach these without a token.
@@ -146,6 +147,9 @@ POLICY: dict[str, Access] = {
     _PARTNER + "CreateApiKey": roles(ADMIN, PARTNER),
     _PARTNER + "ListApiKeys": roles(ADMIN, PARTNER),
     _PARTNER + "RevokeApiKey": roles(ADMIN, PARTNER),
+    # AuditService (issue 15): ADMIN all, SUPPORT order entries, ORGANIZER their events'
+    # entries (ticketd.audit.rules.visibility_for).
+    _AUDIT + "ListAuditEntries": roles(ADMIN, SUPPORT, ORGANIZER),
 }
 
 

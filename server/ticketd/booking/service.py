@@ -11,6 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any, Protocol
 
+from ticketd.audit import service as audit
 from ticketd.auth.principal import Principal, Role
 from ticketd.booking import repository as repo
 from ticketd.booking.rules import (
@@ -471,6 +472,14 @@ class BookingService:
                 # The order and its tickets are locked by us and had no used ticket, so the
                 # only way the write refused is the clock: the event started meanwhile.
                 raise _refunds_closed()
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.ORDER_REFUNDED,
+                audit.Subject.of(audit.SubjectKind.ORDER, order_id),
+                event_id=got.order.event_id,
+                details={"reason": reason, "request_id": request_id},
+            )
             after = await repo.get_order(conn, order_id)
         assert after is not None
         return after.order
@@ -597,6 +606,14 @@ class BookingService:
             )
             if not written:
                 raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY)
+            await audit.record(
+                conn,
+                audit.current_actor(),
+                audit.Action.ALLOCATION_CREATED,
+                audit.Subject.of(audit.SubjectKind.ALLOCATION, allocation_id),
+                event_id=event_id,
+                details={"partner_id": partner_id, "places": len(seats)},
+            )
             made = await repo.get_allocation(conn, allocation_id)
         assert made is not None
         return made
@@ -611,9 +628,18 @@ class BookingService:
     async def release_allocation(self, allocation_id: uuid.UUID) -> AllocationRecord:
         """Its unsold places return to the public pool now (idempotent)."""
         async with self._db.transaction() as conn:
-            if await repo.get_allocation(conn, allocation_id, lock=True) is None:
+            found = await repo.get_allocation(conn, allocation_id, lock=True)
+            if found is None:
                 raise allocation_not_found(allocation_id)
             await repo.release_allocation(conn, allocation_id)
+            if not found.released:
+                await audit.record(
+                    conn,
+                    audit.current_actor(),
+                    audit.Action.ALLOCATION_RELEASED,
+                    audit.Subject.of(audit.SubjectKind.ALLOCATION, allocation_id),
+                    event_id=found.event_id,
+                )
         # Read after the commit: `released` is judged on now(), which inside the releasing
         # transaction is its start, before the release_time it just wrote.
         return await self.get_allocation(allocation_id)

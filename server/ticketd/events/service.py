@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from ticketd.accounts.service import AccountService
+from ticketd.audit import service as audit
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import AllocationRecord, BookingService
 from ticketd.db.database import Budget, Connection, Database
@@ -247,6 +248,13 @@ class EventService:
             )
             if event_id is None:
                 raise _TwinCommittedFirst()
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.EVENT_CREATED,
+                audit.Subject.of(audit.SubjectKind.EVENT, event_id),
+                event_id=event_id,
+            )
             event = await repo.event(conn, event_id)
         assert event is not None
         return event
@@ -308,6 +316,20 @@ class EventService:
                 reason=f"event cancelled: {cleaned}",
                 report_limit=MAX_REPORTED_ATTENDED_ORDERS,
             )
+            # One entry for the cancel and its refunds (each refunded order is named by the
+            # event and the refunds' records, not by an entry of its own).
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.EVENT_CANCELLED,
+                audit.Subject.of(audit.SubjectKind.EVENT, event_id),
+                event_id=event_id,
+                details={
+                    "reason": cleaned,
+                    "refunded_orders": refunds.refunded_orders,
+                    "attended_orders": refunds.attended_orders,
+                },
+            )
             after = await repo.event(conn, event_id)
         assert after is not None
         return CancelResult(
@@ -334,6 +356,14 @@ class EventService:
             if bad:
                 raise InvalidArgument(bad)
             await repo.update_times(conn, event_id, doors, end)
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.EVENT_TIMES_CHANGED,
+                audit.Subject.of(audit.SubjectKind.EVENT, event_id),
+                event_id=event_id,
+                details={"doors_open_time": doors, "end_time": end},
+            )
             changed = await repo.event(conn, event_id)
         assert changed is not None
         return changed
@@ -406,8 +436,16 @@ class EventService:
             await self._check_manager(conn, principal, event_id)
         user = await self._accounts.get_user(user_id)  # NOT_FOUND USER_NOT_FOUND
         check_can_be_staff(user.id, user.roles)
-        async with self._db.connection() as conn:
-            return await repo.assign_staff(conn, event_id, user_id, principal.user_id)
+        async with self._db.transaction() as conn:
+            staff = await repo.assign_staff(conn, event_id, user_id, principal.user_id)
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.EVENT_STAFF_ASSIGNED,
+                audit.Subject.of(audit.SubjectKind.USER, user_id),
+                event_id=event_id,
+            )
+        return staff
 
     async def unassign_staff(
         self, principal: Principal, event_id: uuid.UUID, user_id: uuid.UUID
@@ -417,8 +455,17 @@ class EventService:
         async with self._db.connection() as conn:
             await self._check_manager(conn, principal, event_id)
         await self._accounts.get_user(user_id)  # NOT_FOUND USER_NOT_FOUND
-        async with self._db.connection() as conn:
-            return await repo.unassign_staff(conn, event_id, user_id)
+        async with self._db.transaction() as conn:
+            removed = await repo.unassign_staff(conn, event_id, user_id)
+            if removed:
+                await audit.record(
+                    conn,
+                    principal,
+                    audit.Action.EVENT_STAFF_UNASSIGNED,
+                    audit.Subject.of(audit.SubjectKind.USER, user_id),
+                    event_id=event_id,
+                )
+        return removed
 
     async def list_staff(
         self, principal: Principal, event_id: uuid.UUID, *, after: uuid.UUID | None, limit: int

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from ticketd.audit import service as audit
 from ticketd.auth.credentials import API_KEY_PREFIX, SecretHasher, new_secret
 from ticketd.auth.principal import PartnerScope, Principal, PrincipalKind
 from ticketd.db.database import Database
@@ -58,9 +59,16 @@ class PartnerService:
         """A new ACTIVE partner (the policy table admits only ADMIN here)."""
         name, email = validate_partner_input(display_name, contact_email)
         async with self._db.transaction() as conn:
-            return await repo.insert_partner(
+            partner = await repo.insert_partner(
                 conn, display_name=name, contact_email=email, created_by=principal.user_id
             )
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.PARTNER_CREATED,
+                audit.Subject.of(audit.SubjectKind.PARTNER, partner.id),
+            )
+        return partner
 
     async def list_partners(self, after: Keyset, limit: int) -> list[PartnerRecord]:
         async with self._db.connection() as conn:
@@ -84,6 +92,13 @@ class PartnerService:
         async with self._db.transaction() as conn:
             if await repo.partner(conn, partner_id, lock=True) is None:
                 raise partner_not_found(partner_id)
+            await audit.record(
+                conn,
+                audit.current_actor(),
+                audit.Action.PARTNER_UPDATED,
+                audit.Subject.of(audit.SubjectKind.PARTNER, partner_id),
+                details={k: v for k, v in vars(settings).items() if v is not None},
+            )
             return await repo.update_settings(conn, partner_id, settings)
 
     async def set_status(self, partner_id: uuid.UUID, status: PartnerStatus) -> PartnerRecord:
@@ -93,6 +108,14 @@ class PartnerService:
                 raise partner_not_found(partner_id)
             if found.status is status:
                 return found
+            await audit.record(
+                conn,
+                audit.current_actor(),
+                audit.Action.PARTNER_SUSPENDED
+                if status is PartnerStatus.SUSPENDED
+                else audit.Action.PARTNER_ACTIVATED,
+                audit.Subject.of(audit.SubjectKind.PARTNER, partner_id),
+            )
             return await repo.set_status(conn, partner_id, status)
 
     async def create_key(
@@ -109,6 +132,13 @@ class PartnerService:
                 raise partner_not_found(pid)
             created = await repo.insert_key(
                 conn, partner_id=pid, display_name=name, secret_hash=self._hasher.digest(secret)
+            )
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.API_KEY_CREATED,
+                audit.Subject.of(audit.SubjectKind.API_KEY, created.id),
+                details={"partner_id": pid},
             )
         return created, secret
 
@@ -132,6 +162,14 @@ class PartnerService:
                 check_may_manage_partner(principal, found.partner_id)
             except NotFound:
                 raise key_not_found(key_id) from None
+            if found.revoke_time is None:
+                await audit.record(
+                    conn,
+                    principal,
+                    audit.Action.API_KEY_REVOKED,
+                    audit.Subject.of(audit.SubjectKind.API_KEY, key_id),
+                    details={"partner_id": found.partner_id},
+                )
             return await repo.revoke_key(conn, key_id)
 
     async def end_customer_id(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from ticketd.audit import service as audit
 from ticketd.auth.credentials import (
     DEVICE_CREDENTIAL_PREFIX,
     ENROLLMENT_PREFIX,
@@ -55,6 +56,14 @@ class DeviceService:
                 enrollment_hash=self._hasher.digest(token),
                 ttl=self._ttl,
             )
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.DEVICE_CREATED,
+                audit.Subject.of(audit.SubjectKind.DEVICE, device.id),
+                event_id=event_id,
+                details={"gate_id": gate},
+            )
             now = await repo.clock(conn)
         return device, token, now
 
@@ -70,6 +79,15 @@ class DeviceService:
             )
             if device is None:
                 raise enrollment_refused()
+            # The enrollment token is the credential: the device itself is the actor.
+            await audit.record(
+                conn,
+                audit.Actor(audit.ActorKind.DEVICE, device.id),
+                audit.Action.DEVICE_ENROLLED,
+                audit.Subject.of(audit.SubjectKind.DEVICE, device.id),
+                event_id=device.event_id,
+                details={"gate_id": device.gate_id},
+            )
             now = await repo.clock(conn)
         return device, credential, now
 
@@ -120,6 +138,15 @@ class DeviceService:
             except PermissionDenied:
                 raise not_found(Reason.DEVICE_NOT_FOUND, "device", device_id=device_id) from None
             await repo.revoke(conn, device_id, principal.user_id)
+            if device.revoke_time is None:
+                await audit.record(
+                    conn,
+                    principal,
+                    audit.Action.DEVICE_REVOKED,
+                    audit.Subject.of(audit.SubjectKind.DEVICE, device_id),
+                    event_id=device.event_id,
+                    details={"gate_id": device.gate_id},
+                )
             after = await repo.device(conn, device_id)
             now = await repo.clock(conn)
         assert after is not None

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from ticketd.audit import service as audit
 from ticketd.auth.principal import Principal
 from ticketd.db.database import Connection, Database
 from ticketd.gate.rules import check_may_manage_gates, check_may_sync
@@ -175,6 +176,14 @@ class SigningService:
             await repo.lock_event(conn, event_id)
             withdrawn = await repo.retire_keys(conn, event_id, withdraw=withdraw_previous)
             key = await self._new_key(conn, event_id)
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.SIGNING_KEY_ROTATED,
+                audit.Subject.of(audit.SubjectKind.SIGNING_KEY, key.key_id),
+                event_id=event_id,
+                details={"withdrawn_keys": withdrawn, "withdraw_previous": withdraw_previous},
+            )
         return key, withdrawn, gate.end
 
     async def set_offline_admission(
@@ -185,4 +194,12 @@ class SigningService:
             gate = await self._gate(conn, principal, event_id)
             check_may_manage_gates(principal, gate.organizer_id)
             await repo.set_offline_admission(conn, event_id, allowed)
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.EVENT_OFFLINE_ADMISSION_SET,
+                audit.Subject.of(audit.SubjectKind.EVENT, event_id),
+                event_id=event_id,
+                details={"allowed": allowed},
+            )
         return allowed
