@@ -67,6 +67,7 @@ from ticketd.auth.policy import POLICY
 from ticketd.auth.principal import Role
 from ticketd.events.currencies import ACTIVE_CURRENCIES
 from ticketing.v1 import (
+    audit_pb2,
     auth_pb2,
     booking_pb2,
     common_pb2,
@@ -522,6 +523,17 @@ def _realistic(w: World, full: str) -> Message:
         ),
         "ReleaseAllocation": lambda: event_pb2.ReleaseAllocationRequest(
             allocation_id=w.allocation_id
+        ),
+        # The audit log (issue 15): every filter set, on the fixture's own ids.
+        "ListAuditEntries": lambda: audit_pb2.ListAuditEntriesRequest(
+            page_size=3,
+            actor_id=w.organizer.user.id,
+            action="event.created",
+            subject_kind="event",
+            subject_id=w.event.id,
+            event_id=w.event.id,
+            start_time=future(-1),
+            end_time=future(1),
         ),
     }
     return builders[name]()

@@ -46,6 +46,7 @@ from ticketd.auth.policy import POLICY
 from ticketd.auth.principal import PrincipalKind, Role
 from ticketing.stubs import api_key
 from ticketing.v1 import (
+    audit_pb2,
     auth_pb2,
     booking_pb2,
     common_pb2,
@@ -607,6 +608,7 @@ _EVENT = "/ticketing.v1.EventService/"
 _BOOKING = "/ticketing.v1.BookingService/"
 _GATE = "/ticketing.v1.GateService/"
 _PARTNER = "/ticketing.v1.PartnerService/"
+_AUDIT = "/ticketing.v1.AuditService/"
 
 
 async def _create_partner(w: World) -> Message:
@@ -649,6 +651,11 @@ async def _revoke_api_key(w: World) -> Message:
         metadata=w.admin.md,
     )
     return partner_pb2.RevokeApiKeyRequest(key_id=created.api_key.key_id)
+
+
+async def _list_audit_entries(w: World) -> Message:
+    # The world's event is the ORGANIZER's own: each allowed role may filter on it.
+    return audit_pb2.ListAuditEntriesRequest(page_size=5, event_id=w.event.id)
 
 
 async def _watch_seats(w: World) -> Message:
@@ -702,6 +709,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _PARTNER + "CreateApiKey": _create_api_key,
     _PARTNER + "ListApiKeys": _list_api_keys,
     _PARTNER + "RevokeApiKey": _revoke_api_key,
+    _AUDIT + "ListAuditEntries": _list_audit_entries,
 }
 
 
@@ -790,6 +798,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _PARTNER + "CreateApiKey": frozenset({"ADMIN", "PARTNER"}),
     _PARTNER + "ListApiKeys": frozenset({"ADMIN", "PARTNER"}),
     _PARTNER + "RevokeApiKey": frozenset({"ADMIN", "PARTNER"}),
+    _AUDIT + "ListAuditEntries": frozenset({"ADMIN", "SUPPORT", "ORGANIZER"}),
 }
 
 

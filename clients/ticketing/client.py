@@ -11,11 +11,13 @@ request_id, retry a lost lock race once and raise `ticketing.TicketingError`.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from ticketing.errors import ticketing_errors
@@ -28,7 +30,7 @@ from ticketing.retry import (
 )
 from ticketing.sdk import new_request_id
 from ticketing.stubs import CallMetadata, Stubs, api_key, bearer, device
-from ticketing.v1 import auth_pb2, booking_pb2, event_pb2, partner_pb2
+from ticketing.v1 import audit_pb2, auth_pb2, booking_pb2, event_pb2, partner_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -448,6 +450,41 @@ class Client(Stubs):
             event_pb2.ListAllocationsRequest(event_id=event_id),
             lambda page: page.allocations,
             page_size=page_size,
+        )
+
+    # The audit log (issue 15) ---------------------------------------------------------------
+
+    def iter_audit_entries(
+        self,
+        *,
+        actor_id: str = "",
+        action: str = "",
+        subject_kind: str = "",
+        subject_id: str = "",
+        event_id: str = "",
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[audit_pb2.AuditEntry]:
+        """Audit entries the caller may read, newest first, fetching pages as it goes: ADMIN
+        all, SUPPORT the order entries, ORGANIZER their events' entries. Empty filters match
+        anything; `start_time` is inclusive, `end_time` exclusive (aware datetimes). A
+        failed page raises TicketingError (an ORGANIZER naming another's event:
+        PERMISSION_DENIED NOT_EVENT_OWNER)."""
+        request = audit_pb2.ListAuditEntriesRequest(
+            actor_id=actor_id,
+            action=action,
+            subject_kind=subject_kind,
+            subject_id=subject_id,
+            event_id=event_id,
+        )
+        for name, value in (("start_time", start_time), ("end_time", end_time)):
+            if value is not None:
+                stamp = Timestamp()
+                stamp.FromDatetime(value.astimezone(dt.UTC))
+                getattr(request, name).CopyFrom(stamp)
+        return paginate(
+            self.audit.ListAuditEntries, request, lambda page: page.entries, page_size=page_size
         )
 
     async def _mutate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from grpc import aio
 
 from ticketing.v1 import (
+    audit_pb2_grpc,
     auth_pb2_grpc,
     booking_pb2_grpc,
     event_pb2_grpc,
@@ -54,3 +55,4 @@ class Stubs:
         self.partners: partner_pb2_grpc.PartnerServiceAsyncStub = (
             partner_pb2_grpc.PartnerServiceStub(channel)
         )
+        self.audit: audit_pb2_grpc.AuditServiceAsyncStub = audit_pb2_grpc.AuditServiceStub(channel)

@@ -9,6 +9,7 @@ import sys
 from rich.markup import escape
 
 from ticketing.cli import (
+    audit_cmds,
     auth_cmds,
     booking_cmds,
     event_cmds,
@@ -30,6 +31,7 @@ COMMAND_MODULES = [
     gate_cmds,
     qr,
     partner_cmds,
+    audit_cmds,
 ]
 
 
