@@ -610,3 +610,72 @@ async def test_ticketctl_audit_list(
     assert denied.code == 1 and "NOT_EVENT_OWNER" in denied.err
     bad = await admin_cli("audit", "list", "--since", "yesterday-ish")
     assert bad.code == 1 and "--since" in bad.err
+
+
+async def test_other_administrative_acts_are_recorded(stubs: Stubs, admin: Account) -> None:
+    show = await new_show(stubs, admin, "audit-admin-acts")
+    org = show.organizer
+    event_id = show.event.id
+    staff = await stubs.account_with_roles(admin, common_pb2.ROLE_ENTRY_MANAGER, tag="audit-em")
+    await stubs.assign_staff(org, event_id, staff)
+    await stubs.events.UnassignStaff(
+        event_pb2.UnassignStaffRequest(event_id=event_id, user_id=staff.user.id), metadata=org.md
+    )
+    # Unassigning someone not assigned changes nothing and records nothing.
+    await stubs.events.UnassignStaff(
+        event_pb2.UnassignStaffRequest(event_id=event_id, user_id=staff.user.id), metadata=org.md
+    )
+    partner, _ = await stubs.create_partner(admin, "Audit Alloc")
+    made = await stubs.events.AllocateSeats(
+        event_pb2.AllocateSeatsRequest(
+            event_id=event_id,
+            partner_id=partner.id,
+            request_id=str(uuid.uuid4()),
+            best_available=booking_pb2.BestAvailable(section_id=show.ga_section, quantity=2),
+        ),
+        metadata=org.md,
+    )
+    for _ in range(2):  # the second release changes nothing and records nothing
+        await stubs.events.ReleaseAllocation(
+            event_pb2.ReleaseAllocationRequest(allocation_id=made.allocation.id),
+            metadata=org.md,
+        )
+    await stubs.gate.RotateSigningKey(
+        gate_pb2.RotateSigningKeyRequest(event_id=event_id), metadata=org.md
+    )
+    await stubs.gate.SetOfflineAdmission(
+        gate_pb2.SetOfflineAdmissionRequest(event_id=event_id, allowed=True), metadata=org.md
+    )
+    customer = await stubs.register("audit-rotate")
+    order = await buy(stubs, customer.md, show)
+    support = await stubs.account_with_roles(admin, common_pb2.ROLE_SUPPORT, tag="audit-rot-s")
+    await stubs.booking.RotateTicketCodes(
+        booking_pb2.RotateTicketCodesRequest(order_id=order.id, request_id=str(uuid.uuid4())),
+        metadata=support.md,
+    )
+    found = list(reversed(await entries(stubs, org.md, event_id=event_id)))
+    assert [(e.action, e.subject_kind, e.actor.id) for e in found] == [
+        ("event.created", "event", org.user.id),
+        ("event.staff_assigned", "user", org.user.id),
+        ("event.staff_unassigned", "user", org.user.id),
+        ("allocation.created", "allocation", org.user.id),
+        ("allocation.released", "allocation", org.user.id),
+        ("signing_key.rotated", "signing_key", org.user.id),
+        ("event.offline_admission_set", "event", org.user.id),
+        ("order.codes_rotated", "order", support.user.id),
+    ]
+    assert found[3].details == {"partner_id": partner.id, "places": "2"}
+    assert found[7].details == {"rotated_tickets": "1"}
+    # Venues are an ADMIN's: their entries have no event, so only ADMIN reads them.
+    venue = await stubs.create_venue(admin, small_layout(name="Audit Venue Entry"))
+    on_venue = await entries(stubs, admin.md, subject_kind="venue", subject_id=venue.id)
+    assert [(e.action, e.actor.id, e.event_id) for e in on_venue] == [
+        ("venue.created", admin.user.id, "")
+    ]
+    assert await entries(stubs, org.md, subject_id=venue.id) == []
+
+
+async def test_the_bootstrap_admin_is_granted_by_the_system(stubs: Stubs, admin: Account) -> None:
+    found = await entries(stubs, admin.md, subject_id=admin.user.id, action="user.role_granted")
+    system = [e for e in found if e.actor.kind == audit_pb2.AUDIT_ACTOR_KIND_SYSTEM]
+    assert [(e.details["role"], e.actor.id) for e in system] == [("ADMIN", "")]

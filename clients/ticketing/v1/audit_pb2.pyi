@@ -126,8 +126,8 @@ class AuditEntry(_message.Message):
     never renamed.
     """
     subject_kind: _builtins.str
-    """What was acted on: "order", "event", "user", "partner", "api_key",
-    "device", "allocation", "signing_key".
+    """What was acted on: "order", "event", "venue", "user", "partner",
+    "api_key", "device", "allocation", "signing_key".
     """
     subject_id: _builtins.str
     """The subject's id (a UUID, or a decimal number for signing keys)."""

@@ -31,9 +31,10 @@ class AuditServiceStub:
 
     Every refund and every administrative act (cancels, role and status
     changes, password changes, token revocations, API keys, partner status,
-    devices, signing keys, staff, allocations) writes one entry in the same
-    transaction as the act: an act that rolls back leaves no entry, and no act
-    commits without its entry. Entries are never changed or deleted.
+    devices, signing keys, staff, allocations, venues, code rotations) writes
+    its entries in the same transaction as the act: an act that rolls back
+    leaves no entry, and no act commits without its entries. Entries are never
+    changed or deleted.
     """
 
     def __init__(self, channel):
@@ -55,9 +56,10 @@ class AuditServiceServicer:
 
     Every refund and every administrative act (cancels, role and status
     changes, password changes, token revocations, API keys, partner status,
-    devices, signing keys, staff, allocations) writes one entry in the same
-    transaction as the act: an act that rolls back leaves no entry, and no act
-    commits without its entry. Entries are never changed or deleted.
+    devices, signing keys, staff, allocations, venues, code rotations) writes
+    its entries in the same transaction as the act: an act that rolls back
+    leaves no entry, and no act commits without its entries. Entries are never
+    changed or deleted.
     """
 
     def ListAuditEntries(self, request, context):
@@ -98,9 +100,10 @@ class AuditService:
 
     Every refund and every administrative act (cancels, role and status
     changes, password changes, token revocations, API keys, partner status,
-    devices, signing keys, staff, allocations) writes one entry in the same
-    transaction as the act: an act that rolls back leaves no entry, and no act
-    commits without its entry. Entries are never changed or deleted.
+    devices, signing keys, staff, allocations, venues, code rotations) writes
+    its entries in the same transaction as the act: an act that rolls back
+    leaves no entry, and no act commits without its entries. Entries are never
+    changed or deleted.
     """
 
     @staticmethod

@@ -32,9 +32,10 @@ class AuditServiceStub:
 
     Every refund and every administrative act (cancels, role and status
     changes, password changes, token revocations, API keys, partner status,
-    devices, signing keys, staff, allocations) writes one entry in the same
-    transaction as the act: an act that rolls back leaves no entry, and no act
-    commits without its entry. Entries are never changed or deleted.
+    devices, signing keys, staff, allocations, venues, code rotations) writes
+    its entries in the same transaction as the act: an act that rolls back
+    leaves no entry, and no act commits without its entries. Entries are never
+    changed or deleted.
     """
 
     @_typing.overload
@@ -61,9 +62,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
 
     Every refund and every administrative act (cancels, role and status
     changes, password changes, token revocations, API keys, partner status,
-    devices, signing keys, staff, allocations) writes one entry in the same
-    transaction as the act: an act that rolls back leaves no entry, and no act
-    commits without its entry. Entries are never changed or deleted.
+    devices, signing keys, staff, allocations, venues, code rotations) writes
+    its entries in the same transaction as the act: an act that rolls back
+    leaves no entry, and no act commits without its entries. Entries are never
+    changed or deleted.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -86,9 +88,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every refund and every administrative act (cancels, role and status
     changes, password changes, token revocations, API keys, partner status,
-    devices, signing keys, staff, allocations) writes one entry in the same
-    transaction as the act: an act that rolls back leaves no entry, and no act
-    commits without its entry. Entries are never changed or deleted.
+    devices, signing keys, staff, allocations, venues, code rotations) writes
+    its entries in the same transaction as the act: an act that rolls back
+    leaves no entry, and no act commits without its entries. Entries are never
+    changed or deleted.
     """
 
     @_abc_1.abstractmethod

@@ -56,6 +56,9 @@ class Action(StrEnum):
     never renamed."""
 
     ORDER_REFUNDED = "order.refunded"
+    ORDER_CODES_ROTATED = "order.codes_rotated"
+    VENUE_CREATED = "venue.created"
+    VENUE_UPDATED = "venue.updated"
     EVENT_CREATED = "event.created"
     EVENT_CANCELLED = "event.cancelled"
     EVENT_TIMES_CHANGED = "event.times_changed"
@@ -87,6 +90,7 @@ class SubjectKind(StrEnum):
 
     ORDER = "order"
     EVENT = "event"
+    VENUE = "venue"
     USER = "user"
     PARTNER = "partner"
     API_KEY = "api_key"

@@ -526,6 +526,14 @@ class BookingService:
             if changed != len(ticket_ids):
                 # Unreachable while the tickets are locked by us; refuse rather than half-write.
                 raise RuntimeError(f"order {order_id}: rotated {changed} of {len(ticket_ids)}")
+            await audit.record(
+                conn,
+                principal,
+                audit.Action.ORDER_CODES_ROTATED,
+                audit.Subject.of(audit.SubjectKind.ORDER, order_id),
+                event_id=got.order.event_id,
+                details={"rotated_tickets": len(ticket_ids)},
+            )
             after = await repo.get_order(conn, order_id)
         assert after is not None
         return after.order, len(ticket_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from ticketd.audit import service as audit
 from ticketd.db.database import Connection, Database
 from ticketd.errors import Aborted, FailedPrecondition, NotFound, Reason, not_found
 from ticketd.venues import repository as repo
@@ -76,6 +77,12 @@ class VenueService:
                 if found is None:
                     raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY)
                 return await self._original(conn, found, fingerprint, request_id)
+            await audit.record(
+                conn,
+                audit.current_actor(),
+                audit.Action.VENUE_CREATED,
+                audit.Subject.of(audit.SubjectKind.VENUE, venue_id),
+            )
             venue = await repo.venue_with_layout(conn, venue_id)
         assert venue is not None
         return venue
@@ -100,6 +107,12 @@ class VenueService:
         async with self._db.transaction() as conn:
             if not await repo.replace_venue(conn, venue_id, clean(spec)):
                 raise _venue_not_found(venue_id)
+            await audit.record(
+                conn,
+                audit.current_actor(),
+                audit.Action.VENUE_UPDATED,
+                audit.Subject.of(audit.SubjectKind.VENUE, venue_id),
+            )
             venue = await repo.venue_with_layout(conn, venue_id)
         assert venue is not None
         return venue
