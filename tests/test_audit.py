@@ -24,6 +24,7 @@ from tests.conftest import RunningServer
 from tests.support import Account, Stubs, best_request, error_details, small_layout
 from tests.test_cli import Ticketctl as Cli
 from tests.test_cli import admin_cli, cli_for, ok
+from ticketd.audit.rules import MAX_DETAILS, clean_details
 from ticketing.stubs import CallMetadata, api_key
 from ticketing.v1 import (
     audit_pb2,
@@ -679,3 +680,28 @@ async def test_the_bootstrap_admin_is_granted_by_the_system(stubs: Stubs, admin:
     found = await entries(stubs, admin.md, subject_id=admin.user.id, action="user.role_granted")
     system = [e for e in found if e.actor.kind == audit_pb2.AUDIT_ACTOR_KIND_SYSTEM]
     assert [(e.details["role"], e.actor.id) for e in system] == [("ADMIN", "")]
+
+
+class _RollBack(Exception):
+    pass
+
+
+async def test_the_largest_details_fit_the_column(raw: asyncpg.Connection) -> None:
+    """What `clean_details` keeps, at its worst (every character a 6-byte JSON escape, the
+    most values, the longest keys), is accepted by the table's size check: no act can fail
+    for the size of its entry."""
+    worst = clean_details({f"{i:02d}" + "\x01" * 100: "\x01" * 10_000 for i in range(20)})
+    assert len(worst) == MAX_DETAILS
+    sizes: list[int] = []
+    with pytest.raises(_RollBack):
+        async with raw.transaction():  # rolled back: nothing left in the shared database
+            sizes.append(
+                await raw.fetchval(
+                    "INSERT INTO audit_entries (actor_kind, action, subject_kind, subject_id,"
+                    " details) VALUES ('SYSTEM', 'user.role_granted', 'user', 'x', $1::jsonb)"
+                    " RETURNING octet_length(details::text)",
+                    json.dumps(worst),
+                )
+            )
+            raise _RollBack
+    assert sizes[0] > 8_000  # really the worst case, not a small one

@@ -12,8 +12,11 @@ from ticketd.auth.principal import Principal, PrincipalKind, Role
 from ticketd.errors import FieldViolation, InvalidArgument
 
 MAX_DETAIL_VALUE_CHARS = 200
-"""A detail value is cut to this many characters (the column holds at most 4 KiB of JSON)."""
+"""A detail value is cut to this many characters."""
 MAX_DETAILS = 8
+"""At most this many values: with keys cut to 40 characters, even text that is all 6-byte
+JSON escapes stays under the column's 16 KiB bound (migration 0015), so an act never fails
+for the size of its entry."""
 
 
 class ActorKind(StrEnum):

@@ -12,7 +12,9 @@
 - `action`: a stable `noun.verb` name (`order.refunded`, `user.role_granted`...; the
   catalogue is ticketd.audit.rules.Action). `subject_kind` + `subject_id`: what was acted
   on. `event_id`: the event the act belongs to, when there is one, so organizers can be
-  shown their events' entries. `details`: a small JSON object of text values.
+  shown their events' entries. `details`: a small JSON object of text values (the writer
+  keeps it to 8 values of 200 characters, so the 16 KiB bound holds even for text that is
+  all escapes: an act never fails for its entry's size).
 - No foreign keys, on purpose: an entry must never stop an object from being deleted or
   make the act wait on another table's lock, and subjects are of many kinds.
 - Append-only: a trigger refuses UPDATE and DELETE (TRUNCATE stays for operators).
@@ -50,7 +52,7 @@ def upgrade() -> None:
             subject_id   text NOT NULL CHECK (length(subject_id) BETWEEN 1 AND 100),
             event_id     uuid,
             details      jsonb NOT NULL DEFAULT '{}'::jsonb
-                CHECK (jsonb_typeof(details) = 'object' AND octet_length(details::text) <= 4096),
+                CHECK (jsonb_typeof(details) = 'object' AND octet_length(details::text) <= 16384),
             CHECK ((actor_kind = 'SYSTEM') = (actor_id IS NULL)),
             CHECK ((actor_kind = 'PARTNER_KEY') = (actor_key_id IS NOT NULL))
         );
