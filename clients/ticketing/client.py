@@ -5,8 +5,8 @@ the credential (a bearer token, or a partner's `api_key`) is attached by a clien
 interceptor, and over TLS by call credentials.
 
 A `Client` is a `ticketing.stubs.Stubs` (`client.auth`, `.venues`, `.events`, `.booking`,
-`.gate`: raw stubs, which raise `grpc.aio.AioRpcError`) plus helpers that choose the
-request_id, retry a lost lock race once and raise `ticketing.TicketingError`.
+`.gate`, `.partners`, `.audit`: raw stubs, which raise `grpc.aio.AioRpcError`) plus helpers
+that choose the request_id, retry a lost lock race once and raise `ticketing.TicketingError`.
 """
 
 from __future__ import annotations
