@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="fetch keys and new revocations this often while online, s (30)",
     )
+    parser.add_argument(
+        "--revocation-interval",
+        type=_positive,
+        default=2.0,
+        help="between syncs, ask for new revocations only, this often while online, s (2)",
+    )
     parser.add_argument("--input", metavar="FILE", help="read codes from FILE, not stdin")
     parser.add_argument(
         "--journal",
@@ -372,7 +378,7 @@ async def run_device(
         kit_path = kit_path_for(path)
         kit = None if args.no_offline else OfflineKit.load(kit_path, device.event_id)
         health = health_pb2_grpc.HealthStub(client.channel)
-        link = Link(sync_interval=args.sync_interval)
+        link = Link(sync_interval=args.sync_interval, revocation_interval=args.revocation_interval)
         try:
             await wait_for_server(
                 health,
@@ -492,7 +498,7 @@ async def _serve_person(
         health=health,
         kit=None if args.no_offline else OfflineKit.load(kit_path, event.id),
         kit_path=kit_path,
-        link=Link(sync_interval=args.sync_interval),
+        link=Link(sync_interval=args.sync_interval, revocation_interval=args.revocation_interval),
     )
     if kiosk.kit is not None and not await kiosk.sync():
         renderer.warning(f"offline kit not synced ({kiosk.sync_error}); retrying later")
