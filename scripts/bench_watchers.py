@@ -378,11 +378,29 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+def _ours_ms_per_booking(windows: list[dict[str, Any]]) -> float | None:
+    """Server + PostgreSQL CPU per successful booking (ms), over the windows together: less
+    sensitive than ok/s to other work on a shared machine, which slows a window without
+    changing what each booking costs our processes."""
+    cpu_s = sum(
+        (w["cpu"]["cores_used"]["server"] + w["cpu"]["cores_used"]["postgres"])
+        * w["cpu"]["window_s"]
+        for w in windows
+    )
+    ok = sum(w["ok"] for w in windows)
+    return round(1000 * cpu_s / ok, 2) if ok else None
+
+
 def ratios(windows: list[dict[str, Any]], watchers: int) -> dict[str, Any]:
-    """Mean ok/s per kind of window and the three ratios against the goal."""
-    off = _mean_ok([w for w in windows if w["streams"] == "off"])
-    on0 = _mean_ok([w for w in windows if w["streams"] == "on" and w["watchers"] == 0])
-    onw = _mean_ok([w for w in windows if w["streams"] == "on" and w["watchers"] == watchers])
+    """Mean ok/s per kind of window and the three ratios against the goal; the same for
+    server + PostgreSQL CPU per booking."""
+    kinds = {
+        "off": [w for w in windows if w["streams"] == "off"],
+        "on0": [w for w in windows if w["streams"] == "on" and w["watchers"] == 0],
+        "onw": [w for w in windows if w["streams"] == "on" and w["watchers"] == watchers],
+    }
+    off, on0, onw = (_mean_ok(kinds[k]) for k in ("off", "on0", "onw"))
+    cpu_off, cpu_on0, cpu_onw = (_ours_ms_per_booking(kinds[k]) for k in ("off", "on0", "onw"))
     both = _ratio(onw, off)
     watched = [w["delivery"] for w in windows if "delivery" in w]
     p99s = [d["answer_to_delivery"]["p99_ms"] for d in watched if d["deliveries"]]
@@ -395,6 +413,12 @@ def ratios(windows: list[dict[str, Any]], watchers: int) -> dict[str, Any]:
         "recording_and_fan_out_ratio": both,
         "goal_min_ratio": GOAL_MIN_RATIO,
         "goal_met": None if both is None else both >= GOAL_MIN_RATIO,
+        "server_db_cpu_ms_per_booking_off": cpu_off,
+        "server_db_cpu_ms_per_booking_on_0_watchers": cpu_on0,
+        f"server_db_cpu_ms_per_booking_on_{watchers}_watchers": cpu_onw,
+        "cpu_fan_out_ratio": _ratio(cpu_onw, cpu_on0),
+        "cpu_recording_ratio": _ratio(cpu_on0, cpu_off),
+        "windows_disturbed": sum(1 for w in windows if w["disturbed"]),
         "answer_to_delivery_p99_ms_worst_window": max(p99s) if p99s else None,
         "every_watcher_got_every_sale": all(
             d["complete_watchers"] == d["watchers"] and not d["errors"] for d in watched
