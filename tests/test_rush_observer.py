@@ -54,6 +54,28 @@ async def test_an_observed_rush_sees_every_change_once_and_ends_equal_to_list_se
         assert seen["changes"] > report["sold"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_a_200_buyer_rush_is_seen_whole_by_the_observer(
+    running: RunningServer, tmp_path: Path
+) -> None:
+    """Issue 15's test through the harness: 200 buyers at once; the watcher sees every sale
+    exactly once, in sequence order, and its final map equals ListSeats."""
+    code, report = await rush(
+        running,
+        tmp_path,
+        "specific",
+        *("--seats", "400", "--buyers", "200", "--concurrency", "200", "--requests", "600"),
+        *("--seed", "200", "--duration", "60", "--connections", "8", "--observe"),
+    )
+    assert code == EXIT_OK, report["audit"]
+    seen = report["observer"]
+    assert (seen["gaps"], seen["repeats"], seen["mismatches"]) == (0, 0, 0)
+    # No refunds or holds here: one change per place sold, each exactly once.
+    assert seen["changes"] == report["tickets"] == report["sold"] > 0
+    assert seen["streamSequence"] == seen["finalSequence"]
+
+
 async def new_event(stubs: Stubs, admin: Account) -> tuple[str, list[int]]:
     venue = await stubs.create_venue(admin, small_layout(rows=2, seats=5, ga=0))
     event = await stubs.create_event(admin, venue, max_per_order=10)
