@@ -9,10 +9,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import ADMIN_EMAIL, RunningServer, second_server
-from tests.support import Account, Stubs, small_layout
+from tests.support import Account, Stubs, book_request, small_layout
+from tests.test_cli_watch import server_on
 from tests.test_rush import INVARIANTS, check_names, rush, rush_args
 from ticketd.db.database import PoolOptions
 from ticketing.rush.main import EXIT_OK, EXIT_RUN_FAILED, async_main
@@ -114,6 +116,35 @@ async def test_a_seat_changed_behind_the_stream_fails_the_map_check(
         f"seat {ids[9]}: stream AVAILABLE, ListSeats SOLD"
     ]
     assert (report["changes"], report["mismatches"], report["finalSequence"]) == (2, 1, 2)
+
+
+async def test_the_observer_resumes_across_a_restart_with_nothing_lost(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("restart-observed")
+    first = server_on(running, "127.0.0.1:0")
+    port = await first.__aenter__()
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    observer = SeatObserver(Stubs(channel), event_id)
+    try:
+        await observer.start()
+        for i in range(3):
+            await stubs.booking.BookSeats(book_request(event_id, [ids[i]]), metadata=buyer.md)
+        await first.__aexit__(None, None, None)  # the observer's server goes away mid-sale
+        for i in range(3, 6):
+            await stubs.booking.BookSeats(book_request(event_id, [ids[i]]), metadata=buyer.md)
+        async with server_on(running, f"127.0.0.1:{port}"):
+            await stubs.booking.BookSeats(book_request(event_id, [ids[6]]), metadata=buyer.md)
+            report, checks = await observer.finish(
+                RushAccount(ADMIN_EMAIL, admin.user.id, admin.token)
+            )
+    finally:
+        await observer.stop()
+        await channel.close(None)
+    assert all(c.passed for c in checks), [c.as_dict() for c in checks]
+    assert report["reconnects"] >= 1
+    assert (report["changes"], report["gaps"], report["repeats"]) == (7, 0, 0)
 
 
 async def test_observe_on_a_server_without_seat_streams_is_refused_at_set_up(
