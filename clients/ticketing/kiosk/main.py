@@ -62,7 +62,8 @@ kiosk-device-<event>-<gate>.json in --device-dir, or --device FILE); TICKETING_T
 TICKETING_KIOSK_EMAIL + TICKETING_KIOSK_PASSWORD (also used to sign in again when the token
 expires); the `ticketctl login` session.
 
-offline: the kiosk syncs the event's keys and revocations and, when the server cannot be
+offline: the kiosk syncs the event's keys and revocations (--sync-interval), in between
+asks for new revocations only (--revocation-interval), and, when the server cannot be
 reached, admits signed (QR) codes by itself, journals them and uploads them when the server
 answers again (docs/offline-gates.md). --no-offline keeps it waiting for the server instead.
 
