@@ -331,6 +331,43 @@ async def test_piped_watch_prints_each_change_and_stops_cleanly_on_ctrl_c(
     assert "Traceback" not in err.decode()
 
 
+async def test_piped_watch_resumes_after_its_server_restarts(
+    stubs: Stubs, admin: Account, running: RunningServer, tmp_path: Path
+) -> None:
+    event, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("cli-restart")
+    first = server_on(running, "127.0.0.1:0")
+    port = await first.__aenter__()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "ticketing.cli.main", "events", "seats", event.id, "--watch"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(f"127.0.0.1:{port}", tmp_path / "config"),
+        cwd=REPO,
+    )
+    watch = Piped(proc)
+    try:
+        await watch.line_with("snapshot at #0")
+        await stubs.booking.BookSeats(book(event.id, ids[:1]), metadata=buyer.md)
+        await watch.line_with("#1 ")
+        await first.__aexit__(None, None, None)
+        await stubs.booking.BookSeats(book(event.id, ids[1:2]), metadata=buyer.md)
+        async with server_on(running, f"127.0.0.1:{port}"):
+            await watch.line_with("#2 ")
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), READ_TIMEOUT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    changes = [line.split(" ")[:4] for line in watch.lines if line.startswith("#")]
+    assert changes == [["#1", "SOLD", "seat", str(ids[0])], ["#2", "SOLD", "seat", str(ids[1])]]
+    text = err.decode()
+    assert "SERVER_SHUTTING_DOWN); resuming after #1" in text, text
+    assert proc.returncode == 130 and "Traceback" not in text
+
+
 async def test_watch_on_a_terminal_redraws_the_map(
     stubs: Stubs, admin: Account, running: RunningServer, tmp_path: Path
 ) -> None:
