@@ -427,15 +427,20 @@ async def cmd_events_seats(args: argparse.Namespace) -> int:
 class _Follower:
     """What `events seats --watch` has seen: the live map, and the last reconnection."""
 
-    def __init__(self, seats: Sequence[event_pb2.Seat]) -> None:
+    def __init__(self, seats: Sequence[event_pb2.Seat], *, echo_breaks: bool) -> None:
         self.map = LiveSeatMap(seats)
         self.reconnects = 0
         self.last_break = ""
+        self._echo = echo_breaks
 
     def on_resume(self, error: TicketingError, after: int) -> None:
         self.reconnects += 1
         reason = f" {error.reason}" if error.reason else ""
         self.last_break = f"stream ended ({error.code.name}{reason}); resuming after #{after}"
+        # Piped, every break is a line of its own on stderr, as it happens; on a terminal
+        # the footer shows the last one (printing would tear the live display).
+        if self._echo:
+            err_console.print(escape(self.last_break), highlight=False)
 
 
 async def _watch_seat_map(
@@ -447,7 +452,7 @@ async def _watch_seat_map(
     """Follow WatchSeats until Ctrl-C: on a terminal the map redrawn in place, otherwise one
     line per change (a snapshot as one summary line), so the output can be piped or logged.
     Breaks are resumed from the last sequence by the SDK (`Client.watch_seats`)."""
-    follower = _Follower(seats)
+    follower = _Follower(seats, echo_breaks=not console.is_terminal)
     try:
         if console.is_terminal:
             await _redraw_live(client, event, sections, follower)
@@ -466,11 +471,7 @@ async def _watch_seat_map(
 
 
 async def _print_changes(client: Client, event: event_pb2.Event, follower: _Follower) -> None:
-    breaks = 0
     async for change in client.watch_seats(event.id, on_resume=follower.on_resume):
-        if follower.reconnects != breaks:
-            breaks = follower.reconnects
-            err_console.print(escape(follower.last_break), highlight=False)
         seat = follower.map.apply(change)
         if change.snapshot:
             if change.snapshot_complete:
