@@ -31,6 +31,7 @@ from ticketing.retry import (
 from ticketing.sdk import new_request_id
 from ticketing.stubs import CallMetadata, Stubs, api_key, bearer, device
 from ticketing.v1 import audit_pb2, auth_pb2, booking_pb2, event_pb2, partner_pb2
+from ticketing.watch import DEFAULT_GIVE_UP_SECONDS, ResumeHook, watch_seats
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -310,6 +311,27 @@ class Client(Stubs):
         )
         return paginate(
             self.booking.ListOrders, request, lambda page: page.orders, page_size=page_size
+        )
+
+    def watch_seats(
+        self,
+        event_id: str,
+        after_sequence: int = 0,
+        *,
+        give_up_after: float = DEFAULT_GIVE_UP_SECONDS,
+        on_resume: ResumeHook | None = None,
+    ) -> AsyncIterator[event_pb2.SeatChange]:
+        """The event's seat map live (public): with `after_sequence` 0 a snapshot, then every
+        HELD / SOLD / AVAILABLE change in sequence order, each exactly once; the stream is
+        reopened from the last change received on UNAVAILABLE or STREAM_TOO_SLOW
+        (`ticketing.watch.watch_seats`). It has no deadline and never ends by itself: stop
+        iterating to close it."""
+        return watch_seats(
+            self.events.WatchSeats,
+            event_id,
+            after_sequence,
+            give_up_after=give_up_after,
+            on_resume=on_resume,
         )
 
     # Partner resellers (issue 13) ---------------------------------------------------------

@@ -4,6 +4,7 @@
   `decode_error`, its one decoder (`ticketing.errors`);
 - retries: the channel's UNAVAILABLE policy and `retry_once_on_aborted` (`ticketing.retry`);
 - pages: `paginate` (`ticketing.pagination`);
+- streams: `watch_seats`, a seat map's changes resumed across breaks (`ticketing.watch`);
 - `new_request_id` for mutations a caller may have to repeat (AIP-155).
 
 Nothing here opens a channel, so all of it can be used with any stubs and tested alone;
@@ -23,6 +24,7 @@ from ticketing.errors import (
 )
 from ticketing.pagination import paginate
 from ticketing.retry import DEFAULT_ABORT_BACKOFF_SECONDS, RetryHook, retry_once_on_aborted
+from ticketing.watch import watch_seats
 
 __all__ = [
     "DEFAULT_ABORT_BACKOFF_SECONDS",
@@ -35,6 +37,7 @@ __all__ = [
     "paginate",
     "retry_once_on_aborted",
     "ticketing_errors",
+    "watch_seats",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import uuid
 import zoneinfo
@@ -10,14 +11,18 @@ from collections.abc import Sequence
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ticketing.cli import partner_cmds
 from ticketing.cli.common import (
     CliError,
     add_target_args,
     console,
+    err_console,
     open_client,
     print_limited,
     take_listing,
@@ -25,9 +30,13 @@ from ticketing.cli.common import (
 from ticketing.cli.seatmap import (
     ASCII_GLYPHS,
     UNICODE_GLYPHS,
+    LiveSeatMap,
+    describe_change,
     format_money,
     render_seat_map,
 )
+from ticketing.client import Client
+from ticketing.errors import TicketingError
 from ticketing.pagination import paginate
 from ticketing.v1 import auth_pb2, event_pb2, event_pb2_grpc, venue_pb2
 
@@ -36,6 +45,9 @@ from ticketing.v1 import auth_pb2, event_pb2, event_pb2_grpc, venue_pb2
 SEAT_PAGE_SIZE = 10_000
 # Creating a large inventory is one big INSERT; give it more than the SDK's 10 s default.
 CREATE_EVENT_TIMEOUT_SECONDS = 60.0
+# A live map is redrawn at most this often: a rush of hundreds of sales a second is drawn as
+# a few frames, not one per sale (drawing a large map costs more than applying a change).
+REDRAW_INTERVAL_SECONDS = 0.25
 
 
 def parse_time(text: str, zone: dt.tzinfo | None, option: str) -> Timestamp:
@@ -362,8 +374,18 @@ async def fetch_seats(
     return [seat async for seat in pages]
 
 
+def _event_line(event: event_pb2.Event) -> str:
+    return (
+        f"[bold]{escape(event.name)}[/]  {show_time(event.start_time, event.time_zone)}  "
+        f"{escape(event.venue_name)}  {_status(event.status)}"
+    )
+
+
 async def cmd_events_seats(args: argparse.Namespace) -> int:
-    """`events seats ID [--section NAME|ID]`: draw the seat map of every or one section."""
+    """`events seats ID [--section NAME|ID] [--ids [N] | --watch]`: draw the seat map of every
+    or one section, once or (--watch) live."""
+    if args.watch and args.ids:
+        raise CliError("--watch draws the map; it cannot be combined with --ids")
     async with open_client(args, need_token=False) as client:
         stub = client.events
         event = (await stub.GetEvent(event_pb2.GetEventRequest(event_id=args.event_id))).event
@@ -373,11 +395,9 @@ async def cmd_events_seats(args: argparse.Namespace) -> int:
             section_id = _match_section(sections, args.section)
             sections = [s for s in sections if s.section_id == section_id]
         seats = await fetch_seats(stub, event.id, section_id)
-    status = _status(event.status)
-    console.print(
-        f"[bold]{escape(event.name)}[/]  {show_time(event.start_time, event.time_zone)}  "
-        f"{escape(event.venue_name)}  {status}"
-    )
+        if args.watch:
+            return await _watch_seat_map(client, event, sections, seats)
+    console.print(_event_line(event))
     console.print()
     if args.ids:
         # The map has no room for ids; `book --seats` needs them, so list free ones.
@@ -402,6 +422,114 @@ async def cmd_events_seats(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+class _Follower:
+    """What `events seats --watch` has seen: the live map, and the last reconnection."""
+
+    def __init__(self, seats: Sequence[event_pb2.Seat], *, echo_breaks: bool) -> None:
+        self.map = LiveSeatMap(seats)
+        self.reconnects = 0
+        self.last_break = ""
+        self._echo = echo_breaks
+
+    def on_resume(self, error: TicketingError, after: int) -> None:
+        self.reconnects += 1
+        reason = f" {error.reason}" if error.reason else ""
+        self.last_break = f"stream ended ({error.code.name}{reason}); resuming after #{after}"
+        # Piped, every break is a line of its own on stderr, as it happens; on a terminal
+        # the footer shows the last one (printing would tear the live display).
+        if self._echo:
+            err_console.print(escape(self.last_break), highlight=False)
+
+
+async def _watch_seat_map(
+    client: Client,
+    event: event_pb2.Event,
+    sections: Sequence[event_pb2.EventSection],
+    seats: Sequence[event_pb2.Seat],
+) -> int:
+    """Follow WatchSeats until Ctrl-C: on a terminal the map redrawn in place, otherwise one
+    line per change (a snapshot as one summary line), so the output can be piped or logged.
+    Breaks are resumed from the last sequence by the SDK (`Client.watch_seats`)."""
+    follower = _Follower(seats, echo_breaks=not console.is_terminal)
+    try:
+        if console.is_terminal:
+            await _redraw_live(client, event, sections, follower)
+        else:
+            await _print_changes(client, event, follower)
+    except asyncio.CancelledError:
+        # Ctrl-C: asyncio.run cancels this task; say where the watch stopped (a later
+        # `--watch` starts from a fresh snapshot anyway) and let main() exit with 130.
+        err_console.print(
+            f"stopped after #{follower.map.sequence} ({follower.map.changes} changes, "
+            f"{follower.reconnects} reconnections)",
+            highlight=False,
+        )
+        raise
+    return 0
+
+
+async def _print_changes(client: Client, event: event_pb2.Event, follower: _Follower) -> None:
+    async for change in client.watch_seats(event.id, on_resume=follower.on_resume):
+        seat = follower.map.apply(change)
+        if change.snapshot:
+            if change.snapshot_complete:
+                t = follower.map.totals()
+                console.print(
+                    f"snapshot at #{change.sequence}: {t.available} available, {t.held} held, "
+                    f"{t.sold} sold",
+                    highlight=False,
+                )
+            continue
+        console.print(escape(describe_change(change, seat)), highlight=False, soft_wrap=True)
+
+
+async def _redraw_live(
+    client: Client,
+    event: event_pb2.Event,
+    sections: Sequence[event_pb2.EventSection],
+    follower: _Follower,
+) -> None:
+    glyphs = ASCII_GLYPHS if console.options.ascii_only else UNICODE_GLYPHS
+    dirty = True
+
+    def frame() -> RenderableType:
+        status = f"live · #{follower.map.sequence} · {follower.map.changes} changes"
+        if follower.reconnects:
+            status += f" · {follower.reconnects} reconnections ({follower.last_break})"
+        return Group(
+            Text.from_markup(_event_line(event)),
+            Text(""),
+            render_seat_map(
+                sections,
+                follower.map.seats,
+                currency_code=event.currency_code,
+                width=console.width,
+                glyphs=glyphs,
+            ),
+            Text(f"{status} · Ctrl-C to stop", "dim"),
+        )
+
+    async def follow() -> None:
+        nonlocal dirty
+        async for change in client.watch_seats(event.id, on_resume=follower.on_resume):
+            follower.map.apply(change)
+            dirty = True
+
+    reader = asyncio.create_task(follow())
+    try:
+        with Live(frame(), console=console, auto_refresh=False) as live:
+            while True:
+                await asyncio.wait({reader}, timeout=REDRAW_INTERVAL_SECONDS)
+                if reader.done():
+                    reader.result()  # the watch gave up: its TicketingError ends the command
+                if dirty:
+                    dirty = False
+                    live.update(frame(), refresh=True)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -476,7 +604,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_target_args(p)
     p.set_defaults(handler=cmd_events_cancel)
 
-    p = events_sub.add_parser("seats", help="draw the seat map: available and sold places")
+    p = events_sub.add_parser(
+        "seats", help="draw the seat map: available, held and sold places (--watch: live)"
+    )
     p.add_argument("event_id")
     p.add_argument("--section", metavar="NAME|ID", help="only this section")
     p.add_argument(
@@ -487,6 +617,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0,
         metavar="N",
         help="instead of the map, list the first N available seats with their ids (for book)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep the map live as seats are held, sold and released (Ctrl-C stops); "
+        "piped, print one line per change",
     )
     add_target_args(p)
     p.set_defaults(handler=cmd_events_seats)

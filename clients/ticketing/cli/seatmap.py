@@ -60,14 +60,23 @@ class Glyphs:
     mixed: str
     bar_sold: str
     bar_available: str
+    held: str
 
 
 # The sold mark is U+00D7 MULTIPLICATION SIGN: one column wide everywhere, unlike most crosses.
-UNICODE_GLYPHS = Glyphs(available="●", sold="\u00d7", mixed="◐", bar_sold="█", bar_available="░")
-ASCII_GLYPHS = Glyphs(available="o", sold="x", mixed="+", bar_sold="#", bar_available="-")
+UNICODE_GLYPHS = Glyphs(
+    available="●",
+    sold="\u00d7",
+    mixed="◐",
+    bar_sold="█",
+    bar_available="░",
+    held="○",
+)
+ASCII_GLYPHS = Glyphs(available="o", sold="x", mixed="+", bar_sold="#", bar_available="-", held="h")
 
 AVAILABLE_STYLE = "green"
 SOLD_STYLE = "red"
+HELD_STYLE = "magenta"
 MIXED_STYLE = "yellow"
 
 
@@ -78,21 +87,28 @@ class SectionCounts:
     available: int
     sold: int
     capacity: int
+    held: int = 0
 
 
 def count_seats(section: event_pb2.EventSection, seats: Sequence[event_pb2.Seat]) -> SectionCounts:
-    """Available and sold places among `seats` (all of one section), with its capacity."""
+    """Available, held and sold places among `seats` (all of one section), with its capacity."""
     sold = sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_SOLD)
+    held = sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_HELD)
     available = sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_AVAILABLE)
-    return SectionCounts(available=available, sold=sold, capacity=section.capacity)
+    return SectionCounts(available=available, sold=sold, capacity=section.capacity, held=held)
 
 
 def _counts_line(counts: SectionCounts, label: str = "") -> Text:
+    # Held places are named only when there are some: most maps (no holds) read as before.
+    held: list[tuple[str, str] | str] = (
+        ["  held ", (str(counts.held), HELD_STYLE)] if counts.held else []
+    )
     return Text.assemble(
         _INDENT,
         (label, "bold"),
         "available ",
         (str(counts.available), AVAILABLE_STYLE),
+        *held,
         "  sold ",
         (str(counts.sold), SOLD_STYLE),
         f"  capacity {counts.capacity}",
@@ -110,10 +126,13 @@ def _rows_in_order(seats: Sequence[event_pb2.Seat]) -> list[tuple[str, list[even
 
 def _cell(seats: Sequence[event_pb2.Seat], glyphs: Glyphs) -> tuple[str, str]:
     sold = sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_SOLD)
-    if sold == 0:
+    held = sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_HELD)
+    if sold == 0 and held == 0:
         return glyphs.available, AVAILABLE_STYLE
     if sold == len(seats):
         return glyphs.sold, SOLD_STYLE
+    if held == len(seats):
+        return glyphs.held, HELD_STYLE
     return glyphs.mixed, MIXED_STYLE
 
 
@@ -187,7 +206,7 @@ def _title(section: event_pb2.EventSection, currency_code: str) -> Text:
     )
 
 
-def _legend(glyphs: Glyphs, *, with_mixed: bool, with_bar: bool) -> Text:
+def _legend(glyphs: Glyphs, *, with_mixed: bool, with_bar: bool, with_held: bool = False) -> Text:
     parts: list[tuple[str, str] | str] = [
         "legend: ",
         (glyphs.available, AVAILABLE_STYLE),
@@ -195,6 +214,8 @@ def _legend(glyphs: Glyphs, *, with_mixed: bool, with_bar: bool) -> Text:
         (glyphs.sold, SOLD_STYLE),
         " sold",
     ]
+    if with_held:
+        parts[3:3] = [(glyphs.held, HELD_STYLE), " held  "]
     if with_mixed:
         parts += ["  ", (glyphs.mixed, MIXED_STYLE), " some sold (one cell = several seats)"]
     if with_bar:
@@ -219,7 +240,7 @@ def render_seat_map(
     """The seat map of `sections` drawn from `seats`, fitting in `width` columns.
 
     Reserved sections get one line per row: the label, then one cell per seat in number order
-    (green available, red sold), then available/total for the row. A row too long for
+    (green available, magenta held, red sold), then available/total for the row. A row too long for
     MAX_WRAPPED_LINES lines is drawn to scale instead, one cell per several seats, and the
     section title says how many. General-admission sections are one bar, never one cell per
     place. Every section ends with its available, sold and capacity counts taken from `seats`;
@@ -240,6 +261,7 @@ def render_seat_map(
             total.available + counts.available,
             total.sold + counts.sold,
             total.capacity + counts.capacity,
+            total.held + counts.held,
         )
         title = _title(section, currency_code)
         if not section_seats:
@@ -255,7 +277,70 @@ def render_seat_map(
                 title.append(f"  (1 cell = {per_cell} seats)", "dim")
             parts += [title, *lines]
         parts += [_counts_line(counts), Text("")]
-    parts.append(_legend(glyphs, with_mixed=any_scaled, with_bar=any_bar))
+    parts.append(_legend(glyphs, with_mixed=any_scaled, with_bar=any_bar, with_held=total.held > 0))
     if len(sections) > 1:
         parts.append(_counts_line(total, label="total: "))
     return Group(*parts)
+
+
+_STATUS_NAMES: dict[int, str] = {
+    event_pb2.SEAT_STATUS_AVAILABLE: "AVAILABLE",
+    event_pb2.SEAT_STATUS_HELD: "HELD",
+    event_pb2.SEAT_STATUS_SOLD: "SOLD",
+    event_pb2.SEAT_STATUS_ALLOCATED: "ALLOCATED",
+}
+
+
+def status_name(status: int) -> str:
+    """AVAILABLE, HELD, SOLD or ALLOCATED (the enum name without its prefix)."""
+    return _STATUS_NAMES.get(status, str(status))
+
+
+class LiveSeatMap:
+    """An event's seats (from ListSeats: rows and numbers, which changes do not carry) kept
+    current by WatchSeats changes; `render` draws it like `render_seat_map`.
+
+    `sequence` is the last change applied (a snapshot counts once complete); `changes` counts
+    the live changes applied. Changes of seats not in the map (another section than the one
+    drawn) are ignored.
+    """
+
+    def __init__(self, seats: Iterable[event_pb2.Seat]) -> None:
+        self._seats = {seat.id: seat for seat in seats}
+        self.sequence = 0
+        self.changes = 0
+
+    def apply(self, change: event_pb2.SeatChange) -> event_pb2.Seat | None:
+        """Set the seat's status from `change`; returns the seat, or None if not drawn."""
+        if not change.snapshot or change.snapshot_complete:
+            self.sequence = change.sequence
+        if not change.snapshot:
+            self.changes += 1
+        seat = self._seats.get(change.seat_id)
+        if seat is not None:
+            seat.status = change.status
+        return seat
+
+    @property
+    def seats(self) -> list[event_pb2.Seat]:
+        """The seats as they are now, in inventory order."""
+        return list(self._seats.values())
+
+    def totals(self) -> SectionCounts:
+        """Available, held and sold places over the whole map (capacity = seats drawn)."""
+        seats = self._seats.values()
+        return SectionCounts(
+            available=sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_AVAILABLE),
+            sold=sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_SOLD),
+            capacity=len(self._seats),
+            held=sum(1 for s in seats if s.status == event_pb2.SEAT_STATUS_HELD),
+        )
+
+
+def describe_change(change: event_pb2.SeatChange, seat: event_pb2.Seat | None) -> str:
+    """One line for a change, for logs and pipes: `#12 SOLD seat 345 Stalls A12`."""
+    where = ""
+    if seat is not None:
+        where = " ".join(part for part in (seat.section_name, seat.label) if part)
+    line = f"#{change.sequence} {status_name(change.status)} seat {change.seat_id}"
+    return f"{line} {where}" if where else line

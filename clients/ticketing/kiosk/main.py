@@ -62,7 +62,8 @@ kiosk-device-<event>-<gate>.json in --device-dir, or --device FILE); TICKETING_T
 TICKETING_KIOSK_EMAIL + TICKETING_KIOSK_PASSWORD (also used to sign in again when the token
 expires); the `ticketctl login` session.
 
-offline: the kiosk syncs the event's keys and revocations and, when the server cannot be
+offline: the kiosk syncs the event's keys and revocations (--sync-interval), in between
+asks for new revocations only (--revocation-interval), and, when the server cannot be
 reached, admits signed (QR) codes by itself, journals them and uploads them when the server
 answers again (docs/offline-gates.md). --no-offline keeps it waiting for the server instead.
 
@@ -127,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=30.0,
         help="fetch keys and new revocations this often while online, s (30)",
+    )
+    parser.add_argument(
+        "--revocation-interval",
+        type=_positive,
+        default=2.0,
+        help="between syncs, ask for new revocations only, this often while online, s (2)",
     )
     parser.add_argument("--input", metavar="FILE", help="read codes from FILE, not stdin")
     parser.add_argument(
@@ -372,7 +379,7 @@ async def run_device(
         kit_path = kit_path_for(path)
         kit = None if args.no_offline else OfflineKit.load(kit_path, device.event_id)
         health = health_pb2_grpc.HealthStub(client.channel)
-        link = Link(sync_interval=args.sync_interval)
+        link = Link(sync_interval=args.sync_interval, revocation_interval=args.revocation_interval)
         try:
             await wait_for_server(
                 health,
@@ -492,7 +499,7 @@ async def _serve_person(
         health=health,
         kit=None if args.no_offline else OfflineKit.load(kit_path, event.id),
         kit_path=kit_path,
-        link=Link(sync_interval=args.sync_interval),
+        link=Link(sync_interval=args.sync_interval, revocation_interval=args.revocation_interval),
     )
     if kiosk.kit is not None and not await kiosk.sync():
         renderer.warning(f"offline kit not synced ({kiosk.sync_error}); retrying later")

@@ -55,12 +55,18 @@ class Link:
     """The kiosk's view of its link, and when it syncs its kit next.
 
     Times are monotonic seconds supplied by the caller, so the rules are testable without a
-    clock. `sync_interval` is how often keys and revocations are fetched while online.
+    clock. `sync_interval` is how often keys and revocations are fetched while online;
+    `revocation_interval` how often, in between, only the revocations after the kit's last
+    sequence are asked for (one ListRevocations call, empty when nothing is new), so that a
+    refund or a reissued code stops admitting here within seconds even if the link drops
+    next. Keys change rarely; revocations are what an offline kiosk must not be late with.
     """
 
     sync_interval: float = 30.0
     mode: Mode = Mode.ONLINE
     next_sync: float = 0.0
+    revocation_interval: float = 2.0
+    next_revocations: float = 0.0
 
     @property
     def offline(self) -> bool:
@@ -81,6 +87,7 @@ class Link:
         if self.mode is Mode.OFFLINE:
             self.mode = Mode.ONLINE
             self.next_sync = now
+            self.next_revocations = now
             return True
         return False
 
@@ -89,8 +96,17 @@ class Link:
         return self.mode is Mode.ONLINE and now >= self.next_sync
 
     def synced(self, now: float) -> None:
-        """A sync finished; the next is one interval later."""
+        """A sync finished (revocations included); the next is one interval later."""
         self.next_sync = now + self.sync_interval
+        self.next_revocations = now + self.revocation_interval
+
+    def revocations_due(self, now: float) -> bool:
+        """Whether to ask for new revocations now (only online, between syncs)."""
+        return self.mode is Mode.ONLINE and now >= self.next_revocations
+
+    def revocations_refreshed(self, now: float) -> None:
+        """A revocation refresh finished (or failed): the next is one interval later."""
+        self.next_revocations = now + self.revocation_interval
 
 
 _OUTCOMES: dict[OfflineVerdict, Outcome] = {

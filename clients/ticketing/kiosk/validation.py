@@ -458,6 +458,51 @@ class Kiosk:
         self.link.synced(time.monotonic())
         return True
 
+    async def refresh_revocations(self, page_size: int = 0) -> int | None:
+        """Ask only for the revocations after the kit's last sequence (between full syncs)
+        and apply them; the kit is saved when something was new. Returns how many were new,
+        None when the server could not be asked (handled as a failed sync: an unreachable
+        server turns the kiosk offline, a revoked device is noted). A kit never synced gets
+        a full `sync` instead: its keys matter as much as its revocations."""
+        if self.kit is None:
+            return None
+        if not self.kit.synced:
+            return 0 if await self.sync() else None
+        kit = self.kit
+        # One after_sequence for every page: page tokens are bound to it. Sequences are
+        # dense and commit-ordered (gate.proto), so resuming from the last one applied
+        # never skips a revocation and never applies one twice.
+        request = gate_pb2.ListRevocationsRequest(
+            event_id=self.event_id, after_sequence=kit.last_sequence, page_size=page_size
+        )
+        revocations: list[gate_pb2.Revocation] = []
+        try:
+            while True:
+                page = await self._signed_in(
+                    self._gate.ListRevocations, request, self.policy.attempt_timeout
+                )
+                revocations.extend(page.revocations)
+                if not page.next_page_token:
+                    break
+                request.page_token = page.next_page_token
+        except aio.AioRpcError as err:
+            error = decode_error(err)
+            self.sync_error = f"{error.code.name}" + (f" {error.reason}" if error.reason else "")
+            self._call_failed(error)
+            self.link.revocations_refreshed(time.monotonic())
+            return None
+        self._set_reachable(True, "")
+        before = kit.last_sequence
+        kit.apply_revocations(revocations)
+        new = sum(1 for r in revocations if r.sequence > before)
+        if new and self.kit_path is not None:
+            try:
+                kit.save(self.kit_path)
+            except OSError as exc:
+                self.kit_save_error = f"cannot save the kit: {exc.strerror}"
+        self.link.revocations_refreshed(time.monotonic())
+        return new
+
     async def _signed_in(
         self, method: Callable[..., Awaitable[ResponseT]], request: Any, deadline_s: float
     ) -> ResponseT:
@@ -550,8 +595,8 @@ class Kiosk:
 
     async def maintain(self, interval: float = 1.0, check_timeout: float = 1.0) -> None:
         """Until cancelled: probe the server (health), and while it answers, upload what
-        waits and sync the kit when due. The probe is what brings an idle offline kiosk
-        back online."""
+        waits, sync the kit when due and, between syncs, fetch new revocations. The probe
+        is what brings an idle offline kiosk back online."""
         while True:
             started = time.monotonic()
             if self._health is not None:
@@ -562,4 +607,6 @@ class Kiosk:
                     await self.upload()
                 if self.kit is not None and self.link.sync_due(time.monotonic()):
                     await self.sync()
+                elif self.kit is not None and self.link.revocations_due(time.monotonic()):
+                    await self.refresh_revocations()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -5,7 +5,7 @@ Usage::
     ticketing-rush SCENARIO --target HOST:PORT[,HOST:PORT] --admin-email E --admin-password P
         --seats N --buyers N [--concurrency N | --rate R] [--duration S] [--requests N]
         [--connections N] [--warmup S] [--seed N] [--skew zipf:1.1|uniform] [--dup-share 0.1]
-        [--event ID] --json PATH [--csv PATH] [--chart PATH] [--quiet]
+        [--event ID] [--observe] --json PATH [--csv PATH] [--chart PATH] [--quiet]
 
 Set-up: the admin signs in, creates a venue and an event of ``--seats`` places (or reuses
 ``--event``); ``--buyers`` customers register themselves (AuthService.Register) and sign in;
@@ -40,6 +40,12 @@ Scenarios (every booking goes through the public BookSeats RPC, as a signed-in c
   checks that no allocated place went to anyone but its partner, and no partner sold
   outside its allocations.
 - ``audit``: no load; only the invariant audit of ``--event``.
+
+``--observe`` (any rush scenario; the server needs ``TICKETING_SEAT_STREAMS=on``): a watcher
+follows EventService.WatchSeats on a connection of its own from before the first request
+to the end, and the audit gains ``seat_stream_dense`` (no gap, no repeat) and
+``seat_stream_matches_seat_map`` (the streamed map equals ListSeats); see
+``ticketing.rush.observer``.
 
 The server bounds scans per gate (``TICKETING_GATE_SCAN_RATE``, 100/s with a burst of 200, per
 server process). In an open loop the harness spreads scans over enough gates to stay at 80% of
@@ -86,6 +92,10 @@ latencies exclude the warm-up (requests whose send was due before ``--warmup`` s
 - ``audit``: ``{"passed", "failed": [names], "checks": [{"name", "passed", "description",
   "violations", "examples"}], "counts": {...}}``, the invariants read back through the API
   (see ``ticketing.rush.audit``).
+- ``observer`` (only with ``--observe``): ``snapshotSequence``, ``finalSequence``,
+  ``streamSequence``, ``changes``, ``gaps``, ``repeats``, ``snapshots``, ``reconnects``,
+  ``mismatches``, ``unsweptExpiredHolds``, ``catchUpSeconds``, ``deliveryLag`` (``p50Ms``,
+  ``p99Ms``, ``maxMs``: receive time minus change_time).
 - Run description: ``name``, ``scenario``, ``date``, ``target``, ``loadModel`` (closed/open),
   ``concurrency``, ``rate``, ``connections``, ``seed``, ``skew``, ``gates``, ``sent`` (requests
   sent, warm-up included), ``skippedArrivals`` (open-loop arrivals that found nothing to do

@@ -26,6 +26,7 @@ from ticketing.rush.audit import audit_event
 from ticketing.rush.choice import Skew, parse_order_size
 from ticketing.rush.inventory import EventView
 from ticketing.rush.load import LoadPlan, RunClock, run_load
+from ticketing.rush.observer import SeatObserver, merge_into_audit
 from ticketing.rush.progress import live_progress
 from ticketing.rush.provision import (
     Accounts,
@@ -107,6 +108,7 @@ class RushOptions:
     token_cache: Path | None = None
     buyer_prefix: str = "rush-buyer"
     buyer_password: str = "rush-buyer-password"
+    observe: bool = False
 
     @property
     def target(self) -> str:
@@ -220,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-token-cache", action="store_true", help="always sign in anew")
     parser.add_argument("--buyer-prefix", default="rush-buyer", help="buyer email prefix")
     parser.add_argument("--buyer-password", default="rush-buyer-password")
+    parser.add_argument(
+        "--observe",
+        action="store_true",
+        help="follow WatchSeats during the rush (own connection) and audit the stream: no "
+        "gap or repeat, final map equal to ListSeats (server: TICKETING_SEAT_STREAMS=on)",
+    )
     return parser
 
 
@@ -241,6 +249,8 @@ def parse_options(argv: Sequence[str] | None = None) -> RushOptions:
         parser.error("--hold-ttl must be 1..1800 s (the server's limits)")
     if args.scenario == "audit" and not args.event:
         parser.error("audit needs --event")
+    if args.scenario == "audit" and args.observe:
+        parser.error("--observe follows a rush; `audit` has none")
     if not 0 <= args.warmup <= 3600:
         parser.error("--warmup must be 0..3600 s")
     if args.duration is not None and args.warmup >= args.duration:
@@ -298,6 +308,7 @@ def parse_options(argv: Sequence[str] | None = None) -> RushOptions:
         token_cache=token_cache,
         buyer_prefix=args.buyer_prefix,
         buyer_password=args.buyer_password,
+        observe=args.observe,
     )
 
 
@@ -474,12 +485,30 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         think_max_s=options.checkout.think_max_s if options.scenario == "checkout" else 0.0,
     )
     stop_reason = "audit only"
-    if rush:
-        title = f"{options.scenario} {plan.model}"
-        async with live_progress(plan, recorder, clock, title, enabled=not options.quiet):
-            stop_reason = await run_load(plan, workload.next_call, recorder, clock)
-    after = await get_event(stubs[0], event.id)
-    audit = await audit_event(stubs[0], accounts.admin, event.id, observed)
+    observation: dict[str, Any] | None = None
+    # The observer has a connection of its own, so its stream never shares an HTTP/2
+    # connection (and its flow control) with the load it watches.
+    observer_channels = open_channels(options.targets[:1], 1) if options.observe else []
+    observer: SeatObserver | None = None
+    try:
+        if observer_channels:
+            observer = SeatObserver(Stubs(observer_channels[0]), event.id)
+            await observer.start()
+            _say(options, f"observing the seat stream from #{observer.ledger.sequence}")
+        if rush:
+            title = f"{options.scenario} {plan.model}"
+            async with live_progress(plan, recorder, clock, title, enabled=not options.quiet):
+                stop_reason = await run_load(plan, workload.next_call, recorder, clock)
+        after = await get_event(stubs[0], event.id)
+        audit = await audit_event(stubs[0], accounts.admin, event.id, observed)
+        if observer is not None:
+            observation, stream_checks = await observer.finish(accounts.admin)
+            merge_into_audit(audit, stream_checks)
+    finally:
+        if observer is not None:
+            await observer.stop()
+        for channel in observer_channels:
+            await channel.close(None)
     exit_code = EXIT_OK if audit["passed"] else EXIT_AUDIT_FAILED
     report = build_report(
         recorder,
@@ -518,6 +547,8 @@ async def _run(options: RushOptions, stubs: list[Stubs], started: float) -> Rush
         },
         options=_options_json(options),
         audit=audit,
+        # Only with --observe, so that a report without it keeps its documented fields.
+        **({"observer": observation} if observation is not None else {}),
         exitCode=exit_code,
         wallSeconds=round(time.perf_counter() - started, 3),
     )
