@@ -93,7 +93,11 @@ def book(event_id: str, seats: list[int]) -> booking_pb2.BookSeatsRequest:
 
 
 async def last_sequence(running: RunningServer, event_id: str) -> int:
+    """The event's last change number once everything committed so far is numbered
+    (sequences are assigned after commit, by the outbox sequencer)."""
     async with running.engine.connect() as conn:
+        await conn.execute(text("SELECT outbox_sequence('seats', :e)"), {"e": uuid.UUID(event_id)})
+        await conn.commit()
         value = (
             await conn.execute(
                 text("SELECT coalesce(max(sequence), 0) FROM seat_changes WHERE event_id = :e"),

@@ -296,6 +296,10 @@ class TicketServer:
             raise OSError(f"could not bind {address}")
         await self.server.start()
         await self.set_serving(serving)
+        if settings.seat_streams:
+            # Numbers committed outbox records whether anyone watches or not (streams'
+            # readers also sequence before they read): ticketd.db.outbox.
+            self.components.db.outbox.start()
         if settings.hold_sweep_interval_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(
                 sweep_holds(self.components.booking, settings.hold_sweep_interval_seconds)
@@ -322,6 +326,7 @@ class TicketServer:
                 await self._sweeper
             self._sweeper = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
+        await self.components.db.outbox.stop()
         if self._health_server is not None:
             await self._health_server.stop(0)
         tracing.shutdown()

@@ -12,6 +12,7 @@ from typing import Protocol
 from ticketd.accounts.service import AccountService
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import AllocationRecord, BookingService
+from ticketd.db import outbox
 from ticketd.db.database import Budget, Connection, Database
 from ticketd.errors import (
     Aborted,
@@ -54,8 +55,6 @@ from ticketd.venues.service import VenueService
 
 # Defaults when the caller passes none: what ticketd.config documents.
 DEFAULT_QUOTAS = EventQuotas(places_per_event=200_000, live_events=100)
-# NOTIFY channel of record_seat_changes (migration 0013); the payload is the event id.
-SEAT_CHANGES_CHANNEL = "ticketing_seat_changes"
 # Changes read from the outbox per query: what a stream holds in memory at most.
 STREAM_PAGE = 500
 
@@ -122,10 +121,11 @@ class EventService:
         """The seat stream of an event, page by page: with `after_sequence` 0 a snapshot
         first (every seat as of one change number), then every committed change after it,
         in order, for as long as the caller reads. Each page is read from the outbox when
-        a NOTIFY says the event changed, or every `poll_seconds` in case one was lost."""
+        a NOTIFY says the event changed, or every `poll_seconds` in case one was lost;
+        before each read the stream is sequenced (ticketd.db.outbox), so what committed
+        before the wake-up is numbered and read now, whoever else sequences."""
         listener = self._db.listener
-        with listener.subscribe(SEAT_CHANGES_CHANNEL, str(event_id)) as wake:
-            await listener.ensure_listening(SEAT_CHANGES_CHANNEL)
+        async with outbox.subscribed(listener, outbox.SEATS, event_id) as wake:
             after = after_sequence
             if after == 0:
                 async with self._db.connection(Budget.PUBLIC) as conn:
@@ -163,6 +163,7 @@ class EventService:
                     raise shutting_down(after)
                 # Cleared before the read: a NOTIFY that lands during it makes us read again.
                 wake.clear()
+                await self._db.outbox.catch_up(outbox.SEATS, event_id)
                 async with self._db.connection(Budget.PUBLIC) as conn:
                     changes = await repo.seat_changes_after(conn, event_id, after, STREAM_PAGE)
                 if changes:
@@ -170,7 +171,8 @@ class EventService:
                     after = changes[-1].sequence
                     if len(changes) == STREAM_PAGE:
                         continue
-                await listener.ensure_listening(SEAT_CHANGES_CHANNEL)
+                await listener.ensure_listening(outbox.NUMBERED_CHANNEL)
+                await listener.ensure_listening(outbox.PENDING_CHANNEL)
                 closing = asyncio.ensure_future(self._closing.wait())
                 woken = asyncio.ensure_future(wake.wait())
                 try:
