@@ -17,10 +17,19 @@ import pytest
 
 from tests.conftest import RunningServer
 from tests.support import Account, Stubs, client_pool
-from tests.test_streams import Watcher, book, new_event, watchers  # noqa: F401 (fixture)
+from tests.test_streams import Watcher, book, new_event
 from ticketing.v1 import event_pb2
 
 SOLD = event_pb2.SEAT_STATUS_SOLD
+
+
+@pytest.fixture
+async def watchers() -> AsyncIterator[list[Watcher]]:
+    """Watchers a test opens, stopped at its end."""
+    made: list[Watcher] = []
+    yield made
+    for w in made:
+        await w.stop()
 
 
 @contextlib.asynccontextmanager
