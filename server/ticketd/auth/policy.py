@@ -107,6 +107,9 @@ POLICY: dict[str, Access] = {
     _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN, PARTNER),
     _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER, PARTNER),
     _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
+    # Order changes live: each caller sees what GetOrder would show it (ticketd.booking.rules
+    # order_watch_scope): a partner its sales, an organizer its events', a customer its own.
+    _BOOKING + "WatchOrders": roles(CUSTOMER, ORGANIZER, SUPPORT, ADMIN, PARTNER),
     _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
     # The owner replaces leaked codes; SUPPORT/ADMIN re-send them (they never read codes).
     _BOOKING + "RotateTicketCodes": roles(CUSTOMER, SUPPORT, ADMIN),

@@ -127,7 +127,7 @@ class Database:
         # Streams' wake-ups: one more connection, opened only while something is watched.
         self.listener = Listener(self.url)
         # Numbers committed outbox records (ticketd.db.outbox); its background task runs
-        # only once started (TicketServer.start, where streams are on).
+        # once started (TicketServer.start).
         self.outbox = Sequencer(self.connection, self.listener)
 
     @property
@@ -216,6 +216,8 @@ class Database:
                 async with conn.transaction():
                     await _bound_waits(conn, remaining_seconds(), self.options.lock_timeout_ms)
                     yield conn
+                # Committed: it may have recorded outbox changes for the sequencer to number.
+                self.outbox.poke()
             finally:
                 metrics.DB_TRANSACTION.observe(time.perf_counter() - started)
 

@@ -1,15 +1,14 @@
-"""LISTEN/NOTIFY wake-ups for streaming readers and sequencers, on one connection of its own.
+"""LISTEN/NOTIFY wake-ups for streaming readers, on one connection of its own.
 
-Writers NOTIFY `ticketing_outbox_pending` and sequencers `ticketing_outbox`, each with a
-key `<stream>:<stream key>` (ticketd.db.outbox), when they commit. Readers `subscribe(channel,
-key)` and wait on the Event they get: it is set when a notification for their key arrives,
-and they read the outbox themselves; `on_channel` hands every payload of a channel to a
-callback (the process's background sequencer). A
+Sequencers NOTIFY a channel with a key (ticketd.db.outbox: `ticketing_outbox`, the
+stream's topic `<stream>:<key>`) when they commit numbers. Readers `subscribe(channel,
+key)` and wait on the Event they get: it is set when a notification for their key
+arrives, and they read the outbox themselves. A
 notification is only a hint: it may be lost (the listening connection dropped, PostgreSQL
 restarted), so readers also wake on a timeout and poll; nothing is delivered through the
 notification itself, so losing one can delay a change but never lose it.
 
-The connection is opened on first subscription (or by the background sequencer) and
+The connection is opened on first subscription (a server nobody watches holds none) and
 reopened on the next subscription or wait after it was lost. It is outside the pool, like
 the health connection: a pool full of sales never delays a wake-up.
 """
@@ -20,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -37,25 +36,12 @@ class Listener:
         self._channels: set[str] = set()
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = collections.defaultdict(set)
         self._lock = asyncio.Lock()
-        self._callbacks: dict[str, Callable[[str], None]] = {}
-
-    def on_channel(self, channel: str, callback: Callable[[str], None] | None) -> None:
-        """Call `callback(payload)` for every notification on `channel` (None: stop); and
-        with "" when the connection was lost, since notifications may have been missed.
-        Call `ensure_listening(channel)` to start listening."""
-        if callback is None:
-            self._callbacks.pop(channel, None)
-        else:
-            self._callbacks[channel] = callback
 
     @contextlib.contextmanager
-    def subscribe(
-        self, channel: str, key: str, wake: asyncio.Event | None = None
-    ) -> Iterator[asyncio.Event]:
-        """An Event (`wake`, or a new one) set whenever `channel` is notified with `key`,
-        until the block ends. Call `ensure_listening(channel)` before relying on it
-        (readers poll anyway)."""
-        wake = wake if wake is not None else asyncio.Event()
+    def subscribe(self, channel: str, key: str) -> Iterator[asyncio.Event]:
+        """An Event set whenever `channel` is notified with `key`, until the block ends.
+        Call `ensure_listening(channel)` before relying on it (readers poll anyway)."""
+        wake = asyncio.Event()
         self._waiters[(channel, key)].add(wake)
         try:
             yield wake
@@ -96,9 +82,6 @@ class Listener:
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         for wake in self._waiters.get((channel, payload), ()):
             wake.set()
-        callback = self._callbacks.get(channel)
-        if callback is not None:
-            callback(payload)
 
     def _lost(self, conn: Any) -> None:
         # Wake everyone: they re-read the outbox (nothing is lost), and the next wait
@@ -107,8 +90,6 @@ class Listener:
         for waiters in self._waiters.values():
             for wake in waiters:
                 wake.set()
-        for callback in self._callbacks.values():
-            callback("")
 
     async def close(self) -> None:
         """Drop the listening connection (server shutdown)."""

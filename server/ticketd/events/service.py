@@ -172,7 +172,6 @@ class EventService:
                     if len(changes) == STREAM_PAGE:
                         continue
                 await listener.ensure_listening(outbox.NUMBERED_CHANNEL)
-                await listener.ensure_listening(outbox.PENDING_CHANNEL)
                 closing = asyncio.ensure_future(self._closing.wait())
                 woken = asyncio.ensure_future(wake.wait())
                 try:
