@@ -174,6 +174,7 @@ class OrderChange(_message.Message):
     TOTAL_MINOR_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the global order stream (dense over all orders; a caller sees
     only its own part of it).
@@ -192,6 +193,10 @@ class OrderChange(_message.Message):
     """Sum of the ticket prices, in minor units."""
     currency_code: _builtins.str
     """ISO 4217 currency of total_minor."""
+    caught_up: _builtins.bool
+    """Not a change (every other field but sequence is empty): the stream has sent
+    everything up to sequence this caller may see; sent once, after the backlog.
+    """
     @_builtins.property
     def change_time(self) -> _timestamp_pb2.Timestamp:
         """When the change was made (database clock)."""
@@ -208,10 +213,11 @@ class OrderChange(_message.Message):
         total_minor: _builtins.int = ...,
         currency_code: _builtins.str = ...,
         change_time: _timestamp_pb2.Timestamp | None = ...,
+        caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "currency_code", b"currency_code", "event_id", b"event_id", "order_id", b"order_id", "partner_id", b"partner_id", "sales_channel", b"sales_channel", "sequence", b"sequence", "status", b"status", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change_time", b"change_time", "currency_code", b"currency_code", "event_id", b"event_id", "order_id", b"order_id", "partner_id", b"partner_id", "sales_channel", b"sales_channel", "sequence", b"sequence", "status", b"status", "total_minor", b"total_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -143,8 +143,11 @@ class BookingServiceStub:
     (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
     after_sequence 0 starts at the stream's first change; N continues after N,
     so a client that reconnects with the last sequence it received gets exactly
-    the changes it missed: no gap, no repeat. The stream does not end by itself.
-    A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+    the changes it missed: no gap, no repeat. Once the changes committed before
+    the call are sent, one OrderChange with caught_up = true says up to which
+    sequence the caller has everything (others' changes included): live changes
+    follow, and it is a resume point like any other. The stream does not end by
+    itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
     with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
     with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
     "resume_after_sequence"). after_sequence beyond the stream:
@@ -270,8 +273,11 @@ class BookingServiceAsyncStub(BookingServiceStub):
     (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
     after_sequence 0 starts at the stream's first change; N continues after N,
     so a client that reconnects with the last sequence it received gets exactly
-    the changes it missed: no gap, no repeat. The stream does not end by itself.
-    A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+    the changes it missed: no gap, no repeat. Once the changes committed before
+    the call are sent, one OrderChange with caught_up = true says up to which
+    sequence the caller has everything (others' changes included): live changes
+    follow, and it is a resume point like any other. The stream does not end by
+    itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
     with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
     with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
     "resume_after_sequence"). after_sequence beyond the stream:
@@ -466,8 +472,11 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
         after_sequence 0 starts at the stream's first change; N continues after N,
         so a client that reconnects with the last sequence it received gets exactly
-        the changes it missed: no gap, no repeat. The stream does not end by itself.
-        A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+        the changes it missed: no gap, no repeat. Once the changes committed before
+        the call are sent, one OrderChange with caught_up = true says up to which
+        sequence the caller has everything (others' changes included): live changes
+        follow, and it is a resume point like any other. The stream does not end by
+        itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
         with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
         with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
         "resume_after_sequence"). after_sequence beyond the stream:

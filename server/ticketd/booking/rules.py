@@ -455,7 +455,25 @@ class OrderChangeRecord:
     partner_id: uuid.UUID | None
     total_minor: int
     currency_code: str
-    change_time: dt.datetime
+    change_time: dt.datetime | None
+    caught_up: bool = False
+    """Not a change: everything up to `sequence` has been sent (see caught_up_at)."""
+
+    @classmethod
+    def caught_up_at(cls, sequence: int) -> OrderChangeRecord:
+        """The marker WatchOrders sends once its backlog is sent: the reader has every
+        change up to `sequence` it may see, and may resume from there."""
+        return cls(
+            sequence=sequence,
+            order_id=uuid.UUID(int=0),
+            event_id=uuid.UUID(int=0),
+            status=OrderStatus.CONFIRMED,
+            partner_id=None,
+            total_minor=0,
+            currency_code="",
+            change_time=None,
+            caught_up=True,
+        )
 
 
 @dataclass(frozen=True)

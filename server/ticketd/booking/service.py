@@ -999,7 +999,8 @@ class BookingService:
     ) -> AsyncGenerator[list[OrderChangeRecord], None]:
         """Every order change after `after_sequence` the caller may see (order_watch_scope),
         optionally of one event, in sequence order, as each commits, for as long as the
-        caller reads. after_sequence 0: from the stream's first change."""
+        caller reads. after_sequence 0: from the stream's first change. Once the changes
+        committed before the call are sent, a caught_up marker says up to where."""
         scope = order_watch_scope(principal)
         async with self._db.connection() as conn:
             if event_id is not None and not await order_stream.event_exists(conn, event_id):
@@ -1026,6 +1027,7 @@ class BookingService:
             poll_seconds=poll_seconds,
             closing=self._closing,
             closed=shutting_down,
+            caught_up=OrderChangeRecord.caught_up_at,
         )
         try:
             async for page in pages:

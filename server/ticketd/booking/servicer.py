@@ -182,6 +182,9 @@ def order_for(principal: Principal, order: OrderRecord) -> booking_pb2.Order:
 
 def order_change_to_proto(change: OrderChangeRecord) -> booking_pb2.OrderChange:
     """One order change as WatchOrders streams it (never the buyer)."""
+    if change.caught_up:
+        return booking_pb2.OrderChange(sequence=change.sequence, caught_up=True)
+    assert change.change_time is not None
     return booking_pb2.OrderChange(
         sequence=change.sequence,
         order_id=str(change.order_id),

@@ -182,11 +182,15 @@ class Sequencer:
         poll_seconds: float,
         closing: asyncio.Event,
         closed: Callable[[int], Exception],
+        caught_up: Callable[[int], T] | None = None,
     ) -> AsyncGenerator[list[T], None]:
         """A stream's records after `after`, page by page, for as long as the caller reads:
         `read(after)` is called when a NOTIFY says the stream changed (or every
-        `poll_seconds`, in case one was lost), each time after `catch_up`. When `closing`
-        is set the generator raises `closed(after)` (the point to resume from)."""
+        `poll_seconds`, in case one was lost), each time after `catch_up`. Once the records
+        there were at the start are all read, `caught_up(after)` is yielded (when given):
+        a filtered reader learns where it stands even when none of them was its own. When
+        `closing` is set the generator raises `closed(after)` (the point to resume from)."""
+        marker = caught_up
         async with subscribed(self._listener, stream, key) as wake:
             while True:
                 if closing.is_set():
@@ -195,6 +199,9 @@ class Sequencer:
                 wake.clear()
                 await self.catch_up(stream, key)
                 records, after, more = await read(after)
+                if marker is not None and not more:
+                    records = [*records, marker(after)]
+                    marker = None
                 if records:
                     yield records
                 if more:
