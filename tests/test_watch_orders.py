@@ -269,7 +269,7 @@ async def test_a_rolled_back_order_change_never_appears_and_leaves_no_gap(
 async def test_bad_input_unknown_event_and_roles(
     stubs: Stubs, admin: Account, running: RunningServer
 ) -> None:
-    async def refused(md: CallMetadata | None, **fields: Any) -> tuple[grpc.StatusCode, str]:
+    async def refused(md: CallMetadata | None, **fields: Any) -> tuple[grpc.StatusCode, str | None]:
         with pytest.raises(aio.AioRpcError) as err:
             async for _ in stubs.booking.WatchOrders(
                 booking_pb2.WatchOrdersRequest(**fields), metadata=md, timeout=5
