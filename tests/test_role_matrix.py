@@ -655,6 +655,12 @@ async def _watch_seats(w: World) -> Message:
     return event_pb2.WatchSeatsRequest(event_id=w.event.id)
 
 
+async def _watch_gate(w: World) -> Message:
+    # The ORGANIZER owns the event and the ENTRY_MANAGER works its gates: a snapshot or the
+    # caught_up marker comes at once.
+    return gate_pb2.WatchGateRequest(event_id=w.event.id)
+
+
 async def _watch_orders(w: World) -> Message:
     # Every allowed caller gets a first message: its backlog, or the caught_up marker.
     return booking_pb2.WatchOrdersRequest(event_id=w.event.id)
@@ -678,6 +684,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "ListSeats": _list_seats,
     _EVENT + "WatchSeats": _watch_seats,
     _BOOKING + "WatchOrders": _watch_orders,
+    _GATE + "WatchGate": _watch_gate,
     _EVENT + "UpdateEvent": _update_event,
     _EVENT + "AssignStaff": _assign_staff,
     _EVENT + "UnassignStaff": _unassign_staff,
@@ -780,6 +787,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
+    _GATE + "WatchGate": frozenset({"ADMIN", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetVerificationKeys": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListRevocations": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "UploadOfflineScans": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),

@@ -254,7 +254,14 @@ class TicketServer:
             self.server,
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(
-            GateServicer(components.gate, components.signing, components.devices, pages),
+            GateServicer(
+                components.gate,
+                components.signing,
+                components.devices,
+                pages,
+                send_timeout=settings.stream_send_timeout_seconds,
+                poll_seconds=settings.stream_poll_seconds,
+            ),
             self.server,
         )
         partner_pb2_grpc.add_PartnerServiceServicer_to_server(
@@ -327,6 +334,7 @@ class TicketServer:
         # Streams never end by themselves: tell them to end (with where to resume) now.
         self.components.events.stop_streams()
         self.components.booking.stop_streams()
+        self.components.gate.stop_streams()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -127,6 +127,9 @@ POLICY: dict[str, Access] = {
     _GATE + "ValidateTicket": roles(ENTRY_MANAGER, ADMIN, DEVICE),
     _GATE + "ListScans": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
     _GATE + "GetGateStats": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
+    # Live scans and counts: the event's organizer, its assigned staff, ADMIN (gate rules
+    # check_may_read decides the event; SUPPORT reads the log with ListScans instead).
+    _GATE + "WatchGate": roles(ADMIN, ORGANIZER, ENTRY_MANAGER),
     # Offline gates (issue 14): what a kiosk syncs and uploads, for its own event and gate.
     _GATE + "GetVerificationKeys": roles(ENTRY_MANAGER, ADMIN, DEVICE),
     _GATE + "ListRevocations": roles(ENTRY_MANAGER, ADMIN, DEVICE),

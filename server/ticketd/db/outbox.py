@@ -56,9 +56,11 @@ SEATS = Stream("seats", "seat_changes", "event_id")
 """Per event: every change of a seat's status (WatchSeats)."""
 ORDERS = Stream("orders", "order_changes", "stream_key")
 """One stream for all orders (key ALL): confirmations and refunds (WatchOrders)."""
+GATES = Stream("gates", "gate_changes", "event_id")
+"""Per event: every gate scan, online or uploaded offline (WatchGate)."""
 ALL = uuid.UUID(int=0)
 """The key of a stream kind that has one stream only (ORDERS)."""
-STREAMS = (SEATS, ORDERS)
+STREAMS = (SEATS, ORDERS, GATES)
 
 T = TypeVar("T")
 Page: TypeAlias = tuple[list[T], int, bool]
