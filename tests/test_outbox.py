@@ -110,6 +110,7 @@ async def test_a_rolled_back_record_is_never_numbered_even_if_a_sequencer_ran_me
     buyer = await stubs.register("outbox-rollback")
     w = Watcher(stubs, event_id)
     watchers.append(w)
+    await w.until(lambda w: any(c.snapshot_complete for c in w.items))
     async with connections(running, 2) as (writer, sequencer):
         await begin_sale(writer, ids[3])
         await sequencer.fetchval("SELECT outbox_sequence('seats', $1)", event_id)

@@ -14,9 +14,10 @@ import pytest
 from grpc import aio
 from sqlalchemy import text
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, second_server
 from tests.support import Account, Stubs, error_details, scan_request
 from tests.test_gate import sold_tickets
+from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata
 from ticketing.v1 import common_pb2, gate_pb2
 
@@ -195,3 +196,51 @@ async def test_who_may_watch_and_bad_input(
         w = watch(stubs, md, event.id)
         await w.until(0)
         assert [(c.caught_up, c.sequence) for c in w.items] == [(True, 0)]
+
+
+async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
+    stubs: Stubs, admin: Account, staff: Account, running: RunningServer
+) -> None:
+    # 3,000 scans (recorded by the trigger like any scan), a client window of 64 KiB with no
+    # auto-tuning, and a reader that takes nothing: the server must end the stream with
+    # where to resume instead of queueing the rest (shared writer: ticketd.edge.streaming).
+    event, _, _ = await sold_tickets(stubs, admin, 1, staff)
+    async with running.engine.connect() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash, "
+                "result) SELECT gen_random_uuid(), :e, 'gate-' || (n % 4), :u, md5(n::text), "
+                "'UNKNOWN_CODE' FROM generate_series(1, 3000) AS n"
+            ),
+            {"e": uuid.UUID(event.id), "u": uuid.UUID(staff.user.id)},
+        )
+        await conn.commit()
+    async with second_server(
+        running, PoolOptions(pool_size=4), stream_send_timeout_seconds=0.5
+    ) as srv:
+        channel = aio.insecure_channel(
+            srv.target,
+            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65_536)],
+        )
+        try:
+            call = Stubs(channel).gate.WatchGate(
+                gate_pb2.WatchGateRequest(event_id=event.id, after_sequence=1), metadata=staff.md
+            )
+            await asyncio.sleep(2.0)  # never reads meanwhile
+            received: list[gate_pb2.GateChange] = []
+            with pytest.raises(aio.AioRpcError) as err:
+                async with asyncio.timeout(READ_TIMEOUT_S):
+                    async for item in call:
+                        received.append(item)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+            details = error_details(err.value)
+            assert details.reason == "STREAM_TOO_SLOW"
+            resume = int(details.metadata["resume_after_sequence"])
+            # Far from the end; every change after 1 in order; and the resume point is the
+            # last the server saw written: the reader's own last, or the one before (the
+            # write that timed out may still have gone out), never past it.
+            assert 0 < len(received) < 3000
+            assert [c.sequence for c in received] == list(range(2, 2 + len(received)))
+            assert received[-1].sequence - 1 <= resume <= received[-1].sequence
+        finally:
+            await channel.close(None)

@@ -1002,6 +1002,8 @@ class BookingService:
         caller reads. after_sequence 0: from the stream's first change. Once the changes
         committed before the call are sent, a caught_up marker says up to where."""
         scope = order_watch_scope(principal)
+        # Numbered first: a resume point is judged against what has committed.
+        await self._db.outbox.catch_up(outbox.ORDERS, outbox.ALL)
         async with self._db.connection() as conn:
             if event_id is not None and not await order_stream.event_exists(conn, event_id):
                 raise event_not_found(event_id)

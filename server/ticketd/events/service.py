@@ -145,6 +145,8 @@ class EventService:
                     for i, r in enumerate(page)
                 ]
         else:
+            # Numbered first: a resume point is judged against what has committed.
+            await self._db.outbox.catch_up(outbox.SEATS, event_id)
             async with self._db.connection(Budget.PUBLIC) as conn:
                 last = await repo.last_seat_change(conn, event_id)
             if last is None:

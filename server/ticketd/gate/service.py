@@ -104,6 +104,8 @@ class GateService:
             if after_sequence == 0:
                 after, rows = await repo.gate_snapshot(conn, event_id)
             else:
+                # Numbered first: a resume point is judged against what has committed.
+                await self._db.outbox.catch_up(outbox.GATES, event_id)
                 last = await repo.last_gate_change(conn, event_id)
                 if after_sequence > last:
                     raise FailedPrecondition(
