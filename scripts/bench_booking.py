@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import collections
 import functools
+import os
 import random
 import re
 import shutil
@@ -727,6 +728,22 @@ class Scenarios:
         self.results.append(result)
 
 
+async def sequence_outbox(url: str, interval_s: float = 0.01) -> int:
+    """What ticketd's outbox sequencer does (ticketd.db.outbox), until cancelled: one
+    `outbox_sequence_pending()` pass per interval. Returns the passes made."""
+    conn = await connect_db(url)
+    passes = 0
+    try:
+        while True:
+            await conn.fetchval("SELECT outbox_sequence_pending()")
+            passes += 1
+            await asyncio.sleep(interval_s)
+    except asyncio.CancelledError:
+        return passes
+    finally:
+        await conn.close()
+
+
 async def database_ceiling(
     url: str, event_id: str, duration: int, script: Path = PGBENCH_SCRIPT
 ) -> dict[str, Any]:
@@ -739,14 +756,22 @@ async def database_ceiling(
         try:
             await reset_inventory(conn, event_id)
             clients = await pgbench_clients(url, PGBENCH_CLIENTS)
-            result = await run_booking_pgbench(
-                url,
-                event_id,
-                clients=clients,
-                duration_s=duration,
-                price_minor=PRICE_MINOR,
-                script=script,
-            )
+            # The server is stopped by now: number the recorded changes meanwhile as its
+            # sequencer would (one pass per 10 ms), so their cost is in the figure too.
+            sequencing = asyncio.ensure_future(sequence_outbox(url))
+            try:
+                result = await run_booking_pgbench(
+                    url,
+                    event_id,
+                    clients=clients,
+                    duration_s=duration,
+                    price_minor=PRICE_MINOR,
+                    script=script,
+                )
+            finally:
+                sequencing.cancel()
+                passes = await asyncio.gather(sequencing, return_exceptions=True)
+            result["sequencer_passes"] = passes[0] if isinstance(passes[0], int) else None
             result["clients_wanted"] = PGBENCH_CLIENTS
             result["audit"] = await audit(conn, event_id)
         finally:
@@ -773,6 +798,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     database: dict[str, Any] | None = None
     minimal: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
+    if args.seat_streams:
+        # pgbench's sessions record seat changes (or not) as the server's do: the setting
+        # record_seat_changes reads (pgbench inherits this process's environment).
+        os.environ["PGOPTIONS"] = f"-c ticketing.seat_streams={args.seat_streams}"
     async with throwaway_database(admin) as url:
         with tempfile.TemporaryDirectory(prefix="ticketing-bench-booking-") as data_dir:
             free = await wait_for_slots(admin, args.pool_size + 4, 10)
@@ -784,7 +813,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 admin_email=ADMIN_EMAIL,
                 pool_size=args.pool_size,
                 module=args.server_module,
-                env={"TICKETING_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS)},
+                env={"TICKETING_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS)}
+                | ({"TICKETING_SEAT_STREAMS": args.seat_streams} if args.seat_streams else {}),
             )
             await server.start()
             assert server.pid is not None and server.admin_password is not None
@@ -850,6 +880,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "server": "separate process: python -m ticketd (DATABASE_URL, TICKETING_LISTEN="
             "127.0.0.1:0, TICKETING_BCRYPT_ROUNDS=4, TICKETING_DB_POOL_SIZE)",
             "server_module": args.server_module,
+            "seat_streams": args.seat_streams or "server default",
             "db_pool_size": args.pool_size,
             "client": "one Python process, grpc.aio generated stubs (no client interceptors), "
             f"{args.channels} channels (own HTTP/2 connection each), workers round-robin",
@@ -983,6 +1014,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
     parser.add_argument("--pgbench-duration", type=int, default=8, help="pgbench -T seconds")
     parser.add_argument("--skip-pgbench", action="store_true")
+    parser.add_argument(
+        "--seat-streams",
+        choices=("on", "off"),
+        default=None,
+        help="TICKETING_SEAT_STREAMS for the server and the same for pgbench's sessions "
+        "(default: the server's default)",
+    )
     parser.add_argument(
         "--max-retries",
         type=int,

@@ -104,7 +104,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # No sweeper on the shared server: the hold tests prove expiry is a query condition
         # (tests/test_streams.py sweeps on purpose).
         hold_sweep_interval_seconds=0,
-        # Seat streams on (production's default is off): tests/test_streams.py watches.
+        # Seat streams on (production's default too): tests/test_streams.py watches.
         seat_streams=True,
         # Production defaults throttle sign-ins per address; every test call comes from
         # 127.0.0.1, so the shared server is generous (tests/test_auth_flood.py builds its own

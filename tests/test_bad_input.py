@@ -453,6 +453,8 @@ def _realistic(w: World, full: str) -> Message:
         "ReleaseHold": lambda: booking_pb2.ReleaseHoldRequest(hold_id=FRESH_HOLD),
         "GetHold": lambda: booking_pb2.GetHoldRequest(hold_id=FRESH_HOLD),
         "ListHolds": lambda: booking_pb2.ListHoldsRequest(page_size=3, event_id=w.event.id),
+        "WatchOrders": lambda: booking_pb2.WatchOrdersRequest(event_id=w.event.id),
+        "WatchGate": lambda: gate_pb2.WatchGateRequest(event_id=w.event.id),
         "UpdateEvent": lambda: event_pb2.UpdateEventRequest(
             event=event_pb2.Event(
                 id=w.window_event.id, doors_open_time=future(0), end_time=future(30.2)

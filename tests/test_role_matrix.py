@@ -662,6 +662,17 @@ async def _watch_seats(w: World) -> Message:
     return event_pb2.WatchSeatsRequest(event_id=w.event.id)
 
 
+async def _watch_gate(w: World) -> Message:
+    # The ORGANIZER owns the event and the ENTRY_MANAGER works its gates: a snapshot or the
+    # caught_up marker comes at once.
+    return gate_pb2.WatchGateRequest(event_id=w.event.id)
+
+
+async def _watch_orders(w: World) -> Message:
+    # Every allowed caller gets a first message: its backlog, or the caught_up marker.
+    return booking_pb2.WatchOrdersRequest(event_id=w.event.id)
+
+
 REALISTIC: dict[str, RequestBuilder] = {
     _AUTH + "Register": _register,
     _AUTH + "Login": _login,
@@ -679,6 +690,8 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "ListEvents": _list_events,
     _EVENT + "ListSeats": _list_seats,
     _EVENT + "WatchSeats": _watch_seats,
+    _BOOKING + "WatchOrders": _watch_orders,
+    _GATE + "WatchGate": _watch_gate,
     _EVENT + "UpdateEvent": _update_event,
     _EVENT + "AssignStaff": _assign_staff,
     _EVENT + "UnassignStaff": _unassign_staff,
@@ -778,9 +791,11 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _BOOKING + "ReleaseHold": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
     _BOOKING + "GetHold": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),
     _BOOKING + "ListHolds": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "PARTNER"}),
+    _BOOKING + "WatchOrders": frozenset({"CUSTOMER", "ORGANIZER", "SUPPORT", "ADMIN", "PARTNER"}),
     _GATE + "ValidateTicket": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListScans": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetGateStats": frozenset({"ADMIN", "SUPPORT", "ENTRY_MANAGER", "ORGANIZER"}),
+    _GATE + "WatchGate": frozenset({"ADMIN", "ENTRY_MANAGER", "ORGANIZER"}),
     _GATE + "GetVerificationKeys": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "ListRevocations": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),
     _GATE + "UploadOfflineScans": frozenset({"ENTRY_MANAGER", "ADMIN", "DEVICE"}),

@@ -93,7 +93,11 @@ def book(event_id: str, seats: list[int]) -> booking_pb2.BookSeatsRequest:
 
 
 async def last_sequence(running: RunningServer, event_id: str) -> int:
+    """The event's last change number once everything committed so far is numbered
+    (sequences are assigned after commit, by the outbox sequencer)."""
     async with running.engine.connect() as conn:
+        await conn.execute(text("SELECT outbox_sequence('seats', :e)"), {"e": uuid.UUID(event_id)})
+        await conn.commit()
         value = (
             await conn.execute(
                 text("SELECT coalesce(max(sequence), 0) FROM seat_changes WHERE event_id = :e"),
@@ -189,6 +193,7 @@ async def test_resuming_with_the_last_sequence_gets_exactly_the_missed_changes(
     buyer = await stubs.register("resumer")
     first = Watcher(stubs, event_id)
     watchers.append(first)
+    await first.until(lambda w: any(c.snapshot_complete for c in w.items))
     await stubs.booking.BookSeats(book(event_id, ids[:3]), metadata=buyer.md)
     await first.until(lambda w: len(w.changes) >= 3)
     await first.stop()  # disconnect
@@ -223,6 +228,8 @@ async def test_a_rolled_back_change_never_appears_and_leaves_no_gap(
     buyer = await stubs.register("rollback")
     w = Watcher(stubs, event_id)
     watchers.append(w)
+    # The snapshot first: a sale before it would be in the snapshot, not a change.
+    await w.until(lambda w: any(c.snapshot_complete for c in w.items))
     await stubs.booking.BookSeats(book(event_id, ids[:1]), metadata=buyer.md)
     # A sale refused (one seat taken) writes nothing, so records nothing.
     with pytest.raises(aio.AioRpcError):

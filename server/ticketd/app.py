@@ -251,10 +251,23 @@ class TicketServer:
             self.server,
         )
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
-            BookingServicer(components.booking, pages), self.server
+            BookingServicer(
+                components.booking,
+                pages,
+                send_timeout=settings.stream_send_timeout_seconds,
+                poll_seconds=settings.stream_poll_seconds,
+            ),
+            self.server,
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(
-            GateServicer(components.gate, components.signing, components.devices, pages),
+            GateServicer(
+                components.gate,
+                components.signing,
+                components.devices,
+                pages,
+                send_timeout=settings.stream_send_timeout_seconds,
+                poll_seconds=settings.stream_poll_seconds,
+            ),
             self.server,
         )
         partner_pb2_grpc.add_PartnerServiceServicer_to_server(
@@ -305,6 +318,10 @@ class TicketServer:
             raise OSError(f"could not bind {address}")
         await self.server.start()
         await self.set_serving(serving)
+        # Numbers committed outbox records whether anyone watches or not (streams' readers
+        # also sequence before they read): ticketd.db.outbox. Order changes are recorded
+        # whatever TICKETING_SEAT_STREAMS says, so it always runs.
+        self.components.db.outbox.start()
         if settings.hold_sweep_interval_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(
                 sweep_holds(self.components.booking, settings.hold_sweep_interval_seconds)
@@ -325,12 +342,15 @@ class TicketServer:
         await self.set_serving(False)
         # Streams never end by themselves: tell them to end (with where to resume) now.
         self.components.events.stop_streams()
+        self.components.booking.stop_streams()
+        self.components.gate.stop_streams()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
+        await self.components.db.outbox.stop()
         if self._health_server is not None:
             await self._health_server.stop(0)
         tracing.shutdown()

@@ -28,10 +28,12 @@ def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def _switch(env: dict[str, str], name: str) -> bool:
-    """`on`/`off` (also true/false, 1/0); unset is off."""
+def _switch(env: dict[str, str], name: str, default: bool = False) -> bool:
+    """`on`/`off` (also true/false, 1/0); unset is `default`."""
     raw = env.get(name, "").strip().lower()
-    if raw in ("", "off", "false", "0", "no"):
+    if not raw:
+        return default
+    if raw in ("off", "false", "0", "no"):
         return False
     if raw in ("on", "true", "1", "yes"):
         return True
@@ -120,12 +122,13 @@ class Settings:
     hold_sweep_interval_seconds: float = 1.0
     """`TICKETING_HOLD_SWEEP_INTERVAL`: how often expired holds' places are turned AVAILABLE
     and recorded for the seat streams (0: never; sales do not depend on it)."""
-    seat_streams: bool = False
-    """`TICKETING_SEAT_STREAMS` (on/off): record seat changes and serve WatchSeats. Off by
-    default: recording serializes each event's writers up to their commit (docs/streams.md
-    has the cost). Every server of a deployment must say the same."""
+    seat_streams: bool = True
+    """`TICKETING_SEAT_STREAMS` (on/off): record seat changes and serve WatchSeats. On by
+    default since the outbox sequencer (writers share no row; docs/streams.md has the
+    cost); `off` is the opt-out. Every server of a deployment must say the same."""
     max_streams: int = 1000
-    """`TICKETING_MAX_STREAMS`: open streaming calls (WatchSeats) per server process."""
+    """`TICKETING_MAX_STREAMS`: open streaming calls (WatchSeats, WatchOrders, WatchGate) per
+    server process."""
     stream_send_timeout_seconds: float = 30.0
     """`TICKETING_STREAM_SEND_TIMEOUT`: how long a stream waits for its reader to take the
     next message before ending it (STREAM_TOO_SLOW): what bounds a stream's memory."""
@@ -286,7 +289,7 @@ class Settings:
             hold_ttl_seconds=_int(env, "TICKETING_HOLD_TTL", 600, 1, 86_400),
             hold_max_ttl_seconds=_int(env, "TICKETING_HOLD_MAX_TTL", 1800, 1, 86_400),
             hold_sweep_interval_seconds=_float(env, "TICKETING_HOLD_SWEEP_INTERVAL", 1.0, 0, 3600),
-            seat_streams=_switch(env, "TICKETING_SEAT_STREAMS"),
+            seat_streams=_switch(env, "TICKETING_SEAT_STREAMS", default=True),
             max_streams=_int(env, "TICKETING_MAX_STREAMS", 1000, 1, 100_000),
             stream_send_timeout_seconds=_float(
                 env, "TICKETING_STREAM_SEND_TIMEOUT", 30.0, 0.1, 3600

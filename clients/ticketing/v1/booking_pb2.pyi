@@ -134,6 +134,96 @@ TICKET_STATUS_VOID: TicketStatus.ValueType  # 3
 Global___TicketStatus: _TypeAlias = TicketStatus  # noqa: Y015
 
 @_typing.final
+class WatchOrdersRequest(_message.Message):
+    """WatchOrdersRequest says where to start following order changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """0: from the stream's first change; N: the changes after sequence N."""
+    event_id: _builtins.str
+    """Optional: only this event's orders."""
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOrdersRequest: _TypeAlias = WatchOrdersRequest  # noqa: Y015
+
+@_typing.final
+class OrderChange(_message.Message):
+    """OrderChange is one order confirmed or refunded. The buyer is never named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SALES_CHANNEL_FIELD_NUMBER: _builtins.int
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the global order stream (dense over all orders; a caller sees
+    only its own part of it).
+    """
+    order_id: _builtins.str
+    """The order."""
+    event_id: _builtins.str
+    """Its event."""
+    status: Global___OrderStatus.ValueType
+    """CONFIRMED (booked) or REFUNDED."""
+    sales_channel: Global___SalesChannel.ValueType
+    """PUBLIC, or PARTNER when a partner reseller sold it."""
+    partner_id: _builtins.str
+    """The partner that sold it (SALES_CHANNEL_PARTNER only)."""
+    total_minor: _builtins.int
+    """Sum of the ticket prices, in minor units."""
+    currency_code: _builtins.str
+    """ISO 4217 currency of total_minor."""
+    caught_up: _builtins.bool
+    """Not a change (every other field but sequence is empty): the stream has sent
+    everything up to sequence this caller may see; sent once, after the backlog.
+    """
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made (database clock)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        order_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        status: Global___OrderStatus.ValueType = ...,
+        sales_channel: Global___SalesChannel.ValueType = ...,
+        partner_id: _builtins.str = ...,
+        total_minor: _builtins.int = ...,
+        currency_code: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+        caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change_time", b"change_time", "currency_code", b"currency_code", "event_id", b"event_id", "order_id", b"order_id", "partner_id", b"partner_id", "sales_channel", b"sales_channel", "sequence", b"sequence", "status", b"status", "total_minor", b"total_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderChange: _TypeAlias = OrderChange  # noqa: Y015
+
+@_typing.final
 class HoldSeat(_message.Message):
     """HoldSeat is one place of a hold."""
 

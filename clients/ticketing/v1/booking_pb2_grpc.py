@@ -94,6 +94,11 @@ class BookingServiceStub:
                 request_serializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsResponse.FromString,
                 _registered_method=True)
+        self.WatchOrders = channel.unary_stream(
+                '/ticketing.v1.BookingService/WatchOrders',
+                request_serializer=ticketing_dot_v1_dot_booking__pb2.WatchOrdersRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_booking__pb2.OrderChange.FromString,
+                _registered_method=True)
 
 
 class BookingServiceServicer:
@@ -241,6 +246,36 @@ class BookingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrders(self, request, context):
+        """WatchOrders follows order changes live: each order as it is confirmed
+        (BookSeats, ConfirmHold) and as it is refunded (RefundOrder, CancelEvent).
+        One stream for all orders: sequence is global, dense and commit-ordered, and
+        each caller receives only the changes it may see, so the sequences it gets
+        skip the numbers of others' changes, never one of its own. Who sees what, as
+        GetOrder: a partner (API key) the orders it sold; SUPPORT and ADMIN every
+        order; an ORGANIZER the orders of its events and its own purchases; a
+        CUSTOMER only its own purchases (not a partner's sales to it). event_id
+        (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
+        after_sequence 0 starts at the stream's first change; N continues after N,
+        so a client that reconnects with the last sequence it received gets exactly
+        the changes it missed: no gap, no repeat. Once the changes committed before
+        the call are sent, one OrderChange with caught_up = true says up to which
+        sequence the caller has everything (others' changes included): live changes
+        follow, and it is a resume point like any other. The stream does not end by
+        itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+        with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
+        with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
+        "resume_after_sequence"). after_sequence beyond the stream:
+        FAILED_PRECONDITION SEQUENCE_AHEAD (metadata "last_sequence"). At most
+        TICKETING_MAX_STREAMS streams per server: RESOURCE_EXHAUSTED
+        STREAM_LIMIT_EXCEEDED.
+        The streamed message is OrderChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BookingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -298,6 +333,11 @@ def add_BookingServiceServicer_to_server(servicer, server):
                     servicer.ListHolds,
                     request_deserializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_booking__pb2.ListHoldsResponse.SerializeToString,
+            ),
+            'WatchOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrders,
+                    request_deserializer=ticketing_dot_v1_dot_booking__pb2.WatchOrdersRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_booking__pb2.OrderChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +642,33 @@ class BookingService:
             '/ticketing.v1.BookingService/ListHolds',
             ticketing_dot_v1_dot_booking__pb2.ListHoldsRequest.SerializeToString,
             ticketing_dot_v1_dot_booking__pb2.ListHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ticketing.v1.BookingService/WatchOrders',
+            ticketing_dot_v1_dot_booking__pb2.WatchOrdersRequest.SerializeToString,
+            ticketing_dot_v1_dot_booking__pb2.OrderChange.FromString,
             options,
             channel_credentials,
             insecure,

@@ -131,6 +131,32 @@ class BookingServiceStub:
     """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
     SUPPORT and ADMIN anyone's and may filter by customer_email.
     """
+    WatchOrders: _grpc.UnaryStreamMultiCallable[_booking_pb2.WatchOrdersRequest, _booking_pb2.OrderChange]
+    """WatchOrders follows order changes live: each order as it is confirmed
+    (BookSeats, ConfirmHold) and as it is refunded (RefundOrder, CancelEvent).
+    One stream for all orders: sequence is global, dense and commit-ordered, and
+    each caller receives only the changes it may see, so the sequences it gets
+    skip the numbers of others' changes, never one of its own. Who sees what, as
+    GetOrder: a partner (API key) the orders it sold; SUPPORT and ADMIN every
+    order; an ORGANIZER the orders of its events and its own purchases; a
+    CUSTOMER only its own purchases (not a partner's sales to it). event_id
+    (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
+    after_sequence 0 starts at the stream's first change; N continues after N,
+    so a client that reconnects with the last sequence it received gets exactly
+    the changes it missed: no gap, no repeat. Once the changes committed before
+    the call are sent, one OrderChange with caught_up = true says up to which
+    sequence the caller has everything (others' changes included): live changes
+    follow, and it is a resume point like any other. The stream does not end by
+    itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+    with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
+    with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
+    "resume_after_sequence"). after_sequence beyond the stream:
+    FAILED_PRECONDITION SEQUENCE_AHEAD (metadata "last_sequence"). At most
+    TICKETING_MAX_STREAMS streams per server: RESOURCE_EXHAUSTED
+    STREAM_LIMIT_EXCEEDED.
+    The streamed message is OrderChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class BookingServiceAsyncStub(BookingServiceStub):
@@ -234,6 +260,32 @@ class BookingServiceAsyncStub(BookingServiceStub):
     ListHolds: _aio.UnaryUnaryMultiCallable[_booking_pb2.ListHoldsRequest, _booking_pb2.ListHoldsResponse]  # type: ignore[assignment]
     """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
     SUPPORT and ADMIN anyone's and may filter by customer_email.
+    """
+    WatchOrders: _aio.UnaryStreamMultiCallable[_booking_pb2.WatchOrdersRequest, _booking_pb2.OrderChange]  # type: ignore[assignment]
+    """WatchOrders follows order changes live: each order as it is confirmed
+    (BookSeats, ConfirmHold) and as it is refunded (RefundOrder, CancelEvent).
+    One stream for all orders: sequence is global, dense and commit-ordered, and
+    each caller receives only the changes it may see, so the sequences it gets
+    skip the numbers of others' changes, never one of its own. Who sees what, as
+    GetOrder: a partner (API key) the orders it sold; SUPPORT and ADMIN every
+    order; an ORGANIZER the orders of its events and its own purchases; a
+    CUSTOMER only its own purchases (not a partner's sales to it). event_id
+    (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
+    after_sequence 0 starts at the stream's first change; N continues after N,
+    so a client that reconnects with the last sequence it received gets exactly
+    the changes it missed: no gap, no repeat. Once the changes committed before
+    the call are sent, one OrderChange with caught_up = true says up to which
+    sequence the caller has everything (others' changes included): live changes
+    follow, and it is a resume point like any other. The stream does not end by
+    itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+    with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
+    with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
+    "resume_after_sequence"). after_sequence beyond the stream:
+    FAILED_PRECONDITION SEQUENCE_AHEAD (metadata "last_sequence"). At most
+    TICKETING_MAX_STREAMS streams per server: RESOURCE_EXHAUSTED
+    STREAM_LIMIT_EXCEEDED.
+    The streamed message is OrderChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -401,6 +453,38 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_booking_pb2.ListHoldsResponse, _abc.Awaitable[_booking_pb2.ListHoldsResponse]]:
         """ListHolds pages through holds, newest first: a CUSTOMER sees their own;
         SUPPORT and ADMIN anyone's and may filter by customer_email.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchOrders(
+        self,
+        request: _booking_pb2.WatchOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_booking_pb2.OrderChange], _abc.AsyncIterator[_booking_pb2.OrderChange]]:
+        """WatchOrders follows order changes live: each order as it is confirmed
+        (BookSeats, ConfirmHold) and as it is refunded (RefundOrder, CancelEvent).
+        One stream for all orders: sequence is global, dense and commit-ordered, and
+        each caller receives only the changes it may see, so the sequences it gets
+        skip the numbers of others' changes, never one of its own. Who sees what, as
+        GetOrder: a partner (API key) the orders it sold; SUPPORT and ADMIN every
+        order; an ORGANIZER the orders of its events and its own purchases; a
+        CUSTOMER only its own purchases (not a partner's sales to it). event_id
+        (optional) narrows to one event (unknown: NOT_FOUND EVENT_NOT_FOUND).
+        after_sequence 0 starts at the stream's first change; N continues after N,
+        so a client that reconnects with the last sequence it received gets exactly
+        the changes it missed: no gap, no repeat. Once the changes committed before
+        the call are sent, one OrderChange with caught_up = true says up to which
+        sequence the caller has everything (others' changes included): live changes
+        follow, and it is a resume point like any other. The stream does not end by
+        itself. A reader too slow to take changes for TICKETING_STREAM_SEND_TIMEOUT is ended
+        with RESOURCE_EXHAUSTED STREAM_TOO_SLOW; a server shutting down ends streams
+        with UNAVAILABLE SERVER_SHUTTING_DOWN; both say where to resume (metadata
+        "resume_after_sequence"). after_sequence beyond the stream:
+        FAILED_PRECONDITION SEQUENCE_AHEAD (metadata "last_sequence"). At most
+        TICKETING_MAX_STREAMS streams per server: RESOURCE_EXHAUSTED
+        STREAM_LIMIT_EXCEEDED.
+        The streamed message is OrderChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
 def add_BookingServiceServicer_to_server(servicer: BookingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

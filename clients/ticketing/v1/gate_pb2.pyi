@@ -600,6 +600,98 @@ class GateStats(_message.Message):
 Global___GateStats: _TypeAlias = GateStats  # noqa: Y015
 
 @_typing.final
+class WatchGateRequest(_message.Message):
+    """WatchGateRequest says which event's gates to follow, and from where."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event (UUID)."""
+    after_sequence: _builtins.int
+    """0: a snapshot of every gate's counts first, then scans; N: the scans after N."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchGateRequest: _TypeAlias = WatchGateRequest  # noqa: Y015
+
+@_typing.final
+class GateChange(_message.Message):
+    """GateChange is one scan with its gate's counts after it; or, in a snapshot, one
+    gate's counts; or the caught_up marker.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SCAN_ID_FIELD_NUMBER: _builtins.int
+    GATE_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
+    SCAN_TIME_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    INSIDE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the event's gate stream (1, 2, ...); in a snapshot or the
+    caught_up marker, the last scan included.
+    """
+    scan_id: _builtins.str
+    """The kiosk's scan id (empty in a snapshot entry or the marker)."""
+    gate_id: _builtins.str
+    """The gate that scanned, or the gate of a snapshot entry."""
+    result: Global___ValidationResult.ValueType
+    """The scan's result (UNSPECIFIED in a snapshot entry or the marker)."""
+    offline: _builtins.bool
+    """An admission a kiosk made offline and uploaded later."""
+    inside: _builtins.int
+    """People inside through this gate: its admissions (no exit scans exist)."""
+    snapshot: _builtins.bool
+    """A snapshot entry (after_sequence 0): no scan, one gate's counts."""
+    caught_up: _builtins.bool
+    """Not a change: everything up to sequence has been sent; sent once."""
+    @_builtins.property
+    def scan_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was scanned (database clock; the kiosk's for offline scans)."""
+
+    @_builtins.property
+    def gate(self) -> Global___GateStats:
+        """The gate's counts after this scan (or as of sequence, in a snapshot)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        scan_id: _builtins.str = ...,
+        gate_id: _builtins.str = ...,
+        result: Global___ValidationResult.ValueType = ...,
+        offline: _builtins.bool = ...,
+        scan_time: _timestamp_pb2.Timestamp | None = ...,
+        gate: Global___GateStats | None = ...,
+        inside: _builtins.int = ...,
+        snapshot: _builtins.bool = ...,
+        caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "scan_time", b"scan_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gate", b"gate", "gate_id", b"gate_id", "inside", b"inside", "offline", b"offline", "result", b"result", "scan_id", b"scan_id", "scan_time", b"scan_time", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateChange: _TypeAlias = GateChange  # noqa: Y015
+
+@_typing.final
 class GetGateStatsResponse(_message.Message):
     """GetGateStatsResponse holds per-gate and total counts."""
 

@@ -60,6 +60,11 @@ class GateServiceStub:
                 request_serializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsResponse.FromString,
                 _registered_method=True)
+        self.WatchGate = channel.unary_stream(
+                '/ticketing.v1.GateService/WatchGate',
+                request_serializer=ticketing_dot_v1_dot_gate__pb2.WatchGateRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_gate__pb2.GateChange.FromString,
+                _registered_method=True)
         self.GetVerificationKeys = channel.unary_unary(
                 '/ticketing.v1.GateService/GetVerificationKeys',
                 request_serializer=ticketing_dot_v1_dot_gate__pb2.GetVerificationKeysRequest.SerializeToString,
@@ -161,6 +166,32 @@ class GateServiceServicer:
     def GetGateStats(self, request, context):
         """GetGateStats counts admitted and rejected scans per gate of an event, and
         the offline admissions and conflicts among them. Same callers as ListScans.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchGate(self, request, context):
+        """WatchGate follows an event's gates live: every scan as it commits (online
+        or uploaded offline, whatever its result: admitted, rejected, conflict),
+        each with its gate's counts after it (as GetGateStats counts them) and the
+        people inside through that gate (its admissions: there are no exit scans).
+        ADMIN, the event's ORGANIZER, an ENTRY_MANAGER assigned to the event (others:
+        PERMISSION_DENIED NOT_EVENT_OWNER / NOT_EVENT_STAFF; unknown event:
+        NOT_FOUND EVENT_NOT_FOUND).
+        With after_sequence 0 it first sends a snapshot: one entry per gate that has
+        scanned (snapshot = true, no scan), its counts as of sequence; then the
+        scans after it. With N > 0: the scans after N, counts continuing from those
+        at N. Sequences are dense per event and commit-ordered: a client that
+        reconnects with the last sequence it received gets exactly what it missed.
+        Once what committed before the call is sent, one entry with caught_up = true
+        (no scan, no gate) says so. The stream does not end by itself; a reader too
+        slow for TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+        STREAM_TOO_SLOW, a server shutting down ends it with UNAVAILABLE
+        SERVER_SHUTTING_DOWN, both with metadata "resume_after_sequence";
+        after_sequence beyond the stream: FAILED_PRECONDITION SEQUENCE_AHEAD.
+        The streamed message is GateChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +321,11 @@ def add_GateServiceServicer_to_server(servicer, server):
                     servicer.GetGateStats,
                     request_deserializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_gate__pb2.GetGateStatsResponse.SerializeToString,
+            ),
+            'WatchGate': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchGate,
+                    request_deserializer=ticketing_dot_v1_dot_gate__pb2.WatchGateRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_gate__pb2.GateChange.SerializeToString,
             ),
             'GetVerificationKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVerificationKeys,
@@ -429,6 +465,33 @@ class GateService:
             '/ticketing.v1.GateService/GetGateStats',
             ticketing_dot_v1_dot_gate__pb2.GetGateStatsRequest.SerializeToString,
             ticketing_dot_v1_dot_gate__pb2.GetGateStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchGate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ticketing.v1.GateService/WatchGate',
+            ticketing_dot_v1_dot_gate__pb2.WatchGateRequest.SerializeToString,
+            ticketing_dot_v1_dot_gate__pb2.GateChange.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,28 @@ class GateServiceStub:
     """GetGateStats counts admitted and rejected scans per gate of an event, and
     the offline admissions and conflicts among them. Same callers as ListScans.
     """
+    WatchGate: _grpc.UnaryStreamMultiCallable[_gate_pb2.WatchGateRequest, _gate_pb2.GateChange]
+    """WatchGate follows an event's gates live: every scan as it commits (online
+    or uploaded offline, whatever its result: admitted, rejected, conflict),
+    each with its gate's counts after it (as GetGateStats counts them) and the
+    people inside through that gate (its admissions: there are no exit scans).
+    ADMIN, the event's ORGANIZER, an ENTRY_MANAGER assigned to the event (others:
+    PERMISSION_DENIED NOT_EVENT_OWNER / NOT_EVENT_STAFF; unknown event:
+    NOT_FOUND EVENT_NOT_FOUND).
+    With after_sequence 0 it first sends a snapshot: one entry per gate that has
+    scanned (snapshot = true, no scan), its counts as of sequence; then the
+    scans after it. With N > 0: the scans after N, counts continuing from those
+    at N. Sequences are dense per event and commit-ordered: a client that
+    reconnects with the last sequence it received gets exactly what it missed.
+    Once what committed before the call is sent, one entry with caught_up = true
+    (no scan, no gate) says so. The stream does not end by itself; a reader too
+    slow for TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+    STREAM_TOO_SLOW, a server shutting down ends it with UNAVAILABLE
+    SERVER_SHUTTING_DOWN, both with metadata "resume_after_sequence";
+    after_sequence beyond the stream: FAILED_PRECONDITION SEQUENCE_AHEAD.
+    The streamed message is GateChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetVerificationKeys: _grpc.UnaryUnaryMultiCallable[_gate_pb2.GetVerificationKeysRequest, _gate_pb2.GetVerificationKeysResponse]
     """GetVerificationKeys returns what a kiosk needs to admit offline: the
     event's public Ed25519 keys (key ids and validity), its effective scan
@@ -197,6 +219,28 @@ class GateServiceAsyncStub(GateServiceStub):
     GetGateStats: _aio.UnaryUnaryMultiCallable[_gate_pb2.GetGateStatsRequest, _gate_pb2.GetGateStatsResponse]  # type: ignore[assignment]
     """GetGateStats counts admitted and rejected scans per gate of an event, and
     the offline admissions and conflicts among them. Same callers as ListScans.
+    """
+    WatchGate: _aio.UnaryStreamMultiCallable[_gate_pb2.WatchGateRequest, _gate_pb2.GateChange]  # type: ignore[assignment]
+    """WatchGate follows an event's gates live: every scan as it commits (online
+    or uploaded offline, whatever its result: admitted, rejected, conflict),
+    each with its gate's counts after it (as GetGateStats counts them) and the
+    people inside through that gate (its admissions: there are no exit scans).
+    ADMIN, the event's ORGANIZER, an ENTRY_MANAGER assigned to the event (others:
+    PERMISSION_DENIED NOT_EVENT_OWNER / NOT_EVENT_STAFF; unknown event:
+    NOT_FOUND EVENT_NOT_FOUND).
+    With after_sequence 0 it first sends a snapshot: one entry per gate that has
+    scanned (snapshot = true, no scan), its counts as of sequence; then the
+    scans after it. With N > 0: the scans after N, counts continuing from those
+    at N. Sequences are dense per event and commit-ordered: a client that
+    reconnects with the last sequence it received gets exactly what it missed.
+    Once what committed before the call is sent, one entry with caught_up = true
+    (no scan, no gate) says so. The stream does not end by itself; a reader too
+    slow for TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+    STREAM_TOO_SLOW, a server shutting down ends it with UNAVAILABLE
+    SERVER_SHUTTING_DOWN, both with metadata "resume_after_sequence";
+    after_sequence beyond the stream: FAILED_PRECONDITION SEQUENCE_AHEAD.
+    The streamed message is GateChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetVerificationKeys: _aio.UnaryUnaryMultiCallable[_gate_pb2.GetVerificationKeysRequest, _gate_pb2.GetVerificationKeysResponse]  # type: ignore[assignment]
     """GetVerificationKeys returns what a kiosk needs to admit offline: the
@@ -333,6 +377,34 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gate_pb2.GetGateStatsResponse, _abc.Awaitable[_gate_pb2.GetGateStatsResponse]]:
         """GetGateStats counts admitted and rejected scans per gate of an event, and
         the offline admissions and conflicts among them. Same callers as ListScans.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchGate(
+        self,
+        request: _gate_pb2.WatchGateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gate_pb2.GateChange], _abc.AsyncIterator[_gate_pb2.GateChange]]:
+        """WatchGate follows an event's gates live: every scan as it commits (online
+        or uploaded offline, whatever its result: admitted, rejected, conflict),
+        each with its gate's counts after it (as GetGateStats counts them) and the
+        people inside through that gate (its admissions: there are no exit scans).
+        ADMIN, the event's ORGANIZER, an ENTRY_MANAGER assigned to the event (others:
+        PERMISSION_DENIED NOT_EVENT_OWNER / NOT_EVENT_STAFF; unknown event:
+        NOT_FOUND EVENT_NOT_FOUND).
+        With after_sequence 0 it first sends a snapshot: one entry per gate that has
+        scanned (snapshot = true, no scan), its counts as of sequence; then the
+        scans after it. With N > 0: the scans after N, counts continuing from those
+        at N. Sequences are dense per event and commit-ordered: a client that
+        reconnects with the last sequence it received gets exactly what it missed.
+        Once what committed before the call is sent, one entry with caught_up = true
+        (no scan, no gate) says so. The stream does not end by itself; a reader too
+        slow for TICKETING_STREAM_SEND_TIMEOUT is ended with RESOURCE_EXHAUSTED
+        STREAM_TOO_SLOW, a server shutting down ends it with UNAVAILABLE
+        SERVER_SHUTTING_DOWN, both with metadata "resume_after_sequence";
+        after_sequence beyond the stream: FAILED_PRECONDITION SEQUENCE_AHEAD.
+        The streamed message is GateChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod

@@ -108,6 +108,9 @@ POLICY: dict[str, Access] = {
     _BOOKING + "BookSeats": roles(CUSTOMER, ADMIN, PARTNER),
     _BOOKING + "GetOrder": roles(CUSTOMER, SUPPORT, ADMIN, ORGANIZER, PARTNER),
     _BOOKING + "ListOrders": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
+    # Order changes live: each caller sees what GetOrder would show it (ticketd.booking.rules
+    # order_watch_scope): a partner its sales, an organizer its events', a customer its own.
+    _BOOKING + "WatchOrders": roles(CUSTOMER, ORGANIZER, SUPPORT, ADMIN, PARTNER),
     _BOOKING + "RefundOrder": roles(CUSTOMER, SUPPORT, ADMIN, PARTNER),
     # The owner replaces leaked codes; SUPPORT/ADMIN re-send them (they never read codes).
     _BOOKING + "RotateTicketCodes": roles(CUSTOMER, SUPPORT, ADMIN),
@@ -125,6 +128,9 @@ POLICY: dict[str, Access] = {
     _GATE + "ValidateTicket": roles(ENTRY_MANAGER, ADMIN, DEVICE),
     _GATE + "ListScans": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
     _GATE + "GetGateStats": roles(ADMIN, SUPPORT, ENTRY_MANAGER, ORGANIZER),
+    # Live scans and counts: the event's organizer, its assigned staff, ADMIN (gate rules
+    # check_may_read decides the event; SUPPORT reads the log with ListScans instead).
+    _GATE + "WatchGate": roles(ADMIN, ORGANIZER, ENTRY_MANAGER),
     # Offline gates (issue 14): what a kiosk syncs and uploads, for its own event and gate.
     _GATE + "GetVerificationKeys": roles(ENTRY_MANAGER, ADMIN, DEVICE),
     _GATE + "ListRevocations": roles(ENTRY_MANAGER, ADMIN, DEVICE),

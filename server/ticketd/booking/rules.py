@@ -439,3 +439,65 @@ def validate_payment_reference(reference: str) -> str | None:
             "payment_reference", f"at most {MAX_PAYMENT_REFERENCE} characters"
         )
     return cleaned or None
+
+
+# WatchOrders (issue 15): one stream of order changes for all orders, filtered per reader.
+
+
+@dataclass(frozen=True)
+class OrderChangeRecord:
+    """One order change as WatchOrders sends it (the buyer is never named)."""
+
+    sequence: int
+    order_id: uuid.UUID
+    event_id: uuid.UUID
+    status: OrderStatus
+    partner_id: uuid.UUID | None
+    total_minor: int
+    currency_code: str
+    change_time: dt.datetime | None
+    caught_up: bool = False
+    """Not a change: everything up to `sequence` has been sent (see caught_up_at)."""
+
+    @classmethod
+    def caught_up_at(cls, sequence: int) -> OrderChangeRecord:
+        """The marker WatchOrders sends once its backlog is sent: the reader has every
+        change up to `sequence` it may see, and may resume from there."""
+        return cls(
+            sequence=sequence,
+            order_id=uuid.UUID(int=0),
+            event_id=uuid.UUID(int=0),
+            status=OrderStatus.CONFIRMED,
+            partner_id=None,
+            total_minor=0,
+            currency_code="",
+            change_time=None,
+            caught_up=True,
+        )
+
+
+@dataclass(frozen=True)
+class OrderWatchScope:
+    """Whose order changes a reader receives: everyone's, or the union of those set."""
+
+    everyone: bool = False
+    partner_id: uuid.UUID | None = None
+    """A partner's key: the orders it sold."""
+    organizer_id: uuid.UUID | None = None
+    """An ORGANIZER: the orders of its events."""
+    customer_id: uuid.UUID | None = None
+    """Any signed-in user: the orders it bought itself (public channel)."""
+
+
+def order_watch_scope(principal: Principal) -> OrderWatchScope:
+    """What WatchOrders shows a caller, as GetOrder would let it read each order: a
+    partner its own sales only; ADMIN and SUPPORT every order; an ORGANIZER its events'
+    orders; and every user its own purchases (a CUSTOMER sees only those)."""
+    if principal.partner_id is not None:
+        return OrderWatchScope(partner_id=principal.partner_id)
+    if principal.has(Role.ADMIN, Role.SUPPORT):
+        return OrderWatchScope(everyone=True)
+    return OrderWatchScope(
+        organizer_id=principal.user_id if principal.has(Role.ORGANIZER) else None,
+        customer_id=principal.user_id,
+    )

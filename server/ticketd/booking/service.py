@@ -6,13 +6,16 @@ PostgreSQL, and this module decides, step by step, what a sale or a refund may d
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from ticketd.audit import service as audit
 from ticketd.auth.principal import Principal, Role
+from ticketd.booking import order_stream
 from ticketd.booking import repository as repo
 from ticketd.booking.rules import (
     PUBLIC,
@@ -22,6 +25,7 @@ from ticketd.booking.rules import (
     HoldRecord,
     HoldSeatRecord,
     HoldStatus,
+    OrderChangeRecord,
     OrderRecord,
     OrderStatus,
     Selection,
@@ -47,6 +51,7 @@ from ticketd.booking.rules import (
     new_ticket_code,
     not_on_sale,
     order_not_found,
+    order_watch_scope,
     request_fingerprint,
     resolve_hold_ttl,
     validate_selection,
@@ -54,6 +59,7 @@ from ticketd.booking.rules import (
 from ticketd.booking.rules import (
     AllocationRecord as AllocationRecord,  # re-exported: EventService answers with it
 )
+from ticketd.db import outbox
 from ticketd.db.database import Connection, Database
 from ticketd.errors import (
     Aborted,
@@ -64,8 +70,12 @@ from ticketd.errors import (
     PermissionDenied,
     Precondition,
     Reason,
+    Unavailable,
 )
 from ticketd.shared import EndCustomer, event_not_found
+
+# Order changes read from the outbox per query: what an order stream holds in memory at most.
+ORDER_STREAM_PAGE = 500
 
 # Outcomes a concurrent twin of the same request_id can cause; on these we look again for
 # the twin's order before answering.
@@ -162,6 +172,7 @@ class BookingService:
         self._hold_ttl = hold_ttl
         self._hold_max_ttl = hold_max_ttl
         self._end_customers = end_customers
+        self._closing = asyncio.Event()
 
     async def _buyer(self, principal: Principal, on_behalf_of: EndCustomer | None) -> Buyer:
         check_on_behalf_of(principal, on_behalf_of)
@@ -1004,6 +1015,70 @@ class BookingService:
                 partner_id=buyer.partner_id,
                 end_customer=repo.end_customer_of(hold),
             )
+
+    # WatchOrders (issue 15): the order-change outbox (migration 0014), read per caller.
+
+    def stop_streams(self) -> None:
+        """Server shutdown: every order stream ends (SERVER_SHUTTING_DOWN, with where to
+        resume) instead of holding the shutdown for its whole grace period."""
+        self._closing.set()
+
+    async def watch_orders(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID | None,
+        after_sequence: int,
+        *,
+        poll_seconds: float,
+    ) -> AsyncGenerator[list[OrderChangeRecord], None]:
+        """Every order change after `after_sequence` the caller may see (order_watch_scope),
+        optionally of one event, in sequence order, as each commits, for as long as the
+        caller reads. after_sequence 0: from the stream's first change. Once the changes
+        committed before the call are sent, a caught_up marker says up to where."""
+        scope = order_watch_scope(principal)
+        # Numbered first: a resume point is judged against what has committed.
+        await self._db.outbox.catch_up(outbox.ORDERS, outbox.ALL)
+        async with self._db.connection() as conn:
+            if event_id is not None and not await order_stream.event_exists(conn, event_id):
+                raise event_not_found(event_id)
+            last = await order_stream.last_sequence(conn)
+        if after_sequence > last:
+            raise FailedPrecondition(
+                f"after_sequence {after_sequence} is beyond the stream's last change {last}",
+                reason=Reason.SEQUENCE_AHEAD,
+                metadata={"last_sequence": str(last)},
+            )
+
+        async def read(after: int) -> tuple[list[OrderChangeRecord], int, bool]:
+            async with self._db.connection() as conn:
+                return await order_stream.changes_after(
+                    conn, scope, event_id, after, ORDER_STREAM_PAGE
+                )
+
+        pages = self._db.outbox.follow(
+            outbox.ORDERS,
+            outbox.ALL,
+            after_sequence,
+            read,
+            poll_seconds=poll_seconds,
+            closing=self._closing,
+            closed=shutting_down,
+            caught_up=OrderChangeRecord.caught_up_at,
+        )
+        try:
+            async for page in pages:
+                yield page
+        finally:
+            await pages.aclose()
+
+
+def shutting_down(after: int) -> Unavailable:
+    """A stream ended by the server's shutdown, with where its reader resumes."""
+    return Unavailable(
+        "the server is shutting down; reconnect with after_sequence",
+        reason=Reason.SERVER_SHUTTING_DOWN,
+        metadata={"resume_after_sequence": str(after)},
+    )
 
 
 def _new_order(

@@ -10,6 +10,7 @@ from ticketd.booking.rules import (
     BestAvailable,
     HoldRecord,
     HoldStatus,
+    OrderChangeRecord,
     OrderRecord,
     OrderStatus,
     TicketStatus,
@@ -20,6 +21,7 @@ from ticketd.booking.rules import (
 )
 from ticketd.booking.service import BookingService
 from ticketd.edge.convert import optional_time, optional_uuid, parse_uuid, timestamp
+from ticketd.edge.streaming import write_pages
 from ticketd.errors import InvalidArgument
 from ticketd.pagination import (
     PageTokens,
@@ -178,12 +180,56 @@ def order_for(principal: Principal, order: OrderRecord) -> booking_pb2.Order:
     )
 
 
+def order_change_to_proto(change: OrderChangeRecord) -> booking_pb2.OrderChange:
+    """One order change as WatchOrders streams it (never the buyer)."""
+    if change.caught_up:
+        return booking_pb2.OrderChange(sequence=change.sequence, caught_up=True)
+    assert change.change_time is not None
+    return booking_pb2.OrderChange(
+        sequence=change.sequence,
+        order_id=str(change.order_id),
+        event_id=str(change.event_id),
+        status=ORDER_STATUS[change.status],
+        **_channel(change.partner_id),
+        total_minor=change.total_minor,
+        currency_code=change.currency_code,
+        change_time=timestamp(change.change_time),
+    )
+
+
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     """Implements ticketing.v1.BookingService; access rules are in ticketd.auth.policy."""
 
-    def __init__(self, service: BookingService, pages: PageTokens) -> None:
+    def __init__(
+        self,
+        service: BookingService,
+        pages: PageTokens,
+        *,
+        send_timeout: float = 30.0,
+        poll_seconds: float = 2.0,
+    ) -> None:
         self._service = service
         self._pages = pages
+        self._send_timeout = send_timeout
+        self._poll_seconds = poll_seconds
+
+    async def WatchOrders(  # type: ignore[override]
+        self, request: booking_pb2.WatchOrdersRequest, context: Any
+    ) -> None:
+        event_id = optional_uuid(request.event_id, "event_id")
+        pages = self._service.watch_orders(
+            current_principal(),
+            event_id,
+            request.after_sequence,
+            poll_seconds=self._poll_seconds,
+        )
+        await write_pages(
+            context,
+            pages,
+            order_change_to_proto,
+            send_timeout=self._send_timeout,
+            after_sequence=request.after_sequence,
+        )
 
     async def BookSeats(
         self, request: booking_pb2.BookSeatsRequest, context: Any

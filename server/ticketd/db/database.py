@@ -39,6 +39,7 @@ import asyncpg
 
 from ticketd.db import sqlstate
 from ticketd.db.listener import Listener
+from ticketd.db.outbox import Sequencer
 from ticketd.deadline import remaining_seconds
 from ticketd.errors import Reason, Unavailable
 from ticketd.observability import metrics
@@ -68,7 +69,7 @@ class PoolOptions:
     """Most of the pool (in percent, at least one connection) public reads may hold."""
     seat_streams: bool = True
     """Record seat changes for WatchSeats (the connection setting record_seat_changes reads;
-    ticketd passes TICKETING_SEAT_STREAMS, off by default)."""
+    ticketd passes TICKETING_SEAT_STREAMS)."""
 
     @property
     def public_connections(self) -> int:
@@ -125,6 +126,9 @@ class Database:
         self._public = asyncio.Semaphore(self.options.public_connections)
         # Streams' wake-ups: one more connection, opened only while something is watched.
         self.listener = Listener(self.url)
+        # Numbers committed outbox records (ticketd.db.outbox); its background task runs
+        # once started (TicketServer.start).
+        self.outbox = Sequencer(self.connection, self.listener)
 
     @property
     def display_url(self) -> str:
@@ -212,6 +216,8 @@ class Database:
                 async with conn.transaction():
                     await _bound_waits(conn, remaining_seconds(), self.options.lock_timeout_ms)
                     yield conn
+                # Committed: it may have recorded outbox changes for the sequencer to number.
+                self.outbox.poke()
             finally:
                 metrics.DB_TRANSACTION.observe(time.perf_counter() - started)
 
@@ -243,6 +249,7 @@ class Database:
             await self._pool.expire_connections()
 
     async def dispose(self) -> None:
+        await self.outbox.stop()
         await self.listener.close()
         if self._ping_conn is not None:
             self._ping_conn.terminate()

@@ -1,8 +1,9 @@
 """LISTEN/NOTIFY wake-ups for streaming readers, on one connection of its own.
 
-Writers NOTIFY a channel with a key (record_seat_changes: `ticketing_seat_changes`, the
-event id) when they commit. Readers `subscribe(channel, key)` and wait on the Event they get:
-it is set when a notification for their key arrives, and they read the outbox themselves. A
+Sequencers NOTIFY a channel with a key (ticketd.db.outbox: `ticketing_outbox`, the
+stream's topic `<stream>:<key>`) when they commit numbers. Readers `subscribe(channel,
+key)` and wait on the Event they get: it is set when a notification for their key
+arrives, and they read the outbox themselves. A
 notification is only a hint: it may be lost (the listening connection dropped, PostgreSQL
 restarted), so readers also wake on a timeout and poll; nothing is delivered through the
 notification itself, so losing one can delay a change but never lose it.

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from ticketd.db import outbox
 from ticketd.db.database import Connection
 from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
@@ -408,31 +409,35 @@ async def list_staff(
 async def seat_snapshot(
     conn: Connection, event_id: uuid.UUID
 ) -> tuple[int, dt.datetime, list[Any]] | None:
-    """(last change number, read time, every seat's (id, section_id, status)) in ONE
-    statement, so the map is exactly the state after that change; None: no such event."""
-    rows = await conn.fetch(
-        f"""
-        SELECT s.id, s.section_id, {_SEAT_STATUS} AS status,
-               coalesce((SELECT last_sequence FROM seat_streams WHERE event_id = $1), 0)
-                   AS sequence,
-               clock_timestamp() AS read_time
-        FROM seats s WHERE s.event_id = $1 ORDER BY s.id
-        """,
-        event_id,
-    )
+    """(last change number, read time, every seat's (id, section_id, status)), the map
+    exactly the state after that change; None: no such event.
+
+    The event's counter row is locked first (no other sequencer of this stream runs until
+    this transaction ends), then ONE statement numbers every change committed by now and
+    reads the seats, in one snapshot: the map holds exactly the changes numbered up to the
+    sequence it reports, none after."""
+    ctes, last = outbox.numbering_ctes(outbox.SEATS)
+    async with conn.transaction():
+        await outbox.lock(conn, outbox.SEATS, event_id)
+        rows = await conn.fetch(
+            f"""
+            WITH {ctes}
+            SELECT s.id, s.section_id, {_SEAT_STATUS} AS status, {last} AS sequence,
+                   clock_timestamp() AS read_time
+            FROM seats s WHERE s.event_id = $1 ORDER BY s.id
+            """,
+            event_id,
+        )
     if not rows:
         return None
     return rows[0]["sequence"], rows[0]["read_time"], list(rows)
 
 
 async def last_seat_change(conn: Connection, event_id: uuid.UUID) -> int | None:
-    """The event's last change number (0: none yet); None: no such event."""
-    row = await conn.fetchrow(
-        "SELECT coalesce(ss.last_sequence, 0) AS n FROM events e "
-        "LEFT JOIN seat_streams ss ON ss.event_id = e.id WHERE e.id = $1",
-        event_id,
-    )
-    return None if row is None else int(row["n"])
+    """The event's last numbered change (0: none yet); None: no such event."""
+    if not await event_exists(conn, event_id):
+        return None
+    return await outbox.last_sequence(conn, outbox.SEATS, event_id)
 
 
 async def seat_changes_after(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncGenerator
@@ -13,6 +12,7 @@ from ticketd.accounts.service import AccountService
 from ticketd.audit import service as audit
 from ticketd.auth.principal import Principal
 from ticketd.booking.service import AllocationRecord, BookingService
+from ticketd.db import outbox
 from ticketd.db.database import Budget, Connection, Database
 from ticketd.errors import (
     Aborted,
@@ -55,8 +55,6 @@ from ticketd.venues.service import VenueService
 
 # Defaults when the caller passes none: what ticketd.config documents.
 DEFAULT_QUOTAS = EventQuotas(places_per_event=200_000, live_events=100)
-# NOTIFY channel of record_seat_changes (migration 0013); the payload is the event id.
-SEAT_CHANGES_CHANNEL = "ticketing_seat_changes"
 # Changes read from the outbox per query: what a stream holds in memory at most.
 STREAM_PAGE = 500
 
@@ -123,66 +121,66 @@ class EventService:
         """The seat stream of an event, page by page: with `after_sequence` 0 a snapshot
         first (every seat as of one change number), then every committed change after it,
         in order, for as long as the caller reads. Each page is read from the outbox when
-        a NOTIFY says the event changed, or every `poll_seconds` in case one was lost."""
-        listener = self._db.listener
-        with listener.subscribe(SEAT_CHANGES_CHANNEL, str(event_id)) as wake:
-            await listener.ensure_listening(SEAT_CHANGES_CHANNEL)
-            after = after_sequence
-            if after == 0:
-                async with self._db.connection(Budget.PUBLIC) as conn:
-                    snap = await repo.seat_snapshot(conn, event_id)
-                if snap is None:
-                    raise event_not_found(event_id)
-                after, read_time, rows = snap
-                for start in range(0, len(rows), STREAM_PAGE):
-                    page = rows[start : start + STREAM_PAGE]
-                    yield [
-                        SeatChangeRecord(
-                            sequence=after,
-                            seat_id=r["id"],
-                            section_id=r["section_id"],
-                            status=SeatStatus(r["status"]),
-                            change_time=read_time,
-                            snapshot=True,
-                            snapshot_complete=start + i == len(rows) - 1,
-                        )
-                        for i, r in enumerate(page)
-                    ]
-            else:
-                async with self._db.connection(Budget.PUBLIC) as conn:
-                    last = await repo.last_seat_change(conn, event_id)
-                if last is None:
-                    raise event_not_found(event_id)
-                if after > last:
-                    raise FailedPrecondition(
-                        f"after_sequence {after} is beyond the stream's last change {last}",
-                        reason=Reason.SEQUENCE_AHEAD,
-                        metadata={"last_sequence": str(last)},
+        a NOTIFY says the event changed, or every `poll_seconds` in case one was lost;
+        before each read the stream is sequenced (ticketd.db.outbox), so what committed
+        before the wake-up is numbered and read now, whoever else sequences."""
+        after = after_sequence
+        if after == 0:
+            async with self._db.connection(Budget.PUBLIC) as conn:
+                snap = await repo.seat_snapshot(conn, event_id)
+            if snap is None:
+                raise event_not_found(event_id)
+            after, read_time, rows = snap
+            for start in range(0, len(rows), STREAM_PAGE):
+                page = rows[start : start + STREAM_PAGE]
+                yield [
+                    SeatChangeRecord(
+                        sequence=after,
+                        seat_id=r["id"],
+                        section_id=r["section_id"],
+                        status=SeatStatus(r["status"]),
+                        change_time=read_time,
+                        snapshot=True,
+                        snapshot_complete=start + i == len(rows) - 1,
                     )
-            while True:
-                if self._closing.is_set():
-                    raise shutting_down(after)
-                # Cleared before the read: a NOTIFY that lands during it makes us read again.
-                wake.clear()
-                async with self._db.connection(Budget.PUBLIC) as conn:
-                    changes = await repo.seat_changes_after(conn, event_id, after, STREAM_PAGE)
-                if changes:
-                    yield changes
-                    after = changes[-1].sequence
-                    if len(changes) == STREAM_PAGE:
-                        continue
-                await listener.ensure_listening(SEAT_CHANGES_CHANNEL)
-                closing = asyncio.ensure_future(self._closing.wait())
-                woken = asyncio.ensure_future(wake.wait())
-                try:
-                    await asyncio.wait(
-                        (woken, closing), timeout=poll_seconds, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for task in (woken, closing):
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                    for i, r in enumerate(page)
+                ]
+        else:
+            # Numbered first: a resume point is judged against what has committed.
+            await self._db.outbox.catch_up(outbox.SEATS, event_id)
+            async with self._db.connection(Budget.PUBLIC) as conn:
+                last = await repo.last_seat_change(conn, event_id)
+            if last is None:
+                raise event_not_found(event_id)
+            if after > last:
+                raise FailedPrecondition(
+                    f"after_sequence {after} is beyond the stream's last change {last}",
+                    reason=Reason.SEQUENCE_AHEAD,
+                    metadata={"last_sequence": str(last)},
+                )
+
+        async def read(start: int) -> tuple[list[SeatChangeRecord], int, bool]:
+            async with self._db.connection(Budget.PUBLIC) as conn:
+                changes = await repo.seat_changes_after(conn, event_id, start, STREAM_PAGE)
+            upto = changes[-1].sequence if changes else start
+            return changes, upto, len(changes) == STREAM_PAGE
+
+        # What committed after the snapshot (or after N) is read by the first read: the
+        # subscription starts before it, so nothing falls between.
+        pages = self._db.outbox.follow(
+            outbox.SEATS,
+            event_id,
+            after,
+            read,
+            poll_seconds=poll_seconds,
+            closing=self._closing,
+            closed=shutting_down,
+        )
+        try:
+            async for changes in pages:
+                yield changes
+        finally:
+            await pages.aclose()
 
     async def create(
         self, principal: Principal, spec: EventSpec, request_id: uuid.UUID | None = None

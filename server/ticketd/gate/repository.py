@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ticketd.db import outbox
 from ticketd.db.database import Connection as Conn
 from ticketd.db.params import Params
 from ticketd.db.records import record_from_row
@@ -463,3 +464,58 @@ async def plain_code(conn: Conn, fields: SignedFields) -> str | None:
         fields.code_tag,
     )
     return value
+
+
+# --- WatchGate: the gate-change outbox (migration 0014) -----------------------------------
+
+_GATE_AGGREGATE = (
+    "SELECT gate_id, result, offline, count(*) AS n, max(scan_time) AS last FROM gate_changes "
+)
+
+
+async def gate_snapshot(conn: Conn, event_id: uuid.UUID) -> tuple[int, list[Any]]:
+    """(sequence, per-gate counts rows as of it): the stream's counter row locked, then ONE
+    statement numbers what committed and aggregates every change visible to it, so the
+    counts are exactly those of the changes up to that sequence."""
+    ctes, last = outbox.numbering_ctes(outbox.GATES)
+    async with conn.transaction():
+        await outbox.lock(conn, outbox.GATES, event_id)
+        rows = await conn.fetch(
+            f"""
+            WITH {ctes}, agg AS (
+                {_GATE_AGGREGATE} WHERE event_id = $1 GROUP BY gate_id, result, offline
+            )
+            SELECT {last} AS sequence, agg.* FROM (SELECT 1) one LEFT JOIN agg ON true
+            ORDER BY agg.gate_id
+            """,
+            event_id,
+        )
+    return int(rows[0]["sequence"]), [r for r in rows if r["gate_id"] is not None]
+
+
+async def gate_counts_at(conn: Conn, event_id: uuid.UUID, sequence: int) -> list[Any]:
+    """Per-gate counts rows of the changes numbered up to `sequence`."""
+    rows: list[Any] = await conn.fetch(
+        _GATE_AGGREGATE
+        + "WHERE event_id = $1 AND sequence <= $2 GROUP BY gate_id, result, offline",
+        event_id,
+        sequence,
+    )
+    return rows
+
+
+async def last_gate_change(conn: Conn, event_id: uuid.UUID) -> int:
+    """The event's last numbered gate change (0: none yet)."""
+    return await outbox.last_sequence(conn, outbox.GATES, event_id)
+
+
+async def gate_changes_after(conn: Conn, event_id: uuid.UUID, after: int, limit: int) -> list[Any]:
+    """The event's gate changes numbered after `after`, in order, at most `limit`."""
+    rows: list[Any] = await conn.fetch(
+        "SELECT sequence, scan_id, gate_id, result, offline, scan_time FROM gate_changes "
+        "WHERE event_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        event_id,
+        after,
+        limit,
+    )
+    return rows

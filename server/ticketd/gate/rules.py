@@ -8,6 +8,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.errors import FieldViolation, InvalidArgument, PermissionDenied, Reason
@@ -129,6 +130,12 @@ class GateCounts:
     @property
     def conflicts(self) -> int:
         return self.by_result.get(ScanResult.CONFLICT, 0)
+
+    @property
+    def inside(self) -> int:
+        """People inside through this gate: its admissions (there are no exit scans; with
+        them it would be admissions minus exits)."""
+        return self.admitted
 
     @property
     def rejected(self) -> int:
@@ -330,3 +337,58 @@ def judge_offline(
     if status == "USED":
         return ScanResult.CONFLICT
     return ScanResult.ADMITTED
+
+
+# WatchGate (issue 15): the event's scans as a stream, each with its gate's counts after it.
+
+
+@dataclass(frozen=True)
+class GateChangeRecord:
+    """One scan of the event's gate stream with its gate's counts after it; in a snapshot
+    (no scan), a gate's counts as of `sequence`; `caught_up`: neither, only a marker that
+    everything up to `sequence` has been sent."""
+
+    sequence: int
+    gate: GateCounts | None
+    scan_id: uuid.UUID | None = None
+    result: ScanResult | None = None
+    offline: bool = False
+    scan_time: dt.datetime | None = None
+    snapshot: bool = False
+    caught_up: bool = False
+
+
+def counted(
+    gates: dict[str, GateCounts],
+    gate_id: str,
+    result: ScanResult,
+    offline: bool,
+    scan_time: dt.datetime,
+) -> GateCounts:
+    """`gates` with one more scan at `gate_id` (updated in place); the gate's new counts."""
+    old = gates.get(gate_id)
+    by_result = dict(old.by_result) if old else {}
+    by_result[result] = by_result.get(result, 0) + 1
+    offline_by = dict(old.offline_by_result) if old else {}
+    if offline:
+        offline_by[result] = offline_by.get(result, 0) + 1
+    last = scan_time if old is None or scan_time > old.last_scan_time else old.last_scan_time
+    new = GateCounts(gate_id, by_result, last, offline_by)
+    gates[gate_id] = new
+    return new
+
+
+def counts_from_rows(rows: list[Any]) -> dict[str, GateCounts]:
+    """Per-gate counts from rows of (gate_id, result, offline, n, last)."""
+    gates: dict[str, GateCounts] = {}
+    for r in rows:
+        old = gates.get(r["gate_id"])
+        result = ScanResult(r["result"])
+        by_result = dict(old.by_result) if old else {}
+        by_result[result] = by_result.get(result, 0) + r["n"]
+        offline_by = dict(old.offline_by_result) if old else {}
+        if r["offline"]:
+            offline_by[result] = offline_by.get(result, 0) + r["n"]
+        last = r["last"] if old is None or r["last"] > old.last_scan_time else old.last_scan_time
+        gates[r["gate_id"]] = GateCounts(r["gate_id"], by_result, last, offline_by)
+    return gates

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import AsyncGenerator
 
 from ticketd.auth.principal import Principal, Role
+from ticketd.db import outbox
 from ticketd.db.database import Connection, Database
-from ticketd.errors import InvalidArgument, NotFound, Reason
+from ticketd.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable
 from ticketd.gate import repository as repo
 from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.rules import (
     FUTURE_DETAIL,
     WINDOW_REFUSALS,
+    GateChangeRecord,
     GateCounts,
     OfflineOutcome,
     OfflineResult,
@@ -27,6 +31,8 @@ from ticketd.gate.rules import (
     check_may_scan,
     check_may_sync,
     classify_unburned,
+    counted,
+    counts_from_rows,
     detail_of,
     judge_offline,
     offline_result_of,
@@ -36,6 +42,18 @@ from ticketd.gate.rules import (
 from ticketd.gate.signing.rules import is_signed_form
 from ticketd.gate.signing.service import SigningService
 from ticketd.shared import ScanWindowDefaults, event_not_found
+
+# Gate changes read from the outbox per query: what a gate stream holds in memory at most.
+GATE_STREAM_PAGE = 500
+
+
+def shutting_down(after: int) -> Unavailable:
+    """A stream ended by the server's shutdown, with where its reader resumes."""
+    return Unavailable(
+        "the server is shutting down; reconnect with after_sequence",
+        reason=Reason.SERVER_SHUTTING_DOWN,
+        metadata={"resume_after_sequence": str(after)},
+    )
 
 
 class _TwinLoggedFirst(Exception):
@@ -62,6 +80,84 @@ class GateService:
         # enumerate, not the only wall.
         self._limiter = limiter
         self._window = window
+        self._closing = asyncio.Event()
+
+    def stop_streams(self) -> None:
+        """Server shutdown: every gate stream ends (SERVER_SHUTTING_DOWN, with where to
+        resume) instead of holding the shutdown for its whole grace period."""
+        self._closing.set()
+
+    async def watch_gate(
+        self,
+        principal: Principal,
+        event_id: uuid.UUID,
+        after_sequence: int,
+        *,
+        poll_seconds: float,
+    ) -> AsyncGenerator[list[GateChangeRecord], None]:
+        """The event's scans as they commit, each with its gate's counts after it (who may:
+        check_may_read). after_sequence 0: first every gate's counts as of one sequence
+        (snapshot), then the scans after it; N: the scans after N, counts continuing from
+        those at N. Then a caught_up marker once what committed before the call is sent."""
+        async with self._db.connection() as conn:
+            await self._check_read(conn, principal, event_id)
+            if after_sequence == 0:
+                after, rows = await repo.gate_snapshot(conn, event_id)
+            else:
+                # Numbered first: a resume point is judged against what has committed.
+                await self._db.outbox.catch_up(outbox.GATES, event_id)
+                last = await repo.last_gate_change(conn, event_id)
+                if after_sequence > last:
+                    raise FailedPrecondition(
+                        f"after_sequence {after_sequence} is beyond the stream's last change "
+                        f"{last}",
+                        reason=Reason.SEQUENCE_AHEAD,
+                        metadata={"last_sequence": str(last)},
+                    )
+                after = after_sequence
+                rows = await repo.gate_counts_at(conn, event_id, after)
+        gates = counts_from_rows(rows)
+        if after_sequence == 0 and gates:
+            yield [
+                GateChangeRecord(sequence=after, gate=g, snapshot=True)
+                for g in sorted(gates.values(), key=lambda g: g.gate_id)
+            ]
+
+        async def read(start: int) -> tuple[list[GateChangeRecord], int, bool]:
+            async with self._db.connection() as conn:
+                changes = await repo.gate_changes_after(conn, event_id, start, GATE_STREAM_PAGE)
+            records = []
+            for r in changes:
+                result = ScanResult(r["result"])
+                gate = counted(gates, r["gate_id"], result, r["offline"], r["scan_time"])
+                records.append(
+                    GateChangeRecord(
+                        sequence=r["sequence"],
+                        gate=gate,
+                        scan_id=r["scan_id"],
+                        result=result,
+                        offline=r["offline"],
+                        scan_time=r["scan_time"],
+                    )
+                )
+            upto = records[-1].sequence if records else start
+            return records, upto, len(records) == GATE_STREAM_PAGE
+
+        pages = self._db.outbox.follow(
+            outbox.GATES,
+            event_id,
+            after,
+            read,
+            poll_seconds=poll_seconds,
+            closing=self._closing,
+            closed=shutting_down,
+            caught_up=lambda at: GateChangeRecord(sequence=at, gate=None, caught_up=True),
+        )
+        try:
+            async for page in pages:
+                yield page
+        finally:
+            await pages.aclose()
 
     def admit_rate(self, principal: Principal, event_id: uuid.UUID, gate_id: str) -> None:
         """RESOURCE_EXHAUSTED (with RetryInfo) when this caller or gate must slow down."""

@@ -7,10 +7,13 @@ from typing import Any
 
 from ticketd.auth.principal import current_principal
 from ticketd.edge.convert import parse_uuid, timestamp
+from ticketd.edge.streaming import write_pages
 from ticketd.errors import InvalidArgument
 from ticketd.gate.devices.rules import DeviceRecord, DeviceState
 from ticketd.gate.devices.service import DeviceService
 from ticketd.gate.rules import (
+    GateChangeRecord,
+    GateCounts,
     OfflineOutcome,
     OfflineResult,
     OfflineScanInput,
@@ -148,6 +151,41 @@ def scan_to_proto(s: ScanRecord) -> gate_pb2.Scan:
     return msg
 
 
+def gate_stats_to_proto(g: GateCounts) -> gate_pb2.GateStats:
+    """One gate's counts, as GetGateStats and WatchGate show them."""
+    return gate_pb2.GateStats(
+        gate_id=g.gate_id,
+        admitted=g.admitted,
+        rejected=g.rejected,
+        offline_admitted=g.offline_admitted,
+        conflicts=g.conflicts,
+        last_scan_time=timestamp(g.last_scan_time),
+        by_result=[
+            gate_pb2.ResultCount(result=RESULT_TO_PROTO[r], count=n)
+            for r, n in sorted(g.by_result.items(), key=lambda kv: kv[0].value)
+        ],
+    )
+
+
+def gate_change_to_proto(c: GateChangeRecord) -> gate_pb2.GateChange:
+    """One entry of WatchGate: a scan and its gate's counts, a snapshot entry, or the
+    caught_up marker."""
+    msg = gate_pb2.GateChange(
+        sequence=c.sequence, offline=c.offline, snapshot=c.snapshot, caught_up=c.caught_up
+    )
+    if c.gate is not None:
+        msg.gate_id = c.gate.gate_id
+        msg.gate.CopyFrom(gate_stats_to_proto(c.gate))
+        msg.inside = c.gate.inside
+    if c.scan_id is not None:
+        msg.scan_id = str(c.scan_id)
+    if c.result is not None:
+        msg.result = RESULT_TO_PROTO[c.result]
+    if c.scan_time is not None:
+        msg.scan_time.CopyFrom(timestamp(c.scan_time))
+    return msg
+
+
 class GateServicer(gate_pb2_grpc.GateServiceServicer):
     """Implements ticketing.v1.GateService; access rules are in ticketd.auth.policy."""
 
@@ -157,11 +195,31 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         signing: SigningService,
         devices: DeviceService,
         pages: PageTokens,
+        *,
+        send_timeout: float = 30.0,
+        poll_seconds: float = 2.0,
     ) -> None:
         self._service = service
         self._signing = signing
         self._devices = devices
         self._pages = pages
+        self._send_timeout = send_timeout
+        self._poll_seconds = poll_seconds
+
+    async def WatchGate(  # type: ignore[override]
+        self, request: gate_pb2.WatchGateRequest, context: Any
+    ) -> None:
+        event_id = parse_uuid(request.event_id, "event_id")
+        pages = self._service.watch_gate(
+            current_principal(), event_id, request.after_sequence, poll_seconds=self._poll_seconds
+        )
+        await write_pages(
+            context,
+            pages,
+            gate_change_to_proto,
+            send_timeout=self._send_timeout,
+            after_sequence=request.after_sequence,
+        )
 
     async def ValidateTicket(
         self, request: gate_pb2.ValidateTicketRequest, context: Any
@@ -214,21 +272,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             current_principal(), parse_uuid(request.event_id, "event_id")
         )
         return gate_pb2.GetGateStatsResponse(
-            gates=[
-                gate_pb2.GateStats(
-                    gate_id=g.gate_id,
-                    admitted=g.admitted,
-                    rejected=g.rejected,
-                    offline_admitted=g.offline_admitted,
-                    conflicts=g.conflicts,
-                    last_scan_time=timestamp(g.last_scan_time),
-                    by_result=[
-                        gate_pb2.ResultCount(result=RESULT_TO_PROTO[r], count=n)
-                        for r, n in sorted(g.by_result.items(), key=lambda kv: kv[0].value)
-                    ],
-                )
-                for g in gates
-            ],
+            gates=[gate_stats_to_proto(g) for g in gates],
             total_admitted=sum(g.admitted for g in gates),
             total_rejected=sum(g.rejected for g in gates),
             tickets_outstanding=outstanding,

@@ -22,7 +22,7 @@
   by id, and each filter reads its index backwards from the page token's position.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from alembic import op
 from ticketd.db.migrations.sqlscript import run_script
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,54 @@
+"""Writing a server stream's pages to its reader, each write bounded in time.
+
+A servicer writes with `context.write` rather than as a generator, so that each write can be
+bounded in time (a generator's yield gives the send to grpc, out of our reach). The wait for
+the reader is what bounds a stream's memory: one page read from the outbox plus what HTTP/2
+flow control lets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Protocol, TypeVar
+
+from ticketd.errors import Reason, ResourceExhausted
+
+
+class Sequenced(Protocol):
+    """A streamed record: its position in the stream."""
+
+    @property
+    def sequence(self) -> int: ...
+
+
+R = TypeVar("R", bound=Sequenced)
+
+
+async def write_pages(
+    context: Any,
+    pages: AsyncGenerator[list[R], None],
+    to_proto: Callable[[R], Any],
+    *,
+    send_timeout: float,
+    after_sequence: int,
+) -> None:
+    """Send every record of every page, in order; a reader that takes none for
+    `send_timeout` seconds ends the stream with RESOURCE_EXHAUSTED STREAM_TOO_SLOW and the
+    last sequence it received (metadata `resume_after_sequence`)."""
+    delivered = after_sequence
+    try:
+        async for page in pages:
+            for record in page:
+                try:
+                    await asyncio.wait_for(context.write(to_proto(record)), send_timeout)
+                except TimeoutError:
+                    raise ResourceExhausted(
+                        f"the reader took no change for {send_timeout:g} s; "
+                        "reconnect with after_sequence",
+                        reason=Reason.STREAM_TOO_SLOW,
+                        metadata={"resume_after_sequence": str(delivered)},
+                    ) from None
+                delivered = record.sequence
+    finally:
+        await pages.aclose()
