@@ -39,6 +39,7 @@ from ticketd.db.database import Connection as Conn
 from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
 from ticketd.db.records import record_from_row
+from ticketd.observability import metrics
 from ticketd.shared import EndCustomer
 
 
@@ -340,6 +341,186 @@ async def insert_order(
         # Unreachable while the seats are locked by us; refuse rather than half-write.
         raise RuntimeError(f"order {order_id}: sold {row['sold']}, issued {row['issued']}")
     return OrderWrite(on_sale=True, create_time=row["create_time"])
+
+
+# The sale in ONE statement (issue 16). BookSeats used to be BEGIN; the event; the seats;
+# the write; COMMIT: five round trips, each costing the server its Python, a socket write and
+# a wake-up, and PostgreSQL a statement cycle. Here the same locks, in the same order, and the
+# same checks are one statement that runs as its own transaction (autocommit): it writes only
+# when every rule holds, and otherwise returns what the service needs to say why.
+#   ev      the event's sale terms under KEY SHARE (a cancel waits for us, and we for it), and
+#           any order the caller already made with this request_id;
+#   go      whether seats may be locked at all: no earlier order, on sale, within the
+#           per-order limit, no per-customer cap (a capped event takes the transaction path:
+#           its count must see every commit made before its advisory lock, which a single
+#           statement's snapshot cannot), and (best available) a section of this event;
+#   locked  the seats, locked in id order (specific) or SKIP LOCKED (best available), `free`
+#           judged on the locked row version; a one-time filter on `go`, so the event lock
+#           is taken (and a cancel waited for) before the first seat lock;
+#   clock   read once every seat lock is ours: a lock wait may have carried the call past
+#           the start, and create_time is this instant ("has it started?" is judged on it;
+#           start_time never changes after creation, so the locked event row's copy is it);
+#   sale    one row iff every check holds; the write below happens only then.
+# The write is the one of insert_order (order, seats SOLD, tickets, seat-change record).
+def _sale_statement(locked: str, quantity: str, go_extra: str = "") -> str:
+    return f"""
+    WITH ev AS MATERIALIZED (
+        SELECT {_SALE_TERMS}, e.start_time AS sale_start_time,
+               o.id AS existing_id, o.request_hash AS existing_hash
+        FROM events e {_SECTIONS_OF_E}
+        LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
+        WHERE e.id = $1
+        FOR KEY SHARE OF e
+    ), go AS MATERIALIZED (
+        SELECT 1 FROM ev
+        WHERE ev.existing_id IS NULL AND NOT ev.cancelled AND NOT ev.started
+          AND ev.max_tickets_per_customer IS NULL AND {quantity} <= ev.max_tickets_per_order
+          {go_extra}
+    ), locked AS MATERIALIZED (
+        {locked}
+    ), clock AS MATERIALIZED (
+        SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM locked) AS every_lock_ours
+    ), sale AS MATERIALIZED (
+        SELECT clock.t FROM ev, clock
+        WHERE EXISTS (SELECT 1 FROM go) AND ev.sale_start_time > clock.t
+          AND (SELECT count(*) FILTER (WHERE free) FROM locked) = {quantity}
+    ), o AS (
+        INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
+                            total_minor, currency_code, ticket_count, create_time,
+                            payment_reference, partner_id)
+        SELECT $4, $1, $2, $3, $5, 'CONFIRMED', (SELECT sum(price_minor) FROM locked),
+               ev.sale_currency_code, {quantity}, sale.t, NULL, $6
+        FROM sale, ev
+        ON CONFLICT (customer_id, request_id) DO NOTHING
+        RETURNING id, create_time
+    ), s AS (
+        UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND EXISTS (SELECT 1 FROM o)
+        RETURNING id
+    ), t AS (
+        INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
+        SELECT u.tid, o.id, $1, l.id, u.code, 'VALID', l.price_minor
+        FROM o, (SELECT id, price_minor, row_number() OVER (ORDER BY id) AS n FROM locked) l
+        JOIN unnest($7::uuid[], $8::text[]) WITH ORDINALITY AS u(tid, code, n) ON u.n = l.n
+        RETURNING 1
+    ), changes AS (
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
+    )
+    SELECT ev.*, (SELECT t FROM sale) AS sale_time, (SELECT create_time FROM o) AS create_time,
+           (SELECT count(*) FROM s) AS sold, (SELECT count(*) FROM t) AS issued,
+           (SELECT n FROM changes) AS recorded,
+           l.id, l.status, l.hold_id, l.free, l.price_minor, l.section_id, l.row_label,
+           l.seat_number, l.seat_label
+    FROM ev LEFT JOIN locked l ON TRUE
+    ORDER BY l.id
+    """
+
+
+# $9 the seat ids, $10/$11 the caller's channel (partner id, public pool).
+_SELL_SPECIFIC = _sale_statement(
+    f"SELECT {_seat_columns('$10', '$11')} FROM seats s "
+    "WHERE s.id = ANY($9::bigint[]) AND s.event_id = $1 AND EXISTS (SELECT 1 FROM go) "
+    "ORDER BY s.id FOR UPDATE",
+    "cardinality($9::bigint[])",
+)
+
+
+def _sell_best(partner_first: bool) -> str:
+    # $9 the section, $10/$11 the channel, $12 the quantity; as claim_best_available.
+    order = "s.ordinal"
+    if partner_first:
+        order = "(s.allocation_partner_id = $10 AND allocation_open(s.allocated_until)) "
+        order += "IS TRUE DESC, s.ordinal"
+    return _sale_statement(
+        f"SELECT {_seat_columns('$10', '$11')} FROM seats s "
+        "WHERE s.event_id = $1 AND s.section_id = $9 AND s.status <> 'SOLD' "
+        f"AND {_free_for('$10', '$11')} AND EXISTS (SELECT 1 FROM go) "
+        f"ORDER BY {order} LIMIT $12 FOR UPDATE SKIP LOCKED",
+        "$12::int",
+        "AND $9 = ANY(ev.section_ids)",
+    )
+
+
+_SELL_BEST = {False: _sell_best(False), True: _sell_best(True)}
+
+
+@dataclass(frozen=True)
+class Sale:
+    """What the sale's one statement saw and did. `event` None: no such event. `seats`: the
+    places it locked, in id order (none when it locked none), with `free` judged for the
+    caller's channel. `written`: the order was committed; `sale_time` None with every check
+    passed means the event started during the lock waits; `create_time` None with a
+    `sale_time` means the caller's request_id was committed by a concurrent call first."""
+
+    event: EventForSale | None
+    seats: list[Any]
+    sale_time: dt.datetime | None
+    create_time: dt.datetime | None
+
+    @property
+    def written(self) -> bool:
+        return self.create_time is not None
+
+
+async def sell(
+    conn: Conn,
+    *,
+    event_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    request_id: uuid.UUID,
+    request_hash: str,
+    order_id: uuid.UUID,
+    partner_id: uuid.UUID | None,
+    seat_ids: Sequence[int] | None,
+    best_available: tuple[uuid.UUID, int] | None,
+    ticket_ids: Sequence[uuid.UUID],
+    codes: Sequence[str],
+    channel: Channel = PUBLIC,
+) -> Sale:
+    """BookSeats in ONE statement, its own transaction (see _sale_statement): locks, checks
+    and, only when every check holds, the write. Exactly one of `seat_ids` (locked in id
+    order, waiting at most lock_timeout) and `best_available` (section, quantity: SKIP
+    LOCKED) is given; `ticket_ids` and `codes` are as many as the places asked for, given to
+    the seats in id order."""
+    common = (event_id, customer_id, request_id, order_id, request_hash, partner_id)
+    tickets = (list(ticket_ids), list(codes))
+    try:
+        with metrics.lock_wait("sale"):
+            if seat_ids is not None:
+                rows = await conn.fetch(
+                    _SELL_SPECIFIC,
+                    *common,
+                    *tickets,
+                    list(seat_ids),
+                    channel.partner_id,
+                    channel.public_pool,
+                )
+            else:
+                assert best_available is not None
+                section_id, quantity = best_available
+                rows = await conn.fetch(
+                    _SELL_BEST[channel.partner_id is not None],
+                    *common,
+                    *tickets,
+                    section_id,
+                    channel.partner_id,
+                    channel.public_pool,
+                    quantity,
+                )
+    except asyncpg.LockNotAvailableError:
+        # The seats' locks (or, rarely, the event's, held by a cancel): retry either way.
+        raise seat_locked() from None
+    if not rows:
+        return Sale(None, [], None, None)
+    first = rows[0]
+    seats = [r for r in rows if r["id"] is not None]
+    if first["create_time"] is not None and (
+        first["sold"] != len(seats) or first["issued"] != len(seats)
+    ):
+        # Unreachable: the write marks and tickets exactly the seats it locked (and the
+        # unique live-ticket index refuses any double sale inside the statement).
+        raise RuntimeError(f"order {order_id}: sold {first['sold']}, issued {first['issued']}")
+    return Sale(_sale_terms(first), seats, first["sale_time"], first["create_time"])
 
 
 _ORDER_COLUMNS = (

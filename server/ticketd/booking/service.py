@@ -185,7 +185,11 @@ class BookingService:
         fingerprint = request_fingerprint(event_id, selection)
         buyer = await self._buyer(principal, on_behalf_of)
         try:
-            return await self._book_once(buyer, event_id, request_id, selection, fingerprint)
+            sold = await self._sell_once(buyer, event_id, request_id, selection, fingerprint)
+            if sold is None:
+                # A per-customer cap: the transaction path, whose count follows the lock.
+                sold = await self._book_once(buyer, event_id, request_id, selection, fingerprint)
+            return sold
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
@@ -210,6 +214,92 @@ class BookingService:
                 raise _mismatch(request_id)
             got = await repo.get_order(conn, found[0])
         return got.order if got else None
+
+    async def _sell_once(
+        self,
+        buyer: Buyer,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        fingerprint: str,
+    ) -> OrderRecord | None:
+        """The sale as ONE statement (repository.sell, its own transaction): the same locks,
+        checks and write as `_book_once`, answered from what the statement saw. None: the
+        event caps tickets per customer, and `_book_once` must sell (nothing was locked
+        beyond the event row, nothing written)."""
+        customer_id = buyer.customer_id
+        if isinstance(selection, SpecificSeats):
+            quantity, seat_ids, best = len(selection.seat_ids), selection.seat_ids, None
+        else:
+            assert isinstance(selection, BestAvailable)
+            quantity, seat_ids = selection.quantity, None
+            best = (selection.section_id, selection.quantity)
+        order_id = uuid.uuid4()
+        ticket_ids = [uuid.uuid4() for _ in range(quantity)]
+        codes = [new_ticket_code() for _ in range(quantity)]
+        async with self._db.single_statement() as conn:
+            sale = await repo.sell(
+                conn,
+                event_id=event_id,
+                customer_id=customer_id,
+                request_id=request_id,
+                request_hash=fingerprint,
+                order_id=order_id,
+                partner_id=buyer.partner_id,
+                seat_ids=seat_ids,
+                best_available=best,
+                ticket_ids=ticket_ids,
+                codes=codes,
+                channel=buyer.channel,
+            )
+            event, seats = sale.event, sale.seats
+            if event is None:
+                raise event_not_found(event_id)
+            if not sale.written:
+                # Why nothing was written, in the order _book_once checks.
+                if event.existing_order_id is not None:
+                    if event.existing_hash != fingerprint:
+                        raise _mismatch(request_id)
+                    existing = await repo.get_order(conn, event.existing_order_id)
+                    assert existing is not None
+                    return existing.order
+                if event.cancelled:
+                    raise not_on_sale(event_id, "it was cancelled")
+                if event.started:
+                    raise not_on_sale(event_id, "it has started")
+                check_order_limit(quantity, event.max_tickets_per_order)
+                if event.max_tickets_per_customer is not None:
+                    return None
+                if isinstance(selection, SpecificSeats):
+                    _check_specific(selection, seats)
+                elif selection.section_id not in event.section_names:
+                    raise InvalidArgument.one(
+                        "best_available.section_id", "not a section of this event"
+                    )
+                if isinstance(selection, BestAvailable) and len(seats) < quantity:
+                    await self._short_of_places(conn, event_id, selection, buyer.channel)
+                if sale.sale_time is None:
+                    # Every check held, but the start passed while the seat locks were
+                    # waited for: the write decides.
+                    raise not_on_sale(event_id, "it has started")
+                raise _TwinCommittedFirst()
+        assert sale.create_time is not None
+        new = [
+            repo.NewTicket(tid, s["id"], code, s["price_minor"])
+            for tid, code, s in zip(ticket_ids, codes, seats, strict=True)
+        ]
+        return _new_order(
+            order_id,
+            event_id,
+            customer_id,
+            request_id,
+            event,
+            sale.create_time,
+            new,
+            seats,
+            partner_id=buyer.partner_id,
+            end_customer=buyer.end_customer,
+        )
 
     async def _book_once(
         self,
@@ -304,24 +394,7 @@ class BookingService:
         checked free for `channel`: what sales, holds and allocations all go through."""
         if isinstance(selection, SpecificSeats):
             seats = await repo.lock_seats(conn, event_id, selection.seat_ids, channel)
-            found = {s["id"] for s in seats}
-            missing = [
-                FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
-                for i, sid in enumerate(selection.seat_ids)
-                if sid not in found
-            ]
-            if missing:
-                raise InvalidArgument(missing)
-            taken = [s["id"] for s in seats if not s["free"]]
-            if taken:
-                raise FailedPrecondition(
-                    f"{len(taken)} of {len(seats)} requested seats already sold or held",
-                    reason=Reason.SEAT_UNAVAILABLE,
-                    metadata={"seat_ids": ",".join(map(str, taken))},
-                    violations=[
-                        Precondition("SEAT", str(sid), "already sold or held") for sid in taken
-                    ],
-                )
+            _check_specific(selection, seats)
         else:
             assert isinstance(selection, BestAvailable)
             if selection.section_id not in section_ids:
@@ -332,18 +405,26 @@ class BookingService:
                 conn, event_id, selection.section_id, selection.quantity, channel
             )
             if len(seats) < selection.quantity:
-                free = await repo.count_available(conn, event_id, selection.section_id, channel)
-                if free >= selection.quantity:
-                    raise Aborted(
-                        "the remaining places are being booked right now; retry",
-                        reason=Reason.SEAT_LOCKED,
-                    )
-                raise FailedPrecondition(
-                    f"only {free} places left in this section",
-                    reason=Reason.SOLD_OUT,
-                    metadata={"available": str(free), "section_id": str(selection.section_id)},
-                )
+                await self._short_of_places(conn, event_id, selection, channel)
         return seats
+
+    @staticmethod
+    async def _short_of_places(
+        conn: Connection, event_id: uuid.UUID, selection: BestAvailable, channel: Channel
+    ) -> None:
+        """Best available found fewer free places than asked: SEAT_LOCKED when enough are
+        only locked by buyers in flight (who may roll back), else SOLD_OUT. Always raises."""
+        free = await repo.count_available(conn, event_id, selection.section_id, channel)
+        if free >= selection.quantity:
+            raise Aborted(
+                "the remaining places are being booked right now; retry",
+                reason=Reason.SEAT_LOCKED,
+            )
+        raise FailedPrecondition(
+            f"only {free} places left in this section",
+            reason=Reason.SOLD_OUT,
+            metadata={"available": str(free), "section_id": str(selection.section_id)},
+        )
 
     async def get_order(
         self, principal: Principal, order_id: uuid.UUID, *, signed_codes: bool = False
@@ -1052,6 +1133,27 @@ def _new_order(
             for t, s in zip(tickets, seats, strict=True)
         ),
     )
+
+
+def _check_specific(selection: SpecificSeats, seats: list[Any]) -> None:
+    """Every seat asked for is a seat of the event (INVALID_ARGUMENT naming the others) and
+    free for the caller (SEAT_UNAVAILABLE naming the taken ones), judged on the locked rows."""
+    found = {s["id"] for s in seats}
+    missing = [
+        FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
+        for i, sid in enumerate(selection.seat_ids)
+        if sid not in found
+    ]
+    if missing:
+        raise InvalidArgument(missing)
+    taken = [s["id"] for s in seats if not s["free"]]
+    if taken:
+        raise FailedPrecondition(
+            f"{len(taken)} of {len(seats)} requested seats already sold or held",
+            reason=Reason.SEAT_UNAVAILABLE,
+            metadata={"seat_ids": ",".join(map(str, taken))},
+            violations=[Precondition("SEAT", str(sid), "already sold or held") for sid in taken],
+        )
 
 
 def _ensure_own_hold(principal: Principal, hold_id: uuid.UUID, hold: Any) -> None:
