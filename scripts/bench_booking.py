@@ -109,6 +109,9 @@ GOALS = {
     "pgbench_own_vs_minimal": 0.5,
 }
 CHECKOUT_KIND = "HoldSeats+ConfirmHold"
+# The closed-loop scenarios (Driver methods) in the order they run, and whether each books
+# (then it starts on a reset inventory and is audited); --scenarios picks some.
+SCENARIOS = (("transport", False), ("specific", True), ("best", True), ("checkout", True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,11 +811,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     driver = Driver(channels, buyers, inventory, groups)
                     runs = Scenarios(conn, inventory.event_id, args.max_retries)
                     w, d = args.warmup, args.duration
+                    chosen = set(args.scenarios.split(","))
                     for c in concurrencies:
-                        await runs.run(functools.partial(driver.transport, c, w, d), False)
-                        await runs.run(functools.partial(driver.specific, c, w, d), True)
-                        await runs.run(functools.partial(driver.best, c, w, d), True)
-                        await runs.run(functools.partial(driver.checkout, c, w, d), True)
+                        for name, books in SCENARIOS:
+                            if name in chosen:
+                                run = functools.partial(getattr(driver, name), c, w, d)
+                                await runs.run(run, books)
                     for rate in rates:
                         # At most as many in flight as the largest closed loop had buyers.
                         open_run = functools.partial(
@@ -978,6 +982,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also book specific seats as an open loop at these arrivals/s (comma list; "
         "latency from the intended send time, at most max(--concurrency) in flight)",
     )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(name for name, _ in SCENARIOS),
+        help="closed-loop scenarios to run, comma list of: %(default)s (the ratios need "
+        "transport and specific; the checkout ratio needs specific)",
+    )
     parser.add_argument("--places", type=int, default=100_000, help="places of the event")
     parser.add_argument("--pool-size", type=int, default=40, help="TICKETING_DB_POOL_SIZE")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
@@ -1026,6 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
         rates = [0.0]
     if not all(0 < r <= 10_000 for r in rates):
         parser.error("--rate must be a comma list of arrivals per second, 0..10000")
+    if not set(args.scenarios.split(",")) <= {name for name, _ in SCENARIOS}:
+        parser.error(f"--scenarios must be a comma list of {[n for n, _ in SCENARIOS]}")
     if not 1 <= args.channels <= 64:
         parser.error("--channels must be 1..64")
     if not 1 <= args.pgbench_duration <= 60:

@@ -227,76 +227,47 @@ class BookingService:
         checks and write as `_book_once`, answered from what the statement saw. None: the
         event caps tickets per customer, and `_book_once` must sell (nothing was locked
         beyond the event row, nothing written)."""
-        customer_id = buyer.customer_id
-        if isinstance(selection, SpecificSeats):
-            quantity, seat_ids, best = len(selection.seat_ids), selection.seat_ids, None
-        else:
-            assert isinstance(selection, BestAvailable)
-            quantity, seat_ids = selection.quantity, None
-            best = (selection.section_id, selection.quantity)
+        quantity, seat_ids, best = _selected(selection)
         order_id = uuid.uuid4()
         ticket_ids = [uuid.uuid4() for _ in range(quantity)]
         codes = [new_ticket_code() for _ in range(quantity)]
         async with self._db.single_statement() as conn:
-            sale = await repo.sell(
+            taken = await repo.sell(
                 conn,
-                event_id=event_id,
-                customer_id=customer_id,
-                request_id=request_id,
-                request_hash=fingerprint,
                 order_id=order_id,
-                partner_id=buyer.partner_id,
+                head=(event_id, buyer.customer_id, request_id, fingerprint, buyer.partner_id),
                 seat_ids=seat_ids,
                 best_available=best,
                 ticket_ids=ticket_ids,
                 codes=codes,
                 channel=buyer.channel,
             )
-            event, seats = sale.event, sale.seats
+            event = taken.event
             if event is None:
                 raise event_not_found(event_id)
-            if not sale.written:
-                # Why nothing was written, in the order _book_once checks.
+            if not taken.written:
                 if event.existing_order_id is not None:
                     if event.existing_hash != fingerprint:
                         raise _mismatch(request_id)
                     existing = await repo.get_order(conn, event.existing_order_id)
                     assert existing is not None
                     return existing.order
-                if event.cancelled:
-                    raise not_on_sale(event_id, "it was cancelled")
-                if event.started:
-                    raise not_on_sale(event_id, "it has started")
-                check_order_limit(quantity, event.max_tickets_per_order)
-                if event.max_tickets_per_customer is not None:
-                    return None
-                if isinstance(selection, SpecificSeats):
-                    _check_specific(selection, seats)
-                elif selection.section_id not in event.section_names:
-                    raise InvalidArgument.one(
-                        "best_available.section_id", "not a section of this event"
-                    )
-                if isinstance(selection, BestAvailable) and len(seats) < quantity:
-                    await self._short_of_places(conn, event_id, selection, buyer.channel)
-                if sale.sale_time is None:
-                    # Every check held, but the start passed while the seat locks were
-                    # waited for: the write decides.
-                    raise not_on_sale(event_id, "it has started")
-                raise _TwinCommittedFirst()
-        assert sale.create_time is not None
+                await _why_not_taken(conn, taken, event, event_id, selection, buyer.channel)
+                return None
+        assert taken.create_time is not None
         new = [
             repo.NewTicket(tid, s["id"], code, s["price_minor"])
-            for tid, code, s in zip(ticket_ids, codes, seats, strict=True)
+            for tid, code, s in zip(ticket_ids, codes, taken.seats, strict=True)
         ]
         return _new_order(
             order_id,
             event_id,
-            customer_id,
+            buyer.customer_id,
             request_id,
             event,
-            sale.create_time,
+            taken.create_time,
             new,
-            seats,
+            taken.seats,
             partner_id=buyer.partner_id,
             end_customer=buyer.end_customer,
         )
@@ -405,26 +376,8 @@ class BookingService:
                 conn, event_id, selection.section_id, selection.quantity, channel
             )
             if len(seats) < selection.quantity:
-                await self._short_of_places(conn, event_id, selection, channel)
+                await _short_of_places(conn, event_id, selection, channel)
         return seats
-
-    @staticmethod
-    async def _short_of_places(
-        conn: Connection, event_id: uuid.UUID, selection: BestAvailable, channel: Channel
-    ) -> None:
-        """Best available found fewer free places than asked: SEAT_LOCKED when enough are
-        only locked by buyers in flight (who may roll back), else SOLD_OUT. Always raises."""
-        free = await repo.count_available(conn, event_id, selection.section_id, channel)
-        if free >= selection.quantity:
-            raise Aborted(
-                "the remaining places are being booked right now; retry",
-                reason=Reason.SEAT_LOCKED,
-            )
-        raise FailedPrecondition(
-            f"only {free} places left in this section",
-            reason=Reason.SOLD_OUT,
-            metadata={"available": str(free), "section_id": str(selection.section_id)},
-        )
 
     async def get_order(
         self, principal: Principal, order_id: uuid.UUID, *, signed_codes: bool = False
@@ -765,9 +718,15 @@ class BookingService:
         fingerprint = request_fingerprint(event_id, selection)
         buyer = await self._buyer(principal, on_behalf_of)
         try:
-            return await self._hold_once(
+            held = await self._hold_fast(
                 buyer, event_id, request_id, selection, fingerprint, lifetime
             )
+            if held is None:
+                # A per-customer cap: the transaction path, whose count follows the lock.
+                held = await self._hold_once(
+                    buyer, event_id, request_id, selection, fingerprint, lifetime
+                )
+            return held
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
@@ -782,6 +741,53 @@ class BookingService:
             if isinstance(exc, _TwinCommittedFirst):
                 raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
             raise
+
+    async def _hold_fast(
+        self,
+        buyer: Buyer,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        fingerprint: str,
+        ttl: dt.timedelta,
+    ) -> HoldRecord | None:
+        """The hold as ONE statement (repository.hold), as `_sell_once` is the sale: the
+        locks, checks and write of `_hold_once`. None: a capped event, for `_hold_once`."""
+        _, seat_ids, best = _selected(selection)
+        hold_id = uuid.uuid4()
+        async with self._db.single_statement() as conn:
+            taken = await repo.hold(
+                conn,
+                hold_id=hold_id,
+                head=(event_id, buyer.customer_id, request_id, fingerprint, buyer.partner_id),
+                seat_ids=seat_ids,
+                best_available=best,
+                ttl=ttl,
+                channel=buyer.channel,
+            )
+            event = taken.event
+            if event is None:
+                raise event_not_found(event_id)
+            if not taken.written:
+                if event.existing_order_id is not None:
+                    if event.existing_hash != fingerprint:
+                        raise _mismatch(request_id)
+                    existing = await repo.get_hold(conn, event.existing_order_id)
+                    assert existing is not None
+                    return _hold_record(existing.hold, existing.seats)
+                await _why_not_taken(conn, taken, event, event_id, selection, buyer.channel)
+                return None
+        assert taken.create_time is not None and taken.expire_time is not None
+        return _new_hold(
+            hold_id,
+            event_id,
+            request_id,
+            buyer,
+            event,
+            taken.create_time,
+            taken.expire_time,
+            taken.seats,
+        )
 
     async def _hold_once(
         self,
@@ -827,31 +833,15 @@ class BookingService:
                 raise not_on_sale(event_id, "it has started")
             if written.create_time is None or written.expire_time is None:
                 raise _TwinCommittedFirst()
-            return HoldRecord(
-                id=hold_id,
-                event_id=event_id,
-                customer_id=customer_id,
-                request_id=request_id,
-                status=HoldStatus.ACTIVE,
-                total_minor=sum(s["price_minor"] for s in seats),
-                currency_code=event.currency_code,
-                create_time=written.create_time,
-                expire_time=written.expire_time,
-                order_id=None,
-                partner_id=buyer.partner_id,
-                end_customer=buyer.end_customer,
-                seats=tuple(
-                    HoldSeatRecord(
-                        seat_id=s["id"],
-                        section_id=s["section_id"],
-                        section_name=event.section_names[s["section_id"]],
-                        row_label=s["row_label"],
-                        seat_number=s["seat_number"],
-                        seat_label=s["seat_label"],
-                        price_minor=s["price_minor"],
-                    )
-                    for s in seats
-                ),
+            return _new_hold(
+                hold_id,
+                event_id,
+                request_id,
+                buyer,
+                event,
+                written.create_time,
+                written.expire_time,
+                seats,
             )
 
     async def get_hold(self, principal: Principal, hold_id: uuid.UUID) -> HoldRecord:
@@ -1135,6 +1125,68 @@ def _new_order(
     )
 
 
+async def _short_of_places(
+    conn: Connection, event_id: uuid.UUID, selection: BestAvailable, channel: Channel
+) -> None:
+    """Best available found fewer free places than asked: SEAT_LOCKED when enough are
+    only locked by buyers in flight (who may roll back), else SOLD_OUT. Always raises."""
+    free = await repo.count_available(conn, event_id, selection.section_id, channel)
+    if free >= selection.quantity:
+        raise Aborted(
+            "the remaining places are being booked right now; retry",
+            reason=Reason.SEAT_LOCKED,
+        )
+    raise FailedPrecondition(
+        f"only {free} places left in this section",
+        reason=Reason.SOLD_OUT,
+        metadata={"available": str(free), "section_id": str(selection.section_id)},
+    )
+
+
+def _selected(
+    selection: Selection,
+) -> tuple[int, list[int] | None, tuple[uuid.UUID, int] | None]:
+    """(quantity, seat ids, (section, quantity)) of a selection: one of the last two set."""
+    if isinstance(selection, SpecificSeats):
+        return len(selection.seat_ids), list(selection.seat_ids), None
+    assert isinstance(selection, BestAvailable)
+    return selection.quantity, None, (selection.section_id, selection.quantity)
+
+
+async def _why_not_taken(
+    conn: Connection,
+    taken: repo.Taken,
+    event: repo.EventForSale,
+    event_id: uuid.UUID,
+    selection: Selection,
+    channel: Channel,
+) -> None:
+    """Why a sale's or hold's one statement wrote nothing (its request_id was new), in the
+    order the transaction path checks: raises the refusal, or returns when the event caps
+    tickets per customer (the caller then takes the transaction path)."""
+    if event.cancelled:
+        raise not_on_sale(event_id, "it was cancelled")
+    if event.started:
+        raise not_on_sale(event_id, "it has started")
+    quantity = _selected(selection)[0]
+    check_order_limit(quantity, event.max_tickets_per_order)
+    if event.max_tickets_per_customer is not None:
+        return
+    if isinstance(selection, SpecificSeats):
+        _check_specific(selection, taken.seats)
+    else:
+        assert isinstance(selection, BestAvailable)
+        if selection.section_id not in event.section_names:
+            raise InvalidArgument.one("best_available.section_id", "not a section of this event")
+        if len(taken.seats) < quantity:
+            await _short_of_places(conn, event_id, selection, channel)
+    if taken.sale_time is None:
+        # Every check held, but the start passed while the seat locks were waited for: the
+        # write decides.
+        raise not_on_sale(event_id, "it has started")
+    raise _TwinCommittedFirst()
+
+
 def _check_specific(selection: SpecificSeats, seats: list[Any]) -> None:
     """Every seat asked for is a seat of the event (INVALID_ARGUMENT naming the others) and
     free for the caller (SEAT_UNAVAILABLE naming the taken ones), judged on the locked rows."""
@@ -1154,6 +1206,45 @@ def _check_specific(selection: SpecificSeats, seats: list[Any]) -> None:
             metadata={"seat_ids": ",".join(map(str, taken))},
             violations=[Precondition("SEAT", str(sid), "already sold or held") for sid in taken],
         )
+
+
+def _new_hold(
+    hold_id: uuid.UUID,
+    event_id: uuid.UUID,
+    request_id: uuid.UUID,
+    buyer: Buyer,
+    event: repo.EventForSale,
+    created: dt.datetime,
+    expires: dt.datetime,
+    seats: list[Any],
+) -> HoldRecord:
+    """The hold a HoldSeats just wrote, from the locked seat rows (no read back)."""
+    return HoldRecord(
+        id=hold_id,
+        event_id=event_id,
+        customer_id=buyer.customer_id,
+        request_id=request_id,
+        status=HoldStatus.ACTIVE,
+        total_minor=sum(s["price_minor"] for s in seats),
+        currency_code=event.currency_code,
+        create_time=created,
+        expire_time=expires,
+        order_id=None,
+        partner_id=buyer.partner_id,
+        end_customer=buyer.end_customer,
+        seats=tuple(
+            HoldSeatRecord(
+                seat_id=s["id"],
+                section_id=s["section_id"],
+                section_name=event.section_names[s["section_id"]],
+                row_label=s["row_label"],
+                seat_number=s["seat_number"],
+                seat_label=s["seat_label"],
+                price_minor=s["price_minor"],
+            )
+            for s in seats
+        ),
+    )
 
 
 def _ensure_own_hold(principal: Principal, hold_id: uuid.UUID, hold: Any) -> None:
