@@ -1126,6 +1126,162 @@ async def hold_to_confirm(
     return None if row is None else HoldToConfirm(hold=row, event=_sale_terms(row))
 
 
+# ConfirmHold in ONE statement (issue 16), as sales are (see _locking_statement): the event
+# KEY SHARE and the hold FOR UPDATE (hl), then its seats in id order, then the write of
+# insert_order with the hold. `go` is exactly the service's checks: the caller's own hold
+# ($2 the buyer, $6 the buyer's partner: is_owner and the end customer the hold was made
+# for), nothing confirmed with the request_id yet, ACTIVE or EXPIRED (a late confirmation;
+# expired under a per-customer cap takes the transaction path, which recounts), on sale.
+# `sale` adds: no seat taken by someone else since (free, or still this hold's), and
+# tickets enough ($10 ids, $11 codes: the caller guesses the hold's size and, when short,
+# runs it again with as many as it locked). $7 the payment reference, $8/$9 the channel.
+_CONFIRM = f"""
+    WITH hl AS MATERIALIZED (
+        SELECT {_HOLD_COLUMNS}, {_SALE_TERMS}, e.start_time AS sale_start_time,
+               o.id AS existing_id, o.request_hash AS existing_hash
+        FROM holds h JOIN events e ON e.id = h.event_id {_SECTIONS_OF_E}
+        {_END_CUSTOMER_OF_HOLD}
+        LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
+        WHERE h.id = $1
+        FOR KEY SHARE OF e FOR UPDATE OF h
+    ), go AS MATERIALIZED (
+        SELECT 1 FROM hl
+        WHERE hl.customer_id = $2 AND hl.partner_id IS NOT DISTINCT FROM $6::uuid
+          AND hl.existing_id IS NULL AND NOT hl.cancelled AND NOT hl.started
+          AND (hl.status = 'ACTIVE'
+               OR (hl.status = 'EXPIRED' AND hl.max_tickets_per_customer IS NULL))
+    ), locked AS MATERIALIZED (
+        SELECT {_seat_columns("$8", "$9")}, hs.price_minor AS held_price FROM seats s
+        JOIN hold_seats hs ON hs.seat_id = s.id
+        WHERE hs.hold_id = $1 AND EXISTS (SELECT 1 FROM go)
+        ORDER BY s.id FOR UPDATE OF s
+    ), clock AS MATERIALIZED (
+        SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM locked) AS every_lock_ours
+    ), sale AS MATERIALIZED (
+        SELECT clock.t FROM hl, clock
+        WHERE EXISTS (SELECT 1 FROM go) AND hl.sale_start_time > clock.t
+          AND NOT EXISTS (SELECT 1 FROM locked WHERE hold_id IS DISTINCT FROM $1 AND NOT free)
+          AND (SELECT count(*) FROM locked) <= cardinality($10::uuid[])
+    ), o AS (
+        INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
+                            total_minor, currency_code, ticket_count, create_time,
+                            payment_reference, partner_id)
+        SELECT $4, hl.event_id, $2, $3, $5, 'CONFIRMED', (SELECT sum(held_price) FROM locked),
+               hl.currency_code, (SELECT count(*) FROM locked), sale.t, $7, $6
+        FROM sale, hl
+        ON CONFLICT (customer_id, request_id) DO NOTHING
+        RETURNING id, create_time
+    ), s AS (
+        UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND EXISTS (SELECT 1 FROM o)
+        RETURNING id
+    ), h AS (
+        UPDATE holds SET status = 'CONFIRMED', order_id = o.id
+        FROM o WHERE holds.id = $1
+        RETURNING 1
+    ), t AS (
+        INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
+        SELECT u.tid, o.id, hl.event_id, l.id, u.code, 'VALID', l.held_price
+        FROM o, hl,
+             (SELECT id, held_price, row_number() OVER (ORDER BY id) AS n FROM locked) l
+        JOIN unnest($10::uuid[], $11::text[]) WITH ORDINALITY AS u(tid, code, n) ON u.n = l.n
+        RETURNING 1
+    ), changes AS (
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
+    )
+    SELECT hl.*, (SELECT t FROM sale) AS sale_time, (SELECT create_time FROM o) AS order_time,
+           (SELECT count(*) FROM s) AS marked, (SELECT count(*) FROM t) AS listed,
+           (SELECT count(*) FROM h) AS confirmed, (SELECT n FROM changes) AS recorded,
+           l.id AS seat_id, l.status AS seat_status, l.hold_id AS seat_hold_id, l.free,
+           l.held_price, l.price_minor, l.section_id, l.row_label, l.seat_number, l.seat_label
+    FROM hl LEFT JOIN locked l ON TRUE
+    ORDER BY l.id
+"""
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What ConfirmHold's one statement saw and did. `hold` None: no such hold. `seats` the
+    hold's places it locked, in id order (keys as lock_hold_seats: id, hold_id, free,
+    held_price, ...). Written iff `create_time` is set; else, with every check passed, a
+    `sale_time` None means the event started during the lock waits, more `seats` than
+    tickets given means run again with as many, and otherwise the request_id was committed
+    by a concurrent call first."""
+
+    hold: Any
+    event: EventForSale | None
+    seats: list[dict[str, Any]]
+    sale_time: dt.datetime | None
+    create_time: dt.datetime | None
+
+    @property
+    def written(self) -> bool:
+        return self.create_time is not None
+
+
+async def confirm(
+    conn: Conn,
+    *,
+    hold_id: uuid.UUID,
+    order_id: uuid.UUID,
+    head: tuple[uuid.UUID, uuid.UUID, str, uuid.UUID | None],
+    payment_reference: str | None,
+    ticket_ids: Sequence[uuid.UUID],
+    codes: Sequence[str],
+    channel: Channel = PUBLIC,
+) -> Confirmation:
+    """ConfirmHold in ONE statement, its own transaction (see _CONFIRM). `head` is (buyer,
+    request_id, request hash, the buyer's partner)."""
+    customer_id, request_id, request_hash, partner_id = head
+    try:
+        with metrics.lock_wait("confirm"):
+            rows = await conn.fetch(
+                _CONFIRM,
+                hold_id,
+                customer_id,
+                request_id,
+                order_id,
+                request_hash,
+                partner_id,
+                payment_reference,
+                channel.partner_id,
+                channel.public_pool,
+                list(ticket_ids),
+                list(codes),
+            )
+    except asyncpg.LockNotAvailableError:
+        raise seat_locked() from None
+    if not rows:
+        return Confirmation(None, None, [], None, None)
+    first = rows[0]
+    seats = [
+        {
+            "id": r["seat_id"],
+            "status": r["seat_status"],
+            "hold_id": r["seat_hold_id"],
+            **{k: r[k] for k in _CONFIRMED_SEAT_KEYS},
+        }
+        for r in rows
+        if r["seat_id"] is not None
+    ]
+    if first["order_time"] is not None and not (
+        first["marked"] == first["listed"] == len(seats) and first["confirmed"] == 1
+    ):
+        raise RuntimeError(f"hold {hold_id}: marked {first['marked']}, listed {first['listed']}")
+    return Confirmation(first, _sale_terms(first), seats, first["sale_time"], first["order_time"])
+
+
+_CONFIRMED_SEAT_KEYS = (
+    "free",
+    "held_price",
+    "price_minor",
+    "section_id",
+    "row_label",
+    "seat_number",
+    "seat_label",
+)
+
+
 async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID, channel: Channel = PUBLIC) -> list[Any]:
     """Lock every place the hold listed, in id order, whoever has it now; `free` (for the
     hold's channel) and `hold_id` tell whether it can still be this hold's (a late

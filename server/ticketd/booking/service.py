@@ -82,6 +82,11 @@ _TWIN_REASONS = frozenset(
 )
 
 
+# Tickets made ready for a ConfirmHold before its hold's size is known (ids and codes are the
+# server's, so they are passed in): holds of more places take a second statement.
+_CONFIRM_TICKETS_GUESS = 4
+
+
 class _TwinCommittedFirst(Exception):
     """The same caller's request_id was committed by a concurrent call."""
 
@@ -964,9 +969,15 @@ class BookingService:
         fingerprint = hold_confirm_fingerprint(hold_id)
         buyer = await self._confirming_buyer(principal, on_behalf_of)
         try:
-            return await self._confirm_once(
+            confirmed = await self._confirm_fast(
                 principal, buyer, hold_id, request_id, fingerprint, payment_reference
             )
+            if confirmed is None:
+                # An expired hold under a per-customer cap: the transaction path recounts.
+                confirmed = await self._confirm_once(
+                    principal, buyer, hold_id, request_id, fingerprint, payment_reference
+                )
+            return confirmed
         except _TwinCommittedFirst:
             twin = await self._order_for_request(buyer.customer_id, request_id, fingerprint)
             if twin is not None:
@@ -988,6 +999,97 @@ class BookingService:
         if found is None:
             raise _not_the_holds_customer()
         return Buyer(found, principal.partner_id, channel=_channel_of(principal))
+
+    async def _confirm_fast(
+        self,
+        principal: Principal,
+        buyer: Buyer,
+        hold_id: uuid.UUID,
+        request_id: uuid.UUID,
+        fingerprint: str,
+        payment_reference: str | None,
+    ) -> OrderRecord | None:
+        """The confirmation as ONE statement (repository.confirm): the locks, checks and
+        write of `_confirm_once`, answered from what the statement saw (its `go` is exactly
+        the checks below, so what it wrote these would have allowed). None: an expired hold
+        under a per-customer cap, for `_confirm_once`."""
+        tickets = _CONFIRM_TICKETS_GUESS
+        for _ in range(2):
+            order_id = uuid.uuid4()
+            ticket_ids = [uuid.uuid4() for _ in range(tickets)]
+            codes = [new_ticket_code() for _ in range(tickets)]
+            async with self._db.single_statement() as conn:
+                got = await repo.confirm(
+                    conn,
+                    hold_id=hold_id,
+                    order_id=order_id,
+                    head=(buyer.customer_id, request_id, fingerprint, buyer.partner_id),
+                    payment_reference=payment_reference,
+                    ticket_ids=ticket_ids,
+                    codes=codes,
+                    channel=buyer.channel,
+                )
+                hold, event = got.hold, got.event
+                if hold is None or event is None:
+                    raise hold_not_found(hold_id)
+                if got.written:
+                    break
+                _ensure_own_hold(principal, hold_id, hold)
+                if hold["customer_id"] != buyer.customer_id:
+                    raise _not_the_holds_customer()
+                status = HoldStatus(hold["status"])
+                earlier = (
+                    (event.existing_order_id, event.existing_hash)
+                    if event.existing_order_id is not None and event.existing_hash is not None
+                    else None
+                )
+                if earlier is None and status is HoldStatus.CONFIRMED:
+                    # A twin confirmed it while we waited for the hold's lock: its order
+                    # is committed now.
+                    earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
+                if earlier is not None:
+                    if earlier[1] != fingerprint:
+                        raise _mismatch(request_id)
+                    done = await repo.get_order(conn, earlier[0])
+                    assert done is not None
+                    return done.order
+                if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
+                    raise hold_not_active(hold_id, status)
+                if event.cancelled:
+                    raise not_on_sale(hold["event_id"], "it was cancelled")
+                if event.started:
+                    raise not_on_sale(hold["event_id"], "it has started")
+                if status is HoldStatus.EXPIRED and event.max_tickets_per_customer is not None:
+                    return None
+                taken = [s["id"] for s in got.seats if s["hold_id"] != hold_id and not s["free"]]
+                if taken:
+                    raise hold_expired_error(hold_id, taken)
+                if len(got.seats) > tickets:
+                    tickets = len(got.seats)  # a larger hold than guessed: once more
+                    continue
+                if got.sale_time is None:
+                    raise not_on_sale(hold["event_id"], "it has started")
+                raise _TwinCommittedFirst()
+        else:
+            return None  # (unreachable: a hold's seats do not change)
+        assert got.create_time is not None and hold is not None and event is not None
+        new = [
+            repo.NewTicket(tid, s["id"], code, s["held_price"])
+            for tid, code, s in zip(ticket_ids, codes, got.seats, strict=False)
+        ]
+        return _new_order(
+            order_id,
+            hold["event_id"],
+            buyer.customer_id,
+            request_id,
+            event,
+            got.create_time,
+            new,
+            got.seats,
+            payment_reference=payment_reference,
+            partner_id=buyer.partner_id,
+            end_customer=repo.end_customer_of(hold),
+        )
 
     async def _confirm_once(
         self,
