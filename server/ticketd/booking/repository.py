@@ -1,7 +1,9 @@
 """All SQL for orders, tickets and refunds, and all seat locking for sales.
 
-The booking transaction runs on the raw asyncpg connection (prepared statements, no ORM
-work per row): lock, check and write take four round trips whatever the order size.
+Sales, holds and confirmations are ONE statement each, run in autocommit (`sell`, `hold`,
+`confirm`; see _locking_statement): lock, check and write in one round trip whatever the
+order size, on asyncpg prepared statements with no ORM work per row. The statement-by-
+statement versions below remain the transaction path (per-customer caps).
 Lock order everywhere: event (KEY SHARE; CancelEvent takes it FOR UPDATE), then seats
 (one statement, ORDER BY id), then orders/tickets. Specific seats never deadlock because
 every buyer locks in id order; best available never queues because it SKIPs LOCKED rows.
