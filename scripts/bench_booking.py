@@ -29,7 +29,9 @@ connections. The goals are reported, not enforced: the exit status is 0 whenever
 
 `--rate R[,R]` adds specific-seat booking as an open loop at R arrivals per second (a crowd
 that does not wait for the server): latency from each call's intended send time, so queueing
-is not hidden, with at most max(--concurrency) calls in flight.
+is not hidden, with at most max(--concurrency) calls in flight. `--open-share F` does the
+same at F times the rate the specific-seat closed loop just measured (issue 16's goal: at
+0.7, p99 < 50 ms).
 
 Usage: scripts/bench_booking [--json PATH] [--concurrency 64,256] [--duration 10]
        [--warmup 2] [--places 100000] [--pool-size 40] [--channels 4] [--rate R,...]
@@ -108,8 +110,12 @@ GOALS = {
     "checkout_cpu_ratio": 1.5,
     "cpu_vs_trivial": 2.5,
     "pgbench_own_vs_minimal": 0.5,
+    "open_loop_p99_ms": 50.0,
 }
 CHECKOUT_KIND = "HoldSeats+ConfirmHold"
+# The closed-loop scenarios (Driver methods) in the order they run, and whether each books
+# (then it starts on a reset inventory and is audited); --scenarios picks some.
+SCENARIOS = (("transport", False), ("specific", True), ("best", True), ("checkout", True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,6 +617,17 @@ def ratios_and_goals(
                 }
             )
     for s in scenarios:
+        if s.get("share_of_capacity") is not None:
+            goals["checks"].append(
+                {
+                    "goal": f"open loop at {s['share_of_capacity']:.0%} of capacity "
+                    f"({s['rate']}/s of {s['capacity_rps']}/s): p99 < "
+                    f"{GOALS['open_loop_p99_ms']:g} ms from intended send time",
+                    "value": s["p99_ms"],
+                    "met": s["p99_ms"] is not None and s["p99_ms"] < GOALS["open_loop_p99_ms"],
+                }
+            )
+    for s in scenarios:
         if s["kind"] != CHECKOUT_KIND:
             continue
         book = next(
@@ -838,17 +855,32 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     driver = Driver(channels, buyers, inventory, groups)
                     runs = Scenarios(conn, inventory.event_id, args.max_retries)
                     w, d = args.warmup, args.duration
+                    chosen = set(args.scenarios.split(","))
                     for c in concurrencies:
-                        await runs.run(functools.partial(driver.transport, c, w, d), False)
-                        await runs.run(functools.partial(driver.specific, c, w, d), True)
-                        await runs.run(functools.partial(driver.best, c, w, d), True)
-                        await runs.run(functools.partial(driver.checkout, c, w, d), True)
+                        for name, books in SCENARIOS:
+                            if name in chosen:
+                                run = functools.partial(getattr(driver, name), c, w, d)
+                                await runs.run(run, books)
                     for rate in rates:
                         # At most as many in flight as the largest closed loop had buyers.
                         open_run = functools.partial(
                             driver.specific_open, rate, max(concurrencies), w, d
                         )
                         await runs.run(open_run, True)
+                    capacity = max(
+                        (s["rps_ok"] for s in runs.results if s["kind"] == "BookSeats:specific"),
+                        default=0.0,
+                    )
+                    if args.open_share and capacity:
+                        # Issue 16's latency goal: arrivals at a share of the capacity just
+                        # measured (the closed loop's rate), latency from intended send time.
+                        rate = round(args.open_share * capacity, 1)
+                        open_run = functools.partial(
+                            driver.specific_open, rate, max(concurrencies), w, d
+                        )
+                        await runs.run(open_run, True)
+                        runs.results[-1]["share_of_capacity"] = args.open_share
+                        runs.results[-1]["capacity_rps"] = capacity
                     if args.profile:
                         await reset_inventory(conn, inventory.event_id)
                         out = Path(args.profile_out)
@@ -864,7 +896,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await server.stop(timeout=15)
                 server_log = server.log(40).splitlines()
             if not args.skip_pgbench:
-                database = await database_ceiling(url, inventory.event_id, args.pgbench_duration)
+                database = await database_ceiling(
+                    url, inventory.event_id, args.pgbench_duration, Path(args.pgbench_script)
+                )
                 minimal = await database_ceiling(
                     url, inventory.event_id, args.pgbench_duration, MINIMAL_SCRIPT
                 )
@@ -1009,10 +1043,29 @@ def main(argv: list[str] | None = None) -> int:
         help="also book specific seats as an open loop at these arrivals/s (comma list; "
         "latency from the intended send time, at most max(--concurrency) in flight)",
     )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(name for name, _ in SCENARIOS),
+        help="closed-loop scenarios to run, comma list of: %(default)s (the ratios need "
+        "transport and specific; the checkout ratio needs specific)",
+    )
+    parser.add_argument(
+        "--open-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="also book specific seats as an open loop at F x the closed loop's measured "
+        "rate (issue 16: 0.7, goal p99 < 50 ms from the intended send time); 0 = off",
+    )
     parser.add_argument("--places", type=int, default=100_000, help="places of the event")
     parser.add_argument("--pool-size", type=int, default=40, help="TICKETING_DB_POOL_SIZE")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
     parser.add_argument("--pgbench-duration", type=int, default=8, help="pgbench -T seconds")
+    parser.add_argument(
+        "--pgbench-script",
+        default=str(PGBENCH_SCRIPT),
+        help="our statements for pgbench (another version's, to compare); default %(default)s",
+    )
     parser.add_argument("--skip-pgbench", action="store_true")
     parser.add_argument(
         "--seat-streams",
@@ -1064,6 +1117,12 @@ def main(argv: list[str] | None = None) -> int:
         rates = [0.0]
     if not all(0 < r <= 10_000 for r in rates):
         parser.error("--rate must be a comma list of arrivals per second, 0..10000")
+    if not set(args.scenarios.split(",")) <= {name for name, _ in SCENARIOS}:
+        parser.error(f"--scenarios must be a comma list of {[n for n, _ in SCENARIOS]}")
+    if not 0 <= args.open_share <= 1.5:
+        parser.error("--open-share must be 0..1.5 (a share of the measured capacity)")
+    if args.open_share and "specific" not in args.scenarios.split(","):
+        parser.error("--open-share needs the specific scenario (its rate is the capacity)")
     if not 1 <= args.channels <= 64:
         parser.error("--channels must be 1..64")
     if not 1 <= args.pgbench_duration <= 60:

@@ -162,3 +162,13 @@ def test_a_dual_stack_server_listens_on_both_loopback_addresses() -> None:
     bench = ServerProcess("postgresql://here/db", Path("/tmp/x"), port=5, dual_stack=True)
     assert bench.env()["TICKETING_LISTEN"] == "localhost:5"
     assert (bench.target, bench.target_v6) == ("127.0.0.1:5", "[::1]:5")
+
+
+def test_pgbench_booking_script_is_the_servers_statement() -> None:
+    # scripts/pgbench_booking.sql is the database ceiling of bench_booking only while it runs
+    # the server's own sale statement: regenerate it when the statement changes.
+    from scripts.benchlib.pgbench_script import SCRIPT_PATH, booking_script
+
+    assert SCRIPT_PATH.read_text() == booking_script(), (
+        "scripts/pgbench_booking.sql is stale: python -m scripts.benchlib.pgbench_script"
+    )

@@ -150,6 +150,26 @@ async def test_hold_then_confirm_makes_the_order(
     assert await audit(running.engine, event.id) == {}
 
 
+async def test_confirm_of_a_hold_larger_than_the_ticket_guess(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    # ConfirmHold's one statement gets tickets for 4 places before it knows the hold's size
+    # (service._CONFIRM_TICKETS_GUESS): 5 and 9 places write nothing the first time, then
+    # once more with as many as were locked; 4 fits at once. Every place gets its ticket.
+    event, seats = await new_event(stubs, admin, seats=20, max_per_order=20)
+    buyer = await stubs.register("buyer")
+    for picked in (seats[0:4], seats[4:9], seats[9:18]):
+        h = await hold(stubs, buyer, hold_request(event.id, picked))
+        order = await confirm(stubs, buyer, h.id)
+        assert [t.seat_id for t in order.tickets] == picked
+        assert order.total_minor == 1500 * len(picked)
+        assert len({t.code for t in order.tickets}) == len(picked)
+        assert (await get_hold(stubs, buyer, h.id)).order_id == order.id
+    status = await seat_status(stubs, event.id)
+    assert [status[s] for s in seats[:18]] == [event_pb2.SEAT_STATUS_SOLD] * 18
+    assert await audit(running.engine, event.id) == {}
+
+
 async def test_200_customers_hold_one_seat_exactly_one_active_hold(
     stubs: Stubs, pool: list[Stubs], admin: Account, running: RunningServer
 ) -> None:

@@ -1,7 +1,9 @@
 """All SQL for orders, tickets and refunds, and all seat locking for sales.
 
-The booking transaction runs on the raw asyncpg connection (prepared statements, no ORM
-work per row): lock, check and write take four round trips whatever the order size.
+Sales, holds and confirmations are ONE statement each, run in autocommit (`sell`, `hold`,
+`confirm`; see _locking_statement): lock, check and write in one round trip whatever the
+order size, on asyncpg prepared statements with no ORM work per row. The statement-by-
+statement versions below remain the transaction path (per-customer caps).
 Lock order everywhere: event (KEY SHARE; CancelEvent takes it FOR UPDATE), then seats
 (one statement, ORDER BY id), then orders/tickets. Specific seats never deadlock because
 every buyer locks in id order; best available never queues because it SKIPs LOCKED rows.
@@ -39,6 +41,7 @@ from ticketd.db.database import Connection as Conn
 from ticketd.db.idempotency import earlier_request
 from ticketd.db.params import Params
 from ticketd.db.records import record_from_row
+from ticketd.observability import metrics
 from ticketd.shared import EndCustomer
 
 
@@ -340,6 +343,271 @@ async def insert_order(
         # Unreachable while the seats are locked by us; refuse rather than half-write.
         raise RuntimeError(f"order {order_id}: sold {row['sold']}, issued {row['issued']}")
     return OrderWrite(on_sale=True, create_time=row["create_time"])
+
+
+# Sales and holds in ONE statement (issue 16). BookSeats used to be BEGIN; the event; the
+# seats; the write; COMMIT: five round trips, each costing the server its Python, a socket
+# write and a wake-up, and PostgreSQL a statement cycle (HoldSeats the same). Here the same
+# locks, in the same order, and the same checks are one statement that runs as its own
+# transaction (autocommit): it writes only when every check holds, and otherwise returns
+# what the service needs to say why.
+#   ev      the event's sale terms under KEY SHARE (a cancel waits for us, and we for it), and
+#           what the caller already made with this request_id (an order, or a hold);
+#   go      whether seats may be locked at all: nothing made with the request_id yet, on
+#           sale, within the per-order limit, no per-customer cap (a capped event takes the
+#           transaction path: its count must see every commit made before its advisory lock,
+#           which one statement's snapshot cannot), and (best available) a section of it;
+#   locked  the seats, locked in id order (specific) or SKIP LOCKED (best available), `free`
+#           judged on the locked row version; a one-time filter on `go` runs before the seat
+#           scan, so the event lock is taken (and a cancel waited for) before any seat lock;
+#   clock   read once every seat lock is ours: a lock wait may have carried the call past
+#           the start, and create_time is this instant ("has it started?" is judged on it;
+#           start_time never changes once the event exists, so the locked row's copy is it);
+#   sale    one row iff every check holds; the write CTEs below act only then.
+# Parameters: $1 event, $2 customer, $3 request_id, $4 the new row's id, $5 request hash,
+# $6 the buyer's partner, $7 seat ids (specific) or section (best available), $8/$9 the
+# caller's channel (partner id, public pool), $10 the quantity; the write's own from $11.
+def _locking_statement(made: str, locked: str, go_extra: str, write: str, results: str) -> str:
+    return f"""
+    WITH ev AS MATERIALIZED (
+        SELECT {_SALE_TERMS}, e.start_time AS sale_start_time,
+               o.id AS existing_id, o.request_hash AS existing_hash
+        FROM events e {_SECTIONS_OF_E}
+        LEFT JOIN {made} o ON o.customer_id = $2 AND o.request_id = $3
+        WHERE e.id = $1
+        FOR KEY SHARE OF e
+    ), go AS MATERIALIZED (
+        SELECT 1 FROM ev
+        WHERE ev.existing_id IS NULL AND NOT ev.cancelled AND NOT ev.started
+          AND ev.max_tickets_per_customer IS NULL AND $10::int <= ev.max_tickets_per_order
+          {go_extra}
+    ), locked AS MATERIALIZED (
+        {locked}
+    ), clock AS MATERIALIZED (
+        SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM locked) AS every_lock_ours
+    ), sale AS MATERIALIZED (
+        SELECT clock.t FROM ev, clock
+        WHERE EXISTS (SELECT 1 FROM go) AND ev.sale_start_time > clock.t
+          AND (SELECT count(*) FILTER (WHERE free) FROM locked) = $10::int
+    ), {write}
+    SELECT ev.*, (SELECT t FROM sale) AS sale_time, {results},
+           l.id, l.status, l.hold_id, l.free, l.price_minor, l.section_id, l.row_label,
+           l.seat_number, l.seat_label
+    FROM ev LEFT JOIN locked l ON TRUE
+    ORDER BY l.id
+    """
+
+
+_LOCK_SPECIFIC = (
+    f"SELECT {_seat_columns('$8', '$9')} FROM seats s "
+    "WHERE s.id = ANY($7::bigint[]) AND s.event_id = $1 AND EXISTS (SELECT 1 FROM go) "
+    "ORDER BY s.id FOR UPDATE"
+)
+
+
+def _lock_best(partner_first: bool) -> str:
+    """As claim_best_available: $7 the section, $10 the quantity."""
+    order = "s.ordinal"
+    if partner_first:
+        order = "(s.allocation_partner_id = $8 AND allocation_open(s.allocated_until)) "
+        order += "IS TRUE DESC, s.ordinal"
+    return (
+        f"SELECT {_seat_columns('$8', '$9')} FROM seats s "
+        "WHERE s.event_id = $1 AND s.section_id = $7 AND s.status <> 'SOLD' "
+        f"AND {_free_for('$8', '$9')} AND EXISTS (SELECT 1 FROM go) "
+        f"ORDER BY {order} LIMIT $10 FOR UPDATE SKIP LOCKED"
+    )
+
+
+# The write of insert_order (order, seats SOLD, tickets, the seat-change record), its
+# tickets ($11 ids, $12 codes) given to the locked seats in id order.
+_SALE_WRITE = """o AS (
+        INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
+                            total_minor, currency_code, ticket_count, create_time,
+                            payment_reference, partner_id)
+        SELECT $4, $1, $2, $3, $5, 'CONFIRMED', (SELECT sum(price_minor) FROM locked),
+               ev.sale_currency_code, $10, sale.t, NULL, $6
+        FROM sale, ev
+        ON CONFLICT (customer_id, request_id) DO NOTHING
+        RETURNING id, create_time
+    ), s AS (
+        UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND EXISTS (SELECT 1 FROM o)
+        RETURNING id
+    ), t AS (
+        INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
+        SELECT u.tid, o.id, $1, l.id, u.code, 'VALID', l.price_minor
+        FROM o, (SELECT id, price_minor, row_number() OVER (ORDER BY id) AS n FROM locked) l
+        JOIN unnest($11::uuid[], $12::text[]) WITH ORDINALITY AS u(tid, code, n) ON u.n = l.n
+        RETURNING 1
+    ), changes AS (
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
+    )"""
+_SALE_RESULTS = """(SELECT create_time FROM o) AS create_time, NULL::timestamptz AS expire_time,
+           (SELECT count(*) FROM s) AS marked, (SELECT count(*) FROM t) AS listed,
+           (SELECT n FROM changes) AS recorded"""
+
+# The write of insert_hold (the hold, its seats listed, seats HELD, the seat-change record);
+# it expires $11 after the write's instant.
+_HOLD_WRITE = """h AS (
+        INSERT INTO holds (id, event_id, customer_id, request_id, request_hash, status,
+                           seat_count, total_minor, currency_code, create_time, expire_time,
+                           partner_id)
+        SELECT $4, $1, $2, $3, $5, 'ACTIVE', $10, (SELECT sum(price_minor) FROM locked),
+               ev.sale_currency_code, sale.t, sale.t + $11::interval, $6
+        FROM sale, ev
+        ON CONFLICT (customer_id, request_id) DO NOTHING
+        RETURNING id, create_time, expire_time
+    ), hs AS (
+        INSERT INTO hold_seats (hold_id, seat_id, price_minor)
+        SELECT h.id, l.id, l.price_minor FROM h, locked l
+        RETURNING seat_id
+    ), s AS (
+        UPDATE seats SET status = 'HELD', hold_id = h.id, held_until = h.expire_time
+        FROM h WHERE seats.id = ANY(ARRAY(SELECT id FROM locked))
+        RETURNING seats.id
+    ), changes AS (
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'HELD') AS n FROM h
+    )"""
+_HOLD_RESULTS = """(SELECT create_time FROM h) AS create_time,
+           (SELECT expire_time FROM h) AS expire_time,
+           (SELECT count(*) FROM s) AS marked, (SELECT count(*) FROM hs) AS listed,
+           (SELECT n FROM changes) AS recorded"""
+
+_BEST_SECTION = "AND $7 = ANY(ev.section_ids)"
+# (kind, selection, partner first) -> statement text: a handful of constants, each prepared
+# once per connection by asyncpg.
+_LOCKING_STATEMENTS = {
+    (kind, best, partner_first): _locking_statement(
+        made,
+        _lock_best(partner_first) if best else _LOCK_SPECIFIC,
+        _BEST_SECTION if best else "",
+        write,
+        results,
+    )
+    for kind, made, write, results in (
+        ("sale", "orders", _SALE_WRITE, _SALE_RESULTS),
+        ("hold", "holds", _HOLD_WRITE, _HOLD_RESULTS),
+    )
+    for best in (False, True)
+    for partner_first in ((False, True) if best else (False,))
+}
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a sale's or hold's one statement saw and did. `event` None: no such event.
+    `seats`: the places it locked, in id order (none when it locked none), `free` judged for
+    the caller's channel. The row was written iff `create_time` is set; else `sale_time`
+    None with every check passed means the event started during the lock waits, and a
+    `sale_time` means the caller's request_id was committed by a concurrent call first."""
+
+    event: EventForSale | None
+    seats: list[Any]
+    sale_time: dt.datetime | None
+    create_time: dt.datetime | None
+    expire_time: dt.datetime | None
+
+    @property
+    def written(self) -> bool:
+        return self.create_time is not None
+
+
+async def _take(
+    conn: Conn,
+    kind: Literal["sale", "hold"],
+    new_id: uuid.UUID,
+    head: tuple[uuid.UUID, uuid.UUID, uuid.UUID, str, uuid.UUID | None],
+    seat_ids: Sequence[int] | None,
+    best_available: tuple[uuid.UUID, int] | None,
+    channel: Channel,
+    write_args: tuple[Any, ...],
+) -> Taken:
+    event_id, customer_id, request_id, request_hash, partner_id = head
+    if seat_ids is not None:
+        selection: Any = list(seat_ids)
+        quantity = len(seat_ids)
+    else:
+        assert best_available is not None
+        selection, quantity = best_available
+    statement = _LOCKING_STATEMENTS[
+        (kind, best_available is not None, best_available is not None and bool(channel.partner_id))
+    ]
+    try:
+        with metrics.lock_wait(kind):
+            rows = await conn.fetch(
+                statement,
+                event_id,
+                customer_id,
+                request_id,
+                new_id,
+                request_hash,
+                partner_id,
+                selection,
+                channel.partner_id,
+                channel.public_pool,
+                quantity,
+                *write_args,
+            )
+    except asyncpg.LockNotAvailableError:
+        # The seats' locks (or, rarely, the event's, held by a cancel): retry either way.
+        raise seat_locked() from None
+    if not rows:
+        return Taken(None, [], None, None, None)
+    first = rows[0]
+    seats = [r for r in rows if r["id"] is not None]
+    if first["create_time"] is not None and not (
+        first["marked"] == first["listed"] == len(seats) == quantity
+    ):
+        # Unreachable: the write marks and lists exactly the seats it locked, all of them
+        # (and the unique live-ticket and live-hold indexes refuse a double sale within it).
+        raise RuntimeError(f"{kind} {new_id}: marked {first['marked']}, listed {first['listed']}")
+    return Taken(
+        _sale_terms(first), seats, first["sale_time"], first["create_time"], first["expire_time"]
+    )
+
+
+async def sell(
+    conn: Conn,
+    *,
+    order_id: uuid.UUID,
+    head: tuple[uuid.UUID, uuid.UUID, uuid.UUID, str, uuid.UUID | None],
+    seat_ids: Sequence[int] | None,
+    best_available: tuple[uuid.UUID, int] | None,
+    ticket_ids: Sequence[uuid.UUID],
+    codes: Sequence[str],
+    channel: Channel = PUBLIC,
+) -> Taken:
+    """BookSeats in ONE statement, its own transaction (see _locking_statement): the locks,
+    the checks and, only when every check holds, the write. `head` is (event, customer,
+    request_id, request hash, the buyer's partner). Exactly one of `seat_ids` (locked in id
+    order, waiting at most lock_timeout) and `best_available` (section, quantity: SKIP
+    LOCKED) is given; `ticket_ids` and `codes` are as many as the places asked for, and go
+    to the seats in id order."""
+    return await _take(
+        conn,
+        "sale",
+        order_id,
+        head,
+        seat_ids,
+        best_available,
+        channel,
+        (list(ticket_ids), list(codes)),
+    )
+
+
+async def hold(
+    conn: Conn,
+    *,
+    hold_id: uuid.UUID,
+    head: tuple[uuid.UUID, uuid.UUID, uuid.UUID, str, uuid.UUID | None],
+    seat_ids: Sequence[int] | None,
+    best_available: tuple[uuid.UUID, int] | None,
+    ttl: dt.timedelta,
+    channel: Channel = PUBLIC,
+) -> Taken:
+    """HoldSeats in ONE statement, as `sell`; the hold expires `ttl` after the write."""
+    return await _take(conn, "hold", hold_id, head, seat_ids, best_available, channel, (ttl,))
 
 
 _ORDER_COLUMNS = (
@@ -858,6 +1126,162 @@ async def hold_to_confirm(
         request_id,
     )
     return None if row is None else HoldToConfirm(hold=row, event=_sale_terms(row))
+
+
+# ConfirmHold in ONE statement (issue 16), as sales are (see _locking_statement): the event
+# KEY SHARE and the hold FOR UPDATE (hl), then its seats in id order, then the write of
+# insert_order with the hold. `go` is exactly the service's checks: the caller's own hold
+# ($2 the buyer, $6 the buyer's partner: is_owner and the end customer the hold was made
+# for), nothing confirmed with the request_id yet, ACTIVE or EXPIRED (a late confirmation;
+# expired under a per-customer cap takes the transaction path, which recounts), on sale.
+# `sale` adds: no seat taken by someone else since (free, or still this hold's), and
+# tickets enough ($10 ids, $11 codes: the caller guesses the hold's size and, when short,
+# runs it again with as many as it locked). $7 the payment reference, $8/$9 the channel.
+_CONFIRM = f"""
+    WITH hl AS MATERIALIZED (
+        SELECT {_HOLD_COLUMNS}, {_SALE_TERMS}, e.start_time AS sale_start_time,
+               o.id AS existing_id, o.request_hash AS existing_hash
+        FROM holds h JOIN events e ON e.id = h.event_id {_SECTIONS_OF_E}
+        {_END_CUSTOMER_OF_HOLD}
+        LEFT JOIN orders o ON o.customer_id = $2 AND o.request_id = $3
+        WHERE h.id = $1
+        FOR KEY SHARE OF e FOR UPDATE OF h
+    ), go AS MATERIALIZED (
+        SELECT 1 FROM hl
+        WHERE hl.customer_id = $2 AND hl.partner_id IS NOT DISTINCT FROM $6::uuid
+          AND hl.existing_id IS NULL AND NOT hl.cancelled AND NOT hl.started
+          AND (hl.status = 'ACTIVE'
+               OR (hl.status = 'EXPIRED' AND hl.max_tickets_per_customer IS NULL))
+    ), locked AS MATERIALIZED (
+        SELECT {_seat_columns("$8", "$9")}, hs.price_minor AS held_price FROM seats s
+        JOIN hold_seats hs ON hs.seat_id = s.id
+        WHERE hs.hold_id = $1 AND EXISTS (SELECT 1 FROM go)
+        ORDER BY s.id FOR UPDATE OF s
+    ), clock AS MATERIALIZED (
+        SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM locked) AS every_lock_ours
+    ), sale AS MATERIALIZED (
+        SELECT clock.t FROM hl, clock
+        WHERE EXISTS (SELECT 1 FROM go) AND hl.sale_start_time > clock.t
+          AND NOT EXISTS (SELECT 1 FROM locked WHERE hold_id IS DISTINCT FROM $1 AND NOT free)
+          AND (SELECT count(*) FROM locked) <= cardinality($10::uuid[])
+    ), o AS (
+        INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
+                            total_minor, currency_code, ticket_count, create_time,
+                            payment_reference, partner_id)
+        SELECT $4, hl.event_id, $2, $3, $5, 'CONFIRMED', (SELECT sum(held_price) FROM locked),
+               hl.currency_code, (SELECT count(*) FROM locked), sale.t, $7, $6
+        FROM sale, hl
+        ON CONFLICT (customer_id, request_id) DO NOTHING
+        RETURNING id, create_time
+    ), s AS (
+        UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND EXISTS (SELECT 1 FROM o)
+        RETURNING id
+    ), h AS (
+        UPDATE holds SET status = 'CONFIRMED', order_id = o.id
+        FROM o WHERE holds.id = $1
+        RETURNING 1
+    ), t AS (
+        INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
+        SELECT u.tid, o.id, hl.event_id, l.id, u.code, 'VALID', l.held_price
+        FROM o, hl,
+             (SELECT id, held_price, row_number() OVER (ORDER BY id) AS n FROM locked) l
+        JOIN unnest($10::uuid[], $11::text[]) WITH ORDINALITY AS u(tid, code, n) ON u.n = l.n
+        RETURNING 1
+    ), changes AS (
+        SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
+    )
+    SELECT hl.*, (SELECT t FROM sale) AS sale_time, (SELECT create_time FROM o) AS order_time,
+           (SELECT count(*) FROM s) AS marked, (SELECT count(*) FROM t) AS listed,
+           (SELECT count(*) FROM h) AS confirmed, (SELECT n FROM changes) AS recorded,
+           l.id AS seat_id, l.status AS seat_status, l.hold_id AS seat_hold_id, l.free,
+           l.held_price, l.price_minor, l.section_id, l.row_label, l.seat_number, l.seat_label
+    FROM hl LEFT JOIN locked l ON TRUE
+    ORDER BY l.id
+"""
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What ConfirmHold's one statement saw and did. `hold` None: no such hold. `seats` the
+    hold's places it locked, in id order (keys as lock_hold_seats: id, hold_id, free,
+    held_price, ...). Written iff `create_time` is set; else, with every check passed, a
+    `sale_time` None means the event started during the lock waits, more `seats` than
+    tickets given means run again with as many, and otherwise the request_id was committed
+    by a concurrent call first."""
+
+    hold: Any
+    event: EventForSale | None
+    seats: list[dict[str, Any]]
+    sale_time: dt.datetime | None
+    create_time: dt.datetime | None
+
+    @property
+    def written(self) -> bool:
+        return self.create_time is not None
+
+
+async def confirm(
+    conn: Conn,
+    *,
+    hold_id: uuid.UUID,
+    order_id: uuid.UUID,
+    head: tuple[uuid.UUID, uuid.UUID, str, uuid.UUID | None],
+    payment_reference: str | None,
+    ticket_ids: Sequence[uuid.UUID],
+    codes: Sequence[str],
+    channel: Channel = PUBLIC,
+) -> Confirmation:
+    """ConfirmHold in ONE statement, its own transaction (see _CONFIRM). `head` is (buyer,
+    request_id, request hash, the buyer's partner)."""
+    customer_id, request_id, request_hash, partner_id = head
+    try:
+        with metrics.lock_wait("confirm"):
+            rows = await conn.fetch(
+                _CONFIRM,
+                hold_id,
+                customer_id,
+                request_id,
+                order_id,
+                request_hash,
+                partner_id,
+                payment_reference,
+                channel.partner_id,
+                channel.public_pool,
+                list(ticket_ids),
+                list(codes),
+            )
+    except asyncpg.LockNotAvailableError:
+        raise seat_locked() from None
+    if not rows:
+        return Confirmation(None, None, [], None, None)
+    first = rows[0]
+    seats = [
+        {
+            "id": r["seat_id"],
+            "status": r["seat_status"],
+            "hold_id": r["seat_hold_id"],
+            **{k: r[k] for k in _CONFIRMED_SEAT_KEYS},
+        }
+        for r in rows
+        if r["seat_id"] is not None
+    ]
+    if first["order_time"] is not None and not (
+        first["marked"] == first["listed"] == len(seats) and first["confirmed"] == 1
+    ):
+        raise RuntimeError(f"hold {hold_id}: marked {first['marked']}, listed {first['listed']}")
+    return Confirmation(first, _sale_terms(first), seats, first["sale_time"], first["order_time"])
+
+
+_CONFIRMED_SEAT_KEYS = (
+    "free",
+    "held_price",
+    "price_minor",
+    "section_id",
+    "row_label",
+    "seat_number",
+    "seat_label",
+)
 
 
 async def lock_hold_seats(conn: Conn, hold_id: uuid.UUID, channel: Channel = PUBLIC) -> list[Any]:

@@ -92,6 +92,11 @@ _TWIN_REASONS = frozenset(
 )
 
 
+# Tickets made ready for a ConfirmHold before its hold's size is known (ids and codes are the
+# server's, so they are passed in): holds of more places take a second statement.
+_CONFIRM_TICKETS_GUESS = 4
+
+
 class _TwinCommittedFirst(Exception):
     """The same caller's request_id was committed by a concurrent call."""
 
@@ -196,7 +201,11 @@ class BookingService:
         fingerprint = request_fingerprint(event_id, selection)
         buyer = await self._buyer(principal, on_behalf_of)
         try:
-            return await self._book_once(buyer, event_id, request_id, selection, fingerprint)
+            sold = await self._sell_once(buyer, event_id, request_id, selection, fingerprint)
+            if sold is None:
+                # A per-customer cap: the transaction path, whose count follows the lock.
+                sold = await self._book_once(buyer, event_id, request_id, selection, fingerprint)
+            return sold
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
@@ -221,6 +230,63 @@ class BookingService:
                 raise _mismatch(request_id)
             got = await repo.get_order(conn, found[0])
         return got.order if got else None
+
+    async def _sell_once(
+        self,
+        buyer: Buyer,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        fingerprint: str,
+    ) -> OrderRecord | None:
+        """The sale as ONE statement (repository.sell, its own transaction): the same locks,
+        checks and write as `_book_once`, answered from what the statement saw. None: the
+        event caps tickets per customer, and `_book_once` must sell (nothing was locked
+        beyond the event row, nothing written)."""
+        quantity, seat_ids, best = _selected(selection)
+        order_id = uuid.uuid4()
+        ticket_ids = [uuid.uuid4() for _ in range(quantity)]
+        codes = [new_ticket_code() for _ in range(quantity)]
+        async with self._db.single_statement() as conn:
+            taken = await repo.sell(
+                conn,
+                order_id=order_id,
+                head=(event_id, buyer.customer_id, request_id, fingerprint, buyer.partner_id),
+                seat_ids=seat_ids,
+                best_available=best,
+                ticket_ids=ticket_ids,
+                codes=codes,
+                channel=buyer.channel,
+            )
+            event = taken.event
+            if event is None:
+                raise event_not_found(event_id)
+            if not taken.written:
+                if event.existing_order_id is not None:
+                    if event.existing_hash != fingerprint:
+                        raise _mismatch(request_id)
+                    existing = await repo.get_order(conn, event.existing_order_id)
+                    assert existing is not None
+                    return existing.order
+                await _why_not_taken(conn, taken, event, event_id, selection, buyer.channel)
+                return None
+        assert taken.create_time is not None
+        new = [
+            repo.NewTicket(tid, s["id"], code, s["price_minor"])
+            for tid, code, s in zip(ticket_ids, codes, taken.seats, strict=True)
+        ]
+        return _new_order(
+            order_id,
+            event_id,
+            buyer.customer_id,
+            request_id,
+            event,
+            taken.create_time,
+            new,
+            taken.seats,
+            partner_id=buyer.partner_id,
+            end_customer=buyer.end_customer,
+        )
 
     async def _book_once(
         self,
@@ -315,24 +381,7 @@ class BookingService:
         checked free for `channel`: what sales, holds and allocations all go through."""
         if isinstance(selection, SpecificSeats):
             seats = await repo.lock_seats(conn, event_id, selection.seat_ids, channel)
-            found = {s["id"] for s in seats}
-            missing = [
-                FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
-                for i, sid in enumerate(selection.seat_ids)
-                if sid not in found
-            ]
-            if missing:
-                raise InvalidArgument(missing)
-            taken = [s["id"] for s in seats if not s["free"]]
-            if taken:
-                raise FailedPrecondition(
-                    f"{len(taken)} of {len(seats)} requested seats already sold or held",
-                    reason=Reason.SEAT_UNAVAILABLE,
-                    metadata={"seat_ids": ",".join(map(str, taken))},
-                    violations=[
-                        Precondition("SEAT", str(sid), "already sold or held") for sid in taken
-                    ],
-                )
+            _check_specific(selection, seats)
         else:
             assert isinstance(selection, BestAvailable)
             if selection.section_id not in section_ids:
@@ -343,17 +392,7 @@ class BookingService:
                 conn, event_id, selection.section_id, selection.quantity, channel
             )
             if len(seats) < selection.quantity:
-                free = await repo.count_available(conn, event_id, selection.section_id, channel)
-                if free >= selection.quantity:
-                    raise Aborted(
-                        "the remaining places are being booked right now; retry",
-                        reason=Reason.SEAT_LOCKED,
-                    )
-                raise FailedPrecondition(
-                    f"only {free} places left in this section",
-                    reason=Reason.SOLD_OUT,
-                    metadata={"available": str(free), "section_id": str(selection.section_id)},
-                )
+                await _short_of_places(conn, event_id, selection, channel)
         return seats
 
     async def get_order(
@@ -695,9 +734,15 @@ class BookingService:
         fingerprint = request_fingerprint(event_id, selection)
         buyer = await self._buyer(principal, on_behalf_of)
         try:
-            return await self._hold_once(
+            held = await self._hold_fast(
                 buyer, event_id, request_id, selection, fingerprint, lifetime
             )
+            if held is None:
+                # A per-customer cap: the transaction path, whose count follows the lock.
+                held = await self._hold_once(
+                    buyer, event_id, request_id, selection, fingerprint, lifetime
+                )
+            return held
         except (_TwinCommittedFirst, DomainError) as exc:
             if isinstance(exc, DomainError) and exc.reason not in _TWIN_REASONS:
                 raise
@@ -712,6 +757,53 @@ class BookingService:
             if isinstance(exc, _TwinCommittedFirst):
                 raise Aborted("concurrent duplicate request; retry", reason=Reason.RETRY) from None
             raise
+
+    async def _hold_fast(
+        self,
+        buyer: Buyer,
+        event_id: uuid.UUID,
+        request_id: uuid.UUID,
+        selection: Selection,
+        fingerprint: str,
+        ttl: dt.timedelta,
+    ) -> HoldRecord | None:
+        """The hold as ONE statement (repository.hold), as `_sell_once` is the sale: the
+        locks, checks and write of `_hold_once`. None: a capped event, for `_hold_once`."""
+        _, seat_ids, best = _selected(selection)
+        hold_id = uuid.uuid4()
+        async with self._db.single_statement() as conn:
+            taken = await repo.hold(
+                conn,
+                hold_id=hold_id,
+                head=(event_id, buyer.customer_id, request_id, fingerprint, buyer.partner_id),
+                seat_ids=seat_ids,
+                best_available=best,
+                ttl=ttl,
+                channel=buyer.channel,
+            )
+            event = taken.event
+            if event is None:
+                raise event_not_found(event_id)
+            if not taken.written:
+                if event.existing_order_id is not None:
+                    if event.existing_hash != fingerprint:
+                        raise _mismatch(request_id)
+                    existing = await repo.get_hold(conn, event.existing_order_id)
+                    assert existing is not None
+                    return _hold_record(existing.hold, existing.seats)
+                await _why_not_taken(conn, taken, event, event_id, selection, buyer.channel)
+                return None
+        assert taken.create_time is not None and taken.expire_time is not None
+        return _new_hold(
+            hold_id,
+            event_id,
+            request_id,
+            buyer,
+            event,
+            taken.create_time,
+            taken.expire_time,
+            taken.seats,
+        )
 
     async def _hold_once(
         self,
@@ -757,31 +849,15 @@ class BookingService:
                 raise not_on_sale(event_id, "it has started")
             if written.create_time is None or written.expire_time is None:
                 raise _TwinCommittedFirst()
-            return HoldRecord(
-                id=hold_id,
-                event_id=event_id,
-                customer_id=customer_id,
-                request_id=request_id,
-                status=HoldStatus.ACTIVE,
-                total_minor=sum(s["price_minor"] for s in seats),
-                currency_code=event.currency_code,
-                create_time=written.create_time,
-                expire_time=written.expire_time,
-                order_id=None,
-                partner_id=buyer.partner_id,
-                end_customer=buyer.end_customer,
-                seats=tuple(
-                    HoldSeatRecord(
-                        seat_id=s["id"],
-                        section_id=s["section_id"],
-                        section_name=event.section_names[s["section_id"]],
-                        row_label=s["row_label"],
-                        seat_number=s["seat_number"],
-                        seat_label=s["seat_label"],
-                        price_minor=s["price_minor"],
-                    )
-                    for s in seats
-                ),
+            return _new_hold(
+                hold_id,
+                event_id,
+                request_id,
+                buyer,
+                event,
+                written.create_time,
+                written.expire_time,
+                seats,
             )
 
     async def get_hold(self, principal: Principal, hold_id: uuid.UUID) -> HoldRecord:
@@ -904,9 +980,15 @@ class BookingService:
         fingerprint = hold_confirm_fingerprint(hold_id)
         buyer = await self._confirming_buyer(principal, on_behalf_of)
         try:
-            return await self._confirm_once(
+            confirmed = await self._confirm_fast(
                 principal, buyer, hold_id, request_id, fingerprint, payment_reference
             )
+            if confirmed is None:
+                # An expired hold under a per-customer cap: the transaction path recounts.
+                confirmed = await self._confirm_once(
+                    principal, buyer, hold_id, request_id, fingerprint, payment_reference
+                )
+            return confirmed
         except _TwinCommittedFirst:
             twin = await self._order_for_request(buyer.customer_id, request_id, fingerprint)
             if twin is not None:
@@ -928,6 +1010,97 @@ class BookingService:
         if found is None:
             raise _not_the_holds_customer()
         return Buyer(found, principal.partner_id, channel=_channel_of(principal))
+
+    async def _confirm_fast(
+        self,
+        principal: Principal,
+        buyer: Buyer,
+        hold_id: uuid.UUID,
+        request_id: uuid.UUID,
+        fingerprint: str,
+        payment_reference: str | None,
+    ) -> OrderRecord | None:
+        """The confirmation as ONE statement (repository.confirm): the locks, checks and
+        write of `_confirm_once`, answered from what the statement saw (its `go` is exactly
+        the checks below, so what it wrote these would have allowed). None: an expired hold
+        under a per-customer cap, for `_confirm_once`."""
+        tickets = _CONFIRM_TICKETS_GUESS
+        for _ in range(2):
+            order_id = uuid.uuid4()
+            ticket_ids = [uuid.uuid4() for _ in range(tickets)]
+            codes = [new_ticket_code() for _ in range(tickets)]
+            async with self._db.single_statement() as conn:
+                got = await repo.confirm(
+                    conn,
+                    hold_id=hold_id,
+                    order_id=order_id,
+                    head=(buyer.customer_id, request_id, fingerprint, buyer.partner_id),
+                    payment_reference=payment_reference,
+                    ticket_ids=ticket_ids,
+                    codes=codes,
+                    channel=buyer.channel,
+                )
+                hold, event = got.hold, got.event
+                if hold is None or event is None:
+                    raise hold_not_found(hold_id)
+                if got.written:
+                    break
+                _ensure_own_hold(principal, hold_id, hold)
+                if hold["customer_id"] != buyer.customer_id:
+                    raise _not_the_holds_customer()
+                status = HoldStatus(hold["status"])
+                earlier = (
+                    (event.existing_order_id, event.existing_hash)
+                    if event.existing_order_id is not None and event.existing_hash is not None
+                    else None
+                )
+                if earlier is None and status is HoldStatus.CONFIRMED:
+                    # A twin confirmed it while we waited for the hold's lock: its order
+                    # is committed now.
+                    earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
+                if earlier is not None:
+                    if earlier[1] != fingerprint:
+                        raise _mismatch(request_id)
+                    done = await repo.get_order(conn, earlier[0])
+                    assert done is not None
+                    return done.order
+                if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
+                    raise hold_not_active(hold_id, status)
+                if event.cancelled:
+                    raise not_on_sale(hold["event_id"], "it was cancelled")
+                if event.started:
+                    raise not_on_sale(hold["event_id"], "it has started")
+                if status is HoldStatus.EXPIRED and event.max_tickets_per_customer is not None:
+                    return None
+                taken = [s["id"] for s in got.seats if s["hold_id"] != hold_id and not s["free"]]
+                if taken:
+                    raise hold_expired_error(hold_id, taken)
+                if len(got.seats) > tickets:
+                    tickets = len(got.seats)  # a larger hold than guessed: once more
+                    continue
+                if got.sale_time is None:
+                    raise not_on_sale(hold["event_id"], "it has started")
+                raise _TwinCommittedFirst()
+        else:
+            return None  # (unreachable: a hold's seats do not change)
+        assert got.create_time is not None and hold is not None and event is not None
+        new = [
+            repo.NewTicket(tid, s["id"], code, s["held_price"])
+            for tid, code, s in zip(ticket_ids, codes, got.seats, strict=False)
+        ]
+        return _new_order(
+            order_id,
+            hold["event_id"],
+            buyer.customer_id,
+            request_id,
+            event,
+            got.create_time,
+            new,
+            got.seats,
+            payment_reference=payment_reference,
+            partner_id=buyer.partner_id,
+            end_customer=repo.end_customer_of(hold),
+        )
 
     async def _confirm_once(
         self,
@@ -1125,6 +1298,128 @@ def _new_order(
                 price_minor=t.price_minor,
             )
             for t, s in zip(tickets, seats, strict=True)
+        ),
+    )
+
+
+async def _short_of_places(
+    conn: Connection, event_id: uuid.UUID, selection: BestAvailable, channel: Channel
+) -> None:
+    """Best available found fewer free places than asked: SEAT_LOCKED when enough are
+    only locked by buyers in flight (who may roll back), else SOLD_OUT. Always raises."""
+    free = await repo.count_available(conn, event_id, selection.section_id, channel)
+    if free >= selection.quantity:
+        raise Aborted(
+            "the remaining places are being booked right now; retry",
+            reason=Reason.SEAT_LOCKED,
+        )
+    raise FailedPrecondition(
+        f"only {free} places left in this section",
+        reason=Reason.SOLD_OUT,
+        metadata={"available": str(free), "section_id": str(selection.section_id)},
+    )
+
+
+def _selected(
+    selection: Selection,
+) -> tuple[int, list[int] | None, tuple[uuid.UUID, int] | None]:
+    """(quantity, seat ids, (section, quantity)) of a selection: one of the last two set."""
+    if isinstance(selection, SpecificSeats):
+        return len(selection.seat_ids), list(selection.seat_ids), None
+    assert isinstance(selection, BestAvailable)
+    return selection.quantity, None, (selection.section_id, selection.quantity)
+
+
+async def _why_not_taken(
+    conn: Connection,
+    taken: repo.Taken,
+    event: repo.EventForSale,
+    event_id: uuid.UUID,
+    selection: Selection,
+    channel: Channel,
+) -> None:
+    """Why a sale's or hold's one statement wrote nothing (its request_id was new), in the
+    order the transaction path checks: raises the refusal, or returns when the event caps
+    tickets per customer (the caller then takes the transaction path)."""
+    if event.cancelled:
+        raise not_on_sale(event_id, "it was cancelled")
+    if event.started:
+        raise not_on_sale(event_id, "it has started")
+    quantity = _selected(selection)[0]
+    check_order_limit(quantity, event.max_tickets_per_order)
+    if event.max_tickets_per_customer is not None:
+        return
+    if isinstance(selection, SpecificSeats):
+        _check_specific(selection, taken.seats)
+    else:
+        assert isinstance(selection, BestAvailable)
+        if selection.section_id not in event.section_names:
+            raise InvalidArgument.one("best_available.section_id", "not a section of this event")
+        if len(taken.seats) < quantity:
+            await _short_of_places(conn, event_id, selection, channel)
+    if taken.sale_time is None:
+        # Every check held, but the start passed while the seat locks were waited for: the
+        # write decides.
+        raise not_on_sale(event_id, "it has started")
+    raise _TwinCommittedFirst()
+
+
+def _check_specific(selection: SpecificSeats, seats: list[Any]) -> None:
+    """Every seat asked for is a seat of the event (INVALID_ARGUMENT naming the others) and
+    free for the caller (SEAT_UNAVAILABLE naming the taken ones), judged on the locked rows."""
+    found = {s["id"] for s in seats}
+    missing = [
+        FieldViolation(f"seat_ids.ids[{i}]", f"seat {sid} is not a seat of this event")
+        for i, sid in enumerate(selection.seat_ids)
+        if sid not in found
+    ]
+    if missing:
+        raise InvalidArgument(missing)
+    taken = [s["id"] for s in seats if not s["free"]]
+    if taken:
+        raise FailedPrecondition(
+            f"{len(taken)} of {len(seats)} requested seats already sold or held",
+            reason=Reason.SEAT_UNAVAILABLE,
+            metadata={"seat_ids": ",".join(map(str, taken))},
+            violations=[Precondition("SEAT", str(sid), "already sold or held") for sid in taken],
+        )
+
+
+def _new_hold(
+    hold_id: uuid.UUID,
+    event_id: uuid.UUID,
+    request_id: uuid.UUID,
+    buyer: Buyer,
+    event: repo.EventForSale,
+    created: dt.datetime,
+    expires: dt.datetime,
+    seats: list[Any],
+) -> HoldRecord:
+    """The hold a HoldSeats just wrote, from the locked seat rows (no read back)."""
+    return HoldRecord(
+        id=hold_id,
+        event_id=event_id,
+        customer_id=buyer.customer_id,
+        request_id=request_id,
+        status=HoldStatus.ACTIVE,
+        total_minor=sum(s["price_minor"] for s in seats),
+        currency_code=event.currency_code,
+        create_time=created,
+        expire_time=expires,
+        order_id=None,
+        partner_id=buyer.partner_id,
+        end_customer=buyer.end_customer,
+        seats=tuple(
+            HoldSeatRecord(
+                seat_id=s["id"],
+                section_id=s["section_id"],
+                section_name=event.section_names[s["section_id"]],
+                row_label=s["row_label"],
+                seat_number=s["seat_number"],
+                seat_label=s["seat_label"],
+                price_minor=s["price_minor"],
+            )
+            for s in seats
         ),
     )
 

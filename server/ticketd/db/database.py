@@ -221,6 +221,28 @@ class Database:
             finally:
                 metrics.DB_TRANSACTION.observe(time.perf_counter() - started)
 
+    @contextlib.asynccontextmanager
+    async def single_statement(self) -> AsyncIterator[Connection]:
+        """A connection for a unit of work that is ONE writing statement, run in autocommit
+        so the statement is its own transaction: one round trip instead of BEGIN, statement,
+        COMMIT. The statement must decide everything itself (it writes only when its checks
+        hold); reads after it on the same connection are transactions of their own.
+
+        When the current call's deadline is closer than the configured bounds, the block
+        runs inside `transaction()` instead, whose tightened lock_timeout and
+        statement_timeout need a transaction to live in (the outcome is the same: one
+        statement, one transaction)."""
+        if _needs_tighter_bounds(remaining_seconds(), self.options.lock_timeout_ms):
+            async with self.transaction() as conn:
+                yield conn
+            return
+        async with self.connection() as conn:
+            started = time.perf_counter()
+            try:
+                yield conn
+            finally:
+                metrics.DB_TRANSACTION.observe(time.perf_counter() - started)
+
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query, on a connection outside the pool:
         under overload every pooled connection is busy, and a health check queued behind them
@@ -263,11 +285,9 @@ async def _bound_waits(conn: Connection, remaining: float | None, lock_timeout_m
     """A caller with less time left than the configured bounds gets tighter ones, so that no
     transaction outlives the RPC that started it (the connection already carries the
     configured lock_timeout and statement_timeout)."""
-    if remaining is None:
+    if remaining is None or not _needs_tighter_bounds(remaining, lock_timeout_ms):
         return
     budget_ms = int(remaining * 1000)
-    if budget_ms >= lock_timeout_ms * 2:
-        return
     lock_ms = max(20, min(lock_timeout_ms, budget_ms // 2))
     stmt_ms = max(50, budget_ms)
     await conn.execute(
@@ -275,6 +295,12 @@ async def _bound_waits(conn: Connection, remaining: float | None, lock_timeout_m
         f"{lock_ms}ms",
         f"{stmt_ms}ms",
     )
+
+
+def _needs_tighter_bounds(remaining: float | None, lock_timeout_ms: int) -> bool:
+    """Whether a caller with `remaining` seconds left needs bounds below the configured
+    ones (less than two lock timeouts left)."""
+    return remaining is not None and int(remaining * 1000) < lock_timeout_ms * 2
 
 
 def _is_lost(conn: Connection) -> bool:
