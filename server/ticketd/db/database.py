@@ -240,6 +240,9 @@ class Database:
             started = time.perf_counter()
             try:
                 yield conn
+                # The statement committed as it ran: its outbox records wait for numbering
+                # (as after transaction()), or watchers would see the sale only at the poll.
+                self.outbox.poke()
             finally:
                 metrics.DB_TRANSACTION.observe(time.perf_counter() - started)
 
