@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
+from ticketd.auth.cache import PrincipalCache
 from ticketd.auth.credentials import Scheme, SecretHasher, derive_key
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.throttle import SignInThrottle
@@ -200,6 +201,12 @@ class TicketServer:
                 burst=settings.partner_burst,
             ),
         )
+        # One more PostgreSQL connection per process, outside the pool: it LISTENs for the
+        # auth changes that empty this cache (ticketd.auth.cache).
+        self.principals = PrincipalCache(
+            components.db.url if settings.auth_cache_ttl_seconds > 0 else None,
+            ttl=settings.auth_cache_ttl_seconds,
+        )
         interceptor = AuthInterceptor(
             components.tokens,
             components.accounts.principal_for,
@@ -211,6 +218,7 @@ class TicketServer:
             },
             max_streams=settings.max_streams,
             partner_hint=components.partners.budget_hint,
+            principals=self.principals,
         )
         self.server = aio.server(
             # Tracing first, so its span is current while ours maps errors (trace id =
@@ -223,6 +231,9 @@ class TicketServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.http2.max_pings_without_data", 0),
+                # One connection's burst waits on its own side of the wire (HTTP/2 flow
+                # control) instead of queueing ahead of every other client's calls here.
+                ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
             ],
             # Admission is ours (ticketd.edge.admission: health exempt, password calls on
             # their own budget); grpc's limit, which counts health too, is a last resort.
@@ -295,6 +306,7 @@ class TicketServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self.server.start()
+        await self.principals.start()
         await self.set_serving(serving)
         if settings.hold_sweep_interval_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(
@@ -322,6 +334,7 @@ class TicketServer:
                 await self._sweeper
             self._sweeper = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
+        await self.principals.close()
         if self._health_server is not None:
             await self._health_server.stop(0)
         tracing.shutdown()

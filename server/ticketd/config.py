@@ -214,6 +214,12 @@ class Settings:
     partner_burst: int = 200
     """`TICKETING_PARTNER_BURST`: calls a partner may make at once above its rate (scaled
     with a partner's own rate)."""
+    auth_cache_ttl_seconds: float = 2.0
+    """`TICKETING_AUTH_CACHE_TTL`: how long a credential's principal is answered from memory
+    (ticketd.auth.cache; revocations still take effect on the next call); 0 turns it off."""
+    max_streams_per_connection: int = 100
+    """`TICKETING_MAX_STREAMS_PER_CONNECTION`: concurrent calls one HTTP/2 connection may
+    have open (`grpc.max_concurrent_streams`): a flooding client queues on its own side."""
     offline_clock_skew_seconds: int = 300
     """`TICKETING_OFFLINE_CLOCK_SKEW`: how far ahead of the server's clock an uploaded
     offline scan time may be (a kiosk's clock runs a little fast) before it is INVALID."""
@@ -339,4 +345,8 @@ class Settings:
             ),
             partner_rate=_float(env, "TICKETING_PARTNER_RATE", 100.0, 0.001, 1_000_000),
             partner_burst=_int(env, "TICKETING_PARTNER_BURST", 200, 1, 1_000_000),
+            auth_cache_ttl_seconds=_float(env, "TICKETING_AUTH_CACHE_TTL", 2.0, 0.0, 60.0),
+            max_streams_per_connection=_int(
+                env, "TICKETING_MAX_STREAMS_PER_CONNECTION", 100, 1, 100_000
+            ),
         )

@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from ticketd import errors
+from ticketd.auth.cache import AUTH_CHANGING_METHODS, PrincipalCache
 from ticketd.auth.credentials import Credential, Scheme, parse_authorization
 from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import PartnerScope, Principal, bind_principal, unbind_principal
@@ -71,9 +72,12 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         secret_loaders: Mapping[Scheme, SecretLoader] | None = None,
         max_streams: int = 1000,
         partner_hint: Callable[[str], PartnerScope | None] | None = None,
+        principals: PrincipalCache | None = None,
     ) -> None:
         """`secret_loaders` maps each non-Bearer scheme to its loader; a scheme without one
-        authenticates nobody."""
+        authenticates nobody. `principals` (optional) answers repeat credentials from
+        memory, revocation-safe (ticketd.auth.cache)."""
+        self._principals = principals or PrincipalCache(None)
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
@@ -116,18 +120,43 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._partner_hint(credential.secret)
 
     async def _authenticate(self, credential: Credential) -> Principal:
+        cache = self._principals
         principal: Principal | None = None
+        key: object
         if credential.scheme is Scheme.BEARER:
-            principal = await self._load_principal(self._tokens.verify(credential.secret))
+            # The token is verified on every call (signature, expiry); only the row read
+            # behind it is cached, per user and token generation.
+            claims = self._tokens.verify(credential.secret)
+            key = cache.user_key(claims.user_id, claims.generation)
+            principal = cache.get(key)
+            if principal is None:
+                epoch = cache.epoch()
+                principal = await self._load_principal(claims)
+                if principal is not None:
+                    cache.put(key, principal, epoch)
         else:
             loader = self._secret_loaders.get(credential.scheme)
             if loader is not None:
-                principal = await loader(credential.secret)
+                key = cache.key(credential.scheme.value, credential.secret)
+                principal = cache.get(key)
+                if principal is None:
+                    epoch = cache.epoch()
+                    principal = await loader(credential.secret)
+                    if principal is not None:
+                        cache.put(key, principal, epoch)
         if principal is None:
             raise errors.Unauthenticated(
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
             )
         return principal
+
+    async def _after_auth_change(self, method: str) -> None:
+        """After a call that changed credentials succeeded, and before its answer goes out:
+        this process forgets every cached principal at once, and waits until it has seen
+        the change's own NOTIFY (which every other process is sent at the same commit)."""
+        if method in AUTH_CHANGING_METHODS:
+            self._principals.invalidate()
+            await self._principals.barrier()
 
     async def intercept_service(
         self,
@@ -305,7 +334,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     )
                 request = self._checked_request(raw, deserializer)
                 bound = bind_principal(principal)
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                await self._after_auth_change(method)
+                return response
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
