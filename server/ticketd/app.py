@@ -207,7 +207,7 @@ class TicketServer:
             components.db.url if settings.auth_cache_ttl_seconds > 0 else None,
             ttl=settings.auth_cache_ttl_seconds,
         )
-        interceptor = AuthInterceptor(
+        self.interceptor = interceptor = AuthInterceptor(
             components.tokens,
             components.accounts.principal_for,
             contract_rules(),
@@ -219,6 +219,7 @@ class TicketServer:
             max_streams=settings.max_streams,
             partner_hint=components.partners.budget_hint,
             principals=self.principals,
+            refusal_hold=settings.partner_refusal_hold_seconds,
         )
         self.server = aio.server(
             # Tracing first, so its span is current while ours maps errors (trace id =
@@ -231,9 +232,13 @@ class TicketServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.http2.max_pings_without_data", 0),
-                # One connection's burst waits on its own side of the wire (HTTP/2 flow
-                # control) instead of queueing ahead of every other client's calls here.
-                ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+                # One connection's burst waits on its own side of the wire instead of
+                # queueing ahead of every other client's calls here (0: grpc's default).
+                *(
+                    [("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+                    if settings.max_streams_per_connection
+                    else []
+                ),
             ],
             # Admission is ours (ticketd.edge.admission: health exempt, password calls on
             # their own budget); grpc's limit, which counts health too, is a last resort.
