@@ -33,6 +33,10 @@ def cache_of(server: RunningServer) -> PrincipalCache:
 
 async def warm(cache: PrincipalCache, call: object) -> None:
     """Call (a zero-argument coroutine factory) until the cache answers it from memory."""
+    for _ in range(300):  # a new server starts listening in the background
+        if cache.live:
+            break
+        await asyncio.sleep(0.01)
     assert cache.live, "the cache must be listening for these tests to mean anything"
     for _ in range(5):
         before = cache.hits

@@ -311,7 +311,7 @@ class TicketServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self.server.start()
-        await self.principals.start()
+        self.principals.start()
         await self.set_serving(serving)
         if settings.hold_sweep_interval_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(

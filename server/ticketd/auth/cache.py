@@ -159,11 +159,12 @@ class PrincipalCache:
         self._epoch += 1
         self._entries.clear()
 
-    async def start(self) -> None:
-        """Start listening (a failure is logged and retried on later calls: until then
-        every call reads the database)."""
-        if self.enabled:
-            await self._connect()
+    def start(self) -> None:
+        """Start listening in the background, without delaying the server's start (its
+        database may not answer yet): until it listens, and after a failure (logged, and
+        retried on later calls), every call reads the database."""
+        self._next_attempt = 0.0
+        self._ensure_listening()
 
     async def barrier(self) -> None:
         """Wait (bounded) until this process has handled every auth change committed before
@@ -185,8 +186,9 @@ class PrincipalCache:
             self._barriers.pop(token, None)
 
     async def close(self) -> None:
-        """Stop listening (server shutdown)."""
+        """Stop listening (server shutdown); the cache stays off from then on."""
         self._live = False
+        self._url = None
         self.invalidate()
         if self._connecting is not None:
             self._connecting.cancel()
