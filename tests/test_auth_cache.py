@@ -247,3 +247,28 @@ async def test_a_fill_that_raced_an_invalidation_is_dropped() -> None:
     assert cache.get(key) is None
     cache.put(key, principal, cache.epoch())
     assert cache.get(key) == principal
+
+
+async def test_concurrent_revocations_each_take_effect_and_the_cache_stays_on(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    """Eight RevokeApiKey calls at once (their barriers share one listening connection):
+    every key is refused on its next call, and the cache is still listening afterwards."""
+    cache = cache_of(running)
+    made = [await partner_with_key(stubs, admin) for _ in range(8)]
+    for _, _, secret in made:
+        await warm(cache, whoami_partner(stubs, secret))
+    await asyncio.gather(
+        *(
+            stubs.partners.RevokeApiKey(
+                partner_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=admin.md
+            )
+            for _, key_id, _ in made
+        )
+    )
+    for _, _, secret in made:
+        got = await refused(whoami_partner(stubs, secret)())  # type: ignore[operator]
+        assert got == (S.UNAUTHENTICATED, "API_KEY_REVOKED")
+    assert cache.live
+    _, _, fresh = await partner_with_key(stubs, admin)
+    await warm(cache, whoami_partner(stubs, fresh))

@@ -96,6 +96,9 @@ class PrincipalCache:
         self._connecting: asyncio.Task[None] | None = None
         self._next_attempt = 0.0
         self._barriers: dict[str, asyncio.Event] = {}
+        # One statement at a time on the listening connection (asyncpg refuses a second
+        # while one runs): concurrent writers' barriers take turns.
+        self._barrier_lock = asyncio.Lock()
         # Credentials are keyed by a keyed hash with a per-process key: the dict never holds
         # a usable secret, and nothing outside this process can predict its keys.
         self._salt = secrets.token_bytes(32)
@@ -169,21 +172,22 @@ class PrincipalCache:
     async def barrier(self) -> None:
         """Wait (bounded) until this process has handled every auth change committed before
         now: a notification of our own, sent after them, comes back after them."""
-        conn = self._conn
-        if not self._live or conn is None:
-            return
-        token = secrets.token_hex(8)
-        done = asyncio.Event()
-        self._barriers[token] = done
-        try:
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, "barrier:" + token)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), _BARRIER_SECONDS)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("auth cache barrier failed (%s); cache off until it listens again", exc)
-            self._lost(conn)
-        finally:
-            self._barriers.pop(token, None)
+        async with self._barrier_lock:
+            conn = self._conn
+            if not self._live or conn is None:
+                return
+            token = secrets.token_hex(8)
+            done = asyncio.Event()
+            self._barriers[token] = done
+            try:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, "barrier:" + token)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), _BARRIER_SECONDS)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("auth cache barrier failed (%s); cache off until it listens", exc)
+                self._lost(conn)
+            finally:
+                self._barriers.pop(token, None)
 
     async def close(self) -> None:
         """Stop listening (server shutdown); the cache stays off from then on."""
