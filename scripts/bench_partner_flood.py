@@ -10,7 +10,9 @@ flooder's outcomes (it must get RESOURCE_EXHAUSTED PARTNER_BUDGET_EXCEEDED, neve
 The goal is reported, not enforced: p99 under the flood within noise of the baseline.
 
 Usage: scripts/bench_partner_flood [--json PATH] [--duration 8] [--quiet-users 4]
-       [--flood-users 64] [--flood-budget 8] [--flood-rate 50]
+       [--flood-users 64] [--flood-budget 8] [--flood-rate 50] [--server-env NAME=VALUE ...]
+(--server-env sets the server's TICKETING_* settings, e.g. TICKETING_PARTNER_REFUSAL_HOLD=0
+for the server as it was before refusals were held; they are recorded in the JSON.)
 Admin URL: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres. Loopback only.
 """
 
@@ -140,7 +142,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     machine = await machine_info(admin, await wait_for_quiet(args.wait_quiet))
     async with throwaway_database(admin) as url:
         with tempfile.TemporaryDirectory(prefix="ticketing-bench-flood-") as data_dir:
-            server = benchmark_server(url, Path(data_dir), admin_email=ADMIN_EMAIL)
+            server = benchmark_server(
+                url, Path(data_dir), admin_email=ADMIN_EMAIL, env=args.server_env
+            )
             await server.start()
             assert server.admin_password is not None and server.pid is not None
             try:
@@ -229,6 +233,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "calls": "BookSeats of one allocated seat on behalf of a new end customer",
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "server_env": args.server_env,
         },
         "quiet_alone": base | {"cpu": alone.cpu},
         "quiet_under_flood": under | {"cpu": flooded.cpu},
@@ -276,8 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-budget", type=int, default=8, help="its calls in flight")
     parser.add_argument("--flood-rate", type=int, default=50, help="its calls per second")
     parser.add_argument("--wait-quiet", type=float, default=20.0, help="wait for a quiet box")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TICKETING_* setting for the server (repeatable)",
+    )
     parser.add_argument("--flood-only", help=argparse.SUPPRESS)  # the flooder's own process
     args = parser.parse_args(argv)
+    server_env: dict[str, str] = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("TICKETING_"):
+            parser.error(f"--server-env wants TICKETING_NAME=VALUE, got {item!r}")
+        server_env[name] = value
+    args.server_env = server_env
     if args.flood_only:
         print(json.dumps(asyncio.run(flood_only(json.loads(args.flood_only)))))
         return 0

@@ -387,3 +387,64 @@ async def test_allocation_races_a_sale_and_another_allocation_of_the_same_places
         assert row is not None
         # Either both places were sold to the public, or both went to one partner unsold.
         assert (row["sold"], row["partners"]) in ((2, 0), (0, 1)), (results, dict(row))
+
+
+async def test_a_partner_lists_its_own_allocations_only(
+    stubs: Stubs, stage: Stage, admin: Account
+) -> None:
+    """ListAllocations with an API key: the partner's own allocations of the event, paged,
+    never another partner's; the organizer still sees all; an unknown event is NOT_FOUND."""
+    event = await stubs.create_event(stage.organizer, stage.venue, name="Listed Allocations")
+    seats = await stubs.all_seats(event.id, section_id=stage.venue.sections[0].id)
+    mine, theirs = [], []
+    # Interleaved, so the partner's pages are cut out of the event's listing, not a prefix.
+    for i in range(5):
+        mine.append((await allocate(stubs, stage, event.id, seat_ids=[seats[2 * i].id])).id)
+        theirs.append(
+            (
+                await allocate(
+                    stubs,
+                    stage,
+                    event.id,
+                    seat_ids=[seats[2 * i + 1].id],
+                    partner_id=stage.other.id,
+                )
+            ).id
+        )
+
+    async def listed(md: CallMetadata, page_size: int) -> list[str]:
+        ids: list[str] = []
+        token = ""
+        for _ in range(20):
+            page = await stubs.events.ListAllocations(
+                event_pb2.ListAllocationsRequest(
+                    event_id=event.id, page_size=page_size, page_token=token
+                ),
+                metadata=md,
+            )
+            assert len(page.allocations) <= page_size
+            ids.extend(a.id for a in page.allocations)
+            token = page.next_page_token
+            if not token:
+                return ids
+        raise AssertionError("pages never ended")
+
+    assert await listed(stage.seller_md, 2) == mine
+    assert await listed(stage.other_md, 3) == theirs
+    assert await listed(stage.seller_md, 100) == mine
+    assert await listed(stage.organizer.md, 4) == [
+        x for pair in zip(mine, theirs, strict=True) for x in pair
+    ]
+    # A partner with no allocation here sees none; an unknown event is NOT_FOUND for it too.
+    _, third_key = await stubs.create_partner(admin, "No Allocation Seller")
+    assert await listed(api_key(third_key), 5) == []
+    unknown = stubs.events.ListAllocations(
+        event_pb2.ListAllocationsRequest(event_id=str(uuid.uuid4())), metadata=stage.seller_md
+    )
+    assert await refusal(unknown) == (S.NOT_FOUND, "EVENT_NOT_FOUND")
+    # Still not theirs to change: releasing is the organizer's (role matrix: no PARTNER).
+    release = event_pb2.ReleaseAllocationRequest(allocation_id=mine[0])
+    assert await refusal(stubs.events.ReleaseAllocation(release, metadata=stage.seller_md)) == (
+        S.PERMISSION_DENIED,
+        "ROLE_NOT_ALLOWED",
+    )

@@ -351,3 +351,58 @@ async def test_a_flooding_partner_is_refused_and_another_still_served(
         await other.events.ListEvents(event_pb2.ListEventsRequest(page_size=1))
         # Its own column: 1,000 calls a second (burst scaled to 5,000) is never refused here.
         assert await asyncio.gather(*(call(keys[big.id]) for _ in range(40))) == [S.OK] * 40
+
+
+async def test_held_refusals_keep_no_place_and_never_outlive_the_deadline(
+    running: RunningServer, stubs: Stubs, admin: Account
+) -> None:
+    """An over-budget partner's refusals are held before they are sent (so a client that
+    ignores RetryInfo cannot make the server refuse as fast as it can ask), but a held
+    refusal keeps no admission place: with the whole server's budget at 3 calls and 30 of
+    the flooder's refusals held, a customer and another partner are still served. A
+    refusal is still RESOURCE_EXHAUSTED, even when the caller's deadline is shorter than
+    the hold."""
+    flooder, calm = [await new_partner(stubs, admin, n) for n in ("Held", "Served")]
+    keys = {p.id: (await new_key(stubs, admin.md, p.id)).secret for p in (flooder, calm)}
+    customer = await stubs.register("held")
+    async with (
+        second_server(
+            running,
+            PoolOptions(pool_size=5),
+            partner_rate=1.0,
+            partner_burst=1,
+            max_concurrent_rpcs=3,
+            partner_refusal_hold_seconds=2.0,
+        ) as server,
+        aio.insecure_channel(server.target) as channel,
+    ):
+        other = Stubs(channel)
+        # The first call spends the flooder's only token and makes its budget known.
+        await whoami(other, keys[flooder.id])
+
+        async def flood_call(timeout: float) -> tuple[grpc.StatusCode, str | None]:
+            return await refusal(
+                other.partners.GetPartner(
+                    partner_pb2.GetPartnerRequest(),
+                    metadata=api_key(keys[flooder.id]),
+                    timeout=timeout,
+                )
+            )
+
+        held = [asyncio.create_task(flood_call(10.0)) for _ in range(30)]
+        for _ in range(100):
+            if server.server.interceptor.held_refusals >= 30:
+                break
+            await asyncio.sleep(0.01)
+        assert server.server.interceptor.held_refusals == 30
+        # 30 refusals are held; the server's whole budget (3) is still free for others.
+        assert (await whoami(other, keys[calm.id])).id == calm.id
+        got = await other.auth.GetCurrentUser(
+            auth_pb2.GetCurrentUserRequest(), metadata=customer.md
+        )
+        assert got.user.id == customer.user.id
+        # A deadline shorter than the hold: still the refusal, answered before it.
+        assert await flood_call(0.5) == (S.RESOURCE_EXHAUSTED, "PARTNER_BUDGET_EXCEEDED")
+        results = await asyncio.gather(*held)
+        assert set(results) == {(S.RESOURCE_EXHAUSTED, "PARTNER_BUDGET_EXCEEDED")}
+        assert server.server.interceptor.held_refusals == 0

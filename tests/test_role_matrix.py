@@ -778,7 +778,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _EVENT + "UnassignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "ListStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "AllocateSeats": frozenset({"ADMIN", "ORGANIZER"}),
-    _EVENT + "ListAllocations": frozenset({"ADMIN", "ORGANIZER"}),
+    _EVENT + "ListAllocations": frozenset({"ADMIN", "ORGANIZER", "PARTNER"}),
     _EVENT + "ReleaseAllocation": frozenset({"ADMIN", "ORGANIZER"}),
     _BOOKING + "BookSeats": frozenset({"CUSTOMER", "ADMIN", "PARTNER"}),
     _BOOKING + "GetOrder": frozenset({"CUSTOMER", "SUPPORT", "ADMIN", "ORGANIZER", "PARTNER"}),

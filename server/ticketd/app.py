@@ -17,6 +17,7 @@ from ticketd.accounts.service import AccountService
 from ticketd.accounts.servicer import AuthServicer
 from ticketd.audit.service import AuditService
 from ticketd.audit.servicer import AuditServicer
+from ticketd.auth.cache import PrincipalCache
 from ticketd.auth.credentials import Scheme, SecretHasher, derive_key
 from ticketd.auth.passwords import PasswordHasher
 from ticketd.auth.throttle import SignInThrottle
@@ -206,7 +207,13 @@ class TicketServer:
                 burst=settings.partner_burst,
             ),
         )
-        interceptor = AuthInterceptor(
+        # One more PostgreSQL connection per process, outside the pool: it LISTENs for the
+        # auth changes that empty this cache (ticketd.auth.cache).
+        self.principals = PrincipalCache(
+            components.db.url if settings.auth_cache_ttl_seconds > 0 else None,
+            ttl=settings.auth_cache_ttl_seconds,
+        )
+        self.interceptor = interceptor = AuthInterceptor(
             components.tokens,
             components.accounts.principal_for,
             contract_rules(),
@@ -217,6 +224,8 @@ class TicketServer:
             },
             max_streams=settings.max_streams,
             partner_hint=components.partners.budget_hint,
+            principals=self.principals,
+            refusal_hold=settings.partner_refusal_hold_seconds,
         )
         self.server = aio.server(
             # Tracing first, so its span is current while ours maps errors (trace id =
@@ -229,6 +238,13 @@ class TicketServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.http2.max_pings_without_data", 0),
+                # One connection's burst waits on its own side of the wire instead of
+                # queueing ahead of every other client's calls here (0: grpc's default).
+                *(
+                    [("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+                    if settings.max_streams_per_connection
+                    else []
+                ),
             ],
             # Admission is ours (ticketd.edge.admission: health exempt, password calls on
             # their own budget); grpc's limit, which counts health too, is a last resort.
@@ -317,6 +333,7 @@ class TicketServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self.server.start()
+        self.principals.start()
         await self.set_serving(serving)
         # Numbers committed outbox records whether anyone watches or not (streams' readers
         # also sequence before they read): ticketd.db.outbox. Order changes are recorded
@@ -351,6 +368,7 @@ class TicketServer:
             self._sweeper = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
         await self.components.db.outbox.stop()
+        await self.principals.close()
         if self._health_server is not None:
             await self._health_server.stop(0)
         tracing.shutdown()

@@ -217,6 +217,19 @@ class Settings:
     partner_burst: int = 200
     """`TICKETING_PARTNER_BURST`: calls a partner may make at once above its rate (scaled
     with a partner's own rate)."""
+    partner_refusal_hold_seconds: float = 0.25
+    """`TICKETING_PARTNER_REFUSAL_HOLD`: how long an over-budget partner's call is held
+    before its RESOURCE_EXHAUSTED is sent (never past its deadline), so a client ignoring
+    RetryInfo cannot have its refusals take the server's CPU from others; 0 answers at once."""
+    auth_cache_ttl_seconds: float = 2.0
+    """`TICKETING_AUTH_CACHE_TTL`: how long a credential's principal is answered from memory
+    (ticketd.auth.cache; revocations still take effect on the next call); 0 turns it off."""
+    max_streams_per_connection: int = 0
+    """`TICKETING_MAX_STREAMS_PER_CONNECTION`: concurrent calls one HTTP/2 connection may
+    have open (`grpc.max_concurrent_streams`), so a flooding client queues on its own side;
+    0 (the default) leaves grpc's. Off by default: a client that opens more calls than
+    this on a new connection, before the server's SETTINGS reach it, gets the excess
+    refused (UNAVAILABLE, RST_STREAM REFUSED_STREAM) rather than queued."""
     offline_clock_skew_seconds: int = 300
     """`TICKETING_OFFLINE_CLOCK_SKEW`: how far ahead of the server's clock an uploaded
     offline scan time may be (a kiosk's clock runs a little fast) before it is INVALID."""
@@ -342,4 +355,11 @@ class Settings:
             ),
             partner_rate=_float(env, "TICKETING_PARTNER_RATE", 100.0, 0.001, 1_000_000),
             partner_burst=_int(env, "TICKETING_PARTNER_BURST", 200, 1, 1_000_000),
+            partner_refusal_hold_seconds=_float(
+                env, "TICKETING_PARTNER_REFUSAL_HOLD", 0.25, 0.0, 5.0
+            ),
+            auth_cache_ttl_seconds=_float(env, "TICKETING_AUTH_CACHE_TTL", 2.0, 0.0, 60.0),
+            max_streams_per_connection=_int(
+                env, "TICKETING_MAX_STREAMS_PER_CONNECTION", 0, 0, 100_000
+            ),
         )

@@ -256,7 +256,8 @@ class EventServiceServicer:
 
     def ListAllocations(self, request, context):
         """ListAllocations pages through an event's allocations, oldest first. The
-        owning organizer or ADMIN.
+        owning organizer or ADMIN see all of them; a partner's API key
+        (ROLE_PARTNER) sees its own partner's only, of any event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

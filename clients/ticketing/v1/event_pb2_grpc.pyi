@@ -135,7 +135,8 @@ class EventServiceStub:
     """
     ListAllocations: _grpc.UnaryUnaryMultiCallable[_event_pb2.ListAllocationsRequest, _event_pb2.ListAllocationsResponse]
     """ListAllocations pages through an event's allocations, oldest first. The
-    owning organizer or ADMIN.
+    owning organizer or ADMIN see all of them; a partner's API key
+    (ROLE_PARTNER) sees its own partner's only, of any event.
     """
     ReleaseAllocation: _grpc.UnaryUnaryMultiCallable[_event_pb2.ReleaseAllocationRequest, _event_pb2.ReleaseAllocationResponse]
     """ReleaseAllocation returns an allocation's unsold places to the public
@@ -250,7 +251,8 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     ListAllocations: _aio.UnaryUnaryMultiCallable[_event_pb2.ListAllocationsRequest, _event_pb2.ListAllocationsResponse]  # type: ignore[assignment]
     """ListAllocations pages through an event's allocations, oldest first. The
-    owning organizer or ADMIN.
+    owning organizer or ADMIN see all of them; a partner's API key
+    (ROLE_PARTNER) sees its own partner's only, of any event.
     """
     ReleaseAllocation: _aio.UnaryUnaryMultiCallable[_event_pb2.ReleaseAllocationRequest, _event_pb2.ReleaseAllocationResponse]  # type: ignore[assignment]
     """ReleaseAllocation returns an allocation's unsold places to the public
@@ -434,7 +436,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_pb2.ListAllocationsResponse, _abc.Awaitable[_event_pb2.ListAllocationsResponse]]:
         """ListAllocations pages through an event's allocations, oldest first. The
-        owning organizer or ADMIN.
+        owning organizer or ADMIN see all of them; a partner's API key
+        (ROLE_PARTNER) sees its own partner's only, of any event.
         """
 
     @_abc_1.abstractmethod

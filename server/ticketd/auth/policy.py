@@ -99,9 +99,10 @@ POLICY: dict[str, Access] = {
     _EVENT + "AssignStaff": roles(ADMIN, ORGANIZER),
     _EVENT + "UnassignStaff": roles(ADMIN, ORGANIZER),
     _EVENT + "ListStaff": roles(ADMIN, ORGANIZER),
-    # Allocations to partners' channels (issue 13): the event's owner or ADMIN.
+    # Allocations to partners' channels (issue 13): the event's owner or ADMIN; a partner
+    # reads its own allocations only (ticketd.events.service.list_allocations).
     _EVENT + "AllocateSeats": roles(ADMIN, ORGANIZER),
-    _EVENT + "ListAllocations": roles(ADMIN, ORGANIZER),
+    _EVENT + "ListAllocations": roles(ADMIN, ORGANIZER, PARTNER),
     _EVENT + "ReleaseAllocation": roles(ADMIN, ORGANIZER),
     # BookingService: ownership of orders is checked in ticketd.booking.rules.
     # A partner's key (issue 13) sells for its end customers and manages what it sold.

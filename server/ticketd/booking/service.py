@@ -708,6 +708,27 @@ class BookingService:
         async with self._db.connection() as conn:
             return await repo.list_allocations(conn, event_id, after, limit)
 
+    async def list_partner_allocations(
+        self,
+        event_id: uuid.UUID,
+        partner_id: uuid.UUID,
+        after: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[AllocationRecord]:
+        """One partner's allocations of the event, oldest first, keyset as list_allocations.
+        Filtered here over the event's allocations in batches (an event has a few hundred at
+        most), so the keyset stays the one of the unfiltered listing."""
+        found: list[AllocationRecord] = []
+        batch = max(limit, 200)
+        async with self._db.connection() as conn:
+            while len(found) < limit:
+                rows = await repo.list_allocations(conn, event_id, after, batch)
+                found.extend(r for r in rows if r.partner_id == partner_id)
+                if len(rows) < batch:
+                    break
+                after = (rows[-1].create_time, rows[-1].id)
+        return found[:limit]
+
     # Holds (issue 12) ----------------------------------------------------------------------
 
     async def sweep_expired_holds(self, limit: int = 500) -> int:

@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from ticketd import errors
+from ticketd.auth.cache import AUTH_CHANGING_METHODS, PrincipalCache
 from ticketd.auth.credentials import Credential, Scheme, parse_authorization
 from ticketd.auth.policy import Access, access_for
 from ticketd.auth.principal import PartnerScope, Principal, bind_principal, unbind_principal
@@ -39,6 +40,8 @@ log = logging.getLogger("ticketd.rpc")
 # Methods of the contract (server streaming ones get the full treatment; other streaming
 # methods are infrastructure: health Watch, reflection).
 OUR_PACKAGE = "/ticketing.v1."
+# A held refusal is still answered this long before the caller's deadline.
+_HOLD_DEADLINE_MARGIN_S = 0.05
 
 # grpc's runtime class is not generic; only its stubs are.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -71,9 +74,18 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         secret_loaders: Mapping[Scheme, SecretLoader] | None = None,
         max_streams: int = 1000,
         partner_hint: Callable[[str], PartnerScope | None] | None = None,
+        principals: PrincipalCache | None = None,
+        refusal_hold: float = 0.0,
+        max_held: int = 10_000,
     ) -> None:
         """`secret_loaders` maps each non-Bearer scheme to its loader; a scheme without one
-        authenticates nobody."""
+        authenticates nobody. `principals` (optional) answers repeat credentials from
+        memory, revocation-safe (ticketd.auth.cache). `refusal_hold`: seconds an over-budget
+        partner's refusal is held before it is sent (`_hold_refusal`)."""
+        self._refusal_hold = refusal_hold
+        self._max_held = max_held
+        self._held = 0
+        self._principals = principals or PrincipalCache(None)
         self._tokens = tokens
         self._load_principal = load_principal
         self._contract = contract
@@ -116,18 +128,69 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._partner_hint(credential.secret)
 
     async def _authenticate(self, credential: Credential) -> Principal:
+        cache = self._principals
         principal: Principal | None = None
+        key: object
         if credential.scheme is Scheme.BEARER:
-            principal = await self._load_principal(self._tokens.verify(credential.secret))
+            # The token is verified on every call (signature, expiry); only the row read
+            # behind it is cached, per user and token generation.
+            claims = self._tokens.verify(credential.secret)
+            key = cache.user_key(claims.user_id, claims.generation)
+            principal = cache.get(key)
+            if principal is None:
+                epoch = cache.epoch()
+                principal = await self._load_principal(claims)
+                if principal is not None:
+                    cache.put(key, principal, epoch)
         else:
             loader = self._secret_loaders.get(credential.scheme)
             if loader is not None:
-                principal = await loader(credential.secret)
+                key = cache.key(credential.scheme.value, credential.secret)
+                principal = cache.get(key)
+                if principal is None:
+                    epoch = cache.epoch()
+                    principal = await loader(credential.secret)
+                    if principal is not None:
+                        cache.put(key, principal, epoch)
         if principal is None:
             raise errors.Unauthenticated(
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
             )
         return principal
+
+    @property
+    def held_refusals(self) -> int:
+        """Refusals being held right now (`_hold_refusal`)."""
+        return self._held
+
+    async def _hold_refusal(self, context: aio.ServicerContext[Any, Any]) -> None:
+        """Answer an over-budget partner's call only after `refusal_hold` seconds (never
+        past its deadline), holding nothing but its stream: a client that ignores RetryInfo
+        then cannot make this process refuse faster than its own calls in flight divided by
+        the hold, so a flood's refusals stop taking the CPU other callers need. A client
+        that honours RetryInfo waits about as long anyway. At most `max_held` refusals are
+        held at once; beyond that they are answered at once."""
+        hold = self._refusal_hold
+        if hold <= 0 or self._held >= self._max_held:
+            return
+        remaining = time_remaining(context)
+        if remaining is not None:
+            hold = min(hold, remaining - _HOLD_DEADLINE_MARGIN_S)
+        if hold <= 0:
+            return
+        self._held += 1
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            self._held -= 1
+
+    async def _after_auth_change(self, method: str) -> None:
+        """After a call that changed credentials succeeded, and before its answer goes out:
+        this process forgets every cached principal at once, and waits until it has seen
+        the change's own NOTIFY (which every other process is sent at the same commit)."""
+        if method in AUTH_CHANGING_METHODS:
+            self._principals.invalidate()
+            await self._principals.barrier()
 
     async def intercept_service(
         self,
@@ -289,23 +352,37 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     # key is looked up: a flood's refusals cost no database connection.
                     hint = self._known_partner(credential)
                     if hint is not None:
-                        partner_admitted = self._admission.enter_partner(
-                            hint.partner_id,
-                            max_in_flight=hint.max_in_flight,
-                            rate=hint.rate_per_second,
-                        )
+                        try:
+                            partner_admitted = self._admission.enter_partner(
+                                hint.partner_id,
+                                max_in_flight=hint.max_in_flight,
+                                rate=hint.rate_per_second,
+                            )
+                        except errors.ResourceExhausted:
+                            if admitted is not None:
+                                admitted.release()
+                            await self._hold_refusal(context)
+                            raise
                 principal = await self._authorize(method, rule, credential)
                 scope = principal.partner if principal is not None else None
                 if self._admission is not None and scope is not None and partner_admitted is None:
                     # Only now is the partner known: its own budget, on top of the shared one.
-                    partner_admitted = self._admission.enter_partner(
-                        scope.partner_id,
-                        max_in_flight=scope.max_in_flight,
-                        rate=scope.rate_per_second,
-                    )
+                    try:
+                        partner_admitted = self._admission.enter_partner(
+                            scope.partner_id,
+                            max_in_flight=scope.max_in_flight,
+                            rate=scope.rate_per_second,
+                        )
+                    except errors.ResourceExhausted:
+                        if admitted is not None:
+                            admitted.release()
+                        await self._hold_refusal(context)
+                        raise
                 request = self._checked_request(raw, deserializer)
                 bound = bind_principal(principal)
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                await self._after_auth_change(method)
+                return response
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise

@@ -399,8 +399,18 @@ class EventService:
         after: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[AllocationRecord]:
+        """The event's owner or ADMIN see every allocation; a partner's API key sees its own
+        partner's only (another partner's channel is none of its business)."""
         async with self._db.connection() as conn:
-            await self._check_manager(conn, principal, event_id)
+            if principal.partner_id is not None:
+                if await repo.event_owner(conn, event_id) is None:
+                    raise event_not_found(event_id)
+            else:
+                await self._check_manager(conn, principal, event_id)
+        if principal.partner_id is not None:
+            return await self._booking.list_partner_allocations(
+                event_id, principal.partner_id, after, limit
+            )
         return await self._booking.list_allocations(event_id, after, limit)
 
     async def release_allocation(
