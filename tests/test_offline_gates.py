@@ -362,6 +362,33 @@ async def test_uploads_of_revoked_forged_early_and_future_scans(
     assert all(o.result == R.OFFLINE_SCAN_RESULT_INVALID for o in got.outcomes[1:])
 
 
+async def test_an_upload_with_an_impossible_scan_time_is_refused_whole(
+    stubs: Stubs, admin: Account
+) -> None:
+    """A scan_time protobuf itself rejects (nanos out of range) or far outside any event is
+    INVALID_ARGUMENT naming the scan, not INTERNAL; nothing of the batch is stored."""
+    event_id, tickets, _, _ = await open_event(stubs, admin, 1)
+    _, cred = await enrolled(stubs, admin, event_id, "east")
+    bad_nanos = now_ts(-1)
+    bad_nanos.nanos = -1
+    ancient = Timestamp(seconds=-2_000_000_000)
+    for bad in (bad_nanos, ancient):
+        batch = upload(
+            event_id,
+            "east",
+            (str(uuid.uuid4()), tickets[0].signed_code, now_ts(-1)),
+            (str(uuid.uuid4()), tickets[0].signed_code, bad),
+        )
+        with pytest.raises(aio.AioRpcError) as err:
+            await stubs.gate.UploadOfflineScans(batch, metadata=device_md(cred))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in error_details(err.value).field_violations] == ["scans[1].scan_time"]
+    online = await stubs.gate.ValidateTicket(
+        scan_request(tickets[0].signed_code, event_id, gate="east"), metadata=device_md(cred)
+    )
+    assert online.result == R.VALIDATION_RESULT_ADMITTED
+
+
 async def test_device_scope_and_revocation(stubs: Stubs, admin: Account) -> None:
     event_a, tickets, _, _ = await open_event(stubs, admin, 1)
     event_b, _, _, _ = await open_event(stubs, admin, 1)

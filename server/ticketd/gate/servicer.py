@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from ticketd.auth.principal import current_principal
-from ticketd.edge.convert import parse_uuid, timestamp
+from ticketd.edge.convert import parse_time, parse_uuid, timestamp
 from ticketd.edge.streaming import write_pages
 from ticketd.errors import InvalidArgument
 from ticketd.gate.devices.rules import DeviceRecord, DeviceState
@@ -344,7 +344,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                         gate_id=gate,
                         scan_id=parse_uuid(s.scan_id, f"scans[{i}].scan_id"),
                     ),
-                    s.scan_time.ToDatetime(tzinfo=dt.UTC),
+                    parse_time(s.scan_time, f"scans[{i}].scan_time"),
                 )
             )
         if len({s.scan.scan_id for s in scans}) != len(scans):
