@@ -4,7 +4,6 @@ call credentials there (gRPC refuses call credentials on plaintext channels)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +12,10 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, second_server
 from tests.support import PASSWORD, Account, Stubs, unique_email
 from tests.test_offline_gates import enrolled, open_event
-from ticketd.app import TicketServer
+from ticketd.db.database import PoolOptions
 from ticketing import connect
 from ticketing.v1 import auth_pb2, auth_pb2_grpc, gate_pb2
 
@@ -47,13 +46,10 @@ async def tls_server(running: RunningServer, tmp_path: Path) -> AsyncIterator[tu
         check=True,
         capture_output=True,
     )
-    settings = dataclasses.replace(running.components.settings, tls_cert=cert, tls_key=key)
-    server = TicketServer(dataclasses.replace(running.components, settings=settings))
-    port = await server.start("127.0.0.1:0")
-    try:
-        yield port, cert.read_bytes()
-    finally:
-        await server.stop(0)
+    # A server of its own (not the shared server's components): stopping it ends its
+    # streams, which must not end the shared server's.
+    async with second_server(running, PoolOptions(pool_size=4), tls_cert=cert, tls_key=key) as tls:
+        yield tls.port, cert.read_bytes()
 
 
 async def test_tls_round_trip_with_call_credentials(tls_server: tuple[int, bytes]) -> None:

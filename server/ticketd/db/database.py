@@ -274,7 +274,7 @@ class Database:
             await self._pool.expire_connections()
 
     async def dispose(self) -> None:
-        await self.outbox.stop()
+        await self.outbox.stop(last=True)
         await self.listener.close()
         if self._ping_conn is not None:
             self._ping_conn.terminate()

@@ -146,6 +146,7 @@ class Sequencer:
         self._runs: dict[tuple[str, uuid.UUID], _Runs] = {}
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._servers = 0
 
     def poke(self) -> None:
         """A transaction of this process committed: it may have recorded changes."""
@@ -221,13 +222,18 @@ class Sequencer:
                             await task
 
     def start(self) -> None:
-        """Start the background task (idempotent)."""
+        """A server on this database started: run the background task (once, however many
+        servers share the database)."""
+        self._servers += 1
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> None:
-        """Stop the background task."""
-        if self._task is not None:
+    async def stop(self, *, last: bool = False) -> None:
+        """A server on this database stopped: the task stops with the last of them (or at
+        once with `last`, when the database itself is disposed), so stopping one of two
+        servers sharing a database never leaves the other's streams unnumbered."""
+        self._servers = 0 if last else max(0, self._servers - 1)
+        if self._servers == 0 and self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
