@@ -207,6 +207,16 @@ class Unavailable(DomainError):
     """Database down or pool exhausted: retry with backoff."""
 
 
+def stream_shut_down(after: int) -> Unavailable:
+    """A stream ended by the server's shutdown, with where its reader resumes (every
+    resumable stream says it the same way)."""
+    return Unavailable(
+        "the server is shutting down; reconnect with after_sequence",
+        reason=Reason.SERVER_SHUTTING_DOWN,
+        metadata={"resume_after_sequence": str(after)},
+    )
+
+
 class ResourceExhausted(DomainError):
     """A rate, budget or quota is used up; `retry_after` says when trying again makes sense."""
 

@@ -70,7 +70,7 @@ from ticketd.errors import (
     PermissionDenied,
     Precondition,
     Reason,
-    Unavailable,
+    stream_shut_down,
 )
 from ticketd.shared import EndCustomer, event_not_found
 
@@ -1066,31 +1066,12 @@ class BookingService:
                     raise hold_not_found(hold_id)
                 if got.written:
                     break
-                _ensure_own_hold(principal, hold_id, hold)
-                if hold["customer_id"] != buyer.customer_id:
-                    raise _not_the_holds_customer()
-                status = HoldStatus(hold["status"])
-                earlier = (
-                    (event.existing_order_id, event.existing_hash)
-                    if event.existing_order_id is not None and event.existing_hash is not None
-                    else None
+                done = await _confirm_checks(
+                    conn, principal, buyer, hold_id, hold, event, request_id, fingerprint
                 )
-                if earlier is None and status is HoldStatus.CONFIRMED:
-                    # A twin confirmed it while we waited for the hold's lock: its order
-                    # is committed now.
-                    earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
-                if earlier is not None:
-                    if earlier[1] != fingerprint:
-                        raise _mismatch(request_id)
-                    done = await repo.get_order(conn, earlier[0])
-                    assert done is not None
-                    return done.order
-                if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
-                    raise hold_not_active(hold_id, status)
-                if event.cancelled:
-                    raise not_on_sale(hold["event_id"], "it was cancelled")
-                if event.started:
-                    raise not_on_sale(hold["event_id"], "it has started")
+                if done is not None:
+                    return done
+                status = HoldStatus(hold["status"])
                 if status is HoldStatus.EXPIRED and event.max_tickets_per_customer is not None:
                     return None
                 taken = [s["id"] for s in got.seats if s["hold_id"] != hold_id and not s["free"]]
@@ -1138,31 +1119,12 @@ class BookingService:
             if got is None:
                 raise hold_not_found(hold_id)
             hold, event = got.hold, got.event
-            _ensure_own_hold(principal, hold_id, hold)
-            if hold["customer_id"] != buyer.customer_id:
-                raise _not_the_holds_customer()
-            status = HoldStatus(hold["status"])
-            earlier = (
-                (event.existing_order_id, event.existing_hash)
-                if event.existing_order_id is not None and event.existing_hash is not None
-                else None
+            done = await _confirm_checks(
+                conn, principal, buyer, hold_id, hold, event, request_id, fingerprint
             )
-            if earlier is None and status is HoldStatus.CONFIRMED:
-                # A twin confirmed it while we waited for the hold's lock: the locked row was
-                # re-read at the lock, the joined orders were not; look again.
-                earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
-            if earlier is not None:
-                if earlier[1] != fingerprint:
-                    raise _mismatch(request_id)
-                done = await repo.get_order(conn, earlier[0])
-                assert done is not None
-                return done.order
-            if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
-                raise hold_not_active(hold_id, status)
-            if event.cancelled:
-                raise not_on_sale(hold["event_id"], "it was cancelled")
-            if event.started:
-                raise not_on_sale(hold["event_id"], "it has started")
+            if done is not None:
+                return done
+            status = HoldStatus(hold["status"])
             seats = await repo.lock_hold_seats(conn, hold_id, buyer.channel)
             taken = [s["id"] for s in seats if s["hold_id"] != hold_id and not s["free"]]
             if taken:
@@ -1256,7 +1218,7 @@ class BookingService:
             read,
             poll_seconds=poll_seconds,
             closing=self._closing,
-            closed=shutting_down,
+            closed=stream_shut_down,
             caught_up=OrderChangeRecord.caught_up_at,
         )
         try:
@@ -1266,13 +1228,45 @@ class BookingService:
             await pages.aclose()
 
 
-def shutting_down(after: int) -> Unavailable:
-    """A stream ended by the server's shutdown, with where its reader resumes."""
-    return Unavailable(
-        "the server is shutting down; reconnect with after_sequence",
-        reason=Reason.SERVER_SHUTTING_DOWN,
-        metadata={"resume_after_sequence": str(after)},
+async def _confirm_checks(
+    conn: Connection,
+    principal: Principal,
+    buyer: Buyer,
+    hold_id: uuid.UUID,
+    hold: Any,
+    event: repo.EventForSale,
+    request_id: uuid.UUID,
+    fingerprint: str,
+) -> OrderRecord | None:
+    """The checks of a confirmation on its locked hold and event, in the order the caller
+    hears them (both the one-statement and the transaction path): the order an earlier call
+    with this request_id made, None when the hold may be confirmed, or the refusal."""
+    _ensure_own_hold(principal, hold_id, hold)
+    if hold["customer_id"] != buyer.customer_id:
+        raise _not_the_holds_customer()
+    status = HoldStatus(hold["status"])
+    earlier = (
+        (event.existing_order_id, event.existing_hash)
+        if event.existing_order_id is not None and event.existing_hash is not None
+        else None
     )
+    if earlier is None and status is HoldStatus.CONFIRMED:
+        # A twin confirmed it while we waited for the hold's lock: the locked row was re-read
+        # at the lock, the joined orders were not; look again (its order is committed now).
+        earlier = await repo.existing_request(conn, buyer.customer_id, request_id)
+    if earlier is not None:
+        if earlier[1] != fingerprint:
+            raise _mismatch(request_id)
+        done = await repo.get_order(conn, earlier[0])
+        assert done is not None
+        return done.order
+    if status in (HoldStatus.CONFIRMED, HoldStatus.RELEASED):
+        raise hold_not_active(hold_id, status)
+    if event.cancelled:
+        raise not_on_sale(hold["event_id"], "it was cancelled")
+    if event.started:
+        raise not_on_sale(hold["event_id"], "it has started")
+    return None
 
 
 def _new_order(

@@ -20,8 +20,8 @@ from ticketd.errors import (
     InvalidArgument,
     PermissionDenied,
     Reason,
-    Unavailable,
     not_found,
+    stream_shut_down,
 )
 from ticketd.events import repository as repo
 from ticketd.events.rules import (
@@ -57,15 +57,6 @@ from ticketd.venues.service import VenueService
 DEFAULT_QUOTAS = EventQuotas(places_per_event=200_000, live_events=100)
 # Changes read from the outbox per query: what a stream holds in memory at most.
 STREAM_PAGE = 500
-
-
-def shutting_down(after: int) -> Unavailable:
-    """A stream ended by the server's shutdown, with where its reader resumes."""
-    return Unavailable(
-        "the server is shutting down; reconnect with after_sequence",
-        reason=Reason.SERVER_SHUTTING_DOWN,
-        metadata={"resume_after_sequence": str(after)},
-    )
 
 
 class _TwinCommittedFirst(Exception):
@@ -174,7 +165,7 @@ class EventService:
             read,
             poll_seconds=poll_seconds,
             closing=self._closing,
-            closed=shutting_down,
+            closed=stream_shut_down,
         )
         try:
             async for changes in pages:

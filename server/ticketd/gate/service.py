@@ -11,7 +11,13 @@ from collections.abc import AsyncGenerator
 from ticketd.auth.principal import Principal, Role
 from ticketd.db import outbox
 from ticketd.db.database import Connection, Database
-from ticketd.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable
+from ticketd.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    stream_shut_down,
+)
 from ticketd.gate import repository as repo
 from ticketd.gate.limits import ScanLimiter
 from ticketd.gate.rules import (
@@ -45,15 +51,6 @@ from ticketd.shared import ScanWindowDefaults, event_not_found
 
 # Gate changes read from the outbox per query: what a gate stream holds in memory at most.
 GATE_STREAM_PAGE = 500
-
-
-def shutting_down(after: int) -> Unavailable:
-    """A stream ended by the server's shutdown, with where its reader resumes."""
-    return Unavailable(
-        "the server is shutting down; reconnect with after_sequence",
-        reason=Reason.SERVER_SHUTTING_DOWN,
-        metadata={"resume_after_sequence": str(after)},
-    )
 
 
 class _TwinLoggedFirst(Exception):
@@ -150,7 +147,7 @@ class GateService:
             read,
             poll_seconds=poll_seconds,
             closing=self._closing,
-            closed=shutting_down,
+            closed=stream_shut_down,
             caught_up=lambda at: GateChangeRecord(sequence=at, gate=None, caught_up=True),
         )
         try:
