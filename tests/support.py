@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -341,3 +342,41 @@ def scan_request(
     return gate_pb2.ValidateTicketRequest(
         code=code, event_id=event_id, gate_id=gate, scan_id=scan_id or str(uuid.uuid4())
     )
+
+
+StreamItem = TypeVar("StreamItem")
+
+
+class StreamReader(Generic[StreamItem]):
+    """A server-streaming call read in the background into `items` (its error kept), with
+    a bounded wait for a condition on what arrived: the watch tests' one reader."""
+
+    def __init__(self, call: Any, read_timeout: float = 20.0) -> None:
+        self.call = call
+        self.items: list[StreamItem] = []
+        self.error: aio.AioRpcError | None = None
+        self._read_timeout = read_timeout
+        self._grew = asyncio.Event()
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for item in self.call:
+                self.items.append(item)
+                self._grew.set()
+        except aio.AioRpcError as err:
+            self.error = err
+            self._grew.set()
+
+    async def wait_for(self, done: Callable[[], bool]) -> None:
+        """Wait (bounded) until done() holds; the stream's error if it ends first."""
+        async with asyncio.timeout(self._read_timeout):
+            while not done():
+                if self.error is not None:
+                    raise self.error
+                self._grew.clear()
+                await self._grew.wait()
+
+    async def stop(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
 from tests.procs import ticketd_process
-from tests.support import Account, Stubs, client_pool, error_details, small_layout
+from tests.support import Account, StreamReader, Stubs, client_pool, error_details, small_layout
 from ticketd.db.database import PoolOptions
 from ticketing.v1 import booking_pb2, event_pb2
 
@@ -39,26 +39,16 @@ async def new_event(
     return event.id, [s.id for s in await stubs.all_seats(event.id)]
 
 
-class Watcher:
+class Watcher(StreamReader[event_pb2.SeatChange]):
     """A WatchSeats call read in the background into a list, with helpers to wait."""
 
     def __init__(self, stubs: Stubs, event_id: str, after: int = 0) -> None:
-        self.call = stubs.events.WatchSeats(
-            event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after)
+        super().__init__(
+            stubs.events.WatchSeats(
+                event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after)
+            ),
+            READ_TIMEOUT_S,
         )
-        self.items: list[event_pb2.SeatChange] = []
-        self.error: aio.AioRpcError | None = None
-        self._grew = asyncio.Event()
-        self.task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for item in self.call:
-                self.items.append(item)
-                self._grew.set()
-        except aio.AioRpcError as err:
-            self.error = err
-            self._grew.set()
 
     @property
     def changes(self) -> list[event_pb2.SeatChange]:
@@ -66,16 +56,7 @@ class Watcher:
 
     async def until(self, done: Any) -> None:
         """Wait (bounded) until done(self) holds."""
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            while not done(self):
-                if self.error is not None:
-                    raise self.error
-                self._grew.clear()
-                await self._grew.wait()
-
-    async def stop(self) -> None:
-        self.call.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await self.wait_for(lambda: bool(done(self)))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, Stubs, error_details, scan_request
+from tests.support import Account, StreamReader, Stubs, error_details, scan_request
 from tests.test_gate import sold_tickets
 from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata
@@ -25,26 +25,16 @@ R = gate_pb2.ValidationResult
 READ_TIMEOUT_S = 20.0
 
 
-class GateWatcher:
+class GateWatcher(StreamReader[gate_pb2.GateChange]):
     """A WatchGate call read in the background into a list."""
 
     def __init__(self, stubs: Stubs, md: CallMetadata, event_id: str, after: int = 0) -> None:
-        self.call = stubs.gate.WatchGate(
-            gate_pb2.WatchGateRequest(event_id=event_id, after_sequence=after), metadata=md
+        super().__init__(
+            stubs.gate.WatchGate(
+                gate_pb2.WatchGateRequest(event_id=event_id, after_sequence=after), metadata=md
+            ),
+            READ_TIMEOUT_S,
         )
-        self.items: list[gate_pb2.GateChange] = []
-        self.error: aio.AioRpcError | None = None
-        self._grew = asyncio.Event()
-        self.task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for item in self.call:
-                self.items.append(item)
-                self._grew.set()
-        except aio.AioRpcError as err:
-            self.error = err
-            self._grew.set()
 
     @property
     def scans(self) -> list[gate_pb2.GateChange]:
@@ -52,16 +42,9 @@ class GateWatcher:
 
     async def until(self, scans: int) -> None:
         """Wait (bounded) for the caught_up marker and `scans` scans."""
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            while len(self.scans) < scans or not any(c.caught_up for c in self.items):
-                if self.error is not None:
-                    raise self.error
-                self._grew.clear()
-                await self._grew.wait()
-
-    async def stop(self) -> None:
-        self.call.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await self.wait_for(
+            lambda: len(self.scans) >= scans and any(c.caught_up for c in self.items)
+        )
 
 
 @pytest.fixture

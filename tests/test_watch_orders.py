@@ -16,7 +16,7 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, Stubs, best_request, error_details, small_layout
+from tests.support import Account, StreamReader, Stubs, best_request, error_details, small_layout
 from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata, api_key
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2
@@ -25,26 +25,17 @@ CONFIRMED, REFUNDED = booking_pb2.ORDER_STATUS_CONFIRMED, booking_pb2.ORDER_STAT
 READ_TIMEOUT_S = 20.0
 
 
-class OrderWatcher:
+class OrderWatcher(StreamReader[booking_pb2.OrderChange]):
     """A WatchOrders call read in the background into a list."""
 
     def __init__(self, stubs: Stubs, md: CallMetadata, after: int, event_id: str = "") -> None:
-        self.call = stubs.booking.WatchOrders(
-            booking_pb2.WatchOrdersRequest(after_sequence=after, event_id=event_id), metadata=md
+        super().__init__(
+            stubs.booking.WatchOrders(
+                booking_pb2.WatchOrdersRequest(after_sequence=after, event_id=event_id),
+                metadata=md,
+            ),
+            READ_TIMEOUT_S,
         )
-        self.items: list[booking_pb2.OrderChange] = []
-        self.error: aio.AioRpcError | None = None
-        self._grew = asyncio.Event()
-        self.task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for item in self.call:
-                self.items.append(item)
-                self._grew.set()
-        except aio.AioRpcError as err:
-            self.error = err
-            self._grew.set()
 
     @property
     def changes(self) -> list[booking_pb2.OrderChange]:
@@ -56,16 +47,9 @@ class OrderWatcher:
 
     async def until(self, count: int) -> None:
         """Wait (bounded) for the caught_up marker and `count` changes."""
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            while len(self.changes) < count or not any(c.caught_up for c in self.items):
-                if self.error is not None:
-                    raise self.error
-                self._grew.clear()
-                await self._grew.wait()
-
-    async def stop(self) -> None:
-        self.call.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await self.wait_for(
+            lambda: len(self.changes) >= count and any(c.caught_up for c in self.items)
+        )
 
 
 @pytest.fixture
