@@ -268,3 +268,79 @@ async def test_sdk_watch_gate_board_matches_get_gate_stats(
     assert {g: c.stats for g, c in board.gates.items()} == {g.gate_id: g for g in stats.gates}
     assert {g: c.inside for g, c in board.gates.items()} == {"a": 2, "b": 1}
     assert board.sequence == 4
+
+
+async def test_sdk_watch_gate_resumes_after_a_restart_with_counts_continuing(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    # The snapshot, two scans, the server away while two more commit, one more on the new
+    # server: every scan once, in order, and the counts (continued by the new server from
+    # the stream at the resume point) still GetGateStats's.
+    event, tickets, _ = await sold_tickets(stubs, admin, 5)
+
+    async def scan(index: int, gate: str) -> None:
+        await stubs.gate.ValidateTicket(
+            scan_request(tickets[index].code, event.id, gate), metadata=admin.md
+        )
+
+    await scan(0, "a")
+    breaks: list[tuple[str, int]] = []
+    seen: list[gate_pb2.GateChange] = []
+    board = GateBoard()
+    grew = asyncio.Event()
+    first = server_on(running, "127.0.0.1:0")
+    port = await first.__aenter__()
+    client = connect(f"127.0.0.1:{port}", admin.token)
+
+    async def follow() -> None:
+        async for change in client.watch_gate(
+            event.id, on_resume=lambda e, after: breaks.append((e.reason, after))
+        ):
+            seen.append(change)
+            board.apply(change)
+            grew.set()
+
+    async def until(scans: int) -> None:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            while board.scans < scans or not any(c.caught_up for c in seen):
+                grew.clear()
+                waiter = asyncio.ensure_future(grew.wait())
+                await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if reader.done():
+                    reader.result()  # the watch failed: show why
+
+    reader = asyncio.create_task(follow())
+    try:
+        await until(0)
+        await scan(1, "a")
+        await scan(2, "b")
+        await until(2)
+        await first.__aexit__(None, None, None)
+        await scan(3, "b")
+        await scan(1, "b")  # already used
+        async with server_on(running, f"127.0.0.1:{port}"):
+            await scan(4, "a")
+            await until(5)
+            await asyncio.sleep(0.3)  # nothing more may arrive
+            before_stop = list(breaks)  # this server's own shutdown at the end is one more
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await client.close()
+    scans = [c for c in seen if not c.snapshot and not c.caught_up]
+    assert [(c.sequence, c.gate_id, c.result) for c in scans] == [
+        (2, "a", gate_pb2.VALIDATION_RESULT_ADMITTED),
+        (3, "b", gate_pb2.VALIDATION_RESULT_ADMITTED),
+        (4, "b", gate_pb2.VALIDATION_RESULT_ADMITTED),
+        (5, "b", gate_pb2.VALIDATION_RESULT_ALREADY_USED),
+        (6, "a", gate_pb2.VALIDATION_RESULT_ADMITTED),
+    ]
+    assert [c.gate_id for c in seen if c.snapshot] == ["a"]
+    assert before_stop and before_stop[0] == ("SERVER_SHUTTING_DOWN", 3)
+    assert all(after == 3 for _, after in before_stop), before_stop
+    stats = await stubs.gate.GetGateStats(
+        gate_pb2.GetGateStatsRequest(event_id=event.id), metadata=admin.md
+    )
+    assert {g: c.stats for g, c in board.gates.items()} == {g.gate_id: g for g in stats.gates}
+    assert {g: c.inside for g, c in board.gates.items()} == {"a": 3, "b": 2}

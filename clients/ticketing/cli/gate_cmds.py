@@ -93,9 +93,9 @@ class GateBoard:
     """What `gates watch` has seen: each gate's latest counts (from the snapshot, then from
     each scan, which carries its gate's counts after it), the sequence and the scans seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, after_sequence: int = 0) -> None:
         self.gates: dict[str, GateCounts] = {}
-        self.sequence = 0
+        self.sequence = after_sequence
         self.scans = 0
 
     def apply(self, change: gate_pb2.GateChange) -> None:
@@ -111,7 +111,7 @@ class GateBoard:
 
     def table(self) -> Table:
         """Gates by id with their counts, and the totals."""
-        table = Table("gate", title=None)
+        table = Table("gate")
         for column in ("admitted", "rejected", "offline", "conflicts", "inside"):
             table.add_column(column, justify="right")
         table.add_column("last scan", no_wrap=True)
@@ -159,7 +159,7 @@ async def _watch(args: argparse.Namespace) -> int:
     live; piped, one line per scan (snapshot entries as `gate G at #N` lines)."""
     if args.after < 0:
         raise CliError("--after: a sequence is 0 or more (0: a snapshot of the counts first)")
-    board = GateBoard()
+    board = GateBoard(args.after)
     breaks = StreamBreaks(echo=not console.is_terminal)
     try:
         async with open_client(args) as client:
