@@ -30,8 +30,14 @@ from ticketing.retry import (
 )
 from ticketing.sdk import new_request_id
 from ticketing.stubs import CallMetadata, Stubs, api_key, bearer, device
-from ticketing.v1 import audit_pb2, auth_pb2, booking_pb2, event_pb2, partner_pb2
-from ticketing.watch import DEFAULT_GIVE_UP_SECONDS, ResumeHook, watch_seats
+from ticketing.v1 import audit_pb2, auth_pb2, booking_pb2, event_pb2, gate_pb2, partner_pb2
+from ticketing.watch import (
+    DEFAULT_GIVE_UP_SECONDS,
+    ResumeHook,
+    watch_gate,
+    watch_orders,
+    watch_seats,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -58,6 +64,29 @@ class _AuthAndDeadline(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-ar
             timeout=client_call_details.timeout
             if client_call_details.timeout is not None
             else self._timeout,
+            metadata=aio.Metadata(*metadata),
+            credentials=client_call_details.credentials,
+            wait_for_ready=client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+class _StreamAuth(aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Adds `authorization` (plaintext only) to each server-streaming call (WatchOrders,
+    WatchGate ...). No default deadline: a watch is meant to run until its caller stops it."""
+
+    def __init__(self, auth: Callable[[], CallMetadata]) -> None:
+        self._auth = auth
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        metadata = list(client_call_details.metadata or [])
+        if not any(k == "authorization" for k, _ in metadata):
+            metadata += self._auth()
+        details = aio.ClientCallDetails(
+            method=client_call_details.method,
+            timeout=client_call_details.timeout,
             metadata=aio.Metadata(*metadata),
             credentials=client_call_details.credentials,
             wait_for_ready=client_call_details.wait_for_ready,
@@ -328,6 +357,49 @@ class Client(Stubs):
         iterating to close it."""
         return watch_seats(
             self.events.WatchSeats,
+            event_id,
+            after_sequence,
+            give_up_after=give_up_after,
+            on_resume=on_resume,
+        )
+
+    def watch_orders(
+        self,
+        after_sequence: int = 0,
+        *,
+        event_id: str = "",
+        give_up_after: float = DEFAULT_GIVE_UP_SECONDS,
+        on_resume: ResumeHook | None = None,
+    ) -> AsyncIterator[booking_pb2.OrderChange]:
+        """Order changes live (confirmed, refunded), only those the caller may read: a partner
+        its own sales, an ORGANIZER its events' orders and its own purchases, ADMIN and
+        SUPPORT all, a CUSTOMER its own; `event_id` narrows to one event. From the stream's
+        first change (`after_sequence` 0) or after N, then a `caught_up` marker (after each
+        reopening too); reopened from the last message received on UNAVAILABLE or
+        STREAM_TOO_SLOW (`ticketing.watch.watch_orders`). No deadline, never ends by itself."""
+        return watch_orders(
+            self.booking.WatchOrders,
+            after_sequence,
+            event_id=event_id,
+            give_up_after=give_up_after,
+            on_resume=on_resume,
+        )
+
+    def watch_gate(
+        self,
+        event_id: str,
+        after_sequence: int = 0,
+        *,
+        give_up_after: float = DEFAULT_GIVE_UP_SECONDS,
+        on_resume: ResumeHook | None = None,
+    ) -> AsyncIterator[gate_pb2.GateChange]:
+        """An event's gate scans live, each with its gate's counts after it (ADMIN, the
+        event's ORGANIZER, its assigned ENTRY_MANAGERs): with `after_sequence` 0 a snapshot
+        of every gate's counts first, then a `caught_up` marker (after each reopening too);
+        reopened from the last scan received on UNAVAILABLE or STREAM_TOO_SLOW
+        (`ticketing.watch.watch_gate`). No deadline, never ends by itself."""
+        return watch_gate(
+            self.gate.WatchGate,
             event_id,
             after_sequence,
             give_up_after=give_up_after,
@@ -650,7 +722,8 @@ def connect(
         channel = aio.insecure_channel(
             target,
             options=channel_options,
-            interceptors=[interceptor],  # type: ignore[list-item]
+            # Over TLS the call credentials cover streams too; here streams need their own.
+            interceptors=[interceptor, _StreamAuth(current_token)],  # type: ignore[list-item]
         )
     client = Client(
         channel=channel,

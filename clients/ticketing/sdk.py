@@ -4,7 +4,8 @@
   `decode_error`, its one decoder (`ticketing.errors`);
 - retries: the channel's UNAVAILABLE policy and `retry_once_on_aborted` (`ticketing.retry`);
 - pages: `paginate` (`ticketing.pagination`);
-- streams: `watch_seats`, a seat map's changes resumed across breaks (`ticketing.watch`);
+- streams: `watch_seats`, `watch_orders`, `watch_gate`: live changes resumed across breaks,
+  all on one loop, `follow_stream` (`ticketing.watch`);
 - `new_request_id` for mutations a caller may have to repeat (AIP-155).
 
 Nothing here opens a channel, so all of it can be used with any stubs and tested alone;
@@ -24,7 +25,7 @@ from ticketing.errors import (
 )
 from ticketing.pagination import paginate
 from ticketing.retry import DEFAULT_ABORT_BACKOFF_SECONDS, RetryHook, retry_once_on_aborted
-from ticketing.watch import watch_seats
+from ticketing.watch import follow_stream, watch_gate, watch_orders, watch_seats
 
 __all__ = [
     "DEFAULT_ABORT_BACKOFF_SECONDS",
@@ -33,10 +34,13 @@ __all__ = [
     "RetryHook",
     "TicketingError",
     "decode_error",
+    "follow_stream",
     "new_request_id",
     "paginate",
     "retry_once_on_aborted",
     "ticketing_errors",
+    "watch_gate",
+    "watch_orders",
     "watch_seats",
 ]
 

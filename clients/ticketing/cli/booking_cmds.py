@@ -1,4 +1,4 @@
-"""ticketctl book / orders list / orders show / orders refund / orders rotate-codes.
+"""ticketctl book / orders list / watch / show / refund / rotate-codes.
 
 Bookings and refunds go through the SDK helpers, so each run sends one request_id and a lost
 lock race (ABORTED) is retried once with it. When the outcome of a call is unknown (deadline
@@ -22,11 +22,14 @@ from rich.table import Table
 
 from ticketing.cli.common import (
     CliError,
+    StreamBreaks,
     add_target_args,
     console,
     describe_error,
+    err_console,
     list_page_size,
     open_client,
+    open_client_or_partner,
     print_limited,
     take,
 )
@@ -287,6 +290,47 @@ async def cmd_orders_rotate_codes(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_order_change(change: booking_pb2.OrderChange) -> str:
+    """One line for a change: `#7 CONFIRMED order ID event ID 25.00 EUR PARTNER PARTNER_ID`."""
+    channel = booking_pb2.SalesChannel.Name(change.sales_channel).removeprefix("SALES_CHANNEL_")
+    line = (
+        f"#{change.sequence} {_order_status(change.status)} order {change.order_id} "
+        f"event {change.event_id} {format_money(change.total_minor, change.currency_code)} "
+        f"{channel}"
+    )
+    return f"{line} {change.partner_id}" if change.partner_id else line
+
+
+async def cmd_orders_watch(args: argparse.Namespace) -> int:
+    """`orders watch [--event ID] [--after SEQ]`: one line per order change the caller may
+    see, until Ctrl-C; as the partner when TICKETING_API_KEY is set."""
+    if args.after < 0:
+        raise CliError("--after: a sequence is 0 or more (0: from the first change)")
+    breaks = StreamBreaks(echo=True)  # lines, not a live display: every break can be told
+    resume_after, changes = args.after, 0
+    try:
+        async with open_client_or_partner(args) as client:
+            async for change in client.watch_orders(
+                args.after, event_id=args.event or "", on_resume=breaks.on_resume
+            ):
+                resume_after = change.sequence
+                if change.caught_up:
+                    console.print(f"caught up at #{change.sequence}", highlight=False)
+                    continue
+                changes += 1
+                console.print(escape(describe_order_change(change)), highlight=False)
+    except asyncio.CancelledError:
+        # Ctrl-C: asyncio.run cancels this task; say where to pick up (`--after N` gets
+        # exactly what came since) and let main() exit with 130.
+        err_console.print(
+            f"stopped after #{resume_after} ({changes} changes, {breaks.count} reconnections);"
+            f" continue with --after {resume_after}",
+            highlight=False,
+        )
+        raise
+    return 0
+
+
 def _add_request_id(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--request-id",
@@ -296,7 +340,7 @@ def _add_request_id(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `book` and `orders list|show|refund|rotate-codes` to the ticketctl parser."""
+    """Add `book` and `orders list|watch|show|refund|rotate-codes` to the ticketctl parser."""
     p = sub.add_parser(
         "book",
         help="buy seats of an event (CUSTOMER, ADMIN)",
@@ -316,7 +360,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_target_args(p)
     p.set_defaults(handler=cmd_book)
 
-    orders = sub.add_parser("orders", help="orders: list, show, refund, rotate-codes")
+    orders = sub.add_parser("orders", help="orders: list, watch, show, refund, rotate-codes")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True)
 
     p = orders_sub.add_parser(
@@ -327,6 +371,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N (default 50)")
     add_target_args(p)
     p.set_defaults(handler=cmd_orders_list)
+
+    p = orders_sub.add_parser(
+        "watch",
+        help="follow order changes live (partner, ORGANIZER, SUPPORT, ADMIN; Ctrl-C stops)",
+        description="One line per order confirmed or refunded, as it commits: a partner "
+        "(TICKETING_API_KEY set) sees its own sales, an organizer its events' orders, SUPPORT "
+        "and ADMIN all. Breaks are resumed with nothing missed or repeated; after the backlog "
+        "a 'caught up at #N' line says everything up to N has been shown.",
+    )
+    p.add_argument("--event", metavar="ID", help="only orders of this event")
+    p.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="start after this sequence (what a stopped watch printed; default 0: from the start)",
+    )
+    add_target_args(p)
+    p.set_defaults(handler=cmd_orders_watch)
 
     p = orders_sub.add_parser("show", help="one order with its tickets and codes")
     p.add_argument("order_id")

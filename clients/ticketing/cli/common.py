@@ -10,6 +10,7 @@ from typing import TypeVar
 import grpc
 from grpc import aio
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ticketing.client import Client, connect
@@ -46,6 +47,38 @@ def open_client(args: argparse.Namespace, *, need_token: bool = True) -> Client:
         raise CliError("not signed in: run `ticketctl login` first")
     target = resolve_target(getattr(args, "target", None))
     return connect(target, token, tls=bool(getattr(args, "tls", False)))
+
+
+API_KEY_ENV = "TICKETING_API_KEY"
+
+
+def open_client_or_partner(args: argparse.Namespace) -> Client:
+    """As the partner when TICKETING_API_KEY is set (its secret never on the command line,
+    where `ps` and shell history would show it), else the signed-in user."""
+    key = os.environ.get(API_KEY_ENV)
+    if key:
+        target = resolve_target(getattr(args, "target", None))
+        return connect(target, api_key=key, tls=bool(getattr(args, "tls", False)))
+    return open_client(args)
+
+
+class StreamBreaks:
+    """The reconnections of a `ticketctl ... watch`, for its `on_resume` hook: counted, the
+    last one kept for a live display's footer and, when `echo` (piped output), each printed
+    on stderr as it happens (printing on a terminal would tear the live display)."""
+
+    def __init__(self, *, echo: bool) -> None:
+        self.count = 0
+        self.last = ""
+        self._echo = echo
+
+    def on_resume(self, error: TicketingError, after: int) -> None:
+        """Record one break: the stream ended with `error` and resumes after `after`."""
+        self.count += 1
+        reason = f" {error.reason}" if error.reason else ""
+        self.last = f"stream ended ({error.code.name}{reason}); resuming after #{after}"
+        if self._echo:
+            err_console.print(escape(self.last), highlight=False)
 
 
 def role_name(value: int) -> str:

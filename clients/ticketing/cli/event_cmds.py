@@ -20,6 +20,7 @@ from rich.text import Text
 from ticketing.cli import partner_cmds
 from ticketing.cli.common import (
     CliError,
+    StreamBreaks,
     add_target_args,
     console,
     err_console,
@@ -36,7 +37,6 @@ from ticketing.cli.seatmap import (
     render_seat_map,
 )
 from ticketing.client import Client
-from ticketing.errors import TicketingError
 from ticketing.pagination import paginate
 from ticketing.v1 import auth_pb2, event_pb2, event_pb2_grpc, venue_pb2
 
@@ -425,22 +425,11 @@ async def cmd_events_seats(args: argparse.Namespace) -> int:
 
 
 class _Follower:
-    """What `events seats --watch` has seen: the live map, and the last reconnection."""
+    """What `events seats --watch` has seen: the live map, and its reconnections."""
 
     def __init__(self, seats: Sequence[event_pb2.Seat], *, echo_breaks: bool) -> None:
         self.map = LiveSeatMap(seats)
-        self.reconnects = 0
-        self.last_break = ""
-        self._echo = echo_breaks
-
-    def on_resume(self, error: TicketingError, after: int) -> None:
-        self.reconnects += 1
-        reason = f" {error.reason}" if error.reason else ""
-        self.last_break = f"stream ended ({error.code.name}{reason}); resuming after #{after}"
-        # Piped, every break is a line of its own on stderr, as it happens; on a terminal
-        # the footer shows the last one (printing would tear the live display).
-        if self._echo:
-            err_console.print(escape(self.last_break), highlight=False)
+        self.breaks = StreamBreaks(echo=echo_breaks)
 
 
 async def _watch_seat_map(
@@ -463,7 +452,7 @@ async def _watch_seat_map(
         # `--watch` starts from a fresh snapshot anyway) and let main() exit with 130.
         err_console.print(
             f"stopped after #{follower.map.sequence} ({follower.map.changes} changes, "
-            f"{follower.reconnects} reconnections)",
+            f"{follower.breaks.count} reconnections)",
             highlight=False,
         )
         raise
@@ -471,7 +460,7 @@ async def _watch_seat_map(
 
 
 async def _print_changes(client: Client, event: event_pb2.Event, follower: _Follower) -> None:
-    async for change in client.watch_seats(event.id, on_resume=follower.on_resume):
+    async for change in client.watch_seats(event.id, on_resume=follower.breaks.on_resume):
         seat = follower.map.apply(change)
         if change.snapshot:
             if change.snapshot_complete:
@@ -496,8 +485,8 @@ async def _redraw_live(
 
     def frame() -> RenderableType:
         status = f"live · #{follower.map.sequence} · {follower.map.changes} changes"
-        if follower.reconnects:
-            status += f" · {follower.reconnects} reconnections ({follower.last_break})"
+        if follower.breaks.count:
+            status += f" · {follower.breaks.count} reconnections ({follower.breaks.last})"
         return Group(
             Text.from_markup(_event_line(event)),
             Text(""),
@@ -513,7 +502,7 @@ async def _redraw_live(
 
     async def follow() -> None:
         nonlocal dirty
-        async for change in client.watch_seats(event.id, on_resume=follower.on_resume):
+        async for change in client.watch_seats(event.id, on_resume=follower.breaks.on_resume):
             follower.map.apply(change)
             dirty = True
 

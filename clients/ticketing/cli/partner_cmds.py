@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 
 from rich.table import Table
 
 from ticketing.cli.common import (
+    API_KEY_ENV,
     CliError,
     add_target_args,
     console,
     list_page_size,
-    open_client,
+    open_client_or_partner,
     print_limited,
     take,
 )
-from ticketing.client import Client, connect
-from ticketing.session import resolve_target
+from ticketing.client import Client
 from ticketing.v1 import partner_pb2
-
-API_KEY_ENV = "TICKETING_API_KEY"
 
 _STATUS = {
     partner_pb2.PARTNER_STATUS_ACTIVE: "active",
@@ -36,11 +33,7 @@ _STATUS = {
 
 def _client(args: argparse.Namespace) -> Client:
     """As the partner when TICKETING_API_KEY is set, else the signed-in user."""
-    key = os.environ.get(API_KEY_ENV)
-    if key:
-        target = resolve_target(getattr(args, "target", None))
-        return connect(target, api_key=key, tls=bool(getattr(args, "tls", False)))
-    return open_client(args)
+    return open_client_or_partner(args)
 
 
 def _when(ts: object) -> str:
