@@ -230,9 +230,10 @@ class Bench:
         watcher: WatcherProcess | None = None
         client_pids: tuple[int, ...] = ()
         if watchers:
+            # Numbered first (migration 0014: writers leave records unnumbered): the last
+            # change before the window is then the stream's counter.
             last = await self.conn.fetchval(
-                "SELECT coalesce(max(last_sequence), 0) FROM seat_streams WHERE event_id = $1",
-                uuid.UUID(self.event_id),
+                "SELECT outbox_sequence('seats', $1)", uuid.UUID(self.event_id)
             )
             if not last:
                 raise RuntimeError("a watched window needs an earlier window's changes")
