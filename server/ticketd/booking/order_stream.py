@@ -64,20 +64,36 @@ async def changes_after(
         *arg,
     )
     top = int(rows[0]["top"]) if rows else after
-    records = [
-        OrderChangeRecord(
-            sequence=r["sequence"],
-            order_id=r["order_id"],
-            event_id=r["event_id"],
-            status=OrderStatus(r["status"]),
-            partner_id=r["partner_id"],
-            total_minor=r["total_minor"],
-            currency_code=r["currency_code"],
-            change_time=r["change_time"],
-        )
-        for r in rows
-        if r["sequence"] is not None
-    ]
+    records = [record_of(r) for r in rows if r["sequence"] is not None]
     if len(records) == limit:
         return records, records[-1].sequence, True
     return records, max(after, top), False
+
+
+async def stream_page(conn: Any, after: int, limit: int) -> tuple[list[Any], bool]:
+    """Every change numbered after `after`, whoever may see it, in order, at most `limit`
+    (the page WatchOrders' readers share and each filters with OrderWatchScope.admits);
+    whether more may be there."""
+    rows: list[Any] = await conn.fetch(
+        "SELECT sequence, order_id, event_id, organizer_id, customer_id, status, partner_id, "
+        "total_minor, currency_code, change_time FROM order_changes "
+        "WHERE stream_key = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        outbox.ALL,
+        after,
+        limit,
+    )
+    return rows, len(rows) == limit
+
+
+def record_of(row: Any) -> OrderChangeRecord:
+    """The change as WatchOrders sends it (the buyer left out)."""
+    return OrderChangeRecord(
+        sequence=row["sequence"],
+        order_id=row["order_id"],
+        event_id=row["event_id"],
+        status=OrderStatus(row["status"]),
+        partner_id=row["partner_id"],
+        total_minor=row["total_minor"],
+        currency_code=row["currency_code"],
+        change_time=row["change_time"],
+    )

@@ -488,6 +488,23 @@ class OrderWatchScope:
     customer_id: uuid.UUID | None = None
     """Any signed-in user: the orders it bought itself (public channel)."""
 
+    def admits(
+        self, partner_id: uuid.UUID | None, organizer_id: uuid.UUID, customer_id: uuid.UUID
+    ) -> bool:
+        """Whether a change of an order sold by `partner_id` (None: public channel), of an
+        event of `organizer_id`, bought by `customer_id`, is this reader's (the same test as
+        order_stream.changes_after's SQL, for pages the readers share)."""
+        return (
+            self.everyone
+            or (self.partner_id is not None and partner_id == self.partner_id)
+            or (self.organizer_id is not None and organizer_id == self.organizer_id)
+            or (
+                self.customer_id is not None
+                and partner_id is None
+                and customer_id == self.customer_id
+            )
+        )
+
 
 def order_watch_scope(principal: Principal) -> OrderWatchScope:
     """What WatchOrders shows a caller, as GetOrder would let it read each order: a

@@ -1211,6 +1211,19 @@ class BookingService:
                     conn, scope, event_id, after, ORDER_STREAM_PAGE
                 )
 
+        async def read_page(after: int) -> tuple[list[Any], bool]:
+            async with self._db.connection() as conn:
+                return await order_stream.stream_page(conn, after, ORDER_STREAM_PAGE)
+
+        def select(rows: list[Any]) -> list[OrderChangeRecord]:
+            """This caller's changes of a shared page (its scope, its event filter)."""
+            return [
+                order_stream.record_of(r)
+                for r in rows
+                if (event_id is None or r["event_id"] == event_id)
+                and scope.admits(r["partner_id"], r["organizer_id"], r["customer_id"])
+            ]
+
         pages = self._db.outbox.follow(
             outbox.ORDERS,
             outbox.ALL,
@@ -1220,12 +1233,20 @@ class BookingService:
             closing=self._closing,
             closed=stream_shut_down,
             caught_up=OrderChangeRecord.caught_up_at,
+            # The backlog is read filtered (above); new changes are read once per process for
+            # every WatchOrders reader, and filtered per reader here.
+            tail=outbox.Tail(read_page, _sequence_of, select),
         )
         try:
             async for page in pages:
                 yield page
         finally:
             await pages.aclose()
+
+
+def _sequence_of(row: Any) -> int:
+    sequence: int = row["sequence"]
+    return sequence
 
 
 async def _confirm_checks(

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from ticketd.db.listener import Listener
 
@@ -63,9 +65,33 @@ ALL = uuid.UUID(int=0)
 STREAMS = (SEATS, ORDERS, GATES)
 
 T = TypeVar("T")
+R = TypeVar("R")
 Page: TypeAlias = tuple[list[T], int, bool]
 """What a follower's read returns: the records for this reader, the sequence it has read
 up to (past others' records it filtered out), and whether more may be there already."""
+
+
+FOLLOWER_BOUND = 2000
+"""Records a follower of a shared tail may have waiting (pages are shared, so this is
+references, not copies): one that falls further behind leaves the tail and reads for itself
+from where it is, as a new follower's backlog, so it never holds the others nor grows."""
+RECENT = 2000
+"""Records a shared tail keeps after handing them out, so a follower that ends its backlog
+a little behind the tail joins it without reading again."""
+
+
+@dataclass(frozen=True)
+class Tail(Generic[R, T]):
+    """How the followers of one stream share its reads (`Sequencer.follow`): `read(after)`
+    is one page of the stream's records numbered after `after`, in order, and whether more
+    may be there already, the same for every follower (no per-caller filter: the first
+    follower's `read` serves all); `sequence(record)` is a record's number; `select(records)`
+    is what one follower makes of a page (its filter, its running counts), called with each
+    page once, in order."""
+
+    read: Callable[[int], Awaitable[tuple[list[R], bool]]]
+    sequence: Callable[[R], int]
+    select: Callable[[list[R]], list[T]]
 
 
 def numbering_ctes(stream: Stream, key: str = "$1") -> tuple[str, str]:
@@ -117,6 +143,99 @@ async def last_sequence(conn: Any, stream: Stream, key: uuid.UUID) -> int:
     return int(value or 0)
 
 
+class _Follower:
+    """One stream's reader while it is on the shared tail: the pages waiting for it."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.pages: deque[list[Any]] = deque()
+        self.waiting = 0
+        self.ready = asyncio.Event()
+        self.error: Exception | None = None
+        self.dropped = False
+
+
+class _SharedTail:
+    """The one reader of a (stream, key) in this process: it reads each new page once,
+    after `head` (the last number it handed out), and hands it to every follower."""
+
+    def __init__(
+        self,
+        sequencer: Sequencer,
+        stream: Stream,
+        key: uuid.UUID,
+        tail: Tail[Any, Any],
+        head: int,
+        poll_seconds: float,
+    ) -> None:
+        self.sequencer = sequencer
+        self.stream = stream
+        self.key = key
+        self.tail = tail
+        self.head = head
+        self.poll_seconds = poll_seconds
+        self.recent: deque[list[Any]] = deque()
+        self.recent_count = 0
+        self.followers: set[_Follower] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def join(self, follower: _Follower) -> bool:
+        """Add a follower that has read up to `follower.after` itself; False when the tail
+        is already past it by more than it keeps (the follower reads on by itself)."""
+        if follower.after < self.head:
+            oldest = self.tail.sequence(self.recent[0][0]) if self.recent else self.head + 1
+            if follower.after + 1 < oldest:
+                return False
+            for page in self.recent:
+                missed = [r for r in page if self.tail.sequence(r) > follower.after]
+                if missed:
+                    self._hand(follower, missed)
+        self.followers.add(follower)
+        return True
+
+    def _hand(self, follower: _Follower, page: list[Any]) -> None:
+        if follower.waiting + len(page) > FOLLOWER_BOUND:
+            # Too far behind: it leaves, its pages are freed, it reads for itself again.
+            follower.dropped = True
+            follower.pages.clear()
+            follower.waiting = 0
+            self.followers.discard(follower)
+        else:
+            follower.pages.append(page)
+            follower.waiting += len(page)
+        follower.ready.set()
+
+    async def run(self) -> None:
+        sequencer = self.sequencer
+        try:
+            async with subscribed(sequencer._listener, self.stream, self.key) as wake:
+                while True:
+                    # Cleared before the read: a NOTIFY that lands during it reads again.
+                    wake.clear()
+                    await sequencer.catch_up(self.stream, self.key)
+                    page, more = await self.tail.read(self.head)
+                    if page:
+                        self.head = self.tail.sequence(page[-1])
+                        self.recent.append(page)
+                        self.recent_count += len(page)
+                        while self.recent_count - len(self.recent[0]) >= RECENT:
+                            self.recent_count -= len(self.recent.popleft())
+                        for follower in list(self.followers):
+                            self._hand(follower, page)
+                    if more:
+                        continue
+                    await sequencer._listener.ensure_listening(NUMBERED_CHANNEL)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.poll_seconds):
+                            await wake.wait()
+        except Exception as exc:  # every follower ends with it, as its own read would
+            sequencer._tails.pop((self.stream.name, self.key), None)
+            for follower in self.followers:
+                follower.error = exc
+                follower.ready.set()
+            self.followers.clear()
+
+
 @dataclass
 class _Runs:
     """Coalescing state of one stream in this process."""
@@ -144,6 +263,7 @@ class Sequencer:
         self._poll_seconds = poll_seconds
         self._min_interval = min_interval
         self._runs: dict[tuple[str, uuid.UUID], _Runs] = {}
+        self._tails: dict[tuple[str, uuid.UUID], _SharedTail] = {}
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._servers = 0
@@ -186,13 +306,27 @@ class Sequencer:
         closing: asyncio.Event,
         closed: Callable[[int], Exception],
         caught_up: Callable[[int], T] | None = None,
+        tail: Tail[Any, T] | None = None,
     ) -> AsyncGenerator[list[T], None]:
         """A stream's records after `after`, page by page, for as long as the caller reads:
         `read(after)` is called when a NOTIFY says the stream changed (or every
         `poll_seconds`, in case one was lost), each time after `catch_up`. Once the records
         there were at the start are all read, `caught_up(after)` is yielded (when given):
         a filtered reader learns where it stands even when none of them was its own. When
-        `closing` is set the generator raises `closed(after)` (the point to resume from)."""
+        `closing` is set the generator raises `closed(after)` (the point to resume from).
+
+        With `tail`, the follower reads with `read` only until it has what there was (its
+        backlog), then joins the stream's shared tail in this process: one reader per
+        (stream, key) reads each new page once and hands it to every follower, which keeps
+        the records after its own position and makes its records of them with
+        `tail.select`. The tail's pages are numbered densely and read in order, so a
+        follower gets every record after its position once, in order, whoever joined when."""
+        if tail is not None:
+            async for page in self._follow_shared(
+                stream, key, after, read, tail, poll_seconds, closing, closed, caught_up
+            ):
+                yield page
+            return
         marker = caught_up
         async with subscribed(self._listener, stream, key) as wake:
             while True:
@@ -221,6 +355,95 @@ class Sequencer:
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
 
+    async def _follow_shared(
+        self,
+        stream: Stream,
+        key: uuid.UUID,
+        after: int,
+        read: Callable[[int], Awaitable[Page[T]]],
+        tail: Tail[Any, T],
+        poll_seconds: float,
+        closing: asyncio.Event,
+        closed: Callable[[int], Exception],
+        caught_up: Callable[[int], T] | None,
+    ) -> AsyncGenerator[list[T], None]:
+        marker = caught_up
+        follower: _Follower | None = None
+        shared: _SharedTail | None = None
+        # Shutdown wakes a follower waiting for the tail (one task per follower, not per wait).
+        bell = asyncio.Event()
+        stop = asyncio.ensure_future(closing.wait())
+        stop.add_done_callback(lambda _: bell.set())
+        try:
+            while True:
+                if closing.is_set():
+                    raise closed(after)
+                if follower is None:
+                    # The backlog (or a follower dropped for falling behind): read it here.
+                    await self.catch_up(stream, key)
+                    records, after, more = await read(after)
+                    if marker is not None and not more:
+                        records = [*records, marker(after)]
+                        marker = None
+                    if records:
+                        yield records
+                    if not more:
+                        follower, shared = self._join(stream, key, tail, after, poll_seconds)
+                        if follower is not None:
+                            follower.ready = bell
+                    continue
+                if follower.error is not None:
+                    raise follower.error
+                if follower.dropped:
+                    follower = shared = None
+                    continue
+                if not follower.pages:
+                    bell.clear()
+                    if not follower.pages and follower.error is None and not follower.dropped:
+                        await bell.wait()
+                    continue
+                page = follower.pages.popleft()
+                follower.waiting -= len(page)
+                page = [r for r in page if tail.sequence(r) > after]
+                if not page:
+                    continue
+                after = tail.sequence(page[-1])
+                records = tail.select(page)
+                if records:
+                    yield records
+        finally:
+            stop.cancel()
+            if follower is not None and shared is not None:
+                self._leave(shared, follower)
+
+    def _join(
+        self, stream: Stream, key: uuid.UUID, tail: Tail[Any, Any], after: int, poll_seconds: float
+    ) -> tuple[_Follower | None, _SharedTail | None]:
+        """Put a follower at `after` on the stream's shared tail, starting one at `after`
+        when there is none (no await from the follower's last read to here: the tail reads
+        on from a number the follower had); (None, None) when the tail is too far ahead."""
+        slot = (stream.name, key)
+        follower = _Follower(after)
+        shared = self._tails.get(slot)
+        if shared is None:
+            shared = self._tails[slot] = _SharedTail(self, stream, key, tail, after, poll_seconds)
+            shared.followers.add(follower)
+            # A context of its own: it must not inherit the first caller's deadline.
+            shared.task = asyncio.create_task(shared.run(), context=contextvars.Context())
+            return follower, shared
+        if shared.join(follower):
+            return follower, shared
+        return None, None
+
+    def _leave(self, shared: _SharedTail, follower: _Follower) -> None:
+        """A follower is gone (cancelled, ended, closed); the tail stops with its last."""
+        shared.followers.discard(follower)
+        slot = (shared.stream.name, shared.key)
+        if not shared.followers and self._tails.get(slot) is shared:
+            del self._tails[slot]
+            if shared.task is not None:
+                shared.task.cancel()
+
     def start(self) -> None:
         """A server on this database started: run the background task (once, however many
         servers share the database)."""
@@ -231,8 +454,18 @@ class Sequencer:
     async def stop(self, *, last: bool = False) -> None:
         """A server on this database stopped: the task stops with the last of them (or at
         once with `last`, when the database itself is disposed), so stopping one of two
-        servers sharing a database never leaves the other's streams unnumbered."""
+        servers sharing a database never leaves the other's streams unnumbered; so do the
+        shared tails (a follower still on one goes back to reading for itself, and meets
+        the closed database there)."""
         self._servers = 0 if last else max(0, self._servers - 1)
+        if self._servers == 0:
+            for shared in list(self._tails.values()):
+                if shared.task is not None:
+                    shared.task.cancel()
+                for follower in shared.followers:
+                    follower.dropped = True
+                    follower.ready.set()
+            self._tails.clear()
         if self._servers == 0 and self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

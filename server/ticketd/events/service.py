@@ -150,11 +150,14 @@ class EventService:
                     metadata={"last_sequence": str(last)},
                 )
 
-        async def read(start: int) -> tuple[list[SeatChangeRecord], int, bool]:
+        async def read_page(start: int) -> tuple[list[SeatChangeRecord], bool]:
             async with self._db.connection(Budget.PUBLIC) as conn:
                 changes = await repo.seat_changes_after(conn, event_id, start, STREAM_PAGE)
-            upto = changes[-1].sequence if changes else start
-            return changes, upto, len(changes) == STREAM_PAGE
+            return changes, len(changes) == STREAM_PAGE
+
+        async def read(start: int) -> tuple[list[SeatChangeRecord], int, bool]:
+            changes, more = await read_page(start)
+            return changes, changes[-1].sequence if changes else start, more
 
         # What committed after the snapshot (or after N) is read by the first read: the
         # subscription starts before it, so nothing falls between.
@@ -166,6 +169,9 @@ class EventService:
             poll_seconds=poll_seconds,
             closing=self._closing,
             closed=stream_shut_down,
+            # Every watcher of the event shares one reader of its new changes (records are
+            # immutable and public: each gets the same page).
+            tail=outbox.Tail(read_page, _sequence_of, _every),
         )
         try:
             async for changes in pages:
@@ -473,3 +479,11 @@ class EventService:
         async with self._db.connection() as conn:
             await self._check_manager(conn, principal, event_id)
             return await repo.list_staff(conn, event_id, after=after, limit=limit)
+
+
+def _sequence_of(change: SeatChangeRecord) -> int:
+    return change.sequence
+
+
+def _every(changes: list[SeatChangeRecord]) -> list[SeatChangeRecord]:
+    return changes

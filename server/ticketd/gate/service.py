@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from ticketd.auth.principal import Principal, Role
 from ticketd.db import outbox
@@ -120,9 +121,13 @@ class GateService:
                 for g in sorted(gates.values(), key=lambda g: g.gate_id)
             ]
 
-        async def read(start: int) -> tuple[list[GateChangeRecord], int, bool]:
+        async def read_page(start: int) -> tuple[list[Any], bool]:
             async with self._db.connection() as conn:
                 changes = await repo.gate_changes_after(conn, event_id, start, GATE_STREAM_PAGE)
+            return changes, len(changes) == GATE_STREAM_PAGE
+
+        def select(changes: list[Any]) -> list[GateChangeRecord]:
+            """This reader's records of a page: its own counts move on with each scan."""
             records = []
             for r in changes:
                 result = ScanResult(r["result"])
@@ -137,8 +142,12 @@ class GateService:
                         scan_time=r["scan_time"],
                     )
                 )
-            upto = records[-1].sequence if records else start
-            return records, upto, len(records) == GATE_STREAM_PAGE
+            return records
+
+        async def read(start: int) -> tuple[list[GateChangeRecord], int, bool]:
+            changes, more = await read_page(start)
+            records = select(changes)
+            return records, records[-1].sequence if records else start, more
 
         pages = self._db.outbox.follow(
             outbox.GATES,
@@ -149,6 +158,8 @@ class GateService:
             closing=self._closing,
             closed=stream_shut_down,
             caught_up=lambda at: GateChangeRecord(sequence=at, gate=None, caught_up=True),
+            # One reader of the event's new scans for all its watchers; counts per watcher.
+            tail=outbox.Tail(read_page, _sequence_of, select),
         )
         try:
             async for page in pages:
@@ -428,3 +439,8 @@ class GateService:
 
 
 _USED_INFO = frozenset({ScanResult.ADMITTED, ScanResult.ALREADY_USED})
+
+
+def _sequence_of(row: Any) -> int:
+    sequence: int = row["sequence"]
+    return sequence
