@@ -416,6 +416,12 @@ class Sequencer:
             if follower is not None and shared is not None:
                 self._leave(shared, follower)
 
+    def shared_followers(self, stream: Stream, key: uuid.UUID) -> int:
+        """How many followers of the stream are on its shared tail in this process now (0:
+        no tail); one reader serves them all."""
+        shared = self._tails.get((stream.name, key))
+        return len(shared.followers) if shared is not None else 0
+
     def _join(
         self, stream: Stream, key: uuid.UUID, tail: Tail[Any, Any], after: int, poll_seconds: float
     ) -> tuple[_Follower | None, _SharedTail | None]:
