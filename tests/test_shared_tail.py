@@ -10,10 +10,14 @@ import random
 import uuid
 from collections.abc import Callable
 
+import pytest
+from grpc import aio
+
 from tests.conftest import RunningServer
 from tests.support import Account, Stubs, client_pool
 from tests.test_streams import Watcher, book, last_sequence, new_event
 from ticketd.db import outbox
+from ticketing.v1 import event_pb2
 
 
 async def rush(
@@ -98,17 +102,19 @@ async def test_a_watcher_joining_in_the_middle_of_a_rush_gets_exactly_what_follo
     joiners: list[tuple[int, Watcher]] = []
     try:
         await early.until(lambda w: any(c.snapshot_complete for c in w.items))
-        sales = asyncio.ensure_future(rush(running, stubs, event_id, ids, 200, "tail-mid"))
-        # While the rush runs and the tail is read: join from a fresh snapshot, and from a
-        # few changes behind where the early watcher is (a backlog, then the tail).
-        while not sales.done() and len(joiners) < 8:
-            await asyncio.sleep(0.05)
+        # A first part of the rush, delivered, so the tail is running and there is a
+        # point a few changes back to join from.
+        before = await rush(running, stubs, event_id, ids, 60, "tail-mid")
+        await early.until(lambda w: len(w.changes) >= len(before))
+        sales = asyncio.ensure_future(rush(running, stubs, event_id, ids, 200, "tail-mid2"))
+        # While the rest runs: join from a fresh snapshot, and from a few changes behind
+        # where the early watcher is (a backlog, then the tail).
+        while len(joiners) < 8:
+            at = early.changes[-1].sequence
+            joiners.append((at - 3, Watcher(stubs, event_id, after=at - 3)))
             joiners.append((0, Watcher(stubs, event_id, after=0)))
-            at = early.changes[-1].sequence if early.changes else 0
-            if at > 3:
-                joiners.append((at - 3, Watcher(stubs, event_id, after=at - 3)))
-        assert any(after for after, _ in joiners), "no watcher joined mid-stream"
-        sold = await sales
+            await asyncio.sleep(0.03)
+        sold = before + await sales
         last = await last_sequence(running, event_id)
         assert last == len(sold)
         await early.until(lambda w: bool(w.changes) and w.changes[-1].sequence >= last)
@@ -127,3 +133,58 @@ async def test_a_watcher_joining_in_the_middle_of_a_rush_gets_exactly_what_follo
     finally:
         for w in [early, *(w for _, w in joiners)]:
             await w.stop()
+
+
+async def test_a_watcher_too_far_behind_leaves_the_tail_and_still_gets_everything_in_order(
+    stubs: Stubs, admin: Account, running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small bound, so a reader that stops taking changes falls past it quickly.
+    monkeypatch.setattr(outbox, "FOLLOWER_BOUND", 50)
+    event_id, ids = await new_event(stubs, admin, rows=20, seats=30)
+    fast = Watcher(stubs, event_id)
+    # A tiny HTTP/2 window, read by no one for now: its stream's writes block, its pages
+    # pile up on the tail until it is dropped from it.
+    channel = aio.insecure_channel(
+        running.target,
+        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)],
+    )
+    slow_call = Stubs(channel).events.WatchSeats(event_pb2.WatchSeatsRequest(event_id=event_id))
+    try:
+        await fast.until(lambda w: any(c.snapshot_complete for c in w.items))
+        buyer = await stubs.register("tail-slow-first")
+        await stubs.booking.BookSeats(book(event_id, ids[:1]), metadata=buyer.md)
+        # It reads its snapshot and the first change, so it is on the tail, then stops.
+        items: list[event_pb2.SeatChange] = []
+        async with asyncio.timeout(20):
+            while not items or items[-1].snapshot:
+                item = await slow_call.read()
+                assert isinstance(item, event_pb2.SeatChange)
+                items.append(item)
+        async with asyncio.timeout(10):
+            while followers(running, event_id) < 2:  # noqa: ASYNC110 - a server-side count
+                await asyncio.sleep(0.02)
+        sold = await rush(running, stubs, event_id, ids[1:], 250, "tail-slow")
+        last = await last_sequence(running, event_id)
+        assert last == len(sold) + 1 and last > 100
+        await fast.until(lambda w: bool(w.changes) and w.changes[-1].sequence >= last)
+        # The slow one is off the tail (it fell behind by more than the bound); the fast
+        # one, all read, is on it (again, if it too fell behind for a moment).
+        async with asyncio.timeout(10):
+            while followers(running, event_id) != 1:  # noqa: ASYNC110 - a server-side count
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert followers(running, event_id) == 1
+        async with asyncio.timeout(20):
+            while not items[-1].sequence >= last or items[-1].snapshot:
+                item = await slow_call.read()
+                assert isinstance(item, event_pb2.SeatChange)
+                items.append(item)
+        changes = [c for c in items if not c.snapshot]
+        assert [(c.sequence, c.seat_id) for c in changes] == [
+            (c.sequence, c.seat_id) for c in fast.changes
+        ]
+        assert [c.sequence for c in changes] == list(range(1, last + 1))
+    finally:
+        slow_call.cancel()
+        await channel.close(None)
+        await fast.stop()

@@ -186,10 +186,15 @@ class _SharedTail:
             oldest = self.tail.sequence(self.recent[0][0]) if self.recent else self.head + 1
             if follower.after + 1 < oldest:
                 return False
-            for page in self.recent:
-                missed = [r for r in page if self.tail.sequence(r) > follower.after]
-                if missed:
-                    self._hand(follower, missed)
+            missed = [
+                [r for r in page if self.tail.sequence(r) > follower.after] for page in self.recent
+            ]
+            if sum(map(len, missed)) > FOLLOWER_BOUND:
+                return False  # it would start too far behind: it reads on by itself
+            for page in missed:
+                if page:
+                    follower.pages.append(page)
+                    follower.waiting += len(page)
         self.followers.add(follower)
         return True
 
@@ -395,6 +400,8 @@ class Sequencer:
                 if follower.error is not None:
                     raise follower.error
                 if follower.dropped:
+                    if shared is not None:
+                        self._leave(shared, follower)  # the tail may have no one else now
                     follower = shared = None
                     continue
                 if not follower.pages:
