@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
 from tests.support import Account, StreamReader, Stubs, best_request, error_details, small_layout
+from ticketd.db import outbox
 from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata, api_key
 from ticketing.v1 import booking_pb2, common_pb2, event_pb2
@@ -121,6 +122,13 @@ async def test_each_caller_sees_exactly_the_orders_it_may_read(
         ]
     }
     only_b = watch(stubs, admin.md, start, event_b)
+    # Every reader has read its backlog (its caught_up marker) and is on the stream's shared
+    # tail: the changes below reach all nine through one reader, filtered per caller.
+    for w in [*watchers.values(), only_b]:
+        await w.until(0)
+    async with asyncio.timeout(10):
+        while running.components.db.outbox.shared_followers(outbox.ORDERS, outbox.ALL) < 9:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     bought = (
         await stubs.booking.BookSeats(best_request(event_a, section_a, 2), metadata=customer.md)
     ).order
