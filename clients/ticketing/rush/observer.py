@@ -101,6 +101,10 @@ class SeatObserver:
         self._task = asyncio.create_task(self._follow())
         await self._until(lambda: self.ledger.snapshot_done, SNAPSHOT_TIMEOUT_S)
 
+    async def until_changes(self, count: int, within: float = SNAPSHOT_TIMEOUT_S) -> None:
+        """Wait (bounded) until `count` changes after the snapshot have arrived."""
+        await self._until(lambda: self.ledger.changes >= count, within)
+
     def _resumed(self, error: TicketingError, after: int) -> None:
         self.reconnects += 1
 
