@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
@@ -150,3 +152,38 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
         "--target", help=f"server host:port (default: saved, $TICKETING_TARGET, {DEFAULT_TARGET})"
     )
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+
+
+# A live terminal view redraws at most this often, however fast its stream changes.
+REDRAW_INTERVAL_SECONDS = 0.25
+
+
+async def redraw_live(
+    console: Console,
+    changes: AsyncIterator[Any],
+    apply: Callable[[Any], object],
+    frame: Callable[[], RenderableType],
+) -> None:
+    """Follow `changes` (each handed to `apply`) and redraw `frame()` while something
+    changed, at most every REDRAW_INTERVAL_SECONDS: the live seat map and gate board. The
+    stream's own error (its watch gave up) ends the command; Ctrl-C cancels both."""
+    dirty = True
+
+    async def follow() -> None:
+        nonlocal dirty
+        async for change in changes:
+            apply(change)
+            dirty = True
+
+    reader = asyncio.create_task(follow())
+    try:
+        with Live(frame(), console=console, auto_refresh=False) as live:
+            while not reader.done():
+                await asyncio.wait({reader}, timeout=REDRAW_INTERVAL_SECONDS)
+                if dirty:
+                    dirty = False
+                    live.update(frame(), refresh=True)
+            reader.result()  # the watch gave up: its TicketingError ends the command
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

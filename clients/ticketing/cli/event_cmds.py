@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Group, RenderableType
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +25,7 @@ from ticketing.cli.common import (
     err_console,
     open_client,
     print_limited,
+    redraw_live,
     take_listing,
 )
 from ticketing.cli.seatmap import (
@@ -47,7 +47,6 @@ SEAT_PAGE_SIZE = 10_000
 CREATE_EVENT_TIMEOUT_SECONDS = 60.0
 # A live map is redrawn at most this often: a rush of hundreds of sales a second is drawn as
 # a few frames, not one per sale (drawing a large map costs more than applying a change).
-REDRAW_INTERVAL_SECONDS = 0.25
 
 
 def parse_time(text: str, zone: dt.tzinfo | None, option: str) -> Timestamp:
@@ -481,7 +480,6 @@ async def _redraw_live(
     follower: _Follower,
 ) -> None:
     glyphs = ASCII_GLYPHS if console.options.ascii_only else UNICODE_GLYPHS
-    dirty = True
 
     def frame() -> RenderableType:
         status = f"live · #{follower.map.sequence} · {follower.map.changes} changes"
@@ -500,25 +498,12 @@ async def _redraw_live(
             Text(f"{status} · Ctrl-C to stop", "dim"),
         )
 
-    async def follow() -> None:
-        nonlocal dirty
-        async for change in client.watch_seats(event.id, on_resume=follower.breaks.on_resume):
-            follower.map.apply(change)
-            dirty = True
-
-    reader = asyncio.create_task(follow())
-    try:
-        with Live(frame(), console=console, auto_refresh=False) as live:
-            while True:
-                await asyncio.wait({reader}, timeout=REDRAW_INTERVAL_SECONDS)
-                if reader.done():
-                    reader.result()  # the watch gave up: its TicketingError ends the command
-                if dirty:
-                    dirty = False
-                    live.update(frame(), refresh=True)
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+    await redraw_live(
+        console,
+        client.watch_seats(event.id, on_resume=follower.breaks.on_resume),
+        follower.map.apply,
+        frame,
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,12 +9,18 @@ import asyncio
 import dataclasses
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ticketing.cli.common import CliError, StreamBreaks, add_target_args, err_console, open_client
+from ticketing.cli.common import (
+    CliError,
+    StreamBreaks,
+    add_target_args,
+    err_console,
+    open_client,
+    redraw_live,
+)
 from ticketing.cli.qr import terminal_qr
 from ticketing.client import Client
 from ticketing.v1 import gate_pb2
@@ -78,7 +84,6 @@ async def _offline(args: argparse.Namespace) -> int:
 
 
 # As `events seats --watch`: a rush at the doors is drawn as a few frames a second.
-REDRAW_INTERVAL_SECONDS = 0.25
 
 
 @dataclasses.dataclass
@@ -187,8 +192,6 @@ async def _watch(args: argparse.Namespace) -> int:
 async def _redraw_gates(
     client: Client, event_id: str, after: int, board: GateBoard, breaks: StreamBreaks
 ) -> None:
-    dirty = True
-
     def frame() -> RenderableType:
         status = f"live · #{board.sequence} · {board.scans} scans"
         if breaks.count:
@@ -199,25 +202,9 @@ async def _redraw_gates(
             Text(f"{status} · Ctrl-C to stop", "dim"),
         )
 
-    async def follow() -> None:
-        nonlocal dirty
-        async for change in client.watch_gate(event_id, after, on_resume=breaks.on_resume):
-            board.apply(change)
-            dirty = True
-
-    reader = asyncio.create_task(follow())
-    try:
-        with Live(frame(), console=console, auto_refresh=False) as live:
-            while True:
-                await asyncio.wait({reader}, timeout=REDRAW_INTERVAL_SECONDS)
-                if reader.done():
-                    reader.result()  # the watch gave up: its TicketingError ends the command
-                if dirty:
-                    dirty = False
-                    live.update(frame(), refresh=True)
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+    await redraw_live(
+        console, client.watch_gate(event_id, after, on_resume=breaks.on_resume), board.apply, frame
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
