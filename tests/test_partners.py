@@ -19,6 +19,7 @@ from grpc import aio
 from tests.conftest import RunningServer, second_server
 from tests.support import (
     Account,
+    StreamReader,
     Stubs,
     all_pages,
     error_details,
@@ -29,7 +30,7 @@ from ticketd.app import API_KEY_HMAC_PURPOSE
 from ticketd.auth.credentials import SecretHasher, derive_key
 from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata, api_key
-from ticketing.v1 import auth_pb2, common_pb2, event_pb2, partner_pb2
+from ticketing.v1 import auth_pb2, booking_pb2, common_pb2, event_pb2, partner_pb2
 
 S = grpc.StatusCode
 
@@ -406,3 +407,97 @@ async def test_held_refusals_keep_no_place_and_never_outlive_the_deadline(
         results = await asyncio.gather(*held)
         assert set(results) == {(S.RESOURCE_EXHAUSTED, "PARTNER_BUDGET_EXCEEDED")}
         assert server.server.interceptor.held_refusals == 0
+
+
+async def test_a_partners_streams_count_against_its_own_budget(
+    running: RunningServer, stubs: Stubs, admin: Account
+) -> None:
+    """A partner may keep at most TICKETING_PARTNER_MAX_STREAMS streams open (per process):
+    the next is RESOURCE_EXHAUSTED PARTNER_BUDGET_EXCEEDED (budget `streams`) with a
+    RetryInfo, while another partner still opens its own; a closed stream gives its place
+    back. Opening a stream also takes a token of the partner's rate, so a reconnect loop is
+    held to the rate (budget `rate`)."""
+    busy, other_partner, looping = [
+        await new_partner(stubs, admin, n) for n in ("Streams", "Other", "Loop")
+    ]
+    keys = {
+        p.id: (await new_key(stubs, admin.md, p.id)).secret for p in (busy, other_partner, looping)
+    }
+    async with (
+        second_server(
+            running,
+            PoolOptions(pool_size=5),
+            partner_max_streams=2,
+            partner_rate=1.0,
+            partner_burst=4,
+            partner_refusal_hold_seconds=0.0,
+        ) as server,
+        aio.insecure_channel(server.target) as channel,
+    ):
+        other = Stubs(channel)
+
+        def watch(secret: str) -> StreamReader[booking_pb2.OrderChange]:
+            return StreamReader(
+                other.booking.WatchOrders(
+                    booking_pb2.WatchOrdersRequest(after_sequence=0), metadata=api_key(secret)
+                )
+            )
+
+        async def caught_up(reader: StreamReader[booking_pb2.OrderChange]) -> None:
+            await reader.wait_for(lambda: any(c.caught_up for c in reader.items))
+
+        async def settled(reader: StreamReader[booking_pb2.OrderChange]) -> None:
+            """Wait until the stream sent something or ended."""
+            await reader.wait_for(lambda: reader.error is not None or bool(reader.items))
+
+        async def refused(reader: StreamReader[booking_pb2.OrderChange]) -> aio.AioRpcError:
+            await asyncio.wait_for(reader.task, 10)
+            assert reader.error is not None and not reader.items
+            return reader.error
+
+        opened = [watch(keys[busy.id]) for _ in range(2)]
+        readers = list(opened)
+        try:
+            for reader in opened:
+                await caught_up(reader)
+            third = watch(keys[busy.id])
+            readers.append(third)
+            err = await refused(third)
+            details = error_details(err)
+            assert (details.code, details.reason) == (
+                S.RESOURCE_EXHAUSTED,
+                "PARTNER_BUDGET_EXCEEDED",
+            )
+            assert details.metadata["budget"] == "streams"
+            assert details.metadata["partner_id"] == busy.id
+            assert (delay := retry_delay(err)) is not None and delay > 0
+            # Another partner's budget is its own.
+            theirs = watch(keys[other_partner.id])
+            readers.append(theirs)
+            await caught_up(theirs)
+            # A closed stream gives its place back (once the server has seen the cancel).
+            await opened[0].stop()
+            for _ in range(50):
+                again = watch(keys[busy.id])
+                readers.append(again)
+                await settled(again)
+                if again.error is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert again.error is None
+
+            # A reconnect loop: every opening takes a rate token (burst 4 at 1/s), so
+            # opening and closing at once is refused on the rate long before 20 tries.
+            reasons = []
+            for _ in range(20):
+                loop_reader = watch(keys[looping.id])
+                readers.append(loop_reader)
+                await settled(loop_reader)
+                if loop_reader.error is not None:
+                    reasons.append(error_details(loop_reader.error).metadata.get("budget"))
+                    break
+                await loop_reader.stop()
+            assert reasons == ["rate"]
+        finally:
+            for reader in readers:
+                await reader.stop()

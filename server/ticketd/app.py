@@ -205,6 +205,7 @@ class TicketServer:
                 max_in_flight=settings.partner_max_concurrent_rpcs,
                 rate=settings.partner_rate,
                 burst=settings.partner_burst,
+                max_streams=settings.partner_max_streams,
             ),
         )
         # One more PostgreSQL connection per process, outside the pool: it LISTENs for the

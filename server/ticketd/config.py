@@ -214,6 +214,10 @@ class Settings:
     partner_rate: float = 100.0
     """`TICKETING_PARTNER_RATE`: sustained calls per second per partner (per process; the
     partner's `rate_per_second` column overrides)."""
+    partner_max_streams: int = 10
+    """`TICKETING_PARTNER_MAX_STREAMS`: server streams (WatchOrders, WatchSeats ...) one
+    partner's API keys may have open at once (per process). Opening one also takes a token
+    of the partner's rate, so a reconnect loop is held to the rate like any call."""
     partner_burst: int = 200
     """`TICKETING_PARTNER_BURST`: calls a partner may make at once above its rate (scaled
     with a partner's own rate)."""
@@ -355,6 +359,7 @@ class Settings:
             ),
             partner_rate=_float(env, "TICKETING_PARTNER_RATE", 100.0, 0.001, 1_000_000),
             partner_burst=_int(env, "TICKETING_PARTNER_BURST", 200, 1, 1_000_000),
+            partner_max_streams=_int(env, "TICKETING_PARTNER_MAX_STREAMS", 10, 1, 100_000),
             partner_refusal_hold_seconds=_float(
                 env, "TICKETING_PARTNER_REFUSAL_HOLD", 0.25, 0.0, 5.0
             ),

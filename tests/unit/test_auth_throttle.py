@@ -289,3 +289,29 @@ def test_partner_rate_refuses_past_its_burst_with_retry_info() -> None:
     fast = uuid.uuid4()
     for _ in range(300):
         admission.enter_partner(fast, rate=100.0).release()
+
+
+def test_partner_streams_have_their_own_count_and_share_the_rate() -> None:
+    """A partner's open streams are counted apart from its calls in flight (a full stream
+    budget refuses no call, and full calls refuse no stream); each opening takes one token
+    of the same rate as its calls; the counter goes away with the last stream."""
+    admission = Admission(
+        general_limit=100,
+        password_limit=1,
+        partners=CallerBudgets(max_in_flight=1, rate=1.0, burst=4.0, max_streams=2),
+    )
+    partner = uuid.uuid4()
+    streams = [admission.enter_partner_stream(partner) for _ in range(2)]
+    with pytest.raises(ResourceExhausted) as err:
+        admission.enter_partner_stream(partner)
+    assert err.value.metadata["budget"] == "streams"
+    call = admission.enter_partner(partner)  # streams do not take the call's place
+    for stream in streams:
+        stream.release()
+    assert admission.in_flight(("partner-streams", partner)) == 0
+    # Three tokens are spent (two streams, one call): the fourth opening takes the last.
+    admission.enter_partner_stream(partner).release()
+    with pytest.raises(ResourceExhausted) as err:
+        admission.enter_partner_stream(partner)
+    assert err.value.metadata["budget"] == "rate"
+    call.release()

@@ -72,6 +72,7 @@ class CallerBudgets:
     max_in_flight: int = 50
     rate: float = 100.0
     burst: float = 200.0
+    max_streams: int = 10
 
 
 class Admitted:
@@ -151,15 +152,34 @@ class Admission:
         in_flight = self._in_flight.get(key, 0)
         if in_flight >= limit:
             raise _partner_refusal(partner_id, "concurrency", limit, _RETRY_AFTER_SECONDS)
+        self._take_partner_token(partner_id, rate)
+        self._in_flight[key] = in_flight + 1
+        return Admitted(self, key)
+
+    def enter_partner_stream(self, partner_id: uuid.UUID, *, rate: float | None = None) -> Admitted:
+        """Admit one server stream of a partner: at most `max_streams` open at once per
+        partner (a stream lives long, so it is counted apart from calls in flight, which it
+        would otherwise hold for its whole life), and one token of the partner's rate to open
+        it, so a client reconnecting in a loop is held to the rate like any call. Raises
+        RESOURCE_EXHAUSTED PARTNER_BUDGET_EXCEEDED (budget `streams` or `rate`)."""
+        key = ("partner-streams", partner_id)
+        limit = self._partners.max_streams
+        open_streams = self._in_flight.get(key, 0)
+        if open_streams >= limit:
+            raise _partner_refusal(partner_id, "streams", limit, _RETRY_AFTER_SECONDS)
+        self._take_partner_token(partner_id, rate)
+        self._in_flight[key] = open_streams + 1
+        return Admitted(self, key)
+
+    def _take_partner_token(self, partner_id: uuid.UUID, rate: float | None) -> None:
+        """One token of the partner's rate bucket, or the `rate` refusal."""
         # A partner's own rate gets a burst in the same proportion as the default's.
         burst = None
         if rate is not None:
             burst = max(1.0, rate * self._partners.burst / self._partners.rate)
-        if not self._partner_rates.try_take(key, rate=rate, burst=burst):
+        if not self._partner_rates.try_take(("partner", partner_id), rate=rate, burst=burst):
             per_second = rate or self._partners.rate
             raise _partner_refusal(partner_id, "rate", per_second, 1.0 / per_second)
-        self._in_flight[key] = in_flight + 1
-        return Admitted(self, key)
 
     def _release(self, kind: CallClass | Hashable) -> None:
         left = self._in_flight[kind] - 1

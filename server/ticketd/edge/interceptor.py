@@ -262,6 +262,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapped(raw: Any, context: aio.ServicerContext[Any, Any]) -> None:
             bound: object | None = None
             counted = False
+            partner_stream: Admitted | None = None
             started = time.perf_counter()
             code = "OK"
             reason: str | None = None
@@ -278,6 +279,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 metrics.STREAMS_ACTIVE.labels(method).inc()
                 credential = self._credential(rule, context.invocation_metadata())
                 principal = await self._authorize(method, rule, credential)
+                scope = principal.partner if principal is not None else None
+                if self._admission is not None and scope is not None:
+                    # A partner's streams count against its own budget too (docs/partners.md).
+                    try:
+                        partner_stream = self._admission.enter_partner_stream(
+                            scope.partner_id, rate=scope.rate_per_second
+                        )
+                    except errors.ResourceExhausted:
+                        await self._hold_refusal(context)
+                        raise
                 request = self._checked_request(raw, deserializer)
                 bound = bind_principal(principal)
                 await behavior(request, context)
@@ -300,6 +311,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 if counted:
                     self._streams -= 1
                     metrics.STREAMS_ACTIVE.labels(method).dec()
+                if partner_stream is not None:
+                    partner_stream.release()
                 metrics.observe_rpc(method, code, time.perf_counter() - started, reason)
                 reset_call_deadline(deadline)
                 if bound is not None:
