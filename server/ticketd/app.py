@@ -379,12 +379,15 @@ class TicketServer:
 
 
 async def sweep_holds(booking: BookingService, interval: float) -> None:
-    """Every `interval` seconds, tidy expired holds' places (so seat streams show expiry);
+    """Every `interval` seconds, tidy expired holds' places and the places of allocations
+    past their release_time (so seat streams show both);
     a failure (database away) is logged and retried next round: nothing depends on it."""
     while True:
         await asyncio.sleep(interval)
         try:
             while await booking.sweep_expired_holds() > 0:
+                pass
+            while await booking.sweep_expired_allocations() > 0:
                 pass
         except Exception as exc:  # the next round retries; sales never depend on it
             log.warning("hold sweep failed: %s", exc)

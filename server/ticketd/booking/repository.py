@@ -1511,7 +1511,8 @@ async def insert_allocation(
             RETURNING seats.id
         )
         SELECT (SELECT count(*) FROM a) AS written, (SELECT count(*) FROM l) AS listed,
-               (SELECT count(*) FROM s) AS marked
+               (SELECT count(*) FROM s) AS marked,
+               record_seat_changes(ARRAY(SELECT id FROM s), 'ALLOCATED') AS recorded
         """,
         allocation_id,
         event_id,
@@ -1547,11 +1548,47 @@ async def release_allocation(conn: Conn, allocation_id: uuid.UUID) -> None:
         "AND (release_time IS NULL OR release_time > clock_timestamp())",
         allocation_id,
     )
-    await conn.execute(
+    freed = await conn.fetch(
         "UPDATE seats SET allocation_id = NULL, allocation_partner_id = NULL, "
-        "allocated_until = NULL WHERE allocation_id = $1",
+        "allocated_until = NULL WHERE allocation_id = $1 "
+        "RETURNING id, seat_is_free(status, held_until) AS free",
         allocation_id,
     )
+    await _record_returned(conn, [r["id"] for r in freed if r["free"]])
+
+
+async def _record_returned(conn: Conn, seat_ids: list[int]) -> None:
+    """Record places that left an allocation as AVAILABLE. A statement of its own, after
+    the one that cleared their allocation: record_seat_changes reads the place's allocation
+    to record the public view, and must see it gone."""
+    if seat_ids:
+        await conn.execute("SELECT record_seat_changes($1::bigint[], 'AVAILABLE')", seat_ids)
+
+
+async def sweep_expired_allocations(conn: Conn, limit: int) -> int:
+    """Let up to `limit` places whose allocation's release_time has passed leave it, and
+    record the free ones AVAILABLE (so watchers see the release). Like the hold sweep it
+    only tidies: such a place is public by allocation_open whether or not this ran, and
+    places someone is locking are skipped (SKIP LOCKED), so sweepers and sales never wait
+    for each other; a place leaves once, so two sweepers never record it twice. Call it
+    inside a transaction. Returns the places swept."""
+    rows = await conn.fetch(
+        """
+        WITH due AS (
+            SELECT id FROM seats
+            WHERE allocation_id IS NOT NULL AND allocated_until IS NOT NULL
+              AND allocated_until <= clock_timestamp()
+            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+        )
+        UPDATE seats SET allocation_id = NULL, allocation_partner_id = NULL,
+                         allocated_until = NULL
+        FROM due WHERE seats.id = due.id
+        RETURNING seats.id, seat_is_free(seats.status, seats.held_until) AS free
+        """,
+        limit,
+    )
+    await _record_returned(conn, [r["id"] for r in rows if r["free"]])
+    return len(rows)
 
 
 async def list_allocations(

@@ -737,6 +737,13 @@ class BookingService:
         async with self._db.transaction() as conn:
             return await repo.sweep_expired_holds(conn, limit)
 
+    async def sweep_expired_allocations(self, limit: int = 500) -> int:
+        """Tidy up to `limit` places whose allocation's release_time has passed (they
+        leave it; the free ones are recorded AVAILABLE for the seat streams); returns how
+        many. Sales never depend on it: an allocation's end is a query condition."""
+        async with self._db.transaction() as conn:
+            return await repo.sweep_expired_allocations(conn, limit)
+
     def hold_ttl(self, requested: dt.timedelta | None) -> dt.timedelta:
         return resolve_hold_ttl(requested, default=self._hold_ttl, maximum=self._hold_max_ttl)
 
