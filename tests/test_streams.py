@@ -6,6 +6,7 @@ swept, stream limits and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -390,3 +391,24 @@ async def test_a_server_with_seat_streams_off_records_nothing_and_says_so(
         finally:
             await channel.close(None)
     assert await last_sequence(running, event_id) == 0
+
+
+async def test_a_reader_leaving_mid_snapshot_ends_its_stream_quietly(
+    stubs: Stubs, admin: Account, running: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readers that cancel after one message of a 2,000-seat snapshot (the server is still
+    writing): each stream ends as CANCELLED, with no internal error logged and its place
+    among the server's streams given back."""
+    event_id, _ = await new_event(stubs, admin, rows=25, seats=80)
+    interceptor = running.server.interceptor
+    before = interceptor.open_streams
+    caplog.set_level(logging.ERROR, logger="ticketd")
+    for _ in range(5):
+        call = stubs.events.WatchSeats(event_pb2.WatchSeatsRequest(event_id=event_id))
+        async for _change in call:
+            break
+        call.cancel()
+    async with asyncio.timeout(10):
+        while interceptor.open_streams > before:
+            await asyncio.sleep(0.02)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

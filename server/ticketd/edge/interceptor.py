@@ -37,6 +37,18 @@ from ticketd.observability import logs, metrics, tracing
 
 log = logging.getLogger("ticketd.rpc")
 
+
+# What a stream's write raises once its reader has gone (cancelled, disconnected): grpc core
+# refuses the send before the cancellation shows in context.cancelled() (grpc/grpc#24758).
+# grpc exports no public name for it, hence the lookup.
+def _peer_gone_errors() -> tuple[type[BaseException], ...]:
+    cygrpc = getattr(getattr(grpc, "_cython", None), "cygrpc", None)
+    found = getattr(cygrpc, "ExecuteBatchError", None)
+    return (found,) if isinstance(found, type) and issubclass(found, BaseException) else ()
+
+
+_PEER_GONE = _peer_gone_errors()
+
 # Methods of the contract (server streaming ones get the full treatment; other streaming
 # methods are infrastructure: health Watch, reflection).
 OUR_PACKAGE = "/ticketing.v1."
@@ -157,6 +169,11 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 "invalid or expired access token", reason=errors.Reason.INVALID_TOKEN
             )
         return principal
+
+    @property
+    def open_streams(self) -> int:
+        """Server streams this process is serving right now."""
+        return self._streams
 
     @property
     def held_refusals(self) -> int:
@@ -299,6 +316,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = _code_name(context)
                 raise
             except Exception as exc:
+                if context.cancelled() or isinstance(exc, _PEER_GONE):
+                    # The reader went away (cancelled, disconnected, deadline): a write
+                    # then fails inside grpc, and there is no one left to tell, so this is
+                    # the stream's normal end, not an internal error to log.
+                    log.info("%s: the reader left mid-stream (%s)", method, type(exc).__name__)
+                    code = "CANCELLED"
+                    return
                 if isinstance(exc, errors.DomainError):
                     status = to_status(exc)
                     reason = exc.reason.value
