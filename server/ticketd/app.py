@@ -26,6 +26,7 @@ from ticketd.auth.workpool import PasswordWorkPool
 from ticketd.booking.service import BookingService
 from ticketd.booking.servicer import BookingServicer
 from ticketd.config import Settings
+from ticketd.db import outbox
 from ticketd.db.database import Database
 from ticketd.edge.admission import Admission, CallerBudgets
 from ticketd.edge.contract_rules import ContractRules
@@ -300,6 +301,7 @@ class TicketServer:
         )
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._health_server: aio.Server | None = None
 
     async def start_health_only(self, listen: str) -> int:
@@ -344,6 +346,18 @@ class TicketServer:
             self._sweeper = asyncio.create_task(
                 sweep_holds(self.components.booking, settings.hold_sweep_interval_seconds)
             )
+        if (
+            settings.outbox_retention_seconds > 0
+            and settings.outbox_prune_interval_seconds > 0
+            and self._pruner is None
+        ):
+            self._pruner = asyncio.create_task(
+                prune_outbox(
+                    self.components.db,
+                    settings.outbox_retention_seconds,
+                    settings.outbox_prune_interval_seconds,
+                )
+            )
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -362,11 +376,12 @@ class TicketServer:
         self.components.events.stop_streams()
         self.components.booking.stop_streams()
         self.components.gate.stop_streams()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._pruner = None
         await self.server.stop(self.components.settings.grace_seconds if grace is None else grace)
         await self.components.db.outbox.stop()
         await self.principals.close()
@@ -391,6 +406,19 @@ async def sweep_holds(booking: BookingService, interval: float) -> None:
                 pass
         except Exception as exc:  # the next round retries; sales never depend on it
             log.warning("hold sweep failed: %s", exc)
+
+
+async def prune_outbox(db: Database, keep_seconds: float, interval: float) -> None:
+    """Every `interval` seconds, delete the seat and order changes older than `keep_seconds`
+    (ticketd.db.outbox.prune_round); a failure is logged and retried next round."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            deleted = await outbox.prune_round(db.connection, keep_seconds)
+            if deleted:
+                log.info("outbox: pruned %d changes older than %g s", deleted, keep_seconds)
+        except Exception as exc:  # the next round retries; nothing depends on it
+            log.warning("outbox pruning failed: %s", exc)
 
 
 async def ensure_bootstrap_admin(components: Components) -> None:

@@ -126,6 +126,13 @@ class Settings:
     """`TICKETING_SEAT_STREAMS` (on/off): record seat changes and serve WatchSeats. On by
     default since the outbox sequencer (writers share no row; docs/streams.md has the
     cost); `off` is the opt-out. Every server of a deployment must say the same."""
+    outbox_retention_seconds: int = 7 * 86_400
+    """`TICKETING_OUTBOX_RETENTION`: seconds seat and order changes are kept for streams to
+    resume from (0: for ever); a reader resuming from an older position is told so
+    (SEQUENCE_PRUNED). Gate changes are the scan log and are kept."""
+    outbox_prune_interval_seconds: float = 60.0
+    """`TICKETING_OUTBOX_PRUNE_INTERVAL`: how often changes past the retention are deleted,
+    in batches of a few thousand rows (0: never)."""
     max_streams: int = 1000
     """`TICKETING_MAX_STREAMS`: open streaming calls (WatchSeats, WatchOrders, WatchGate) per
     server process."""
@@ -307,6 +314,12 @@ class Settings:
             hold_max_ttl_seconds=_int(env, "TICKETING_HOLD_MAX_TTL", 1800, 1, 86_400),
             hold_sweep_interval_seconds=_float(env, "TICKETING_HOLD_SWEEP_INTERVAL", 1.0, 0, 3600),
             seat_streams=_switch(env, "TICKETING_SEAT_STREAMS", default=True),
+            outbox_retention_seconds=_int(
+                env, "TICKETING_OUTBOX_RETENTION", 7 * 86_400, 0, 10 * 366 * 86_400
+            ),
+            outbox_prune_interval_seconds=_float(
+                env, "TICKETING_OUTBOX_PRUNE_INTERVAL", 60.0, 0, 86_400
+            ),
             max_streams=_int(env, "TICKETING_MAX_STREAMS", 1000, 1, 100_000),
             stream_send_timeout_seconds=_float(
                 env, "TICKETING_STREAM_SEND_TIMEOUT", 30.0, 0.1, 3600

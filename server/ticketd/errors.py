@@ -97,6 +97,7 @@ class Reason(StrEnum):
     SEQUENCE_AHEAD = "SEQUENCE_AHEAD"
     SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
     SEAT_STREAMS_OFF = "SEAT_STREAMS_OFF"
+    SEQUENCE_PRUNED = "SEQUENCE_PRUNED"
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,18 @@ def stream_shut_down(after: int) -> Unavailable:
         "the server is shutting down; reconnect with after_sequence",
         reason=Reason.SERVER_SHUTTING_DOWN,
         metadata={"resume_after_sequence": str(after)},
+    )
+
+
+def stream_pruned(after: int, pruned_through: int, *, restart: int) -> FailedPrecondition:
+    """A reader whose position is behind the stream's retention: the changes after `after`
+    up to `pruned_through` are gone; it starts again after `restart` (every resumable
+    stream says it the same way)."""
+    return FailedPrecondition(
+        f"the changes after sequence {after} up to {pruned_through} are no longer kept "
+        f"(TICKETING_OUTBOX_RETENTION); start again with after_sequence {restart}",
+        reason=Reason.SEQUENCE_PRUNED,
+        metadata={"pruned_through": str(pruned_through), "resume_after_sequence": str(restart)},
     )
 
 

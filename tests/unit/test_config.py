@@ -144,3 +144,19 @@ def test_the_jwt_secret_is_at_least_32_bytes() -> None:
         Settings.from_env({"TICKETING_JWT_SECRET": "s" * 31})
     # Bytes, not characters: 11 three-byte characters are 33 bytes.
     assert Settings.from_env({"TICKETING_JWT_SECRET": "€" * 11}).jwt_secret == "€" * 11
+
+
+def test_outbox_retention_and_pruning_interval() -> None:
+    default = Settings.from_env({})
+    assert (default.outbox_retention_seconds, default.outbox_prune_interval_seconds) == (
+        7 * 86_400,
+        60.0,
+    )
+    off = Settings.from_env(
+        {"TICKETING_OUTBOX_RETENTION": "0", "TICKETING_OUTBOX_PRUNE_INTERVAL": "0.5"}
+    )
+    assert (off.outbox_retention_seconds, off.outbox_prune_interval_seconds) == (0, 0.5)
+    with pytest.raises(ConfigError, match="TICKETING_OUTBOX_RETENTION must be an integer"):
+        Settings.from_env({"TICKETING_OUTBOX_RETENTION": "7d"})
+    with pytest.raises(ConfigError, match="TICKETING_OUTBOX_PRUNE_INTERVAL must be between"):
+        Settings.from_env({"TICKETING_OUTBOX_PRUNE_INTERVAL": "-1"})

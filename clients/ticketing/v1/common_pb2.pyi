@@ -268,6 +268,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """WatchSeats on a server that does not record seat changes
     (TICKETING_SEAT_STREAMS is off).
     """
+    SEQUENCE_PRUNED: _ErrorReason.ValueType  # 135
+    """The changes after after_sequence are no longer kept: they were older than
+    the server's TICKETING_OUTBOX_RETENTION and were pruned (metadata
+    "pruned_through": every change up to it may be gone). Start again from
+    metadata "resume_after_sequence": 0 for WatchSeats (a fresh snapshot),
+    the first kept change for WatchOrders (reconcile what was missed with
+    ListOrders).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of `google.rpc.ErrorInfo.reason` values the
@@ -449,6 +457,14 @@ after_sequence = metadata "resume_after_sequence".
 SEAT_STREAMS_OFF: ErrorReason.ValueType  # 134
 """WatchSeats on a server that does not record seat changes
 (TICKETING_SEAT_STREAMS is off).
+"""
+SEQUENCE_PRUNED: ErrorReason.ValueType  # 135
+"""The changes after after_sequence are no longer kept: they were older than
+the server's TICKETING_OUTBOX_RETENTION and were pruned (metadata
+"pruned_through": every change up to it may be gone). Start again from
+metadata "resume_after_sequence": 0 for WatchSeats (a fresh snapshot),
+the first kept change for WatchOrders (reconcile what was missed with
+ListOrders).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -25,6 +25,11 @@ async def last_sequence(conn: Any) -> int:
     return await outbox.last_sequence(conn, outbox.ORDERS, outbox.ALL)
 
 
+async def pruned_through(conn: Any) -> int:
+    """Up to where the order stream's changes may have been pruned (0: none was)."""
+    return await outbox.pruned_through(conn, outbox.ORDERS, outbox.ALL)
+
+
 async def changes_after(
     conn: Any,
     scope: OrderWatchScope,

@@ -70,6 +70,7 @@ from ticketd.errors import (
     PermissionDenied,
     Precondition,
     Reason,
+    stream_pruned,
     stream_shut_down,
 )
 from ticketd.shared import EndCustomer, event_not_found
@@ -1196,8 +1197,9 @@ class BookingService:
     ) -> AsyncGenerator[list[OrderChangeRecord], None]:
         """Every order change after `after_sequence` the caller may see (order_watch_scope),
         optionally of one event, in sequence order, as each commits, for as long as the
-        caller reads. after_sequence 0: from the stream's first change. Once the changes
-        committed before the call are sent, a caught_up marker says up to where."""
+        caller reads. after_sequence 0: from the stream's first change still kept (older
+        ones are pruned after TICKETING_OUTBOX_RETENTION). Once the changes committed
+        before the call are sent, a caught_up marker says up to where."""
         scope = order_watch_scope(principal)
         # Numbered first: a resume point is judged against what has committed.
         await self._db.outbox.catch_up(outbox.ORDERS, outbox.ALL)
@@ -1205,6 +1207,8 @@ class BookingService:
             if event_id is not None and not await order_stream.event_exists(conn, event_id):
                 raise event_not_found(event_id)
             last = await order_stream.last_sequence(conn)
+            if after_sequence == 0:
+                after_sequence = await order_stream.pruned_through(conn)
         if after_sequence > last:
             raise FailedPrecondition(
                 f"after_sequence {after_sequence} is beyond the stream's last change {last}",
@@ -1243,6 +1247,9 @@ class BookingService:
             # The backlog is read filtered (above); new changes are read once per process for
             # every WatchOrders reader, and filtered per reader here.
             tail=outbox.Tail(read_page, _sequence_of, select),
+            # Behind the retention: it may go on from the first change kept, knowing what
+            # it missed (ListOrders tells the state).
+            pruned=lambda hole: stream_pruned(hole.after, hole.through, restart=hole.through),
         )
         try:
             async for page in pages:

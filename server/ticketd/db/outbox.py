@@ -48,21 +48,26 @@ class Stream:
     name: str
     table: str
     key_column: str
+    pruned: bool = False
+    """Whether records older than TICKETING_OUTBOX_RETENTION are deleted (`prune`)."""
 
     def topic(self, key: uuid.UUID) -> str:
         """The NOTIFY payload of one stream of this kind."""
         return f"{self.name}:{key}"
 
 
-SEATS = Stream("seats", "seat_changes", "event_id")
+SEATS = Stream("seats", "seat_changes", "event_id", pruned=True)
 """Per event: every change of a seat's status (WatchSeats)."""
-ORDERS = Stream("orders", "order_changes", "stream_key")
+ORDERS = Stream("orders", "order_changes", "stream_key", pruned=True)
 """One stream for all orders (key ALL): confirmations and refunds (WatchOrders)."""
 GATES = Stream("gates", "gate_changes", "event_id")
 """Per event: every gate scan, online or uploaded offline (WatchGate)."""
 ALL = uuid.UUID(int=0)
 """The key of a stream kind that has one stream only (ORDERS)."""
 STREAMS = (SEATS, ORDERS, GATES)
+PRUNED = tuple(s for s in STREAMS if s.pruned)
+"""The stream kinds `prune` deletes old records of. Not GATES: its records are the scan log
+itself (kept, like `scans`), and WatchGate's per-gate counts are their aggregate."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -131,6 +136,65 @@ async def sequence(conn: Any, stream: Stream, key: uuid.UUID) -> int:
     autocommit); the stream's last sequence."""
     value: int = await conn.fetchval("SELECT outbox_sequence($1, $2)", stream.name, key)
     return value
+
+
+class Pruned(Exception):
+    """A reader at `after` cannot go on: records after it, up to at least `through`, were
+    pruned (migration 0019)."""
+
+    def __init__(self, after: int, through: int) -> None:
+        super().__init__(f"records after {after} up to {through} were pruned")
+        self.after = after
+        self.through = through
+
+
+async def pruned_through(conn: Any, stream: Stream, key: uuid.UUID) -> int:
+    """Up to where the stream's records may have been pruned (0: none was)."""
+    value = await conn.fetchval(
+        "SELECT pruned_through FROM outbox_pruned WHERE stream = $1 AND key = $2",
+        stream.name,
+        key,
+    )
+    return int(value or 0)
+
+
+async def prune(conn: Any, stream: Stream, keep_seconds: float, limit: int) -> int:
+    """Delete at most `limit` of the stream kind's numbered records older than
+    `keep_seconds`, oldest first in each stream and never past a younger one (one short
+    transaction, in autocommit); how many it deleted (0: nothing to prune now)."""
+    if not stream.pruned:
+        raise ValueError(f"the {stream.name} stream is never pruned")
+    value: int = await conn.fetchval(
+        "SELECT outbox_prune($1, make_interval(secs => $2), $3)",
+        stream.name,
+        float(keep_seconds),
+        limit,
+    )
+    return value
+
+
+PRUNE_BATCH = 2000
+"""Records one prune transaction deletes at most: short enough that the stream readers and
+writers it shares the tables with never notice it."""
+PRUNE_BATCHES_PER_ROUND = 50
+"""Batches one pruning round runs at most (100,000 records): a long backlog is worked off
+over several rounds rather than by one process for minutes."""
+
+
+async def prune_round(
+    connect: Callable[[], AbstractAsyncContextManager[Any]], keep_seconds: float
+) -> int:
+    """One pruning round over every pruned stream kind: batches until nothing is left to
+    prune or the round's budget is spent; how many records it deleted."""
+    deleted = 0
+    async with connect() as conn:
+        for stream in PRUNED:
+            for _ in range(PRUNE_BATCHES_PER_ROUND):
+                n = await prune(conn, stream, keep_seconds, PRUNE_BATCH)
+                deleted += n
+                if n < PRUNE_BATCH:
+                    break
+    return deleted
 
 
 async def last_sequence(conn: Any, stream: Stream, key: uuid.UUID) -> int:
@@ -219,6 +283,9 @@ class _SharedTail:
                     wake.clear()
                     await sequencer.catch_up(self.stream, self.key)
                     page, more = await self.tail.read(self.head)
+                    if page and self.tail.sequence(page[0]) != self.head + 1:
+                        # Numbers are dense: the missing ones were pruned (migration 0019).
+                        raise Pruned(self.head, self.tail.sequence(page[0]) - 1)
                     if page:
                         self.head = self.tail.sequence(page[-1])
                         self.recent.append(page)
@@ -312,6 +379,7 @@ class Sequencer:
         closed: Callable[[int], Exception],
         caught_up: Callable[[int], T] | None = None,
         tail: Tail[Any, T] | None = None,
+        pruned: Callable[[Pruned], Exception] | None = None,
     ) -> AsyncGenerator[list[T], None]:
         """A stream's records after `after`, page by page, for as long as the caller reads:
         `read(after)` is called when a NOTIFY says the stream changed (or every
@@ -319,6 +387,9 @@ class Sequencer:
         there were at the start are all read, `caught_up(after)` is yielded (when given):
         a filtered reader learns where it stands even when none of them was its own. When
         `closing` is set the generator raises `closed(after)` (the point to resume from).
+        When records after the reader's position were pruned (a reader behind the stream's
+        retention, at the start or on the way) it raises `pruned(Pruned)` (Pruned itself
+        without it), before it yields anything past the hole.
 
         With `tail`, the follower reads with `read` only until it has what there was (its
         backlog), then joins the stream's shared tail in this process: one reader per
@@ -326,9 +397,10 @@ class Sequencer:
         the records after its own position and makes its records of them with
         `tail.select`. The tail's pages are numbered densely and read in order, so a
         follower gets every record after its position once, in order, whoever joined when."""
+        fail = pruned or (lambda exc: exc)
         if tail is not None:
             async for page in self._follow_shared(
-                stream, key, after, read, tail, poll_seconds, closing, closed, caught_up
+                stream, key, after, read, tail, poll_seconds, closing, closed, caught_up, fail
             ):
                 yield page
             return
@@ -340,7 +412,7 @@ class Sequencer:
                 # Cleared before the read: a NOTIFY that lands during it makes us read again.
                 wake.clear()
                 await self.catch_up(stream, key)
-                records, after, more = await read(after)
+                records, after, more = await self._read_kept(stream, key, after, read, fail)
                 if marker is not None and not more:
                     records = [*records, marker(after)]
                     marker = None
@@ -371,6 +443,7 @@ class Sequencer:
         closing: asyncio.Event,
         closed: Callable[[int], Exception],
         caught_up: Callable[[int], T] | None,
+        fail: Callable[[Pruned], Exception],
     ) -> AsyncGenerator[list[T], None]:
         marker = caught_up
         follower: _Follower | None = None
@@ -386,7 +459,7 @@ class Sequencer:
                 if follower is None:
                     # The backlog (or a follower dropped for falling behind): read it here.
                     await self.catch_up(stream, key)
-                    records, after, more = await read(after)
+                    records, after, more = await self._read_kept(stream, key, after, read, fail)
                     if marker is not None and not more:
                         records = [*records, marker(after)]
                         marker = None
@@ -398,7 +471,9 @@ class Sequencer:
                             follower.ready = bell
                     continue
                 if follower.error is not None:
-                    raise follower.error
+                    error = follower.error
+                    # A hole the tail met is this follower's from where it is.
+                    raise fail(Pruned(after, error.through)) if isinstance(error, Pruned) else error
                 if follower.dropped:
                     if shared is not None:
                         self._leave(shared, follower)  # the tail may have no one else now
@@ -422,6 +497,26 @@ class Sequencer:
             stop.cancel()
             if follower is not None and shared is not None:
                 self._leave(shared, follower)
+
+    async def _read_kept(
+        self,
+        stream: Stream,
+        key: uuid.UUID,
+        after: int,
+        read: Callable[[int], Awaitable[Page[T]]],
+        fail: Callable[[Pruned], Exception],
+    ) -> Page[T]:
+        """A reader's own `read(after)`, refused when records after `after` were pruned.
+        Asked after the read: `pruned_through` only grows, so if it is not past `after`
+        now, it was not when the read ran, and the read missed nothing (a reader filtering
+        by caller cannot see holes itself, so it is asked rather than inferred)."""
+        page = await read(after)
+        if stream.pruned:
+            async with self._connect() as conn:
+                through = await pruned_through(conn, stream, key)
+            if through > after:
+                raise fail(Pruned(after, through))
+        return page
 
     def shared_followers(self, stream: Stream, key: uuid.UUID) -> int:
         """How many followers of the stream are on its shared tail in this process now (0:

@@ -21,6 +21,7 @@ from ticketd.errors import (
     PermissionDenied,
     Reason,
     not_found,
+    stream_pruned,
     stream_shut_down,
 )
 from ticketd.events import repository as repo
@@ -172,6 +173,8 @@ class EventService:
             # Every watcher of the event shares one reader of its new changes (records are
             # immutable and public: each gets the same page).
             tail=outbox.Tail(read_page, _sequence_of, _every),
+            # A watcher behind the retention starts again from a fresh snapshot.
+            pruned=lambda hole: stream_pruned(hole.after, hole.through, restart=0),
         )
         try:
             async for changes in pages:
