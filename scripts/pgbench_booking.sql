@@ -56,33 +56,29 @@
     ), locked AS MATERIALIZED (
         SELECT s.id, s.status, s.hold_id, seat_is_free_for(s.status, s.held_until, s.allocation_partner_id, s.allocated_until, (NULL::uuid)::uuid, (true)::boolean) AS free, s.price_minor, s.section_id, s.row_label, s.seat_number, s.seat_label FROM seats s WHERE s.id = ANY((array_remove(ARRAY[:s1::bigint, :s2::bigint], 0))::bigint[]) AND s.event_id = (:event_id::uuid) AND EXISTS (SELECT 1 FROM go) ORDER BY s.id FOR UPDATE
     ), clock AS MATERIALIZED (
-        SELECT clock_timestamp() AS t, count(*) FILTER (WHERE free) AS free_count,
-               sum(price_minor) AS total_minor, array_agg(id ORDER BY id) AS ids,
-               array_agg(price_minor ORDER BY id) AS prices
-        FROM locked
+        SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM locked) AS every_lock_ours
     ), sale AS MATERIALIZED (
-        SELECT clock.t, clock.total_minor, clock.ids, clock.prices FROM ev, clock
+        SELECT clock.t FROM ev, clock
         WHERE EXISTS (SELECT 1 FROM go) AND ev.sale_start_time > clock.t
-          AND clock.free_count = (:n)::int
+          AND (SELECT count(*) FILTER (WHERE free) FROM locked) = (:n)::int
     ), o AS (
         INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
                             total_minor, currency_code, ticket_count, create_time,
                             payment_reference, partner_id)
-        SELECT (gen_random_uuid()), (:event_id::uuid), (md5('bench-buyer-' || :client_id)::uuid), (md5(:rid::text)::uuid), (left(md5(:rid::text || 'h'), 32)), 'CONFIRMED', sale.total_minor,
+        SELECT (gen_random_uuid()), (:event_id::uuid), (md5('bench-buyer-' || :client_id)::uuid), (md5(:rid::text)::uuid), (left(md5(:rid::text || 'h'), 32)), 'CONFIRMED', (SELECT sum(price_minor) FROM locked),
                ev.sale_currency_code, (:n), sale.t, NULL, (NULL::uuid)
         FROM sale, ev
         ON CONFLICT (customer_id, request_id) DO NOTHING
         RETURNING id, create_time
     ), s AS (
         UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
-        WHERE id = ANY((SELECT ids FROM sale)::bigint[]) AND EXISTS (SELECT 1 FROM o)
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND EXISTS (SELECT 1 FROM o)
         RETURNING id
     ), t AS (
         INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
-        SELECT u.tid, o.id, (:event_id::uuid), u.sid, u.code, 'VALID', u.price
-        FROM o, sale, unnest(sale.ids, sale.prices, (ARRAY[gen_random_uuid(), gen_random_uuid()])::uuid[], (ARRAY[replace(gen_random_uuid()::text, '-', ''), replace(gen_random_uuid()::text, '-', '')])::text[])
-             AS u(sid, price, tid, code)
-        WHERE u.sid IS NOT NULL
+        SELECT u.tid, o.id, (:event_id::uuid), l.id, u.code, 'VALID', l.price_minor
+        FROM o, (SELECT id, price_minor, row_number() OVER (ORDER BY id) AS n FROM locked) l
+        JOIN unnest((ARRAY[gen_random_uuid(), gen_random_uuid()])::uuid[], (ARRAY[replace(gen_random_uuid()::text, '-', ''), replace(gen_random_uuid()::text, '-', '')])::text[]) WITH ORDINALITY AS u(tid, code, n) ON u.n = l.n
         RETURNING 1
     ), changes AS (
         SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o

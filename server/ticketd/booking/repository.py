@@ -360,13 +360,9 @@ async def insert_order(
 #   locked  the seats, locked in id order (specific) or SKIP LOCKED (best available), `free`
 #           judged on the locked row version; a one-time filter on `go` runs before the seat
 #           scan, so the event lock is taken (and a cancel waited for) before any seat lock;
-#   clock   read once every seat lock is ours (the aggregate's output, computed after its
-#           last input row): a lock wait may have carried the call past the start, and
-#           create_time is this instant ("has it started?" is judged on it; start_time never
-#           changes once the event exists, so the locked row's copy is it); the same one pass
-#           over the locked seats counts the free ones and collects what the write needs
-#           (ids and prices in id order, the total), so no write reads `locked` again: each
-#           extra read was an initplan PostgreSQL set up at every execution (issue 16);
+#   clock   read once every seat lock is ours: a lock wait may have carried the call past
+#           the start, and create_time is this instant ("has it started?" is judged on it;
+#           start_time never changes once the event exists, so the locked row's copy is it);
 #   sale    one row iff every check holds; the write CTEs below act only then.
 # Parameters: $1 event, $2 customer, $3 request_id, $4 the new row's id, $5 request hash,
 # $6 the buyer's partner, $7 seat ids (specific) or section (best available), $8/$9 the
@@ -388,14 +384,11 @@ def _locking_statement(made: str, locked: str, go_extra: str, write: str, result
     ), locked AS MATERIALIZED (
         {locked}
     ), clock AS MATERIALIZED (
-        SELECT clock_timestamp() AS t, count(*) FILTER (WHERE free) AS free_count,
-               sum(price_minor) AS total_minor, array_agg(id ORDER BY id) AS ids,
-               array_agg(price_minor ORDER BY id) AS prices
-        FROM locked
+        SELECT clock_timestamp() AS t FROM (SELECT count(*) FROM locked) AS every_lock_ours
     ), sale AS MATERIALIZED (
-        SELECT clock.t, clock.total_minor, clock.ids, clock.prices FROM ev, clock
+        SELECT clock.t FROM ev, clock
         WHERE EXISTS (SELECT 1 FROM go) AND ev.sale_start_time > clock.t
-          AND clock.free_count = $10::int
+          AND (SELECT count(*) FILTER (WHERE free) FROM locked) = $10::int
     ), {write}
     SELECT ev.*, (SELECT t FROM sale) AS sale_time, {results},
            l.id, l.status, l.hold_id, l.free, l.price_minor, l.section_id, l.row_label,
@@ -427,28 +420,25 @@ def _lock_best(partner_first: bool) -> str:
 
 
 # The write of insert_order (order, seats SOLD, tickets, the seat-change record), its
-# tickets ($11 ids, $12 codes) given to the locked seats in id order (unnest pads the
-# shorter arrays with NULLs: ticket ids beyond the seats are dropped, and a seat without a
-# ticket id would fail the NOT NULL; the service passes exactly one per seat).
+# tickets ($11 ids, $12 codes) given to the locked seats in id order.
 _SALE_WRITE = """o AS (
         INSERT INTO orders (id, event_id, customer_id, request_id, request_hash, status,
                             total_minor, currency_code, ticket_count, create_time,
                             payment_reference, partner_id)
-        SELECT $4, $1, $2, $3, $5, 'CONFIRMED', sale.total_minor,
+        SELECT $4, $1, $2, $3, $5, 'CONFIRMED', (SELECT sum(price_minor) FROM locked),
                ev.sale_currency_code, $10, sale.t, NULL, $6
         FROM sale, ev
         ON CONFLICT (customer_id, request_id) DO NOTHING
         RETURNING id, create_time
     ), s AS (
         UPDATE seats SET status = 'SOLD', hold_id = NULL, held_until = NULL
-        WHERE id = ANY((SELECT ids FROM sale)::bigint[]) AND EXISTS (SELECT 1 FROM o)
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND EXISTS (SELECT 1 FROM o)
         RETURNING id
     ), t AS (
         INSERT INTO tickets (id, order_id, event_id, seat_id, code, status, price_minor)
-        SELECT u.tid, o.id, $1, u.sid, u.code, 'VALID', u.price
-        FROM o, sale, unnest(sale.ids, sale.prices, $11::uuid[], $12::text[])
-             AS u(sid, price, tid, code)
-        WHERE u.sid IS NOT NULL
+        SELECT u.tid, o.id, $1, l.id, u.code, 'VALID', l.price_minor
+        FROM o, (SELECT id, price_minor, row_number() OVER (ORDER BY id) AS n FROM locked) l
+        JOIN unnest($11::uuid[], $12::text[]) WITH ORDINALITY AS u(tid, code, n) ON u.n = l.n
         RETURNING 1
     ), changes AS (
         SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'SOLD') AS n FROM o
@@ -463,7 +453,7 @@ _HOLD_WRITE = """h AS (
         INSERT INTO holds (id, event_id, customer_id, request_id, request_hash, status,
                            seat_count, total_minor, currency_code, create_time, expire_time,
                            partner_id)
-        SELECT $4, $1, $2, $3, $5, 'ACTIVE', $10, sale.total_minor,
+        SELECT $4, $1, $2, $3, $5, 'ACTIVE', $10, (SELECT sum(price_minor) FROM locked),
                ev.sale_currency_code, sale.t, sale.t + $11::interval, $6
         FROM sale, ev
         ON CONFLICT (customer_id, request_id) DO NOTHING
@@ -474,7 +464,7 @@ _HOLD_WRITE = """h AS (
         RETURNING seat_id
     ), s AS (
         UPDATE seats SET status = 'HELD', hold_id = h.id, held_until = h.expire_time
-        FROM h WHERE seats.id = ANY((SELECT ids FROM sale)::bigint[])
+        FROM h WHERE seats.id = ANY(ARRAY(SELECT id FROM locked))
         RETURNING seats.id
     ), changes AS (
         SELECT record_seat_changes(ARRAY(SELECT id FROM s), 'HELD') AS n FROM h
