@@ -31,7 +31,7 @@ sale; every recorded change gets an entry in each of its table's indexes.
   setting unless it repeats it.
 
 Revision ID: 0020
-Revises: 0018 (written while 0019 was being added elsewhere: re-chained at merge)
+Revises: 0019
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from __future__ import annotations
 from ticketd.db.migrations.sqlscript import run_script
 
 revision = "0020"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
