@@ -38,7 +38,7 @@ async def write_pages(
     send_timeout: float,
     after_sequence: int,
     resume_point: Callable[[R, int], int] = every_record_resumes,
-    batch: Callable[[list[Any]], Any] | None = None,
+    batch: Callable[[list[R]], Any] | None = None,
 ) -> None:
     """Send every record of every page, in order; a reader that takes none for
     `send_timeout` seconds ends the stream with RESOURCE_EXHAUSTED STREAM_TOO_SLOW and the
@@ -46,9 +46,10 @@ async def write_pages(
 
     `resume_point(record, delivered)` is where the reader resumes once `record` is sent
     (`delivered` when the record does not move it, e.g. a snapshot entry before the snapshot
-    is whole). With `batch`, each page is one message, `batch([to_proto(r) for r in page])`,
-    whose write is bounded the same way; the resume point moves only once the whole page is
-    sent, since a reader resumes after the messages it has, never inside one."""
+    is whole). With `batch`, each page is one message, `batch(page)` (instead of
+    `to_proto` per record), whose write is bounded the same way; the resume point moves only
+    once the whole page is sent, since a reader resumes after the messages it has, never
+    inside one."""
     delivered = after_sequence
     loop = asyncio.get_running_loop()
     try:
@@ -61,7 +62,7 @@ async def write_pages(
             try:
                 async with asyncio.timeout(send_timeout) as limit:
                     if batch is not None:
-                        await context.write(batch([to_proto(r) for r in page]))
+                        await context.write(batch(page))
                         for record in page:
                             delivered = resume_point(record, delivered)
                     else:

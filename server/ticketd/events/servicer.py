@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from ticketd.auth.principal import current_principal
@@ -178,9 +179,39 @@ def seat_change_to_proto(change: SeatChangeRecord) -> event_pb2.SeatChange:
     )
 
 
-def seat_change_batch(changes: list[event_pb2.SeatChange]) -> event_pb2.SeatChangeBatch:
-    """One page of the seat stream as one WatchSeatBatches message."""
-    return event_pb2.SeatChangeBatch(changes=changes)
+LIVE_BATCHES_KEPT = 256
+"""Live batches a server keeps built (for all events together): enough for every watcher
+of a busy event to find the page the first of them built, a few pages behind."""
+
+
+class SeatBatches:
+    """WatchSeatBatches messages, built once per page for all the watchers of an event.
+
+    The watchers of an event that keep up get the same pages from the shared tail, and a
+    live batch is named by its event and its first and last sequence (dense per event, so
+    equal names are equal contents): the first watcher to send a page builds the message,
+    the others send the same object. Building it per watcher was a tenth of the server's
+    event loop with 50 watchers. Snapshot batches are each watcher's own (read at its own
+    instant) and are not kept."""
+
+    def __init__(self, kept: int = LIVE_BATCHES_KEPT) -> None:
+        self._kept = kept
+        self._built: OrderedDict[tuple[uuid.UUID, int, int], event_pb2.SeatChangeBatch] = (
+            OrderedDict()
+        )
+
+    def batch(self, event_id: uuid.UUID, page: list[SeatChangeRecord]) -> event_pb2.SeatChangeBatch:
+        """The message carrying `page` (in order, as the outbox gave it)."""
+        if page[0].snapshot:
+            return event_pb2.SeatChangeBatch(changes=[seat_change_to_proto(c) for c in page])
+        key = (event_id, page[0].sequence, page[-1].sequence)
+        built = self._built.get(key)
+        if built is None:
+            built = event_pb2.SeatChangeBatch(changes=[seat_change_to_proto(c) for c in page])
+            self._built[key] = built
+            if len(self._built) > self._kept:
+                self._built.popitem(last=False)
+        return built
 
 
 def seat_resume_point(change: SeatChangeRecord, delivered: int) -> int:
@@ -225,6 +256,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         self._send_timeout = send_timeout
         self._poll_seconds = poll_seconds
         self._seat_streams = seat_streams
+        self._seat_batches = SeatBatches()
 
     async def WatchSeats(  # type: ignore[override]
         self, request: event_pb2.WatchSeatsRequest, context: Any
@@ -256,7 +288,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             send_timeout=self._send_timeout,
             after_sequence=after_sequence,
             resume_point=seat_resume_point,
-            batch=seat_change_batch if batched else None,
+            batch=(lambda page: self._seat_batches.batch(event_id, page)) if batched else None,
         )
 
     async def CreateEvent(
