@@ -19,6 +19,7 @@ from grpc import aio
 from tests.conftest import RunningServer, second_server
 from tests.support import Account, StreamReader, Stubs, error_details, small_layout
 from ticketd.db.database import PoolOptions
+from ticketd.events import service as events_service
 from ticketd.events.service import STREAM_PAGE
 from ticketing.client import connect
 from ticketing.v1 import booking_pb2, event_pb2, event_pb2_grpc
@@ -511,3 +512,33 @@ async def test_the_sdk_falls_back_mid_stream_from_where_it_was(
             assert server.called == ["WatchSeatBatches after 0", "WatchSeats after 1"]
         finally:
             await channel.close(None)
+
+
+async def test_a_burst_of_commits_comes_in_one_batch_per_tail_read(
+    stubs: Stubs,
+    admin: Account,
+    readers: list[StreamReader[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The event's shared tail reads at most once per TAIL_MIN_INTERVAL_S (3 s here, so the
+    burst below is well inside one interval however slow the machine): ten sales that
+    commit together come in at most two batches (one if no read falls inside the burst),
+    not one message per commit."""
+    monkeypatch.setattr(events_service, "TAIL_MIN_INTERVAL_S", 3.0)
+    event_id, ids = await new_event(stubs, admin)
+    buyers = await asyncio.gather(*(stubs.register("burst") for _ in range(10)))
+    w = BatchWatcher(stubs, event_id)
+    readers.append(w)
+    await w.until(snapshot_complete)
+    await stubs.booking.BookSeats(book(event_id, ids[:1]), metadata=buyers[0].md)
+    await w.until(lambda w: len(w.changes) == 1)  # the tail has just read
+    before = len(w.items)
+    await asyncio.gather(
+        *(
+            stubs.booking.BookSeats(book(event_id, [ids[1 + i]]), metadata=b.md)
+            for i, b in enumerate(buyers)
+        )
+    )
+    await w.until(lambda w: len(w.changes) == 11)
+    assert [c.sequence for c in w.changes] == list(range(1, 12))
+    assert 1 <= len(w.items) - before <= 2, [len(b.changes) for b in w.items[before:]]
