@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,9 @@ import pytest
 from grpc import aio
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, StreamReader, Stubs, error_details, small_layout
+from tests.support import Account, StreamReader, Stubs, error_details
+from tests.test_streams import Watcher, book
+from tests.test_streams import new_event as streams_event
 from ticketd.db.database import PoolOptions
 from ticketd.events import service as events_service
 from ticketd.events.service import STREAM_PAGE
@@ -37,15 +40,8 @@ SERVICE = "ticketing.v1.EventService"
 async def new_event(
     stubs: Stubs, admin: Account, rows: int = 4, seats: int = 10
 ) -> tuple[str, list[int]]:
-    venue = await stubs.create_venue(admin, small_layout(rows=rows, seats=seats, ga=0))
-    event = await stubs.create_event(admin, venue, max_per_order=100)
-    return event.id, [s.id for s in await stubs.all_seats(event.id)]
-
-
-def book(event_id: str, seats: list[int]) -> booking_pb2.BookSeatsRequest:
-    return booking_pb2.BookSeatsRequest(
-        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=seats)
-    )
+    # Orders of up to 100 places: a few orders make a backlog of more than one page.
+    return await streams_event(stubs, admin, rows, seats, max_per_order=100)
 
 
 class BatchWatcher(StreamReader[event_pb2.SeatChangeBatch]):
@@ -72,25 +68,6 @@ class BatchWatcher(StreamReader[event_pb2.SeatChangeBatch]):
         await self.wait_for(lambda: bool(done(self)))
 
 
-class SingleWatcher(StreamReader[event_pb2.SeatChange]):
-    """A WatchSeats call read in the background: what the batches must equal."""
-
-    def __init__(self, stubs: Stubs, event_id: str, after: int = 0) -> None:
-        super().__init__(
-            stubs.events.WatchSeats(
-                event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after)
-            ),
-            READ_TIMEOUT_S,
-        )
-
-    @property
-    def changes(self) -> list[event_pb2.SeatChange]:
-        return [c for c in self.items if not c.snapshot]
-
-    async def until(self, done: Any) -> None:
-        await self.wait_for(lambda: bool(done(self)))
-
-
 @pytest.fixture
 async def readers() -> AsyncIterator[list[StreamReader[Any]]]:
     made: list[StreamReader[Any]] = []
@@ -99,7 +76,7 @@ async def readers() -> AsyncIterator[list[StreamReader[Any]]]:
         await r.stop()
 
 
-def snapshot_complete(w: BatchWatcher | SingleWatcher) -> bool:
+def snapshot_complete(w: BatchWatcher | Watcher) -> bool:
     items = w.flat if isinstance(w, BatchWatcher) else w.items
     return any(c.snapshot_complete for c in items)
 
@@ -132,7 +109,7 @@ async def test_batches_carry_exactly_what_watch_seats_sends(
     event_id, ids = await new_event(stubs, admin, rows=26, seats=25)
     buyer = await stubs.register("batched")
     batched = BatchWatcher(stubs, event_id)  # anonymous: public, like WatchSeats
-    single = SingleWatcher(stubs, event_id)
+    single = Watcher(stubs, event_id)
     readers.extend([batched, single])
     await batched.until(snapshot_complete)
     await single.until(snapshot_complete)
@@ -222,7 +199,7 @@ async def test_resuming_a_batch_stream_gets_exactly_the_missed_changes(
     await stubs.booking.BookSeats(book(event_id, ids[3:5]), metadata=buyer.md)
     await stubs.booking.BookSeats(book(event_id, ids[5:6]), metadata=buyer.md)
     again = BatchWatcher(stubs, event_id, after=resume_from)
-    single = SingleWatcher(stubs, event_id, after=resume_from)
+    single = Watcher(stubs, event_id, after=resume_from)
     readers.extend([again, single])
     await again.until(lambda w: len(w.flat) >= 3)
     await single.until(lambda w: len(w.items) >= 3)
@@ -542,3 +519,27 @@ async def test_a_burst_of_commits_comes_in_one_batch_per_tail_read(
     await w.until(lambda w: len(w.changes) == 11)
     assert [c.sequence for c in w.changes] == list(range(1, 12))
     assert 1 <= len(w.items) - before <= 2, [len(b.changes) for b in w.items[before:]]
+
+
+async def test_batch_readers_leaving_mid_snapshot_end_their_streams_quietly(
+    stubs: Stubs, admin: Account, running: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five readers cancel after the first batch of a 2,000-seat snapshot (four batches,
+    the server still writing): each stream ends as CANCELLED, with no internal error logged
+    and its place among the server's streams given back, as WatchSeats' do."""
+    event_id, _ = await new_event(stubs, admin, rows=25, seats=80)
+    interceptor = running.server.interceptor
+    before = interceptor.open_streams
+    caplog.set_level(logging.ERROR, logger="ticketd")
+    for _ in range(5):
+        call = stubs.events.WatchSeatBatches(event_pb2.WatchSeatBatchesRequest(event_id=event_id))
+        async for batch in call:
+            assert len(batch.changes) == STREAM_PAGE
+            break
+        call.cancel()
+    for _ in range(500):  # bounded: 10 s
+        if interceptor.open_streams <= before:
+            break
+        await asyncio.sleep(0.02)
+    assert interceptor.open_streams <= before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

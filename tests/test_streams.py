@@ -33,10 +33,10 @@ READ_TIMEOUT_S = 20.0
 
 
 async def new_event(
-    stubs: Stubs, admin: Account, rows: int = 4, seats: int = 10
+    stubs: Stubs, admin: Account, rows: int = 4, seats: int = 10, max_per_order: int = 10
 ) -> tuple[str, list[int]]:
     venue = await stubs.create_venue(admin, small_layout(rows=rows, seats=seats, ga=0))
-    event = await stubs.create_event(admin, venue, max_per_order=10)
+    event = await stubs.create_event(admin, venue, max_per_order=max_per_order)
     return event.id, [s.id for s in await stubs.all_seats(event.id)]
 
 
