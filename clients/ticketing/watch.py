@@ -180,64 +180,40 @@ def watch_seats(
     point is still 0 (the break came before the snapshot finished, or before the event's
     first change): treat snapshot entries as "the seat is now", not as changes.
     """
-    if isinstance(source, SeatStreams):
-        return _watch_seat_batches(
-            source,
-            event_id,
-            after_sequence,
+
+    def singly(method: SeatChanges, after: int) -> AsyncGenerator[event_pb2.SeatChange, None]:
+        return follow_stream(
+            method,
+            lambda n: event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=n),
+            _seat_resume_point,
+            after,
             metadata=metadata,
             give_up_after=give_up_after,
             on_resume=on_resume,
         )
-    return _watch_seats_singly(
-        source,
-        event_id,
-        after_sequence,
-        metadata=metadata,
-        give_up_after=give_up_after,
-        on_resume=on_resume,
-    )
 
-
-def _watch_seats_singly(
-    method: SeatChanges,
-    event_id: str,
-    after_sequence: int,
-    *,
-    metadata: CallMetadata | None,
-    give_up_after: float,
-    on_resume: ResumeHook | None,
-) -> AsyncGenerator[event_pb2.SeatChange, None]:
-    return follow_stream(
-        method,
-        lambda after: event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after),
-        _seat_resume_point,
-        after_sequence,
-        metadata=metadata,
-        give_up_after=give_up_after,
-        on_resume=on_resume,
-    )
-
-
-async def _watch_seat_batches(
-    events: SeatStreams,
-    event_id: str,
-    after_sequence: int,
-    *,
-    metadata: CallMetadata | None,
-    give_up_after: float,
-    on_resume: ResumeHook | None,
-) -> AsyncGenerator[event_pb2.SeatChange, None]:
-    resume_after = after_sequence
+    if not isinstance(source, SeatStreams):
+        return singly(source, after_sequence)
     batches = follow_stream(
-        events.WatchSeatBatches,
-        lambda after: event_pb2.WatchSeatBatchesRequest(event_id=event_id, after_sequence=after),
+        source.WatchSeatBatches,
+        lambda n: event_pb2.WatchSeatBatchesRequest(event_id=event_id, after_sequence=n),
         _batch_resume_point,
         after_sequence,
         metadata=metadata,
         give_up_after=give_up_after,
         on_resume=on_resume,
     )
+    return _unbatched(batches, lambda after: singly(source.WatchSeats, after), after_sequence)
+
+
+async def _unbatched(
+    batches: AsyncGenerator[event_pb2.SeatChangeBatch, None],
+    fallback: Callable[[int], AsyncGenerator[event_pb2.SeatChange, None]],
+    after_sequence: int,
+) -> AsyncGenerator[event_pb2.SeatChange, None]:
+    """The changes of `batches` one by one; on UNIMPLEMENTED, those of `fallback(n)`, n
+    being the resume point of what was yielded."""
+    resume_after = after_sequence
     try:
         async for batch in batches:
             for change in batch.changes:
@@ -253,14 +229,7 @@ async def _watch_seat_batches(
         await batches.aclose()
     # The error ends a batch stream between two batches, so the caller has had every
     # change up to `resume_after`, and WatchSeats goes on from exactly there.
-    async for change in _watch_seats_singly(
-        events.WatchSeats,
-        event_id,
-        resume_after,
-        metadata=metadata,
-        give_up_after=give_up_after,
-        on_resume=on_resume,
-    ):
+    async for change in fallback(resume_after):
         yield change
 
 
