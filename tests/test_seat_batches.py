@@ -18,13 +18,13 @@ from grpc import aio
 
 from tests.conftest import RunningServer, second_server
 from tests.support import Account, StreamReader, Stubs, error_details
-from tests.test_streams import Watcher, book
+from tests.test_streams import Watcher, book, every_kind_of_change
 from tests.test_streams import new_event as streams_event
 from ticketd.db.database import PoolOptions
 from ticketd.events import service as events_service
 from ticketd.events.service import STREAM_PAGE
 from ticketing.client import connect
-from ticketing.v1 import booking_pb2, event_pb2, event_pb2_grpc
+from ticketing.v1 import event_pb2, event_pb2_grpc
 from ticketing.watch import watch_seats
 
 SOLD, AVAILABLE, HELD = (
@@ -116,20 +116,7 @@ async def test_batches_carry_exactly_what_watch_seats_sends(
     assert [without_time(c) for c in batched.flat] == [without_time(c) for c in single.items]
     assert [c.seat_id for c in batched.flat] == ids
 
-    order = (await stubs.booking.BookSeats(book(event_id, ids[:3]), metadata=buyer.md)).order
-    hold_req = booking_pb2.HoldSeatsRequest(
-        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=[ids[9]])
-    )
-    held = (await stubs.booking.HoldSeats(hold_req, metadata=buyer.md)).hold
-    await stubs.booking.ReleaseHold(
-        booking_pb2.ReleaseHoldRequest(hold_id=held.id), metadata=buyer.md
-    )
-    await stubs.booking.RefundOrder(
-        booking_pb2.RefundOrderRequest(
-            order_id=order.id, request_id=str(uuid.uuid4()), reason="batched refund"
-        ),
-        metadata=buyer.md,
-    )
+    await every_kind_of_change(stubs, buyer, event_id, ids[:3], ids[9])
     await batched.until(lambda w: len(w.changes) >= 8)
     await single.until(lambda w: len(w.changes) >= 8)
     await asyncio.sleep(0.3)  # nothing more may arrive

@@ -97,6 +97,28 @@ def book(event_id: str, seats: list[int]) -> booking_pb2.BookSeatsRequest:
     )
 
 
+async def every_kind_of_change(
+    stubs: Stubs, buyer: Account, event_id: str, sold: list[int], held: int
+) -> None:
+    """Sell `sold` in one order, hold and release `held`, then refund the order: the stream
+    records SOLD for each of `sold`, HELD and AVAILABLE for `held`, AVAILABLE for each of
+    `sold`, in that order."""
+    order = (await stubs.booking.BookSeats(book(event_id, sold), metadata=buyer.md)).order
+    hold_req = booking_pb2.HoldSeatsRequest(
+        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=[held])
+    )
+    hold = (await stubs.booking.HoldSeats(hold_req, metadata=buyer.md)).hold
+    await stubs.booking.ReleaseHold(
+        booking_pb2.ReleaseHoldRequest(hold_id=hold.id), metadata=buyer.md
+    )
+    await stubs.booking.RefundOrder(
+        booking_pb2.RefundOrderRequest(
+            order_id=order.id, request_id=str(uuid.uuid4()), reason="changed my mind"
+        ),
+        metadata=buyer.md,
+    )
+
+
 async def last_sequence(running: RunningServer, event_id: str) -> int:
     """The event's last change number once everything committed so far is numbered
     (sequences are assigned after commit, by the outbox sequencer)."""
@@ -125,20 +147,7 @@ async def test_snapshot_then_every_kind_of_change_in_order(
     assert {c.sequence for c in snapshot} == {0} and snapshot[-1].snapshot_complete
     assert sum(c.snapshot_complete for c in snapshot) == 1
 
-    order = (await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)).order
-    hold_req = booking_pb2.HoldSeatsRequest(
-        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=[ids[5]])
-    )
-    held = (await stubs.booking.HoldSeats(hold_req, metadata=buyer.md)).hold
-    await stubs.booking.ReleaseHold(
-        booking_pb2.ReleaseHoldRequest(hold_id=held.id), metadata=buyer.md
-    )
-    await stubs.booking.RefundOrder(
-        booking_pb2.RefundOrderRequest(
-            order_id=order.id, request_id=str(uuid.uuid4()), reason="changed my mind"
-        ),
-        metadata=buyer.md,
-    )
+    await every_kind_of_change(stubs, buyer, event_id, ids[:2], ids[5])
     await w.until(lambda w: len(w.changes) >= 6)
     got = [(c.sequence, c.seat_id, c.status) for c in w.changes]
     assert got == [
