@@ -18,7 +18,8 @@ from grpc import aio
 
 from tests.conftest import RunningServer, second_server
 from tests.support import Account, StreamReader, Stubs, error_details
-from tests.test_streams import Watcher, book, every_kind_of_change
+from tests.test_shared_tail import rush
+from tests.test_streams import Watcher, book, every_kind_of_change, last_sequence
 from tests.test_streams import new_event as streams_event
 from ticketd.db.database import PoolOptions
 from ticketd.events import service as events_service
@@ -437,3 +438,63 @@ async def test_a_burst_of_commits_comes_in_one_batch_per_tail_read(
     await w.until(lambda w: len(w.changes) == 11)
     assert [c.sequence for c in w.changes] == list(range(1, 12))
     assert 1 <= len(w.items) - before <= 2, [len(b.changes) for b in w.items[before:]]
+
+
+async def test_two_events_at_the_same_sequences_get_their_own_batches(
+    stubs: Stubs, admin: Account, readers: list[StreamReader[Any]]
+) -> None:
+    """Live batches are built once per page for all watchers, named by event and sequences:
+    two events whose changes carry the same numbers never get each other's."""
+    (first, first_ids), (second, second_ids) = await asyncio.gather(
+        new_event(stubs, admin), new_event(stubs, admin)
+    )
+    buyer = await stubs.register("two-events")
+    watchers = {e: [BatchWatcher(stubs, e) for _ in range(3)] for e in (first, second)}
+    every = [w for ws in watchers.values() for w in ws]
+    readers.extend(every)
+    for w in every:
+        await w.until(snapshot_complete)
+    for event_id, ids in ((first, first_ids), (second, second_ids)):
+        await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)
+    for event_id, ids in ((first, first_ids), (second, second_ids)):
+        for w in watchers[event_id]:
+            await w.until(lambda w: len(w.changes) >= 2)
+            assert [(c.sequence, c.seat_id) for c in w.changes] == [(1, ids[0]), (2, ids[1])]
+
+
+async def test_batch_watchers_joining_during_a_rush_get_exactly_what_follows(
+    stubs: Stubs, admin: Account, running: RunningServer, readers: list[StreamReader[Any]]
+) -> None:
+    """Batch watchers opened before and in the middle of 200 concurrent sales each get the
+    changes after their start once, in order, in batches of at most 500, equal to what a
+    WatchSeats watcher from the start got."""
+    event_id, ids = await new_event(stubs, admin, rows=10, seats=30)
+    single = Watcher(stubs, event_id)
+    early = BatchWatcher(stubs, event_id)
+    readers.extend([single, early])
+    await single.until(snapshot_complete)
+    await early.until(snapshot_complete)
+    sales = asyncio.ensure_future(rush(running, stubs, event_id, ids, 200, "batch-rush"))
+    joiners: list[tuple[int, BatchWatcher]] = []
+    while len(joiners) < 6 and not sales.done():
+        at = early.changes[-1].sequence if early.changes else 0
+        joiner = BatchWatcher(stubs, event_id, after=at)
+        joiners.append((at, joiner))
+        readers.append(joiner)
+        await asyncio.sleep(0.05)
+    sold = await sales
+    last = await last_sequence(running, event_id)
+    assert last == len(sold) > 0
+    await single.until(lambda w: bool(w.changes) and w.changes[-1].sequence >= last)
+    await early.until(lambda w: bool(w.changes) and w.changes[-1].sequence >= last)
+    assert early.changes == single.changes
+    truth = {c.sequence: (c.seat_id, c.status) for c in single.changes}
+    for at, w in joiners:
+        if at == 0:  # joined before the first change: a snapshot, then everything
+            await w.until(snapshot_complete)
+            at = next(c.sequence for c in w.flat if c.snapshot_complete)
+        await w.until(lambda w, start=at: (w.flat[-1].sequence if w.flat else start) >= last)
+        got = [(c.sequence, (c.seat_id, c.status)) for c in w.changes]
+        assert got == [(n, truth[n]) for n in range(at + 1, last + 1)], at
+        check_batches(w.items)
+    check_batches(early.items)
