@@ -198,8 +198,10 @@ class EventServiceServicer:
         in sequence order and following on from the previous batch's, none
         repeated; snapshot entries come in batches of their own (never mixed with
         live changes), the one with snapshot_complete last in its batch. A batch
-        is sent as soon as it is read: a quiet event's changes come one or a few
-        per batch, as they commit, not held back to fill one.
+        is sent as soon as it is read, never held back to fill one: a quiet
+        event's changes come one or a few per batch, as they commit; a busy
+        event's stream is read at most every 50 ms, so a batch carries the
+        commits of up to that long.
         The resume point is the last change of the last batch received (a
         snapshot's only once the batch holding snapshot_complete is): on
         STREAM_TOO_SLOW or SERVER_SHUTTING_DOWN, "resume_after_sequence" is the
