@@ -1,12 +1,15 @@
-"""Benchmark seat-map watchers: booking throughput with 0 and with 50 WatchSeats streams open,
+"""Benchmark seat-map watchers: booking throughput with 0 and with 50 seat streams open
+(WatchSeats, one message per change, and WatchSeatBatches, a page of changes per message),
 and how long a sale takes to reach a watcher.
 
 One run, on this machine, each server a separate `python -m ticketd` on a throwaway
 database of its own with one event of --places seats and --concurrency buyers:
   * `off`: a server with TICKETING_SEAT_STREAMS=off (nothing recorded): --rounds windows
     of BookSeats (specific seats, 1 or 2 places, a closed loop of --concurrency buyers);
-  * `on`: a server with TICKETING_SEAT_STREAMS=on: 2 x --rounds windows alternating 0 and
-    --watchers watchers (0, 50, 0, 50, ...), so drift of the machine hits both alike.
+  * `on`: a server with TICKETING_SEAT_STREAMS=on: per round a window with 0 watchers, then
+    one with --watchers watchers on each RPC of --rpc (`both`, the default: WatchSeats then
+    WatchSeatBatches, the other way round in odd rounds), so drift of the machine hits
+    every kind alike.
 Every window starts on a fresh inventory (sales undone as in bench_booking). The watchers
 run in a process of their own (python -m scripts.bench_watchers watch ...), one gRPC
 connection each, opened after the last change before the window, and record every SOLD
@@ -18,11 +21,13 @@ change they receive with the receive time. Delivery latency is measured per (wat
     database's clock_timestamp() in the writing statement, just before its commit).
 Ratios reported: fan-out = on/50 ÷ on/0 (what the 50 streams cost), recording = on/0 ÷
 off (what the outbox costs), both = on/50 ÷ off; the issue's goal is outbox + fan-out cost
-<= 15% of booking throughput (both >= 0.85). The goal is reported, not enforced.
+<= 15% of booking throughput (both >= 0.85). The keys without a suffix are WatchSeats
+windows (as before WatchSeatBatches existed), `*_batches` the WatchSeatBatches windows.
+The goal is reported, not enforced.
 
 Usage: scripts/bench_watchers [--json PATH] [--watchers 50] [--concurrency 64]
        [--duration 5] [--warmup 1] [--rounds 2] [--places 30000] [--pool-size 40]
-       [--channels 4] [--skip-off]
+       [--channels 4] [--skip-off] [--rpc both|WatchSeats|WatchSeatBatches]
 Admin URL: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres. Traffic goes to
 127.0.0.1 only. Output: a table on stdout, JSON in --json (default docs/bench_watchers.json).
 """
@@ -80,16 +85,41 @@ DRAIN_S = 3.0
 WATCHERS_READY_TIMEOUT_S = 60.0
 WATCHERS_EXIT_TIMEOUT_S = 60.0
 READY = "watchers ready"
+SINGLE = "WatchSeats"
+BATCHES = "WatchSeatBatches"
+RPCS = (SINGLE, BATCHES)
 
 
 # ---------------------------------------------------------------------------------------------
 # The watcher process
 
 
-async def watch_process(target: str, event_id: str, after: int, count: int, out: Path) -> None:
-    """`count` WatchSeats streams (own connection each) from `after`; prints READY once
+def _changes(
+    stub: event_pb2_grpc.EventServiceAsyncStub, rpc: str, event_id: str, after: int
+) -> AsyncIterator[list[event_pb2.SeatChange]]:
+    """What one stream receives, message by message, as lists of changes (one per message
+    of WatchSeats, a page per message of WatchSeatBatches)."""
+
+    async def single() -> AsyncIterator[list[event_pb2.SeatChange]]:
+        request = event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after)
+        async for change in stub.WatchSeats(request):
+            yield [change]
+
+    async def batches() -> AsyncIterator[list[event_pb2.SeatChange]]:
+        request = event_pb2.WatchSeatBatchesRequest(event_id=event_id, after_sequence=after)
+        async for batch in stub.WatchSeatBatches(request):
+            yield list(batch.changes)
+
+    return single() if rpc == SINGLE else batches()
+
+
+async def watch_process(
+    target: str, event_id: str, after: int, count: int, out: Path, rpc: str = SINGLE
+) -> None:
+    """`count` `rpc` streams (own connection each) from `after`; prints READY once
     each has received its first change (change after+1, not recorded), records every later
-    SOLD change until a line (or EOF) on stdin, then writes the records as JSON to `out`."""
+    SOLD change (with the receive time of the message that carried it) until a line (or
+    EOF) on stdin, then writes the records as JSON to `out`."""
     channels = [channel(target) for _ in range(count)]
     records: list[list[tuple[int, int, int, int]]] = [[] for _ in range(count)]
     errors: list[str] = []
@@ -99,20 +129,20 @@ async def watch_process(target: str, event_id: str, after: int, count: int, out:
     async def follow(i: int) -> None:
         nonlocal opened
         stub = event_pb2_grpc.EventServiceStub(channels[i])
-        request = event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after)
         first = True
         try:
-            async for change in stub.WatchSeats(request):
+            async for message in _changes(stub, rpc, event_id, after):
                 mono, wall = time.monotonic_ns(), time.time_ns()
-                if first:
-                    first = False
-                    opened += 1
-                    if opened == count:
-                        all_open.set()
-                    continue
-                if change.status == event_pb2.SEAT_STATUS_SOLD:
-                    lag = wall - change.change_time.ToNanoseconds()
-                    records[i].append((change.sequence, change.seat_id, mono, lag))
+                for change in message:
+                    if first:
+                        first = False
+                        opened += 1
+                        if opened == count:
+                            all_open.set()
+                        continue
+                    if change.status == event_pb2.SEAT_STATUS_SOLD:
+                        lag = wall - change.change_time.ToNanoseconds()
+                        records[i].append((change.sequence, change.seat_id, mono, lag))
         except aio.AioRpcError as err:
             errors.append(f"watcher {i}: {err.code().name} {err.details()}")
 
@@ -141,12 +171,12 @@ class WatcherProcess:
 
     @classmethod
     async def start(
-        cls, target: str, event_id: str, after: int, count: int, out: Path
+        cls, target: str, event_id: str, after: int, count: int, out: Path, rpc: str
     ) -> WatcherProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "scripts.bench_watchers", "watch", target, event_id, str(after)),
-            *(str(count), str(out)),
+            *(str(count), str(out), rpc),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
@@ -194,8 +224,8 @@ class Bench:
     args: argparse.Namespace
     tmp: Path
 
-    async def window(self, streams: str, watchers: int) -> dict[str, Any]:
-        """One window of BookSeats on a fresh inventory, with `watchers` streams open."""
+    async def window(self, streams: str, watchers: int, rpc: str = SINGLE) -> dict[str, Any]:
+        """One window of BookSeats on a fresh inventory, with `watchers` `rpc` streams open."""
         await wait_for_quiet(5)
         await reset_inventory(self.conn, self.event_id)
         stubs = [booking_pb2_grpc.BookingServiceStub(c) for c in self.channels]
@@ -240,7 +270,7 @@ class Bench:
             out = self.tmp / f"watchers-{uuid.uuid4().hex[:6]}.json"
             # From the change before the last, so each stream gets one at once: it is open.
             watcher = await WatcherProcess.start(
-                self.server.target, self.event_id, int(last) - 1, watchers, out
+                self.server.target, self.event_id, int(last) - 1, watchers, out, rpc
             )
             assert watcher.proc.pid is not None
             client_pids = (watcher.proc.pid,)
@@ -264,7 +294,7 @@ class Bench:
             if watcher is not None:
                 await watcher.kill()
         result = scenario_result("BookSeats specific", window, self.args.concurrency)
-        result |= {"streams": streams, "watchers": watchers}
+        result |= {"streams": streams, "watchers": watchers, "rpc": rpc if watchers else None}
         result["audit"] = await audit(self.conn, self.event_id)
         result["disturbed"] = disturbed(result["cpu"], DISTURBED_CORES)
         if seen is not None:
@@ -324,8 +354,10 @@ def _line(s: dict[str, Any]) -> str:
             f"p99={d['answer_to_delivery']['p99_ms']}ms "
             f"complete={d['complete_watchers']}/{d['watchers']}"
         )
+    rpc = s.get("rpc") or "-"
     return (
-        f"streams={s['streams']:<3} watchers={s['watchers']:<3} ok/s={s['rps_ok']:>7.1f} "
+        f"streams={s['streams']:<3} watchers={s['watchers']:<3} rpc={rpc:<16} "
+        f"ok/s={s['rps_ok']:>7.1f} "
         f"p99={s['p99_ms']}ms{extra}"
     )
 
@@ -392,39 +424,74 @@ def _ours_ms_per_booking(windows: list[dict[str, Any]]) -> float | None:
     return round(1000 * cpu_s / ok, 2) if ok else None
 
 
+def _watched_by(windows: list[dict[str, Any]], watchers: int, rpc: str) -> list[dict[str, Any]]:
+    # Windows of reports from before WatchSeatBatches have no "rpc": they are WatchSeats.
+    return [
+        w
+        for w in windows
+        if w["streams"] == "on" and w["watchers"] == watchers and w.get("rpc", SINGLE) == rpc
+    ]
+
+
+def _watched_ratios(
+    kind: list[dict[str, Any]],
+    on0: float | None,
+    off: float | None,
+    cpu_on0: float | None,
+    watchers: int,
+    suffix: str,
+) -> dict[str, Any]:
+    """The watched windows of one RPC against the 0-watcher and streams-off windows."""
+    onw = _mean_ok(kind)
+    cpu_onw = _ours_ms_per_booking(kind)
+    both = _ratio(onw, off)
+    watched = [w["delivery"] for w in kind if "delivery" in w]
+    p99s = [d["answer_to_delivery"]["p99_ms"] for d in watched if d["deliveries"]]
+    p50s = [d["answer_to_delivery"]["p50_ms"] for d in watched if d["deliveries"]]
+    return {
+        f"rps_ok_streams_on_{watchers}_watchers{suffix}": onw,
+        f"fan_out_ratio{suffix}": _ratio(onw, on0),
+        f"recording_and_fan_out_ratio{suffix}": both,
+        f"goal_met{suffix}": None if both is None else both >= GOAL_MIN_RATIO,
+        f"server_db_cpu_ms_per_booking_on_{watchers}_watchers{suffix}": cpu_onw,
+        f"cpu_fan_out_ratio{suffix}": _ratio(cpu_onw, cpu_on0),
+        f"answer_to_delivery_p50_ms_worst_window{suffix}": max(p50s) if p50s else None,
+        f"answer_to_delivery_p99_ms_worst_window{suffix}": max(p99s) if p99s else None,
+        f"every_watcher_got_every_sale{suffix}": all(
+            d["complete_watchers"] == d["watchers"] and not d["errors"] for d in watched
+        )
+        if watched
+        else None,
+    }
+
+
 def ratios(windows: list[dict[str, Any]], watchers: int) -> dict[str, Any]:
-    """Mean ok/s per kind of window and the three ratios against the goal; the same for
-    server + PostgreSQL CPU per booking."""
+    """Mean ok/s per kind of window and the three ratios against the goal, for each RPC
+    watched (WatchSeats: no suffix; WatchSeatBatches: `_batches`); the same for server +
+    PostgreSQL CPU per booking."""
     kinds = {
         "off": [w for w in windows if w["streams"] == "off"],
         "on0": [w for w in windows if w["streams"] == "on" and w["watchers"] == 0],
-        "onw": [w for w in windows if w["streams"] == "on" and w["watchers"] == watchers],
     }
-    off, on0, onw = (_mean_ok(kinds[k]) for k in ("off", "on0", "onw"))
-    cpu_off, cpu_on0, cpu_onw = (_ours_ms_per_booking(kinds[k]) for k in ("off", "on0", "onw"))
-    both = _ratio(onw, off)
-    watched = [w["delivery"] for w in windows if "delivery" in w]
-    p99s = [d["answer_to_delivery"]["p99_ms"] for d in watched if d["deliveries"]]
-    return {
+    off, on0 = (_mean_ok(kinds[k]) for k in ("off", "on0"))
+    cpu_off, cpu_on0 = (_ours_ms_per_booking(kinds[k]) for k in ("off", "on0"))
+    out: dict[str, Any] = {
         "rps_ok_streams_off": off,
         "rps_ok_streams_on_0_watchers": on0,
-        f"rps_ok_streams_on_{watchers}_watchers": onw,
-        "fan_out_ratio": _ratio(onw, on0),
         "recording_ratio": _ratio(on0, off),
-        "recording_and_fan_out_ratio": both,
         "goal_min_ratio": GOAL_MIN_RATIO,
-        "goal_met": None if both is None else both >= GOAL_MIN_RATIO,
         "server_db_cpu_ms_per_booking_off": cpu_off,
         "server_db_cpu_ms_per_booking_on_0_watchers": cpu_on0,
-        f"server_db_cpu_ms_per_booking_on_{watchers}_watchers": cpu_onw,
-        "cpu_fan_out_ratio": _ratio(cpu_onw, cpu_on0),
         "cpu_recording_ratio": _ratio(cpu_on0, cpu_off),
         "windows_disturbed": sum(1 for w in windows if w["disturbed"]),
-        "answer_to_delivery_p99_ms_worst_window": max(p99s) if p99s else None,
-        "every_watcher_got_every_sale": all(
-            d["complete_watchers"] == d["watchers"] and not d["errors"] for d in watched
-        ),
     }
+    for rpc, suffix in ((SINGLE, ""), (BATCHES, "_batches")):
+        kind = _watched_by(windows, watchers, rpc)
+        if kind:
+            out |= _watched_ratios(kind, on0, off, cpu_on0, watchers, suffix)
+    single, batched = (_mean_ok(_watched_by(windows, watchers, r)) for r in RPCS)
+    out["batches_vs_single_ratio"] = _ratio(batched, single)
+    return out
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -438,13 +505,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             async with bench_server(admin, False, args, Path(tmp)) as off:
                 for _ in range(args.rounds):
                     windows.append(await off.window("off", 0))
+        rpcs = list(RPCS) if args.rpc == "both" else [args.rpc]
         async with bench_server(admin, True, args, Path(tmp)) as on:
-            for _ in range(args.rounds):
+            for round_ in range(args.rounds):
                 windows.append(await on.window("on", 0))
-                windows.append(await on.window("on", args.watchers))
+                # Odd rounds the other way round: drift within a round hits both RPCs alike.
+                for rpc in rpcs if round_ % 2 == 0 else rpcs[::-1]:
+                    windows.append(await on.window("on", args.watchers, rpc))
     return {
         **header(
-            "booking throughput with 0 and N WatchSeats watchers; sale-to-watcher latency",
+            "booking throughput with 0 and N seat-stream watchers (WatchSeats, "
+            "WatchSeatBatches); sale-to-watcher latency",
             "scripts/bench_watchers",
         ),
         "setup": {
@@ -452,15 +523,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "setting, each on a throwaway database of its own",
             "db_pool_size": args.pool_size,
             "client": f"one Python process, grpc.aio generated stubs, {args.channels} channels",
-            "watchers": f"{args.watchers} WatchSeats streams in a process of their own, one "
+            "watchers": f"{args.watchers} streams ({args.rpc}) in a process of their own, one "
             "connection each, opened from the last change before the window",
+            "rpc": args.rpc,
             "places": args.places,
             "buyers": args.concurrency,
             "selection": "1 or 2 places per order, uniform over places the client believes free",
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "rounds": args.rounds,
-            "order": "off x rounds, then on: 0 watchers, N watchers, alternating",
+            "order": "off x rounds, then on, per round: 0 watchers, then N watchers on each "
+            "RPC (WatchSeats first in even rounds, WatchSeatBatches first in odd ones)",
             "reset_between_windows": "orders/tickets deleted, seats AVAILABLE, VACUUM ANALYZE, "
             "CHECKPOINT",
             "delivery": "answer_to_delivery: watcher receive minus BookSeats answer "
@@ -469,6 +542,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "windows": windows,
         "ratios": ratios(windows, args.watchers),
+        # The same over the windows no other work disturbed (DISTURBED_CORES): on a shared
+        # machine one disturbed window can move a mean by half.
+        "ratios_undisturbed": ratios([w for w in windows if not w["disturbed"]], args.watchers),
         "machine": machine,
         "total_runtime_s": round(time.perf_counter() - started, 1),
     }
@@ -480,6 +556,9 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append("")
     for key, value in report["ratios"].items():
         lines.append(f"{key}: {value}")
+    lines += ["", "undisturbed windows only:"]
+    for key, value in report["ratios_undisturbed"].items():
+        lines.append(f"  {key}: {value}")
     return "\n".join(lines)
 
 
@@ -487,8 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark (or, `watch ...`, be its watcher process)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["watch"]:
-        target, event_id, after, count, out = argv[1:6]
-        asyncio.run(watch_process(target, event_id, int(after), int(count), Path(out)))
+        target, event_id, after, count, out, rpc = argv[1:7]
+        asyncio.run(watch_process(target, event_id, int(after), int(count), Path(out), rpc))
         return 0
     parser = argparse.ArgumentParser(prog="bench_watchers", description=__doc__.split("\n")[0])
     parser.add_argument("--json", metavar="PATH", default=str(DEFAULT_JSON))
@@ -502,6 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=4, help="booking client channels")
     parser.add_argument("--skip-off", action="store_true", help="no streams-off server")
     parser.add_argument("--wait-quiet", type=float, default=20.0, help="max wait for quiet")
+    parser.add_argument(
+        "--rpc",
+        choices=("both", *RPCS),
+        default="both",
+        help="what the watched windows' streams use (both: a window of each per round)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 60 or not 0 <= args.warmup <= 30:
         parser.error("--duration must be 1..60 s and --warmup 0..30 s")

@@ -423,6 +423,7 @@ def _realistic(w: World, full: str) -> Message:
             include_cancelled=True,
         ),
         "WatchSeats": lambda: event_pb2.WatchSeatsRequest(event_id=w.event.id),
+        "WatchSeatBatches": lambda: event_pb2.WatchSeatBatchesRequest(event_id=w.event.id),
         "ListSeats": lambda: event_pb2.ListSeatsRequest(
             event_id=w.event.id,
             section_id=w.ga_section_id,

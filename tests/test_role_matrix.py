@@ -662,6 +662,10 @@ async def _watch_seats(w: World) -> Message:
     return event_pb2.WatchSeatsRequest(event_id=w.event.id)
 
 
+async def _watch_seat_batches(w: World) -> Message:
+    return event_pb2.WatchSeatBatchesRequest(event_id=w.event.id)
+
+
 async def _watch_gate(w: World) -> Message:
     # The ORGANIZER owns the event and the ENTRY_MANAGER works its gates: a snapshot or the
     # caught_up marker comes at once.
@@ -690,6 +694,7 @@ REALISTIC: dict[str, RequestBuilder] = {
     _EVENT + "ListEvents": _list_events,
     _EVENT + "ListSeats": _list_seats,
     _EVENT + "WatchSeats": _watch_seats,
+    _EVENT + "WatchSeatBatches": _watch_seat_batches,
     _BOOKING + "WatchOrders": _watch_orders,
     _GATE + "WatchGate": _watch_gate,
     _EVENT + "UpdateEvent": _update_event,
@@ -773,6 +778,7 @@ DOCUMENTED: dict[str, str | frozenset[str]] = {
     _EVENT + "ListEvents": _PUBLIC,
     _EVENT + "ListSeats": _PUBLIC,
     _EVENT + "WatchSeats": _PUBLIC,
+    _EVENT + "WatchSeatBatches": _PUBLIC,
     _EVENT + "UpdateEvent": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "AssignStaff": frozenset({"ADMIN", "ORGANIZER"}),
     _EVENT + "UnassignStaff": frozenset({"ADMIN", "ORGANIZER"}),

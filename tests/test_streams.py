@@ -1,7 +1,8 @@
 """WatchSeats (issue 15) through the real server: a snapshot then every committed change in
 order, dense commit-ordered sequences, exact resumption, rolled-back changes never seen, a
 slow reader ended with a resume point instead of buffered without bound, expiry shown once
-swept, stream limits and shutdown."""
+swept, stream limits and shutdown (the limits on WatchSeatBatches too: the same stream;
+its own tests are in tests/test_seat_batches.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.conftest import RunningServer, second_server
 from tests.procs import ticketd_process
 from tests.support import Account, StreamReader, Stubs, client_pool, error_details, small_layout
 from ticketd.db.database import PoolOptions
+from ticketd.events.service import STREAM_PAGE
 from ticketing.v1 import booking_pb2, event_pb2
 
 SOLD, AVAILABLE, HELD = (
@@ -30,13 +32,34 @@ SOLD, AVAILABLE, HELD = (
     event_pb2.SEAT_STATUS_HELD,
 )
 READ_TIMEOUT_S = 20.0
+# The two framings of the one seat stream: the tests of its limits run on both.
+RPCS = ("WatchSeats", "WatchSeatBatches")
+SeatMessage = event_pb2.SeatChange | event_pb2.SeatChangeBatch
+
+
+def seat_stream(stubs: Stubs, rpc: str, event_id: str, after: int = 0, **call: Any) -> Any:
+    """A WatchSeats or WatchSeatBatches call (the same request fields)."""
+    if rpc == "WatchSeats":
+        return stubs.events.WatchSeats(
+            event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after), **call
+        )
+    return stubs.events.WatchSeatBatches(
+        event_pb2.WatchSeatBatchesRequest(event_id=event_id, after_sequence=after), **call
+    )
+
+
+def changes_in(message: SeatMessage) -> list[event_pb2.SeatChange]:
+    """The changes one message of either RPC carries."""
+    if isinstance(message, event_pb2.SeatChangeBatch):
+        return list(message.changes)
+    return [message]
 
 
 async def new_event(
-    stubs: Stubs, admin: Account, rows: int = 4, seats: int = 10
+    stubs: Stubs, admin: Account, rows: int = 4, seats: int = 10, max_per_order: int = 10
 ) -> tuple[str, list[int]]:
     venue = await stubs.create_venue(admin, small_layout(rows=rows, seats=seats, ga=0))
-    event = await stubs.create_event(admin, venue, max_per_order=10)
+    event = await stubs.create_event(admin, venue, max_per_order=max_per_order)
     return event.id, [s.id for s in await stubs.all_seats(event.id)]
 
 
@@ -74,6 +97,28 @@ def book(event_id: str, seats: list[int]) -> booking_pb2.BookSeatsRequest:
     )
 
 
+async def every_kind_of_change(
+    stubs: Stubs, buyer: Account, event_id: str, sold: list[int], held: int
+) -> None:
+    """Sell `sold` in one order, hold and release `held`, then refund the order: the stream
+    records SOLD for each of `sold`, HELD and AVAILABLE for `held`, AVAILABLE for each of
+    `sold`, in that order."""
+    order = (await stubs.booking.BookSeats(book(event_id, sold), metadata=buyer.md)).order
+    hold_req = booking_pb2.HoldSeatsRequest(
+        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=[held])
+    )
+    hold = (await stubs.booking.HoldSeats(hold_req, metadata=buyer.md)).hold
+    await stubs.booking.ReleaseHold(
+        booking_pb2.ReleaseHoldRequest(hold_id=hold.id), metadata=buyer.md
+    )
+    await stubs.booking.RefundOrder(
+        booking_pb2.RefundOrderRequest(
+            order_id=order.id, request_id=str(uuid.uuid4()), reason="changed my mind"
+        ),
+        metadata=buyer.md,
+    )
+
+
 async def last_sequence(running: RunningServer, event_id: str) -> int:
     """The event's last change number once everything committed so far is numbered
     (sequences are assigned after commit, by the outbox sequencer)."""
@@ -102,20 +147,7 @@ async def test_snapshot_then_every_kind_of_change_in_order(
     assert {c.sequence for c in snapshot} == {0} and snapshot[-1].snapshot_complete
     assert sum(c.snapshot_complete for c in snapshot) == 1
 
-    order = (await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)).order
-    hold_req = booking_pb2.HoldSeatsRequest(
-        event_id=event_id, request_id=str(uuid.uuid4()), seat_ids=booking_pb2.SeatIds(ids=[ids[5]])
-    )
-    held = (await stubs.booking.HoldSeats(hold_req, metadata=buyer.md)).hold
-    await stubs.booking.ReleaseHold(
-        booking_pb2.ReleaseHoldRequest(hold_id=held.id), metadata=buyer.md
-    )
-    await stubs.booking.RefundOrder(
-        booking_pb2.RefundOrderRequest(
-            order_id=order.id, request_id=str(uuid.uuid4()), reason="changed my mind"
-        ),
-        metadata=buyer.md,
-    )
+    await every_kind_of_change(stubs, buyer, event_id, ids[:2], ids[5])
     await w.until(lambda w: len(w.changes) >= 6)
     got = [(c.sequence, c.seat_id, c.status) for c in w.changes]
     assert got == [
@@ -253,8 +285,9 @@ async def test_an_expired_hold_shows_available_once_swept(
     assert state == {s.id: s.status for s in await stubs.all_seats(event_id)}
 
 
+@pytest.mark.parametrize("rpc", RPCS)
 async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
-    admin: Account, running: RunningServer
+    admin: Account, running: RunningServer, rpc: str
 ) -> None:
     # A client window of 64 KiB with no auto-tuning (as a slow mobile link) and a snapshot
     # of 4,160 seats, far more than that: the server must stop and end the stream instead
@@ -269,36 +302,46 @@ async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
         stubs = Stubs(channel)
         try:
             event_id, ids = await new_event(stubs, admin, rows=26, seats=160)
-            call = stubs.events.WatchSeats(event_pb2.WatchSeatsRequest(event_id=event_id))
+            call = seat_stream(stubs, rpc, event_id)
             await asyncio.sleep(2.0)  # never reads meanwhile
             received = 0
             with pytest.raises(aio.AioRpcError) as err:
                 async with asyncio.timeout(READ_TIMEOUT_S):
-                    async for _ in call:
-                        received += 1
+                    async for message in call:
+                        received += len(changes_in(message))
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (received, err.value)
             details = error_details(err.value)
             assert details.reason == "STREAM_TOO_SLOW"
+            # Mid-snapshot: nothing to resume after but 0 (a new snapshot).
             assert details.metadata["resume_after_sequence"] == "0"
             assert 0 < received < len(ids)
+            if rpc == "WatchSeatBatches":  # whole batches of 500 (one outbox page) only
+                assert received % STREAM_PAGE == 0
         finally:
             await channel.close(None)
 
 
+@pytest.mark.parametrize("rpc", RPCS)
 async def test_stream_limit_and_shutdown_say_where_to_resume(
-    admin: Account, running: RunningServer, stubs: Stubs
+    admin: Account, running: RunningServer, stubs: Stubs, rpc: str
 ) -> None:
-    event_id, _ = await new_event(stubs, admin)
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("before")
+    await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)
+    other_rpc = RPCS[1 - RPCS.index(rpc)]
     async with second_server(running, PoolOptions(pool_size=4), max_streams=1) as srv:
         channel = aio.insecure_channel(srv.target)
         other = Stubs(channel)
         try:
-            first = Watcher(other, event_id)
-            await first.until(lambda w: any(c.snapshot_complete for c in w.items))
+            first: StreamReader[SeatMessage] = StreamReader(seat_stream(other, rpc, event_id))
+            await first.wait_for(
+                lambda: any(c.snapshot_complete for m in first.items for c in changes_in(m))
+            )
+            # The snapshot is consistent with the two sales: its sequence is 2.
+            assert {c.sequence for m in first.items for c in changes_in(m)} == {2}
+            # One stream per server here, whichever RPC: the other one is refused too.
             with pytest.raises(aio.AioRpcError) as err:
-                async for _ in other.events.WatchSeats(
-                    event_pb2.WatchSeatsRequest(event_id=event_id), timeout=5
-                ):
+                async for _ in seat_stream(other, other_rpc, event_id, timeout=5):
                     pass
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert error_details(err.value).reason == "STREAM_LIMIT_EXCEEDED"
@@ -308,7 +351,8 @@ async def test_stream_limit_and_shutdown_say_where_to_resume(
             assert first.error.code() == grpc.StatusCode.UNAVAILABLE
             details = error_details(first.error)
             assert details.reason == "SERVER_SHUTTING_DOWN"
-            assert details.metadata["resume_after_sequence"] == "0"
+            # The snapshot was delivered whole: resume after its sequence.
+            assert details.metadata["resume_after_sequence"] == "2"
         finally:
             await channel.close(None)
 
@@ -393,8 +437,13 @@ async def test_a_server_with_seat_streams_off_records_nothing_and_says_so(
     assert await last_sequence(running, event_id) == 0
 
 
+@pytest.mark.parametrize("rpc", RPCS)
 async def test_a_reader_leaving_mid_snapshot_ends_its_stream_quietly(
-    stubs: Stubs, admin: Account, running: RunningServer, caplog: pytest.LogCaptureFixture
+    stubs: Stubs,
+    admin: Account,
+    running: RunningServer,
+    caplog: pytest.LogCaptureFixture,
+    rpc: str,
 ) -> None:
     """Readers that cancel after one message of a 2,000-seat snapshot (the server is still
     writing): each stream ends as CANCELLED, with no internal error logged and its place
@@ -404,8 +453,8 @@ async def test_a_reader_leaving_mid_snapshot_ends_its_stream_quietly(
     before = interceptor.open_streams
     caplog.set_level(logging.ERROR, logger="ticketd")
     for _ in range(5):
-        call = stubs.events.WatchSeats(event_pb2.WatchSeatsRequest(event_id=event_id))
-        async for _change in call:
+        call = seat_stream(stubs, rpc, event_id)
+        async for _message in call:
             break
         call.cancel()
     for _ in range(500):  # bounded: 10 s

@@ -353,10 +353,12 @@ class Client(Stubs):
         """The event's seat map live (public): with `after_sequence` 0 a snapshot, then every
         HELD / SOLD / AVAILABLE change in sequence order, each exactly once; the stream is
         reopened from the last change received on UNAVAILABLE or STREAM_TOO_SLOW
-        (`ticketing.watch.watch_seats`). It has no deadline and never ends by itself: stop
+        (`ticketing.watch.watch_seats`). Many changes come per message (WatchSeatBatches),
+        or one per message from a server older than that RPC (WatchSeats); the caller sees
+        the same changes either way. It has no deadline and never ends by itself: stop
         iterating to close it."""
         return watch_seats(
-            self.events.WatchSeats,
+            self.events,
             event_id,
             after_sequence,
             give_up_after=give_up_after,

@@ -1,7 +1,8 @@
-"""Live streams resumed across breaks: `watch_seats` (EventService.WatchSeats), `watch_orders`
-(BookingService.WatchOrders) and `watch_gate` (GateService.WatchGate).
+"""Live streams resumed across breaks: `watch_seats` (EventService.WatchSeatBatches, or
+WatchSeats from an older server), `watch_orders` (BookingService.WatchOrders) and `watch_gate`
+(GateService.WatchGate).
 
-    async for change in watch_seats(client.events.WatchSeats, event_id):
+    async for change in watch_seats(client.events, event_id):
         seat_map[change.seat_id] = change.status
 
 The one resume loop of the client code (`follow_stream`); each stream only says how to ask
@@ -16,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import grpc
 from grpc import aio
@@ -29,6 +30,7 @@ from ticketing.v1 import booking_pb2, event_pb2, gate_pb2
 __all__ = [
     "DEFAULT_GIVE_UP_SECONDS",
     "ResumeHook",
+    "SeatStreams",
     "follow_stream",
     "is_resumable",
     "watch_gate",
@@ -49,8 +51,26 @@ ResumeHook = Callable[[TicketingError, int], None]
 """Called with the error that ended a stream and the sequence the next one resumes after."""
 
 SeatChanges = aio.UnaryStreamMultiCallable[event_pb2.WatchSeatsRequest, event_pb2.SeatChange]
+SeatBatches = aio.UnaryStreamMultiCallable[
+    event_pb2.WatchSeatBatchesRequest, event_pb2.SeatChangeBatch
+]
 OrderChanges = aio.UnaryStreamMultiCallable[booking_pb2.WatchOrdersRequest, booking_pb2.OrderChange]
 GateChanges = aio.UnaryStreamMultiCallable[gate_pb2.WatchGateRequest, gate_pb2.GateChange]
+
+
+@runtime_checkable
+class SeatStreams(Protocol):
+    """What `watch_seats` needs of an EventService stub (`client.events`): its seat streams."""
+
+    @property
+    def WatchSeats(self) -> SeatChanges:
+        """One change per message (every server that has seat streams)."""
+        ...
+
+    @property
+    def WatchSeatBatches(self) -> SeatBatches:
+        """A page of changes per message (servers since WatchSeatBatches)."""
+        ...
 
 
 def is_resumable(error: TicketingError) -> bool:
@@ -73,7 +93,7 @@ async def follow_stream(
     metadata: CallMetadata | None = None,
     give_up_after: float = DEFAULT_GIVE_UP_SECONDS,
     on_resume: ResumeHook | None = None,
-) -> AsyncIterator[ChangeT]:
+) -> AsyncGenerator[ChangeT, None]:
     """Yield what `method` (a server-streaming stub method) streams, reopening it on breaks;
     never ends by itself.
 
@@ -130,8 +150,15 @@ def _seat_resume_point(change: event_pb2.SeatChange, current: int) -> int:
     return current
 
 
+def _batch_resume_point(batch: event_pb2.SeatChangeBatch, current: int) -> int:
+    # A batch is received whole or not at all: its last change that moves the point wins.
+    for change in batch.changes:
+        current = _seat_resume_point(change, current)
+    return current
+
+
 def watch_seats(
-    method: SeatChanges,
+    source: SeatStreams | SeatChanges,
     event_id: str,
     after_sequence: int = 0,
     *,
@@ -139,8 +166,13 @@ def watch_seats(
     give_up_after: float = DEFAULT_GIVE_UP_SECONDS,
     on_resume: ResumeHook | None = None,
 ) -> AsyncIterator[event_pb2.SeatChange]:
-    """Yield the event's seat changes as `method` (a stub's `WatchSeats`) streams them; never
-    ends by itself.
+    """Yield the event's seat changes one by one; never ends by itself.
+
+    `source` is an EventService stub (`client.events`): the changes come from
+    WatchSeatBatches, many per message, which costs a busy server far less than one message
+    per change; a server older than that RPC answers UNIMPLEMENTED and the stream goes on
+    from WatchSeats, from where it was, without a gap or a repeat. A stub's `WatchSeats`
+    method itself (what this took before) still works and uses WatchSeats only.
 
     `after_sequence` 0 starts with a snapshot (every seat, `snapshot` set, the last with
     `snapshot_complete`), then changes; N > 0 starts with the changes after N. Breaks are
@@ -148,15 +180,57 @@ def watch_seats(
     point is still 0 (the break came before the snapshot finished, or before the event's
     first change): treat snapshot entries as "the seat is now", not as changes.
     """
-    return follow_stream(
-        method,
-        lambda after: event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=after),
-        _seat_resume_point,
+
+    def singly(method: SeatChanges, after: int) -> AsyncGenerator[event_pb2.SeatChange, None]:
+        return follow_stream(
+            method,
+            lambda n: event_pb2.WatchSeatsRequest(event_id=event_id, after_sequence=n),
+            _seat_resume_point,
+            after,
+            metadata=metadata,
+            give_up_after=give_up_after,
+            on_resume=on_resume,
+        )
+
+    if not isinstance(source, SeatStreams):
+        return singly(source, after_sequence)
+    batches = follow_stream(
+        source.WatchSeatBatches,
+        lambda n: event_pb2.WatchSeatBatchesRequest(event_id=event_id, after_sequence=n),
+        _batch_resume_point,
         after_sequence,
         metadata=metadata,
         give_up_after=give_up_after,
         on_resume=on_resume,
     )
+    return _unbatched(batches, lambda after: singly(source.WatchSeats, after), after_sequence)
+
+
+async def _unbatched(
+    batches: AsyncGenerator[event_pb2.SeatChangeBatch, None],
+    fallback: Callable[[int], AsyncGenerator[event_pb2.SeatChange, None]],
+    after_sequence: int,
+) -> AsyncGenerator[event_pb2.SeatChange, None]:
+    """The changes of `batches` one by one; on UNIMPLEMENTED, those of `fallback(n)`, n
+    being the resume point of what was yielded."""
+    resume_after = after_sequence
+    try:
+        async for batch in batches:
+            for change in batch.changes:
+                # Kept here too: the fallback below must start where the caller is.
+                resume_after = _seat_resume_point(change, resume_after)
+                yield change
+    except TicketingError as error:
+        # Only an older server (or a proxy that does not know the method) says this; any
+        # other error is the stream's own and would be the same on WatchSeats.
+        if error.code != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+    finally:
+        await batches.aclose()
+    # The error ends a batch stream between two batches, so the caller has had every
+    # change up to `resume_after`, and WatchSeats goes on from exactly there.
+    async for change in fallback(resume_after):
+        yield change
 
 
 def watch_orders(

@@ -1,4 +1,5 @@
-"""`--observe`: a watcher that follows the event's WatchSeats stream during the rush.
+"""`--observe`: a watcher that follows the event's seat stream during the rush (WatchSeatBatches
+through the SDK's `watch_seats`, or WatchSeats on a server without it).
 
 It opens the stream (its own connection) before the first request and waits for the
 snapshot, so every change of the rush reaches it as a live change; it resumes across breaks
@@ -109,8 +110,10 @@ class SeatObserver:
         self.reconnects += 1
 
     async def _follow(self) -> None:
+        # The stub, not its WatchSeats: batches, so a rush's changes cost the server (and
+        # this harness) one message per page; WatchSeats on a server without them.
         async for change in watch_seats(
-            self._stubs.events.WatchSeats, self._event_id, on_resume=self._resumed
+            self._stubs.events, self._event_id, on_resume=self._resumed
         ):
             self.ledger.apply(change)
             if not change.snapshot:

@@ -580,6 +580,59 @@ class WatchSeatsRequest(_message.Message):
 Global___WatchSeatsRequest: _TypeAlias = WatchSeatsRequest  # noqa: Y015
 
 @_typing.final
+class WatchSeatBatchesRequest(_message.Message):
+    """WatchSeatBatchesRequest names the event and where to start: the same fields,
+    with the same meaning, as WatchSeatsRequest (its own message, as every RPC has,
+    so the two can evolve apart).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event (UUID)."""
+    after_sequence: _builtins.int
+    """0: a snapshot first, then changes; N: the changes after sequence N."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSeatBatchesRequest: _TypeAlias = WatchSeatBatchesRequest  # noqa: Y015
+
+@_typing.final
+class SeatChangeBatch(_message.Message):
+    """SeatChangeBatch is a run of consecutive changes of one event's seat stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeatChange]:
+        """1..500 changes in sequence order, as WatchSeats would send them one by one."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___SeatChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeatChangeBatch: _TypeAlias = SeatChangeBatch  # noqa: Y015
+
+@_typing.final
 class SeatChange(_message.Message):
     """SeatChange is one seat's new state (or, in a snapshot, its current state)."""
 

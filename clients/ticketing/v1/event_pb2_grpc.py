@@ -64,6 +64,11 @@ class EventServiceStub:
                 request_serializer=ticketing_dot_v1_dot_event__pb2.WatchSeatsRequest.SerializeToString,
                 response_deserializer=ticketing_dot_v1_dot_event__pb2.SeatChange.FromString,
                 _registered_method=True)
+        self.WatchSeatBatches = channel.unary_stream(
+                '/ticketing.v1.EventService/WatchSeatBatches',
+                request_serializer=ticketing_dot_v1_dot_event__pb2.WatchSeatBatchesRequest.SerializeToString,
+                response_deserializer=ticketing_dot_v1_dot_event__pb2.SeatChangeBatch.FromString,
+                _registered_method=True)
         self.CancelEvent = channel.unary_unary(
                 '/ticketing.v1.EventService/CancelEvent',
                 request_serializer=ticketing_dot_v1_dot_event__pb2.CancelEventRequest.SerializeToString,
@@ -175,6 +180,34 @@ class EventServiceServicer:
         without TICKETING_SEAT_STREAMS=on records no changes and answers
         FAILED_PRECONDITION SEAT_STREAMS_OFF.
         The contract names the streamed message SeatChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSeatBatches(self, request, context):
+        """WatchSeatBatches is WatchSeats with several changes per message: the same
+        stream (snapshot when after_sequence is 0, then every change after it, in
+        sequence order, each exactly once; the same resume points, statuses,
+        limits and metadata), cut into SeatChangeBatch messages. Public, like
+        WatchSeats. For a client that watches a busy event: one message per page
+        read from the server's outbox, instead of one per change, is far less work
+        for the server and the client.
+        What a batch guarantees: at least one change and at most 500; its changes
+        in sequence order and following on from the previous batch's, none
+        repeated; snapshot entries come in batches of their own (never mixed with
+        live changes), the one with snapshot_complete last in its batch. A batch
+        is sent as soon as it is read, never held back to fill one: a quiet
+        event's changes come one or a few per batch, as they commit; a busy
+        event's stream is read at most every 50 ms, so a batch carries the
+        commits of up to that long.
+        The resume point is the last change of the last batch received (a
+        snapshot's only once the batch holding snapshot_complete is): on
+        STREAM_TOO_SLOW or SERVER_SHUTTING_DOWN, "resume_after_sequence" is the
+        last sequence of the last batch wholly handed to the transport. A server
+        without this RPC (older than it) answers UNIMPLEMENTED: use WatchSeats.
+        The contract names the streamed message SeatChangeBatch (what it holds).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -299,6 +332,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.WatchSeats,
                     request_deserializer=ticketing_dot_v1_dot_event__pb2.WatchSeatsRequest.FromString,
                     response_serializer=ticketing_dot_v1_dot_event__pb2.SeatChange.SerializeToString,
+            ),
+            'WatchSeatBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSeatBatches,
+                    request_deserializer=ticketing_dot_v1_dot_event__pb2.WatchSeatBatchesRequest.FromString,
+                    response_serializer=ticketing_dot_v1_dot_event__pb2.SeatChangeBatch.SerializeToString,
             ),
             'CancelEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelEvent,
@@ -481,6 +519,33 @@ class EventService:
             '/ticketing.v1.EventService/WatchSeats',
             ticketing_dot_v1_dot_event__pb2.WatchSeatsRequest.SerializeToString,
             ticketing_dot_v1_dot_event__pb2.SeatChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSeatBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ticketing.v1.EventService/WatchSeatBatches',
+            ticketing_dot_v1_dot_event__pb2.WatchSeatBatchesRequest.SerializeToString,
+            ticketing_dot_v1_dot_event__pb2.SeatChangeBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,30 @@ class EventServiceStub:
     The contract names the streamed message SeatChange (one per change, no wrapper).
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    WatchSeatBatches: _grpc.UnaryStreamMultiCallable[_event_pb2.WatchSeatBatchesRequest, _event_pb2.SeatChangeBatch]
+    """WatchSeatBatches is WatchSeats with several changes per message: the same
+    stream (snapshot when after_sequence is 0, then every change after it, in
+    sequence order, each exactly once; the same resume points, statuses,
+    limits and metadata), cut into SeatChangeBatch messages. Public, like
+    WatchSeats. For a client that watches a busy event: one message per page
+    read from the server's outbox, instead of one per change, is far less work
+    for the server and the client.
+    What a batch guarantees: at least one change and at most 500; its changes
+    in sequence order and following on from the previous batch's, none
+    repeated; snapshot entries come in batches of their own (never mixed with
+    live changes), the one with snapshot_complete last in its batch. A batch
+    is sent as soon as it is read, never held back to fill one: a quiet
+    event's changes come one or a few per batch, as they commit; a busy
+    event's stream is read at most every 50 ms, so a batch carries the
+    commits of up to that long.
+    The resume point is the last change of the last batch received (a
+    snapshot's only once the batch holding snapshot_complete is): on
+    STREAM_TOO_SLOW or SERVER_SHUTTING_DOWN, "resume_after_sequence" is the
+    last sequence of the last batch wholly handed to the transport. A server
+    without this RPC (older than it) answers UNIMPLEMENTED: use WatchSeats.
+    The contract names the streamed message SeatChangeBatch (what it holds).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     CancelEvent: _grpc.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]
     """CancelEvent takes an event off sale for good. The owning organizer or ADMIN.
     Only before the event's start (database clock, judged at the write): after it,
@@ -198,6 +222,30 @@ class EventServiceAsyncStub(EventServiceStub):
     without TICKETING_SEAT_STREAMS=on records no changes and answers
     FAILED_PRECONDITION SEAT_STREAMS_OFF.
     The contract names the streamed message SeatChange (one per change, no wrapper).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    WatchSeatBatches: _aio.UnaryStreamMultiCallable[_event_pb2.WatchSeatBatchesRequest, _event_pb2.SeatChangeBatch]  # type: ignore[assignment]
+    """WatchSeatBatches is WatchSeats with several changes per message: the same
+    stream (snapshot when after_sequence is 0, then every change after it, in
+    sequence order, each exactly once; the same resume points, statuses,
+    limits and metadata), cut into SeatChangeBatch messages. Public, like
+    WatchSeats. For a client that watches a busy event: one message per page
+    read from the server's outbox, instead of one per change, is far less work
+    for the server and the client.
+    What a batch guarantees: at least one change and at most 500; its changes
+    in sequence order and following on from the previous batch's, none
+    repeated; snapshot entries come in batches of their own (never mixed with
+    live changes), the one with snapshot_complete last in its batch. A batch
+    is sent as soon as it is read, never held back to fill one: a quiet
+    event's changes come one or a few per batch, as they commit; a busy
+    event's stream is read at most every 50 ms, so a batch carries the
+    commits of up to that long.
+    The resume point is the last change of the last batch received (a
+    snapshot's only once the batch holding snapshot_complete is): on
+    STREAM_TOO_SLOW or SERVER_SHUTTING_DOWN, "resume_after_sequence" is the
+    last sequence of the last batch wholly handed to the transport. A server
+    without this RPC (older than it) answers UNIMPLEMENTED: use WatchSeats.
+    The contract names the streamed message SeatChangeBatch (what it holds).
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CancelEvent: _aio.UnaryUnaryMultiCallable[_event_pb2.CancelEventRequest, _event_pb2.CancelEventResponse]  # type: ignore[assignment]
@@ -341,6 +389,36 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         without TICKETING_SEAT_STREAMS=on records no changes and answers
         FAILED_PRECONDITION SEAT_STREAMS_OFF.
         The contract names the streamed message SeatChange (one per change, no wrapper).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSeatBatches(
+        self,
+        request: _event_pb2.WatchSeatBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_event_pb2.SeatChangeBatch], _abc.AsyncIterator[_event_pb2.SeatChangeBatch]]:
+        """WatchSeatBatches is WatchSeats with several changes per message: the same
+        stream (snapshot when after_sequence is 0, then every change after it, in
+        sequence order, each exactly once; the same resume points, statuses,
+        limits and metadata), cut into SeatChangeBatch messages. Public, like
+        WatchSeats. For a client that watches a busy event: one message per page
+        read from the server's outbox, instead of one per change, is far less work
+        for the server and the client.
+        What a batch guarantees: at least one change and at most 500; its changes
+        in sequence order and following on from the previous batch's, none
+        repeated; snapshot entries come in batches of their own (never mixed with
+        live changes), the one with snapshot_complete last in its batch. A batch
+        is sent as soon as it is read, never held back to fill one: a quiet
+        event's changes come one or a few per batch, as they commit; a busy
+        event's stream is read at most every 50 ms, so a batch carries the
+        commits of up to that long.
+        The resume point is the last change of the last batch received (a
+        snapshot's only once the batch holding snapshot_complete is): on
+        STREAM_TOO_SLOW or SERVER_SHUTTING_DOWN, "resume_after_sequence" is the
+        last sequence of the last batch wholly handed to the transport. A server
+        without this RPC (older than it) answers UNIMPLEMENTED: use WatchSeats.
+        The contract names the streamed message SeatChangeBatch (what it holds).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 

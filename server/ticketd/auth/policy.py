@@ -94,6 +94,8 @@ POLICY: dict[str, Access] = {
     _EVENT + "ListSeats": PUBLIC,
     # Follows the same seat map live (issue 15); bounded per server by TICKETING_MAX_STREAMS.
     _EVENT + "WatchSeats": PUBLIC,
+    # The same stream, a page of changes per message: the same audience.
+    _EVENT + "WatchSeatBatches": PUBLIC,
     # The scan window and the gate staff of an event: its owner or ADMIN (ticketd.events.rules).
     _EVENT + "UpdateEvent": roles(ADMIN, ORGANIZER),
     _EVENT + "AssignStaff": roles(ADMIN, ORGANIZER),

@@ -92,11 +92,15 @@ class Tail(Generic[R, T]):
     may be there already, the same for every follower (no per-caller filter: the first
     follower's `read` serves all); `sequence(record)` is a record's number; `select(records)`
     is what one follower makes of a page (its filter, its running counts), called with each
-    page once, in order."""
+    page once, in order. `min_interval`: the tail reads at most once per that many seconds
+    (a full page excepted: the rest is read at once), so under load one read, and one page
+    for each follower, covers many commits; a quiet stream's change is read when it comes,
+    at most `min_interval` after the previous read."""
 
     read: Callable[[int], Awaitable[tuple[list[R], bool]]]
     sequence: Callable[[R], int]
     select: Callable[[list[R]], list[T]]
+    min_interval: float = 0.0
 
 
 def numbering_ctes(stream: Stream, key: str = "$1") -> tuple[str, str]:
@@ -276,9 +280,16 @@ class _SharedTail:
 
     async def run(self) -> None:
         sequencer = self.sequencer
+        loop = asyncio.get_running_loop()
+        last_read = -self.tail.min_interval
         try:
             async with subscribed(sequencer._listener, self.stream, self.key) as wake:
                 while True:
+                    pause = last_read + self.tail.min_interval - loop.time()
+                    if pause > 0:
+                        # What commits meanwhile is read together, after the pause.
+                        await asyncio.sleep(pause)
+                    last_read = loop.time()
                     # Cleared before the read: a NOTIFY that lands during it reads again.
                     wake.clear()
                     await sequencer.catch_up(self.stream, self.key)
@@ -295,6 +306,7 @@ class _SharedTail:
                         for follower in list(self.followers):
                             self._hand(follower, page)
                     if more:
+                        last_read = -self.tail.min_interval  # a full page: on at once
                         continue
                     await sequencer._listener.ensure_listening(NUMBERED_CHANNEL)
                     with contextlib.suppress(TimeoutError):

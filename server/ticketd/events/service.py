@@ -58,6 +58,12 @@ from ticketd.venues.service import VenueService
 DEFAULT_QUOTAS = EventQuotas(places_per_event=200_000, live_events=100)
 # Changes read from the outbox per query: what a stream holds in memory at most.
 STREAM_PAGE = 500
+# The shared tail of a busy event reads at most this often (ticketd.db.outbox.Tail): each
+# read is one page for every watcher, one message each on WatchSeatBatches, so this bounds
+# a watcher's messages to 20 a second however many commits there are, for at most 50 ms
+# more delivery time. With a read per sequencer pass (up to 100 a second) 50 watchers
+# meant several thousand messages a second from one process.
+TAIL_MIN_INTERVAL_S = 0.05
 
 
 class _TwinCommittedFirst(Exception):
@@ -172,7 +178,7 @@ class EventService:
             closed=stream_shut_down,
             # Every watcher of the event shares one reader of its new changes (records are
             # immutable and public: each gets the same page).
-            tail=outbox.Tail(read_page, _sequence_of, _every),
+            tail=outbox.Tail(read_page, _sequence_of, _every, TAIL_MIN_INTERVAL_S),
             # A watcher behind the retention starts again from a fresh snapshot.
             pruned=lambda hole: stream_pruned(hole.after, hole.through, restart=0),
         )
