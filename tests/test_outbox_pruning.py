@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,8 @@ from tests.test_streams import Watcher, book, last_sequence, new_event
 from tests.test_watch_orders import OrderWatcher, head
 from ticketd.db import outbox
 from ticketd.db.database import PoolOptions
+from ticketing import watch
+from ticketing.errors import TicketingError
 from ticketing.v1 import booking_pb2, event_pb2
 
 HOUR = 3600.0
@@ -284,3 +286,41 @@ async def test_the_servers_pruning_round_deletes_what_is_past_its_retention(
                 await asyncio.sleep(0.05)
         assert await kept(conn, event_id) == [3]
         assert await pruned_through(conn, event_id) == 2
+
+
+async def test_the_sdk_seat_watch_starts_again_from_a_snapshot_when_its_position_was_pruned(
+    stubs: Stubs, admin: Account, running: RunningServer
+) -> None:
+    event_id, ids = await new_event(stubs, admin)
+    buyer = await stubs.register("sdk-pruned")
+    await stubs.booking.BookSeats(book(event_id, ids[:2]), metadata=buyer.md)
+    await stubs.booking.BookSeats(book(event_id, ids[2:3]), metadata=buyer.md)
+    async with connections(running, 1) as (conn,):
+        await age(conn, event_id, [1, 2, 3])
+        assert await outbox.prune(conn, outbox.SEATS, HOUR, 1000) >= 3
+    resumes: list[tuple[str | None, int]] = []
+    changes = watch.watch_seats(
+        stubs.events, event_id, 1, on_resume=lambda err, after: resumes.append((err.reason, after))
+    )
+    got: list[event_pb2.SeatChange] = []
+    async with asyncio.timeout(20):
+        async for change in changes:
+            got.append(change)
+            if change.snapshot_complete:
+                break
+    assert isinstance(changes, AsyncGenerator)
+    await changes.aclose()
+    assert resumes == [("SEQUENCE_PRUNED", 0)]
+    assert all(c.snapshot and c.sequence == 3 for c in got)
+    sold = {c.seat_id for c in got if c.status == event_pb2.SEAT_STATUS_SOLD}
+    assert sold == set(ids[:3])
+    # Orders are not restarted behind the caller's back: what was missed must be reconciled.
+    await head(running)
+    async with connections(running, 1) as (conn,):
+        while await outbox.prune(conn, outbox.ORDERS, 0, 1000) > 0:
+            pass
+    with pytest.raises(TicketingError) as err:
+        async with asyncio.timeout(20):
+            async for _ in watch.watch_orders(stubs.booking.WatchOrders, 1, metadata=admin.md):
+                pass
+    assert err.value.reason == "SEQUENCE_PRUNED"

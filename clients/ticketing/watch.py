@@ -93,6 +93,7 @@ async def follow_stream(
     metadata: CallMetadata | None = None,
     give_up_after: float = DEFAULT_GIVE_UP_SECONDS,
     on_resume: ResumeHook | None = None,
+    restart_when_pruned: bool = False,
 ) -> AsyncGenerator[ChangeT, None]:
     """Yield what `method` (a server-streaming stub method) streams, reopening it on breaks;
     never ends by itself.
@@ -104,7 +105,11 @@ async def follow_stream(
     resume point with a jittered backoff, so the caller sees each change exactly once and in
     sequence order. `on_resume` is called before each reopening. Other errors, and resumable
     ones that go on for `give_up_after` seconds without a single message received, raise
-    TicketingError. Stop iterating (or `aclose()`) to cancel the call.
+    TicketingError. With `restart_when_pruned`, a stream refused with SEQUENCE_PRUNED (the
+    server no longer keeps the changes after the resume point: the reader was away longer
+    than its TICKETING_OUTBOX_RETENTION) is reopened from the point the error names instead
+    (0 for the seat streams: a fresh snapshot). Stop iterating (or `aclose()`) to cancel
+    the call.
     """
     resume_after = after_sequence
     failing_since: float | None = None
@@ -123,6 +128,12 @@ async def follow_stream(
             error = TicketingError(grpc.StatusCode.UNAVAILABLE, "the stream ended")
         except aio.AioRpcError as err:
             error = decode_error(err)
+            restart = error.metadata.get("resume_after_sequence", "")
+            if restart_when_pruned and error.reason == "SEQUENCE_PRUNED" and restart.isdigit():
+                resume_after = int(restart)
+                if on_resume is not None:
+                    on_resume(error, resume_after)
+                continue
             if not is_resumable(error):
                 raise error from err
         finally:
@@ -176,9 +187,11 @@ def watch_seats(
 
     `after_sequence` 0 starts with a snapshot (every seat, `snapshot` set, the last with
     `snapshot_complete`), then changes; N > 0 starts with the changes after N. Breaks are
-    resumed as `follow_stream` says. A snapshot may come again, whole, only when the resume
+    resumed as `follow_stream` says. A snapshot may come again, whole, when the resume
     point is still 0 (the break came before the snapshot finished, or before the event's
-    first change): treat snapshot entries as "the seat is now", not as changes.
+    first change), or when the server no longer keeps the changes after it
+    (SEQUENCE_PRUNED: away longer than the server's retention): treat snapshot entries as
+    "the seat is now", not as changes.
     """
 
     def singly(method: SeatChanges, after: int) -> AsyncGenerator[event_pb2.SeatChange, None]:
@@ -190,6 +203,7 @@ def watch_seats(
             metadata=metadata,
             give_up_after=give_up_after,
             on_resume=on_resume,
+            restart_when_pruned=True,
         )
 
     if not isinstance(source, SeatStreams):
@@ -202,6 +216,7 @@ def watch_seats(
         metadata=metadata,
         give_up_after=give_up_after,
         on_resume=on_resume,
+        restart_when_pruned=True,
     )
     return _unbatched(batches, lambda after: singly(source.WatchSeats, after), after_sequence)
 
