@@ -152,14 +152,15 @@ class Pruned(Exception):
         self.through = through
 
 
+async def _per_stream(conn: Any, select: str, stream: Stream, key: uuid.UUID) -> int:
+    """One number of a stream's row (`select` names column and table); 0 without a row."""
+    value = await conn.fetchval(f"{select} WHERE stream = $1 AND key = $2", stream.name, key)
+    return int(value or 0)
+
+
 async def pruned_through(conn: Any, stream: Stream, key: uuid.UUID) -> int:
     """Up to where the stream's records may have been pruned (0: none was)."""
-    value = await conn.fetchval(
-        "SELECT pruned_through FROM outbox_pruned WHERE stream = $1 AND key = $2",
-        stream.name,
-        key,
-    )
-    return int(value or 0)
+    return await _per_stream(conn, "SELECT pruned_through FROM outbox_pruned", stream, key)
 
 
 async def prune(conn: Any, stream: Stream, keep_seconds: float, limit: int) -> int:
@@ -203,12 +204,7 @@ async def prune_round(
 
 async def last_sequence(conn: Any, stream: Stream, key: uuid.UUID) -> int:
     """The stream's last numbered sequence (0: none yet)."""
-    value = await conn.fetchval(
-        "SELECT last_sequence FROM outbox_streams WHERE stream = $1 AND key = $2",
-        stream.name,
-        key,
-    )
-    return int(value or 0)
+    return await _per_stream(conn, "SELECT last_sequence FROM outbox_streams", stream, key)
 
 
 class _Follower:
