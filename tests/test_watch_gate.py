@@ -227,3 +227,46 @@ async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
             assert received[-1].sequence - 1 <= resume <= received[-1].sequence
         finally:
             await channel.close(None)
+
+
+async def test_a_reader_cut_mid_snapshot_is_told_to_resume_from_a_fresh_snapshot(
+    stubs: Stubs, admin: Account, staff: Account, running: RunningServer
+) -> None:
+    # 3,000 gates, so the snapshot (one entry per gate, all with the snapshot's sequence)
+    # is far larger than a 64 KiB window, and a reader that takes nothing: the resume point
+    # the server names must not be the snapshot's sequence, which would skip the gates it
+    # never sent; 0 (a fresh snapshot) is where that reader can resume.
+    event, _, _ = await sold_tickets(stubs, admin, 1, staff)
+    async with running.engine.connect() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash, "
+                "result) SELECT gen_random_uuid(), :e, 'gate-' || n, :u, md5(n::text), "
+                "'UNKNOWN_CODE' FROM generate_series(1, 3000) AS n"
+            ),
+            {"e": uuid.UUID(event.id), "u": uuid.UUID(staff.user.id)},
+        )
+        await conn.commit()
+    async with second_server(
+        running, PoolOptions(pool_size=4), stream_send_timeout_seconds=0.5
+    ) as srv:
+        channel = aio.insecure_channel(
+            srv.target,
+            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65_536)],
+        )
+        try:
+            call = Stubs(channel).gate.WatchGate(
+                gate_pb2.WatchGateRequest(event_id=event.id, after_sequence=0), metadata=staff.md
+            )
+            await asyncio.sleep(2.0)  # never reads meanwhile
+            received: list[gate_pb2.GateChange] = []
+            with pytest.raises(aio.AioRpcError) as err:
+                async with asyncio.timeout(READ_TIMEOUT_S):
+                    async for item in call:
+                        received.append(item)
+            details = error_details(err.value)
+            assert details.reason == "STREAM_TOO_SLOW"
+            assert 0 < len(received) < 3000 and all(c.snapshot for c in received)
+            assert details.metadata["resume_after_sequence"] == "0"
+        finally:
+            await channel.close(None)

@@ -186,6 +186,14 @@ def gate_change_to_proto(c: GateChangeRecord) -> gate_pb2.GateChange:
     return msg
 
 
+def gate_resume_point(change: GateChangeRecord, delivered: int) -> int:
+    """Where a reader that has `change` resumes: snapshot entries (one per gate) all carry
+    the snapshot's sequence and none says it is the last, so a reader cut mid-snapshot
+    that resumed after that number would never get the gates not yet sent; the point moves
+    only with the first scan or caught_up marker after the snapshot."""
+    return delivered if change.snapshot else change.sequence
+
+
 class GateServicer(gate_pb2_grpc.GateServiceServicer):
     """Implements ticketing.v1.GateService; access rules are in ticketd.auth.policy."""
 
@@ -219,6 +227,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             gate_change_to_proto,
             send_timeout=self._send_timeout,
             after_sequence=request.after_sequence,
+            resume_point=gate_resume_point,
         )
 
     async def ValidateTicket(
