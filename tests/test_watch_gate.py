@@ -15,7 +15,14 @@ from grpc import aio
 from sqlalchemy import text
 
 from tests.conftest import RunningServer, second_server
-from tests.support import Account, StreamReader, Stubs, error_details, scan_request
+from tests.support import (
+    Account,
+    ErrorDetails,
+    StreamReader,
+    Stubs,
+    error_details,
+    scan_request,
+)
 from tests.test_gate import sold_tickets
 from ticketd.db.database import PoolOptions
 from ticketing.stubs import CallMetadata
@@ -181,21 +188,27 @@ async def test_who_may_watch_and_bad_input(
         assert [(c.caught_up, c.sequence) for c in w.items] == [(True, 0)]
 
 
-async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
-    stubs: Stubs, admin: Account, staff: Account, running: RunningServer
-) -> None:
-    # 3,000 scans (recorded by the trigger like any scan), a client window of 64 KiB with no
-    # auto-tuning, and a reader that takes nothing: the server must end the stream with
-    # where to resume instead of queueing the rest (shared writer: ticketd.edge.streaming).
+async def never_reading(
+    stubs: Stubs,
+    admin: Account,
+    staff: Account,
+    running: RunningServer,
+    gates: int,
+    after: int,
+) -> tuple[list[gate_pb2.GateChange], ErrorDetails]:
+    """3,000 scans (recorded by the trigger like any scan) spread over `gates` gate names, a
+    client window of 64 KiB with no auto-tuning, and a WatchGate reader from `after` that
+    takes nothing for 2 s, then everything: what it got before the server ended the stream
+    (shared writer: ticketd.edge.streaming), and how it ended it."""
     event, _, _ = await sold_tickets(stubs, admin, 1, staff)
     async with running.engine.connect() as conn:
         await conn.execute(
             text(
                 "INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash, "
-                "result) SELECT gen_random_uuid(), :e, 'gate-' || (n % 4), :u, md5(n::text), "
+                "result) SELECT gen_random_uuid(), :e, 'gate-' || (n % :g), :u, md5(n::text), "
                 "'UNKNOWN_CODE' FROM generate_series(1, 3000) AS n"
             ),
-            {"e": uuid.UUID(event.id), "u": uuid.UUID(staff.user.id)},
+            {"e": uuid.UUID(event.id), "u": uuid.UUID(staff.user.id), "g": gates},
         )
         await conn.commit()
     async with second_server(
@@ -207,7 +220,8 @@ async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
         )
         try:
             call = Stubs(channel).gate.WatchGate(
-                gate_pb2.WatchGateRequest(event_id=event.id, after_sequence=1), metadata=staff.md
+                gate_pb2.WatchGateRequest(event_id=event.id, after_sequence=after),
+                metadata=staff.md,
             )
             await asyncio.sleep(2.0)  # never reads meanwhile
             received: list[gate_pb2.GateChange] = []
@@ -215,58 +229,35 @@ async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
                 async with asyncio.timeout(READ_TIMEOUT_S):
                     async for item in call:
                         received.append(item)
-            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
-            details = error_details(err.value)
-            assert details.reason == "STREAM_TOO_SLOW"
-            resume = int(details.metadata["resume_after_sequence"])
-            # Far from the end; every change after 1 in order; and the resume point is the
-            # last the server saw written: the reader's own last, or the one before (the
-            # write that timed out may still have gone out), never past it.
-            assert 0 < len(received) < 3000
-            assert [c.sequence for c in received] == list(range(2, 2 + len(received)))
-            assert received[-1].sequence - 1 <= resume <= received[-1].sequence
         finally:
             await channel.close(None)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+    return received, error_details(err.value)
+
+
+async def test_a_reader_that_never_reads_is_ended_with_a_resume_point(
+    stubs: Stubs, admin: Account, staff: Account, running: RunningServer
+) -> None:
+    # The server must end the stream with where to resume instead of queueing the rest.
+    received, details = await never_reading(stubs, admin, staff, running, gates=4, after=1)
+    assert details.reason == "STREAM_TOO_SLOW"
+    resume = int(details.metadata["resume_after_sequence"])
+    # Far from the end; every change after 1 in order; and the resume point is the last the
+    # server saw written: the reader's own last, or the one before (the write that timed
+    # out may still have gone out), never past it.
+    assert 0 < len(received) < 3000
+    assert [c.sequence for c in received] == list(range(2, 2 + len(received)))
+    assert received[-1].sequence - 1 <= resume <= received[-1].sequence
 
 
 async def test_a_reader_cut_mid_snapshot_is_told_to_resume_from_a_fresh_snapshot(
     stubs: Stubs, admin: Account, staff: Account, running: RunningServer
 ) -> None:
     # 3,000 gates, so the snapshot (one entry per gate, all with the snapshot's sequence)
-    # is far larger than a 64 KiB window, and a reader that takes nothing: the resume point
-    # the server names must not be the snapshot's sequence, which would skip the gates it
-    # never sent; 0 (a fresh snapshot) is where that reader can resume.
-    event, _, _ = await sold_tickets(stubs, admin, 1, staff)
-    async with running.engine.connect() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO scans (scan_id, event_id, gate_id, entry_manager_id, code_hash, "
-                "result) SELECT gen_random_uuid(), :e, 'gate-' || n, :u, md5(n::text), "
-                "'UNKNOWN_CODE' FROM generate_series(1, 3000) AS n"
-            ),
-            {"e": uuid.UUID(event.id), "u": uuid.UUID(staff.user.id)},
-        )
-        await conn.commit()
-    async with second_server(
-        running, PoolOptions(pool_size=4), stream_send_timeout_seconds=0.5
-    ) as srv:
-        channel = aio.insecure_channel(
-            srv.target,
-            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65_536)],
-        )
-        try:
-            call = Stubs(channel).gate.WatchGate(
-                gate_pb2.WatchGateRequest(event_id=event.id, after_sequence=0), metadata=staff.md
-            )
-            await asyncio.sleep(2.0)  # never reads meanwhile
-            received: list[gate_pb2.GateChange] = []
-            with pytest.raises(aio.AioRpcError) as err:
-                async with asyncio.timeout(READ_TIMEOUT_S):
-                    async for item in call:
-                        received.append(item)
-            details = error_details(err.value)
-            assert details.reason == "STREAM_TOO_SLOW"
-            assert 0 < len(received) < 3000 and all(c.snapshot for c in received)
-            assert details.metadata["resume_after_sequence"] == "0"
-        finally:
-            await channel.close(None)
+    # is far larger than the window: the resume point the server names must not be the
+    # snapshot's sequence, which would skip the gates it never sent; 0 (a fresh snapshot)
+    # is where that reader can resume.
+    received, details = await never_reading(stubs, admin, staff, running, gates=3000, after=0)
+    assert details.reason == "STREAM_TOO_SLOW"
+    assert 0 < len(received) < 3000 and all(c.snapshot for c in received)
+    assert details.metadata["resume_after_sequence"] == "0"
